@@ -1,0 +1,51 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Linear algebra comes from the platform: Accelerate on Apple systems, OpenBLAS + LAPACKE
+// (Debian: libopenblas-dev liblapacke-dev) elsewhere. The C targets below are only module maps.
+let linalgDeps: [Target.Dependency] = [
+    .target(name: "CBLAS", condition: .when(platforms: [.linux])),
+    .target(name: "CLAPACKE", condition: .when(platforms: [.linux])),
+]
+
+let package = Package(
+    name: "lorafuse",
+    platforms: [.macOS(.v14)],
+    products: [
+        .library(name: "LoRAFuse", targets: ["LoRAFuse"]),
+        .executable(name: "lorafuse", targets: ["lorafuse"]),
+        .executable(name: "lorafuse-bench", targets: ["lorafuse-bench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+    ],
+    targets: [
+        .systemLibrary(name: "CBLAS", path: "Sources/CBLAS",
+                       providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CLAPACKE", path: "Sources/CLAPACKE",
+                       providers: [.apt(["liblapacke-dev"])]),
+        .target(
+            name: "LoRAFuse",
+            dependencies: linalgDeps + [.product(name: "Yams", package: "Yams")],
+            path: "Sources/LoRAFuse",
+            swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
+        ),
+        .executableTarget(
+            name: "lorafuse",
+            dependencies: ["LoRAFuse", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "Sources/lorafuse"
+        ),
+        .executableTarget(
+            name: "lorafuse-bench",
+            dependencies: ["LoRAFuse", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "Benchmarks/lorafuse-bench"
+        ),
+        .testTarget(
+            name: "LoRAFuseTests",
+            dependencies: ["LoRAFuse"],
+            path: "Tests/LoRAFuseTests",
+            resources: [.copy("Fixtures")]
+        ),
+    ]
+)
