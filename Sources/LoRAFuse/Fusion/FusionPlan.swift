@@ -1,0 +1,162 @@
+import Foundation
+import Yams
+
+/// A complete description of one fusion: what `lorafuse merge` builds from its flags or reads from
+/// a YAML file in mergekit's spirit:
+///
+///     method: ties
+///     adapters:
+///       - path: adapters/math        # relative paths are relative to the YAML file
+///         weight: 1.0
+///       - path: adapters/code
+///         weight: -0.5               # negative weights subtract a skill
+///     parameters:                    # any FusionParameters field, snake_case
+///       rank: 16
+///       density: 0.5
+///       seed: 1
+///     dtype: bf16                    # f32 | f16 | bf16 (default: the first input's)
+///     output: out/fused
+public struct FusionPlan: Sendable {
+    public struct Input: Sendable, Equatable {
+        public var path: String
+        public var weight: Float
+        public init(path: String, weight: Float) { self.path = path; self.weight = weight }
+    }
+
+    public var method: String
+    public var adapters: [Input]
+    public var parameters: FusionParameters
+    public var dtype: DType?
+    public var output: String?
+
+    public init(method: String, adapters: [Input], parameters: FusionParameters = FusionParameters(),
+                dtype: DType? = nil, output: String? = nil) {
+        self.method = method
+        self.adapters = adapters
+        self.parameters = parameters
+        self.dtype = dtype
+        self.output = output
+    }
+
+    static let topLevelKeys: Set<String> = ["method", "adapters", "parameters", "dtype", "output"]
+
+    /// Reads a plan from YAML text; `baseDirectory` resolves relative paths.
+    public static func parse(yaml text: String, file: String, baseDirectory: String) throws -> FusionPlan {
+        let root: Any?
+        do {
+            root = try Yams.load(yaml: text)
+        } catch {
+            throw FusionPlanError.syntax(file: file, message: "\(error)")
+        }
+        guard let dict = root as? [String: Any] else {
+            throw FusionPlanError.field(file: file, key: "(top level)", message: "expected a mapping with keys \(topLevelKeys.sorted().joined(separator: ", "))")
+        }
+        for key in dict.keys where !topLevelKeys.contains(key) {
+            throw FusionPlanError.field(file: file, key: key, message: "unknown key; known keys: \(topLevelKeys.sorted().joined(separator: ", "))")
+        }
+        guard let method = dict["method"] as? String else {
+            throw FusionPlanError.field(file: file, key: "method", message: "missing or not a string; one of \(FusionMethods.names.joined(separator: ", "))")
+        }
+        guard let list = dict["adapters"] as? [Any], !list.isEmpty else {
+            throw FusionPlanError.field(file: file, key: "adapters", message: "missing or empty; expected a list of {path, weight}")
+        }
+        var inputs: [Input] = []
+        for (i, item) in list.enumerated() {
+            let key = "adapters[\(i)]"
+            var path: String?
+            var weight: Float = 1
+            if let s = item as? String {
+                path = s
+            } else if let d = item as? [String: Any] {
+                for k in d.keys where k != "path" && k != "weight" {
+                    throw FusionPlanError.field(file: file, key: "\(key).\(k)", message: "unknown key; expected path and weight")
+                }
+                path = d["path"] as? String
+                if let w = d["weight"] {
+                    guard let v = (w as? Double) ?? (w as? Int).map(Double.init), v.isFinite else {
+                        throw FusionPlanError.field(file: file, key: "\(key).weight", message: "expected a number, got \(w)")
+                    }
+                    weight = Float(v)
+                }
+            }
+            guard let p = path, !p.isEmpty else {
+                throw FusionPlanError.field(file: file, key: "\(key).path", message: "missing; expected a path to an adapter")
+            }
+            let resolved = p.hasPrefix("/") ? p : (baseDirectory as NSString).appendingPathComponent(p)
+            inputs.append(Input(path: resolved, weight: weight))
+        }
+        var params = FusionParameters()
+        if let raw = dict["parameters"] {
+            guard let pd = raw as? [String: Any] else {
+                throw FusionPlanError.field(file: file, key: "parameters", message: "expected a mapping")
+            }
+            do {
+                let json = try JSONSerialization.data(withJSONObject: pd)
+                let dec = JSONDecoder()
+                dec.keyDecodingStrategy = .convertFromSnakeCase
+                params = try dec.decode(FusionParameters.self, from: json)
+            } catch let e as DecodingError {
+                throw FusionPlanError.field(file: file, key: "parameters", message: describe(e))
+            }
+            let known = Set(FusionParameters.fieldNames.map(snakeCase))
+            for k in pd.keys where !known.contains(k) {
+                throw FusionPlanError.field(file: file, key: "parameters.\(k)", message: "unknown parameter; known: \(known.sorted().joined(separator: ", "))")
+            }
+        }
+        var dtype: DType?
+        if let d = dict["dtype"] {
+            guard let s = d as? String, let t = DType(name: s) else {
+                throw FusionPlanError.field(file: file, key: "dtype", message: "expected f32, f16 or bf16, got \(d)")
+            }
+            dtype = t
+        }
+        var output: String?
+        if let o = dict["output"] {
+            guard let s = o as? String else { throw FusionPlanError.field(file: file, key: "output", message: "expected a path") }
+            output = s.hasPrefix("/") ? s : (baseDirectory as NSString).appendingPathComponent(s)
+        }
+        return FusionPlan(method: method, adapters: inputs, parameters: params, dtype: dtype, output: output)
+    }
+
+    public static func load(path: String) throws -> FusionPlan {
+        guard let data = FileManager.default.contents(atPath: path), let text = String(data: data, encoding: .utf8) else {
+            throw FusionPlanError.unreadable(file: path)
+        }
+        return try parse(yaml: text, file: path, baseDirectory: (path as NSString).deletingLastPathComponent)
+    }
+}
+
+private func snakeCase(_ s: String) -> String {
+    var out = ""
+    for ch in s {
+        if ch.isUppercase { out += "_" + ch.lowercased() } else { out.append(ch) }
+    }
+    return out
+}
+
+private func describe(_ e: DecodingError) -> String {
+    switch e {
+    case let .typeMismatch(t, ctx), let .valueNotFound(t, ctx):
+        return "\(ctx.codingPath.map(\.stringValue).joined(separator: ".")): expected \(t)"
+    case let .dataCorrupted(ctx):
+        return "\(ctx.codingPath.map(\.stringValue).joined(separator: ".")): \(ctx.debugDescription)"
+    case let .keyNotFound(k, _):
+        return "missing \(k.stringValue)"
+    @unknown default:
+        return "\(e)"
+    }
+}
+
+public enum FusionPlanError: Error, CustomStringConvertible {
+    case unreadable(file: String)
+    case syntax(file: String, message: String)
+    case field(file: String, key: String, message: String)
+
+    public var description: String {
+        switch self {
+        case let .unreadable(f): return "\(f): cannot read the fusion config"
+        case let .syntax(f, m): return "\(f): not valid YAML: \(m)"
+        case let .field(f, k, m): return "\(f): \(k): \(m)"
+        }
+    }
+}

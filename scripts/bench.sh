@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Runs the benchmarks against their peers. Needs the peers' venv (torch, peft):
+#   python3 -m venv ~/peers && ~/peers/bin/pip install torch peft transformers gguf safetensors
+# and LORAFUSE_PEERS_PYTHON pointing at its python (default /root/peers/bin/python).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+swift build -c release --product lorafuse-bench
+.build/release/lorafuse-bench fusion "$@"
