@@ -73,6 +73,7 @@ public enum AdapterAnalyzer {
         for i in adapters.indices {
             for j in (i + 1)..<adapters.count {
                 pairs.append(compare(adapters[i], adapters[j], samplesPerModule: samplesPerModule, seed: seed,
+                                     normA: summaries[i].taskVectorNorm, normB: summaries[j].taskVectorNorm,
                                      warnings: &warnings))
             }
         }
@@ -101,11 +102,14 @@ public enum AdapterAnalyzer {
 
     /// Cosine and sign-conflict rate of two adapters. Sampled entries depend only on the seed and
     /// the module name, so every pair is compared on the same entries.
+    /// `normA`/`normB` are the task-vector norms when already known (from `summarize`).
     public static func compare(_ a: LoRAAdapter, _ b: LoRAAdapter, samplesPerModule: Int, seed: UInt64,
+                               normA: Double? = nil, normB: Double? = nil,
                                warnings: inout [String]) -> PairAnalysis {
-        var na = 0.0, nb = 0.0, ip = 0.0
-        for m in a.modules.values { let n = m.deltaNorm; na += n * n }
-        for m in b.modules.values { let n = m.deltaNorm; nb += n * n }
+        func norm2(_ x: LoRAAdapter) -> Double { x.modules.values.reduce(0.0) { let n = $1.deltaNorm; return $0 + n * n } }
+        let na = normA.map { $0 * $0 } ?? norm2(a)
+        let nb = normB.map { $0 * $0 } ?? norm2(b)
+        var ip = 0.0
         var shared = 0, exact = 0, sampled = 0, evaluated = 0
         var conflicts = 0.0, both = 0.0   // entry counts, sampled modules scaled to their size
         for name in a.moduleNames {
