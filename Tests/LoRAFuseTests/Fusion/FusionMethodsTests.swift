@@ -1,0 +1,85 @@
+import Foundation
+import XCTest
+@testable import LoRAFuse
+
+final class FusionMethodsTests: XCTestCase {
+    private func assertInvalid(_ name: String, _ p: FusionParameters, parameter: String,
+                               file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertThrowsError(try FusionMethods.make(name: name, parameters: p), file: file, line: line) { e in
+            guard case let FusionError.invalidParameter(method, param, _, _) = e else {
+                return XCTFail("expected invalidParameter, got \(e)", file: file, line: line)
+            }
+            XCTAssertEqual(method, name, file: file, line: line)
+            XCTAssertEqual(param, parameter, file: file, line: line)
+        }
+    }
+
+    func testBuildsWiredMethods() throws {
+        XCTAssertEqual(FusionMethods.names, ["linear", "cat", "svd", "knots", "lego"])
+        for n in FusionMethods.names {
+            XCTAssertEqual(try FusionMethods.make(name: n, parameters: FusionParameters()).name, n)
+        }
+        let svd = try XCTUnwrap(FusionMethods.make(name: "svd", parameters: FusionParameters(rank: 4)) as? SVDFusion)
+        XCTAssertEqual(svd.rank, 4)
+        let knots = try XCTUnwrap(FusionMethods.make(name: "knots", parameters: FusionParameters(rank: 8, density: 0.3, threshold: 1e-3))
+            as? KnOTSFusion)
+        XCTAssertEqual(knots.mergeRule, .ties(density: 0.3, disjointMean: true))
+        XCTAssertEqual(knots.relativeThreshold, 1e-3)
+        let lin = try XCTUnwrap(FusionMethods.make(name: "knots", parameters: FusionParameters(mergeRule: "linear")) as? KnOTSFusion)
+        XCTAssertEqual(lin.mergeRule, .linear)
+        let lego = try XCTUnwrap(FusionMethods.make(name: "lego", parameters: FusionParameters(rank: 6, rescale: "output", iterations: 7))
+            as? LEGOFusion)
+        XCTAssertEqual(lego.rank, 6)
+        XCTAssertFalse(lego.unitNormRescale)
+        XCTAssertTrue(lego.outputRescale)
+        XCTAssertEqual(lego.maxIterations, 7)
+    }
+
+    func testUnknownMethodListsKnownOnes() {
+        XCTAssertThrowsError(try FusionMethods.make(name: "frobnicate", parameters: FusionParameters(density: 7))) { e in
+            guard case let FusionError.unknownMethod(n, known) = e else { return XCTFail("got \(e)") }
+            XCTAssertEqual(n, "frobnicate")
+            XCTAssertEqual(known, FusionMethods.names)
+            XCTAssertTrue(String(describing: e).contains("svd"))
+        }
+    }
+
+    func testRangeValidation() {
+        assertInvalid("svd", FusionParameters(rank: 0), parameter: "rank")
+        assertInvalid("knots", FusionParameters(density: 0), parameter: "density")
+        assertInvalid("knots", FusionParameters(density: 1.5), parameter: "density")
+        assertInvalid("knots", FusionParameters(density: .nan), parameter: "density")
+        assertInvalid("linear", FusionParameters(lambda: .infinity), parameter: "lambda")
+        assertInvalid("linear", FusionParameters(gamma: 1), parameter: "gamma")
+        assertInvalid("linear", FusionParameters(epsilon: -0.1), parameter: "epsilon")
+        assertInvalid("knots", FusionParameters(threshold: 1), parameter: "threshold")
+        assertInvalid("lego", FusionParameters(iterations: 0), parameter: "iterations")
+        assertInvalid("lego", FusionParameters(rescale: "sometimes"), parameter: "rescale")
+        assertInvalid("knots", FusionParameters(mergeRule: "median"), parameter: "merge_rule")
+        assertInvalid("knots", FusionParameters(divisor: "weight"), parameter: "divisor")
+        assertInvalid("linear", FusionParameters(signElection: "vote"), parameter: "sign_election")
+        assertInvalid("cat", FusionParameters(rank: 4), parameter: "rank")
+        XCTAssertNoThrow(try FusionMethods.make(name: "knots", parameters: FusionParameters(density: 1)))
+    }
+
+    func testParametersDecodeWithDefaults() throws {
+        let p = try JSONDecoder().decode(FusionParameters.self, from: Data(#"{"rank": 8, "mergeRule": "linear"}"#.utf8))
+        XCTAssertEqual(p, FusionParameters(rank: 8, mergeRule: "linear"))
+        XCTAssertEqual(p.seed, 0)
+        let round = try JSONDecoder().decode(FusionParameters.self, from: JSONEncoder().encode(FusionParameters(density: 0.4, seed: 9)))
+        XCTAssertEqual(round, FusionParameters(density: 0.4, seed: 9))
+    }
+
+    func testRegistryMethodsRunThroughFuser() throws {
+        var rng = SeededRNG(seed: 5)
+        let a = LoRAAdapter(name: "a", modules: ["m": FusionFixture.module(out: 6, in: 5, rank: 2, alpha: 4, rng: &rng)])
+        let b = LoRAAdapter(name: "b", modules: ["m": FusionFixture.module(out: 6, in: 5, rank: 2, alpha: 4, rng: &rng)])
+        let reference = FusionFixture.denseSum([a.modules["m"]!, b.modules["m"]!], [0.5, 0.5])
+        for (name, p) in [("linear", FusionParameters()), ("knots", FusionParameters(mergeRule: "linear")),
+                          ("lego", FusionParameters(rank: 4, rescale: "none"))] {
+            let method = try FusionMethods.make(name: name, parameters: p)
+            let (fused, _) = try Fuser.fuse([a, b], weights: [0.5, 0.5], method: method)
+            XCTAssertLessThan(FusionFixture.relError(FusionFixture.denseDelta(fused.modules["m"]!), reference), 1e-4, name)
+        }
+    }
+}
