@@ -45,7 +45,10 @@ public struct FusionParameters: Sendable, Codable, Equatable {
         self.iterations = iterations
     }
 
-    private enum CodingKeys: String, CodingKey {
+    /// Field names as configs spell them (camelCase; YAML plans accept snake_case).
+    public static let fieldNames: [String] = CodingKeys.allCases.map(\.stringValue)
+
+    private enum CodingKeys: String, CodingKey, CaseIterable {
         case rank, density, seed, lambda, gamma, epsilon, signElection, divisor, rescale, mergeRule, threshold, iterations
     }
 
