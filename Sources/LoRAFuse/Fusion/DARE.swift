@@ -36,11 +36,18 @@ public struct DAREFusion: FusionMethod {
         self.normalize = normalize
     }
 
-    /// Draws each task's mask from `rng` (task after task, row-major), drops, then combines.
+    /// Draws each task's keep mask from `rng` (task after task, row-major), then combines.
     public func combineDense(_ deltas: [Matrix], weights: [Float], rng: inout SeededRNG) -> Matrix {
-        var dropped: [Matrix] = []
-        dropped.reserveCapacity(deltas.count)
-        for d in deltas { dropped.append(DenseMerge.dareDrop(d, density: density, rescale: rescale, rng: &rng)) }
+        var masks: [[Bool]] = []
+        masks.reserveCapacity(deltas.count)
+        for d in deltas { masks.append(DenseMerge.bernoulliMask(count: d.count, density: density, rng: &rng)) }
+        return combineDense(deltas, weights: weights, masks: masks)
+    }
+
+    /// The combination with given keep masks (one per task, row-major, true = kept).
+    public func combineDense(_ deltas: [Matrix], weights: [Float], masks: [[Bool]]) -> Matrix {
+        precondition(masks.count == deltas.count, "\(masks.count) masks for \(deltas.count) deltas")
+        let dropped = zip(deltas, masks).map { DenseMerge.dareDrop($0, mask: $1, density: density, rescale: rescale) }
         switch mode {
         case .linear: return DenseMerge.weightedSum(dropped, weights: weights, normalize: normalize)
         case .ties: return DenseMerge.disjointMerge(dropped, weights: weights, consensus: consensus)

@@ -288,12 +288,22 @@ public enum DenseMerge {
         return out
     }
 
-    /// DARE's drop (Yu et al. 2023): keep each entry independently with probability ρ, one
-    /// uniform draw per entry in row-major order; survivors rescaled per `rescale`.
-    public static func dareDrop(_ m: Matrix, density: Double, rescale: DropRescale, rng: inout SeededRNG) -> Matrix {
+    /// DARE's keep mask: each entry kept independently with probability ρ, one uniform draw
+    /// per entry in row-major order (`nextDouble() < ρ`). All true when ρ ≥ 1 (no draws).
+    public static func bernoulliMask(count n: Int, density: Double, rng: inout SeededRNG) -> [Bool] {
+        if density >= 1 { return [Bool](repeating: true, count: n) }
+        var mask = [Bool](repeating: false, count: n)
+        for e in 0..<n { mask[e] = rng.nextDouble() < density }
+        return mask
+    }
+
+    /// DARE's drop and rescale (Yu et al. 2023) with a given keep mask: τ̃ = m ⊙ τ, then
+    /// ÷ ρ (`.inverseProbability`), L1-rescaled (`.l1Norm`), or left as is.
+    public static func dareDrop(_ m: Matrix, mask: [Bool], density: Double, rescale: DropRescale) -> Matrix {
+        precondition(mask.count == m.count, "mask of \(mask.count) entries for a \(m.rows)x\(m.cols) matrix")
         if density >= 1 { return m }
         var out = m
-        for e in 0..<out.count where !(rng.nextDouble() < density) { out.data[e] = 0 }
+        for e in 0..<out.count where !mask[e] { out.data[e] = 0 }
         switch rescale {
         case .inverseProbability: out.scale(by: Float(1 / density))
         case .l1Norm: l1Rescale(&out, original: m)
