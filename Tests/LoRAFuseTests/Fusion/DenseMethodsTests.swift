@@ -461,3 +461,54 @@ final class DenseMethodsTests: XCTestCase {
         }
     }
 }
+
+/// Checks the PEFT conventions against PEFT itself: outputs of peft.utils.merge_utils `ties`
+/// (`total` and `frequency`) and `magnitude_prune` on fixed dense task deltas, made by
+/// scripts/make_dense_fusion_fixtures.py (peft 0.21.2).
+final class DenseMethodsPEFTFixtureTests: XCTestCase {
+    private struct Fixture: Decodable {
+        struct Case: Decodable {
+            var method: String
+            var sign: String?
+            var density: Double
+            var weights: [Float]
+            var result: [Float]
+        }
+        var rows: Int
+        var cols: Int
+        var deltas: [[Float]]
+        var cases: [Case]
+    }
+
+    private func load() throws -> Fixture {
+        let rel = "Fixtures/Fusion/peft_dense_merge.json"
+        var url = Bundle.module.resourceURL?.appendingPathComponent(rel)
+        if url == nil || !FileManager.default.fileExists(atPath: url!.path) {
+            url = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent(rel)
+        }
+        return try JSONDecoder().decode(Fixture.self, from: Data(contentsOf: url!))
+    }
+
+    func testMatchesPEFTTiesAndMagnitudePrune() throws {
+        let fx = try load()
+        let deltas = fx.deltas.map { Matrix(rows: fx.rows, cols: fx.cols, data: $0) }
+        XCTAssertEqual(fx.cases.count, 12)
+        for c in fx.cases {
+            let want = Matrix(rows: fx.rows, cols: fx.cols, data: c.result)
+            let got: Matrix
+            switch (c.method, c.sign) {
+            case ("ties", "total"?):
+                got = TIESFusion(density: c.density, consensus: .peft).combineDense(deltas, weights: c.weights)
+            case ("ties", "frequency"?):
+                got = TIESFusion(density: c.density, signElection: .unweighted, signMethod: .count, divisor: .agreeingCount)
+                    .combineDense(deltas, weights: c.weights)
+            case ("magnitude_prune", nil):
+                got = MagnitudePruneFusion(density: c.density).combineDense(deltas, weights: c.weights)
+            default:
+                XCTFail("unknown fixture case \(c.method) \(c.sign ?? "-")"); continue
+            }
+            XCTAssertLessThan(got.maxAbsDifference(want), 1e-5 * max(1, want.maxAbs),
+                              "\(c.method) \(c.sign ?? "") density \(c.density) weights \(c.weights)")
+        }
+    }
+}
