@@ -253,7 +253,7 @@ final class GGUFTests: XCTestCase {
         XCTAssertEqual(f.metadata["u8"], .uint8(9))
         XCTAssertEqual(f.tensors.map(\.offset).map { $0 % 16 }, [0, 0, 0, 0, 0])
         XCTAssertEqual(try f.matrix("w.f32"), m)
-        XCTAssertEqual(try f.tensorInfo("w.f32")?.dims, [64, 3])
+        XCTAssertEqual(f.tensorInfo("w.f32")?.dims, [64, 3])
         XCTAssertLessThan(try f.matrix("w.f16").maxAbsDifference(m), 2e-3)
         XCTAssertEqual(try f.floats("w.bf16").prefix(4), [1, -2, 3.5, 0])
         let q8 = try f.matrix("w.q8")
