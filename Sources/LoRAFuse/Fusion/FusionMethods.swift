@@ -26,11 +26,16 @@ public struct FusionParameters: Sendable, Codable, Equatable {
     public var threshold: Double?
     /// LEGO: cap on the Lloyd iterations of k-means. ≥ 1; default 50.
     public var iterations: Int?
+    /// Dense methods: whose conventions for sign election and divisor — "mergekit" (default:
+    /// elect on the weighted deltas, divide by Σ w_i over agreeing entries) or "peft" (elect on
+    /// the unweighted stack, divide by the count of agreeing entries). Explicit `signElection` /
+    /// `divisor` override the preset.
+    public var convention: String?
 
     public init(rank: Int? = nil, density: Double? = nil, seed: UInt64 = 0, lambda: Double? = nil,
                 gamma: Double? = nil, epsilon: Double? = nil, signElection: String? = nil,
                 divisor: String? = nil, rescale: String? = nil, mergeRule: String? = nil,
-                threshold: Double? = nil, iterations: Int? = nil) {
+                threshold: Double? = nil, iterations: Int? = nil, convention: String? = nil) {
         self.rank = rank
         self.density = density
         self.seed = seed
@@ -43,13 +48,14 @@ public struct FusionParameters: Sendable, Codable, Equatable {
         self.mergeRule = mergeRule
         self.threshold = threshold
         self.iterations = iterations
+        self.convention = convention
     }
 
     /// Field names as configs spell them (camelCase; YAML plans accept snake_case).
     public static let fieldNames: [String] = CodingKeys.allCases.map(\.stringValue)
 
     private enum CodingKeys: String, CodingKey, CaseIterable {
-        case rank, density, seed, lambda, gamma, epsilon, signElection, divisor, rescale, mergeRule, threshold, iterations
+        case rank, density, seed, lambda, gamma, epsilon, signElection, divisor, rescale, mergeRule, threshold, iterations, convention
     }
 
     /// Every field may be absent from a config; `seed` then defaults to 0.
@@ -67,15 +73,15 @@ public struct FusionParameters: Sendable, Codable, Equatable {
         mergeRule = try c.decodeIfPresent(String.self, forKey: .mergeRule)
         threshold = try c.decodeIfPresent(Double.self, forKey: .threshold)
         iterations = try c.decodeIfPresent(Int.self, forKey: .iterations)
+        convention = try c.decodeIfPresent(String.self, forKey: .convention)
     }
 }
 
 /// The registry of fusion methods by command-line name.
 public enum FusionMethods {
     /// Names `make` accepts, in the order help texts list them.
-    // COORDINATOR: append "ties", "dare_linear", "dare_ties", "magnitude_prune", "breadcrumbs",
-    // "breadcrumbs_ties", "della", "della_linear" here when the dense methods are wired below.
-    public static let names: [String] = ["linear", "cat", "svd", "knots", "lego"]
+    public static let names: [String] = ["linear", "cat", "svd", "ties", "dare_linear", "dare_ties", "magnitude_prune",
+                                         "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "knots", "lego"]
 
     /// Builds the method `name` from `parameters`, after checking every parameter's range.
     /// Throws `FusionError.unknownMethod` or `FusionError.invalidParameter`.
@@ -125,8 +131,25 @@ public enum FusionMethods {
                 throw FusionError.invalidParameter(method: name, parameter: "rescale", value: other, expected: "both, unit, output or none")
             }
             return LEGOFusion(rank: p.rank, unitNormRescale: unit, outputRescale: output, maxIterations: p.iterations ?? 50)
-        // COORDINATOR: dense methods (TIESFusion, DAREFusion, MagnitudePruneFusion, BreadcrumbsFusion,
-        // DELLAFusion) from the dense-methods branch get their `case "ties": …` lines here.
+        case "ties":
+            return try scaled(TIESFusion(density: p.density ?? 0.2, rank: p.rank, consensus: consensus(name, p)), p)
+        case "dare_linear", "dare_ties":
+            let c = try consensus(name, p)
+            return try scaled(DAREFusion(mode: name == "dare_ties" ? .ties : .linear, density: p.density ?? 0.5, rank: p.rank,
+                                         rescale: dropRescale(name, p), signElection: c.election, signMethod: c.method,
+                                         divisor: c.divisor), p)
+        case "magnitude_prune":
+            return try scaled(MagnitudePruneFusion(density: p.density ?? 0.2, rank: p.rank), p)
+        case "breadcrumbs", "breadcrumbs_ties":
+            let c = try consensus(name, p)
+            return try scaled(BreadcrumbsFusion(mode: name == "breadcrumbs_ties" ? .ties : .linear, density: p.density ?? 0.1,
+                                                gamma: p.gamma ?? 0.01, rank: p.rank, signElection: c.election,
+                                                signMethod: c.method, divisor: c.divisor), p)
+        case "della", "della_linear":
+            let c = try consensus(name, p)
+            return try scaled(DELLAFusion(mode: name == "della" ? .ties : .linear, density: p.density ?? 0.5,
+                                          epsilon: p.epsilon ?? 0.15, rank: p.rank, rescale: dropRescale(name, p),
+                                          signElection: c.election, signMethod: c.method, divisor: c.divisor), p)
         default:
             throw FusionError.unknownMethod(name, known: names)
         }
@@ -150,7 +173,65 @@ public enum FusionMethods {
         }
         if let t = p.threshold, !(t >= 0 && t < 1) { throw bad("threshold", t, "a number in [0, 1)") }
         if let i = p.iterations, i < 1 { throw bad("iterations", i, "an integer ≥ 1") }
-        if let s = p.signElection, !["sum", "count"].contains(s) { throw bad("sign_election", s, "sum or count") }
+        if let s = p.signElection, !["sum", "count", "total", "frequency"].contains(s) {
+            throw bad("sign_election", s, "sum or count (PEFT's total / frequency)")
+        }
+        if let c = p.convention, !["mergekit", "peft"].contains(c) { throw bad("convention", c, "mergekit or peft") }
         if let dv = p.divisor, !["count", "weight", "none"].contains(dv) { throw bad("divisor", dv, "count, weight or none") }
+    }
+}
+
+extension FusionMethods {
+    /// The TIES-style consensus a dense method uses: the convention preset, then explicit overrides.
+    static func consensus(_ method: String, _ p: FusionParameters) throws -> SignConsensus {
+        var c = (p.convention ?? "mergekit") == "peft" ? SignConsensus.peft : SignConsensus.mergekit
+        switch p.signElection {
+        case "sum"?, "total"?: c.method = .sum
+        case "count"?, "frequency"?: c.method = .count
+        default: break
+        }
+        switch p.divisor {
+        case "count"?: c.divisor = .agreeingCount
+        case "weight"?: c.divisor = .weightSum
+        case "none"?: c.divisor = .none
+        default: break
+        }
+        return c
+    }
+
+    /// DARE/DELLA survivor rescaling: "inverse" (1/p, PEFT and the papers; default), "l1"
+    /// (keep the L1 norm, mergekit) or "none".
+    static func dropRescale(_ method: String, _ p: FusionParameters) throws -> DropRescale {
+        switch p.rescale ?? "inverse" {
+        case "inverse": return .inverseProbability
+        case "l1": return .l1Norm
+        case "none": return DropRescale.none
+        case let other:
+            throw FusionError.invalidParameter(method: method, parameter: "rescale", value: other, expected: "inverse, l1 or none")
+        }
+    }
+
+    /// Applies `lambda` (mergekit's global scale of the merged task vector) when it is set.
+    static func scaled(_ m: any FusionMethod, _ p: FusionParameters) throws -> any FusionMethod {
+        guard let l = p.lambda, l != 1 else { return m }
+        return ScaledFusion(inner: m, lambda: Float(l))
+    }
+}
+
+/// λ · (another method's result): the scale goes on B, so the factors stay exact.
+public struct ScaledFusion: FusionMethod {
+    public var inner: any FusionMethod
+    public var lambda: Float
+    public var name: String { inner.name }
+
+    public init(inner: any FusionMethod, lambda: Float) {
+        self.inner = inner
+        self.lambda = lambda
+    }
+
+    public func fuse(_ input: ModuleFusionInput) throws -> FusedModule {
+        var out = try inner.fuse(input)
+        out.B.scale(by: lambda)
+        return out
     }
 }

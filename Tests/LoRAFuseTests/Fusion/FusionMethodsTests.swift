@@ -15,7 +15,8 @@ final class FusionMethodsTests: XCTestCase {
     }
 
     func testBuildsWiredMethods() throws {
-        XCTAssertEqual(FusionMethods.names, ["linear", "cat", "svd", "knots", "lego"])
+        XCTAssertEqual(FusionMethods.names, ["linear", "cat", "svd", "ties", "dare_linear", "dare_ties", "magnitude_prune",
+                                             "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "knots", "lego"])
         for n in FusionMethods.names {
             XCTAssertEqual(try FusionMethods.make(name: n, parameters: FusionParameters()).name, n)
         }
@@ -33,6 +34,34 @@ final class FusionMethodsTests: XCTestCase {
         XCTAssertFalse(lego.unitNormRescale)
         XCTAssertTrue(lego.outputRescale)
         XCTAssertEqual(lego.maxIterations, 7)
+    }
+
+    func testDenseMethodsTakeConventionsAndOverrides() throws {
+        let peft = try XCTUnwrap(FusionMethods.make(name: "ties", parameters: FusionParameters(density: 0.3, convention: "peft")) as? TIESFusion)
+        XCTAssertEqual(peft.consensus, .peft)
+        XCTAssertEqual(peft.density, 0.3)
+        let mk = try XCTUnwrap(FusionMethods.make(name: "ties", parameters: FusionParameters()) as? TIESFusion)
+        XCTAssertEqual(mk.consensus, .mergekit)
+        let freq = try XCTUnwrap(FusionMethods.make(name: "ties", parameters: FusionParameters(signElection: "frequency", divisor: "count"))
+            as? TIESFusion)
+        XCTAssertEqual(freq.consensus.method, .count)
+        XCTAssertEqual(freq.consensus.divisor, .agreeingCount)
+        let dare = try XCTUnwrap(FusionMethods.make(name: "dare_ties", parameters: FusionParameters(density: 0.4, rescale: "l1")) as? DAREFusion)
+        XCTAssertEqual(dare.mode, .ties)
+        XCTAssertEqual(dare.rescale, .l1Norm)
+        let della = try XCTUnwrap(FusionMethods.make(name: "della_linear", parameters: FusionParameters(density: 0.6, epsilon: 0.1)) as? DELLAFusion)
+        XCTAssertEqual(della.mode, .linear)
+        XCTAssertEqual(della.epsilon, 0.1)
+        assertInvalid("dare_linear", FusionParameters(rescale: "both"), parameter: "rescale")
+        assertInvalid("ties", FusionParameters(convention: "torch"), parameter: "convention")
+        // lambda scales the merged update exactly.
+        var rng = SeededRNG(seed: 3)
+        let m = LoRAModule(A: .randomNormal(2, 5, rng: &rng), B: .randomNormal(4, 2, rng: &rng), scale: 1.5)
+        let input = ModuleFusionInput(name: "m", kind: .linear, outFeatures: 4, inFeatures: 5,
+                                      terms: [FusionTerm(module: m, weight: 1, adapterIndex: 0)], adapterCount: 1, rng: rng)
+        let plain = try FusionMethods.make(name: "magnitude_prune", parameters: FusionParameters(density: 1)).fuse(input)
+        let scaled = try FusionMethods.make(name: "magnitude_prune", parameters: FusionParameters(density: 1, lambda: 0.5)).fuse(input)
+        XCTAssertLessThan(plain.B.matmul(plain.A).scaled(by: 0.5).maxAbsDifference(scaled.B.matmul(scaled.A)), 1e-5)
     }
 
     func testUnknownMethodListsKnownOnes() {
