@@ -107,6 +107,9 @@ public struct AdapterMetadata: Sendable {
     public var alphaPattern: [String: Double] = [:]
     public var layersToTransform: [Int]? = nil
     public var modulesToSave: [String]? = nil
+    /// Original shapes of `LoRAAdapter.extraTensors` (a `Matrix` flattens 1-D and >2-D tensors),
+    /// so writers can restore e.g. a bias of shape [n] instead of [1, n].
+    public var extraTensorShapes: [String: [Int]] = [:]
     /// Remaining JSON of the source config, as serialized JSON text per key.
     public var peftExtra: [String: String] = [:]
 

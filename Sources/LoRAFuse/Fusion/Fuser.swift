@@ -107,6 +107,7 @@ public enum Fuser {
             if adapters.allSatisfy({ $0.extraTensors == e0 }) {
                 extras = e0
                 meta.modulesToSave = first.modulesToSave
+                meta.extraTensorShapes = first.extraTensorShapes
             } else {
                 warnings.append("modules_to_save tensors differ between adapters; they are not carried into the fused adapter")
             }
