@@ -24,6 +24,7 @@ record the ids from (also for 250 seeded random strings)
     Sequence([Digits(individual_digits=True), ByteLevel(add_prefix_space=False)]) (the model's own),
   * `gpt2`:   the transformers-from-GGUF tokenizer unchanged,
   * `llama3`: the same vocabulary with transformers' Llama 3 split regex + ByteLevel(use_regex=False),
+    and BPE ignore_merges=True as Llama 3's tokenizer.json has it,
   * `qwen2`:  the same with Qwen 2's split regex,
 so each Swift pre-tokenizer is checked exactly against tokenizers.
 """
@@ -83,8 +84,10 @@ smollm_backend.pre_tokenizer = pre_tokenizers.Sequence(
 )
 
 
-def split_backend(pattern):
-    t = Tokenizer.from_str(gpt2_backend.to_str())
+def split_backend(pattern, ignore_merges=False):
+    spec = json.loads(gpt2_backend.to_str())
+    spec["model"]["ignore_merges"] = ignore_merges
+    t = Tokenizer.from_str(json.dumps(spec))
     t.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
          pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
@@ -92,7 +95,9 @@ def split_backend(pattern):
     return t
 
 
-llama3_backend = split_backend(_LLAMA3_SPLIT)
+# Llama 3's own tokenizer.json (and llama.cpp for "llama-bpe") sets ignore_merges: a piece that is a
+# vocabulary token is taken whole.
+llama3_backend = split_backend(_LLAMA3_SPLIT, ignore_merges=True)
 qwen2_backend = split_backend(_QWEN2_SPLIT)
 
 # (b) Corpus.

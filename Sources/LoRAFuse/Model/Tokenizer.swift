@@ -81,6 +81,9 @@ public final class BPETokenizer: @unchecked Sendable {
     public let unkId: Int?
     /// Whether a BOS should be prepended when encoding a plain prompt (`tokenizer.ggml.add_bos_token`).
     public let addBos: Bool
+    /// HF BPE `ignore_merges` (Llama 3): a piece that is itself a vocabulary token is emitted whole,
+    /// without running the merges (which might not reach it).
+    public let ignoreMerges: Bool
     /// The Jinja chat template text, when the model ships one.
     public let chatTemplateText: String?
     /// Ids that end generation: EOS and EOT.
@@ -106,10 +109,12 @@ public final class BPETokenizer: @unchecked Sendable {
     ///   - tokenTypes: GGUF token types; `control` (3) and `userDefined` (4) tokens are matched whole in
     ///     the text, control ones are "special" (skipped by `decode(skipSpecial:)`).
     ///   - addedTokens: extra token ids matched whole (tokenizer.json `added_tokens`), with whether special.
+    ///   - ignoreMerges: see `ignoreMerges`.
     public convenience init(tokens: [String], merges: [String], tokenTypes: [Int32]? = nil,
                 preTokenizer: PreTokenizer, addedTokens: [(id: Int, special: Bool)] = [],
                 bosId: Int? = nil, eosId: Int? = nil, eotId: Int? = nil, padId: Int? = nil, unkId: Int? = nil,
-                addBos: Bool = false, chatTemplate: String? = nil, source: String = "tokenizer") throws {
+                addBos: Bool = false, ignoreMerges: Bool = false, chatTemplate: String? = nil,
+                source: String = "tokenizer") throws {
         var pairs: [(String, String)] = []
         pairs.reserveCapacity(merges.count)
         for (i, m) in merges.enumerated() {
@@ -122,15 +127,18 @@ public final class BPETokenizer: @unchecked Sendable {
         }
         try self.init(tokens: tokens, mergePairs: pairs, tokenTypes: tokenTypes, preTokenizer: preTokenizer,
                       addedTokens: addedTokens, bosId: bosId, eosId: eosId, eotId: eotId, padId: padId,
-                      unkId: unkId, addBos: addBos, chatTemplate: chatTemplate, source: source)
+                      unkId: unkId, addBos: addBos, ignoreMerges: ignoreMerges, chatTemplate: chatTemplate,
+                      source: source)
     }
 
     /// As above with merges already split into (left, right) pairs (tokenizer.json's `[a, b]` form).
     public init(tokens: [String], mergePairs: [(String, String)], tokenTypes: [Int32]? = nil,
                 preTokenizer: PreTokenizer, addedTokens: [(id: Int, special: Bool)] = [],
                 bosId: Int? = nil, eosId: Int? = nil, eotId: Int? = nil, padId: Int? = nil, unkId: Int? = nil,
-                addBos: Bool = false, chatTemplate: String? = nil, source: String = "tokenizer") throws {
+                addBos: Bool = false, ignoreMerges: Bool = false, chatTemplate: String? = nil,
+                source: String = "tokenizer") throws {
         let n = tokens.count
+        self.ignoreMerges = ignoreMerges
         self.tokens = tokens
         self.preTokenizer = preTokenizer
         self.addBos = addBos
@@ -259,6 +267,9 @@ public final class BPETokenizer: @unchecked Sendable {
         if let hit = cache[bytes] { lock.unlock(); return hit }
         lock.unlock()
 
+        if ignoreMerges, let whole = vocab[ByteLevel.encode(bytes)] {
+            return [Int32(whole)]
+        }
         var syms: [Int32] = []
         syms.reserveCapacity(bytes.count)
         for b in bytes {

@@ -14,6 +14,8 @@ extension BPETokenizer {
     /// Pre-tokenizer: "smollm" gives `.smollm` (digits isolated, then GPT-2's regex), as llama.cpp and
     /// SmolLM2's own tokenizer.json do. (transformers 5.x's GGUF loader instead keeps GPT-2's plain
     /// regex for "smollm"; the two differ only on whitespace runs before a digit, e.g. "a   1".)
+    /// Llama 3 family pre names also turn on `ignoreMerges`, as llama.cpp does and as Llama 3's
+    /// tokenizer.json (`"ignore_merges": true`) says.
     public static func fromGGUFMetadata(_ get: (String) -> Any?, source: String = "gguf") throws -> BPETokenizer {
         let model = get("tokenizer.ggml.model").flatMap(Meta.string)
         guard let model else {
@@ -49,6 +51,7 @@ extension BPETokenizer {
             tokens: tokens, merges: merges, tokenTypes: types, preTokenizer: pre,
             bosId: try id("bos_token_id"), eosId: try id("eos_token_id"), eotId: try id("eot_token_id"),
             padId: try id("padding_token_id"), unkId: try id("unknown_token_id"), addBos: addBos,
+            ignoreMerges: pre == .llama3,
             chatTemplate: get("tokenizer.chat_template").flatMap(Meta.string), source: source)
     }
 
@@ -122,7 +125,8 @@ extension BPETokenizer {
         return try BPETokenizer(
             tokens: tokens, mergePairs: mergePairs, tokenTypes: nil, preTokenizer: pre,
             addedTokens: added.map { ($0.id, $0.special) },
-            bosId: lookup(bosToken), eosId: lookup(eosToken), chatTemplate: chatTemplate, source: source)
+            bosId: lookup(bosToken), eosId: lookup(eosToken),
+            ignoreMerges: model["ignore_merges"] as? Bool ?? false, chatTemplate: chatTemplate, source: source)
     }
 
     static func detectPreTokenizer(_ json: Any?, source: String) throws -> PreTokenizer {

@@ -247,6 +247,25 @@ final class TokenizerTests: XCTestCase {
         }
     }
 
+    func testIgnoreMergesTakesWholeVocabularyWords() throws {
+        // Expected ids from tokenizers 0.23 on this exact tokenizer.json (ignore_merges true / false).
+        func make(_ ignore: Bool) throws -> BPETokenizer {
+            let json = """
+            {"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "c": 2, "ab": 3, "abc": 4, "Ġ": 5},
+                       "merges": [["a", "b"]], "ignore_merges": \(ignore)},
+             "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "use_regex": true}}
+            """
+            return try BPETokenizer.fromTokenizerJSON(Data(json.utf8))
+        }
+        XCTAssertEqual(try make(true).encode("abc abcc"), [4, 5, 3, 2, 2])
+        XCTAssertEqual(try make(false).encode("abc abcc"), [3, 2, 5, 3, 2, 2])
+        let llama = try BPETokenizer.fromGGUFMetadata { k in
+            k == "tokenizer.ggml.pre" ? "llama-bpe" : TokFixtures.meta[k]
+        }
+        XCTAssertTrue(llama.ignoreMerges)
+        XCTAssertFalse(TokFixtures.smol.ignoreMerges)
+    }
+
     func testGGUFMetadataErrors() {
         XCTAssertThrowsError(try BPETokenizer.fromGGUFMetadata { $0 == "tokenizer.ggml.model" ? "llama" : nil }) { e in
             XCTAssertEqual(e as? TokenizerError, .unsupportedModel(source: "gguf", model: "llama"))
