@@ -16,7 +16,11 @@ struct Bench: ParsableCommand {
 /// Resident-set peak of this process, in MB (Linux reports ru_maxrss in KB, macOS in bytes).
 func peakRSSMB() -> Double {
     var u = rusage()
+    #if os(Linux)
+    getrusage(RUSAGE_SELF.rawValue, &u)
+    #else
     getrusage(RUSAGE_SELF, &u)
+    #endif
     #if os(Linux)
     return Double(u.ru_maxrss) / 1024
     #else

@@ -6,7 +6,7 @@ final class ProgressBar: @unchecked Sendable {
     private let total: Int
     private let label: String
     private let start = Date()
-    private let isTTY = isatty(fileno(stderr)) != 0
+    private let isTTY = isatty(2) != 0  // stderr
     private var lastDecile = -1
     private var lastDraw = Date.distantPast
     private let enabled: Bool
