@@ -116,7 +116,7 @@ struct Merge: ParsableCommand {
                               enabled: !compute.quiet)
         let (fused, report) = try Fuser.fuse(loaded, weights: plan.adapters.map(\.weight), method: method,
                                              seed: plan.parameters.seed, name: (plan.output! as NSString).lastPathComponent) { done, total, name in
-            bar.update(done, detail: name)
+            bar.update(done, total: total, detail: name)
         }
         for w in report.warnings { printError("warning: \(w)") }
         let dtype = plan.dtype ?? loaded[0].sourceDType

@@ -3,7 +3,7 @@ import Foundation
 /// A one-line progress bar on stderr. On a terminal it redraws in place; otherwise (CI logs,
 /// pipes) it prints a plain line at every 10% so logs stay short.
 final class ProgressBar: @unchecked Sendable {
-    private let total: Int
+    private var total: Int
     private let label: String
     private let start = Date()
     private let isTTY = isatty(2) != 0  // stderr
@@ -17,8 +17,9 @@ final class ProgressBar: @unchecked Sendable {
         self.enabled = enabled
     }
 
-    func update(_ done: Int, detail: String = "") {
+    func update(_ done: Int, total newTotal: Int? = nil, detail: String = "") {
         guard enabled else { return }
+        if let t = newTotal { total = max(t, 1) }
         let frac = Double(done) / Double(total)
         let elapsed = Date().timeIntervalSince(start)
         let eta = done > 0 ? elapsed / Double(done) * Double(total - done) : 0
@@ -34,8 +35,9 @@ final class ProgressBar: @unchecked Sendable {
             FileHandle.standardError.write(Data((line + "\u{1B}[K").utf8))
             if done >= total { FileHandle.standardError.write(Data("\n".utf8)) }
         } else {
+            // In logs, short work gets no lines at all; long work a line per 10%.
             let decile = Int(frac * 10)
-            if decile != lastDecile {
+            if decile != lastDecile && elapsed > 1 {
                 lastDecile = decile
                 FileHandle.standardError.write(Data("\(label) \(done)/\(total) (\(Int(frac * 100))%) \(Self.fmt(elapsed)) ETA \(Self.fmt(eta))\n".utf8))
             }
