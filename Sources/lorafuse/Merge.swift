@@ -120,7 +120,7 @@ struct Merge: ParsableCommand {
         }
         for w in report.warnings { printError("warning: \(w)") }
         let dtype = plan.dtype ?? loaded[0].sourceDType
-        try PEFTAdapter.write(fused, to: plan.output!, dtype: dtype)
+        try PEFTAdapter.write(fused, to: plan.output!, dtype: dtype, protecting: plan.adapters.map(\.path))
         let summary = MergeSummary(plan: plan, dtype: dtype, report: report, adapter: fused)
         if json {
             try printJSON(summary)
