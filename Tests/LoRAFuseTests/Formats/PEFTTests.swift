@@ -316,4 +316,32 @@ final class PEFTTests: TempDirTestCase {
         let leftovers = try FileManager.default.contentsOfDirectory(atPath: tmp.path).filter { $0.hasPrefix(".") }
         XCTAssertTrue(leftovers.isEmpty, "temporary directories removed: \(leftovers)")
     }
+
+    func testCarriesFanInFanOutLayersAndModulesToSave() throws {
+        let dir = tmp.appendingPathComponent("gpt2ish")
+        let cfg = #"{"r": 2, "lora_alpha": 2, "fan_in_fan_out": true, "layers_to_transform": 0, "target_modules": "c_attn", "modules_to_save": ["score"], "task_type": "SEQ_CLS", "base_model_name_or_path": "gpt2"}"#
+        try makeAdapter(dir, config: cfg, tensors: [
+            SafetensorsTensor(name: "base_model.model.h.0.c_attn.lora_A.weight", matrix: Matrix([[1, 2], [3, 4]])),
+            SafetensorsTensor(name: "base_model.model.h.0.c_attn.lora_B.weight", matrix: Matrix([[1, 0], [0, 1], [2, 2]])),
+            SafetensorsTensor(name: "base_model.model.score.bias", shape: [3], values: [0.5, -1, 2]),
+        ])
+        let a = try PEFTAdapter.read(directory: dir.path)
+        XCTAssertTrue(a.metadata.fanInFanOut)
+        XCTAssertEqual(a.metadata.layersToTransform, [0])
+        XCTAssertEqual(a.metadata.targetModules, ["c_attn"])
+        XCTAssertEqual(a.extraTensors["base_model.model.score.bias"], Matrix([[0.5, -1, 2]]))
+        XCTAssertEqual(a.metadata.extraTensorShapes["base_model.model.score.bias"], [3])
+        let out = tmp.appendingPathComponent("gpt2ish-out")
+        try PEFTAdapter.write(a, to: out.path, dtype: .f16)
+        let b = try PEFTAdapter.read(directory: out.path)
+        XCTAssertTrue(b.metadata.fanInFanOut)
+        XCTAssertEqual(b.metadata.layersToTransform, [0])
+        XCTAssertEqual(b.metadata.modulesToSave, ["score"])
+        XCTAssertEqual(b.metadata.taskType, "SEQ_CLS")
+        XCTAssertEqual(b.metadata.baseModel, "gpt2")
+        XCTAssertEqual(b.extraTensors, a.extraTensors)
+        let w = try SafetensorsFile(url: out.appendingPathComponent("adapter_model.safetensors"))
+        XCTAssertEqual(try w.info("base_model.model.score.bias").shape, [3], "1-D extra tensor keeps its shape")
+        XCTAssertEqual(try w.info("base_model.model.h.0.c_attn.lora_A.weight").dtype, "F16")
+    }
 }
