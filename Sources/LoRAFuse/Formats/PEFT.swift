@@ -127,7 +127,7 @@ public enum PEFTAdapter {
 
         var modules: [String: LoRAModule] = [:]
         var sourceDType: DType?
-        for (module, kind) in kinds {
+        for (module, kind) in kinds.sorted(by: { naturalLess($0.key, $1.key) }) {
             let (aName, bName) = kind == .linear ? ("lora_A", "lora_B") : ("lora_embedding_A", "lora_embedding_B")
             guard let ak = aKeys[module] else {
                 throw PEFTError.missingPartner(path: directory, tensor: bKeys[module]!, missing: "\(module).\(aName)")

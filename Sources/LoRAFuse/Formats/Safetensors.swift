@@ -268,9 +268,14 @@ public final class SafetensorsFile: @unchecked Sendable {
         return [Float](unsafeUninitializedCapacity: n) { out, count in
             switch dt {
             case .f32:
+                #if _endian(little)
+                // memcpy has no alignment requirement, so this is the unaligned-safe fast path.
+                memcpy(out.baseAddress!, src, 4 * n)
+                #else
                 for k in 0..<n {
                     out[k] = Float(bitPattern: UInt32(littleEndian: src.loadUnaligned(fromByteOffset: 4 * k, as: UInt32.self)))
                 }
+                #endif
             case .f16:
                 for k in 0..<n {
                     out[k] = HalfConversion.floatFromHalf(UInt16(littleEndian: src.loadUnaligned(fromByteOffset: 2 * k, as: UInt16.self)))
