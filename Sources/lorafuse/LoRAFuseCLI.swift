@@ -24,6 +24,8 @@ struct LoRAFuseCLI {
             exit(1)
         } catch let e as ExitCode {
             exit(e.rawValue)
+        } catch where LoRAFuseCommand.exitCode(for: error) == .success {
+            LoRAFuseCommand.exit(withError: error)  // help requested through a subcommand
         } catch {
             printError("error: \(error)")
             exit(2)

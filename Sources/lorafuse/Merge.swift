@@ -171,7 +171,8 @@ struct MergeSummary: Encodable {
             let worst = modules.filter { $0.retainedEnergy != nil }.min { $0.retainedEnergy! < $1.retainedEnergy! }!
             lines.append(String(format: "energy      mean %.4f, min %.4f (%@)", me, mn, worst.module))
         } else {
-            lines.append("energy      exact (no truncation)")
+            lines.append(["cat", "linear"].contains(method) && parameters.rank == nil
+                         ? "energy      exact (no truncation)" : "energy      n/a (no SVD truncation to measure)")
         }
         lines.append(String(format: "time        %.2fs", seconds))
         lines.append("wrote       \(output) (\(dtype))")
