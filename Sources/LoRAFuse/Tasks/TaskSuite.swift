@@ -224,7 +224,7 @@ public enum TaskSuite {
             var rng = TaskRNG(seed: config.seed, stream: "\(task.name)/\(split.rawValue)")
             var got: [TaskExample] = []
             var attempts = 0
-            let maxAttempts = 2000 + 100 * want
+            let maxAttempts = 2000 + 20 * want
             while got.count < want {
                 attempts += 1
                 if attempts > maxAttempts {
