@@ -34,6 +34,12 @@ public struct TaskExample: Sendable, Hashable {
         self.answer = answer
     }
 
+    /// The suite's scoring rule: a reply is correct when it equals the answer exactly after both
+    /// are trimmed of surrounding whitespace.
+    public func isCorrect(reply: String) -> Bool {
+        reply.trimmingCharacters(in: .whitespacesAndNewlines) == answer.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
     /// The JSON Lines form, `{"prompt": "...", "answer": "..."}` (keys in that order).
     public var jsonLine: String {
         "{\"prompt\": " + JSONValue.string(prompt).serialized() + ", \"answer\": " + JSONValue.string(answer).serialized() + "}"
@@ -188,6 +194,17 @@ public struct TaskSuiteConfig: Sendable, Equatable {
     }
 }
 
+/// A task as `manifest.json` lists it.
+public struct TaskManifestEntry: Sendable, Equatable {
+    public var name: String
+    public var group: String
+    public var description: String
+    public var longTailed: Bool
+    public var conflictsWith: String?
+    /// File names relative to the suite folder.
+    public var files: [TaskSplit: String]
+}
+
 /// A task's generated splits.
 public struct GeneratedTask: Sendable {
     public let definition: TaskDefinition
@@ -277,6 +294,39 @@ public enum TaskSuite {
             paths.append(path)
         }
         return paths
+    }
+
+    // MARK: reading a generated suite
+
+    /// Reads `manifest.json` of a generated suite (the committed `tasks/` or a `lorafuse tasks
+    /// generate` output): the task list with descriptions and file names.
+    public static func readManifest(directory: String) throws -> [TaskManifestEntry] {
+        let path = (directory as NSString).appendingPathComponent("manifest.json")
+        guard let data = FileManager.default.contents(atPath: path) else { throw TaskSuiteError.io(path: path, reason: "cannot read") }
+        let root: JSONValue
+        do { root = try JSONValue.parse(Array(data)) } catch { throw TaskSuiteError.io(path: path, reason: "\(error)") }
+        guard let tasks = root["tasks"]?.arrayValue else { throw TaskSuiteError.io(path: path, reason: "field tasks: expected an array") }
+        return try tasks.enumerated().map { i, t in
+            func str(_ k: String) throws -> String {
+                guard let v = t[k]?.stringValue else { throw TaskSuiteError.io(path: path, reason: "tasks[\(i)].\(k): expected a string") }
+                return v
+            }
+            var files: [TaskSplit: String] = [:]
+            for split in TaskSplit.allCases {
+                guard let f = t["files"]?[split.rawValue]?.stringValue else {
+                    throw TaskSuiteError.io(path: path, reason: "tasks[\(i)].files.\(split.rawValue): expected a string")
+                }
+                files[split] = f
+            }
+            return TaskManifestEntry(name: try str("name"), group: try str("group"), description: try str("description"),
+                                     longTailed: t["longTailed"]?.boolValue ?? false, conflictsWith: t["conflictsWith"]?.stringValue,
+                                     files: files)
+        }
+    }
+
+    /// Reads one split of one task of a generated suite in `directory`.
+    public static func load(directory: String, task: String, split: TaskSplit) throws -> [TaskExample] {
+        try TaskExample.readJSONL(path: (directory as NSString).appendingPathComponent(fileName(task, split)))
     }
 
     // MARK: manifest and README

@@ -375,6 +375,26 @@ final class TaskSuiteTests: XCTestCase {
         XCTAssertEqual(manifest["tasks"]?.arrayValue?.compactMap { $0["description"]?.stringValue }, TaskSuite.tasks.map(\.description))
     }
 
+    func testReadManifestAndLoadOfTheCommittedSuite() throws {
+        let dir = Self.repoRoot.appendingPathComponent("tasks").path
+        let entries = try TaskSuite.readManifest(directory: dir)
+        XCTAssertEqual(entries.map(\.name), TaskSuite.tasks.map(\.name))
+        XCTAssertEqual(entries.map(\.description), TaskSuite.tasks.map(\.description))
+        XCTAssertEqual(entries.map(\.longTailed), TaskSuite.tasks.map(\.longTailed))
+        XCTAssertEqual(entries.first { $0.name == "date_eu" }?.conflictsWith, "date_us")
+        XCTAssertEqual(entries[0].files[.test], "\(entries[0].name).test.jsonl")
+        let test = try TaskSuite.load(directory: dir, task: "sentiment", split: .test)
+        XCTAssertEqual(test, try generated("sentiment").test)
+        XCTAssertThrowsError(try TaskSuite.readManifest(directory: dir + "/nope"))
+    }
+
+    func testScoringRuleTrimsOnly() {
+        let e = TaskExample(prompt: "p", answer: "{\"name\": \"Ada\", \"city\": \"Paris\"}")
+        XCTAssertTrue(e.isCorrect(reply: "  {\"name\": \"Ada\", \"city\": \"Paris\"}\n"))
+        XCTAssertFalse(e.isCorrect(reply: "{\"name\":\"Ada\", \"city\": \"Paris\"}"))
+        XCTAssertFalse(TaskExample(prompt: "p", answer: "MAERC").isCorrect(reply: "maerc"))
+    }
+
     // MARK: CLI
 
     func testCLIGenerateWritesTheSameFilesAsTheLibrary() throws {
