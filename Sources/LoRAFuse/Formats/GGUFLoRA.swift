@@ -183,7 +183,7 @@ public enum GGUFLoRA {
         var alpha: Float = 0
         if let v = f.metadata["adapter.lora.alpha"] {
             // llama.cpp reads it with gguf_get_val_f32, which requires the f32 type.
-            guard let a = v.asFloat, a.isFinite else {
+            guard case .float32(let a) = v, a.isFinite else {
                 throw GGUFLoRAError.invalidMetadata(path: path, key: "adapter.lora.alpha", expected: "a finite f32", actual: "\(v) (\(v.type))")
             }
             alpha = a
