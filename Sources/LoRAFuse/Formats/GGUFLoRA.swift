@@ -287,8 +287,9 @@ public enum GGUFLoRA {
         if adapter.metadata.fanInFanOut {
             throw GGUFLoRAError.unsupported(path: path, what: "fan_in_fan_out adapters (GPT-2 Conv1D layers) have no GGUF LoRA mapping")
         }
-        if !adapter.extraTensors.isEmpty {
-            let shown = adapter.extraTensors.keys.sorted().prefix(4).joined(separator: ", ")
+        let extras = AdapterWriting.fullTensors(adapter)
+        if !extras.isEmpty {
+            let shown = extras.prefix(4).joined(separator: ", ")
             throw GGUFLoRAError.unsupported(path: path, what: "the adapter carries full tensors (modules_to_save: \(shown)); a GGUF LoRA holds only lora_a/lora_b pairs (llama.cpp rejects other tensors)")
         }
         let arch = hints.architecture ?? "llama"
@@ -427,6 +428,14 @@ public enum GGUFLoRA {
 enum AdapterWriting {
     static func realPath(_ p: String) -> String {
         URL(fileURLWithPath: p).standardizedFileURL.resolvingSymlinksInPath().path
+    }
+
+    /// Extra tensors that are real content (modules_to_save copies). PEFT's `*.base_layer.weight`
+    /// copies of the base embedding (saved with `save_embedding_layers`, e.g. whenever
+    /// embed_tokens is a target) are not: they equal the base, and llama.cpp's converter skips
+    /// them too, so the GGUF and MLX writers drop them.
+    static func fullTensors(_ adapter: LoRAAdapter) -> [String] {
+        adapter.extraTensors.keys.filter { !$0.hasSuffix(".base_layer.weight") }.sorted()
     }
 
     static func refuseInputs(_ dest: String, adapter: LoRAAdapter, protecting: [String], _ err: (String) -> Error) throws {

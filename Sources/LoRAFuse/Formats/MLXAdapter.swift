@@ -144,8 +144,9 @@ public enum MLXAdapter {
         if adapter.metadata.fanInFanOut {
             throw MLXAdapterError.unsupported(path: path, what: "fan_in_fan_out adapters (GPT-2 Conv1D layers) are not written as MLX adapters")
         }
-        if !adapter.extraTensors.isEmpty {
-            let shown = adapter.extraTensors.keys.sorted().prefix(4).joined(separator: ", ")
+        let extras = AdapterWriting.fullTensors(adapter)
+        if !extras.isEmpty {
+            let shown = extras.prefix(4).joined(separator: ", ")
             throw MLXAdapterError.unsupported(path: path, what: "the adapter carries full tensors (modules_to_save: \(shown)); an MLX LoRA adapter holds only lora_a/lora_b")
         }
         let names = adapter.moduleNames

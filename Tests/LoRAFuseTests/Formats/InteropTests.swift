@@ -504,3 +504,52 @@ final class AdapterInteropTests: TempDirTestCase {
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: tmp.path).filter { $0.hasPrefix(".") }, [])
     }
 }
+
+/// Cross-checks against the real peers (Fixtures/interop, made by scripts/verify_gguf_lora.py
+/// --make-fixture): a PEFT adapter from peft, PEFT's ΔW in GGUF layout, and a GGUF LoRA written
+/// by gguf-py following llama.cpp's converter.
+final class InteropFixtureTests: XCTestCase {
+    let dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Fixtures").appendingPathComponent("interop")
+    let hints = ModelHints(architecture: "llama", heads: AttentionHeads(heads: 2, kvHeads: 1))
+
+    func testReadsTheConvertersLayout() throws {
+        let peft = try PEFTAdapter.read(directory: dir.appendingPathComponent("peft").path)
+        XCTAssertEqual(peft.modules.count, 15)
+        XCTAssertEqual(Array(peft.extraTensors.keys), ["base_model.model.model.embed_tokens.base_layer.weight"])
+        let ref = dir.appendingPathComponent("reference.gguf").path
+        // The converter records no head counts, so q/k need hints.
+        XCTAssertThrowsError(try GGUFLoRA.read(path: ref)) { guard case .headsRequired? = $0 as? GGUFLoRAError else { return XCTFail("\($0)") } }
+        let g = try AdapterIO.read(path: ref, hints: hints)
+        assertSameInteropDeltas(peft, g)
+        XCTAssertEqual(g.modules["base_model.model.model.embed_tokens"]?.kind, .embedding)
+    }
+
+    func testWritesWhatTheConverterWritesAndPEFTsDelta() throws {
+        let peft = try PEFTAdapter.read(directory: dir.appendingPathComponent("peft").path)
+        let ours = try GGUFFile(data: Data(try GGUFLoRA.serialize(peft, dtype: .f32, hints: hints)))
+        let ref = try GGUFFile(path: dir.appendingPathComponent("reference.gguf").path)
+        XCTAssertEqual(ours.metadata["adapter.lora.alpha"], ref.metadata["adapter.lora.alpha"])
+        XCTAssertEqual(ours.metadata["general.type"], ref.metadata["general.type"])
+        XCTAssertEqual(ours.metadata["adapter.type"], ref.metadata["adapter.type"])
+        XCTAssertEqual(ours.metadata["general.architecture"], ref.metadata["general.architecture"])
+        XCTAssertEqual(Set(ours.tensors.map(\.name)), Set(ref.tensors.map(\.name)))
+        for t in ref.tensors {
+            XCTAssertEqual(ours.tensorInfo(t.name)?.dims, t.dims, t.name)
+            XCTAssertEqual(try ours.matrix(t.name), try ref.matrix(t.name), t.name)
+        }
+        // llama.cpp's ΔW from our file equals PEFT's get_delta_weight (permuted for q/k).
+        let expected = try SafetensorsFile(path: dir.appendingPathComponent("expected_gguf_delta.safetensors").path)
+        XCTAssertEqual(expected.names.count, 15)
+        let alpha: Float = 8
+        for name in expected.names {
+            let a = try ours.matrix(name + ".lora_a"), b = try ours.matrix(name + ".lora_b")
+            let r = Float(b.cols)   // b.ne[0]
+            let got = name == "token_embd.weight"
+                ? a.matmul(b, transposeOther: true).scaled(by: alpha / r)     // (vocab, r)·(r, dim)
+                : b.matmul(a).scaled(by: alpha / r)                          // (out, r)·(r, in)
+            let want = try expected.matrix(name)
+            XCTAssertLessThanOrEqual(got.maxAbsDifference(want), 1e-5 * max(1, want.maxAbs), name)
+        }
+    }
+}
