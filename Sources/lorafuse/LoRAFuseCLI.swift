@@ -38,11 +38,11 @@ struct LoRAFuseCommand: ParsableCommand {
         commandName: "lorafuse",
         abstract: "Inspect, fuse and evaluate LoRA adapters.",
         discussion: """
-        Adapters are PEFT directories (adapter_config.json + adapter_model.safetensors).
+        Adapters are PEFT directories, GGUF LoRA files or mlx-lm directories (the format is detected).
         Exit codes: 0 success, 1 usage error, 2 bad input.
         """,
         version: "0.1.0",
-        subcommands: [Inspect.self, Merge.self, Tasks.self]
+        subcommands: [Inspect.self, Merge.self, Convert.self, Tasks.self]
     )
 }
 
