@@ -355,8 +355,14 @@ public final class LlamaSession: InferenceSession {
             beta = 1
         }
         model.effectiveLinear[id].withUnsafeBufferPointer { w in
-            BLAS.gemm(transA: false, transB: true, m: rows, n: nOut, k: nIn, alpha: 1,
-                      a: x, lda: nIn, b: w.baseAddress!, ldb: nIn, beta: beta, c: out, ldc: ld)
+            if rows == 1 {
+                // Decoding: y (out) = W (out, in) · x (in) as a GEMV (sgemm would pack all of W).
+                BLAS.gemv(transA: false, m: nOut, n: nIn, alpha: 1, a: w.baseAddress!, lda: nIn,
+                          x: x, beta: beta, y: out)
+            } else {
+                BLAS.gemm(transA: false, transB: true, m: rows, n: nOut, k: nIn, alpha: 1,
+                          a: x, lda: nIn, b: w.baseAddress!, ldb: nIn, beta: beta, c: out, ldc: ld)
+            }
         }
         let factors = model.unmerged[id]
         if factors.isEmpty { return }
