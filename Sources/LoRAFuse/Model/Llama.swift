@@ -413,33 +413,43 @@ public final class LlamaSession: InferenceSession {
     }
 
     /// Causal grouped-query attention of `rows` new queries (positions start..<start+rows) against
-    /// the cached keys/values 0..<start+rows. Per head: scores (T, S) = q_h K_hᵀ / √d as one GEMM
-    /// over the cache, masked softmax row by row, then out_h (T, d) = P V_h.
+    /// the cached keys/values. Per head and per block of queries [b0, b1): scores (nb, S_b) =
+    /// q_h K_hᵀ / √d as one GEMM over the keys 0..<start+b1 (blocks skip most of the masked upper
+    /// triangle of a long prompt), masked softmax row by row, then out_h (nb, d) = P V_h.
     private func attention(q: UnsafeMutablePointer<Float>, layer: Int, rows T: Int, start p0: Int,
                            probs: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>) {
         let c = model.config
         let H = c.numAttentionHeads, Hkv = c.numKeyValueHeads, d = c.headDim
-        let S = p0 + T, group = H / Hkv, kvw = Hkv * d
+        let group = H / Hkv, kvw = Hkv * d
         let scale = 1 / Float(d).squareRoot()
         let K = kCache[layer].pointer, Vc = vCache[layer].pointer
+        let rec = activations
+        let block = rec == nil ? 128 : T      // one block when recording, so probs are one (T, S) matrix
         for hh in 0..<H {
             let kvh = hh / group
-            BLAS.gemm(transA: false, transB: true, m: T, n: S, k: d, alpha: scale,
-                      a: q + hh * d, lda: H * d, b: K + kvh * d, ldb: kvw, beta: 0, c: probs, ldc: S)  // (T, S)
-            for t in 0..<T {
-                let row = probs + t * S
-                let valid = p0 + t + 1                         // causal: keys 0...p0+t
-                var m = -Float.infinity
-                for j in 0..<valid where row[j] > m { m = row[j] }
-                var sum: Float = 0
-                for j in 0..<valid { let e = exp(row[j] - m); row[j] = e; sum += e }
-                let inv = 1 / sum
-                for j in 0..<valid { row[j] *= inv }
-                for j in valid..<S { row[j] = 0 }
+            var b0 = 0
+            while b0 < T {
+                let b1 = min(b0 + block, T), nb = b1 - b0, S = p0 + b1
+                BLAS.gemm(transA: false, transB: true, m: nb, n: S, k: d, alpha: scale,
+                          a: q + b0 * H * d + hh * d, lda: H * d, b: K + kvh * d, ldb: kvw,
+                          beta: 0, c: probs, ldc: S)                                           // (nb, S)
+                for t in 0..<nb {
+                    let row = probs + t * S
+                    let valid = p0 + b0 + t + 1                    // causal: keys 0...p0+b0+t
+                    var m = -Float.infinity
+                    for j in 0..<valid where row[j] > m { m = row[j] }
+                    var sum: Float = 0
+                    for j in 0..<valid { let e = exp(row[j] - m); row[j] = e; sum += e }
+                    let inv = 1 / sum
+                    for j in 0..<valid { row[j] *= inv }
+                    for j in valid..<S { row[j] = 0 }
+                }
+                if let rec { rec.save(layer, "probs\(hh)", probs, nb * S) }
+                BLAS.gemm(transA: false, transB: false, m: nb, n: d, k: S, alpha: 1,
+                          a: probs, lda: S, b: Vc + kvh * d, ldb: kvw,
+                          beta: 0, c: out + b0 * H * d + hh * d, ldc: H * d)                  // (nb, d)
+                b0 = b1
             }
-            if let rec = activations { rec.save(layer, "probs\(hh)", probs, T * S) }
-            BLAS.gemm(transA: false, transB: false, m: T, n: d, k: S, alpha: 1,
-                      a: probs, lda: S, b: Vc + kvh * d, ldb: kvw, beta: 0, c: out + hh * d, ldc: H * d)  // (T, d)
         }
     }
 

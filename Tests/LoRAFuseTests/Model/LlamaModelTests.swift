@@ -106,6 +106,18 @@ final class LlamaModelTests: XCTestCase {
         }
     }
 
+    func testLongPromptCrossesAttentionBlocks() throws {
+        // 150 tokens: the batched pass splits queries into blocks of 128 (second block sees keys
+        // 0..<150, the first only 0..<128); a second batch of 20 then attends to 170 cached keys.
+        let m = randomModel(qwen: true, seed: 9)
+        var rng = SeededRNG(seed: 4)
+        let tokens = (0..<170).map { _ in Int(rng.next() % 50) }
+        let ref = LlamaReference.logits(m, tokens: tokens)
+        let s = try m.makeSession(maxTokens: 170)
+        let got = Matrix.vconcat([try s.feed(Array(tokens[0..<150])), try s.feed(Array(tokens[150...]))])
+        assertClose(got, ref, tinyTol, "170 tokens in two batches")
+    }
+
     func testSessionLimitsAndActivations() throws {
         let m = randomModel(qwen: false)
         let s = try XCTUnwrap(try m.makeSession(maxTokens: 4) as? LlamaSession)

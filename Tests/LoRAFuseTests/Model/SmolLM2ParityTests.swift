@@ -26,8 +26,10 @@ final class SmolLM2ParityTests: XCTestCase {
 
     let fx = try! SafetensorsFile(path: ModelFixtures.path("smollm2_logits.safetensors"))
 
-    private func check(_ m: LlamaModel, suffix: String, what: String) throws {
-        for i in 0..<5 {
+    private func check(_ m: LlamaModel, suffix: String, what: String, prompts: Range<Int> = 0..<5) throws {
+        var worst: Float = 0
+        defer { print("SmolLM2 \(what): max |Δlogit| = \(worst) over prompts \(prompts)") }
+        for i in prompts {
             let toks = ModelFixtures.tokens(fx, "p\(i).tokens")
             XCTAssertTrue((8...40).contains(toks.count))
             let s = try XCTUnwrap(try m.makeSession(maxTokens: toks.count) as? LlamaSession)
@@ -38,6 +40,7 @@ final class SmolLM2ParityTests: XCTestCase {
             XCTAssertEqual(got.cols, 49152)
             let d1 = got.columns(0..<512).maxAbsDifference(head)
             let d2 = got.rows((toks.count - 1)..<toks.count).maxAbsDifference(Matrix(rows: 1, cols: last.count, data: last))
+            worst = max(worst, d1, d2)
             XCTAssertLessThanOrEqual(d1, Self.tolerance, "\(what) prompt \(i): all positions, first 512 ids")
             XCTAssertLessThanOrEqual(d2, Self.tolerance, "\(what) prompt \(i): last position, full vocab")
         }
@@ -62,10 +65,11 @@ final class SmolLM2ParityTests: XCTestCase {
         let adapter = try PEFTAdapter.read(directory: ModelFixtures.path("smollm2-lora"))
         XCTAssertEqual(adapter.modules.count, 90)
         defer { m.clearAdapters() }
-        for mode in LoRAMode.allCases {
-            try m.setAdapters([(adapter, 1)], mode: mode)
-            try check(m, suffix: ".lora", what: "\(mode)")
-        }
+        try m.setAdapters([(adapter, 1)], mode: .unmerged)
+        try check(m, suffix: ".lora", what: "unmerged")
+        // Merged mode on two prompts (the tiny-model tests cover both modes fully).
+        try m.setAdapters([(adapter, 1)], mode: .merged)
+        try check(m, suffix: ".lora", what: "merged", prompts: 0..<2)
         m.clearAdapters()
         let toks = ModelFixtures.tokens(fx, "p4.tokens")
         XCTAssertLessThanOrEqual(try m.logits(tokens: toks).columns(0..<512).maxAbsDifference(try fx.matrix("p4.head")), Self.tolerance,
