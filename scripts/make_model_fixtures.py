@@ -87,9 +87,11 @@ def permute_hf_to_gguf(w, n_head):
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_tiny_gguf(model, cfg, path):
+def write_tiny_gguf(model, cfg, path, arch="llama"):
+    """llama: q/k rows permuted as llama.cpp's converter does; qwen2: not permuted, q/k/v biases,
+    tied embeddings (no output.weight)."""
     import gguf
-    w = gguf.GGUFWriter(path, "llama")
+    w = gguf.GGUFWriter(path, arch)
     w.add_block_count(cfg.num_hidden_layers)
     w.add_context_length(cfg.max_position_embeddings)
     w.add_embedding_length(cfg.hidden_size)
@@ -101,26 +103,29 @@ def write_tiny_gguf(model, cfg, path):
     w.add_vocab_size(cfg.vocab_size)
     w.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("gpt-2")
+    w.add_tokenizer_pre("gpt-2" if arch == "llama" else "qwen2")
     w.add_token_list(TINY_TOKENS)
     w.add_token_merges(TINY_MERGES)
     sd = {k: v.float().numpy() for k, v in model.state_dict().items()}
+    permute = (lambda t, n: np.ascontiguousarray(permute_hf_to_gguf(t, n))) if arch == "llama" else (lambda t, n: t)
     w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
     for i in range(cfg.num_hidden_layers):
         p = f"model.layers.{i}."
-        q = permute_hf_to_gguf(sd[p + "self_attn.q_proj.weight"], cfg.num_attention_heads)
-        k = permute_hf_to_gguf(sd[p + "self_attn.k_proj.weight"], cfg.num_key_value_heads)
         w.add_tensor(f"blk.{i}.attn_norm.weight", sd[p + "input_layernorm.weight"])
-        w.add_tensor(f"blk.{i}.attn_q.weight", np.ascontiguousarray(q))
-        w.add_tensor(f"blk.{i}.attn_k.weight", np.ascontiguousarray(k))
+        w.add_tensor(f"blk.{i}.attn_q.weight", permute(sd[p + "self_attn.q_proj.weight"], cfg.num_attention_heads))
+        w.add_tensor(f"blk.{i}.attn_k.weight", permute(sd[p + "self_attn.k_proj.weight"], cfg.num_key_value_heads))
         w.add_tensor(f"blk.{i}.attn_v.weight", sd[p + "self_attn.v_proj.weight"])
+        for b, g in [("q_proj", "attn_q"), ("k_proj", "attn_k"), ("v_proj", "attn_v")]:
+            if p + f"self_attn.{b}.bias" in sd:
+                w.add_tensor(f"blk.{i}.{g}.bias", sd[p + f"self_attn.{b}.bias"])
         w.add_tensor(f"blk.{i}.attn_output.weight", sd[p + "self_attn.o_proj.weight"])
         w.add_tensor(f"blk.{i}.ffn_norm.weight", sd[p + "post_attention_layernorm.weight"])
         w.add_tensor(f"blk.{i}.ffn_gate.weight", sd[p + "mlp.gate_proj.weight"])
         w.add_tensor(f"blk.{i}.ffn_up.weight", sd[p + "mlp.up_proj.weight"])
         w.add_tensor(f"blk.{i}.ffn_down.weight", sd[p + "mlp.down_proj.weight"])
     w.add_tensor("output_norm.weight", sd["model.norm.weight"])
-    w.add_tensor("output.weight", sd["lm_head.weight"])
+    if not cfg.tie_word_embeddings:
+        w.add_tensor("output.weight", sd["lm_head.weight"])
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -165,6 +170,7 @@ def tiny():
     os.makedirs(d, exist_ok=True)
     q.save_pretrained(d, safe_serialization=True)
     write_tiny_tokenizer(d)
+    write_tiny_gguf(q, qcfg, os.path.join(OUT, "tiny-qwen2.gguf"), arch="qwen2")
     for i, s in enumerate(TINY_SEQS):
         out[f"qwen2.seq{i}"] = logits_of(q, s)
     save_file(out, os.path.join(OUT, "tiny_logits.safetensors"))

@@ -430,9 +430,15 @@ public final class LlamaSession: InferenceSession {
             var b0 = 0
             while b0 < T {
                 let b1 = min(b0 + block, T), nb = b1 - b0, S = p0 + b1
-                BLAS.gemm(transA: false, transB: true, m: nb, n: S, k: d, alpha: scale,
-                          a: q + b0 * H * d + hh * d, lda: H * d, b: K + kvh * d, ldb: kvw,
-                          beta: 0, c: probs, ldc: S)                                           // (nb, S)
+                if nb == 1 {
+                    // Decoding: scores (S) = K_h (S, d) · q_h (d), a GEMV over the cache.
+                    BLAS.gemv(transA: false, m: S, n: d, alpha: scale, a: K + kvh * d, lda: kvw,
+                              x: q + b0 * H * d + hh * d, beta: 0, y: probs)
+                } else {
+                    BLAS.gemm(transA: false, transB: true, m: nb, n: S, k: d, alpha: scale,
+                              a: q + b0 * H * d + hh * d, lda: H * d, b: K + kvh * d, ldb: kvw,
+                              beta: 0, c: probs, ldc: S)                                       // (nb, S)
+                }
                 for t in 0..<nb {
                     let row = probs + t * S
                     let valid = p0 + b0 + t + 1                    // causal: keys 0...p0+b0+t
@@ -445,9 +451,15 @@ public final class LlamaSession: InferenceSession {
                     for j in valid..<S { row[j] = 0 }
                 }
                 if let rec { rec.save(layer, "probs\(hh)", probs, nb * S) }
-                BLAS.gemm(transA: false, transB: false, m: nb, n: d, k: S, alpha: 1,
-                          a: probs, lda: S, b: Vc + kvh * d, ldb: kvw,
-                          beta: 0, c: out + b0 * H * d + hh * d, ldc: H * d)                  // (nb, d)
+                if nb == 1 {
+                    // out_h (d) = V_hᵀ (d, S) · p (S)
+                    BLAS.gemv(transA: true, m: S, n: d, alpha: 1, a: Vc + kvh * d, lda: kvw,
+                              x: probs, beta: 0, y: out + b0 * H * d + hh * d)
+                } else {
+                    BLAS.gemm(transA: false, transB: false, m: nb, n: d, k: S, alpha: 1,
+                              a: probs, lda: S, b: Vc + kvh * d, ldb: kvw,
+                              beta: 0, c: out + b0 * H * d + hh * d, ldc: H * d)              // (nb, d)
+                }
                 b0 = b1
             }
         }

@@ -244,6 +244,12 @@ final class LlamaModelTests: XCTestCase {
         XCTAssertNotNil(m.base.linears[LlamaWeights.linearID(layer: 0, .k)].bias)
         XCTAssertNil(m.base.linears[LlamaWeights.linearID(layer: 0, .o)].bias)
         try checkTiny(m, key: "qwen2")
+        // The same weights as a qwen2 GGUF (no q/k permutation, biases, no output.weight → tied).
+        let g = try LlamaModel.load(path: ModelFixtures.path("tiny-qwen2.gguf"))
+        XCTAssertEqual(g.config.modelType, "qwen2")
+        XCTAssertTrue(g.config.attentionBias)
+        XCTAssertTrue(g.config.tieWordEmbeddings)
+        try checkTiny(g, key: "qwen2")
     }
 
     func testTinyPEFTAdaptersMatchPEFTInBothModes() throws {
