@@ -131,6 +131,12 @@ public final class ForwardActivations {
 
 /// A Llama-family causal LM with Float32 weights in memory. Weights are shared by all sessions;
 /// run-time LoRA (LoRARuntime.swift) changes what `effective*` hands to the forward pass.
+/// Sessions may run on different threads at once (they only read the model); `setAdapters` /
+/// `clearAdapters` must not overlap a forward pass.
+///
+/// Backward pass (later): `LlamaSession.activations` records each layer's inputs to every linear
+/// (`x`, `h_attn`, `attn_out`, `h_ffn`, `gate`/`up` before SwiGLU), q after RoPE and the attention
+/// probabilities, which is what LoRA gradients dL/dA, dL/dB need; nothing is kept when it is nil.
 public final class LlamaModel: CausalLM, @unchecked Sendable {
     public let config: LlamaConfig
     public let tokenizer: BPETokenizer

@@ -55,14 +55,16 @@ extension LlamaModel {
     ///
     /// Embedding LoRA (`lora_embedding_A` (r, V), `lora_embedding_B` (C, r)) adds coef·B·A[:, token]
     /// to the looked-up row, as PEFT does; with tied embeddings it does not change lm_head.
-    /// Sessions keep their KV caches: reset them after changing adapters.
+    /// Sessions keep their KV caches: reset them after changing adapters. Not thread-safe with
+    /// respect to running sessions: change adapters only while no forward pass is running.
     public func setAdapters(_ adapters: [(LoRAAdapter, Float)], mode: LoRAMode = .unmerged) throws {
         let C = config.hiddenSize, V = config.vocabSize
         var plan: [(Target, LoRAFactors)] = []
         for (adapter, weight) in adapters {
             for t in adapter.extraTensors.keys.sorted() where !t.hasSuffix(".base_layer.weight") {
                 throw LoRARuntimeError.unsupportedTensor(adapter: adapter.name, tensor: t,
-                                                         reason: "full replacement weights (modules_to_save) cannot be applied at run time")
+                                                         reason: t.contains("magnitude") ? "DoRA magnitude vectors are not supported"
+                                                             : "full replacement weights (modules_to_save) cannot be applied at run time")
             }
             for name in adapter.moduleNames {
                 let m = adapter.modules[name]!
