@@ -172,6 +172,11 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
         try LlamaSession(model: self, maxTokens: maxTokens)
     }
 
+    /// The concrete session, for `feed(_:lastOnly:)` and `activations`.
+    public func makeLlamaSession(maxTokens: Int) throws -> LlamaSession {
+        try LlamaSession(model: self, maxTokens: maxTokens)
+    }
+
     /// Logits (T, V) of `tokens` from a fresh session.
     public func logits(tokens: [Int]) throws -> Matrix {
         try LlamaSession(model: self, maxTokens: max(tokens.count, 1)).feed(tokens)

@@ -100,7 +100,7 @@ final class LlamaModelTests: XCTestCase {
             XCTAssertEqual(s.position, 0)
             assertClose(try s.feed(tokens), ref, tinyTol, "after reset, qwen=\(qwen)")
 
-            let ls = try XCTUnwrap(try m.makeSession(maxTokens: 16) as? LlamaSession)
+            let ls = try m.makeLlamaSession(maxTokens: 16)
             let last = try ls.feed(tokens, lastOnly: true)
             assertClose(last, ref.rows((tokens.count - 1)..<tokens.count), tinyTol, "lastOnly, qwen=\(qwen)")
         }
