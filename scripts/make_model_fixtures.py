@@ -227,7 +227,8 @@ def smollm2():
     save_file({k: v.half() for k, v in sd.items()}, wpath)
     for i, ids in enumerate(ids_all):
         lg = logits_of(pm, ids)
-        out[f"p{i}.lora.last"] = lg[-1].contiguous()
+        if i < 2:  # full-vocab rows for two prompts only, to keep the fixtures near 3 MB
+            out[f"p{i}.lora.last"] = lg[-1].contiguous()
         out[f"p{i}.lora.head"] = lg[:, :512].contiguous()
     save_file(out, os.path.join(OUT, "smollm2_logits.safetensors"))
     print("smollm2 token counts:", [len(x) for x in ids_all])

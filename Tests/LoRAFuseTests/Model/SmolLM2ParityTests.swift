@@ -35,11 +35,15 @@ final class SmolLM2ParityTests: XCTestCase {
             let s = try XCTUnwrap(try m.makeSession(maxTokens: toks.count) as? LlamaSession)
             let got = try s.feed(toks)                                         // (T, V)
             let head = try fx.matrix("p\(i)\(suffix).head")                    // (T, 512)
-            let last = try fx.floats("p\(i)\(suffix).last")                    // (V)
             XCTAssertEqual(got.rows, toks.count)
             XCTAssertEqual(got.cols, 49152)
             let d1 = got.columns(0..<512).maxAbsDifference(head)
-            let d2 = got.rows((toks.count - 1)..<toks.count).maxAbsDifference(Matrix(rows: 1, cols: last.count, data: last))
+            // Full-vocab last rows: every base prompt, the first two adapter prompts (fixture size).
+            var d2: Float = 0
+            if fx.contains("p\(i)\(suffix).last") {
+                let last = try fx.floats("p\(i)\(suffix).last")                // (V)
+                d2 = got.rows((toks.count - 1)..<toks.count).maxAbsDifference(Matrix(rows: 1, cols: last.count, data: last))
+            }
             worst = max(worst, d1, d2)
             XCTAssertLessThanOrEqual(d1, Self.tolerance, "\(what) prompt \(i): all positions, first 512 ids")
             XCTAssertLessThanOrEqual(d2, Self.tolerance, "\(what) prompt \(i): last position, full vocab")
