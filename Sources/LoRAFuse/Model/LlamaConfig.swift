@@ -94,6 +94,9 @@ public struct LlamaConfig: Codable, Sendable, Equatable {
     public var ropeScaling: RopeScaling?
     public var slidingWindow: Int?
     public var useSlidingWindow: Bool?
+    /// Only "silu" (SwiGLU) and no MLP bias are implemented; kept to refuse anything else.
+    public var hiddenAct: String?
+    public var mlpBias: Bool?
 
     enum CodingKeys: String, CodingKey {
         case modelType = "model_type", hiddenSize = "hidden_size", intermediateSize = "intermediate_size"
@@ -103,6 +106,7 @@ public struct LlamaConfig: Codable, Sendable, Equatable {
         case attentionBias = "attention_bias", maxPositionEmbeddings = "max_position_embeddings"
         case ropeScaling = "rope_scaling", ropeParameters = "rope_parameters"
         case slidingWindow = "sliding_window", useSlidingWindow = "use_sliding_window"
+        case hiddenAct = "hidden_act", mlpBias = "mlp_bias"
     }
 
     public init(modelType: String = "llama", hiddenSize: Int, intermediateSize: Int, numHiddenLayers: Int,
@@ -144,6 +148,8 @@ public struct LlamaConfig: Codable, Sendable, Equatable {
         maxPositionEmbeddings = try c.decodeIfPresent(Int.self, forKey: .maxPositionEmbeddings) ?? 2048
         slidingWindow = try c.decodeIfPresent(Int.self, forKey: .slidingWindow)
         useSlidingWindow = try c.decodeIfPresent(Bool.self, forKey: .useSlidingWindow)
+        hiddenAct = try c.decodeIfPresent(String.self, forKey: .hiddenAct)
+        mlpBias = try c.decodeIfPresent(Bool.self, forKey: .mlpBias)
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -164,6 +170,8 @@ public struct LlamaConfig: Codable, Sendable, Equatable {
         try c.encodeIfPresent(ropeScaling, forKey: .ropeScaling)
         try c.encodeIfPresent(slidingWindow, forKey: .slidingWindow)
         try c.encodeIfPresent(useSlidingWindow, forKey: .useSlidingWindow)
+        try c.encodeIfPresent(hiddenAct, forKey: .hiddenAct)
+        try c.encodeIfPresent(mlpBias, forKey: .mlpBias)
     }
 
     /// Reads HF `config.json`, then `validate`s it.
@@ -243,6 +251,12 @@ public struct LlamaConfig: Codable, Sendable, Equatable {
         if let sw = slidingWindow, sw > 0, useSlidingWindow ?? (modelType == "mistral"), sw < maxPositionEmbeddings {
             throw ModelError.unsupportedConfig(path: path, field: "sliding_window", value: "\(sw)",
                                                reason: "sliding-window attention is not implemented")
+        }
+        if let act = hiddenAct, act != "silu" {
+            throw ModelError.unsupportedConfig(path: path, field: "hidden_act", value: act, reason: "only silu (SwiGLU) is implemented")
+        }
+        if mlpBias == true {
+            throw ModelError.unsupportedConfig(path: path, field: "mlp_bias", value: "true", reason: "MLP biases are not implemented")
         }
         for (name, v) in [("hidden_size", hiddenSize), ("intermediate_size", intermediateSize),
                           ("num_hidden_layers", numHiddenLayers), ("num_attention_heads", numAttentionHeads),

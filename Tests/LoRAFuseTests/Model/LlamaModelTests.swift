@@ -353,6 +353,12 @@ final class LlamaModelTests: XCTestCase {
             guard case .unsupportedConfig(_, let field, _, _)? = e as? ModelError else { return XCTFail("\(e)") }
             XCTAssertEqual(field, "sliding_window")
         }
+        XCTAssertThrowsError(try decode("{\(base), \"hidden_act\": \"gelu\"}")) { e in
+            guard case .unsupportedConfig(_, let field, let value, _)? = e as? ModelError else { return XCTFail("\(e)") }
+            XCTAssertEqual(field, "hidden_act")
+            XCTAssertEqual(value, "gelu")
+        }
+        XCTAssertThrowsError(try decode("{\(base), \"mlp_bias\": true}"))
         XCTAssertThrowsError(try decode("{\(base), \"model_type\": \"gpt_neox\"}")) { e in
             guard case .unsupportedArchitecture(_, let arch)? = e as? ModelError else { return XCTFail("\(e)") }
             XCTAssertEqual(arch, "gpt_neox")
