@@ -6,14 +6,16 @@ struct Eval: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Loss, perplexity and exact-match accuracy of the model (and adapters) on JSONL tasks.",
         discussion: """
-        Task files hold one example per line: {"prompt": "...", "answer": "..."}; the task is named after
-        the file (up to its first dot). Each prompt is rendered by the chat template as one user turn;
-        the answer's tokens plus the end-of-turn token are scored.
-        loss = mean cross-entropy over all answer tokens of a task (token-weighted); ppl = exp(loss);
-        accuracy = greedy output (≤ 32 tokens, stops at end of turn), trimmed, equal to the trimmed answer.
-        The mean row averages over tasks (unweighted). With --no-accuracy, accuracy is null in --json.
-        JSON: {"tasks": {NAME: {"loss", "perplexity", "accuracy", "examples", "tokens"}},
-               "mean_loss", "mean_accuracy"}
+        Task files hold one example per line, {"prompt": "...", "answer": "..."}; a task is named \
+        after its file (up to the first dot). Each prompt is rendered by the chat template as one \
+        user turn; the answer's tokens followed by the end-of-turn token are scored.
+
+        loss: mean cross-entropy over all answer tokens of a task (token-weighted); ppl: exp(loss); \
+        accuracy: the greedy output (at most 32 tokens, stopped at end of turn), trimmed, equals \
+        the trimmed answer. The mean row averages over tasks, unweighted (its ppl is exp(mean loss)).
+
+        --json prints {"tasks": {NAME: {"loss", "perplexity", "accuracy", "examples", "tokens"}}, \
+        "mean_loss", "mean_accuracy"}; with --no-accuracy both accuracies are null.
         """
     )
 
@@ -51,23 +53,7 @@ struct Eval: ParsableCommand {
         if json {
             try printJSON(report)
         } else {
-            print(Eval.table(report))
+            print(report.table())
         }
-    }
-
-    static func table(_ r: EvalReport) -> String {
-        func num(_ x: Double?, _ f: String) -> String { x.map { $0.isFinite ? String(format: f, $0) : "inf" } ?? "-" }
-        let width = max(8, (r.order.map(\.count).max() ?? 0) + 2)
-        var lines = [pad("task", width) + pad("examples", 10) + pad("tokens", 8) + pad("loss", 9) + pad("ppl", 10) + "accuracy"]
-        for name in r.order {
-            guard let t = r.tasks[name] else { continue }
-            lines.append(pad(name, width) + pad(String(t.examples), 10) + pad(String(t.tokens), 8)
-                         + pad(num(t.loss, "%.4f"), 9) + pad(num(t.perplexity, "%.3f"), 10) + num(t.accuracy, "%.3f"))
-        }
-        let ex = r.tasks.values.reduce(0) { $0 + $1.examples }
-        let tk = r.tasks.values.reduce(0) { $0 + $1.tokens }
-        lines.append(pad("mean", width) + pad(String(ex), 10) + pad(String(tk), 8) + pad(num(r.meanLoss, "%.4f"), 9)
-                     + pad(num(Foundation.exp(r.meanLoss), "%.3f"), 10) + num(r.meanAccuracy, "%.3f"))
-        return lines.joined(separator: "\n")
     }
 }

@@ -6,12 +6,14 @@ struct Generate: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Generate text with the model (and adapters), streaming tokens as they come.",
         discussion: """
-        --prompt TEXT renders TEXT as one user turn with the model's chat template (add --raw to feed it
-        as is). --chat reads user turns from stdin, keeps the conversation, and answers each turn; it
-        ends on EOF or a line "/exit".
-        Sampling: --temperature 0 (default) is greedy; otherwise softmax(logits/T) with nucleus
+        --prompt TEXT renders TEXT as one user turn with the model's chat template (add --raw to \
+        feed it as is). --chat reads user turns from stdin, keeps the conversation, and answers \
+        each turn; it ends on EOF or a line "/exit".
+
+        Sampling: --temperature 0 (default) is greedy; otherwise softmax(logits/T) with nucleus \
         filtering (--top-p) and a seeded generator (--seed), so runs are reproducible.
-        Example:  lorafuse generate --adapter math:1 --prompt "What is 2+3?" --max-tokens 32
+
+        Example: lorafuse generate --adapter math:1 --prompt "What is 2+3?" --max-tokens 32
         """
     )
 
@@ -75,18 +77,12 @@ struct Generate: ParsableCommand {
             writeOut("\n")
             return
         }
-        try runChat(lm, &generator)
+        try runChat(lm, generator)
     }
 
-    /// The chat loop. The session keeps the tokens of the conversation so far; each turn the whole
-    /// conversation is rendered again and only the tokens past what the session holds are fed. When
-    /// the rendering does not extend what was fed (a reply re-tokenizes differently), the session is
-    /// reset and the conversation fed again.
-    private func runChat(_ lm: any CausalLM, _ generator: inout Generator) throws {
-        let tok = lm.tokenizer
-        let session = try lm.makeSession(maxTokens: context)
-        var messages: [ChatMessage] = []
-        var fed: [Int] = []
+    /// The chat loop: one `ChatConversation`, a turn per stdin line, until EOF or "/exit".
+    private func runChat(_ lm: any CausalLM, _ generator: Generator) throws {
+        let chat = try ChatConversation(model: lm, generator: generator, contextSize: context)
         let interactive = isatty(0) != 0
         while true {
             if interactive { FileHandle.standardError.write(Data("> ".utf8)) }
@@ -94,23 +90,8 @@ struct Generate: ParsableCommand {
             let text = line.trimmingCharacters(in: .whitespaces)
             if text == "/exit" { break }
             if text.isEmpty { continue }
-            messages.append(ChatMessage(role: "user", content: line))
-            let ids = try tok.encodeChat(messages)
-            var delta: [Int]
-            if ids.count > fed.count && Array(ids[..<fed.count]) == fed {
-                delta = Array(ids[fed.count...])
-            } else {
-                session.reset()
-                fed = []
-                delta = ids
-            }
-            guard ids.count + generator.maxTokens <= context else {
-                throw ValidationError("the conversation (\(ids.count) tokens) plus --max-tokens \(generator.maxTokens) exceeds --context \(context)")
-            }
-            let result = try generator.generate(session: session, prompt: delta, onText: writeOut)
+            _ = try chat.respond(to: line, onText: writeOut)
             writeOut("\n")
-            fed = Array((fed + delta + result.tokens).prefix(session.position))
-            messages.append(ChatMessage(role: "assistant", content: result.text))
         }
     }
 }

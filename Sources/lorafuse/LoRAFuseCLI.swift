@@ -25,6 +25,9 @@ struct LoRAFuseCLI {
         } catch let e as ExitCode {
             exit(e.rawValue)
         } catch {
+            // `lorafuse SUBCOMMAND --help` parses to ArgumentParser's help command, whose run() throws
+            // the help request: print the help and exit 0 like the root does.
+            if LoRAFuseCommand.exitCode(for: error) == .success { LoRAFuseCommand.exit(withError: error) }
             printError("error: \(error)")
             exit(2)
         }

@@ -267,3 +267,25 @@ public struct Evaluator {
         return EvalReport(tasks: results, order: order)
     }
 }
+
+extension EvalReport {
+    /// A plain-text table: one row per task in the given order, then a mean row (unweighted means over
+    /// tasks; its examples/tokens are totals and its ppl is exp(mean loss)). Missing accuracy is "-".
+    public func table() -> String {
+        func num(_ x: Double?, _ f: String) -> String { x.map { $0.isFinite ? String(format: f, $0) : "inf" } ?? "-" }
+        func col(_ s: String, _ n: Int) -> String { s.count >= n ? s + " " : s + String(repeating: " ", count: n - s.count) }
+        let width = max(8, (order.map(\.count).max() ?? 0) + 2)
+        var lines = [col("task", width) + col("examples", 10) + col("tokens", 8) + col("loss", 9) + col("ppl", 10) + "accuracy"]
+        var ex = 0, tk = 0
+        for name in order {
+            guard let t = tasks[name] else { continue }
+            ex += t.examples
+            tk += t.tokens
+            lines.append(col(name, width) + col(String(t.examples), 10) + col(String(t.tokens), 8)
+                         + col(num(t.loss, "%.4f"), 9) + col(num(t.perplexity, "%.3f"), 10) + num(t.accuracy, "%.3f"))
+        }
+        lines.append(col("mean", width) + col(String(ex), 10) + col(String(tk), 8) + col(num(meanLoss, "%.4f"), 9)
+                     + col(num(Foundation.exp(meanLoss), "%.3f"), 10) + num(meanAccuracy, "%.3f"))
+        return lines.joined(separator: "\n")
+    }
+}

@@ -193,3 +193,60 @@ public struct Generator {
         return GenerationResult(tokens: tokens, text: text, stopReason: reason)
     }
 }
+
+/// A multi-turn chat on one session: the conversation is kept as messages, rendered by the chat
+/// template each turn, and only the tokens past what the session already holds are fed, so earlier
+/// turns are not recomputed. When the new rendering does not extend what was fed (a reply that
+/// re-tokenizes differently, say), the session is reset and the whole conversation fed again.
+public final class ChatConversation {
+    public let model: any CausalLM
+    public var generator: Generator
+    public private(set) var messages: [ChatMessage]
+    /// Context size of the session, in tokens.
+    public let contextSize: Int
+    private let session: any InferenceSession
+    /// The tokens the session holds, in order.
+    public private(set) var fed: [Int] = []
+
+    /// - Parameters:
+    ///   - system: an optional system message (otherwise the template's default, if any, applies).
+    public init(model: any CausalLM, generator: Generator, contextSize: Int, system: String? = nil) throws {
+        self.model = model
+        self.generator = generator
+        self.contextSize = contextSize
+        self.messages = system.map { [ChatMessage(role: "system", content: $0)] } ?? []
+        self.session = try model.makeSession(maxTokens: contextSize)
+    }
+
+    /// Adds a user turn, generates the assistant's reply (streamed to `onText`) and adds it.
+    public func respond(to user: String, onText: ((String) -> Void)? = nil) throws -> GenerationResult {
+        let candidate = messages + [ChatMessage(role: "user", content: user)]
+        let ids = try model.tokenizer.encodeChat(candidate, addGenerationPrompt: true)
+        guard ids.count + generator.maxTokens <= contextSize else {
+            throw ChatError.contextFull(tokens: ids.count, maxNewTokens: generator.maxTokens, contextSize: contextSize)
+        }
+        let delta: [Int]
+        if ids.count > fed.count && Array(ids[..<fed.count]) == fed {
+            delta = Array(ids[fed.count...])
+        } else {
+            session.reset()
+            fed = []
+            delta = ids
+        }
+        let result = try generator.generate(session: session, prompt: delta, onText: onText)
+        fed = Array((fed + delta + result.tokens).prefix(session.position))
+        messages = candidate + [ChatMessage(role: "assistant", content: result.text)]
+        return result
+    }
+}
+
+public enum ChatError: Error, CustomStringConvertible, Equatable {
+    case contextFull(tokens: Int, maxNewTokens: Int, contextSize: Int)
+
+    public var description: String {
+        switch self {
+        case let .contextFull(tokens, maxNew, ctx):
+            return "chat: the conversation (\(tokens) tokens) plus up to \(maxNew) new tokens does not fit the context of \(ctx) tokens"
+        }
+    }
+}

@@ -167,4 +167,20 @@ final class EvaluatorTests: XCTestCase {
         let m = FakeBigramModel(tokenizer: bare, next: [:], boost: 0)
         XCTAssertThrowsError(try Evaluator(model: m).answerTokens("a")) { XCTAssertEqual($0 as? EvalError, .noEndOfTurnToken) }
     }
+
+    func testTable() throws {
+        let r = try Evaluator(model: arithModel()).evaluate([arith, spaced])
+        let lines = r.table().split(separator: "\n").map(String.init)
+        XCTAssertEqual(lines.count, 4)
+        XCTAssertEqual(lines[0].split(separator: " "), ["task", "examples", "tokens", "loss", "ppl", "accuracy"])
+        let row = lines[1].split(separator: " ").map(String.init)
+        XCTAssertEqual(row[0...2], ["arith", "3", "7"])
+        XCTAssertEqual(row[3], String(format: "%.4f", r.tasks["arith"]!.loss))
+        XCTAssertEqual(row[5], "0.333")
+        let mean = lines[3].split(separator: " ").map(String.init)
+        XCTAssertEqual(mean[0...2], ["mean", "4", "11"])
+        XCTAssertEqual(mean[5], "0.667")
+        let noAcc = try Evaluator(model: arithModel(), options: EvalOptions(computeAccuracy: false)).evaluate([arith])
+        XCTAssertEqual(noAcc.table().split(separator: "\n").last?.split(separator: " ").last, "-")
+    }
 }

@@ -154,4 +154,34 @@ final class SamplingTests: XCTestCase {
         XCTAssertEqual(s.position, p.count + 2, "every generated token is fed; the stop token is not")
         XCTAssertEqual(m.feeds, [p, [id("h")], [id("i")]])
     }
+
+    func testChatKeepsHistoryAndFeedsOnlyNewTokens() throws {
+        let id = TinyChat.id
+        // Every reply is "ok": after the generation prompt's "\n" comes "o", then "k", then end of turn.
+        let m = FakeBigramModel(next: [id("Ċ"): id("o"), id("o"): id("k"), id("k"): TinyChat.eot], boost: 4)
+        let chat = try ChatConversation(model: m, generator: Generator(model: m, maxTokens: 8), contextSize: 256)
+        var streamed = ""
+        let r1 = try chat.respond(to: "hi") { streamed += $0 }
+        XCTAssertEqual(r1.text, "ok")
+        XCTAssertEqual(streamed, "ok")
+        let first = try TinyChat.tokenizer.encodeChat([ChatMessage(role: "user", content: "hi")])
+        XCTAssertEqual(m.feeds, [first, [id("o")], [id("k")]])
+
+        let r2 = try chat.respond(to: "again")
+        XCTAssertEqual(r2.text, "ok")
+        XCTAssertEqual(chat.messages, [ChatMessage(role: "user", content: "hi"), ChatMessage(role: "assistant", content: "ok"),
+                                       ChatMessage(role: "user", content: "again"), ChatMessage(role: "assistant", content: "ok")])
+        // The second turn feeds only what follows the first reply: "<|im_end|>\n<|im_start|>user\nagain..."
+        let full = try TinyChat.tokenizer.encodeChat(Array(chat.messages.prefix(3)))
+        XCTAssertEqual(m.feeds[3], Array(full[(first.count + 2)...]))
+        XCTAssertEqual(m.feeds[3].first, TinyChat.eot)
+        XCTAssertEqual(m.sessionsMade, 1)
+        XCTAssertEqual(chat.fed, full + [id("o"), id("k")])
+
+        // A conversation that would not fit is refused before anything is fed.
+        let small = try ChatConversation(model: m, generator: Generator(model: m, maxTokens: 8), contextSize: first.count + 4)
+        XCTAssertThrowsError(try small.respond(to: "hi")) {
+            XCTAssertEqual($0 as? ChatError, .contextFull(tokens: first.count, maxNewTokens: 8, contextSize: first.count + 4))
+        }
+    }
 }
