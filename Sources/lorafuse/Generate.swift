@@ -72,7 +72,11 @@ struct Generate: ParsableCommand {
             } else {
                 ids = try tok.encodeChat([ChatMessage(role: "user", content: prompt)])
             }
-            let session = try lm.makeSession(maxTokens: min(context, ids.count + maxTokens))
+            guard ids.count < context else {
+                throw ValidationError("the prompt has \(ids.count) tokens; --context \(context) leaves no room to generate")
+            }
+            generator.maxTokens = min(maxTokens, context - ids.count)
+            let session = try lm.makeSession(maxTokens: ids.count + generator.maxTokens)
             _ = try generator.generate(session: session, prompt: ids, onText: writeOut)
             writeOut("\n")
             return
