@@ -25,7 +25,9 @@ struct LoRAFuseCLI {
         } catch let e as ExitCode {
             exit(e.rawValue)
         } catch where LoRAFuseCommand.exitCode(for: error) == .success {
-            LoRAFuseCommand.exit(withError: error)  // help requested through a subcommand
+            // `lorafuse SUBCOMMAND --help` parses to ArgumentParser's help command, whose run()
+            // throws the help request: print the help and exit 0 like the root does.
+            LoRAFuseCommand.exit(withError: error)
         } catch {
             printError("error: \(error)")
             exit(2)
@@ -42,7 +44,7 @@ struct LoRAFuseCommand: ParsableCommand {
         Exit codes: 0 success, 1 usage error, 2 bad input.
         """,
         version: "0.1.0",
-        subcommands: [Inspect.self, Merge.self, Convert.self, Tasks.self]
+        subcommands: [Inspect.self, Merge.self, Convert.self, Generate.self, Eval.self, Tasks.self]
     )
 }
 
