@@ -1,5 +1,3 @@
-// Pending: move to Tests/LoRAFuseTests/Eval/EvalParityTests.swift once LlamaModel (branch h-model) is
-// merged. Kept out of Tests/ so branch h-eval compiles without the model engine.
 import Foundation
 import XCTest
 @testable import LoRAFuse
