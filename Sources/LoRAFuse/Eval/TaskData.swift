@@ -37,8 +37,21 @@ public enum EvalDataError: Error, CustomStringConvertible, Equatable {
     case notObject(file: String, line: Int, actual: String)
     case missingField(file: String, line: Int, field: String)
     case wrongType(file: String, line: Int, field: String, actual: String)
+    /// A field other than prompt and answer, where the reader was asked to be strict.
+    case unexpectedField(file: String, line: Int, field: String)
     /// Two task files give the same task name.
     case duplicateTask(name: String, files: [String])
+
+    /// The 1-based line the error is about, when it is about one line.
+    public var line: Int? {
+        switch self {
+        case let .notJSON(_, l, _), let .notObject(_, l, _), let .missingField(_, l, _), let .wrongType(_, l, _, _),
+             let .unexpectedField(_, l, _):
+            return l
+        case .cannotRead, .empty, .duplicateTask:
+            return nil
+        }
+    }
 
     public var description: String {
         switch self {
@@ -54,6 +67,8 @@ public enum EvalDataError: Error, CustomStringConvertible, Equatable {
             return "\(file):\(line): missing field \"\(field)\""
         case let .wrongType(file, line, field, actual):
             return "\(file):\(line): field \"\(field)\" must be a string, got \(actual)"
+        case let .unexpectedField(file, line, field):
+            return "\(file):\(line): unexpected field \"\(field)\" (only prompt and answer are allowed here)"
         case let .duplicateTask(name, files):
             return "task name '\(name)' is given by more than one file: \(files.joined(separator: ", "))"
         }
@@ -99,7 +114,8 @@ public enum TaskData {
     }
 
     /// Parses JSONL bytes; `file` names the source in errors and gives the task name.
-    public static func parse(_ bytes: [UInt8], file: String) throws -> EvalTask {
+    /// `strict` rejects fields other than prompt and answer (the task suite's own files).
+    public static func parse(_ bytes: [UInt8], file: String, strict: Bool = false) throws -> EvalTask {
         var examples: [EvalExample] = []
         var lineNo = 0
         for rawLine in bytes.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false) {
@@ -114,8 +130,11 @@ public enum TaskData {
             } catch {
                 throw EvalDataError.notJSON(file: file, line: lineNo, detail: String(describing: error))
             }
-            guard value.objectMembers != nil else {
+            guard let members = value.objectMembers else {
                 throw EvalDataError.notObject(file: file, line: lineNo, actual: kind(value))
+            }
+            if strict, let extra = members.map(\.0).first(where: { $0 != "prompt" && $0 != "answer" }) {
+                throw EvalDataError.unexpectedField(file: file, line: lineNo, field: extra)
             }
             func field(_ name: String) throws -> String {
                 guard let v = value[name] else { throw EvalDataError.missingField(file: file, line: lineNo, field: name) }

@@ -45,30 +45,18 @@ public struct TaskExample: Sendable, Hashable {
         "{\"prompt\": " + JSONValue.string(prompt).serialized() + ", \"answer\": " + JSONValue.string(answer).serialized() + "}"
     }
 
-    /// Parses a JSON Lines file of examples; every non-empty line must be an object with exactly
-    /// the string keys `prompt` and `answer`. `source` names the file in errors.
+    /// Parses a JSON Lines file of examples through the evaluator's reader (`TaskData`), strictly:
+    /// every non-empty line must be an object with exactly the string keys `prompt` and `answer`.
+    /// `source` names the file in errors.
     public static func parseJSONL(_ text: String, source: String = "<jsonl>") throws -> [TaskExample] {
-        var out: [TaskExample] = []
-        for (i, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-            let line = raw.trimmingCharacters(in: .whitespacesAndNewlines)
-            if line.isEmpty { continue }
-            let value: JSONValue
-            do { value = try JSONValue.parse(line) } catch {
-                throw TaskSuiteError.badLine(file: source, line: i + 1, reason: "\(error)")
-            }
-            guard let members = value.objectMembers else {
-                throw TaskSuiteError.badLine(file: source, line: i + 1, reason: "expected a JSON object")
-            }
-            let keys = members.map(\.0)
-            guard keys.count == 2, Set(keys) == ["prompt", "answer"] else {
-                throw TaskSuiteError.badLine(file: source, line: i + 1, reason: "expected exactly the keys prompt and answer, got \(keys)")
-            }
-            guard let p = value["prompt"]?.stringValue, let a = value["answer"]?.stringValue else {
-                throw TaskSuiteError.badLine(file: source, line: i + 1, reason: "prompt and answer must be strings")
-            }
-            out.append(TaskExample(prompt: p, answer: a))
+        do {
+            return try TaskData.parse(Array(text.utf8), file: source, strict: true).examples
+                .map { TaskExample(prompt: $0.prompt, answer: $0.answer) }
+        } catch EvalDataError.empty {
+            return []
+        } catch let e as EvalDataError {
+            throw TaskSuiteError.badLine(file: source, line: e.line ?? 0, reason: "\(e)")
         }
-        return out
     }
 
     /// Reads a `.jsonl` file of examples.
