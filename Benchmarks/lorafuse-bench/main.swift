@@ -39,6 +39,11 @@ func currentRSSMB() -> Double {
     return peakRSSMB()
 }
 
+/// The 1-minute load average: benchmarks record it because this machine is sometimes shared.
+func loadAverage() -> String {
+    (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.split(separator: " ").first.map(String.init) ?? "n/a"
+}
+
 func machineDescription() -> String {
     var cpu = "unknown CPU"
     if let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
@@ -179,6 +184,7 @@ struct FusionBench: ParsableCommand {
     var seed: UInt64 = 0
 
     func run() throws {
+        let loadStart = loadAverage()
         let shapes = quick ? quickShapes : fullShapes
         let methodList = methods.split(separator: ",").map(String.init)
         try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
@@ -220,7 +226,7 @@ struct FusionBench: ParsableCommand {
         }
         let report = FusionBenchReport(date: ISO8601DateFormatter().string(from: Date()), machine: machineDescription(),
                                        threads: threads, shapes: shapes, quick: quick, peer: peerVersions,
-                                       lorafuse: ours, peft: peer)
+                                       lorafuse: ours, peft: peer, loadAverageStart: loadStart, loadAverageEnd: loadAverage())
         print(report.markdown)
         if !quick {
             try FileManager.default.createDirectory(atPath: (results as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
@@ -240,10 +246,13 @@ struct FusionBenchReport: Codable {
     var peer: String
     var lorafuse: [String: MethodResult]
     var peft: [String: MethodResult]
+    var loadAverageStart: String
+    var loadAverageEnd: String
 
     var markdown: String {
         var s = "Fusion of 4 rank-16 adapters on modules " + shapes.map { "\($0.out)×\($0.in)" }.joined(separator: ", ")
-        s += "\n\(date) · \(machine) · \(threads) threads · \(peer.isEmpty ? "no peer run" : peer)\n\n"
+        s += "\n\(date) · \(machine) · \(threads) threads · \(peer.isEmpty ? "no peer run" : peer)"
+        s += " · load average \(loadAverageStart) at start, \(loadAverageEnd) at end\n\n"
         s += "| method | lorafuse s | PEFT s | speed-up | lorafuse peak MB | PEFT peak MB | lorafuse max rel. error | PEFT max rel. error |\n"
         s += "|---|---:|---:|---:|---:|---:|---:|---:|\n"
         for m in lorafuse.keys.sorted() {
