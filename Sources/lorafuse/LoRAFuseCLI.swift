@@ -40,7 +40,7 @@ struct LoRAFuseCommand: ParsableCommand {
         Exit codes: 0 success, 1 usage error, 2 bad input.
         """,
         version: "0.1.0",
-        subcommands: [Inspect.self, Merge.self]
+        subcommands: [Inspect.self, Merge.self, Vector.self, ExtractLoRA.self, MergeIntoBaseCommand.self]
     )
 }
 
