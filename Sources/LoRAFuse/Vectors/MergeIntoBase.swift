@@ -114,6 +114,36 @@ public enum MergeIntoBase {
         return out
     }
 
+    /// PEFT `modules_to_save` copies (e.g. `base_model.model.lm_head.weight`) replace the base
+    /// tensor of the same name whole, as PEFT's merge_and_unload does; the adapter weight does not
+    /// scale them. Saved base layers (`….base_layer.weight`, from save_embedding_layers) are the
+    /// base's own values and are ignored. Two adapters replacing the same tensor is an error.
+    static func replacements(adapters: [(adapter: LoRAAdapter, weight: Float)], baseLabel: String,
+                             shapeOf: (String) -> [Int]?) throws -> [String: (label: String, values: [Float])] {
+        var out: [String: (label: String, values: [Float])] = [:]
+        for (ad, _) in adapters {
+            for (name, m) in ad.extraTensors.sorted(by: { naturalLess($0.key, $1.key) }) where !name.contains(".base_layer.") {
+                let stem = name.hasPrefix("base_model.model.") ? String(name.dropFirst("base_model.model.".count)) : name
+                let cands = [stem, "model." + stem]
+                var hit: (String, [Int])? = nil
+                for c in cands { if let s = shapeOf(c) { hit = (c, s); break } }
+                guard let (tensor, shape) = hit else {
+                    throw CheckpointError.unmappedModule(adapter: ad.sourcePath ?? ad.name, module: name,
+                                                         tried: cands.joined(separator: ", ") + " in \(baseLabel) (modules_to_save)")
+                }
+                guard shape.reduce(1, *) == m.count else {
+                    throw CheckpointError.shapeMismatch(tensor: tensor, expected: ad.metadata.extraTensorShapes[name] ?? m.shape, actual: shape,
+                                                        context: "adapter \(ad.sourcePath ?? ad.name) modules_to_save tensor \(name) vs base \(baseLabel)")
+                }
+                if let prev = out[tensor] {
+                    throw CheckpointError.unsupported(what: tensor, reason: "replaced by two adapters' modules_to_save (\(prev.label) and \(ad.name)); bake them one at a time")
+                }
+                out[tensor] = ("\(ad.name):\(name) (modules_to_save)", m.data)
+            }
+        }
+        return out
+    }
+
     public static func isGGUF(_ path: String) -> Bool {
         guard let h = FileHandle(forReadingAtPath: path) else { return false }
         defer { try? h.close() }
@@ -152,6 +182,10 @@ public enum MergeIntoBase {
             guard let i = ck.infos[name], i.floatType != nil, i.shape.count == 2 else { return nil }
             return i.shape
         }
+        let replaced = try replacements(adapters: adapters, baseLabel: base) { name in
+            guard let i = ck.infos[name], i.floatType != nil else { return nil }
+            return i.shape
+        }
         let plan = ck.names.map { n -> PlannedTensor in
             let i = ck.infos[n]!
             return PlannedTensor(name: n, shape: i.shape, dtype: i.floatType.map { (outType ?? $0).rawValue } ?? i.dtype)
@@ -162,8 +196,11 @@ public enum MergeIntoBase {
         var merged: [MergedTensorReport] = []
         for (k, t) in plan.enumerated() {
             let info = ck.infos[t.name]!
-            if let cs = contributions[t.name] {
-                try ck.readFloats(t.name, into: &values, scratch: &scratch)
+            if let rep = replaced[t.name], contributions[t.name] == nil {
+                TensorCodec.encode(rep.values, dtype: DType(rawValue: t.dtype)!, into: &bytes)
+                merged.append(MergedTensorReport(tensor: t.name, sources: [rep.label], deltaNorm: 0))
+            } else if let cs = contributions[t.name] {
+                if let rep = replaced[t.name] { values = rep.values } else { try ck.readFloats(t.name, into: &values, scratch: &scratch) }
                 var w = Matrix(rows: info.shape[0], cols: info.shape[1], data: values)
                 values = []
                 let norm = deltaMatrix(cs, rows: w.rows, cols: w.cols).frobeniusNorm
@@ -256,6 +293,11 @@ public enum MergeIntoBase {
         }
         var byGGUF: [String: (String, [Contribution])] = [:]
         for (hf, cs) in contributions { byGGUF[ctx.hfToGGUF[hf]!] = (hf, cs) }
+        var replacedGGUF: [String: (label: String, values: [Float])] = [:]
+        for (hf, r) in try replacements(adapters: adapters, baseLabel: base, shapeOf: { hf in
+            guard let g = ctx.hfToGGUF[hf], let t = ctx.file.tensorInfo(g) else { return nil }
+            return torchShape(t)
+        }) { replacedGGUF[ctx.hfToGGUF[hf]!] = r }
 
         var writer = try GGUFWriter(alignment: ctx.file.alignment)
         for key in ctx.file.metadataKeys where key != "general.alignment" {
@@ -270,6 +312,15 @@ public enum MergeIntoBase {
                 continue
             }
             var values = try ctx.file.floats(t.name)
+            if let rep = replacedGGUF[t.name] {
+                // modules_to_save values are in HF layout: permute q/k rows like the converter.
+                values = rep.values
+                if let h = try ctx.permutationHeads(t.name) {
+                    let s = torchShape(t)
+                    values = BaseTensorNames.permuteRowsHFToGGUF(Matrix(rows: s[0], cols: s[1], data: values), heads: h).data
+                }
+                if byGGUF[t.name] == nil { merged.append(MergedTensorReport(tensor: t.name, sources: [rep.label], deltaNorm: 0)) }
+            }
             if let (_, cs) = byGGUF[t.name] {
                 let shape = torchShape(t)
                 var w = Matrix(rows: shape[0], cols: shape[1], data: values)
@@ -320,6 +371,10 @@ public enum MergeIntoBase {
             guard let g = ctx.hfToGGUF[hf], let t = ctx.file.tensorInfo(g), t.dims.count == 2 else { return nil }
             return torchShape(t)
         }
+        let replaced = try replacements(adapters: adapters, baseLabel: base) { hf in
+            guard let g = ctx.hfToGGUF[hf], let t = ctx.file.tensorInfo(g) else { return nil }
+            return torchShape(t)
+        }
         var plan: [PlannedTensor] = []
         var sources: [String: GGUFTensorInfo] = [:]
         for t in ctx.file.tensors {
@@ -339,9 +394,13 @@ public enum MergeIntoBase {
         for (k, p) in plan.enumerated() {
             let t = sources[p.name]!
             var values = try ctx.file.floats(t.name)
-            if p.shape.count == 2 {
+            let rep = replaced[p.name]
+            if let rep { values = rep.values }
+            if rep != nil && contributions[p.name] == nil {
+                merged.append(MergedTensorReport(tensor: p.name, sources: [rep!.label], deltaNorm: 0))
+            } else if p.shape.count == 2 {
                 var w = Matrix(rows: p.shape[0], cols: p.shape[1], data: values)
-                if let h = try ctx.permutationHeads(t.name) { w = BaseTensorNames.permuteRowsGGUFToHF(w, heads: h) }
+                if rep == nil, let h = try ctx.permutationHeads(t.name) { w = BaseTensorNames.permuteRowsGGUFToHF(w, heads: h) }
                 if let cs = contributions[p.name] {
                     merged.append(MergedTensorReport(tensor: p.name, sources: cs.map(\.label),
                                                      deltaNorm: deltaMatrix(cs, rows: w.rows, cols: w.cols).frobeniusNorm))

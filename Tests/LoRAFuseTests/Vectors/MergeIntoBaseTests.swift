@@ -167,3 +167,36 @@ final class MergeIntoBaseTests: VectorTestCase {
         XCTAssertEqual(cfg["tie_word_embeddings"]?.boolValue, true)
     }
 }
+
+/// merge-into-base against PEFT's own merge_and_unload on the PEFT format fixtures
+/// (rank/alpha patterns, rsLoRA in BF16, embedding LoRA + modules_to_save lm_head).
+/// Fixtures: scripts/make_merge_fixtures.py.
+final class MergeIntoBasePEFTTests: VectorTestCase {
+    static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Fixtures").path
+
+    func testMatchesPEFTMergeAndUnload() throws {
+        let base = Self.fixtures + "/merge/base"
+        for name in ["patterns", "rslora", "embedding"] {
+            let ad = try AdapterIO.read(path: Self.fixtures + "/peft/" + name)
+            let out = dir("merged-" + name)
+            let report = try MergeIntoBase.merge(base: base, adapters: [(ad, 1)], output: out, options: .init(dtype: "f32"))
+            XCTAssertFalse(report.merged.isEmpty)
+            let expected = try SafetensorsFile(path: Self.fixtures + "/merge/\(name).merged.safetensors")
+            let got = try HFCheckpoint(path: out)
+            XCTAssertEqual(Set(got.names), Set(expected.names), name)
+            for n in expected.names {
+                var e = try expected.floats(n)
+                if name == "embedding" && n == "model.embed_tokens.weight" {
+                    // PEFT reloads the saved base_layer (F16 copy of the base table) before merging;
+                    // lorafuse keeps the base's own F32 values: remove that rounding from PEFT's side.
+                    let b = try HFCheckpoint(path: base).floats(n)
+                    let r = rounded(b, .f16)
+                    e = (0..<e.count).map { e[$0] - r[$0] + b[$0] }
+                }
+                let scale = max(e.map { abs($0) }.max() ?? 1, 1)
+                XCTAssertLessThan(maxAbsDiff(try got.floats(n), e), 2e-6 * scale, "\(name): \(n)")
+            }
+        }
+    }
+}
