@@ -200,3 +200,26 @@ final class MergeIntoBasePEFTTests: VectorTestCase {
         }
     }
 }
+
+/// The q/k un-permutation on the real default model agrees with transformers' own GGUF loader
+/// (fixture: scripts/make_vector_fixtures.py).
+final class RealModelPermutationTests: XCTestCase {
+    func testUnpermutedSmolLM2RowsMatchTransformers() throws {
+        let env = ProcessInfo.processInfo.environment["LORAFUSE_HOME"]
+        let home = (env?.isEmpty == false) ? env! : NSHomeDirectory() + "/.cache/lorafuse"
+        let model = home + "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+        guard FileManager.default.fileExists(atPath: model) else {
+            return XCTFail("default model missing at \(model): run scripts/setup.sh")
+        }
+        let g = try GGUFFile(path: model)
+        let fixture = try SafetensorsFile(path: MergeIntoBasePEFTTests.fixtures + "/vectors/smollm2_qk_rows.safetensors")
+        for (gguf, hf, heads, rows) in [("blk.0.attn_q.weight", "model.layers.0.self_attn.q_proj.weight", 9, 128),
+                                        ("blk.0.attn_k.weight", "model.layers.0.self_attn.k_proj.weight", 3, 64)] {
+            let w = BaseTensorNames.permuteRowsGGUFToHF(try g.matrix(gguf), heads: heads).rows(0..<rows)
+            let expected = try fixture.matrix(hf)
+            XCTAssertEqual(w.maxAbsDifference(expected), 0, hf)
+            // Without the un-permutation the rows differ: the check has teeth.
+            XCTAssertGreaterThan(try g.matrix(gguf).rows(0..<rows).maxAbsDifference(expected), 0.01)
+        }
+    }
+}
