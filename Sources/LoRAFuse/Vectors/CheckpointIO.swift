@@ -176,6 +176,48 @@ public final class HFCheckpoint: @unchecked Sendable {
         }
     }
 
+    /// Reads elements `range` (flat, row-major) of a F32/F16/BF16 tensor as Float32 into `values`
+    /// (resized to `range.count`), so elementwise work can stream a large tensor in chunks.
+    public func readFloats(_ name: String, elements range: Range<Int>, into values: inout [Float], scratch: inout [UInt8]) throws {
+        let i = try info(name)
+        guard let dt = i.floatType else {
+            throw SafetensorsError.unsupportedDType(path: filePaths[name]!, tensor: name, dtype: i.dtype)
+        }
+        precondition(range.lowerBound >= 0 && range.upperBound <= i.elementCount, "element range \(range) outside \(name)")
+        let n = range.count
+        if values.count != n { values = [Float](repeating: 0, count: n) }
+        if n == 0 { return }
+        let path = filePaths[name]!
+        let fd = try fd(for: path)
+        let offset = i.byteRange.lowerBound + range.lowerBound * dt.byteSize
+        if dt == .f32 {
+            try values.withUnsafeMutableBytes { raw in
+                try HFCheckpoint.preadFully(fd, raw.baseAddress, 4 * n, offset: offset, path: path)
+            }
+            #if _endian(big)
+            for k in 0..<n { values[k] = Float(bitPattern: UInt32(littleEndian: values[k].bitPattern)) }
+            #endif
+        } else {
+            if scratch.count != n * dt.byteSize { scratch = [UInt8](repeating: 0, count: n * dt.byteSize) }
+            try scratch.withUnsafeMutableBytes { raw in
+                try HFCheckpoint.preadFully(fd, raw.baseAddress, n * dt.byteSize, offset: offset, path: path)
+            }
+            TensorCodec.decode(scratch, dtype: dt, into: &values)
+        }
+    }
+
+    /// Reads bytes `range` (relative to the tensor's data) into `buffer` (resized to fit).
+    public func readRaw(_ name: String, bytes range: Range<Int>, into buffer: inout [UInt8]) throws {
+        let i = try info(name)
+        precondition(range.lowerBound >= 0 && range.upperBound <= i.byteRange.count, "byte range \(range) outside \(name)")
+        let path = filePaths[name]!
+        let fd = try fd(for: path)
+        if buffer.count != range.count { buffer = [UInt8](repeating: 0, count: range.count) }
+        try buffer.withUnsafeMutableBytes { raw in
+            try HFCheckpoint.preadFully(fd, raw.baseAddress, range.count, offset: i.byteRange.lowerBound + range.lowerBound, path: path)
+        }
+    }
+
     /// Convenience: the tensor as Float32 values (allocates).
     public func floats(_ name: String) throws -> [Float] {
         var v: [Float] = []
@@ -247,7 +289,15 @@ public enum TensorCodec {
                 case .f16:
                     for k in 0..<n { out[k] = HalfConversion.floatFromHalf(UInt16(littleEndian: src.loadUnaligned(fromByteOffset: 2 * k, as: UInt16.self))) }
                 case .bf16:
+                    #if _endian(little)
+                    // A plain shift over aligned UInt16s, which the compiler vectorizes (Swift
+                    // arrays are at least 16-byte aligned).
+                    let h = src.bindMemory(to: UInt16.self)
+                    let o = UnsafeMutableRawPointer(out.baseAddress!).assumingMemoryBound(to: UInt32.self)
+                    for k in 0..<n { o[k] = UInt32(h[k]) << 16 }
+                    #else
                     for k in 0..<n { out[k] = HalfConversion.floatFromBFloat(UInt16(littleEndian: src.loadUnaligned(fromByteOffset: 2 * k, as: UInt16.self))) }
+                    #endif
                 }
             }
         }
@@ -261,7 +311,21 @@ public enum TensorCodec {
                 switch dtype {
                 case .f32: for k in 0..<n { raw.storeBytes(of: v[k].bitPattern.littleEndian, toByteOffset: 4 * k, as: UInt32.self) }
                 case .f16: for k in 0..<n { raw.storeBytes(of: HalfConversion.halfFromFloat(v[k]).littleEndian, toByteOffset: 2 * k, as: UInt16.self) }
-                case .bf16: for k in 0..<n { raw.storeBytes(of: HalfConversion.bfloatFromFloat(v[k]).littleEndian, toByteOffset: 2 * k, as: UInt16.self) }
+                case .bf16:
+                    #if _endian(little)
+                    // Branch-free form of HalfConversion.bfloatFromFloat (round to nearest even,
+                    // NaN kept quiet), so the loop vectorizes; bit-identical to it.
+                    let o = raw.bindMemory(to: UInt16.self)
+                    let bits = UnsafeRawPointer(v.baseAddress!).assumingMemoryBound(to: UInt32.self)
+                    for k in 0..<n {
+                        let b = bits[k]
+                        let rounded = UInt16(truncatingIfNeeded: (b &+ 0x7FFF &+ ((b >> 16) & 1)) >> 16)
+                        let quiet = UInt16(truncatingIfNeeded: b >> 16) | 0x40
+                        o[k] = (b & 0x7FFF_FFFF) > 0x7F80_0000 ? quiet : rounded
+                    }
+                    #else
+                    for k in 0..<n { raw.storeBytes(of: HalfConversion.bfloatFromFloat(v[k]).littleEndian, toByteOffset: 2 * k, as: UInt16.self) }
+                    #endif
                 }
             }
         }
@@ -304,6 +368,7 @@ public final class StreamingShardedWriter {
     private let metadata: [String: String]
     private var shardIndex = 0
     private var posInShard = 0
+    private var pendingBytes = 0
     private var fd: Int32 = -1
     private var tmpPath: String?
     private var finished = false
@@ -418,19 +483,36 @@ public final class StreamingShardedWriter {
         shardIndex < groups.count ? groups[shardIndex][posInShard] : nil
     }
 
-    /// Appends the next tensor's bytes; `name` must be the next planned tensor.
+    /// Appends the next tensor's bytes whole; `name` must be the next planned tensor.
     public func write(name: String, bytes: UnsafeRawBufferPointer) throws {
+        if let t = nextTensor, t.name == name, pendingBytes != 0 || bytes.count != t.byteCount {
+            throw CheckpointError.writerSize(path: directory.path, tensor: name, expected: t.byteCount, actual: pendingBytes + bytes.count)
+        }
+        try append(name: name, bytes: bytes)
+    }
+
+    /// Appends part of the next tensor's bytes; the tensor is complete (and the writer moves on)
+    /// once its planned byte count has arrived. Lets elementwise work stream a tensor in chunks.
+    public func append(name: String, bytes: UnsafeRawBufferPointer) throws {
         guard let t = nextTensor else {
             throw CheckpointError.writerOrder(path: directory.path, expected: "(none: all tensors written)", actual: name)
         }
         guard t.name == name else { throw CheckpointError.writerOrder(path: directory.path, expected: t.name, actual: name) }
-        guard bytes.count == t.byteCount else {
-            throw CheckpointError.writerSize(path: directory.path, tensor: name, expected: t.byteCount, actual: bytes.count)
+        guard pendingBytes + bytes.count <= t.byteCount else {
+            throw CheckpointError.writerSize(path: directory.path, tensor: name, expected: t.byteCount, actual: pendingBytes + bytes.count)
         }
         if bytes.count > 0 { try writeAll(bytes) }
         bytesWritten += bytes.count
-        posInShard += 1
-        try closeShardIfComplete()
+        pendingBytes += bytes.count
+        if pendingBytes == t.byteCount {
+            pendingBytes = 0
+            posInShard += 1
+            try closeShardIfComplete()
+        }
+    }
+
+    public func append(name: String, bytes: [UInt8]) throws {
+        try bytes.withUnsafeBytes { try append(name: name, bytes: $0) }
     }
 
     public func write(name: String, bytes: [UInt8]) throws {

@@ -42,10 +42,10 @@ public struct CheckpointOpReport: Codable, Sendable {
 /// Full-model task vectors ("reasoning vectors"): τ = θ_from − θ_minus, and θ = θ_base + α·τ
 /// (Ilharco et al. 2023, "Editing models with task arithmetic"; α < 0 subtracts a behaviour).
 ///
-/// Both operations stream tensor by tensor: each output tensor is computed in Float32 from the
-/// input tensors of the same name, encoded and handed to `StreamingShardedWriter`, so peak memory
-/// is a few tensors plus I/O buffers, never a model. Inputs are Hugging Face safetensors
-/// checkpoints in F32/F16/BF16 (single file or sharded with an index).
+/// Both operations stream tensor by tensor and, within a tensor, chunk by chunk (`chunkElements`):
+/// each chunk is read with pread, computed in Float32, encoded and appended through
+/// `StreamingShardedWriter`, so peak memory is a few chunk buffers, never a tensor or a model.
+/// Inputs are Hugging Face safetensors checkpoints in F32/F16/BF16 (single file or sharded).
 public enum TaskVectors {
     public static let vectorConfigFile = "vector_config.json"
 
@@ -53,13 +53,30 @@ public enum TaskVectors {
         /// Output element type for float tensors; nil keeps each tensor's input dtype.
         public var dtype: DType?
         public var maxShardBytes: Int
+        /// Elements per streamed chunk: elementwise work never holds more than this many values
+        /// of a tensor (4 Mi elements: 16 MB of Float32 per input).
+        public var chunkElements: Int
         public var progress: (@Sendable (Int, Int) -> Void)?
 
-        public init(dtype: DType? = nil, maxShardBytes: Int = 2_000_000_000, progress: (@Sendable (Int, Int) -> Void)? = nil) {
+        public init(dtype: DType? = nil, maxShardBytes: Int = 2_000_000_000, chunkElements: Int = 1 << 22,
+                    progress: (@Sendable (Int, Int) -> Void)? = nil) {
             self.dtype = dtype
             self.maxShardBytes = maxShardBytes
+            self.chunkElements = max(chunkElements, 1)
             self.progress = progress
         }
+    }
+
+    /// Calls `body` on consecutive element ranges of `t` (at least once, so empty tensors are written).
+    static func forChunks(of t: PlannedTensor, chunk: Int, writer: StreamingShardedWriter,
+                          _ body: (Range<Int>) throws -> Void) throws {
+        let n = t.shape.reduce(1, *)
+        var off = 0
+        repeat {
+            let end = min(off + chunk, n)
+            try body(off..<end)
+            off = end
+        } while off < n
     }
 
     /// τ = θ_from − θ_minus for every tensor present in both with the same shape and a float
@@ -101,12 +118,15 @@ public enum TaskVectors {
         var va: [Float] = [], vb: [Float] = [], scratch: [UInt8] = [], out: [UInt8] = []
         var read = 0
         for (k, t) in plan.enumerated() {
-            try a.readFloats(t.name, into: &va, scratch: &scratch)
-            try b.readFloats(t.name, into: &vb, scratch: &scratch)
+            let outType = DType(rawValue: t.dtype)!
+            try forChunks(of: t, chunk: options.chunkElements, writer: writer) { r in
+                try a.readFloats(t.name, elements: r, into: &va, scratch: &scratch)
+                try b.readFloats(t.name, elements: r, into: &vb, scratch: &scratch)
+                BLAS.axpy(count: va.count, alpha: -1, x: vb, y: &va)   // va = a − b
+                TensorCodec.encode(va, dtype: outType, into: &out)
+                try writer.append(name: t.name, bytes: out)
+            }
             read += a.infos[t.name]!.byteRange.count + b.infos[t.name]!.byteRange.count
-            BLAS.axpy(count: va.count, alpha: -1, x: vb, y: &va)   // va = a − b
-            TensorCodec.encode(va, dtype: DType(rawValue: t.dtype)!, into: &out)
-            try writer.write(name: t.name, bytes: out)
             options.progress?(k + 1, plan.count)
         }
         var files = try writer.finish()
@@ -176,18 +196,35 @@ public enum TaskVectors {
             let ic = c.infos[t.name]!
             read += ic.byteRange.count
             if combine.contains(t.name) {
-                try c.readFloats(t.name, into: &vc, scratch: &scratch)
-                try v.readFloats(t.name, into: &vv, scratch: &scratch)
+                let outType = DType(rawValue: t.dtype)!
+                try forChunks(of: t, chunk: options.chunkElements, writer: writer) { r in
+                    try c.readFloats(t.name, elements: r, into: &vc, scratch: &scratch)
+                    if alpha != 0 {
+                        try v.readFloats(t.name, elements: r, into: &vv, scratch: &scratch)
+                        BLAS.axpy(count: vc.count, alpha: alpha, x: vv, y: &vc)
+                    }
+                    TensorCodec.encode(vc, dtype: outType, into: &out)
+                    try writer.append(name: t.name, bytes: out)
+                }
                 read += v.infos[t.name]!.byteRange.count
-                if alpha != 0 { BLAS.axpy(count: vc.count, alpha: alpha, x: vv, y: &vc) }
-                TensorCodec.encode(vc, dtype: DType(rawValue: t.dtype)!, into: &out)
             } else if t.dtype != ic.dtype, ic.floatType != nil {
-                try c.readFloats(t.name, into: &vc, scratch: &scratch)
-                TensorCodec.encode(vc, dtype: DType(rawValue: t.dtype)!, into: &out)
+                let outType = DType(rawValue: t.dtype)!
+                try forChunks(of: t, chunk: options.chunkElements, writer: writer) { r in
+                    try c.readFloats(t.name, elements: r, into: &vc, scratch: &scratch)
+                    TensorCodec.encode(vc, dtype: outType, into: &out)
+                    try writer.append(name: t.name, bytes: out)
+                }
             } else {
-                try c.readRaw(t.name, into: &out)
+                // Copied as stored, in chunks of bytes.
+                let total = ic.byteRange.count, step = max(options.chunkElements * 4, 1)
+                var off = 0
+                repeat {
+                    let end = min(off + step, total)
+                    try c.readRaw(t.name, bytes: off..<end, into: &out)
+                    try writer.append(name: t.name, bytes: out)
+                    off = end
+                } while off < total
             }
-            try writer.write(name: t.name, bytes: out)
             options.progress?(k + 1, plan.count)
         }
         var files = try writer.finish()

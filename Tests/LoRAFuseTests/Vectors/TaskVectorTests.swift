@@ -100,7 +100,8 @@ final class TaskVectorTests: VectorTestCase {
         let (a, b, values) = try makePair(shardA: 40)
         XCTAssertTrue(FileManager.default.fileExists(atPath: a + "/model.safetensors.index.json"))
         let out = dir("vec")
-        let r = try TaskVectors.extract(from: a, minus: b, output: out, options: .init(maxShardBytes: 64))
+        // Chunks of 5 elements: every tensor is streamed in several pieces.
+        let r = try TaskVectors.extract(from: a, minus: b, output: out, options: .init(maxShardBytes: 64, chunkElements: 5))
         XCTAssertGreaterThan(r.outputFiles.filter { $0.hasSuffix(".safetensors") }.count, 1)
         let sh = try ShardedSafetensors(indexPath: out + "/model.safetensors.index.json")
         XCTAssertEqual(Set(sh.names), Set(values.keys))
@@ -114,7 +115,7 @@ final class TaskVectorTests: VectorTestCase {
         XCTAssertEqual(sh.metadata["total_size"], String(r.bytesWritten))
         // The sharded vector applies like a single file.
         let applied = dir("applied")
-        try TaskVectors.apply(vector: out, to: b, scale: 1, output: applied)
+        try TaskVectors.apply(vector: out, to: b, scale: 1, output: applied, options: .init(chunkElements: 3))
         let f = try HFCheckpoint(path: applied)
         for (n, (va, vb, dt, _)) in values {
             let tau = rounded(zip(va, vb).map { $0 - $1 }, dt)
@@ -155,7 +156,10 @@ final class TaskVectorTests: VectorTestCase {
         // First shard is complete and renamed into place before the second tensor arrives.
         XCTAssertTrue(FileManager.default.fileExists(atPath: w.directory.appendingPathComponent("model-00001-of-00002.safetensors").path))
         XCTAssertThrowsError(try w.finish())
-        try w.write(name: "b", bytes: [0, 0x3C, 0, 0x40, 0, 0xC0])   // 1, 2, -2 in F16
+        try w.append(name: "b", bytes: [0, 0x3C])                 // 1 in F16
+        XCTAssertThrowsError(try w.write(name: "b", bytes: [0, 0x40, 0, 0xC0]), "whole write after a partial append")
+        XCTAssertThrowsError(try w.append(name: "b", bytes: [UInt8](repeating: 0, count: 6)), "more than the planned bytes")
+        try w.append(name: "b", bytes: [0, 0x40, 0, 0xC0])        // 2, -2
         let files = try w.finish()
         XCTAssertEqual(files, ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json"])
         let sh = try ShardedSafetensors(indexPath: w.directory.appendingPathComponent("model.safetensors.index.json").path)
@@ -170,5 +174,28 @@ final class TaskVectorTests: VectorTestCase {
         XCTAssertEqual(parseByteSize("1234"), 1234)
         XCTAssertNil(parseByteSize("lots"))
         XCTAssertNil(parseByteSize("-5MB"))
+    }
+}
+
+final class TensorCodecTests: XCTestCase {
+    /// The vectorized BF16 paths agree bit for bit with HalfConversion, specials included.
+    func testBF16CodecMatchesHalfConversion() {
+        var rng = SeededRNG(seed: 9)
+        var v: [Float] = (0..<1000).map { _ in rng.nextNormal() * 100 }
+        v += [0, -0, .infinity, -.infinity, .nan, Float(bitPattern: 0x7FC0_0001), Float(bitPattern: 0xFF80_0001),
+              .greatestFiniteMagnitude, -.greatestFiniteMagnitude, .leastNonzeroMagnitude, 1.00390625, 1.01171875,
+              Float(bitPattern: 0x3F80_8000), Float(bitPattern: 0x3F81_8000)]
+        var bytes: [UInt8] = []
+        TensorCodec.encode(v, dtype: .bf16, into: &bytes)
+        for (k, x) in v.enumerated() {
+            let got = UInt16(bytes[2 * k]) | UInt16(bytes[2 * k + 1]) << 8
+            XCTAssertEqual(got, HalfConversion.bfloatFromFloat(x), "value \(x) (0x\(String(x.bitPattern, radix: 16)))")
+        }
+        var back: [Float] = []
+        TensorCodec.decode(bytes, dtype: .bf16, into: &back)
+        for k in 0..<v.count {
+            let h = UInt16(bytes[2 * k]) | UInt16(bytes[2 * k + 1]) << 8
+            XCTAssertEqual(back[k].bitPattern, HalfConversion.floatFromBFloat(h).bitPattern)
+        }
     }
 }
