@@ -144,7 +144,7 @@ public final class HFCheckpoint: @unchecked Sendable {
         let path = filePaths[name]!
         let fd = try fd(for: path)
         let n = i.byteRange.count
-        if buffer.count != n { buffer = [UInt8](repeating: 0, count: n) }
+        resizeKeepingCapacity(&buffer, n, 0)
         try buffer.withUnsafeMutableBytes { raw in
             try HFCheckpoint.preadFully(fd, raw.baseAddress, n, offset: i.byteRange.lowerBound, path: path)
         }
@@ -158,7 +158,7 @@ public final class HFCheckpoint: @unchecked Sendable {
             throw SafetensorsError.unsupportedDType(path: filePaths[name]!, tensor: name, dtype: i.dtype)
         }
         let n = i.elementCount
-        if values.count != n { values = [Float](repeating: 0, count: n) }
+        resizeKeepingCapacity(&values, n, 0)
         if n == 0 { return }
         let path = filePaths[name]!
         let fd = try fd(for: path)
@@ -185,7 +185,7 @@ public final class HFCheckpoint: @unchecked Sendable {
         }
         precondition(range.lowerBound >= 0 && range.upperBound <= i.elementCount, "element range \(range) outside \(name)")
         let n = range.count
-        if values.count != n { values = [Float](repeating: 0, count: n) }
+        resizeKeepingCapacity(&values, n, 0)
         if n == 0 { return }
         let path = filePaths[name]!
         let fd = try fd(for: path)
@@ -198,7 +198,7 @@ public final class HFCheckpoint: @unchecked Sendable {
             for k in 0..<n { values[k] = Float(bitPattern: UInt32(littleEndian: values[k].bitPattern)) }
             #endif
         } else {
-            if scratch.count != n * dt.byteSize { scratch = [UInt8](repeating: 0, count: n * dt.byteSize) }
+            resizeKeepingCapacity(&scratch, n * dt.byteSize, 0)
             try scratch.withUnsafeMutableBytes { raw in
                 try HFCheckpoint.preadFully(fd, raw.baseAddress, n * dt.byteSize, offset: offset, path: path)
             }
@@ -212,7 +212,7 @@ public final class HFCheckpoint: @unchecked Sendable {
         precondition(range.lowerBound >= 0 && range.upperBound <= i.byteRange.count, "byte range \(range) outside \(name)")
         let path = filePaths[name]!
         let fd = try fd(for: path)
-        if buffer.count != range.count { buffer = [UInt8](repeating: 0, count: range.count) }
+        resizeKeepingCapacity(&buffer, range.count, 0)
         try buffer.withUnsafeMutableBytes { raw in
             try HFCheckpoint.preadFully(fd, raw.baseAddress, range.count, offset: i.byteRange.lowerBound + range.lowerBound, path: path)
         }
@@ -280,7 +280,7 @@ public final class HFCheckpoint: @unchecked Sendable {
 public enum TensorCodec {
     public static func decode(_ bytes: [UInt8], dtype: DType, into values: inout [Float]) {
         let n = bytes.count / dtype.byteSize
-        if values.count != n { values = [Float](repeating: 0, count: n) }
+        resizeKeepingCapacity(&values, n, 0)
         bytes.withUnsafeBytes { src in
             values.withUnsafeMutableBufferPointer { out in
                 switch dtype {
@@ -305,7 +305,7 @@ public enum TensorCodec {
 
     public static func encode(_ values: [Float], dtype: DType, into bytes: inout [UInt8]) {
         let n = values.count
-        if bytes.count != n * dtype.byteSize { bytes = [UInt8](repeating: 0, count: n * dtype.byteSize) }
+        resizeKeepingCapacity(&bytes, n * dtype.byteSize, 0)
         values.withUnsafeBufferPointer { v in
             bytes.withUnsafeMutableBytes { raw in
                 switch dtype {
@@ -547,6 +547,13 @@ public final class StreamingShardedWriter {
     public var outputFiles: [String] {
         groups.count > 1 ? shardFiles + ["\(baseName).safetensors.index.json"] : shardFiles
     }
+}
+
+/// Sets `a.count` to `n` without giving back capacity, so chunk buffers of varying length are
+/// allocated once instead of once per tensor (large frees and allocations cost page faults).
+@inline(__always)
+func resizeKeepingCapacity<T>(_ a: inout [T], _ n: Int, _ zero: T) {
+    if a.count > n { a.removeLast(a.count - n) } else if a.count < n { a.append(contentsOf: repeatElement(zero, count: n - a.count)) }
 }
 
 @inline(__always)

@@ -122,7 +122,7 @@ public enum TaskVectors {
             try forChunks(of: t, chunk: options.chunkElements, writer: writer) { r in
                 try a.readFloats(t.name, elements: r, into: &va, scratch: &scratch)
                 try b.readFloats(t.name, elements: r, into: &vb, scratch: &scratch)
-                BLAS.axpy(count: va.count, alpha: -1, x: vb, y: &va)   // va = a − b
+                subtract(&va, vb)   // va = a − b
                 TensorCodec.encode(va, dtype: outType, into: &out)
                 try writer.append(name: t.name, bytes: out)
             }
@@ -201,7 +201,7 @@ public enum TaskVectors {
                     try c.readFloats(t.name, elements: r, into: &vc, scratch: &scratch)
                     if alpha != 0 {
                         try v.readFloats(t.name, elements: r, into: &vv, scratch: &scratch)
-                        BLAS.axpy(count: vc.count, alpha: alpha, x: vv, y: &vc)
+                        addScaled(&vc, vv, alpha)
                     }
                     TensorCodec.encode(vc, dtype: outType, into: &out)
                     try writer.append(name: t.name, bytes: out)
@@ -233,6 +233,21 @@ public enum TaskVectors {
                                   skipped: skipped, bytesRead: read, bytesWritten: writer.bytesWritten,
                                   outputFiles: files, seconds: Date().timeIntervalSince(start))
     }
+}
+
+/// y −= x. Elementwise loops rather than BLAS axpy: OpenBLAS threads an axpy this long and its
+/// idle threads spin in sched_yield between calls, which cost a third of the run time in profiles.
+@inline(__always)
+func subtract(_ y: inout [Float], _ x: [Float]) {
+    let n = min(y.count, x.count)
+    y.withUnsafeMutableBufferPointer { py in x.withUnsafeBufferPointer { px in for k in 0..<n { py[k] -= px[k] } } }
+}
+
+/// y += a·x.
+@inline(__always)
+func addScaled(_ y: inout [Float], _ x: [Float], _ a: Float) {
+    let n = min(y.count, x.count)
+    y.withUnsafeMutableBufferPointer { py in x.withUnsafeBufferPointer { px in for k in 0..<n { py[k] += a * px[k] } } }
 }
 
 func writeJSON(_ value: JSONValue, to path: String) throws {
