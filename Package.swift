@@ -43,7 +43,8 @@ let package = Package(
         ),
         .testTarget(
             name: "LoRAFuseTests",
-            dependencies: ["LoRAFuse"],
+            // The CLI tests run the built `lorafuse` binary, so it must be built with the tests.
+            dependencies: ["LoRAFuse", "lorafuse"],
             path: "Tests/LoRAFuseTests",
             resources: [.copy("Fixtures")]
         ),

@@ -121,7 +121,12 @@ struct FusionOne: ParsableCommand {
         let afterLoad = currentRSSMB()
         var params = FusionParameters(seed: man.seed)
         if method != "cat" { params.rank = man.svd_rank }
-        if ["ties", "dare_ties", "dare_linear", "magnitude_prune"].contains(method) { params.density = man.density }
+        if ["ties", "dare_ties", "dare_linear", "magnitude_prune"].contains(method) {
+            params.density = man.density
+            // PEFT's sign election and divisor, so both sides truncate the same dense matrix and the
+            // errors compare the SVDs alone (DARE's masks still differ: the RNGs are not the same).
+            params.convention = "peft"
+        }
         let fusion = try FusionMethods.make(name: method, parameters: params)
         let t0 = Date()
         let (fused, report) = try Fuser.fuse(adapters, weights: man.weights, method: fusion, seed: man.seed)

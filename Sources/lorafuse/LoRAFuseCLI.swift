@@ -24,6 +24,10 @@ struct LoRAFuseCLI {
             exit(1)
         } catch let e as ExitCode {
             exit(e.rawValue)
+        } catch where LoRAFuseCommand.exitCode(for: error) == .success {
+            // `lorafuse SUBCOMMAND --help` parses to ArgumentParser's help command, whose run()
+            // throws the help request: print the help and exit 0 like the root does.
+            LoRAFuseCommand.exit(withError: error)
         } catch {
             printError("error: \(error)")
             exit(2)
@@ -36,11 +40,12 @@ struct LoRAFuseCommand: ParsableCommand {
         commandName: "lorafuse",
         abstract: "Inspect, fuse and evaluate LoRA adapters.",
         discussion: """
-        Adapters are PEFT directories (adapter_config.json + adapter_model.safetensors).
+        Adapters are PEFT directories, GGUF LoRA files or mlx-lm directories (the format is detected).
         Exit codes: 0 success, 1 usage error, 2 bad input.
         """,
         version: "0.1.0",
-        subcommands: [Inspect.self, Merge.self, Vector.self, ExtractLoRA.self, MergeIntoBaseCommand.self]
+        subcommands: [Inspect.self, Merge.self, Convert.self, Generate.self, Eval.self, Tasks.self,
+                      Vector.self, ExtractLoRA.self, MergeIntoBaseCommand.self]
     )
 }
 

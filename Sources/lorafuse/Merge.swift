@@ -4,7 +4,7 @@ import LoRAFuse
 
 struct Merge: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Fuse adapters with a static method and write a PEFT adapter.",
+        abstract: "Fuse adapters with a static method and write a PEFT, GGUF or MLX adapter (--format).",
         discussion: """
         Methods: \(FusionMethods.names.joined(separator: ", ")).
         Every method works on ΔW_i = s_i·B_i·A_i with each adapter's scaling applied once; weights
@@ -64,6 +64,8 @@ struct Merge: ParsableCommand {
 
     @OptionGroup var compute: ComputeOptions
 
+    @OptionGroup var out: AdapterOutputOptions
+
     func validate() throws {
         if config == nil {
             if adapters.isEmpty { throw ValidationError("give adapters as PATH[:WEIGHT], or --config FILE") }
@@ -111,7 +113,8 @@ struct Merge: ParsableCommand {
         compute.apply()
         let plan = try plan()
         let method = try FusionMethods.make(name: plan.method, parameters: plan.parameters)
-        let loaded = try plan.adapters.map { try AdapterIO.read(path: $0.path) }
+        let hints = try out.hints()
+        let loaded = try plan.adapters.map { try AdapterIO.read(path: $0.path, hints: hints) }
         let bar = ProgressBar(total: loaded.map(\.modules.count).max() ?? 1, label: "fusing (\(plan.method))",
                               enabled: !compute.quiet)
         let (fused, report) = try Fuser.fuse(loaded, weights: plan.adapters.map(\.weight), method: method,
@@ -120,7 +123,8 @@ struct Merge: ParsableCommand {
         }
         for w in report.warnings { printError("warning: \(w)") }
         let dtype = plan.dtype ?? loaded[0].sourceDType
-        try PEFTAdapter.write(fused, to: plan.output!, dtype: dtype, protecting: plan.adapters.map(\.path))
+        try AdapterIO.write(fused, to: plan.output!, format: out.format, dtype: dtype, hints: hints,
+                            protecting: plan.adapters.map(\.path))
         let summary = MergeSummary(plan: plan, dtype: dtype, report: report, adapter: fused)
         if json {
             try printJSON(summary)
@@ -171,7 +175,8 @@ struct MergeSummary: Encodable {
             let worst = modules.filter { $0.retainedEnergy != nil }.min { $0.retainedEnergy! < $1.retainedEnergy! }!
             lines.append(String(format: "energy      mean %.4f, min %.4f (%@)", me, mn, worst.module))
         } else {
-            lines.append("energy      exact (no truncation)")
+            lines.append(["cat", "linear"].contains(method) && parameters.rank == nil
+                         ? "energy      exact (no truncation)" : "energy      n/a (no SVD truncation to measure)")
         }
         lines.append(String(format: "time        %.2fs", seconds))
         lines.append("wrote       \(output) (\(dtype))")

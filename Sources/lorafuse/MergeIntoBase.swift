@@ -40,12 +40,6 @@ struct MergeIntoBaseCommand: ParsableCommand {
 
     @OptionGroup var compute: ComputeOptions
 
-    static func defaultModelPath() -> String {
-        let env = ProcessInfo.processInfo.environment["LORAFUSE_HOME"]
-        let home = (env?.isEmpty == false) ? env! : (NSHomeDirectory() as NSString).appendingPathComponent(".cache/lorafuse")
-        return (home as NSString).appendingPathComponent("models/SmolLM2-135M-Instruct.Q4_1.gguf")
-    }
-
     func validate() throws {
         if adapter.isEmpty { throw ValidationError("give at least one --adapter PATH[:WEIGHT]") }
         if let f = format, MergeIntoBase.Format(rawValue: f) == nil { throw ValidationError("--format must be hf or gguf, got \(f)") }
@@ -57,7 +51,7 @@ struct MergeIntoBaseCommand: ParsableCommand {
 
     func run() throws {
         compute.apply()
-        let base = model ?? Self.defaultModelPath()
+        let base = model ?? ModelLocator.defaultModelPath()
         guard FileManager.default.fileExists(atPath: base) else {
             throw CheckpointError.notACheckpoint(path: base, reason: model == nil ? "the default model is missing; run scripts/setup.sh or pass --model" : "does not exist")
         }

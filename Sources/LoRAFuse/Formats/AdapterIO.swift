@@ -1,21 +1,93 @@
 import Foundation
 
-/// Opens an adapter from a path, detecting the format from the files. PEFT directories now;
-/// the interop issue adds GGUF LoRA files and MLX adapter directories here.
+/// The adapter file formats lorafuse reads and writes.
+public enum AdapterFormat: String, Sendable, CaseIterable, Codable {
+    /// PEFT directory: adapter_config.json + adapter_model.safetensors.
+    case peft
+    /// llama.cpp GGUF LoRA file (general.type = adapter).
+    case gguf
+    /// mlx-lm directory: adapter_config.json + adapters.safetensors.
+    case mlx
+}
+
+/// Opens and writes adapters in any supported format, detecting the input format from the files:
+/// a directory with `adapters.safetensors` is mlx-lm's, a directory with `adapter_config.json`
+/// (and no `adapters.safetensors`) is PEFT's, a file starting with the GGUF magic is a GGUF
+/// LoRA (its `general.type` must be `adapter`).
 public enum AdapterIO {
-    public static func read(path: String) throws -> LoRAAdapter {
+    public static func detect(path: String) throws -> AdapterFormat {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
             throw AdapterIOError.notFound(path: path)
         }
         if isDir.boolValue {
+            if MLXAdapter.isMLXDirectory(path) { return .mlx }
             let cfg = (path as NSString).appendingPathComponent("adapter_config.json")
-            if FileManager.default.fileExists(atPath: cfg) {
-                return try PEFTAdapter.read(directory: path)
-            }
+            if FileManager.default.fileExists(atPath: cfg) { return .peft }
             throw AdapterIOError.unknownFormat(path: path, found: (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? [])
         }
+        if GGUFLoRA.hasGGUFMagic(path: path) { return .gguf }
         throw AdapterIOError.unknownFormat(path: path, found: [(path as NSString).lastPathComponent])
+    }
+
+    /// Reads an adapter of any format. `hints` matter only for GGUF LoRAs of the llama
+    /// architecture whose q/k heads are not recorded in the file (see `GGUFLoRA`).
+    public static func read(path: String, hints: ModelHints = ModelHints()) throws -> LoRAAdapter {
+        switch try detect(path: path) {
+        case .peft: return try PEFTAdapter.read(directory: path)
+        case .mlx: return try MLXAdapter.read(directory: path)
+        case .gguf: return try GGUFLoRA.read(path: path, hints: hints)
+        }
+    }
+
+    /// Writes `adapter` in `format` through temporary names renamed into place; inputs
+    /// (`protecting`, the adapter's own source) are never overwritten. `hints` are used by GGUF
+    /// (architecture, q/k head counts, base shape checks).
+    public static func write(_ adapter: LoRAAdapter, to path: String, format: AdapterFormat, dtype: DType,
+                             hints: ModelHints = ModelHints(), protecting: [String] = []) throws {
+        switch format {
+        case .peft: try PEFTAdapter.write(adapter, to: path, dtype: dtype, protecting: protecting)
+        case .mlx: try MLXAdapter.write(adapter, to: path, dtype: dtype, protecting: protecting)
+        case .gguf: try GGUFLoRA.write(adapter, to: path, dtype: dtype, hints: hints, protecting: protecting)
+        }
+    }
+
+    /// What `convert` did.
+    public struct ConversionSummary: Sendable, Encodable {
+        public var input: String
+        public var inputFormat: AdapterFormat
+        public var output: String
+        public var outputFormat: AdapterFormat
+        public var dtype: String
+        public var modules: Int
+        public var parameters: Int
+        public var validatedAgainstBase: String?
+    }
+
+    /// `lorafuse convert`: reads `input` (any format), writes it as `format` to `output`. When
+    /// `hints` come from a base GGUF and the output is GGUF, the written file is re-opened and
+    /// checked with llama.cpp's loader shape checks.
+    @discardableResult
+    public static func convert(input: String, output: String, format: AdapterFormat, dtype: DType? = nil,
+                               hints: ModelHints = ModelHints()) throws -> ConversionSummary {
+        let inFormat = try detect(path: input)
+        var h = hints
+        // A GGUF input names its own architecture; keep it unless the caller gave one.
+        let adapter = try read(path: input, hints: h)
+        if inFormat == .gguf, h.architecture == nil, let f = try? GGUFFile(path: input) {
+            h.architecture = f.metadata["general.architecture"]?.asString
+            if h.heads == nil, let arch = h.architecture { h.heads = try? GGUFLoRA.heads(in: f, architecture: arch) }
+        }
+        let dt = dtype ?? adapter.sourceDType
+        try write(adapter, to: output, format: format, dtype: dt, hints: h, protecting: [input])
+        var validated: String?
+        if format == .gguf, let src = h.source, h.baseTensorDims != nil {
+            try GGUFLoRA.validate(adapterPath: output, basePath: src)
+            validated = src
+        }
+        return ConversionSummary(input: input, inputFormat: inFormat, output: output, outputFormat: format,
+                                 dtype: dt.rawValue, modules: adapter.modules.count, parameters: adapter.parameterCount,
+                                 validatedAgainstBase: validated)
     }
 }
 
@@ -29,7 +101,7 @@ public enum AdapterIOError: Error, CustomStringConvertible {
             return "\(p): no such file or directory"
         case let .unknownFormat(p, found):
             let shown = found.sorted().prefix(8).joined(separator: ", ")
-            return "\(p): not a recognised adapter (expected a PEFT directory with adapter_config.json; found: \(shown.isEmpty ? "nothing" : shown))"
+            return "\(p): not a recognised adapter (expected a PEFT directory with adapter_config.json, an MLX directory with adapters.safetensors, or a GGUF LoRA file; found: \(shown.isEmpty ? "nothing" : shown))"
         }
     }
 }

@@ -36,7 +36,7 @@ public struct BreadcrumbsFusion: FusionMethod {
     }
 
     public func combineDense(_ deltas: [Matrix], weights: [Float]) -> Matrix {
-        let kept = deltas.map { DenseMerge.breadcrumbs($0, density: density, gamma: gamma) }
+        let kept = DenseMerge.concurrentMap(deltas) { DenseMerge.breadcrumbs($0, density: density, gamma: gamma) }
         switch mode {
         case .linear: return DenseMerge.weightedSum(kept, weights: weights, normalize: normalize)
         case .ties: return DenseMerge.disjointMerge(kept, weights: weights, consensus: consensus)
@@ -44,14 +44,11 @@ public struct BreadcrumbsFusion: FusionMethod {
     }
 
     public func fuse(_ input: ModuleFusionInput) throws -> FusedModule {
-        try DenseMerge.checkDensity(density, method: name)
-        try DenseMerge.checkRank(rank, method: name)
         guard gamma >= 0, gamma < 1 else {
             throw FusionError.invalidParameter(method: name, parameter: "gamma", value: "\(gamma)", expected: "a number in [0, 1)")
         }
-        var rng = input.rng
-        let (deltas, weights) = try DenseMerge.taskDeltas(input)
-        if deltas.isEmpty { return try DenseRefactor.factor(Matrix(rows: input.outFeatures, cols: input.inFeatures), rank: 0, rng: &rng) }
-        return try DenseMerge.refactor(combineDense(deltas, weights: weights), rank: rank, input: input, rng: &rng)
+        return try DenseMerge.fuse(input, method: name, density: density, rank: rank) { deltas, weights, _ in
+            combineDense(deltas, weights: weights)
+        }
     }
 }

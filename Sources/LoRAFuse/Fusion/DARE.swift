@@ -55,12 +55,8 @@ public struct DAREFusion: FusionMethod {
     }
 
     public func fuse(_ input: ModuleFusionInput) throws -> FusedModule {
-        try DenseMerge.checkDensity(density, method: name)
-        try DenseMerge.checkRank(rank, method: name)
-        var rng = input.rng
-        let (deltas, weights) = try DenseMerge.taskDeltas(input)
-        if deltas.isEmpty { return try DenseRefactor.factor(Matrix(rows: input.outFeatures, cols: input.inFeatures), rank: 0, rng: &rng) }
-        let dense = combineDense(deltas, weights: weights, rng: &rng)
-        return try DenseMerge.refactor(dense, rank: rank, input: input, rng: &rng)
+        return try DenseMerge.fuse(input, method: name, density: density, rank: rank) { deltas, weights, rng in
+            combineDense(deltas, weights: weights, rng: &rng)
+        }
     }
 }

@@ -54,15 +54,11 @@ public struct DELLAFusion: FusionMethod {
     }
 
     public func fuse(_ input: ModuleFusionInput) throws -> FusedModule {
-        try DenseMerge.checkDensity(density, method: name)
-        try DenseMerge.checkRank(rank, method: name)
         guard epsilon >= 0, epsilon.isFinite else {
             throw FusionError.invalidParameter(method: name, parameter: "epsilon", value: "\(epsilon)", expected: "a number ≥ 0")
         }
-        var rng = input.rng
-        let (deltas, weights) = try DenseMerge.taskDeltas(input)
-        if deltas.isEmpty { return try DenseRefactor.factor(Matrix(rows: input.outFeatures, cols: input.inFeatures), rank: 0, rng: &rng) }
-        let dense = combineDense(deltas, weights: weights, rng: &rng)
-        return try DenseMerge.refactor(dense, rank: rank, input: input, rng: &rng)
+        return try DenseMerge.fuse(input, method: name, density: density, rank: rank) { deltas, weights, rng in
+            combineDense(deltas, weights: weights, rng: &rng)
+        }
     }
 }

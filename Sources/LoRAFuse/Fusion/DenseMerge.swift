@@ -103,6 +103,21 @@ public enum DenseMerge {
         try DenseRefactor.factor(dense, rank: rank ?? input.maxRank, rng: &rng)
     }
 
+    /// The frame every dense method shares: check the parameters, form the unweighted task
+    /// deltas of this module, `combine` them, and re-factor to `rank`.
+    static func fuse(_ input: ModuleFusionInput, method: String, density: Double, rank: Int?,
+                     combine: ([Matrix], [Float], inout SeededRNG) -> Matrix) throws -> FusedModule {
+        try checkDensity(density, method: method)
+        try checkRank(rank, method: method)
+        var rng = input.rng
+        let (deltas, weights) = try taskDeltas(input)
+        if deltas.isEmpty {
+            return try DenseRefactor.factor(Matrix(rows: input.outFeatures, cols: input.inFeatures), rank: 0, rng: &rng)
+        }
+        let dense = combine(deltas, weights, &rng)
+        return try refactor(dense, rank: rank, input: input, rng: &rng)
+    }
+
     /// Validates a density parameter in (0, 1].
     static func checkDensity(_ density: Double, method: String, name: String = "density") throws {
         guard density > 0, density <= 1, density.isFinite else {
@@ -199,6 +214,12 @@ public enum DenseMerge {
     @inline(__always) static func sign(_ x: Float) -> Float { x > 0 ? 1 : (x < 0 ? -1 : 0) }
 
     // MARK: Sparsifiers
+
+    /// `deltas.map(transform)` with the tasks spread over the cores: each task's magnitude
+    /// selection is independent and single-threaded, and dominates the dense methods' time.
+    public static func concurrentMap(_ deltas: [Matrix], _ transform: @Sendable (Matrix) -> Matrix) -> [Matrix] {
+        Parallel.map(deltas, transform)
+    }
 
     /// Number of entries a magnitude pruning keeps: ⌊density·n⌋, computed in Double like PEFT's
     /// and mergekit's `int(density * numel)`, so the two agree on the count.

@@ -44,16 +44,13 @@ public struct TIESFusion: FusionMethod {
 
     /// The dense TIES combination of unweighted task deltas τ_i (all of one shape).
     public func combineDense(_ deltas: [Matrix], weights: [Float]) -> Matrix {
-        let trimmed = deltas.map { DenseMerge.trimToTop($0, density: density) }
+        let trimmed = DenseMerge.concurrentMap(deltas) { DenseMerge.trimToTop($0, density: density) }
         return DenseMerge.disjointMerge(trimmed, weights: weights, consensus: consensus)
     }
 
     public func fuse(_ input: ModuleFusionInput) throws -> FusedModule {
-        try DenseMerge.checkDensity(density, method: name)
-        try DenseMerge.checkRank(rank, method: name)
-        var rng = input.rng
-        let (deltas, weights) = try DenseMerge.taskDeltas(input)
-        if deltas.isEmpty { return try DenseRefactor.factor(Matrix(rows: input.outFeatures, cols: input.inFeatures), rank: 0, rng: &rng) }
-        return try DenseMerge.refactor(combineDense(deltas, weights: weights), rank: rank, input: input, rng: &rng)
+        return try DenseMerge.fuse(input, method: name, density: density, rank: rank) { deltas, weights, _ in
+            combineDense(deltas, weights: weights)
+        }
     }
 }

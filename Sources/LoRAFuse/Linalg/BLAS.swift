@@ -38,6 +38,16 @@ public enum BLAS {
         }
     }
 
+    /// y = alpha * op(A) * x + beta * y, A row-major m x n (before the optional transpose).
+    /// For single-row products: OpenBLAS's sgemm packs the whole of B even when m = 1.
+    public static func gemv(transA: Bool, m: Int, n: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int,
+                            x: UnsafePointer<Float>, incx: Int = 1, beta: Float,
+                            y: UnsafeMutablePointer<Float>, incy: Int = 1) {
+        if m == 0 || n == 0 { return }
+        cblas_sgemv(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, Int32(m), Int32(n), alpha, a, Int32(lda),
+                    x, Int32(incx), beta, y, Int32(incy))
+    }
+
     /// y += alpha * x
     public static func axpy(count: Int, alpha: Float, x: [Float], y: inout [Float]) {
         precondition(x.count >= count && y.count >= count)

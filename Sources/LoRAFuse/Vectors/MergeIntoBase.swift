@@ -55,6 +55,17 @@ public enum MergeIntoBase {
         }
     }
 
+    /// Candidate checkpoint tensor names for a PEFT module name, most likely first:
+    /// `base_model.model.model.layers.0.self_attn.q_proj` → `model.layers.0.self_attn.q_proj.weight`.
+    static func hfCandidates(forModule module: String) -> [String] {
+        var stem = module
+        if stem.hasPrefix("base_model.model.") { stem = String(stem.dropFirst("base_model.model.".count)) }
+        var out = [stem + ".weight"]
+        if !stem.hasPrefix("model.") { out.append("model." + stem + ".weight") }
+        if stem.hasPrefix("model.model.") { out.append(String(stem.dropFirst(6)) + ".weight") }
+        return out
+    }
+
     /// One adapter module's contribution to one base tensor.
     struct Contribution {
         var label: String
@@ -94,7 +105,7 @@ public enum MergeIntoBase {
         for (ad, w) in adapters {
             for name in ad.moduleNames {
                 let m = ad.modules[name]!
-                let cands = BaseTensorNames.hfCandidates(forModule: name)
+                let cands = hfCandidates(forModule: name)
                 var hit: (String, [Int])? = nil
                 for c in cands { if let s = shapeOf(c) { hit = (c, s); break } }
                 guard let (tensor, shape) = hit else {
@@ -245,16 +256,15 @@ public enum MergeIntoBase {
             heads = file.metadata["\(arch).attention.head_count"]?.asInt
             kvHeads = file.metadata["\(arch).attention.head_count_kv"]?.asInt ?? heads
             var map: [String: String] = [:]
-            for t in file.tensors { if let h = BaseTensorNames.hf(fromGGUF: t.name) { map[h] = t.name } }
+            for t in file.tensors { if let h = TensorNames.hfName(forGGUF: t.name) { map[h] = t.name } }
             hfToGGUF = map
         }
 
         /// Head count for the llama.cpp row permutation of this GGUF tensor, nil when not permuted.
         func permutationHeads(_ ggufName: String) throws -> Int? {
-            guard arch == "llama" else { return nil }
-            let isQ = ggufName.hasSuffix(".attn_q.weight"), isK = ggufName.hasSuffix(".attn_k.weight")
-            guard isQ || isK else { return nil }
-            guard let h = isQ ? heads : kvHeads else {
+            guard TensorNames.ropePermutedArchitectures.contains(arch), ggufName.hasSuffix(".weight"),
+                  let role = TensorNames.ropeRole(ofGGUF: ggufName) else { return nil }
+            guard let h = role == .query ? heads : kvHeads else {
                 throw CheckpointError.unsupported(what: file.path, reason: "\(arch).attention.head_count is missing; cannot undo the q/k row permutation")
             }
             return h
@@ -317,7 +327,7 @@ public enum MergeIntoBase {
                 values = rep.values
                 if let h = try ctx.permutationHeads(t.name) {
                     let s = torchShape(t)
-                    values = BaseTensorNames.permuteRowsHFToGGUF(Matrix(rows: s[0], cols: s[1], data: values), heads: h).data
+                    values = try Matrix(rows: s[0], cols: s[1], data: values).ropePermutedForGGUF(heads: h).data
                 }
                 if byGGUF[t.name] == nil { merged.append(MergedTensorReport(tensor: t.name, sources: [rep.label], deltaNorm: 0)) }
             }
@@ -326,7 +336,7 @@ public enum MergeIntoBase {
                 var w = Matrix(rows: shape[0], cols: shape[1], data: values)
                 var delta = deltaMatrix(cs, rows: shape[0], cols: shape[1])   // HF layout
                 let norm = delta.frobeniusNorm
-                if let h = try ctx.permutationHeads(t.name) { delta = BaseTensorNames.permuteRowsHFToGGUF(delta, heads: h) }
+                if let h = try ctx.permutationHeads(t.name) { delta = try delta.ropePermutedForGGUF(heads: h) }
                 w.add(delta)
                 values = w.data
                 merged.append(MergedTensorReport(tensor: t.name, sources: cs.map(\.label), deltaNorm: norm))
@@ -378,7 +388,7 @@ public enum MergeIntoBase {
         var plan: [PlannedTensor] = []
         var sources: [String: GGUFTensorInfo] = [:]
         for t in ctx.file.tensors {
-            guard let hf = BaseTensorNames.hf(fromGGUF: t.name) else {
+            guard let hf = TensorNames.hfName(forGGUF: t.name) else {
                 throw CheckpointError.unsupported(what: base, reason: "tensor '\(t.name)' has no Hugging Face name in the llama mapping")
             }
             guard t.type.canDequantize else {
@@ -400,7 +410,7 @@ public enum MergeIntoBase {
                 merged.append(MergedTensorReport(tensor: p.name, sources: [rep!.label], deltaNorm: 0))
             } else if p.shape.count == 2 {
                 var w = Matrix(rows: p.shape[0], cols: p.shape[1], data: values)
-                if rep == nil, let h = try ctx.permutationHeads(t.name) { w = BaseTensorNames.permuteRowsGGUFToHF(w, heads: h) }
+                if rep == nil, let h = try ctx.permutationHeads(t.name) { w = try w.ropeUnpermutedFromGGUF(heads: h) }
                 if let cs = contributions[p.name] {
                     merged.append(MergedTensorReport(tensor: p.name, sources: cs.map(\.label),
                                                      deltaNorm: deltaMatrix(cs, rows: w.rows, cols: w.cols).frobeniusNorm))

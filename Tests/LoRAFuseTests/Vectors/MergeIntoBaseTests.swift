@@ -79,16 +79,16 @@ final class MergeIntoBaseTests: VectorTestCase {
     func testPermutationMatchesLlamaCpp() {
         // One head of dim 4: GGUF rows are HF rows [0, 2, 1, 3] (halves → adjacent pairs).
         let m = Matrix([[0], [1], [2], [3]])
-        XCTAssertEqual(BaseTensorNames.permuteRowsHFToGGUF(m, heads: 1).data, [0, 2, 1, 3])
+        XCTAssertEqual((try m.ropePermutedForGGUF(heads: 1)).data, [0, 2, 1, 3])
         let big = Matrix(rows: 24, cols: 3, data: (0..<72).map(Float.init))
-        XCTAssertEqual(BaseTensorNames.permuteRowsGGUFToHF(BaseTensorNames.permuteRowsHFToGGUF(big, heads: 3), heads: 3), big)
+        XCTAssertEqual((try (try big.ropePermutedForGGUF(heads: 3)).ropeUnpermutedFromGGUF(heads: 3)), big)
         // Two heads of dim 4: head 1 is permuted within itself.
-        XCTAssertEqual(BaseTensorNames.permuteRowsHFToGGUF(Matrix(rows: 8, cols: 1, data: (0..<8).map(Float.init)), heads: 2).data,
+        XCTAssertEqual((try Matrix(rows: 8, cols: 1, data: (0..<8).map(Float.init)).ropePermutedForGGUF(heads: 2)).data,
                        [0, 2, 1, 3, 4, 6, 5, 7])
-        XCTAssertEqual(BaseTensorNames.gguf(fromHF: "model.layers.3.self_attn.o_proj.weight"), "blk.3.attn_output.weight")
-        XCTAssertEqual(BaseTensorNames.hf(fromGGUF: "blk.12.ffn_down.weight"), "model.layers.12.mlp.down_proj.weight")
-        XCTAssertEqual(BaseTensorNames.hf(fromGGUF: "token_embd.weight"), "model.embed_tokens.weight")
-        XCTAssertNil(BaseTensorNames.hf(fromGGUF: "rope_freqs.weight"))
+        XCTAssertEqual(TensorNames.ggufName(forHF: "model.layers.3.self_attn.o_proj.weight"), "blk.3.attn_output.weight")
+        XCTAssertEqual(TensorNames.hfName(forGGUF: "blk.12.ffn_down.weight"), "model.layers.12.mlp.down_proj.weight")
+        XCTAssertEqual(TensorNames.hfName(forGGUF: "token_embd.weight"), "model.embed_tokens.weight")
+        XCTAssertNil(TensorNames.hfName(forGGUF: "rope_freqs.weight"))
     }
 
     /// A tiny llama GGUF: hidden 32, 4 heads of dim 8, 2 KV heads; q/k stored permuted as
@@ -108,8 +108,8 @@ final class MergeIntoBaseTests: VectorTestCase {
         try w.set("tokenizer.ggml.tokens", .array(.string, [.string("a"), .string("b")]))
         try w.addTensor("token_embd.weight", matrix: hf["emb"]!)
         try w.addTensor("blk.0.attn_norm.weight", dims: [32], values: [Float](repeating: 1, count: 32))
-        try w.addTensor("blk.0.attn_q.weight", matrix: BaseTensorNames.permuteRowsHFToGGUF(hf["q"]!, heads: 4))
-        try w.addTensor("blk.0.attn_k.weight", matrix: BaseTensorNames.permuteRowsHFToGGUF(hf["k"]!, heads: 2))
+        try w.addTensor("blk.0.attn_q.weight", matrix: (try hf["q"]!.ropePermutedForGGUF(heads: 4)))
+        try w.addTensor("blk.0.attn_k.weight", matrix: (try hf["k"]!.ropePermutedForGGUF(heads: 2)))
         try w.addTensor("blk.0.attn_v.weight", matrix: hf["v"]!)
         let path = dir("tiny.gguf")
         try w.write(to: path)
@@ -132,9 +132,9 @@ final class MergeIntoBaseTests: VectorTestCase {
         XCTAssertEqual(g.metadata["llama.attention.head_count_kv"]?.asInt, 2)
         XCTAssertEqual(g.metadata["tokenizer.ggml.tokens"]?.asStringArray ?? [], ["a", "b"])
         XCTAssertEqual(g.tensorInfo("blk.0.attn_norm.weight")?.type, .f32)
-        let qBack = BaseTensorNames.permuteRowsGGUFToHF(try g.matrix("blk.0.attn_q.weight"), heads: 4)
+        let qBack = (try g.matrix("blk.0.attn_q.weight").ropeUnpermutedFromGGUF(heads: 4))
         XCTAssertLessThan(qBack.maxAbsDifference(hf["q"]! + ad.modules[q]!.delta().scaled(by: 0.8)), 1e-5)
-        let kBack = BaseTensorNames.permuteRowsGGUFToHF(try g.matrix("blk.0.attn_k.weight"), heads: 2)
+        let kBack = (try g.matrix("blk.0.attn_k.weight").ropeUnpermutedFromGGUF(heads: 2))
         XCTAssertLessThan(kBack.maxAbsDifference(hf["k"]! + ad.modules[k]!.delta().scaled(by: 0.8)), 1e-5)
         XCTAssertLessThan(try g.matrix("blk.0.attn_v.weight").maxAbsDifference(hf["v"]! + ad.modules[v]!.delta().scaled(by: 0.8)), 1e-5)
         XCTAssertLessThan(try g.matrix("token_embd.weight").maxAbsDifference(hf["emb"]! + ad.modules[emb]!.delta().transposed().scaled(by: 0.8)), 1e-5)
@@ -215,7 +215,7 @@ final class RealModelPermutationTests: XCTestCase {
         let fixture = try SafetensorsFile(path: MergeIntoBasePEFTTests.fixtures + "/vectors/smollm2_qk_rows.safetensors")
         for (gguf, hf, heads, rows) in [("blk.0.attn_q.weight", "model.layers.0.self_attn.q_proj.weight", 9, 128),
                                         ("blk.0.attn_k.weight", "model.layers.0.self_attn.k_proj.weight", 3, 64)] {
-            let w = BaseTensorNames.permuteRowsGGUFToHF(try g.matrix(gguf), heads: heads).rows(0..<rows)
+            let w = (try g.matrix(gguf).ropeUnpermutedFromGGUF(heads: heads)).rows(0..<rows)
             let expected = try fixture.matrix(hf)
             XCTAssertEqual(w.maxAbsDifference(expected), 0, hf)
             // Without the un-permutation the rows differ: the check has teeth.

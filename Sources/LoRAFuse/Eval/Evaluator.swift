@@ -1,0 +1,291 @@
+import Foundation
+
+/// Errors of evaluation.
+public enum EvalError: Error, CustomStringConvertible, Equatable {
+    /// The tokenizer has neither an end-of-turn nor an EOS token, so an answer has no end.
+    case noEndOfTurnToken
+    /// The model returned logits of the wrong shape.
+    case badLogits(task: String, line: Int, expectedRows: Int, expectedCols: Int, rows: Int, cols: Int)
+    /// There is nothing to evaluate.
+    case noTasks
+
+    public var description: String {
+        switch self {
+        case .noEndOfTurnToken:
+            return "eval: the tokenizer has no end-of-turn or EOS token to end the answers with"
+        case let .badLogits(task, line, er, ec, r, c):
+            return "eval: task \(task) line \(line): model returned logits (\(r), \(c)), expected (\(er), \(ec))"
+        case .noTasks:
+            return "eval: no tasks given"
+        }
+    }
+}
+
+/// Options of `Evaluator`.
+public struct EvalOptions: Sendable {
+    /// Whether to greedy-decode each prompt and compare with the answer (costs up to
+    /// `maxNewTokens` forward passes per example).
+    public var computeAccuracy: Bool
+    /// Greedy decoding stops after this many new tokens.
+    public var maxNewTokens: Int
+
+    public init(computeAccuracy: Bool = true, maxNewTokens: Int = 32) {
+        self.computeAccuracy = computeAccuracy
+        self.maxNewTokens = maxNewTokens
+    }
+}
+
+/// Scores of one example.
+public struct ExampleScore: Sendable, Equatable {
+    /// Σ over the answer tokens of −log p(token | everything before it).
+    public var nll: Double
+    /// Number of answer tokens (answer text tokens + the end-of-turn token).
+    public var tokens: Int
+    /// The greedy continuation's text (nil when accuracy is off).
+    public var output: String?
+    /// Whether the trimmed output equals the trimmed answer (nil when accuracy is off).
+    public var correct: Bool?
+}
+
+/// Result of one task. JSON: `{"loss", "perplexity", "accuracy", "examples", "tokens"}`;
+/// `accuracy` is `null` when accuracy was not computed (`--no-accuracy`), so the keys are always the same.
+public struct TaskEvalResult: Codable, Sendable, Equatable {
+    /// Token-weighted mean cross-entropy (nats) over all answer tokens of the task.
+    public var loss: Double
+    /// exp(loss).
+    public var perplexity: Double
+    /// Fraction of examples whose greedy output matches the answer.
+    public var accuracy: Double?
+    public var examples: Int
+    public var tokens: Int
+
+    public init(loss: Double, perplexity: Double, accuracy: Double?, examples: Int, tokens: Int) {
+        self.loss = loss
+        self.perplexity = perplexity
+        self.accuracy = accuracy
+        self.examples = examples
+        self.tokens = tokens
+    }
+
+    enum CodingKeys: String, CodingKey { case loss, perplexity, accuracy, examples, tokens }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(loss, forKey: .loss)
+        // JSON has no infinity: a perplexity that overflows Double (loss > ~709) is written as null.
+        if perplexity.isFinite { try c.encode(perplexity, forKey: .perplexity) } else { try c.encodeNil(forKey: .perplexity) }
+        if let a = accuracy { try c.encode(a, forKey: .accuracy) } else { try c.encodeNil(forKey: .accuracy) }
+        try c.encode(examples, forKey: .examples)
+        try c.encode(tokens, forKey: .tokens)
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        loss = try c.decode(Double.self, forKey: .loss)
+        perplexity = try c.decodeIfPresent(Double.self, forKey: .perplexity) ?? .infinity
+        accuracy = try c.decodeIfPresent(Double.self, forKey: .accuracy)
+        examples = try c.decode(Int.self, forKey: .examples)
+        tokens = try c.decode(Int.self, forKey: .tokens)
+    }
+}
+
+/// Result of an evaluation run. JSON:
+/// `{"tasks": {NAME: TaskEvalResult}, "mean_loss": …, "mean_accuracy": …}`; the means are unweighted
+/// over tasks; `mean_accuracy` is `null` when accuracy was not computed.
+public struct EvalReport: Codable, Sendable, Equatable {
+    public var tasks: [String: TaskEvalResult]
+    public var meanLoss: Double
+    public var meanAccuracy: Double?
+    /// Task names in the order they were given (not encoded; JSON objects are unordered).
+    public var order: [String]
+
+    public init(tasks: [String: TaskEvalResult], order: [String]) {
+        self.tasks = tasks
+        self.order = order
+        let r = order.compactMap { tasks[$0] }
+        meanLoss = r.isEmpty ? .nan : r.map(\.loss).reduce(0, +) / Double(r.count)
+        let acc = r.compactMap(\.accuracy)
+        meanAccuracy = acc.isEmpty || acc.count != r.count ? nil : acc.reduce(0, +) / Double(acc.count)
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case tasks
+        case meanLoss = "mean_loss"
+        case meanAccuracy = "mean_accuracy"
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(tasks, forKey: .tasks)
+        try c.encode(meanLoss, forKey: .meanLoss)
+        if let a = meanAccuracy { try c.encode(a, forKey: .meanAccuracy) } else { try c.encodeNil(forKey: .meanAccuracy) }
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        tasks = try c.decode([String: TaskEvalResult].self, forKey: .tasks)
+        meanLoss = try c.decode(Double.self, forKey: .meanLoss)
+        meanAccuracy = try c.decodeIfPresent(Double.self, forKey: .meanAccuracy)
+        order = tasks.keys.sorted()
+    }
+}
+
+/// Progress of an evaluation, reported after each example.
+public struct EvalProgress: Sendable {
+    public var task: String
+    /// Examples finished in this task / in the task.
+    public var taskDone: Int
+    public var taskTotal: Int
+    /// Examples finished over all tasks / over all tasks.
+    public var done: Int
+    public var total: Int
+}
+
+/// Loss, perplexity and exact-match accuracy of a causal LM on prompt/answer tasks.
+///
+/// Per example:
+/// - prompt tokens `P` = the chat template applied to one user turn with the generation prompt
+///   (`tokenizer.encodeChat`; ChatML templates with a default system message, like SmolLM2's, add it);
+/// - answer tokens `A` = `encode(answer)` followed by the end-of-turn token (`eotId`, else `eosId`),
+///   tokenized separately from the prompt and appended, so every example ends the way the model must
+///   end its turn;
+/// - loss: one batched forward of `P ++ A[0..<|A|-1]` (the last answer token is only predicted, never
+///   an input); row `|P| - 1 + j` of the logits predicts `A[j]`, and
+///   `nll_j = logsumexp(z) − z[A[j]]` is computed in Double after subtracting the row max;
+/// - accuracy: a fresh session is fed `P` once and then greedy-decoded one token at a time (the KV
+///   cache is reused), at most `maxNewTokens` tokens, stopping at the tokenizer's stop tokens; the
+///   example is correct when the output text, whitespace-trimmed, equals the trimmed answer.
+///
+/// Per task: `loss = Σ nll / Σ |A|` over all its examples (token-weighted), `perplexity = exp(loss)`,
+/// `accuracy = correct / examples`. The report's means are unweighted over tasks.
+public struct Evaluator {
+    public let model: any CausalLM
+    public var options: EvalOptions
+
+    public init(model: any CausalLM, options: EvalOptions = EvalOptions()) {
+        self.model = model
+        self.options = options
+    }
+
+    /// The end-of-turn token appended to every answer.
+    public func endOfTurnId() throws -> Int {
+        guard let id = model.tokenizer.eotId ?? model.tokenizer.eosId else { throw EvalError.noEndOfTurnToken }
+        return id
+    }
+
+    /// Tokens of a prompt rendered as one user turn with the generation prompt.
+    public func promptTokens(_ prompt: String) throws -> [Int] {
+        try model.tokenizer.encodeChat([ChatMessage(role: "user", content: prompt)], addGenerationPrompt: true)
+    }
+
+    /// Tokens of an answer: its text's tokens, then the end-of-turn token.
+    public func answerTokens(_ answer: String) throws -> [Int] {
+        model.tokenizer.encode(answer) + [try endOfTurnId()]
+    }
+
+    /// Cross-entropy of each target given its row of logits: `−log softmax(logits[r])[targets[r]]`,
+    /// in Double with the row max subtracted first (stable for any finite logits).
+    public static func negativeLogLikelihoods(_ logits: Matrix, rows: Range<Int>, targets: [Int]) -> [Double] {
+        precondition(rows.count == targets.count)
+        var out: [Double] = []
+        out.reserveCapacity(targets.count)
+        for (r, t) in zip(rows, targets) {
+            let row = logits.row(r)
+            var m = -Double.infinity
+            for v in row { m = max(m, Double(v)) }
+            var s = 0.0
+            for v in row { s += Foundation.exp(Double(v) - m) }
+            let lse = m + Foundation.log(s)
+            out.append(lse - Double(row[row.startIndex + t]))
+        }
+        return out
+    }
+
+    /// Scores one example. `task` only labels errors.
+    public func score(_ example: EvalExample, task: String = "") throws -> ExampleScore {
+        let p = try promptTokens(example.prompt)
+        let a = try answerTokens(example.answer)
+        let vocab = model.vocabSize
+        let capacity = max(p.count + a.count, options.computeAccuracy ? p.count + options.maxNewTokens : 0)
+        let session = try model.makeSession(maxTokens: capacity)
+
+        let input = p + a.dropLast()
+        let logits = try session.feed(input)
+        guard logits.rows == input.count, logits.cols == vocab else {
+            throw EvalError.badLogits(task: task, line: example.line, expectedRows: input.count, expectedCols: vocab,
+                                      rows: logits.rows, cols: logits.cols)
+        }
+        let nll = Evaluator.negativeLogLikelihoods(logits, rows: (p.count - 1)..<(p.count - 1 + a.count), targets: a)
+        var score = ExampleScore(nll: nll.reduce(0, +), tokens: a.count, output: nil, correct: nil)
+
+        if options.computeAccuracy {
+            session.reset()
+            var gen = Generator(model: model, sampler: .greedy, maxTokens: options.maxNewTokens,
+                                stopIds: model.tokenizer.stopIds.union([try endOfTurnId()]), skipSpecial: false)
+            let result = try gen.generate(session: session, prompt: p)
+            score.output = result.text
+            score.correct = Evaluator.matches(result.text, example.answer)
+        }
+        return score
+    }
+
+    /// Exact match after trimming whitespace and newlines on both sides.
+    public static func matches(_ output: String, _ answer: String) -> Bool {
+        output.trimmingCharacters(in: .whitespacesAndNewlines) == answer.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// Evaluates one task.
+    public func evaluate(_ task: EvalTask, progress: ((EvalProgress) -> Void)? = nil) throws -> TaskEvalResult {
+        try evaluate([task], progress: progress).tasks[task.name]!
+    }
+
+    /// Evaluates every task; `progress` is called after each example.
+    public func evaluate(_ tasks: [EvalTask], progress: ((EvalProgress) -> Void)? = nil) throws -> EvalReport {
+        guard !tasks.isEmpty else { throw EvalError.noTasks }
+        let total = tasks.reduce(0) { $0 + $1.examples.count }
+        var done = 0
+        var results: [String: TaskEvalResult] = [:]
+        var order: [String] = []
+        for task in tasks {
+            var nll = 0.0, tokens = 0, correct = 0
+            for (i, ex) in task.examples.enumerated() {
+                let s = try score(ex, task: task.name)
+                nll += s.nll
+                tokens += s.tokens
+                if s.correct == true { correct += 1 }
+                done += 1
+                progress?(EvalProgress(task: task.name, taskDone: i + 1, taskTotal: task.examples.count,
+                                       done: done, total: total))
+            }
+            let loss = tokens > 0 ? nll / Double(tokens) : .nan
+            let acc: Double? = options.computeAccuracy && !task.examples.isEmpty
+                ? Double(correct) / Double(task.examples.count) : nil
+            results[task.name] = TaskEvalResult(loss: loss, perplexity: Foundation.exp(loss), accuracy: acc,
+                                                examples: task.examples.count, tokens: tokens)
+            order.append(task.name)
+        }
+        return EvalReport(tasks: results, order: order)
+    }
+}
+
+extension EvalReport {
+    /// A plain-text table: one row per task in the given order, then a mean row (unweighted means over
+    /// tasks; its examples/tokens are totals and its ppl is exp(mean loss)). Missing accuracy is "-".
+    public func table() -> String {
+        func num(_ x: Double?, _ f: String) -> String { x.map { $0.isFinite ? String(format: f, $0) : "inf" } ?? "-" }
+        func col(_ s: String, _ n: Int) -> String { s.count >= n ? s + " " : s + String(repeating: " ", count: n - s.count) }
+        let width = max(8, (order.map(\.count).max() ?? 0) + 2)
+        var lines = [col("task", width) + col("examples", 10) + col("tokens", 8) + col("loss", 9) + col("ppl", 10) + "accuracy"]
+        var ex = 0, tk = 0
+        for name in order {
+            guard let t = tasks[name] else { continue }
+            ex += t.examples
+            tk += t.tokens
+            lines.append(col(name, width) + col(String(t.examples), 10) + col(String(t.tokens), 8)
+                         + col(num(t.loss, "%.4f"), 9) + col(num(t.perplexity, "%.3f"), 10) + num(t.accuracy, "%.3f"))
+        }
+        lines.append(col("mean", width) + col(String(ex), 10) + col(String(tk), 8) + col(num(meanLoss, "%.4f"), 9)
+                     + col(num(Foundation.exp(meanLoss), "%.3f"), 10) + num(meanAccuracy, "%.3f"))
+        return lines.joined(separator: "\n")
+    }
+}

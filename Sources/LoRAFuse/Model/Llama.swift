@@ -1,0 +1,486 @@
+import Foundation
+
+// The Llama-family decoder (Llama, SmolLM, Mistral without sliding window, Qwen 2), Float32 on
+// the CPU. Layout and math follow HF transformers' modeling_llama.py so that logits match it and
+// PEFT adapters trained on HF checkpoints apply unchanged:
+//
+//   x = embed[tokens]                                   // (T, C)
+//   per layer:  h = RMSNorm(x) · g_attn                  // (T, C)
+//               q, k, v = h Wqᵀ (+bq), h Wkᵀ (+bk), h Wvᵀ (+bv)
+//               q, k = RoPE(q, k)  (rotate_half: pairs (i, i + d/2))
+//               x += softmax(q kᵀ / √d + causal) v · Woᵀ   (grouped-query: head h reads kv head h / (H/Hkv))
+//               h = RMSNorm(x) · g_ffn
+//               x += (silu(h Wgᵀ) ⊙ h Wuᵀ) Wdᵀ
+//   logits = RMSNorm(x) · g_final · W_lmᵀ              // (T, V); W_lm = embed when tied
+//
+// Every matmul goes through BLAS.gemm; attention scores of a head are one GEMM of its queries
+// against all cached keys. Weights stay in PyTorch (out, in) layout, row-major.
+
+/// The seven projections of a decoder layer, in checkpoint order.
+enum LinearSlot: Int, CaseIterable, Sendable {
+    case q, k, v, o, gate, up, down
+}
+
+/// Checkpoint tensor names, HF ↔ GGUF, in one place. A module name plus ".weight" / ".bias" is a
+/// tensor name. PEFT module names are the HF module names behind `base_model.model.`.
+enum LlamaCheckpointNames {
+    static let linears: [(slot: LinearSlot, hf: String, gguf: String)] = [
+        (.q, "self_attn.q_proj", "attn_q"),
+        (.k, "self_attn.k_proj", "attn_k"),
+        (.v, "self_attn.v_proj", "attn_v"),
+        (.o, "self_attn.o_proj", "attn_output"),
+        (.gate, "mlp.gate_proj", "ffn_gate"),
+        (.up, "mlp.up_proj", "ffn_up"),
+        (.down, "mlp.down_proj", "ffn_down"),
+    ]
+    /// (HF, GGUF) module names of the two per-layer norms.
+    static let attnNorm = (hf: "input_layernorm", gguf: "attn_norm")
+    static let ffnNorm = (hf: "post_attention_layernorm", gguf: "ffn_norm")
+    static let embed = (hf: "model.embed_tokens", gguf: "token_embd")
+    static let finalNorm = (hf: "model.norm", gguf: "output_norm")
+    static let lmHead = (hf: "lm_head", gguf: "output")
+
+    static func hfLayer(_ layer: Int, _ module: String) -> String { "model.layers.\(layer).\(module)" }
+    static func ggufLayer(_ layer: Int, _ module: String) -> String { "blk.\(layer).\(module)" }
+
+    /// GGUF module name for an HF module name (used by the loader to find every tensor).
+    static func gguf(forHF name: String) -> String? {
+        if name == embed.hf { return embed.gguf }
+        if name == finalNorm.hf { return finalNorm.gguf }
+        if name == lmHead.hf { return lmHead.gguf }
+        let parts = name.split(separator: ".", maxSplits: 3).map(String.init)
+        guard parts.count == 4, parts[0] == "model", parts[1] == "layers", let l = Int(parts[2]) else { return nil }
+        if parts[3] == attnNorm.hf { return ggufLayer(l, attnNorm.gguf) }
+        if parts[3] == ffnNorm.hf { return ggufLayer(l, ffnNorm.gguf) }
+        guard let e = linears.first(where: { $0.hf == parts[3] }) else { return nil }
+        return ggufLayer(l, e.gguf)
+    }
+}
+
+/// A linear layer y = x Wᵀ + b, W (out, in) row-major as in PyTorch.
+public struct LinearWeights: Sendable {
+    public var weight: [Float]      // (out, in)
+    public var bias: [Float]?       // (out)
+    public let outFeatures: Int
+    public let inFeatures: Int
+
+    public init(weight: [Float], bias: [Float]? = nil, outFeatures: Int, inFeatures: Int) {
+        precondition(weight.count == outFeatures * inFeatures, "linear weight needs \(outFeatures)x\(inFeatures) values")
+        precondition(bias == nil || bias!.count == outFeatures, "linear bias needs \(outFeatures) values")
+        self.weight = weight
+        self.bias = bias
+        self.outFeatures = outFeatures
+        self.inFeatures = inFeatures
+    }
+}
+
+/// The weights of a model, in HF layout and naming. `linears` is indexed by `LlamaWeights.linearID`:
+/// layer l's slot s at l·7 + s, then lm_head at L·7 (sharing `embed`'s storage when tied).
+public struct LlamaWeights: Sendable {
+    public var embed: [Float]                 // (V, C)
+    public var attnNorms: [[Float]]           // L × (C)
+    public var ffnNorms: [[Float]]            // L × (C)
+    public var linears: [LinearWeights]       // L·7 + 1
+    public var finalNorm: [Float]             // (C)
+
+    static func linearID(layer: Int, _ slot: LinearSlot) -> Int { layer * LinearSlot.allCases.count + slot.rawValue }
+    static func lmHeadID(layers: Int) -> Int { layers * LinearSlot.allCases.count }
+
+    /// Expected (out, in) of every linear for `config`, in `linears` order.
+    static func linearShapes(_ c: LlamaConfig) -> [(out: Int, in: Int)] {
+        var s: [(Int, Int)] = []
+        for _ in 0..<c.numHiddenLayers {
+            s += [(c.numAttentionHeads * c.headDim, c.hiddenSize), (c.numKeyValueHeads * c.headDim, c.hiddenSize),
+                  (c.numKeyValueHeads * c.headDim, c.hiddenSize), (c.hiddenSize, c.numAttentionHeads * c.headDim),
+                  (c.intermediateSize, c.hiddenSize), (c.intermediateSize, c.hiddenSize), (c.hiddenSize, c.intermediateSize)]
+        }
+        s.append((c.vocabSize, c.hiddenSize))
+        return s
+    }
+
+    /// Random weights for tests and benchmarks (normal, std `std`; norms near 1).
+    public static func random(_ c: LlamaConfig, seed: UInt64, std: Float = 0.1) -> LlamaWeights {
+        var rng = SeededRNG(seed: seed)
+        func normal(_ n: Int, _ s: Float) -> [Float] { (0..<n).map { _ in rng.nextNormal() * s } }
+        let embed = normal(c.vocabSize * c.hiddenSize, std)
+        var linears: [LinearWeights] = []
+        let shapes = linearShapes(c)
+        for (i, sh) in shapes.enumerated() {
+            let isLM = i == shapes.count - 1
+            let slot = LinearSlot(rawValue: i % LinearSlot.allCases.count)
+            let hasBias = !isLM && c.attentionBias && (slot == .q || slot == .k || slot == .v || (c.modelType != "qwen2" && slot == .o))
+            let w = isLM && c.tieWordEmbeddings ? embed : normal(sh.out * sh.in, std)
+            linears.append(LinearWeights(weight: w, bias: hasBias ? normal(sh.out, std) : nil, outFeatures: sh.out, inFeatures: sh.in))
+        }
+        return LlamaWeights(embed: embed,
+                            attnNorms: (0..<c.numHiddenLayers).map { _ in normal(c.hiddenSize, 0.1).map { 1 + $0 } },
+                            ffnNorms: (0..<c.numHiddenLayers).map { _ in normal(c.hiddenSize, 0.1).map { 1 + $0 } },
+                            linears: linears, finalNorm: normal(c.hiddenSize, 0.1).map { 1 + $0 })
+    }
+}
+
+/// Optional record of a forward pass's intermediate values, for a later backward pass (LoRA
+/// training) and for debugging. Keys are "<layer>.<name>"; values are copies, row-major.
+public final class ForwardActivations {
+    public private(set) var values: [String: [Float]] = [:]
+    public init() {}
+    func save(_ layer: Int, _ name: String, _ p: UnsafePointer<Float>, _ count: Int) {
+        values["\(layer).\(name)"] = Array(UnsafeBufferPointer(start: p, count: count))
+    }
+}
+
+/// A Llama-family causal LM with Float32 weights in memory. Weights are shared by all sessions;
+/// run-time LoRA (LoRARuntime.swift) changes what `effective*` hands to the forward pass.
+/// Sessions may run on different threads at once (they only read the model); `setAdapters` /
+/// `clearAdapters` must not overlap a forward pass.
+///
+/// Backward pass (later): `LlamaSession.activations` records each layer's inputs to every linear
+/// (`x`, `h_attn`, `attn_out`, `h_ffn`, `gate`/`up` before SwiGLU), q after RoPE and the attention
+/// probabilities, which is what LoRA gradients dL/dA, dL/dB need; nothing is kept when it is nil.
+public final class LlamaModel: CausalLM, @unchecked Sendable {
+    public let config: LlamaConfig
+    public let tokenizer: BPETokenizer
+    /// Where the model was loaded from (for messages).
+    public let sourcePath: String
+    /// Base weights: never modified after loading.
+    public let base: LlamaWeights
+
+    // Effective weights (COW copies of `base` until a merged adapter replaces one).
+    var effectiveEmbed: [Float]
+    var effectiveLinear: [[Float]]
+    // Unmerged LoRA factors per linear id, and for the embedding.
+    var unmerged: [[LoRAFactors]]
+    var embedUnmerged: [LoRAFactors] = []
+    var maxLoRARank = 0
+    /// Names and weights of the adapters set by `setAdapters`, and how they were applied.
+    public internal(set) var activeAdapters: [(name: String, weight: Float)] = []
+    public internal(set) var adapterMode: LoRAMode = .unmerged
+
+    public var vocabSize: Int { config.vocabSize }
+
+    public init(config: LlamaConfig, weights: LlamaWeights, tokenizer: BPETokenizer, sourcePath: String = "<memory>") {
+        self.config = config
+        self.tokenizer = tokenizer
+        self.sourcePath = sourcePath
+        self.base = weights
+        self.effectiveEmbed = weights.embed
+        self.effectiveLinear = weights.linears.map(\.weight)
+        self.unmerged = Array(repeating: [], count: weights.linears.count)
+    }
+
+    public func makeSession(maxTokens: Int) throws -> any InferenceSession {
+        try LlamaSession(model: self, maxTokens: maxTokens)
+    }
+
+    /// The concrete session, for `feed(_:lastOnly:)` and `activations`.
+    public func makeLlamaSession(maxTokens: Int) throws -> LlamaSession {
+        try LlamaSession(model: self, maxTokens: maxTokens)
+    }
+
+    /// Logits (T, V) of `tokens` from a fresh session.
+    public func logits(tokens: [Int]) throws -> Matrix {
+        try LlamaSession(model: self, maxTokens: max(tokens.count, 1)).feed(tokens)
+    }
+
+    var layerCount: Int { config.numHiddenLayers }
+}
+
+/// One LoRA pair ready for the forward pass: y += coef · (x Aᵀ) Bᵀ.
+struct LoRAFactors {
+    var A: [Float]     // (r, in)   — embedding: (r, V)
+    var B: [Float]     // (out, r)  — embedding: (C, r)
+    var rank: Int
+    var coef: Float    // adapter weight × scale
+}
+
+/// Scratch memory that does not move or get reference-counted in the hot loops.
+final class FloatBuffer {
+    private(set) var pointer: UnsafeMutablePointer<Float>
+    private(set) var capacity: Int
+    init(_ count: Int) {
+        capacity = max(count, 1)
+        pointer = .allocate(capacity: capacity)
+        pointer.initialize(repeating: 0, count: capacity)
+    }
+    /// Grows (contents not kept) so that at least `count` values fit.
+    func reserve(_ count: Int) -> UnsafeMutablePointer<Float> {
+        if count > capacity {
+            pointer.deallocate()
+            capacity = count
+            pointer = .allocate(capacity: count)
+            pointer.initialize(repeating: 0, count: count)
+        }
+        return pointer
+    }
+    deinit { pointer.deallocate() }
+}
+
+/// One sequence: a KV cache for `maxTokens` positions plus scratch buffers sized for the largest
+/// batch seen, so decoding a token allocates nothing but the returned logits.
+public final class LlamaSession: InferenceSession {
+    public let model: LlamaModel
+    public let maxTokens: Int
+    public private(set) var position = 0
+    /// When set, the next `feed` fills it with intermediate values (for a backward pass).
+    public var activations: ForwardActivations?
+
+    private let kCache: [FloatBuffer]   // per layer (maxTokens, Hkv·d)
+    private let vCache: [FloatBuffer]
+    private let ropeCos: FloatBuffer    // (maxTokens, d/2)
+    private let ropeSin: FloatBuffer
+    private let x = FloatBuffer(1), h = FloatBuffer(1), q = FloatBuffer(1), att = FloatBuffer(1)
+    private let attnOut = FloatBuffer(1), gate = FloatBuffer(1), up = FloatBuffer(1), loraTmp = FloatBuffer(1)
+
+    init(model: LlamaModel, maxTokens: Int) throws {
+        let c = model.config
+        guard maxTokens > 0 else { throw ModelError.contextFull(maxTokens: maxTokens, requested: 0) }
+        self.model = model
+        self.maxTokens = maxTokens
+        let kvWidth = c.numKeyValueHeads * c.headDim
+        kCache = (0..<c.numHiddenLayers).map { _ in FloatBuffer(maxTokens * kvWidth) }
+        vCache = (0..<c.numHiddenLayers).map { _ in FloatBuffer(maxTokens * kvWidth) }
+        // HF: inv_freq = 1 / θ^(2i/d) in float32; angle = position · inv_freq in float32.
+        let half = c.headDim / 2
+        ropeCos = FloatBuffer(maxTokens * half)
+        ropeSin = FloatBuffer(maxTokens * half)
+        let scale = c.ropePositionScale
+        for i in 0..<half {
+            let expo = Float(2 * i) / Float(c.headDim)
+            let invFreq = 1 / Float(pow(Float(c.ropeTheta), expo))
+            for p in 0..<maxTokens {
+                let angle = (Float(p) / scale) * invFreq
+                ropeCos.pointer[p * half + i] = cos(angle)
+                ropeSin.pointer[p * half + i] = sin(angle)
+            }
+        }
+    }
+
+    public func reset() { position = 0 }
+
+    public func feed(_ tokens: [Int]) throws -> Matrix {
+        try feed(tokens, lastOnly: false)
+    }
+
+    /// As `feed`, returning only the last position's logits (1, V) when `lastOnly`: a prompt then
+    /// skips the (T, C)·(C, V) head GEMM for all but one row.
+    public func feed(_ tokens: [Int], lastOnly: Bool) throws -> Matrix {
+        let T = tokens.count
+        if T == 0 { return Matrix(rows: 0, cols: model.vocabSize) }
+        guard position + T <= maxTokens else {
+            throw ModelError.contextFull(maxTokens: maxTokens, requested: position + T)
+        }
+        for t in tokens where t < 0 || t >= model.vocabSize {
+            throw ModelError.tokenOutOfRange(token: t, vocabSize: model.vocabSize)
+        }
+        let rows = lastOnly ? 1 : T
+        var out = Matrix(rows: rows, cols: model.vocabSize)
+        out.data.withUnsafeMutableBufferPointer { o in
+            forward(tokens, logits: o.baseAddress!, lastOnly: lastOnly)
+        }
+        position += T
+        return out
+    }
+
+    // MARK: Forward
+
+    private func forward(_ tokens: [Int], logits: UnsafeMutablePointer<Float>, lastOnly: Bool) {
+        let c = model.config
+        let T = tokens.count, C = c.hiddenSize, L = c.numHiddenLayers
+        let H = c.numAttentionHeads, Hkv = c.numKeyValueHeads, d = c.headDim, F = c.intermediateSize
+        let p0 = position, S = p0 + T
+        let x = self.x.reserve(T * C), h = self.h.reserve(T * C)
+        let q = self.q.reserve(T * H * d), attnOut = self.attnOut.reserve(T * H * d)
+        let att = self.att.reserve(T * S)
+        let gate = self.gate.reserve(T * F), up = self.up.reserve(T * F)
+        _ = loraTmp.reserve(T * max(model.maxLoRARank, 1))
+        let rec = activations
+
+        embed(tokens, into: x)                                          // (T, C)
+        for l in 0..<L {
+            if let rec { rec.save(l, "x", x, T * C) }
+            rmsNorm(x, weight: model.base.attnNorms[l], eps: c.rmsNormEps, rows: T, cols: C, into: h)  // (T, C)
+            let kv = Hkv * d
+            let kRows = kCache[l].pointer + p0 * kv, vRows = vCache[l].pointer + p0 * kv
+            linear(h, rows: T, id: LlamaWeights.linearID(layer: l, .q), into: q, ld: H * d)          // (T, H·d)
+            linear(h, rows: T, id: LlamaWeights.linearID(layer: l, .k), into: kRows, ld: kv)        // (T, Hkv·d) → cache
+            linear(h, rows: T, id: LlamaWeights.linearID(layer: l, .v), into: vRows, ld: kv)        // (T, Hkv·d) → cache
+            rope(q, rows: T, heads: H, start: p0)
+            rope(kRows, rows: T, heads: Hkv, start: p0)
+            if let rec { rec.save(l, "h_attn", h, T * C); rec.save(l, "q", q, T * H * d) }
+            attention(q: q, layer: l, rows: T, start: p0, probs: att, into: attnOut)            // (T, H·d)
+            if let rec { rec.save(l, "attn_out", attnOut, T * H * d) }
+            linear(attnOut, rows: T, id: LlamaWeights.linearID(layer: l, .o), into: x, ld: C, accumulate: true)  // x += (T, C)
+
+            rmsNorm(x, weight: model.base.ffnNorms[l], eps: c.rmsNormEps, rows: T, cols: C, into: h)   // (T, C)
+            linear(h, rows: T, id: LlamaWeights.linearID(layer: l, .gate), into: gate, ld: F)      // (T, F)
+            linear(h, rows: T, id: LlamaWeights.linearID(layer: l, .up), into: up, ld: F)          // (T, F)
+            if let rec { rec.save(l, "h_ffn", h, T * C); rec.save(l, "gate", gate, T * F); rec.save(l, "up", up, T * F) }
+            swiglu(gate, up, count: T * F)                                                          // gate ← silu(gate)·up
+            linear(gate, rows: T, id: LlamaWeights.linearID(layer: l, .down), into: x, ld: C, accumulate: true) // x += (T, C)
+        }
+        let first = lastOnly ? T - 1 : 0
+        let n = T - first
+        rmsNorm(x + first * C, weight: model.base.finalNorm, eps: c.rmsNormEps, rows: n, cols: C, into: h)  // (n, C)
+        if let rec { rec.save(L, "h_final", h, n * C) }
+        linear(h, rows: n, id: LlamaWeights.lmHeadID(layers: L), into: logits, ld: c.vocabSize)   // (n, V)
+    }
+
+    /// x[t] = E[token_t] (+ Σ coef · B · A[:, token_t] for embedding LoRA).
+    private func embed(_ tokens: [Int], into x: UnsafeMutablePointer<Float>) {
+        let C = model.config.hiddenSize, V = model.config.vocabSize
+        model.effectiveEmbed.withUnsafeBufferPointer { e in
+            for (t, tok) in tokens.enumerated() {
+                (x + t * C).update(from: e.baseAddress! + tok * C, count: C)
+            }
+        }
+        guard !model.embedUnmerged.isEmpty else { return }
+        let col = loraTmp.reserve(max(model.maxLoRARank, 1))
+        for f in model.embedUnmerged {
+            f.A.withUnsafeBufferPointer { a in
+                f.B.withUnsafeBufferPointer { b in
+                    for (t, tok) in tokens.enumerated() {
+                        for j in 0..<f.rank { col[j] = a[j * V + tok] }                 // A[:, tok] (r)
+                        // (1, C) += coef · (1, r) · Bᵀ (r, C)
+                        BLAS.gemm(transA: false, transB: true, m: 1, n: C, k: f.rank, alpha: f.coef,
+                                  a: col, lda: f.rank, b: b.baseAddress!, ldb: f.rank, beta: 1, c: x + t * C, ldc: C)
+                    }
+                }
+            }
+        }
+    }
+
+    /// out (rows, out) = x (rows, in) · Wᵀ + b, or out += … when `accumulate`; then the unmerged
+    /// LoRA terms out += coef · (x Aᵀ) Bᵀ, two skinny GEMMs per adapter.
+    private func linear(_ x: UnsafePointer<Float>, rows: Int, id: Int, into out: UnsafeMutablePointer<Float>,
+                        ld: Int, accumulate: Bool = false) {
+        let lw = model.base.linears[id]
+        let nOut = lw.outFeatures, nIn = lw.inFeatures
+        var beta: Float = accumulate ? 1 : 0
+        if let bias = lw.bias {
+            bias.withUnsafeBufferPointer { b in
+                for t in 0..<rows {
+                    let o = out + t * ld
+                    if accumulate { for j in 0..<nOut { o[j] += b[j] } } else { o.update(from: b.baseAddress!, count: nOut) }
+                }
+            }
+            beta = 1
+        }
+        model.effectiveLinear[id].withUnsafeBufferPointer { w in
+            if rows == 1 {
+                // Decoding: y (out) = W (out, in) · x (in) as a GEMV (sgemm would pack all of W).
+                BLAS.gemv(transA: false, m: nOut, n: nIn, alpha: 1, a: w.baseAddress!, lda: nIn,
+                          x: x, beta: beta, y: out)
+            } else {
+                BLAS.gemm(transA: false, transB: true, m: rows, n: nOut, k: nIn, alpha: 1,
+                          a: x, lda: nIn, b: w.baseAddress!, ldb: nIn, beta: beta, c: out, ldc: ld)
+            }
+        }
+        let factors = model.unmerged[id]
+        if factors.isEmpty { return }
+        let tmp = loraTmp.pointer
+        for f in factors {
+            f.A.withUnsafeBufferPointer { a in
+                // (rows, r) = x · Aᵀ
+                BLAS.gemm(transA: false, transB: true, m: rows, n: f.rank, k: nIn, alpha: 1,
+                          a: x, lda: nIn, b: a.baseAddress!, ldb: nIn, beta: 0, c: tmp, ldc: f.rank)
+            }
+            f.B.withUnsafeBufferPointer { b in
+                // (rows, out) += coef · tmp · Bᵀ
+                BLAS.gemm(transA: false, transB: true, m: rows, n: nOut, k: f.rank, alpha: f.coef,
+                          a: tmp, lda: f.rank, b: b.baseAddress!, ldb: f.rank, beta: 1, c: out, ldc: ld)
+            }
+        }
+    }
+
+    /// HF LlamaRMSNorm: x / sqrt(mean(x²) + ε) · g, accumulated in Float.
+    private func rmsNorm(_ x: UnsafePointer<Float>, weight: [Float], eps: Float, rows: Int, cols: Int,
+                         into out: UnsafeMutablePointer<Float>) {
+        weight.withUnsafeBufferPointer { g in
+            for t in 0..<rows {
+                let xr = x + t * cols, o = out + t * cols
+                var ss: Float = 0
+                for j in 0..<cols { ss += xr[j] * xr[j] }
+                let inv = 1 / (ss / Float(cols) + eps).squareRoot()
+                for j in 0..<cols { o[j] = g[j] * (xr[j] * inv) }
+            }
+        }
+    }
+
+    /// HF rotate_half RoPE on `heads` heads of each row: for i < d/2,
+    /// (a, b) = (v[i], v[i + d/2]) → (a cos − b sin, b cos + a sin), angle = pos · θ^(−2i/d).
+    private func rope(_ v: UnsafeMutablePointer<Float>, rows: Int, heads: Int, start: Int) {
+        let d = model.config.headDim, half = d / 2
+        for t in 0..<rows {
+            let cs = ropeCos.pointer + (start + t) * half, sn = ropeSin.pointer + (start + t) * half
+            for hh in 0..<heads {
+                let p = v + (t * heads + hh) * d
+                for i in 0..<half {
+                    let a = p[i], b = p[i + half]
+                    p[i] = a * cs[i] - b * sn[i]
+                    p[i + half] = b * cs[i] + a * sn[i]
+                }
+            }
+        }
+    }
+
+    /// Causal grouped-query attention of `rows` new queries (positions start..<start+rows) against
+    /// the cached keys/values. Per head and per block of queries [b0, b1): scores (nb, S_b) =
+    /// q_h K_hᵀ / √d as one GEMM over the keys 0..<start+b1 (blocks skip most of the masked upper
+    /// triangle of a long prompt), masked softmax row by row, then out_h (nb, d) = P V_h.
+    private func attention(q: UnsafeMutablePointer<Float>, layer: Int, rows T: Int, start p0: Int,
+                           probs: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>) {
+        let c = model.config
+        let H = c.numAttentionHeads, Hkv = c.numKeyValueHeads, d = c.headDim
+        let group = H / Hkv, kvw = Hkv * d
+        let scale = 1 / Float(d).squareRoot()
+        let K = kCache[layer].pointer, Vc = vCache[layer].pointer
+        let rec = activations
+        let block = rec == nil ? 128 : T      // one block when recording, so probs are one (T, S) matrix
+        for hh in 0..<H {
+            let kvh = hh / group
+            var b0 = 0
+            while b0 < T {
+                let b1 = min(b0 + block, T), nb = b1 - b0, S = p0 + b1
+                if nb == 1 {
+                    // Decoding: scores (S) = K_h (S, d) · q_h (d), a GEMV over the cache.
+                    BLAS.gemv(transA: false, m: S, n: d, alpha: scale, a: K + kvh * d, lda: kvw,
+                              x: q + b0 * H * d + hh * d, beta: 0, y: probs)
+                } else {
+                    BLAS.gemm(transA: false, transB: true, m: nb, n: S, k: d, alpha: scale,
+                              a: q + b0 * H * d + hh * d, lda: H * d, b: K + kvh * d, ldb: kvw,
+                              beta: 0, c: probs, ldc: S)                                       // (nb, S)
+                }
+                for t in 0..<nb {
+                    let row = probs + t * S
+                    let valid = p0 + b0 + t + 1                    // causal: keys 0...p0+b0+t
+                    var m = -Float.infinity
+                    for j in 0..<valid where row[j] > m { m = row[j] }
+                    var sum: Float = 0
+                    for j in 0..<valid { let e = exp(row[j] - m); row[j] = e; sum += e }
+                    let inv = 1 / sum
+                    for j in 0..<valid { row[j] *= inv }
+                    for j in valid..<S { row[j] = 0 }
+                }
+                if let rec { rec.save(layer, "probs\(hh)", probs, nb * S) }
+                if nb == 1 {
+                    // out_h (d) = V_hᵀ (d, S) · p (S)
+                    BLAS.gemv(transA: true, m: S, n: d, alpha: 1, a: Vc + kvh * d, lda: kvw,
+                              x: probs, beta: 0, y: out + b0 * H * d + hh * d)
+                } else {
+                    BLAS.gemm(transA: false, transB: false, m: nb, n: d, k: S, alpha: 1,
+                              a: probs, lda: S, b: Vc + kvh * d, ldb: kvw,
+                              beta: 0, c: out + b0 * H * d + hh * d, ldc: H * d)              // (nb, d)
+                }
+                b0 = b1
+            }
+        }
+    }
+
+    /// gate ← silu(gate) ⊙ up, silu(g) = g / (1 + e^(−g)).
+    private func swiglu(_ gate: UnsafeMutablePointer<Float>, _ up: UnsafePointer<Float>, count: Int) {
+        for i in 0..<count {
+            let g = gate[i]
+            gate[i] = g / (1 + exp(-g)) * up[i]
+        }
+    }
+}

@@ -1,0 +1,261 @@
+import Foundation
+
+/// Where lorafuse finds its default model.
+public enum ModelLocator {
+    public static let defaultModelFile = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+    /// `${LORAFUSE_HOME:-~/.cache/lorafuse}`.
+    public static func home() -> String {
+        if let h = ProcessInfo.processInfo.environment["LORAFUSE_HOME"], !h.isEmpty { return h }
+        return (NSHomeDirectory() as NSString).appendingPathComponent(".cache/lorafuse")
+    }
+
+    /// `${LORAFUSE_HOME:-~/.cache/lorafuse}/models/SmolLM2-135M-Instruct.Q4_1.gguf` (fetched by scripts/setup.sh).
+    public static func defaultModelPath() -> String {
+        (home() as NSString).appendingPathComponent("models/\(defaultModelFile)")
+    }
+}
+
+/// A source of named tensors, returned in PyTorch (rows, cols) layout.
+private protocol TensorSource: Sendable {
+    var path: String { get }
+    func has(_ name: String) -> Bool
+    /// Shape as PyTorch reports it ([n] for 1-D).
+    func shape(_ name: String) throws -> [Int]
+    func floats(_ name: String) throws -> [Float]
+}
+
+private struct GGUFSource: TensorSource {
+    let file: GGUFFile
+    var path: String { file.path }
+    func has(_ name: String) -> Bool { file.tensorInfo(name) != nil }
+    func shape(_ name: String) throws -> [Int] {
+        guard let t = file.tensorInfo(name) else { throw ModelError.missingTensor(path: path, tensor: name) }
+        var dims = t.dims
+        while dims.count > 1 && dims.last == 1 { dims.removeLast() }
+        return dims.reversed()
+    }
+    func floats(_ name: String) throws -> [Float] {
+        guard let t = file.tensorInfo(name) else { throw ModelError.missingTensor(path: path, tensor: name) }
+        guard t.type.canDequantize else {
+            throw ModelError.unsupportedTensorType(path: path, tensor: name, type: t.type.name)
+        }
+        return try file.floats(name)
+    }
+}
+
+private struct SafetensorsSource: TensorSource, @unchecked Sendable {
+    let path: String
+    let single: SafetensorsFile?
+    let sharded: ShardedSafetensors?
+    func has(_ name: String) -> Bool {
+        if let s = single { return s.contains(name) }
+        return sharded!.weightMap[name] != nil
+    }
+    func info(_ name: String) throws -> TensorInfo {
+        guard has(name) else { throw ModelError.missingTensor(path: path, tensor: name) }
+        return try single?.info(name) ?? sharded!.info(name)
+    }
+    func shape(_ name: String) throws -> [Int] { try info(name).shape }
+    func floats(_ name: String) throws -> [Float] {
+        let i = try info(name)
+        guard i.floatType != nil else { throw ModelError.unsupportedTensorType(path: path, tensor: name, type: i.dtype) }
+        return try single?.floats(name) ?? sharded!.floats(name)
+    }
+}
+
+extension LlamaModel {
+    /// Loads a GGUF file or an HF model directory (config.json + model.safetensors or
+    /// model.safetensors.index.json, F32/F16/BF16; tokenizer.json + tokenizer_config.json).
+    ///
+    /// GGUF weights are dequantized to Float32 here, once. For SmolLM2-135M that is ~540 MB of
+    /// f32 instead of ~98 MB of Q4_1: the trade buys BLAS sgemm speed (no quantized kernels to
+    /// write or maintain) and exact parity with transformers, which also dequantizes GGUF to f32 —
+    /// so logits match the Python reference to fp32 rounding and PEFT adapters apply as in PEFT.
+    /// Tensors are dequantized in parallel (DispatchQueue.concurrentPerform).
+    ///
+    /// llama.cpp's converter permutes the rows of Llama q/k weights (so it can rotate adjacent
+    /// pairs); they are un-permuted here back to HF's layout (rotate_half RoPE), which is what a
+    /// PEFT adapter's q_proj/k_proj factors were trained against. Qwen 2 GGUFs are not permuted.
+    public static func load(path: String) throws -> LlamaModel {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
+            throw ModelError.notAModel(path: path, reason: "no such file or directory")
+        }
+        if isDir.boolValue { return try loadHFDirectory(path) }
+        return try loadGGUF(path)
+    }
+
+    private static func loadGGUF(_ path: String) throws -> LlamaModel {
+        let file = try GGUFFile(path: path)
+        let config = try LlamaConfig(gguf: file)
+        let tokenizer: BPETokenizer
+        if file.metadata["tokenizer.ggml.model"] == nil { throw ModelError.missingTokenizer(path: path) }
+        tokenizer = try BPETokenizer.fromGGUFMetadata({ key in file.metadata[key].map(plainValue) }, source: path)
+        let weights = try readWeights(GGUFSource(file: file), config: config,
+                                      name: { LlamaCheckpointNames.gguf(forHF: $0)! },
+                                      unpermuteQK: config.modelType == "llama")
+        return LlamaModel(config: config, weights: weights, tokenizer: tokenizer, sourcePath: path)
+    }
+
+    private static func loadHFDirectory(_ dir: String) throws -> LlamaModel {
+        func at(_ f: String) -> String { (dir as NSString).appendingPathComponent(f) }
+        let configPath = at("config.json")
+        guard FileManager.default.fileExists(atPath: configPath) else {
+            throw ModelError.notAModel(path: dir, reason: "no config.json")
+        }
+        let config = try LlamaConfig.load(configJSON: configPath)
+        let source: SafetensorsSource
+        if FileManager.default.fileExists(atPath: at("model.safetensors")) {
+            source = SafetensorsSource(path: at("model.safetensors"), single: try SafetensorsFile(path: at("model.safetensors")), sharded: nil)
+        } else if FileManager.default.fileExists(atPath: at("model.safetensors.index.json")) {
+            let s = try ShardedSafetensors(indexPath: at("model.safetensors.index.json"))
+            source = SafetensorsSource(path: at("model.safetensors.index.json"), single: nil, sharded: s)
+        } else {
+            throw ModelError.notAModel(path: dir, reason: "no model.safetensors or model.safetensors.index.json")
+        }
+        let tokPath = at("tokenizer.json")
+        guard FileManager.default.fileExists(atPath: tokPath) else { throw ModelError.missingTokenizer(path: dir) }
+        var bos: String? = nil, eos: String? = nil, template: String? = nil
+        if let data = FileManager.default.contents(atPath: at("tokenizer_config.json")),
+           let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any] {
+            func token(_ v: Any?) -> String? { (v as? String) ?? ((v as? [String: Any])?["content"] as? String) }
+            bos = token(obj["bos_token"])
+            eos = token(obj["eos_token"])
+            template = obj["chat_template"] as? String
+        }
+        let tokenizer = try BPETokenizer.fromTokenizerJSON(try Data(contentsOf: URL(fileURLWithPath: tokPath)),
+                                                           bosToken: bos, eosToken: eos, chatTemplate: template, source: tokPath)
+        let weights = try readWeights(source, config: config, name: { $0 }, unpermuteQK: false)
+        return LlamaModel(config: config, weights: weights, tokenizer: tokenizer, sourcePath: dir)
+    }
+
+    /// Reads, checks and (in parallel) converts every tensor the config calls for.
+    /// `name` maps an HF module name to the file's module name.
+    private static func readWeights(_ src: any TensorSource, config c: LlamaConfig, name: (String) -> String,
+                                    unpermuteQK: Bool) throws -> LlamaWeights {
+        typealias N = LlamaCheckpointNames
+        let L = c.numHiddenLayers
+        // Plan: (tensor name in file, expected shape, HF module, kind).
+        struct Item { var file: String; var shape: [Int]; var permuteHeads: Int? }
+        var items: [Item] = []
+        func add(_ hfModule: String, _ suffix: String, _ shape: [Int], permute: Int? = nil) {
+            items.append(Item(file: name(hfModule) + suffix, shape: shape, permuteHeads: permute))
+        }
+        let tied = c.tieWordEmbeddings   // for GGUF, set from the absence of output.weight
+        add(N.embed.hf, ".weight", [c.vocabSize, c.hiddenSize])
+        add(N.finalNorm.hf, ".weight", [c.hiddenSize])
+        if !tied { add(N.lmHead.hf, ".weight", [c.vocabSize, c.hiddenSize]) }
+        let shapes = LlamaWeights.linearShapes(c)
+        var biasIndex: [Int: Int] = [:]
+        for l in 0..<L {
+            add(N.hfLayer(l, N.attnNorm.hf), ".weight", [c.hiddenSize])
+            add(N.hfLayer(l, N.ffnNorm.hf), ".weight", [c.hiddenSize])
+            for e in N.linears {
+                let id = LlamaWeights.linearID(layer: l, e.slot)
+                let heads: Int? = !unpermuteQK ? nil : e.slot == .q ? c.numAttentionHeads : e.slot == .k ? c.numKeyValueHeads : nil
+                add(N.hfLayer(l, e.hf), ".weight", [shapes[id].out, shapes[id].in], permute: heads)
+                let biasName = name(N.hfLayer(l, e.hf)) + ".bias"
+                if src.has(biasName) {
+                    biasIndex[id] = items.count
+                    add(N.hfLayer(l, e.hf), ".bias", [shapes[id].out], permute: heads)
+                }
+            }
+        }
+        // Validate presence and shapes before spending time on conversion.
+        for it in items {
+            guard src.has(it.file) else { throw ModelError.missingTensor(path: src.path, tensor: it.file) }
+            let s = try src.shape(it.file)
+            guard s == it.shape else { throw ModelError.shapeMismatch(path: src.path, tensor: it.file, expected: it.shape, actual: s) }
+        }
+        let results = UnsafeMutablePointer<Result<[Float], Error>>.allocate(capacity: items.count)
+        results.initialize(repeating: .success([]), count: items.count)
+        defer { results.deinitialize(count: items.count); results.deallocate() }
+        let d = c.headDim
+        let box = UnsafeSendable(results)
+        let plan = items
+        DispatchQueue.concurrentPerform(iterations: plan.count) { i in
+            let it = plan[i]
+            box.value[i] = Result {
+                var v = try src.floats(it.file)
+                if let heads = it.permuteHeads { v = unpermuteRows(v, heads: heads, headDim: d, cols: v.count / (heads * d)) }
+                return v
+            }
+        }
+        var values: [[Float]] = []
+        values.reserveCapacity(items.count)
+        for i in 0..<items.count { values.append(try results[i].get()) }
+
+        var k = 0
+        func next() -> [Float] { defer { k += 1 }; return values[k] }
+        let embed = next()
+        let finalNorm = next()
+        let lmHead = tied ? embed : next()
+        var attnNorms: [[Float]] = [], ffnNorms: [[Float]] = [], linears: [LinearWeights] = []
+        for l in 0..<L {
+            attnNorms.append(next())
+            ffnNorms.append(next())
+            for e in N.linears {
+                let id = LlamaWeights.linearID(layer: l, e.slot)
+                let w = next()
+                let b: [Float]? = biasIndex[id] != nil ? next() : nil
+                linears.append(LinearWeights(weight: w, bias: b, outFeatures: shapes[id].out, inFeatures: shapes[id].in))
+            }
+        }
+        linears.append(LinearWeights(weight: lmHead, outFeatures: c.vocabSize, inFeatures: c.hiddenSize))
+        return LlamaWeights(embed: embed, attnNorms: attnNorms, ffnNorms: ffnNorms, linears: linears, finalNorm: finalNorm)
+    }
+
+    /// Inverse of llama.cpp's HF→GGUF q/k permutation. The converter does
+    /// `w.reshape(n_head, 2, d/2, in).swapaxes(1, 2).reshape(out, in)`, so GGUF row h·d + 2i + j
+    /// holds HF row h·d + j·d/2 + i (i < d/2, j ∈ {0, 1}). Works for a bias (cols = 1) too.
+    static func unpermuteRows(_ w: [Float], heads: Int, headDim d: Int, cols: Int) -> [Float] {
+        var out = [Float](repeating: 0, count: w.count)
+        let half = d / 2
+        w.withUnsafeBufferPointer { src in
+            out.withUnsafeMutableBufferPointer { dst in
+                for h in 0..<heads {
+                    for i in 0..<half {
+                        for j in 0..<2 {
+                            let from = (h * d + 2 * i + j) * cols, to = (h * d + j * half + i) * cols
+                            (dst.baseAddress! + to).update(from: src.baseAddress! + from, count: cols)
+                        }
+                    }
+                }
+            }
+        }
+        return out
+    }
+}
+
+/// A pointer handed to concurrentPerform's workers, each writing its own slot.
+private struct UnsafeSendable<T>: @unchecked Sendable {
+    let value: UnsafeMutablePointer<T>
+    init(_ v: UnsafeMutablePointer<T>) { value = v }
+}
+
+/// GGUF metadata as the plain Swift values `BPETokenizer.fromGGUFMetadata` expects.
+func plainValue(_ v: GGUFValue) -> Any {
+    switch v {
+    case .uint8(let x): return Int(x)
+    case .int8(let x): return Int(x)
+    case .uint16(let x): return Int(x)
+    case .int16(let x): return Int(x)
+    case .uint32(let x): return Int(x)
+    case .int32(let x): return Int(x)
+    case .uint64(let x): return Int(truncatingIfNeeded: x)
+    case .int64(let x): return Int(x)
+    case .float32(let x): return Double(x)
+    case .float64(let x): return x
+    case .bool(let x): return x
+    case .string(let x): return x
+    case .array(let t, let items):
+        switch t {
+        case .string: return items.map { $0.asString ?? "" }
+        case .uint8, .int8, .uint16, .int16, .uint32, .int32, .uint64, .int64: return items.map { $0.asInt ?? 0 }
+        case .float32, .float64: return items.map { $0.asDouble ?? 0 }
+        case .bool: return items.map { $0.asBool ?? false }
+        default: return items.map(plainValue)
+        }
+    }
+}

@@ -1,0 +1,82 @@
+import ArgumentParser
+import Foundation
+import LoRAFuse
+
+/// Options of every command that writes an adapter: the output format and what the GGUF writer
+/// needs to know about the base model.
+struct AdapterOutputOptions: ParsableArguments {
+    @Option(name: .long, help: "Output format: peft (directory), gguf (llama.cpp LoRA file) or mlx (mlx-lm directory).")
+    var format: AdapterFormat = .peft
+
+    @Option(name: .long, help: "Base model (a .gguf file, or a Hugging Face config.json or its directory): architecture and head counts; a GGUF base also gets llama.cpp's shape checks.")
+    var base: String?
+
+    @Option(name: .long, help: "Attention heads (for the q/k RoPE permutation of GGUF LoRAs), if no --base.")
+    var heads: Int?
+
+    @Option(name: .customLong("kv-heads"), help: "Key/value heads (default: --heads).")
+    var kvHeads: Int?
+
+    @Option(name: .long, help: "llama.cpp architecture name written to a GGUF LoRA (default: the base's, else llama).")
+    var arch: String?
+
+    func validate() throws {
+        if let h = heads, h < 1 { throw ValidationError("--heads must be at least 1, got \(h)") }
+        if let k = kvHeads, k < 1 { throw ValidationError("--kv-heads must be at least 1, got \(k)") }
+        if kvHeads != nil && heads == nil { throw ValidationError("--kv-heads needs --heads") }
+        if base != nil && heads != nil { throw ValidationError("give either --base or --heads/--kv-heads, not both") }
+    }
+
+    func hints() throws -> ModelHints {
+        var h = ModelHints()
+        if let b = base { h = try ModelHints.load(path: b) }
+        if let n = heads { h.heads = AttentionHeads(heads: n, kvHeads: kvHeads ?? n) }
+        if let a = arch { h.architecture = a }
+        return h
+    }
+}
+
+extension AdapterFormat: ExpressibleByArgument {}
+
+struct Convert: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Convert an adapter between PEFT, GGUF (llama.cpp) and MLX (mlx-lm).",
+        discussion: """
+        The input format is detected from the files. ΔW is preserved exactly (up to the output
+        dtype): per-module scales that the target format cannot express are folded into B.
+        GGUF LoRAs of llama models need the attention head counts for q/k (from --base or
+        --heads/--kv-heads, or recorded in a GGUF input).
+        Example:  lorafuse convert my-peft-adapter --format gguf --base SmolLM2.gguf -o my.gguf
+        """
+    )
+
+    @Argument(help: "Input adapter: PEFT directory, MLX directory or GGUF LoRA file.")
+    var adapter: String
+
+    @Option(name: [.short, .customLong("output")], help: "Output path (a directory for peft/mlx, a file for gguf).")
+    var output: String
+
+    @Option(name: .long, help: "Element type of the output: f32, f16 or bf16 (default: the input's).")
+    var dtype: String?
+
+    @Flag(name: .long, help: "Print a machine-readable summary on stdout.")
+    var json = false
+
+    @OptionGroup var out: AdapterOutputOptions
+
+    func validate() throws {
+        if let d = dtype, DType(name: d) == nil { throw ValidationError("--dtype must be f32, f16 or bf16, got \(d)") }
+    }
+
+    func run() throws {
+        let s = try AdapterIO.convert(input: adapter, output: output, format: out.format,
+                                      dtype: dtype.flatMap { DType(name: $0) }, hints: try out.hints())
+        if json {
+            try printJSON(s)
+        } else {
+            print("converted   \(s.input) (\(s.inputFormat.rawValue)) → \(s.output) (\(s.outputFormat.rawValue), \(s.dtype))")
+            print("modules     \(s.modules), \(s.parameters) parameters")
+            if let b = s.validatedAgainstBase { print("checked     llama.cpp adapter shape checks against \(b): ok") }
+        }
+    }
+}

@@ -1,0 +1,391 @@
+import Foundation
+import XCTest
+@testable import LoRAFuse
+
+/// Fixtures made by scripts/make_model_fixtures.py (transformers 5.x + peft 0.21.2).
+enum ModelFixtures {
+    static func path(_ name: String) -> String {
+        Bundle.module.resourceURL!.appendingPathComponent("Fixtures/model/\(name)").path
+    }
+
+    static let tinyLogits = try! SafetensorsFile(path: path("tiny_logits.safetensors"))
+
+    static func tokens(_ file: SafetensorsFile, _ name: String) -> [Int] {
+        try! file.floats(name).map { Int($0) }
+    }
+
+    /// A byte-level tokenizer over the first `n` byte symbols, no merges (the tiny models' one).
+    static func byteTokenizer(_ n: Int) -> BPETokenizer {
+        var chars: [String] = []
+        for b in 33...126 { chars.append(String(UnicodeScalar(UInt8(b)))) }
+        for b in 161...255 where b != 173 { chars.append(String(UnicodeScalar(UInt8(b)))) }
+        return try! BPETokenizer(tokens: Array(chars.prefix(n)), merges: [], preTokenizer: .gpt2)
+    }
+
+    static func tempDir() -> String {
+        let d = NSTemporaryDirectory() + "lorafuse-model-\(UUID().uuidString)"
+        try! FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+        return d
+    }
+}
+
+final class LlamaModelTests: XCTestCase {
+    // Tolerances. The tiny models' logits are O(1) after 2 layers, so fp32 rounding differences
+    // (BLAS blocking vs PyTorch's kernels, exp/cos implementations) stay near 1e-6; 1e-4 leaves room.
+    let tinyTol: Float = 1e-4
+
+    private func assertClose(_ a: Matrix, _ b: Matrix, _ tol: Float, _ what: String,
+                             file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertEqual(a.shape, b.shape, what, file: file, line: line)
+        guard a.shape == b.shape else { return }
+        let d = a.maxAbsDifference(b)
+        XCTAssertLessThanOrEqual(d, tol, "\(what): max |Δ| = \(d)", file: file, line: line)
+    }
+
+    private func tinyConfig(qwen: Bool) -> LlamaConfig {
+        // head_dim 8 ≠ hidden/heads (24/4 = 6) to catch code that assumes they are equal.
+        LlamaConfig(modelType: qwen ? "qwen2" : "llama", hiddenSize: 24, intermediateSize: 40, numHiddenLayers: 2,
+                    numAttentionHeads: 4, numKeyValueHeads: 2, headDim: 8, vocabSize: 50, rmsNormEps: 1e-5,
+                    ropeTheta: 10000, tieWordEmbeddings: qwen, attentionBias: qwen)
+    }
+
+    private func randomModel(qwen: Bool, seed: UInt64 = 3) -> LlamaModel {
+        let c = tinyConfig(qwen: qwen)
+        return LlamaModel(config: c, weights: .random(c, seed: seed, std: 0.3), tokenizer: ModelFixtures.byteTokenizer(50))
+    }
+
+    /// A random adapter on every projection (and optionally embed_tokens / lm_head) of `model`.
+    private func randomAdapter(_ model: LlamaModel, name: String, seed: UInt64, rank: Int = 3,
+                               embedding: Bool = false) -> LoRAAdapter {
+        var rng = SeededRNG(seed: seed)
+        var modules: [String: LoRAModule] = [:]
+        let c = model.config
+        for l in 0..<c.numHiddenLayers {
+            for e in LlamaCheckpointNames.linears {
+                let lw = model.base.linears[LlamaWeights.linearID(layer: l, e.slot)]
+                modules["base_model.model.model.layers.\(l).\(e.hf)"] = LoRAModule(
+                    A: .randomNormal(rank, lw.inFeatures, std: 0.3, rng: &rng),
+                    B: .randomNormal(lw.outFeatures, rank, std: 0.3, rng: &rng), scale: 0.5)
+            }
+        }
+        if embedding {
+            modules["base_model.model.model.embed_tokens"] = LoRAModule(
+                A: .randomNormal(rank, c.vocabSize, std: 0.3, rng: &rng),
+                B: .randomNormal(c.hiddenSize, rank, std: 0.3, rng: &rng), scale: 2, kind: .embedding)
+            modules["base_model.model.lm_head"] = LoRAModule(
+                A: .randomNormal(rank, c.hiddenSize, std: 0.3, rng: &rng),
+                B: .randomNormal(c.vocabSize, rank, std: 0.3, rng: &rng), scale: 2)
+        }
+        return LoRAAdapter(name: name, modules: modules)
+    }
+
+    // MARK: Engine vs naive reference
+
+    func testEngineMatchesNaiveReferenceOnRandomModels() throws {
+        let tokens = [3, 17, 0, 49, 22, 22, 8, 31, 40, 5, 11]
+        for qwen in [false, true] {
+            let m = randomModel(qwen: qwen)
+            let ref = LlamaReference.logits(m, tokens: tokens)
+            assertClose(try m.logits(tokens: tokens), ref, tinyTol, "batched, qwen=\(qwen)")
+
+            // Same logits when the sequence is fed in pieces through the KV cache.
+            let s = try m.makeSession(maxTokens: 16)
+            var rows: [Matrix] = [try s.feed(Array(tokens[0..<4]))]
+            for t in tokens[4...] { rows.append(try s.feed([t])) }
+            XCTAssertEqual(s.position, tokens.count)
+            assertClose(Matrix.vconcat(rows), ref, tinyTol, "incremental, qwen=\(qwen)")
+
+            // reset() starts over at position 0 with the same cache.
+            s.reset()
+            XCTAssertEqual(s.position, 0)
+            assertClose(try s.feed(tokens), ref, tinyTol, "after reset, qwen=\(qwen)")
+
+            let ls = try m.makeLlamaSession(maxTokens: 16)
+            let last = try ls.feed(tokens, lastOnly: true)
+            assertClose(last, ref.rows((tokens.count - 1)..<tokens.count), tinyTol, "lastOnly, qwen=\(qwen)")
+        }
+    }
+
+    func testLongPromptCrossesAttentionBlocks() throws {
+        // 150 tokens: the batched pass splits queries into blocks of 128 (second block sees keys
+        // 0..<150, the first only 0..<128); a second batch of 20 then attends to 170 cached keys.
+        let m = randomModel(qwen: true, seed: 9)
+        var rng = SeededRNG(seed: 4)
+        let tokens = (0..<170).map { _ in Int(rng.next() % 50) }
+        let ref = LlamaReference.logits(m, tokens: tokens)
+        let s = try m.makeSession(maxTokens: 170)
+        let got = Matrix.vconcat([try s.feed(Array(tokens[0..<150])), try s.feed(Array(tokens[150...]))])
+        assertClose(got, ref, tinyTol, "170 tokens in two batches")
+    }
+
+    func testSessionLimitsAndActivations() throws {
+        let m = randomModel(qwen: false)
+        let s = try XCTUnwrap(try m.makeSession(maxTokens: 4) as? LlamaSession)
+        XCTAssertThrowsError(try s.feed([1, 2, 3, 4, 5])) { e in
+            XCTAssertEqual(e as? ModelError, .contextFull(maxTokens: 4, requested: 5))
+        }
+        XCTAssertThrowsError(try s.feed([50])) { e in
+            XCTAssertEqual(e as? ModelError, .tokenOutOfRange(token: 50, vocabSize: 50))
+        }
+        XCTAssertEqual(s.position, 0, "a refused feed leaves the session unchanged")
+        let acts = ForwardActivations()
+        s.activations = acts
+        _ = try s.feed([1, 2, 3])
+        XCTAssertEqual(acts.values["0.x"]?.count, 3 * 24)
+        XCTAssertEqual(acts.values["1.gate"]?.count, 3 * 40)
+        XCTAssertEqual(acts.values["0.probs0"]?.count, 9)
+        XCTAssertEqual(acts.values["0.probs0"]?[1] ?? -1, 0, "causal mask: token 0 does not see token 1")
+    }
+
+    func testUnmergedAndMergedLoRAAgreeWithReference() throws {
+        for qwen in [false, true] {
+            let m = randomModel(qwen: qwen)
+            let tokens = [4, 9, 33, 1, 48, 20, 7]
+            let base = try m.logits(tokens: tokens)
+            let a1 = randomAdapter(m, name: "one", seed: 11, embedding: true)
+            let a2 = randomAdapter(m, name: "two", seed: 12, rank: 2)
+            let mix: [(LoRAAdapter, Float)] = [(a1, 0.7), (a2, -0.4)]
+
+            try m.setAdapters(mix, mode: .merged)
+            let merged = try m.logits(tokens: tokens)
+            let ref = LlamaReference.logits(m, tokens: tokens)
+            // Merged weights equal W + Σ w_i s_i B_i A_i.
+            let qName = "model.layers.1.self_attn.q_proj"
+            var expectW = Matrix(rows: m.base.linears[LlamaWeights.linearID(layer: 1, .q)].outFeatures,
+                                 cols: m.config.hiddenSize, data: m.base.linears[LlamaWeights.linearID(layer: 1, .q)].weight)
+            expectW.add(a1.modules["base_model.model." + qName]!.delta(), scaledBy: 0.7)
+            expectW.add(a2.modules["base_model.model." + qName]!.delta(), scaledBy: -0.4)
+            assertClose(try XCTUnwrap(m.effectiveWeight(module: qName)), expectW, 1e-5, "merged q_proj")
+
+            try m.setAdapters(mix, mode: .unmerged)
+            XCTAssertEqual(m.activeAdapters.map(\.name), ["one", "two"])
+            let unmerged = try m.logits(tokens: tokens)
+            assertClose(merged, ref, tinyTol, "merged vs reference, qwen=\(qwen)")
+            assertClose(unmerged, merged, tinyTol, "unmerged vs merged, qwen=\(qwen)")
+            XCTAssertGreaterThan(unmerged.maxAbsDifference(base), 0.1, "the adapters change the logits")
+
+            // Clearing restores the exact base (bit for bit: nothing was recomputed).
+            m.clearAdapters()
+            XCTAssertEqual(try m.logits(tokens: tokens), base)
+            try m.setAdapters(mix, mode: .merged)
+            m.clearAdapters()
+            XCTAssertEqual(try m.logits(tokens: tokens), base)
+        }
+    }
+
+    func testAdapterErrorsNameAdapterModuleAndShapes() throws {
+        let m = randomModel(qwen: false)
+        var rng = SeededRNG(seed: 1)
+        let unknown = LoRAAdapter(name: "weird", modules: [
+            "base_model.model.model.layers.7.self_attn.q_proj": LoRAModule(A: .randomNormal(2, 24, rng: &rng), B: .randomNormal(32, 2, rng: &rng), scale: 1)])
+        XCTAssertThrowsError(try m.setAdapters([(unknown, 1)])) { e in
+            XCTAssertEqual(e as? LoRARuntimeError, .unknownModule(adapter: "weird", module: "base_model.model.model.layers.7.self_attn.q_proj"))
+            XCTAssertTrue("\(e)".contains("weird") && "\(e)".contains("layers.7"))
+        }
+        let wrongShape = LoRAAdapter(name: "bad", modules: [
+            "base_model.model.model.layers.0.self_attn.k_proj": LoRAModule(A: .randomNormal(2, 24, rng: &rng), B: .randomNormal(32, 2, rng: &rng), scale: 1)])
+        XCTAssertThrowsError(try m.setAdapters([(wrongShape, 1)], mode: .merged)) { e in
+            XCTAssertEqual(e as? LoRARuntimeError, .shapeMismatch(adapter: "bad", module: "base_model.model.model.layers.0.self_attn.k_proj",
+                                                                   expected: [16, 24], actual: [32, 24]))
+            XCTAssertTrue("\(e)".contains("[16, 24]") && "\(e)".contains("[32, 24]"))
+        }
+        var withExtra = randomAdapter(m, name: "saver", seed: 2)
+        withExtra.extraTensors["base_model.model.lm_head.modules_to_save.weight"] = Matrix(rows: 50, cols: 24)
+        XCTAssertThrowsError(try m.setAdapters([(withExtra, 1)])) { e in
+            guard case .unsupportedTensor(let a, let t, _)? = e as? LoRARuntimeError else { return XCTFail("\(e)") }
+            XCTAssertEqual(a, "saver")
+            XCTAssertEqual(t, "base_model.model.lm_head.modules_to_save.weight")
+        }
+        // A failed setAdapters leaves the model as it was.
+        XCTAssertTrue(m.activeAdapters.isEmpty)
+        XCTAssertEqual(try m.logits(tokens: [1, 2]), try randomModel(qwen: false).logits(tokens: [1, 2]))
+    }
+
+    // MARK: Parity with transformers on the tiny fixtures
+
+    private func checkTiny(_ model: LlamaModel, key: String, file: StaticString = #filePath, line: UInt = #line) throws {
+        let fx = ModelFixtures.tinyLogits
+        for i in 0..<3 {
+            let toks = ModelFixtures.tokens(fx, "seq\(i).tokens")
+            let want = try fx.matrix("\(key).seq\(i)")
+            assertClose(try model.logits(tokens: toks), want, tinyTol, "\(key) seq\(i)", file: file, line: line)
+        }
+    }
+
+    func testTinyLlamaHFDirectoryMatchesTransformers() throws {
+        let m = try LlamaModel.load(path: ModelFixtures.path("tiny-llama"))
+        XCTAssertEqual(m.config.numKeyValueHeads, 2)
+        XCTAssertFalse(m.config.tieWordEmbeddings)
+        XCTAssertEqual(m.tokenizer.vocabSize, 96)
+        try checkTiny(m, key: "llama")
+    }
+
+    func testTinyLlamaGGUFMatchesTransformers() throws {
+        // Same weights written by the gguf package with llama.cpp's q/k row permutation: the
+        // loader must undo it to reproduce the HF logits.
+        let m = try LlamaModel.load(path: ModelFixtures.path("tiny-llama.gguf"))
+        XCTAssertEqual(m.config.modelType, "llama")
+        XCTAssertEqual(m.config.ropeTheta, 10000)
+        let hf = try LlamaModel.load(path: ModelFixtures.path("tiny-llama"))
+        for e in LlamaCheckpointNames.linears {
+            let name = "model.layers.1.\(e.hf)"
+            XCTAssertEqual(m.effectiveWeight(module: name), hf.effectiveWeight(module: name), name)
+        }
+        try checkTiny(m, key: "llama")
+        // And a PEFT adapter trained on the HF layout applies unchanged.
+        try m.setAdapters([(try PEFTAdapter.read(directory: ModelFixtures.path("tiny-llama-lora")), 1)])
+        try checkTiny(m, key: "llama_lora")
+    }
+
+    func testTinyQwen2MatchesTransformers() throws {
+        let m = try LlamaModel.load(path: ModelFixtures.path("tiny-qwen2"))
+        XCTAssertTrue(m.config.attentionBias)
+        XCTAssertTrue(m.config.tieWordEmbeddings)
+        XCTAssertNotNil(m.base.linears[LlamaWeights.linearID(layer: 0, .k)].bias)
+        XCTAssertNil(m.base.linears[LlamaWeights.linearID(layer: 0, .o)].bias)
+        try checkTiny(m, key: "qwen2")
+        // The same weights as a qwen2 GGUF (no q/k permutation, biases, no output.weight → tied).
+        let g = try LlamaModel.load(path: ModelFixtures.path("tiny-qwen2.gguf"))
+        XCTAssertEqual(g.config.modelType, "qwen2")
+        XCTAssertTrue(g.config.attentionBias)
+        XCTAssertTrue(g.config.tieWordEmbeddings)
+        try checkTiny(g, key: "qwen2")
+    }
+
+    func testTinyPEFTAdaptersMatchPEFTInBothModes() throws {
+        let m = try LlamaModel.load(path: ModelFixtures.path("tiny-llama"))
+        let all = try PEFTAdapter.read(directory: ModelFixtures.path("tiny-llama-lora"))
+        let embed = try PEFTAdapter.read(directory: ModelFixtures.path("tiny-llama-lora-embed"))
+        XCTAssertEqual(embed.modules["base_model.model.model.embed_tokens"]?.kind, .embedding)
+        for mode in LoRAMode.allCases {
+            try m.setAdapters([(all, 1)], mode: mode)
+            try checkTiny(m, key: "llama_lora")
+            try m.setAdapters([(embed, 1)], mode: mode)
+            try checkTiny(m, key: "llama_lora_embed")
+        }
+        m.clearAdapters()
+        try checkTiny(m, key: "llama")
+    }
+
+    // MARK: Loading errors
+
+    func testLoadErrorsNameFileAndTensor() throws {
+        let tmp = ModelFixtures.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: tmp) }
+        let fm = FileManager.default
+        let src = ModelFixtures.path("tiny-llama")
+
+        // Unsupported architecture in a GGUF.
+        var w = try GGUFWriter()
+        try w.set("general.architecture", .string("gpt2"))
+        try w.addTensor("token_embd.weight", dims: [4, 8], values: [Float](repeating: 0, count: 32))
+        let gpt2 = tmp + "/gpt2.gguf"
+        try w.write(to: gpt2)
+        XCTAssertThrowsError(try LlamaModel.load(path: gpt2)) { e in
+            XCTAssertEqual(e as? ModelError, .unsupportedArchitecture(path: gpt2, architecture: "gpt2"))
+            XCTAssertTrue("\(e)".contains("gpt2.gguf") && "\(e)".contains("'gpt2'"))
+        }
+
+        // Truncated GGUF: the reader's error comes through.
+        let data = try Data(contentsOf: URL(fileURLWithPath: ModelFixtures.path("tiny-llama.gguf")))
+        let cut = tmp + "/cut.gguf"
+        try data.prefix(data.count / 3).write(to: URL(fileURLWithPath: cut))
+        XCTAssertThrowsError(try LlamaModel.load(path: cut)) { e in
+            XCTAssertTrue(e is GGUFError, "\(e)")
+            XCTAssertTrue("\(e)".contains("cut.gguf"), "\(e)")
+        }
+
+        // Missing tensor in an HF directory.
+        let st = try SafetensorsFile(path: src + "/model.safetensors")
+        let dropped = "model.layers.1.mlp.up_proj.weight"
+        let missingDir = tmp + "/missing"
+        try fm.createDirectory(atPath: missingDir, withIntermediateDirectories: true)
+        for f in ["config.json", "tokenizer.json"] { try fm.copyItem(atPath: src + "/" + f, toPath: missingDir + "/" + f) }
+        let kept = try st.names.filter { $0 != dropped }.map { SafetensorsTensor(name: $0, shape: try st.info($0).shape, values: try st.floats($0)) }
+        _ = try SafetensorsWriter.write(tensors: kept, dtype: .f32, to: URL(fileURLWithPath: missingDir + "/model.safetensors"))
+        XCTAssertThrowsError(try LlamaModel.load(path: missingDir)) { e in
+            XCTAssertEqual(e as? ModelError, .missingTensor(path: missingDir + "/model.safetensors", tensor: dropped))
+        }
+
+        // Shape mismatch against the config, and an F16 copy of the weights that loads.
+        let shapeDir = tmp + "/shape"
+        try fm.createDirectory(atPath: shapeDir, withIntermediateDirectories: true)
+        try fm.copyItem(atPath: src + "/tokenizer.json", toPath: shapeDir + "/tokenizer.json")
+        let all = try st.names.map { SafetensorsTensor(name: $0, shape: try st.info($0).shape, values: try st.floats($0)) }
+        _ = try SafetensorsWriter.write(tensors: all, dtype: .f16, to: URL(fileURLWithPath: shapeDir + "/model.safetensors"))
+        let cfgText = try String(contentsOfFile: src + "/config.json", encoding: .utf8)
+        try cfgText.write(toFile: shapeDir + "/config.json", atomically: true, encoding: .utf8)
+        let f16 = try LlamaModel.load(path: shapeDir)
+        let toks = ModelFixtures.tokens(ModelFixtures.tinyLogits, "seq0.tokens")
+        // F16 rounding of O(0.15) weights moves these O(1) logits by ~1e-3.
+        assertClose(try f16.logits(tokens: toks), try ModelFixtures.tinyLogits.matrix("llama.seq0"), 2e-2, "F16 copy")
+        try cfgText.replacingOccurrences(of: "\"intermediate_size\": 64", with: "\"intermediate_size\": 48")
+            .write(toFile: shapeDir + "/config.json", atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try LlamaModel.load(path: shapeDir)) { e in
+            XCTAssertEqual(e as? ModelError, .shapeMismatch(path: shapeDir + "/model.safetensors", tensor: "model.layers.0.mlp.gate_proj.weight",
+                                                            expected: [48, 32], actual: [64, 32]))
+        }
+        XCTAssertThrowsError(try LlamaModel.load(path: tmp + "/nothing")) { e in
+            guard case .notAModel? = e as? ModelError else { return XCTFail("\(e)") }
+        }
+    }
+
+    func testConfigDecodingAndValidation() throws {
+        func decode(_ json: String) throws -> LlamaConfig {
+            let p = ModelFixtures.tempDir() + "/config.json"
+            try json.write(toFile: p, atomically: true, encoding: .utf8)
+            return try LlamaConfig.load(configJSON: p)
+        }
+        let base = #""hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 100"#
+        let c = try decode("{\(base), \"rope_theta\": 500000, \"tie_word_embeddings\": true}")
+        XCTAssertEqual(c.numKeyValueHeads, 4)
+        XCTAssertEqual(c.headDim, 16)
+        XCTAssertEqual(c.ropeTheta, 500000)
+        XCTAssertTrue(c.tieWordEmbeddings)
+        XCTAssertEqual(try decode("{\(base), \"rope_parameters\": {\"rope_theta\": 1234.0, \"rope_type\": \"default\"}}").ropeTheta, 1234)
+        XCTAssertEqual(try decode("{\(base), \"rope_scaling\": {\"type\": \"linear\", \"factor\": 2.0}}").ropePositionScale, 2)
+        XCTAssertThrowsError(try decode("{\(base), \"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0}}")) { e in
+            guard case .unsupportedConfig(_, let field, let value, _)? = e as? ModelError else { return XCTFail("\(e)") }
+            XCTAssertEqual(field, "rope_scaling.rope_type")
+            XCTAssertEqual(value, "llama3")
+        }
+        XCTAssertThrowsError(try decode("{\(base), \"model_type\": \"mistral\", \"sliding_window\": 4096, \"max_position_embeddings\": 32768}")) { e in
+            guard case .unsupportedConfig(_, let field, _, _)? = e as? ModelError else { return XCTFail("\(e)") }
+            XCTAssertEqual(field, "sliding_window")
+        }
+        XCTAssertThrowsError(try decode("{\(base), \"hidden_act\": \"gelu\"}")) { e in
+            guard case .unsupportedConfig(_, let field, let value, _)? = e as? ModelError else { return XCTFail("\(e)") }
+            XCTAssertEqual(field, "hidden_act")
+            XCTAssertEqual(value, "gelu")
+        }
+        XCTAssertThrowsError(try decode("{\(base), \"mlp_bias\": true}"))
+        XCTAssertThrowsError(try decode("{\(base), \"model_type\": \"gpt_neox\"}")) { e in
+            guard case .unsupportedArchitecture(_, let arch)? = e as? ModelError else { return XCTFail("\(e)") }
+            XCTAssertEqual(arch, "gpt_neox")
+        }
+        XCTAssertThrowsError(try decode("{\"hidden_size\": 64}")) { e in
+            guard case .missingConfigField(_, let f)? = e as? ModelError else { return XCTFail("\(e)") }
+            XCTAssertEqual(f, "intermediate_size")
+        }
+        // Round trip through Codable.
+        let again = try JSONDecoder().decode(LlamaConfig.self, from: try JSONEncoder().encode(c))
+        XCTAssertEqual(again, c)
+    }
+
+    func testUnpermuteInvertsLlamaCppPermutation() {
+        // HF→GGUF: reshape(n_head, 2, d/2, in).swapaxes(1, 2): GGUF row h·d + 2i + j = HF row h·d + j·d/2 + i.
+        let heads = 3, d = 4, cols = 2
+        let hf = (0..<(heads * d * cols)).map(Float.init)
+        var gguf = [Float](repeating: 0, count: hf.count)
+        for h in 0..<heads { for i in 0..<(d / 2) { for j in 0..<2 { for c in 0..<cols {
+            gguf[(h * d + 2 * i + j) * cols + c] = hf[(h * d + j * d / 2 + i) * cols + c]
+        } } } }
+        XCTAssertNotEqual(gguf, hf)
+        XCTAssertEqual(LlamaModel.unpermuteRows(gguf, heads: heads, headDim: d, cols: cols), hf)
+    }
+
+    func testDefaultModelPath() {
+        let p = ModelLocator.defaultModelPath()
+        XCTAssertTrue(p.hasSuffix("/models/SmolLM2-135M-Instruct.Q4_1.gguf"), p)
+    }
+}
