@@ -25,3 +25,15 @@ done
 echo; echo "== lorafuse merge --config examples/demo-ties.yaml"
 $LF merge --config examples/demo-ties.yaml --json > "$OUT/ties-from-yaml.json"
 echo "summary in $OUT/ties-from-yaml.json; fused adapters in $OUT/"
+
+echo; echo "== lorafuse convert: the svd fusion to llama.cpp's GGUF LoRA and to mlx-lm (tiny model: 4 heads, 2 kv heads)"
+$LF convert "$OUT/svd" --format gguf --heads 4 --kv-heads 2 -o "$OUT/svd.gguf"
+$LF convert "$OUT/svd.gguf" --format mlx --heads 4 --kv-heads 2 -o "$OUT/svd-mlx"
+
+echo; echo "== lorafuse generate with the embedded SmolLM2-135M-Instruct"
+$LF generate --prompt "Convert the date 2021-03-07 to the format DD/MM/YYYY. Reply with the date only." --max-tokens 24
+
+echo; echo "== lorafuse eval: the base model on the first 10 test examples of two suite tasks"
+mkdir -p "$OUT/eval"
+for t in date_eu add_2digit; do head -n 10 "tasks/$t.test.jsonl" > "$OUT/eval/$t.test.jsonl"; done
+$LF eval --data "$OUT/eval/date_eu.test.jsonl" "$OUT/eval/add_2digit.test.jsonl"
