@@ -2,12 +2,10 @@ import ArgumentParser
 import Foundation
 import LoRAFuse
 
-/// Options of every command that writes an adapter: the output format and what the GGUF writer
-/// needs to know about the base model.
-struct AdapterOutputOptions: ParsableArguments {
-    @Option(name: .long, help: "Output format: peft (directory), gguf (llama.cpp LoRA file) or mlx (mlx-lm directory).")
-    var format: AdapterFormat = .peft
-
+/// What a GGUF LoRA needs to know about its base model: the architecture and the attention head
+/// counts (llama.cpp permutes the q/k rows of llama models for its RoPE). Used to read GGUF LoRAs
+/// made by llama.cpp's converter, which records no head counts, and to write GGUF LoRAs.
+struct ModelHintOptions: ParsableArguments {
     @Option(name: .long, help: "Base model (a .gguf file, or a Hugging Face config.json or its directory): architecture and head counts; a GGUF base also gets llama.cpp's shape checks.")
     var base: String?
 
@@ -34,6 +32,17 @@ struct AdapterOutputOptions: ParsableArguments {
         if let a = arch { h.architecture = a }
         return h
     }
+}
+
+/// Options of every command that writes an adapter: the output format and what the GGUF writer
+/// needs to know about the base model.
+struct AdapterOutputOptions: ParsableArguments {
+    @Option(name: .long, help: "Output format: peft (directory), gguf (llama.cpp LoRA file) or mlx (mlx-lm directory).")
+    var format: AdapterFormat = .peft
+
+    @OptionGroup var model: ModelHintOptions
+
+    func hints() throws -> ModelHints { try model.hints() }
 }
 
 extension AdapterFormat: ExpressibleByArgument {}

@@ -27,6 +27,8 @@ struct Inspect: ParsableCommand {
     @Option(name: .long, help: "Seed of the sampling.")
     var seed: UInt64 = 0
 
+    @OptionGroup var model: ModelHintOptions
+
     @OptionGroup var compute: ComputeOptions
 
     func validate() throws {
@@ -36,7 +38,8 @@ struct Inspect: ParsableCommand {
 
     func run() throws {
         compute.apply()
-        let loaded = try adapters.map { try AdapterIO.read(path: $0) }
+        let hints = try model.hints()
+        let loaded = try adapters.map { try AdapterIO.read(path: $0, hints: hints) }
         var analysis = AdapterAnalyzer.analyze(loaded, samplesPerModule: samples, seed: seed)
         if json {
             struct Out: Encodable { var analysis: AdapterAnalysis; var dtypes: [String: String] }

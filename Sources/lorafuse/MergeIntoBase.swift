@@ -55,7 +55,9 @@ struct MergeIntoBaseCommand: ParsableCommand {
         guard FileManager.default.fileExists(atPath: base) else {
             throw CheckpointError.notACheckpoint(path: base, reason: model == nil ? "the default model is missing; run scripts/setup.sh or pass --model" : "does not exist")
         }
-        let loaded = try adapter.map { (adapter: try AdapterIO.read(path: $0.path), weight: $0.weight) }
+        // The base's head counts let GGUF LoRAs made by llama.cpp (which record none) be read.
+        let hints = (try? ModelHints.load(path: base)) ?? ModelHints()
+        let loaded = try adapter.map { (adapter: try AdapterIO.read(path: $0.path, hints: hints), weight: $0.weight) }
         let bar = ProgressBar(total: 1, label: "merge-into-base", enabled: !compute.quiet)
         let report = try MergeIntoBase.merge(base: base, adapters: loaded, output: output,
                                              options: .init(format: format.flatMap { MergeIntoBase.Format(rawValue: $0) }, dtype: dtype,

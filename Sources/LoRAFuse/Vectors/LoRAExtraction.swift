@@ -197,7 +197,7 @@ public enum LoRAExtraction {
         guard !res.adapter.modules.isEmpty else {
             throw CheckpointError.unsupported(what: tuned, reason: "every targeted weight equals the base's; there is no LoRA to extract")
         }
-        try PEFTAdapter.write(res.adapter, to: output, dtype: dtype ?? res.adapter.sourceDType, protecting: [base, tuned])
+        try AdapterIO.write(res.adapter, to: output, format: .peft, dtype: dtype ?? res.adapter.sourceDType, protecting: [base, tuned])
         return res
     }
 }

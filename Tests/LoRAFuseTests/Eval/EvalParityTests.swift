@@ -83,7 +83,8 @@ final class EvalParityTests: XCTestCase {
 
         let report = try ev.evaluate([task])
         let t = try XCTUnwrap(report.tasks["arith"])
-        XCTAssertEqual(t.loss, want.loss, accuracy: 2e-3, key)
+        // The bar: task loss within 1e-3 relative of transformers + PEFT.
+        XCTAssertEqual(t.loss, want.loss, accuracy: 1e-3 * want.loss, key)
         XCTAssertEqual(t.perplexity, want.perplexity, accuracy: 2e-3 * want.perplexity, key)
         XCTAssertEqual(t.tokens, want.tokens)
         XCTAssertEqual(try XCTUnwrap(t.accuracy), want.accuracy, accuracy: 1e-12, key)
