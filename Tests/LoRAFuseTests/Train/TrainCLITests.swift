@@ -57,6 +57,5 @@ final class TrainCLITests: XCTestCase {
         XCTAssertNotNil(s1.valLoss)
         let svg = try String(contentsOfFile: out + "/loss.svg", encoding: .utf8)
         XCTAssertTrue(svg.contains("<polyline") && svg.contains("val loss"))
-
     }
 }
