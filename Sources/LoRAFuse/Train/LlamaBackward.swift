@@ -1,0 +1,526 @@
+import Foundation
+
+// Training forward + backward of the Llama decoder for LoRA with the base frozen (llm.c style:
+// each operation a forward/backward pair, shapes in comments). A batch of sequences is packed
+// into one (N, C) matrix, N = Σ T_i, so every linear is a single GEMM over all tokens; RoPE
+// positions restart and attention stays causal within each sequence.
+//
+// Loss: Σ over answer positions of −log softmax(logits_t)[target_t] (positions whose target is
+// −1 carry no loss); gradients are of `gradScale · Σ nll`, so gradScale = 1/N_answer gives the
+// mean. Only answer rows go through lm_head (the other rows' logits do not matter).
+//
+// Gradients of the frozen weights are never formed: through y = x Wᵀ only dX = dY W (one GEMM).
+// LoRA y += s·(x_d Aᵀ) Bᵀ with u = x_d Aᵀ (x_d = dropout(x)):
+//   dB = s·dYᵀ u          (out, r)
+//   g  = dY B             (N, r)
+//   dA = s·gᵀ x_d         (r, in)
+//   dx += s·(g A) ⊙ mask/(1−p)
+
+/// One training example: inputs and, per position, the token it must predict (−1: no loss).
+public struct TrainingSequence: Sendable, Equatable {
+    public var tokens: [Int]      // (T)
+    public var targets: [Int]     // (T)
+
+    public init(tokens: [Int], targets: [Int]) {
+        precondition(tokens.count == targets.count, "tokens and targets must have the same length")
+        self.tokens = tokens
+        self.targets = targets
+    }
+
+    /// Prompt P then answer A (A already ends with the end-of-turn token), as `Evaluator` scores it:
+    /// inputs P ++ A[0..<|A|−1]; position |P|−1+j predicts A[j].
+    public init(prompt: [Int], answer: [Int]) {
+        precondition(!prompt.isEmpty && !answer.isEmpty, "prompt and answer must not be empty")
+        tokens = prompt + answer.dropLast()
+        targets = [Int](repeating: -1, count: prompt.count - 1) + answer
+    }
+
+    /// Number of positions that carry loss.
+    public var lossTokens: Int { targets.reduce(0) { $0 + ($1 >= 0 ? 1 : 0) } }
+}
+
+/// Zeroed Float scratch that does not move.
+final class TrainBuffer {
+    let p: UnsafeMutablePointer<Float>
+    let count: Int
+    init(_ n: Int) {
+        count = max(n, 1)
+        p = .allocate(capacity: count)
+        p.initialize(repeating: 0, count: count)
+    }
+    deinit { p.deallocate() }
+}
+
+/// Forward and backward passes of a `LlamaModel` with trainable LoRA on its projections.
+/// Uses the model's base weights (adapters set on the model with `setAdapters` are ignored).
+public final class LlamaTrainingEngine {
+    public let model: LlamaModel
+    let c: LlamaConfig
+    private var ropeCos: [Float] = [], ropeSin: [Float] = []
+    private var ropeLen = 0
+
+    public init(model: LlamaModel) {
+        self.model = model
+        self.c = model.config
+    }
+
+    /// Same tables as `LlamaSession` (HF: inv_freq = 1/θ^(2i/d), angle = pos·inv_freq in Float).
+    private func ensureRope(_ n: Int) {
+        guard n > ropeLen else { return }
+        let half = c.headDim / 2, scale = c.ropePositionScale
+        ropeCos = [Float](repeating: 0, count: n * half)
+        ropeSin = ropeCos
+        for i in 0..<half {
+            let invFreq = 1 / Float(pow(Float(c.ropeTheta), Float(2 * i) / Float(c.headDim)))
+            for p in 0..<n {
+                let angle = (Float(p) / scale) * invFreq
+                ropeCos[p * half + i] = cos(angle)
+                ropeSin[p * half + i] = sin(angle)
+            }
+        }
+        ropeLen = n
+    }
+
+    /// What the backward pass reads of one layer (rows = all packed tokens N).
+    final class LayerTape {
+        let xIn, hAttn, q, k, v, attnOut, xMid, hFfn, gate, up, act: TrainBuffer
+        var invAttn: [Float], invFfn: [Float]
+        var probs: [TrainBuffer] = []            // per sequence: (H, T, T)
+        var loraX: [Int: TrainBuffer] = [:]      // module index → dropped input x_d (N, in), only with dropout
+        var loraMask: [Int: TrainBuffer] = [:]   // module index → keep/(1−p) (N, in)
+        var loraU: [Int: TrainBuffer] = [:]      // module index → u = x_d Aᵀ (N, r)
+        init(N: Int, c: LlamaConfig) {
+            let C = c.hiddenSize, Hd = c.numAttentionHeads * c.headDim, kv = c.numKeyValueHeads * c.headDim
+            let F = c.intermediateSize
+            xIn = TrainBuffer(N * C); hAttn = TrainBuffer(N * C); q = TrainBuffer(N * Hd)
+            k = TrainBuffer(N * kv); v = TrainBuffer(N * kv); attnOut = TrainBuffer(N * Hd)
+            xMid = TrainBuffer(N * C); hFfn = TrainBuffer(N * C)
+            gate = TrainBuffer(N * F); up = TrainBuffer(N * F); act = TrainBuffer(N * F)
+            invAttn = [Float](repeating: 0, count: N); invFfn = invAttn
+        }
+    }
+
+    /// State of one packed batch between forward and backward.
+    final class Tape {
+        var layers: [LayerTape] = []
+        var xFinal: TrainBuffer
+        var invFinal: [Float]
+        var hSel: TrainBuffer          // (n, C) final-normed rows of the answer positions
+        var rowsSel: [Int] = []        // their packed row indices
+        var targetsSel: [Int] = []
+        var segments: [(start: Int, length: Int)] = []
+        init(N: Int, C: Int) { xFinal = TrainBuffer(N * C); invFinal = [Float](repeating: 0, count: N); hSel = TrainBuffer(1) }
+    }
+
+    /// Dropout on the LoRA branch's input: p and the generator drawing the keep masks.
+    public struct Dropout {
+        public var p: Float
+        public var rng: SeededRNG
+        public init(p: Float, rng: SeededRNG) { self.p = p; self.rng = rng }
+    }
+
+    // MARK: Public entry points
+
+    /// Σ nll over the answer positions of `batch` (and their count), forward only, no dropout.
+    public func loss(_ batch: [TrainingSequence], lora: LoRAParameters) -> (nll: Double, tokens: Int) {
+        var none: Dropout? = nil
+        let tape = forward(batch, lora: lora, dropout: &none)
+        let r = lossAndLogitGrads(tape, gradScale: 0, wantGrad: false)
+        return (r.nll, tape.targetsSel.count)
+    }
+
+    /// Adds the gradients of `gradScale · Σ nll` over the batch's answer positions to `grads`,
+    /// and returns Σ nll (before scaling) and the number of answer positions.
+    @discardableResult
+    public func accumulateGradients(_ batch: [TrainingSequence], lora: LoRAParameters, into grads: inout LoRAGradients,
+                                    gradScale: Float, dropout: Dropout? = nil) -> (nll: Double, tokens: Int) {
+        var dropout = dropout
+        let tape = forward(batch, lora: lora, dropout: &dropout)
+        let r = lossAndLogitGrads(tape, gradScale: gradScale, wantGrad: true)
+        backward(tape, dHSel: r.dH!, lora: lora, grads: &grads)
+        return (r.nll, tape.targetsSel.count)
+    }
+
+    /// Mean cross-entropy over the batch's answer tokens and its gradients.
+    public func meanLossAndGradients(_ batch: [TrainingSequence], lora: LoRAParameters,
+                                     dropout: Dropout? = nil) -> (loss: Double, grads: LoRAGradients) {
+        let n = batch.reduce(0) { $0 + $1.lossTokens }
+        var g = LoRAGradients(zerosLike: lora)
+        let r = accumulateGradients(batch, lora: lora, into: &g, gradScale: 1 / Float(max(n, 1)), dropout: dropout)
+        return (r.nll / Double(max(n, 1)), g)
+    }
+
+    // MARK: Forward
+
+    private func moduleIndex(_ lora: LoRAParameters) -> [Int: Int] {
+        var m: [Int: Int] = [:]
+        for (i, mod) in lora.modules.enumerated() { m[mod.linearID] = i }
+        return m
+    }
+
+    private func forward(_ batch: [TrainingSequence], lora: LoRAParameters, dropout: inout Dropout?) -> Tape {
+        let C = c.hiddenSize, L = c.numHiddenLayers, H = c.numAttentionHeads, Hkv = c.numKeyValueHeads
+        let d = c.headDim, F = c.intermediateSize, Hd = H * d, kv = Hkv * d
+        let N = batch.reduce(0) { $0 + $1.tokens.count }
+        precondition(N > 0, "empty batch")
+        let tape = Tape(N: N, C: C)
+        var start = 0
+        for s in batch {
+            tape.segments.append((start, s.tokens.count))
+            for (t, tok) in s.tokens.enumerated() {
+                precondition(tok >= 0 && tok < c.vocabSize, "token \(tok) out of range 0..<\(c.vocabSize)")
+                if s.targets[t] >= 0 {
+                    precondition(s.targets[t] < c.vocabSize, "target \(s.targets[t]) out of range")
+                    tape.rowsSel.append(start + t); tape.targetsSel.append(s.targets[t])
+                }
+            }
+            start += s.tokens.count
+        }
+        ensureRope(batch.map(\.tokens.count).max()!)
+        let mods = moduleIndex(lora)
+
+        let x = TrainBuffer(N * C)                                          // residual stream (N, C)
+        model.base.embed.withUnsafeBufferPointer { e in
+            var r = 0
+            for s in batch { for tok in s.tokens { (x.p + r * C).update(from: e.baseAddress! + tok * C, count: C); r += 1 } }
+        }
+        for l in 0..<L {
+            let lt = LayerTape(N: N, c: c)
+            lt.xIn.p.update(from: x.p, count: N * C)
+            rmsNormForward(x.p, model.base.attnNorms[l], rows: N, cols: C, out: lt.hAttn.p, inv: &lt.invAttn)   // (N, C)
+            linearForward(lt.hAttn.p, rows: N, layer: l, .q, into: lt.q.p, mods: mods, lora: lora, tape: lt, dropout: &dropout)  // (N, H·d)
+            linearForward(lt.hAttn.p, rows: N, layer: l, .k, into: lt.k.p, mods: mods, lora: lora, tape: lt, dropout: &dropout)  // (N, Hkv·d)
+            linearForward(lt.hAttn.p, rows: N, layer: l, .v, into: lt.v.p, mods: mods, lora: lora, tape: lt, dropout: &dropout)  // (N, Hkv·d)
+            for seg in tape.segments {
+                rope(lt.q.p + seg.start * Hd, rows: seg.length, heads: H, inverse: false)
+                rope(lt.k.p + seg.start * kv, rows: seg.length, heads: Hkv, inverse: false)
+                let probs = TrainBuffer(H * seg.length * seg.length)
+                attentionForward(lt, seg: seg, probs: probs.p)                                  // attnOut rows (T, H·d)
+                lt.probs.append(probs)
+            }
+            lt.xMid.p.update(from: x.p, count: N * C)
+            linearForward(lt.attnOut.p, rows: N, layer: l, .o, into: lt.xMid.p, accumulate: true, mods: mods, lora: lora,
+                          tape: lt, dropout: &dropout)                                          // x += (N, C)
+            rmsNormForward(lt.xMid.p, model.base.ffnNorms[l], rows: N, cols: C, out: lt.hFfn.p, inv: &lt.invFfn)
+            linearForward(lt.hFfn.p, rows: N, layer: l, .gate, into: lt.gate.p, mods: mods, lora: lora, tape: lt, dropout: &dropout)  // (N, F)
+            linearForward(lt.hFfn.p, rows: N, layer: l, .up, into: lt.up.p, mods: mods, lora: lora, tape: lt, dropout: &dropout)      // (N, F)
+            for i in 0..<(N * F) {
+                let g = lt.gate.p[i]
+                lt.act.p[i] = g / (1 + exp(-g)) * lt.up.p[i]                                  // silu(g)·u
+            }
+            x.p.update(from: lt.xMid.p, count: N * C)
+            linearForward(lt.act.p, rows: N, layer: l, .down, into: x.p, accumulate: true, mods: mods, lora: lora,
+                          tape: lt, dropout: &dropout)                                          // x += (N, C)
+            tape.layers.append(lt)
+        }
+        tape.xFinal.p.update(from: x.p, count: N * C)
+        let n = tape.rowsSel.count
+        tape.hSel = TrainBuffer(n * C)
+        // Final norm of the answer rows only: (n, C).
+        var invSel = [Float](repeating: 0, count: max(n, 1))
+        let xs = TrainBuffer(n * C)
+        for (i, r) in tape.rowsSel.enumerated() { (xs.p + i * C).update(from: x.p + r * C, count: C) }
+        rmsNormForward(xs.p, model.base.finalNorm, rows: n, cols: C, out: tape.hSel.p, inv: &invSel)
+        for (i, r) in tape.rowsSel.enumerated() { tape.invFinal[r] = invSel[i] }
+        return tape
+    }
+
+    /// out (rows, out) = x Wᵀ + b (or out += … when `accumulate`), then the trainable LoRA term.
+    private func linearForward(_ x: UnsafePointer<Float>, rows: Int, layer: Int, _ slot: LinearSlot,
+                               into out: UnsafeMutablePointer<Float>, accumulate: Bool = false,
+                               mods: [Int: Int], lora: LoRAParameters, tape: LayerTape, dropout: inout Dropout?) {
+        let id = LlamaWeights.linearID(layer: layer, slot)
+        let lw = model.base.linears[id]
+        let nOut = lw.outFeatures, nIn = lw.inFeatures
+        var beta: Float = accumulate ? 1 : 0
+        if let bias = lw.bias {
+            for t in 0..<rows {
+                let o = out + t * nOut
+                for j in 0..<nOut { o[j] = (accumulate ? o[j] : 0) + bias[j] }
+            }
+            beta = 1
+        }
+        lw.weight.withUnsafeBufferPointer { w in
+            BLAS.gemm(transA: false, transB: true, m: rows, n: nOut, k: nIn, alpha: 1, a: x, lda: nIn,
+                      b: w.baseAddress!, ldb: nIn, beta: beta, c: out, ldc: nOut)              // (rows, out)
+        }
+        guard let mi = mods[id] else { return }
+        let m = lora.modules[mi]
+        var xd = x
+        if var dr = dropout, dr.p > 0 {
+            let keep = 1 / (1 - dr.p)
+            let mask = TrainBuffer(rows * nIn), xb = TrainBuffer(rows * nIn)
+            for i in 0..<(rows * nIn) {
+                let k: Float = dr.rng.nextUniform() >= dr.p ? keep : 0
+                mask.p[i] = k
+                xb.p[i] = x[i] * k
+            }
+            dropout = dr
+            tape.loraMask[mi] = mask
+            tape.loraX[mi] = xb
+            xd = UnsafePointer(xb.p)
+        }
+        let u = TrainBuffer(rows * m.rank)
+        m.A.withUnsafeBufferPointer { a in
+            BLAS.gemm(transA: false, transB: true, m: rows, n: m.rank, k: nIn, alpha: 1, a: xd, lda: nIn,
+                      b: a.baseAddress!, ldb: nIn, beta: 0, c: u.p, ldc: m.rank)                 // u (rows, r)
+        }
+        m.B.withUnsafeBufferPointer { b in
+            BLAS.gemm(transA: false, transB: true, m: rows, n: nOut, k: m.rank, alpha: m.scale, a: u.p, lda: m.rank,
+                      b: b.baseAddress!, ldb: m.rank, beta: 1, c: out, ldc: nOut)               // out += s·u Bᵀ
+        }
+        tape.loraU[mi] = u
+    }
+
+    /// HF LlamaRMSNorm y = g ⊙ x·r, r = 1/√(mean(x²)+ε); keeps r per row for the backward pass.
+    private func rmsNormForward(_ x: UnsafePointer<Float>, _ g: [Float], rows: Int, cols: Int,
+                                out: UnsafeMutablePointer<Float>, inv: inout [Float]) {
+        for t in 0..<rows {
+            let xr = x + t * cols, o = out + t * cols
+            var ss: Float = 0
+            for j in 0..<cols { ss += xr[j] * xr[j] }
+            let r = 1 / (ss / Float(cols) + c.rmsNormEps).squareRoot()
+            inv[t] = r
+            for j in 0..<cols { o[j] = g[j] * (xr[j] * r) }
+        }
+    }
+
+    /// rotate_half RoPE, positions 0..<rows; `inverse` applies the transpose rotation (its backward).
+    private func rope(_ v: UnsafeMutablePointer<Float>, rows: Int, heads: Int, inverse: Bool) {
+        let d = c.headDim, half = d / 2
+        let sign: Float = inverse ? -1 : 1
+        ropeCos.withUnsafeBufferPointer { cb in
+            ropeSin.withUnsafeBufferPointer { sb in
+                for t in 0..<rows {
+                    let cs = cb.baseAddress! + t * half, sn = sb.baseAddress! + t * half
+                    for hh in 0..<heads {
+                        let p = v + (t * heads + hh) * d
+                        for i in 0..<half {
+                            let a = p[i], b = p[i + half], s = sign * sn[i]
+                            p[i] = a * cs[i] - b * s
+                            p[i + half] = b * cs[i] + a * s
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Causal GQA over one sequence: per head P_h = softmax(q_h K_hᵀ/√d + mask) (T, T), out_h = P_h V_h.
+    private func attentionForward(_ lt: LayerTape, seg: (start: Int, length: Int), probs: UnsafeMutablePointer<Float>) {
+        let H = c.numAttentionHeads, Hkv = c.numKeyValueHeads, d = c.headDim
+        let Hd = H * d, kvw = Hkv * d, group = H / Hkv, T = seg.length
+        let scale = 1 / Float(d).squareRoot()
+        let q = lt.q.p + seg.start * Hd, k = lt.k.p + seg.start * kvw, v = lt.v.p + seg.start * kvw
+        let out = lt.attnOut.p + seg.start * Hd
+        for hh in 0..<H {
+            let kvh = hh / group
+            let P = probs + hh * T * T
+            BLAS.gemm(transA: false, transB: true, m: T, n: T, k: d, alpha: scale, a: q + hh * d, lda: Hd,
+                      b: k + kvh * d, ldb: kvw, beta: 0, c: P, ldc: T)                          // scores (T, T)
+            for t in 0..<T {
+                let row = P + t * T
+                var m = -Float.infinity
+                for j in 0...t where row[j] > m { m = row[j] }
+                var sum: Float = 0
+                for j in 0...t { let e = exp(row[j] - m); row[j] = e; sum += e }
+                let inv = 1 / sum
+                for j in 0...t { row[j] *= inv }
+                for j in (t + 1)..<T { row[j] = 0 }
+            }
+            BLAS.gemm(transA: false, transB: false, m: T, n: d, k: T, alpha: 1, a: P, lda: T,
+                      b: v + kvh * d, ldb: kvw, beta: 0, c: out + hh * d, ldc: Hd)             // out_h (T, d)
+        }
+    }
+
+    // MARK: Loss
+
+    /// logits (n, V) = hSel W_lmᵀ; nll per row in Double; dlogits = gradScale·(softmax − onehot);
+    /// returns dHSel (n, C) = dlogits W_lm.
+    private func lossAndLogitGrads(_ tape: Tape, gradScale: Float, wantGrad: Bool) -> (nll: Double, dH: TrainBuffer?) {
+        let C = c.hiddenSize, V = c.vocabSize, n = tape.rowsSel.count
+        guard n > 0 else { return (0, wantGrad ? TrainBuffer(0) : nil) }
+        let lm = model.base.linears[LlamaWeights.lmHeadID(layers: c.numHiddenLayers)]
+        let chunk = 64
+        var nll = 0.0
+        let dH = wantGrad ? TrainBuffer(n * C) : nil
+        let logits = TrainBuffer(min(chunk, n) * V)
+        lm.weight.withUnsafeBufferPointer { w in
+            var r0 = 0
+            while r0 < n {
+                let rn = min(chunk, n - r0)
+                BLAS.gemm(transA: false, transB: true, m: rn, n: V, k: C, alpha: 1, a: tape.hSel.p + r0 * C, lda: C,
+                          b: w.baseAddress!, ldb: C, beta: 0, c: logits.p, ldc: V)              // (rn, V)
+                if let bias = lm.bias { for i in 0..<rn { for j in 0..<V { logits.p[i * V + j] += bias[j] } } }
+                for i in 0..<rn {
+                    let z = logits.p + i * V, tgt = tape.targetsSel[r0 + i]
+                    var m: Float = -.infinity
+                    for j in 0..<V where z[j] > m { m = z[j] }
+                    var s = 0.0
+                    for j in 0..<V { s += Foundation.exp(Double(z[j] - m)) }
+                    nll += Double(m) + Foundation.log(s) - Double(z[tgt])
+                    if wantGrad {
+                        let invS = 1 / s
+                        for j in 0..<V { z[j] = gradScale * Float(Foundation.exp(Double(z[j] - m)) * invS) }
+                        z[tgt] -= gradScale
+                    }
+                }
+                if let dH {
+                    BLAS.gemm(transA: false, transB: false, m: rn, n: C, k: V, alpha: 1, a: logits.p, lda: V,
+                              b: w.baseAddress!, ldb: C, beta: 0, c: dH.p + r0 * C, ldc: C)     // (rn, C)
+                }
+                r0 += rn
+            }
+        }
+        return (nll, dH)
+    }
+
+    // MARK: Backward
+
+    private func backward(_ tape: Tape, dHSel: TrainBuffer, lora: LoRAParameters, grads: inout LoRAGradients) {
+        let C = c.hiddenSize, L = c.numHiddenLayers, H = c.numAttentionHeads, Hkv = c.numKeyValueHeads
+        let d = c.headDim, F = c.intermediateSize, Hd = H * d, kv = Hkv * d
+        let N = tape.segments.reduce(0) { $0 + $1.length }
+        let mods = moduleIndex(lora)
+
+        // Final norm backward, answer rows only: dx (N, C).
+        let dx = TrainBuffer(N * C)
+        model.base.finalNorm.withUnsafeBufferPointer { g in
+            for (i, r) in tape.rowsSel.enumerated() {
+                rmsNormBackwardRow(x: tape.xFinal.p + r * C, g: g.baseAddress!, inv: tape.invFinal[r],
+                                   dy: dHSel.p + i * C, dx: dx.p + r * C, cols: C)
+            }
+        }
+        let dh = TrainBuffer(N * C)
+        let dAct = TrainBuffer(N * F), dGate = TrainBuffer(N * F), dUp = TrainBuffer(N * F)
+        let dAttn = TrainBuffer(N * Hd), dq = TrainBuffer(N * Hd), dk = TrainBuffer(N * kv), dv = TrainBuffer(N * kv)
+        for l in stride(from: L - 1, through: 0, by: -1) {
+            let lt = tape.layers[l]
+            // MLP: x_out = x_mid + down(act); act = silu(g)·u.
+            linearBackward(dY: dx.p, rows: N, layer: l, .down, x: lt.act.p, dX: dAct.p, overwrite: true,
+                           mods: mods, lora: lora, tape: lt, grads: &grads)                    // dAct (N, F)
+            for i in 0..<(N * F) {
+                let g = lt.gate.p[i], sg = 1 / (1 + exp(-g)), silu = g * sg
+                dUp.p[i] = dAct.p[i] * silu
+                dGate.p[i] = dAct.p[i] * lt.up.p[i] * sg * (1 + g * (1 - sg))
+            }
+            linearBackward(dY: dGate.p, rows: N, layer: l, .gate, x: lt.hFfn.p, dX: dh.p, overwrite: true,
+                           mods: mods, lora: lora, tape: lt, grads: &grads)                    // dh (N, C)
+            linearBackward(dY: dUp.p, rows: N, layer: l, .up, x: lt.hFfn.p, dX: dh.p, overwrite: false,
+                           mods: mods, lora: lora, tape: lt, grads: &grads)
+            rmsNormBackward(x: lt.xMid.p, g: model.base.ffnNorms[l], inv: lt.invFfn, dy: dh.p, dx: dx.p, rows: N, cols: C)  // dx += (N, C)
+
+            // Attention: x_mid = x_in + o(attn).
+            linearBackward(dY: dx.p, rows: N, layer: l, .o, x: lt.attnOut.p, dX: dAttn.p, overwrite: true,
+                           mods: mods, lora: lora, tape: lt, grads: &grads)                    // dAttn (N, H·d)
+            for (si, seg) in tape.segments.enumerated() {
+                attentionBackward(lt, seg: seg, probs: lt.probs[si].p, dOut: dAttn.p, dq: dq.p, dk: dk.p, dv: dv.p)
+                rope(dq.p + seg.start * Hd, rows: seg.length, heads: H, inverse: true)
+                rope(dk.p + seg.start * kv, rows: seg.length, heads: Hkv, inverse: true)
+            }
+            linearBackward(dY: dq.p, rows: N, layer: l, .q, x: lt.hAttn.p, dX: dh.p, overwrite: true,
+                           mods: mods, lora: lora, tape: lt, grads: &grads)                    // dh (N, C)
+            linearBackward(dY: dk.p, rows: N, layer: l, .k, x: lt.hAttn.p, dX: dh.p, overwrite: false,
+                           mods: mods, lora: lora, tape: lt, grads: &grads)
+            linearBackward(dY: dv.p, rows: N, layer: l, .v, x: lt.hAttn.p, dX: dh.p, overwrite: false,
+                           mods: mods, lora: lora, tape: lt, grads: &grads)
+            rmsNormBackward(x: lt.xIn.p, g: model.base.attnNorms[l], inv: lt.invAttn, dy: dh.p, dx: dx.p, rows: N, cols: C)  // dx += (N, C)
+        }
+        // dx now holds dL/d(embeddings); the table is frozen, so it is dropped.
+    }
+
+    /// dX = dY W (frozen W, (out, in)), written or added; LoRA: dB += s·dYᵀu, g = dY B,
+    /// dA += s·gᵀ x_d, dX += s·(g A) ⊙ mask.
+    private func linearBackward(dY: UnsafePointer<Float>, rows: Int, layer: Int, _ slot: LinearSlot,
+                                x: UnsafePointer<Float>, dX: UnsafeMutablePointer<Float>, overwrite: Bool,
+                                mods: [Int: Int], lora: LoRAParameters, tape: LayerTape, grads: inout LoRAGradients) {
+        let id = LlamaWeights.linearID(layer: layer, slot)
+        let lw = model.base.linears[id]
+        let nOut = lw.outFeatures, nIn = lw.inFeatures
+        lw.weight.withUnsafeBufferPointer { w in
+            BLAS.gemm(transA: false, transB: false, m: rows, n: nIn, k: nOut, alpha: 1, a: dY, lda: nOut,
+                      b: w.baseAddress!, ldb: nIn, beta: overwrite ? 0 : 1, c: dX, ldc: nIn)     // (rows, in)
+        }
+        guard let mi = mods[id] else { return }
+        let m = lora.modules[mi], r = m.rank, s = m.scale
+        let u = tape.loraU[mi]!
+        let xd = tape.loraX[mi].map { UnsafePointer($0.p) } ?? x
+        grads.dB[mi].withUnsafeMutableBufferPointer { dB in
+            BLAS.gemm(transA: true, transB: false, m: nOut, n: r, k: rows, alpha: s, a: dY, lda: nOut,
+                      b: u.p, ldb: r, beta: 1, c: dB.baseAddress!, ldc: r)                     // dB (out, r)
+        }
+        let g = TrainBuffer(rows * r)
+        m.B.withUnsafeBufferPointer { b in
+            BLAS.gemm(transA: false, transB: false, m: rows, n: r, k: nOut, alpha: 1, a: dY, lda: nOut,
+                      b: b.baseAddress!, ldb: r, beta: 0, c: g.p, ldc: r)                      // g (rows, r)
+        }
+        grads.dA[mi].withUnsafeMutableBufferPointer { dA in
+            BLAS.gemm(transA: true, transB: false, m: r, n: nIn, k: rows, alpha: s, a: g.p, lda: r,
+                      b: xd, ldb: nIn, beta: 1, c: dA.baseAddress!, ldc: nIn)                  // dA (r, in)
+        }
+        m.A.withUnsafeBufferPointer { a in
+            if let mask = tape.loraMask[mi] {
+                let tmp = TrainBuffer(rows * nIn)
+                BLAS.gemm(transA: false, transB: false, m: rows, n: nIn, k: r, alpha: s, a: g.p, lda: r,
+                          b: a.baseAddress!, ldb: nIn, beta: 0, c: tmp.p, ldc: nIn)
+                for i in 0..<(rows * nIn) { dX[i] += tmp.p[i] * mask.p[i] }
+            } else {
+                BLAS.gemm(transA: false, transB: false, m: rows, n: nIn, k: r, alpha: s, a: g.p, lda: r,
+                          b: a.baseAddress!, ldb: nIn, beta: 1, c: dX, ldc: nIn)              // dX += s·g A
+            }
+        }
+    }
+
+    /// One row of RMSNorm backward, added to dx: with y = g ⊙ x·r,
+    /// dx_j += r·g_j·dy_j − r³/C · x_j · Σ_k g_k dy_k x_k.
+    private func rmsNormBackwardRow(x: UnsafePointer<Float>, g: UnsafePointer<Float>, inv r: Float,
+                                    dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, cols: Int) {
+        var dot: Float = 0
+        for j in 0..<cols { dot += g[j] * dy[j] * x[j] }
+        let k = r * r * r * dot / Float(cols)
+        for j in 0..<cols { dx[j] += r * g[j] * dy[j] - k * x[j] }
+    }
+
+    private func rmsNormBackward(x: UnsafePointer<Float>, g: [Float], inv: [Float], dy: UnsafePointer<Float>,
+                                 dx: UnsafeMutablePointer<Float>, rows: Int, cols: Int) {
+        g.withUnsafeBufferPointer { gb in
+            for t in 0..<rows {
+                rmsNormBackwardRow(x: x + t * cols, g: gb.baseAddress!, inv: inv[t], dy: dy + t * cols, dx: dx + t * cols, cols: cols)
+            }
+        }
+    }
+
+    /// Per head: dP = dO_h V_hᵀ, dV_h += P_hᵀ dO_h, dS = P ⊙ (dP − rowsum(dP ⊙ P)),
+    /// dq_h = dS K_h/√d, dK_h += dSᵀ q_h/√d (q, k after RoPE; the caller un-rotates dq, dk).
+    private func attentionBackward(_ lt: LayerTape, seg: (start: Int, length: Int), probs: UnsafeMutablePointer<Float>,
+                                   dOut: UnsafePointer<Float>, dq: UnsafeMutablePointer<Float>,
+                                   dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>) {
+        let H = c.numAttentionHeads, Hkv = c.numKeyValueHeads, d = c.headDim
+        let Hd = H * d, kvw = Hkv * d, group = H / Hkv, T = seg.length
+        let scale = 1 / Float(d).squareRoot()
+        let q = lt.q.p + seg.start * Hd, k = lt.k.p + seg.start * kvw, v = lt.v.p + seg.start * kvw
+        let dO = dOut + seg.start * Hd
+        let dqs = dq + seg.start * Hd, dks = dk + seg.start * kvw, dvs = dv + seg.start * kvw
+        for t in 0..<T { for j in 0..<kvw { dks[t * kvw + j] = 0; dvs[t * kvw + j] = 0 } }
+        let dP = TrainBuffer(T * T)
+        for hh in 0..<H {
+            let kvh = hh / group
+            let P = probs + hh * T * T
+            BLAS.gemm(transA: false, transB: true, m: T, n: T, k: d, alpha: 1, a: dO + hh * d, lda: Hd,
+                      b: v + kvh * d, ldb: kvw, beta: 0, c: dP.p, ldc: T)                       // dP (T, T)
+            BLAS.gemm(transA: true, transB: false, m: T, n: d, k: T, alpha: 1, a: P, lda: T,
+                      b: dO + hh * d, ldb: Hd, beta: 1, c: dvs + kvh * d, ldc: kvw)             // dV_h += (T, d)
+            for t in 0..<T {
+                let pr = P + t * T, dr = dP.p + t * T
+                var dot: Float = 0
+                for j in 0...t { dot += pr[j] * dr[j] }
+                for j in 0...t { dr[j] = pr[j] * (dr[j] - dot) }
+                for j in (t + 1)..<T { dr[j] = 0 }
+            }
+            BLAS.gemm(transA: false, transB: false, m: T, n: d, k: T, alpha: scale, a: dP.p, lda: T,
+                      b: k + kvh * d, ldb: kvw, beta: 0, c: dqs + hh * d, ldc: Hd)             // dq_h (T, d)
+            BLAS.gemm(transA: true, transB: false, m: T, n: d, k: T, alpha: scale, a: dP.p, lda: T,
+                      b: q + hh * d, ldb: Hd, beta: 1, c: dks + kvh * d, ldc: kvw)             // dK_h += (T, d)
+        }
+    }
+}

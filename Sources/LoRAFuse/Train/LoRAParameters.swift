@@ -1,0 +1,191 @@
+import Foundation
+
+/// Errors of LoRA training.
+public enum TrainError: Error, CustomStringConvertible, Equatable {
+    case unknownTarget(String)
+    case badAdapter(path: String, module: String, reason: String)
+    case badData(file: String, reason: String)
+    case badCheckpoint(path: String, field: String, expected: String, actual: String)
+    case badOption(option: String, reason: String)
+
+    public var description: String {
+        switch self {
+        case .unknownTarget(let t):
+            return "train: unknown LoRA target '\(t)' (expected q, k, v, o, gate, up, down)"
+        case let .badAdapter(path, module, reason):
+            return "train: adapter \(path): module '\(module)': \(reason)"
+        case let .badData(file, reason):
+            return "train: data \(file): \(reason)"
+        case let .badCheckpoint(path, field, expected, actual):
+            return "train: checkpoint \(path): \(field): expected \(expected), found \(actual)"
+        case let .badOption(option, reason):
+            return "train: \(option): \(reason)"
+        }
+    }
+}
+
+/// The projections a LoRA can be trained on, by their short names (PEFT's `target_modules`
+/// use the long ones: `q_proj`, …, `down_proj`).
+public enum LoRATarget: String, CaseIterable, Sendable, Codable {
+    case q, k, v, o, gate, up, down
+
+    var slot: LinearSlot { LinearSlot(rawValue: LoRATarget.allCases.firstIndex(of: self)!)! }
+    /// HF module name inside a layer: `self_attn.q_proj`, `mlp.gate_proj`, …
+    public var hfModule: String { LlamaCheckpointNames.linears[slot.rawValue].hf }
+    /// PEFT `target_modules` entry: `q_proj`, …
+    public var peftName: String { String(hfModule.split(separator: ".").last!) }
+
+    /// Parses "q,k,v,o,gate,up,down" (also accepts `q_proj` style names and "all").
+    public static func parseList(_ s: String) throws -> [LoRATarget] {
+        if s == "all" { return allCases }
+        var out: [LoRATarget] = []
+        for part in s.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) where !part.isEmpty {
+            let short = part.hasSuffix("_proj") ? String(part.dropLast(5)) : part
+            guard let t = LoRATarget(rawValue: short) else { throw TrainError.unknownTarget(part) }
+            if !out.contains(t) { out.append(t) }
+        }
+        guard !out.isEmpty else { throw TrainError.unknownTarget(s) }
+        return out.sorted { $0.slot.rawValue < $1.slot.rawValue }
+    }
+}
+
+/// One trainable LoRA pair on a projection: y = x Wᵀ + scale · (x Aᵀ) Bᵀ.
+public struct TrainableLoRAModule: Sendable {
+    public let layer: Int
+    public let target: LoRATarget
+    public let rank: Int
+    public let inFeatures: Int
+    public let outFeatures: Int
+    public var scale: Float
+    public var A: [Float]      // (r, in)
+    public var B: [Float]      // (out, r)
+
+    /// PEFT module name, e.g. `base_model.model.model.layers.3.self_attn.q_proj`.
+    public var name: String { "base_model.model." + LlamaCheckpointNames.hfLayer(layer, target.hfModule) }
+    var linearID: Int { LlamaWeights.linearID(layer: layer, target.slot) }
+}
+
+/// All trainable LoRA parameters of a model, in (layer, target) order, plus the hyper-parameters
+/// a PEFT `adapter_config.json` records.
+public struct LoRAParameters: Sendable {
+    public var modules: [TrainableLoRAModule]
+    public var rank: Int
+    public var alpha: Double
+    public var rsLoRA: Bool
+    public var targets: [LoRATarget]
+
+    /// PEFT scaling: α/r, or α/√r with rsLoRA (Kalajdzievski 2023).
+    public static func scale(rank: Int, alpha: Double, rsLoRA: Bool) -> Float {
+        Float(rsLoRA ? alpha / Double(rank).squareRoot() : alpha / Double(rank))
+    }
+
+    /// PEFT's default initialisation: A ~ kaiming_uniform_(a=√5), i.e. U(−1/√in, 1/√in)
+    /// (gain √(2/(1+a²)) = √(1/3), bound = gain·√3/√fan_in = 1/√fan_in), and B = 0 so the adapter
+    /// starts as the identity. Each module draws from its own seeded stream, so the values do not
+    /// depend on which other targets are trained.
+    public static func initialize(config c: LlamaConfig, rank: Int, alpha: Double, targets: [LoRATarget],
+                                  rsLoRA: Bool = false, seed: UInt64) -> LoRAParameters {
+        let shapes = LlamaWeights.linearShapes(c)
+        let s = scale(rank: rank, alpha: alpha, rsLoRA: rsLoRA)
+        var mods: [TrainableLoRAModule] = []
+        for l in 0..<c.numHiddenLayers {
+            for t in LoRATarget.allCases where targets.contains(t) {
+                let sh = shapes[LlamaWeights.linearID(layer: l, t.slot)]
+                var rng = SeededRNG(seed: seed, stream: "lora_A.\(l).\(t.rawValue)")
+                let bound = 1 / Float(sh.in).squareRoot()
+                let A = (0..<(rank * sh.in)).map { _ in (2 * rng.nextUniform() - 1) * bound }
+                mods.append(TrainableLoRAModule(layer: l, target: t, rank: rank, inFeatures: sh.in, outFeatures: sh.out,
+                                                scale: s, A: A, B: [Float](repeating: 0, count: sh.out * rank)))
+            }
+        }
+        return LoRAParameters(modules: mods, rank: rank, alpha: alpha, rsLoRA: rsLoRA, targets: targets)
+    }
+
+    /// Trainable copies of an adapter's factors (for continuing training or checking gradients
+    /// against a peer). Only linear LoRA on the seven layer projections is accepted.
+    public init(adapter: LoRAAdapter, config c: LlamaConfig) throws {
+        let path = adapter.sourcePath ?? adapter.name
+        let shapes = LlamaWeights.linearShapes(c)
+        var mods: [TrainableLoRAModule] = []
+        var targets: Set<LoRATarget> = []
+        for name in adapter.moduleNames {
+            let m = adapter.modules[name]!
+            var n = Substring(name)
+            if n.hasPrefix("base_model.model.") { n = n.dropFirst("base_model.model.".count) }
+            let parts = n.split(separator: ".", maxSplits: 3)
+            guard m.kind == .linear, parts.count == 4, parts[0] == "model", parts[1] == "layers", let l = Int(parts[2]),
+                  l >= 0, l < c.numHiddenLayers,
+                  let t = LoRATarget.allCases.first(where: { $0.hfModule == parts[3] }) else {
+                throw TrainError.badAdapter(path: path, module: name, reason: "only LoRA on a layer's q/k/v/o/gate/up/down projection can be trained")
+            }
+            let sh = shapes[LlamaWeights.linearID(layer: l, t.slot)]
+            guard m.deltaShape == [sh.out, sh.in] else {
+                throw TrainError.badAdapter(path: path, module: name, reason: "ΔW shape \(m.deltaShape), the model's weight is [\(sh.out), \(sh.in)]")
+            }
+            targets.insert(t)
+            mods.append(TrainableLoRAModule(layer: l, target: t, rank: m.rank, inFeatures: sh.in, outFeatures: sh.out,
+                                            scale: m.scale, A: m.A.data, B: m.B.data))
+        }
+        mods.sort { ($0.layer, $0.target.slot.rawValue) < ($1.layer, $1.target.slot.rawValue) }
+        self.modules = mods
+        self.rank = adapter.metadata.rank > 0 ? adapter.metadata.rank : (mods.first?.rank ?? 0)
+        self.alpha = adapter.metadata.alpha
+        self.rsLoRA = adapter.metadata.useRSLoRA
+        self.targets = LoRATarget.allCases.filter { targets.contains($0) }
+    }
+
+    init(modules: [TrainableLoRAModule], rank: Int, alpha: Double, rsLoRA: Bool, targets: [LoRATarget]) {
+        self.modules = modules
+        self.rank = rank
+        self.alpha = alpha
+        self.rsLoRA = rsLoRA
+        self.targets = targets
+    }
+
+    public var parameterCount: Int { modules.reduce(0) { $0 + $1.A.count + $1.B.count } }
+
+    /// The adapter as a `LoRAAdapter` (for `PEFTAdapter.write` or `LlamaModel.setAdapters`).
+    public func adapter(name: String = "lora", baseModel: String? = nil) -> LoRAAdapter {
+        var meta = AdapterMetadata()
+        meta.baseModel = baseModel
+        meta.taskType = "CAUSAL_LM"
+        meta.targetModules = targets.map(\.peftName)
+        meta.useRSLoRA = rsLoRA
+        meta.rank = rank
+        meta.alpha = alpha
+        var mods: [String: LoRAModule] = [:]
+        for m in modules {
+            mods[m.name] = LoRAModule(A: Matrix(rows: m.rank, cols: m.inFeatures, data: m.A),
+                                      B: Matrix(rows: m.outFeatures, cols: m.rank, data: m.B), scale: m.scale)
+        }
+        return LoRAAdapter(name: name, modules: mods, metadata: meta)
+    }
+}
+
+/// Gradients of the loss with respect to every module's A and B, parallel to `LoRAParameters.modules`.
+public struct LoRAGradients: Sendable {
+    public var dA: [[Float]]   // per module (r, in)
+    public var dB: [[Float]]   // per module (out, r)
+
+    public init(zerosLike p: LoRAParameters) {
+        dA = p.modules.map { [Float](repeating: 0, count: $0.A.count) }
+        dB = p.modules.map { [Float](repeating: 0, count: $0.B.count) }
+    }
+
+    /// √(Σ g²) over every gradient, accumulated in Double.
+    public var globalNorm: Double {
+        var s = 0.0
+        for g in dA + dB { for v in g { s += Double(v) * Double(v) } }
+        return s.squareRoot()
+    }
+
+    public mutating func scale(by f: Float) {
+        for i in dA.indices { for j in dA[i].indices { dA[i][j] *= f } }
+        for i in dB.indices { for j in dB[i].indices { dB[i][j] *= f } }
+    }
+
+    public mutating func zero() {
+        for i in dA.indices { for j in dA[i].indices { dA[i][j] = 0 } }
+        for i in dB.indices { for j in dB[i].indices { dB[i][j] = 0 } }
+    }
+}

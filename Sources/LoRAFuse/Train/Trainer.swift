@@ -1,0 +1,293 @@
+import Foundation
+
+/// Hyper-parameters of a LoRA training run.
+public struct TrainingOptions: Sendable, Equatable {
+    public var rank = 8
+    public var alpha = 16.0
+    public var targets: [LoRATarget] = LoRATarget.allCases
+    public var rsLoRA = false
+    /// Dropout on the LoRA branch's input (PEFT's `lora_dropout`).
+    public var dropout: Float = 0
+    /// Optimizer steps; when nil, `epochs` passes over the data decide.
+    public var steps: Int?
+    public var epochs = 1.0
+    /// Sequences per micro-batch, micro-batches per optimizer step.
+    public var batchSize = 4
+    public var gradAccum = 1
+    public var learningRate: Float = 2e-4
+    public var warmup = 0
+    public var weightDecay: Float = 0
+    /// Global gradient-norm clip (0: off).
+    public var maxGradNorm = 1.0
+    public var seed: UInt64 = 0
+    /// Validation loss every this many steps (and after the last); 0: only after the last.
+    public var evalEvery = 0
+    /// Checkpoint every this many steps into `checkpoint-<step>/`, keeping the last `keep` (0: none).
+    public var saveEvery = 0
+    public var keep = 2
+    /// Storage type of the adapter weights written (checkpoints' optimizer state is always F32).
+    public var dtype: DType = .f32
+
+    public init() {}
+
+    /// Steps of the run for `examples` training sequences.
+    public func totalSteps(examples: Int) -> Int {
+        if let s = steps { return s }
+        let perStep = batchSize * gradAccum
+        return max(1, Int((epochs * Double(examples) / Double(perStep)).rounded(.up)))
+    }
+
+    func validate() throws {
+        func bad(_ o: String, _ r: String) -> TrainError { .badOption(option: o, reason: r) }
+        if rank < 1 { throw bad("rank", "must be ≥ 1, got \(rank)") }
+        if batchSize < 1 { throw bad("batch", "must be ≥ 1, got \(batchSize)") }
+        if gradAccum < 1 { throw bad("grad-accum", "must be ≥ 1, got \(gradAccum)") }
+        if !(0..<1).contains(dropout) { throw bad("dropout", "must be in [0, 1), got \(dropout)") }
+        if let s = steps, s < 1 { throw bad("steps", "must be ≥ 1, got \(s)") }
+        if steps == nil && !(epochs > 0) { throw bad("epochs", "must be > 0, got \(epochs)") }
+        if warmup < 0 { throw bad("warmup", "must be ≥ 0, got \(warmup)") }
+        if keep < 1 { throw bad("keep", "must be ≥ 1, got \(keep)") }
+        if targets.isEmpty { throw bad("targets", "no target modules") }
+    }
+}
+
+/// One row of the loss curve.
+public struct StepLog: Sendable, Equatable {
+    public var step: Int
+    public var lr: Float
+    /// Mean cross-entropy over the step's answer tokens, before the update.
+    public var trainLoss: Double
+    /// Token-weighted validation loss after the update (when computed at this step).
+    public var valLoss: Double?
+    /// Global gradient norm before clipping.
+    public var gradNorm: Double
+    /// Input tokens processed by the step (forward + backward).
+    public var tokens: Int
+    public var seconds: Double
+
+    static let csvHeader = "step,lr,train_loss,val_loss,grad_norm,tokens,seconds"
+    var csvLine: String {
+        "\(step),\(lr),\(trainLoss),\(valLoss.map { "\($0)" } ?? ""),\(gradNorm),\(tokens),\(String(format: "%.4f", seconds))"
+    }
+    static func parse(csvLine s: String) -> StepLog? {
+        let f = s.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        guard f.count == 7, let st = Int(f[0]), let lr = Float(f[1]), let tl = Double(f[2]), let gn = Double(f[4]),
+              let tk = Int(f[5]), let sec = Double(f[6]) else { return nil }
+        return StepLog(step: st, lr: lr, trainLoss: tl, valLoss: Double(f[3]), gradNorm: gn, tokens: tk, seconds: sec)
+    }
+}
+
+/// Tokenized prompt/answer examples, as `Evaluator` scores them.
+public enum TrainingData {
+    public static func sequences(_ task: EvalTask, model: any CausalLM) throws -> [TrainingSequence] {
+        let ev = Evaluator(model: model)
+        return try task.examples.map { TrainingSequence(prompt: try ev.promptTokens($0.prompt), answer: try ev.answerTokens($0.answer)) }
+    }
+}
+
+/// LoRA fine-tuning of a frozen `LlamaModel`: seeded PEFT initialisation, AdamW, warmup + cosine
+/// learning rate, global-norm clipping, gradient accumulation, answer-token loss, checkpoints
+/// that resume to the same result as an uninterrupted run.
+///
+/// Data order: the training sequences are read as one endless stream of epochs, each a seeded
+/// permutation; update k's micro-batch j takes stream positions
+/// ((k−1)·accum + j)·batch ..< +batch. Dropout masks come from a generator seeded by (seed, k, j).
+/// So a step's inputs depend only on (seed, k), never on how the run got there.
+public final class LoRATrainer {
+    public let engine: LlamaTrainingEngine
+    public let options: TrainingOptions
+    public let train: [TrainingSequence]
+    public let val: [TrainingSequence]
+    public let totalSteps: Int
+    public let schedule: LRSchedule
+    public internal(set) var params: LoRAParameters
+    public internal(set) var optimizer: AdamW
+    /// Updates done so far.
+    public internal(set) var step = 0
+    public internal(set) var log: [StepLog] = []
+    private var permutations: [Int: [Int]] = [:]
+
+    public init(model: LlamaModel, train: [TrainingSequence], val: [TrainingSequence] = [], options: TrainingOptions) throws {
+        try options.validate()
+        guard !train.isEmpty else { throw TrainError.badData(file: "(train)", reason: "no training examples") }
+        engine = LlamaTrainingEngine(model: model)
+        self.options = options
+        self.train = train
+        self.val = val
+        totalSteps = options.totalSteps(examples: train.count)
+        schedule = LRSchedule(peak: options.learningRate, warmup: options.warmup, total: totalSteps)
+        params = LoRAParameters.initialize(config: model.config, rank: options.rank, alpha: options.alpha,
+                                           targets: options.targets, rsLoRA: options.rsLoRA, seed: options.seed)
+        optimizer = AdamW(like: params, weightDecay: options.weightDecay)
+    }
+
+    private func permutation(_ epoch: Int) -> [Int] {
+        if let p = permutations[epoch] { return p }
+        var rng = SeededRNG(seed: options.seed, stream: "data-epoch-\(epoch)")
+        var p = Array(0..<train.count)
+        for i in stride(from: p.count - 1, to: 0, by: -1) { p.swapAt(i, Int(rng.next() % UInt64(i + 1))) }
+        permutations = [epoch: p]     // epochs are read in order; keep one
+        return p
+    }
+
+    /// Indices of the training sequences of update `step` (1-based), micro-batch `micro`.
+    public func batchIndices(step: Int, micro: Int) -> [Int] {
+        let first = ((step - 1) * options.gradAccum + micro) * options.batchSize
+        return (first..<(first + options.batchSize)).map { pos in permutation(pos / train.count)[pos % train.count] }
+    }
+
+    /// Runs one update; returns its log row (validation loss not included).
+    @discardableResult
+    public func trainStep() -> StepLog {
+        let start = Date()
+        let k = step + 1
+        let micro = (0..<options.gradAccum).map { batchIndices(step: k, micro: $0).map { train[$0] } }
+        let answerTokens = micro.joined().reduce(0) { $0 + $1.lossTokens }
+        let scale = 1 / Float(max(answerTokens, 1))
+        var grads = LoRAGradients(zerosLike: params)
+        var nll = 0.0, tokens = 0
+        for (j, mb) in micro.enumerated() {
+            let dr = options.dropout > 0
+                ? LlamaTrainingEngine.Dropout(p: options.dropout, rng: SeededRNG(seed: options.seed, stream: "dropout-\(k)-\(j)")) : nil
+            nll += engine.accumulateGradients(mb, lora: params, into: &grads, gradScale: scale, dropout: dr).nll
+            tokens += mb.reduce(0) { $0 + $1.tokens.count }
+        }
+        let norm = options.maxGradNorm > 0 ? grads.clip(maxNorm: options.maxGradNorm) : grads.globalNorm
+        let lr = schedule.lr(step: k)
+        optimizer.update(&params, grads: grads, lr: lr)
+        step = k
+        let row = StepLog(step: k, lr: lr, trainLoss: nll / Double(max(answerTokens, 1)), valLoss: nil, gradNorm: norm,
+                          tokens: tokens, seconds: Date().timeIntervalSince(start))
+        log.append(row)
+        return row
+    }
+
+    /// Token-weighted mean loss over `val` (nil without validation data).
+    public func validationLoss() -> Double? {
+        guard !val.isEmpty else { return nil }
+        var nll = 0.0, n = 0
+        var i = 0
+        while i < val.count {
+            let r = engine.loss(Array(val[i..<min(i + options.batchSize, val.count)]), lora: params)
+            nll += r.nll; n += r.tokens
+            i += options.batchSize
+        }
+        return nll / Double(max(n, 1))
+    }
+
+    /// Trains to `totalSteps`: validation every `evalEvery` steps and at the end, checkpoints into
+    /// `checkpointDir` every `saveEvery` steps. `progress` sees every row.
+    public func run(checkpointDir: String? = nil, progress: ((StepLog) -> Void)? = nil) throws {
+        while step < totalSteps {
+            var row = trainStep()
+            if !val.isEmpty && ((options.evalEvery > 0 && step % options.evalEvery == 0) || step == totalSteps) {
+                row.valLoss = validationLoss()
+                log[log.count - 1] = row
+            }
+            progress?(row)
+            if let dir = checkpointDir, options.saveEvery > 0, step % options.saveEvery == 0 {
+                try saveCheckpoint(into: dir)
+            }
+        }
+    }
+
+    /// The adapter as trained so far.
+    public func adapter(name: String = "lora") -> LoRAAdapter {
+        params.adapter(name: name, baseModel: engine.model.sourcePath)
+    }
+
+    // MARK: Checkpoints
+
+    public static let stateFile = "trainer_state.safetensors"
+    static let stateFormat = "lorafuse-lora-train-1"
+
+    /// Writes `<dir>/checkpoint-<step>/` (PEFT adapter + `trainer_state.safetensors` with the F32
+    /// factors, AdamW moments, step and log) and removes all but the newest `keep` checkpoints.
+    @discardableResult
+    public func saveCheckpoint(into dir: String) throws -> String {
+        let ck = (dir as NSString).appendingPathComponent("checkpoint-\(step)")
+        try PEFTAdapter.write(adapter(), to: ck, dtype: options.dtype)
+        var tensors: [SafetensorsTensor] = []
+        for (i, m) in params.modules.enumerated() {
+            let a = [m.rank, m.inFeatures], b = [m.outFeatures, m.rank]
+            tensors += [SafetensorsTensor(name: "\(m.name).A", shape: a, values: m.A),
+                        SafetensorsTensor(name: "\(m.name).B", shape: b, values: m.B),
+                        SafetensorsTensor(name: "\(m.name).mA", shape: a, values: optimizer.mA[i]),
+                        SafetensorsTensor(name: "\(m.name).vA", shape: a, values: optimizer.vA[i]),
+                        SafetensorsTensor(name: "\(m.name).mB", shape: b, values: optimizer.mB[i]),
+                        SafetensorsTensor(name: "\(m.name).vB", shape: b, values: optimizer.vB[i])]
+        }
+        let meta = ["format": Self.stateFormat, "step": "\(step)", "optimizer_step": "\(optimizer.step)",
+                    "total_steps": "\(totalSteps)", "seed": "\(options.seed)", "rank": "\(options.rank)",
+                    "modules": "\(params.modules.count)",
+                    "log": ([StepLog.csvHeader] + log.map(\.csvLine)).joined(separator: "\n")]
+        try SafetensorsWriter.write(tensors: tensors, metadata: meta, dtype: .f32,
+                                    to: URL(fileURLWithPath: (ck as NSString).appendingPathComponent(Self.stateFile)))
+        try pruneCheckpoints(in: dir)
+        return ck
+    }
+
+    /// Steps of the `checkpoint-<step>` folders in `dir`, ascending.
+    public static func checkpointSteps(in dir: String) -> [Int] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
+        return names.compactMap { $0.hasPrefix("checkpoint-") ? Int($0.dropFirst("checkpoint-".count)) : nil }.sorted()
+    }
+
+    private func pruneCheckpoints(in dir: String) throws {
+        let steps = Self.checkpointSteps(in: dir)
+        for s in steps.dropLast(options.keep) {
+            try FileManager.default.removeItem(atPath: (dir as NSString).appendingPathComponent("checkpoint-\(s)"))
+        }
+    }
+
+    /// Continues from a checkpoint written by `saveCheckpoint` with the same options and data.
+    public func resume(from checkpoint: String) throws {
+        let path = (checkpoint as NSString).appendingPathComponent(Self.stateFile)
+        let f = try SafetensorsFile(path: path)
+        func meta(_ k: String) throws -> String {
+            guard let v = f.metadata[k] else { throw TrainError.badCheckpoint(path: path, field: k, expected: "a value", actual: "nothing") }
+            return v
+        }
+        guard try meta("format") == Self.stateFormat else {
+            throw TrainError.badCheckpoint(path: path, field: "format", expected: Self.stateFormat, actual: try meta("format"))
+        }
+        for (k, want) in [("seed", "\(options.seed)"), ("rank", "\(options.rank)"), ("modules", "\(params.modules.count)"),
+                          ("total_steps", "\(totalSteps)")] where try meta(k) != want {
+            throw TrainError.badCheckpoint(path: path, field: k, expected: want, actual: try meta(k))
+        }
+        guard let s = Int(try meta("step")), let os = Int(try meta("optimizer_step")) else {
+            throw TrainError.badCheckpoint(path: path, field: "step", expected: "an integer", actual: try meta("step"))
+        }
+        var mA: [[Float]] = [], vA: [[Float]] = [], mB: [[Float]] = [], vB: [[Float]] = []
+        for i in params.modules.indices {
+            let m = params.modules[i]
+            func read(_ suffix: String, _ n: Int) throws -> [Float] {
+                let v = try f.floats("\(m.name).\(suffix)")
+                guard v.count == n else { throw TrainError.badCheckpoint(path: path, field: "\(m.name).\(suffix)", expected: "\(n) values", actual: "\(v.count)") }
+                return v
+            }
+            params.modules[i].A = try read("A", m.A.count)
+            params.modules[i].B = try read("B", m.B.count)
+            mA.append(try read("mA", m.A.count)); vA.append(try read("vA", m.A.count))
+            mB.append(try read("mB", m.B.count)); vB.append(try read("vB", m.B.count))
+        }
+        optimizer.restore(step: os, mA: mA, vA: vA, mB: mB, vB: vB)
+        step = s
+        log = (try meta("log")).split(separator: "\n").dropFirst().compactMap { StepLog.parse(csvLine: String($0)) }
+    }
+
+    // MARK: Outputs
+
+    /// The loss curve as CSV: step, lr, train_loss, val_loss (empty when not computed), grad_norm, tokens, seconds.
+    public func lossCSV() -> String {
+        ([StepLog.csvHeader] + log.map(\.csvLine)).joined(separator: "\n") + "\n"
+    }
+
+    /// The loss curve as an SVG line chart (train loss; validation loss when present).
+    public func lossChartSVG(title: String = "LoRA training loss") -> String {
+        var series = [SVGLineChart.Series(name: "train loss", points: log.map { (Double($0.step), $0.trainLoss) })]
+        let v = log.compactMap { r in r.valLoss.map { (Double(r.step), $0) } }
+        if !v.isEmpty { series.append(SVGLineChart.Series(name: "val loss", points: v, markers: true)) }
+        return SVGLineChart(title: title, xLabel: "step", yLabel: "loss (nats / answer token)", series: series).render()
+    }
+}

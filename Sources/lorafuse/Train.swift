@@ -1,0 +1,125 @@
+import ArgumentParser
+import Foundation
+import LoRAFuse
+
+struct Train: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Train a LoRA adapter on prompt/answer JSONL (CPU, base model frozen).",
+        discussion: """
+        Each line of --data is {"prompt": "...", "answer": "..."}; the prompt is rendered by the chat \
+        template as one user turn with the generation prompt, the answer's tokens followed by the \
+        end-of-turn token are the targets, and the loss is the mean cross-entropy over answer tokens \
+        (exactly what `lorafuse eval` reports).
+
+        A is initialised as PEFT does (Kaiming-uniform, bound 1/√in), B = 0; scale α/r (α/√r with \
+        --rslora). AdamW with linear warmup then cosine decay to 0, gradients clipped to global norm \
+        --max-grad-norm, --grad-accum micro-batches of --batch sequences per step.
+
+        Writes OUT_DIR/adapter_config.json + adapter_model.safetensors (PEFT), loss.csv (step, lr, \
+        train_loss, val_loss, grad_norm, tokens, seconds), loss.svg, and with --save-every \
+        OUT_DIR/checkpoint-<step>/ (a PEFT adapter + trainer_state.safetensors), keeping the last --keep. \
+        --resume continues from a checkpoint (or the newest one in a folder) with the same options, and \
+        gives the same result as an uninterrupted run.
+        """
+    )
+
+    @Option(name: .long, help: "Model GGUF file or HF directory (default: the SmolLM2-135M-Instruct model in $LORAFUSE_HOME/models).")
+    var model: String?
+
+    @Option(name: .long, help: "Training examples (.jsonl).")
+    var data: String
+
+    @Option(name: .long, help: "Validation examples (.jsonl); loss every --eval-every steps and at the end.")
+    var val: String?
+
+    @Option(name: [.short, .customLong("output")], help: "Output adapter directory.")
+    var output: String
+
+    @Option(name: .long, help: "LoRA rank.") var rank = 8
+    @Option(name: .long, help: "LoRA alpha.") var alpha = 16.0
+    @Option(name: .long, help: "Target projections, comma-separated, of q,k,v,o,gate,up,down (or all).")
+    var targets = "q,k,v,o,gate,up,down"
+    @Option(name: .long, help: "Optimizer steps (default: from --epochs).") var steps: Int?
+    @Option(name: .long, help: "Passes over the data when --steps is not given.") var epochs = 1.0
+    @Option(name: .long, help: "Sequences per micro-batch.") var batch = 4
+    @Option(name: .customLong("grad-accum"), help: "Micro-batches per optimizer step.") var gradAccum = 1
+    @Option(name: .long, help: "Peak learning rate.") var lr: Float = 2e-4
+    @Option(name: .long, help: "Warmup steps (linear from 0).") var warmup = 0
+    @Option(name: .customLong("weight-decay"), help: "AdamW decoupled weight decay.") var weightDecay: Float = 0
+    @Option(name: .customLong("max-grad-norm"), help: "Clip gradients to this global norm (0: off).") var maxGradNorm = 1.0
+    @Option(name: .long, help: "Seed of initialisation, data order and dropout.") var seed: UInt64 = 0
+    @Option(name: .long, help: "LoRA dropout on the adapter input.") var dropout: Float = 0
+    @Flag(name: .long, help: "rsLoRA scaling α/√r.") var rslora = false
+    @Option(name: .customLong("eval-every"), help: "Validation loss every N steps (default: about 10 times per run).") var evalEvery: Int?
+    @Option(name: .customLong("save-every"), help: "Checkpoint every N steps (0: none).") var saveEvery = 0
+    @Option(name: .long, help: "Checkpoints to keep.") var keep = 2
+    @Option(name: .long, help: "Adapter weight dtype: f32, bf16 or f16.") var dtype = "f32"
+    @Option(name: .long, help: "Resume from a checkpoint-<step> folder, or from the newest checkpoint in a folder.")
+    var resume: String?
+
+    @OptionGroup var compute: ComputeOptions
+
+    func validate() throws {
+        if DType(name: dtype) == nil { throw ValidationError("--dtype must be f32, bf16 or f16, got \(dtype)") }
+        _ = try LoRATarget.parseList(targets)
+    }
+
+    func run() throws {
+        compute.apply()
+        var o = TrainingOptions()
+        o.rank = rank; o.alpha = alpha; o.targets = try LoRATarget.parseList(targets); o.rsLoRA = rslora
+        o.dropout = dropout; o.steps = steps; o.epochs = epochs; o.batchSize = batch; o.gradAccum = gradAccum
+        o.learningRate = lr; o.warmup = warmup; o.weightDecay = weightDecay; o.maxGradNorm = maxGradNorm
+        o.seed = seed; o.saveEvery = saveEvery; o.keep = keep; o.dtype = DType(name: dtype)!
+
+        let lm = try loadModel(modelPath: model, adapters: [])
+        let trainSeqs = try TrainingData.sequences(TaskData.read(path: data), model: lm)
+        let valSeqs = try val.map { try TrainingData.sequences(TaskData.read(path: $0), model: lm) } ?? []
+        let total = o.totalSteps(examples: trainSeqs.count)
+        o.evalEvery = evalEvery ?? max(1, total / 10)
+        let trainer = try LoRATrainer(model: lm, train: trainSeqs, val: valSeqs, options: o)
+        try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
+
+        if let r = resume {
+            let ck: String
+            if FileManager.default.fileExists(atPath: (r as NSString).appendingPathComponent(LoRATrainer.stateFile)) {
+                ck = r
+            } else if let last = LoRATrainer.checkpointSteps(in: r).last {
+                ck = (r as NSString).appendingPathComponent("checkpoint-\(last)")
+            } else {
+                throw ValidationError("--resume \(r): no trainer_state.safetensors and no checkpoint-<step> folder in it")
+            }
+            try trainer.resume(from: ck)
+            FileHandle.standardError.write(Data("resumed from \(ck) at step \(trainer.step)\n".utf8))
+        }
+        let startStep = trainer.step
+        FileHandle.standardError.write(Data(("train: \(trainSeqs.count) examples, \(valSeqs.count) validation, \(total) steps of "
+            + "\(batch)×\(gradAccum) sequences, \(trainer.params.modules.count) LoRA modules, "
+            + "\(trainer.params.parameterCount) parameters\n").utf8))
+        let bar = ProgressBar(total: total, label: "train", enabled: !compute.quiet)
+        bar.update(trainer.step)
+        var lastVal: Double?
+        var tokens = 0, seconds = 0.0
+        try trainer.run(checkpointDir: output) { row in
+            if let v = row.valLoss { lastVal = v }
+            tokens += row.tokens; seconds += row.seconds
+            var detail = String(format: "loss %.4f", row.trainLoss)
+            if let v = lastVal { detail += String(format: " val %.4f", v) }
+            detail += String(format: " %.0f tok/s", Double(tokens) / max(seconds, 1e-9))
+            bar.update(row.step, detail: detail)
+        }
+        try PEFTAdapter.write(trainer.adapter(name: (output as NSString).lastPathComponent), to: output, dtype: o.dtype)
+        try trainer.lossCSV().write(toFile: (output as NSString).appendingPathComponent("loss.csv"), atomically: true, encoding: .utf8)
+        try trainer.lossChartSVG().write(toFile: (output as NSString).appendingPathComponent("loss.svg"), atomically: true, encoding: .utf8)
+        let done = trainer.step - startStep
+        var summary = "trained \(done) steps"
+        if done > 0 {
+            summary += String(format: ": %.3f s/step, %.0f tokens/s", seconds / Double(done), Double(tokens) / max(seconds, 1e-9))
+        }
+        if let last = trainer.log.last {
+            summary += String(format: ", final train loss %.4f", last.trainLoss)
+            if let v = last.valLoss { summary += String(format: ", val loss %.4f", v) }
+        }
+        print(summary + "; adapter written to \(output)")
+    }
+}

@@ -1,0 +1,141 @@
+import Foundation
+import XCTest
+@testable import LoRAFuse
+
+/// Tiny random models and batches shared by the training tests.
+enum TrainFixtures {
+    /// head_dim 8 ≠ hidden/heads so code that assumes equality fails; GQA (4 heads, 2 kv heads).
+    static func config(qwen: Bool = false) -> LlamaConfig {
+        LlamaConfig(modelType: qwen ? "qwen2" : "llama", hiddenSize: 24, intermediateSize: 40, numHiddenLayers: 2,
+                    numAttentionHeads: 4, numKeyValueHeads: 2, headDim: 8, vocabSize: 50, rmsNormEps: 1e-5,
+                    ropeTheta: 10000, tieWordEmbeddings: qwen, attentionBias: qwen)
+    }
+
+    static func model(qwen: Bool = false, seed: UInt64 = 5) -> LlamaModel {
+        let c = config(qwen: qwen)
+        return LlamaModel(config: c, weights: .random(c, seed: seed, std: 0.3), tokenizer: ModelFixtures.byteTokenizer(50))
+    }
+
+    /// LoRA with random A and nonzero random B, so every gradient path is exercised.
+    static func randomLoRA(_ c: LlamaConfig, targets: [LoRATarget] = LoRATarget.allCases, rank: Int = 3,
+                           seed: UInt64 = 9, std: Float = 0.3) -> LoRAParameters {
+        var p = LoRAParameters.initialize(config: c, rank: rank, alpha: Double(2 * rank), targets: targets, seed: seed)
+        var rng = SeededRNG(seed: seed &+ 1)
+        for i in p.modules.indices {
+            p.modules[i].A = p.modules[i].A.map { _ in rng.nextNormal() * std }
+            p.modules[i].B = p.modules[i].B.map { _ in rng.nextNormal() * std }
+        }
+        return p
+    }
+
+    /// Two sequences of different lengths; the first positions carry no loss.
+    static func batch(vocab: Int = 50) -> [TrainingSequence] {
+        [TrainingSequence(prompt: [3, 17, 8, 41, 22], answer: [9, 30, 12, 2]),
+         TrainingSequence(prompt: [5, 6, 44], answer: [19, 2])]
+    }
+}
+
+final class LlamaBackwardTests: XCTestCase {
+    /// The training forward must give the same loss as the inference engine with the same adapter.
+    func testTrainingForwardMatchesInference() throws {
+        for qwen in [false, true] {
+            let model = TrainFixtures.model(qwen: qwen)
+            let lora = TrainFixtures.randomLoRA(model.config)
+            try model.setAdapters([(lora.adapter(), 1)])
+            var nll = 0.0, n = 0
+            for s in TrainFixtures.batch() {
+                let logits = try model.logits(tokens: s.tokens)
+                let rows = s.targets.indices.filter { s.targets[$0] >= 0 }
+                let v = Evaluator.negativeLogLikelihoods(logits, rows: rows.first!..<(rows.last! + 1), targets: rows.map { s.targets[$0] })
+                nll += v.reduce(0, +); n += v.count
+            }
+            model.clearAdapters()
+            let engine = LlamaTrainingEngine(model: model)
+            let r = engine.loss(TrainFixtures.batch(), lora: lora)
+            XCTAssertEqual(r.tokens, n)
+            XCTAssertEqual(r.nll / Double(r.tokens), nll / Double(n), accuracy: 1e-5, "qwen=\(qwen)")
+        }
+    }
+
+    /// Central finite differences of the mean loss on the largest gradient coordinates of every
+    /// module's A and B. Float32 forward: eps = 3e-3 puts the rounding noise of the loss difference
+    /// (~1e-6 / 6e-3) near 2e-4, so the check is |fd − g| ≤ 3e-2·|g| + 3e-4.
+    private func checkFiniteDifferences(qwen: Bool, targets: [LoRATarget], dropout: Float = 0,
+                                        file: StaticString = #filePath, line: UInt = #line) {
+        let model = TrainFixtures.model(qwen: qwen)
+        let engine = LlamaTrainingEngine(model: model)
+        var lora = TrainFixtures.randomLoRA(model.config, targets: targets)
+        let batch = TrainFixtures.batch()
+        func drop() -> LlamaTrainingEngine.Dropout? {
+            dropout > 0 ? .init(p: dropout, rng: SeededRNG(seed: 77)) : nil
+        }
+        let (_, grads) = engine.meanLossAndGradients(batch, lora: lora, dropout: drop())
+        func loss() -> Double {
+            let n = batch.reduce(0) { $0 + $1.lossTokens }
+            var g = LoRAGradients(zerosLike: lora)
+            // gradScale 0: forward with the same dropout masks, gradient discarded.
+            return engine.accumulateGradients(batch, lora: lora, into: &g, gradScale: 0, dropout: drop()).nll / Double(n)
+        }
+        let eps: Float = 3e-3
+        var checked = 0, worst = 0.0
+        for mi in lora.modules.indices {
+            for isA in [true, false] {
+                let g = isA ? grads.dA[mi] : grads.dB[mi]
+                let top = g.indices.sorted { abs(g[$0]) > abs(g[$1]) }.prefix(2)
+                for j in top {
+                    let orig = isA ? lora.modules[mi].A[j] : lora.modules[mi].B[j]
+                    func set(_ v: Float) { if isA { lora.modules[mi].A[j] = v } else { lora.modules[mi].B[j] = v } }
+                    set(orig + eps); let lp = loss()
+                    set(orig - eps); let lm = loss()
+                    set(orig)
+                    let fd = (lp - lm) / Double(2 * eps)
+                    let err = abs(fd - Double(g[j]))
+                    worst = max(worst, err / (abs(Double(g[j])) + 1e-2))
+                    XCTAssertLessThanOrEqual(err, 3e-2 * abs(Double(g[j])) + 3e-4,
+                                             "\(lora.modules[mi].name) \(isA ? "A" : "B")[\(j)]: fd \(fd) vs backward \(g[j])",
+                                             file: file, line: line)
+                    checked += 1
+                }
+            }
+        }
+        XCTAssertEqual(checked, lora.modules.count * 4, file: file, line: line)
+        print("finite differences (qwen=\(qwen), dropout=\(dropout)): \(checked) coordinates, worst relative error \(worst)")
+    }
+
+    func testFiniteDifferencesAllTargetsLlama() { checkFiniteDifferences(qwen: false, targets: LoRATarget.allCases) }
+    /// Tied embeddings and q/k/v biases (Qwen 2 layout).
+    func testFiniteDifferencesAllTargetsQwen() { checkFiniteDifferences(qwen: true, targets: LoRATarget.allCases) }
+    func testFiniteDifferencesSubsetWithDropout() { checkFiniteDifferences(qwen: false, targets: [.v, .down], dropout: 0.3) }
+
+    /// Gradients of a batch equal the token-weighted sum of per-sequence gradients (packing is exact).
+    func testPackedBatchEqualsSumOfSequences() {
+        let model = TrainFixtures.model()
+        let engine = LlamaTrainingEngine(model: model)
+        let lora = TrainFixtures.randomLoRA(model.config)
+        let batch = TrainFixtures.batch()
+        var packed = LoRAGradients(zerosLike: lora)
+        let r = engine.accumulateGradients(batch, lora: lora, into: &packed, gradScale: 1)
+        var separate = LoRAGradients(zerosLike: lora)
+        var nll = 0.0
+        for s in batch { nll += engine.accumulateGradients([s], lora: lora, into: &separate, gradScale: 1).nll }
+        XCTAssertEqual(r.nll, nll, accuracy: 1e-4)
+        var worst: Float = 0
+        for i in lora.modules.indices {
+            for (a, b) in zip(packed.dA[i] + packed.dB[i], separate.dA[i] + separate.dB[i]) { worst = max(worst, abs(a - b)) }
+        }
+        XCTAssertLessThan(worst, 1e-4)
+    }
+
+    /// With B = 0 (PEFT's init) dA is exactly zero and dB is not.
+    func testZeroBInitGivesZeroDA() {
+        let model = TrainFixtures.model()
+        let lora = LoRAParameters.initialize(config: model.config, rank: 4, alpha: 8, targets: [.q, .up], seed: 1)
+        let (_, g) = LlamaTrainingEngine(model: model).meanLossAndGradients(TrainFixtures.batch(), lora: lora)
+        XCTAssertTrue(g.dA.allSatisfy { $0.allSatisfy { $0 == 0 } })
+        XCTAssertTrue(g.dB.allSatisfy { $0.contains { $0 != 0 } })
+        // Kaiming-uniform(a=√5) bound 1/√in.
+        let bound = 1 / Float(model.config.hiddenSize).squareRoot()
+        XCTAssertTrue(lora.modules[0].A.allSatisfy { abs($0) <= bound })
+        XCTAssertGreaterThan(lora.modules[0].A.map(abs).max()!, 0.8 * bound)
+    }
+}
