@@ -4,12 +4,13 @@ import LoRAFuse
 
 /// Speed work lives here, never in timed tests. Each benchmark runs the peer in the same run,
 /// prints both side by side as ratios and writes its numbers under Benchmarks/results/.
-@main
+/// (Started by `Bench.main()` at the end of this file: with more than one source file, `main.swift`
+/// is top-level code and cannot hold `@main`.)
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lorafuse-bench",
         abstract: "lorafuse benchmarks against their peers.",
-        subcommands: [FusionBench.self, FusionOne.self]
+        subcommands: [FusionBench.self, FusionOne.self, ModelBench.self]
     )
 }
 
@@ -271,3 +272,5 @@ func runProcess(_ exe: String, _ args: [String]) throws -> Data {
     }
     return data
 }
+
+Bench.main()
