@@ -170,6 +170,11 @@ public struct EvalProgress: Sendable {
 /// - early stop (`EvalOptions.earlyStop`): decoding also ends once the output can no longer equal the
 ///   answer after trimming (`canStillMatch`), which does not change `correct`.
 ///
+/// `evaluate` runs every example on one session: the longest common prefix of all prompts (the chat
+/// template's system message and user-turn header, at most all but one token of the shortest prompt)
+/// is fed once, and each example cuts the session back to it (`truncate(to:)`) and feeds only the
+/// rest. Logits are the same as from a fresh session up to float rounding (a different batching).
+///
 /// Per task: `loss = Σ nll / Σ |A|` over all its examples (token-weighted), `perplexity = exp(loss)`,
 /// `accuracy = correct / examples`. The report's means are unweighted over tasks.
 public struct Evaluator {
@@ -215,17 +220,28 @@ public struct Evaluator {
         return out
     }
 
-    /// Scores one example. `task` only labels errors.
+    /// Scores one example on a fresh session. `task` only labels errors.
     public func score(_ example: EvalExample, task: String = "") throws -> ExampleScore {
         let p = try promptTokens(example.prompt)
         let a = try answerTokens(example.answer)
-        let vocab = model.vocabSize
-        let capacity = max(p.count + a.count, options.computeAccuracy ? p.count + options.maxNewTokens : 0)
-        let session = try model.makeSession(maxTokens: capacity)
+        let session = try model.makeSession(maxTokens: capacity(p, a))
+        return try score(example, p: p, a: a, session: session, cached: 0, task: task)
+    }
 
+    /// Positions a session needs to score (and decode) an example.
+    private func capacity(_ p: [Int], _ a: [Int]) -> Int {
+        max(p.count + a.count, options.computeAccuracy ? p.count + options.maxNewTokens : 0, 1)
+    }
+
+    /// Scores one example on `session`, whose first `cached` positions already hold `p[..<cached]`
+    /// (anything after them is dropped).
+    private func score(_ example: EvalExample, p: [Int], a: [Int], session: any InferenceSession, cached: Int,
+                       task: String) throws -> ExampleScore {
+        let vocab = model.vocabSize
+        if session.position != cached { session.truncate(to: cached) }
         // Only the rows that predict answer tokens: row j of `logits` is position |P| − 1 + j.
-        let input = p + a.dropLast()
-        let logits = try session.feed(input, logitsFrom: p.count - 1)
+        let input = Array(p[cached...]) + a.dropLast()
+        let logits = try session.feed(input, logitsFrom: p.count - cached - 1)
         guard logits.rows == a.count, logits.cols == vocab else {
             throw EvalError.badLogits(task: task, line: example.line, expectedRows: a.count, expectedCols: vocab,
                                       rows: logits.rows, cols: logits.cols)
@@ -323,10 +339,25 @@ public struct Evaluator {
         var done = 0
         var results: [String: TaskEvalResult] = [:]
         var order: [String] = []
-        for task in tasks {
+        // One session for the whole run; the prompts' common prefix (system message, user-turn
+        // header) is fed once and every example starts by cutting the session back to it.
+        let ids = try tasks.map { t in try t.examples.map { (p: try promptTokens($0.prompt), a: try answerTokens($0.answer)) } }
+        let all = ids.joined()
+        var session: (any InferenceSession)?
+        var shared = 0
+        if let first = all.first {
+            shared = all.map(\.p.count).min()! - 1            // each example keeps ≥ 1 prompt token of its own
+            for e in all.dropFirst() {
+                shared = min(shared, zip(first.p, e.p).prefix { $0 == $1 }.count)
+            }
+            let s = try model.makeSession(maxTokens: all.map { capacity($0.p, $0.a) }.max()!)
+            if shared > 0 { _ = try s.feed(Array(first.p[..<shared]), logitsFrom: shared - 1) }
+            session = s
+        }
+        for (ti, task) in tasks.enumerated() {
             var nll = 0.0, tokens = 0, correct = 0
             for (i, ex) in task.examples.enumerated() {
-                let s = try score(ex, task: task.name)
+                let s = try score(ex, p: ids[ti][i].p, a: ids[ti][i].a, session: session!, cached: shared, task: task.name)
                 nll += s.nll
                 tokens += s.tokens
                 if s.correct == true { correct += 1 }

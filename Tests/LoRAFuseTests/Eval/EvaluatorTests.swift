@@ -140,6 +140,23 @@ final class EvaluatorTests: XCTestCase {
         XCTAssertEqual(short.correct, true)
     }
 
+    func testEvaluateFeedsTheCommonPromptPrefixOnce() throws {
+        let m = arithModel()
+        let ev = Evaluator(model: m, options: EvalOptions(earlyStop: false))
+        let report = try ev.evaluate([arith, spaced])
+        let ps = try (arith.examples + spaced.examples).map { try ev.promptTokens($0.prompt) }
+        let shared = zip(ps[0], ps[3]).prefix { $0 == $1 }.count
+        XCTAssertGreaterThan(shared, 10, "system message and user header")
+        XCTAssertEqual(m.sessionsMade, 1)
+        XCTAssertEqual(m.feeds[0], Array(ps[0][..<shared]), "the prefix is fed first, once")
+        XCTAssertFalse(m.feeds.dropFirst().contains { Array($0.prefix(shared)) == Array(ps[0][..<shared]) })
+        XCTAssertTrue(m.truncations.contains(shared))
+        // Same numbers as scoring each example on its own session.
+        let alone = try (arith.examples).map { try ev.score($0) }
+        XCTAssertEqual(try XCTUnwrap(report.tasks["arith"]).loss, alone.map(\.nll).reduce(0, +) / 7, accuracy: 1e-12)
+        XCTAssertEqual(report.tasks["arith"]?.accuracy, 1.0 / 3.0)
+    }
+
     func testCanStillMatch() {
         func ok(_ g: String, _ t: String) -> Bool { Evaluator.canStillMatch(generated: Array(g.utf8), target: Array(t.utf8)) }
         XCTAssertTrue(ok("", "12"))
