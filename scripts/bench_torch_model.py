@@ -20,13 +20,15 @@ What is timed (all under torch.inference_mode()):
   decode             a manual loop: forward the prompt (untimed), then decode_tokens steps of one token
                      each with past_key_values (greedy argmax, logits_to_keep=1); tokens/s =
                      decode_tokens / seconds of the loop
-  eval               per example one teacher-forced forward of prompt + answer[:-1] with full logits
-                     (use_cache=False), then Σ −log_softmax over the answer rows in float64 — what
-                     `lorafuse eval --no-accuracy` does; examples/s and scored tokens/s over the set
+  eval               what `lorafuse eval --no-accuracy` does: the prompts' common prefix is run once into
+                     a DynamicCache; per example the cache is cropped back to it and the rest of
+                     prompt + answer[:-1] is run teacher-forced with logits_to_keep=|answer| (the head
+                     only for the rows that predict answer tokens), then Σ −log_softmax in float64;
+                     examples/s, and tokens/s counting every token of prompt + answer[:-1]
 Peak RSS is this process's ru_maxrss (model loading included).
 
 Output, JSON on stdout: {pp_tokens_per_s, pp_seconds, decode_tokens_per_s, decode_seconds, decode_ids,
-  decode_method, eval_examples_per_s, eval_tokens_per_s, eval_seconds, eval_loss, peak_rss_mb,
+  decode_method, eval_method, eval_examples_per_s, eval_tokens_per_s, eval_seconds, eval_loss, peak_rss_mb,
   load_seconds, threads, torch_version, transformers_version}
 """
 import json
@@ -90,14 +92,32 @@ def main():
         out["decode_ids"] = runs[0][1]
         out["decode_method"] = "manual loop, one token per forward with past_key_values (DynamicCache), greedy argmax"
 
-        # Eval loss pass.
+        # Eval loss pass, the way lorafuse's Evaluator does it: the prompts' common prefix is run once
+        # into a cache, each example crops the cache back to it and runs only the rest, and the head
+        # is computed for the answer rows only (logits_to_keep = |answer|: they are the last rows).
         exs = cfg["eval"]
+        shared = min(len(e["prompt_ids"]) for e in exs) - 1
+        first = exs[0]["prompt_ids"]
+        for e in exs[1:]:
+            k = 0
+            while k < shared and e["prompt_ids"][k] == first[k]:
+                k += 1
+            shared = k
+        prefix_cache = DynamicCache()
+        if shared > 0:
+            model(input_ids=torch.tensor([first[:shared]]), past_key_values=prefix_cache, use_cache=True,
+                  logits_to_keep=1)
+        out["eval_method"] = (f"common prompt prefix ({shared} tokens) cached once, DynamicCache.crop per example, "
+                              "logits_to_keep=|answer|")
         def score(e):
             p, a = e["prompt_ids"], e["answer_ids"]
-            x = torch.tensor([p + a[:-1]], dtype=torch.long)
-            logits = model(input_ids=x, use_cache=False).logits[0]
-            rows = logits[len(p) - 1:len(p) - 1 + len(a)].double()
-            lp = torch.log_softmax(rows, dim=-1)
+            extra = prefix_cache.get_seq_length() - shared
+            if extra > 0:
+                prefix_cache.crop(-extra)  # transformers 5: a negative value removes that many tokens
+            x = torch.tensor([p[shared:] + a[:-1]], dtype=torch.long)
+            logits = model(input_ids=x, past_key_values=prefix_cache, use_cache=True,
+                           logits_to_keep=len(a)).logits[0]
+            lp = torch.log_softmax(logits.double(), dim=-1)
             return -float(lp[torch.arange(len(a)), torch.tensor(a)].sum()), len(a)
         for e in exs[:2]:
             score(e)  # warm-up

@@ -186,6 +186,7 @@ struct SideResult: Codable {
     var decode_tokens_per_s = 0.0
     var decode_ids: [Int] = []
     var decode_method: String? = "LlamaSession.feed of one token at a time (KV cache), greedy argmax"
+    var eval_method: String? = "Evaluator, accuracy off: common prompt prefix fed once, truncate(to:) per example, head on answer rows only"
     var eval_seconds = 0.0
     var eval_examples_per_s = 0.0
     var eval_tokens_per_s = 0.0
@@ -237,7 +238,8 @@ struct ModelBenchReport: Codable {
             let same = zip(o.decode_ids, p.decode_ids).prefix { $0 == $1 }.count
             s += "Decode: the first \(same) of \(o.decode_ids.count) greedy ids agree. "
             s += "Eval loss on \(task): lorafuse \(f(o.eval_loss, "%.5f")), transformers \(f(p.eval_loss, "%.5f")).\n"
-            s += "transformers decode: \(p.decode_method ?? "?").\n"
+            s += "transformers decode: \(p.decode_method ?? "?"); eval: \(p.eval_method ?? "?").\n"
+            s += "lorafuse eval: \(o.eval_method ?? "?").\n"
         }
         if let a = lorafuse_eval_with_accuracy {
             s += "lorafuse `eval` with accuracy (greedy, early stop): \(f(a.examples_per_s, "%.2f")) examples/s, accuracy \(f(a.accuracy, "%.3f")).\n"
