@@ -28,10 +28,15 @@ public struct EvalOptions: Sendable {
     public var computeAccuracy: Bool
     /// Greedy decoding stops after this many new tokens.
     public var maxNewTokens: Int
+    /// Whether greedy decoding stops as soon as its output can no longer match the answer
+    /// (`Evaluator.canStillMatch`). Accuracy is the same either way; only `ExampleScore.output`
+    /// is then cut short for wrong answers.
+    public var earlyStop: Bool
 
-    public init(computeAccuracy: Bool = true, maxNewTokens: Int = 32) {
+    public init(computeAccuracy: Bool = true, maxNewTokens: Int = 32, earlyStop: Bool = true) {
         self.computeAccuracy = computeAccuracy
         self.maxNewTokens = maxNewTokens
+        self.earlyStop = earlyStop
     }
 }
 
@@ -150,11 +155,25 @@ public struct EvalProgress: Sendable {
 ///   tokenized separately from the prompt and appended, so every example ends the way the model must
 ///   end its turn;
 /// - loss: one batched forward of `P ++ A[0..<|A|-1]` (the last answer token is only predicted, never
-///   an input); row `|P| - 1 + j` of the logits predicts `A[j]`, and
+///   an input), with the head computed only for positions `|P| - 1 …` (`feed(_:logitsFrom:)`);
+///   position `|P| - 1 + j` predicts `A[j]`, and
 ///   `nll_j = logsumexp(z) − z[A[j]]` is computed in Double after subtracting the row max;
-/// - accuracy: a fresh session is fed `P` once and then greedy-decoded one token at a time (the KV
-///   cache is reused), at most `maxNewTokens` tokens, stopping at the tokenizer's stop tokens; the
-///   example is correct when the output text, whitespace-trimmed, equals the trimmed answer.
+/// - accuracy: greedy decoding after `P`, at most `maxNewTokens` tokens, stopping at the tokenizer's
+///   stop tokens; the example is correct when the output text, whitespace-trimmed, equals the trimmed
+///   answer. Decoding reuses the loss pass: while the greedy tokens so far equal `A[0..<j]`, the
+///   next greedy token is the argmax of the loss logits at position `|P| - 1 + j`, which was computed with exactly that
+///   context, so no forward pass is needed. At the first step where greedy leaves the answer, the
+///   session is cut back (`truncate(to: |P| + j)`) and decoding goes on one token at a time with the
+///   KV cache. An example the model gets right in the answer's own tokenization thus costs one
+///   batched pass and nothing else. (The argmax of a batched row can differ from that of a one-token
+///   feed only by float rounding, as between any two BLAS call shapes.)
+/// - early stop (`EvalOptions.earlyStop`): decoding also ends once the output can no longer equal the
+///   answer after trimming (`canStillMatch`), which does not change `correct`.
+///
+/// `evaluate` runs every example on one session: the longest common prefix of all prompts (the chat
+/// template's system message and user-turn header, at most all but one token of the shortest prompt)
+/// is fed once, and each example cuts the session back to it (`truncate(to:)`) and feeds only the
+/// rest. Logits are the same as from a fresh session up to float rounding (a different batching).
 ///
 /// Per task: `loss = Σ nll / Σ |A|` over all its examples (token-weighted), `perplexity = exp(loss)`,
 /// `accuracy = correct / examples`. The report's means are unweighted over tasks.
@@ -201,32 +220,106 @@ public struct Evaluator {
         return out
     }
 
-    /// Scores one example. `task` only labels errors.
+    /// Scores one example on a fresh session. `task` only labels errors.
     public func score(_ example: EvalExample, task: String = "") throws -> ExampleScore {
         let p = try promptTokens(example.prompt)
         let a = try answerTokens(example.answer)
-        let vocab = model.vocabSize
-        let capacity = max(p.count + a.count, options.computeAccuracy ? p.count + options.maxNewTokens : 0)
-        let session = try model.makeSession(maxTokens: capacity)
+        let session = try model.makeSession(maxTokens: capacity(p, a))
+        return try score(example, p: p, a: a, session: session, cached: 0, task: task)
+    }
 
-        let input = p + a.dropLast()
-        let logits = try session.feed(input)
-        guard logits.rows == input.count, logits.cols == vocab else {
-            throw EvalError.badLogits(task: task, line: example.line, expectedRows: input.count, expectedCols: vocab,
+    /// Positions a session needs to score (and decode) an example.
+    private func capacity(_ p: [Int], _ a: [Int]) -> Int {
+        max(p.count + a.count, options.computeAccuracy ? p.count + options.maxNewTokens : 0, 1)
+    }
+
+    /// Scores one example on `session`, whose first `cached` positions already hold `p[..<cached]`
+    /// (anything after them is dropped).
+    private func score(_ example: EvalExample, p: [Int], a: [Int], session: any InferenceSession, cached: Int,
+                       task: String) throws -> ExampleScore {
+        let vocab = model.vocabSize
+        if session.position != cached { session.truncate(to: cached) }
+        // Only the rows that predict answer tokens: row j of `logits` is position |P| − 1 + j.
+        let input = Array(p[cached...]) + a.dropLast()
+        let logits = try session.feed(input, logitsFrom: p.count - cached - 1)
+        guard logits.rows == a.count, logits.cols == vocab else {
+            throw EvalError.badLogits(task: task, line: example.line, expectedRows: a.count, expectedCols: vocab,
                                       rows: logits.rows, cols: logits.cols)
         }
-        let nll = Evaluator.negativeLogLikelihoods(logits, rows: (p.count - 1)..<(p.count - 1 + a.count), targets: a)
+        let nll = Evaluator.negativeLogLikelihoods(logits, rows: 0..<a.count, targets: a)
         var score = ExampleScore(nll: nll.reduce(0, +), tokens: a.count, output: nil, correct: nil)
 
         if options.computeAccuracy {
-            session.reset()
-            var gen = Generator(model: model, sampler: .greedy, maxTokens: options.maxNewTokens,
-                                stopIds: model.tokenizer.stopIds.union([try endOfTurnId()]), skipSpecial: false)
-            let result = try gen.generate(session: session, prompt: p)
-            score.output = result.text
-            score.correct = Evaluator.matches(result.text, example.answer)
+            let text = try greedy(session: session, prompt: p, answer: a, lossLogits: logits, example: example, task: task)
+            score.output = text
+            score.correct = Evaluator.matches(text, example.answer)
         }
         return score
+    }
+
+    /// Greedy decoding after the loss pass (see the type's doc): `session` holds `prompt + answer[..<|a|-1]`
+    /// and `lossLogits` the logits of positions |P| − 1 … (row j predicts answer token j).
+    private func greedy(session: any InferenceSession, prompt p: [Int], answer a: [Int], lossLogits: Matrix,
+                        example: EvalExample, task: String) throws -> String {
+        let tok = model.tokenizer
+        let stopIds = tok.stopIds.union([try endOfTurnId()])
+        let target = Array(example.answer.trimmingCharacters(in: .whitespacesAndNewlines).utf8)
+        var decoder = tok.makeStreamingDecoder(skipSpecial: false)
+        var text = ""
+        var tokens: [Int] = []
+        var bytes: [UInt8] = []
+        var onAnswer = true            // tokens == a[..<tokens.count], so loss rows still apply
+        var logits = lossLogits
+        var row = 0
+        while tokens.count < options.maxNewTokens {
+            let next = Sampler.argmax(logits.row(row))
+            if stopIds.contains(next) { break }
+            tokens.append(next)
+            text += decoder.push(next)
+            if options.earlyStop {
+                bytes += tok.bytes(of: next)
+                if !Evaluator.canStillMatch(generated: bytes, target: target) { break }
+            }
+            if tokens.count == options.maxNewTokens { break }
+            let j = tokens.count
+            if onAnswer && next == a[j - 1] && j < lossLogits.rows {
+                row = j                            // the loss pass already saw p + a[..<j]
+                continue
+            }
+            if onAnswer {
+                onAnswer = false
+                session.truncate(to: p.count + j - 1)   // keep p + a[..<j-1], the greedy tokens before `next`
+            }
+            logits = try session.feed([next])
+            guard logits.rows == 1, logits.cols == model.vocabSize else {
+                throw EvalError.badLogits(task: task, line: example.line, expectedRows: 1, expectedCols: model.vocabSize,
+                                          rows: logits.rows, cols: logits.cols)
+            }
+            row = 0
+        }
+        return text + decoder.flush()
+    }
+
+    /// Whether greedy output whose bytes so far are `generated` can still end up equal to the answer
+    /// under `matches` (both sides trimmed of whitespace), `target` being the UTF-8 of the trimmed
+    /// answer. Decoding may stop when this is false: every continuation `g + y` then trims to something
+    /// other than the answer, so accuracy is the same as with full decoding.
+    ///
+    /// `g` can still match iff, after dropping its leading whitespace, it is a prefix of `target` or
+    /// `target` followed only by whitespace. The test is made on bytes and only where it is exact; it
+    /// answers true (keep decoding) whenever Unicode could interfere:
+    /// - `target` or `generated` holds a non-ASCII byte (Unicode whitespace is trimmed too, canonical
+    ///   equivalence makes e.g. U+212A equal "K", and an unfinished UTF-8 sequence is not yet a character);
+    /// - `generated` holds an ASCII control byte other than \t \n \v \f \r (to not depend on which
+    ///   of them `CharacterSet.whitespacesAndNewlines` holds).
+    /// Whitespace here is exactly 0x09–0x0D and 0x20, which that set contains.
+    public static func canStillMatch(generated: [UInt8], target: [UInt8]) -> Bool {
+        func isSpace(_ b: UInt8) -> Bool { b == 0x20 || (0x09...0x0D).contains(b) }
+        if target.contains(where: { $0 >= 0x80 }) { return true }
+        if generated.contains(where: { $0 >= 0x7F || ($0 < 0x20 && !isSpace($0)) }) { return true }
+        let lead = generated.drop(while: isSpace)
+        if lead.count <= target.count { return lead.elementsEqual(target.prefix(lead.count)) }
+        return lead.prefix(target.count).elementsEqual(target) && lead.dropFirst(target.count).allSatisfy(isSpace)
     }
 
     /// Exact match after trimming whitespace and newlines on both sides.
@@ -246,10 +339,25 @@ public struct Evaluator {
         var done = 0
         var results: [String: TaskEvalResult] = [:]
         var order: [String] = []
-        for task in tasks {
+        // One session for the whole run; the prompts' common prefix (system message, user-turn
+        // header) is fed once and every example starts by cutting the session back to it.
+        let ids = try tasks.map { t in try t.examples.map { (p: try promptTokens($0.prompt), a: try answerTokens($0.answer)) } }
+        let all = ids.joined()
+        var session: (any InferenceSession)?
+        var shared = 0
+        if let first = all.first {
+            shared = all.map(\.p.count).min()! - 1            // each example keeps ≥ 1 prompt token of its own
+            for e in all.dropFirst() {
+                shared = min(shared, zip(first.p, e.p).prefix { $0 == $1 }.count)
+            }
+            let s = try model.makeSession(maxTokens: all.map { capacity($0.p, $0.a) }.max()!)
+            if shared > 0 { _ = try s.feed(Array(first.p[..<shared]), logitsFrom: shared - 1) }
+            session = s
+        }
+        for (ti, task) in tasks.enumerated() {
             var nll = 0.0, tokens = 0, correct = 0
             for (i, ex) in task.examples.enumerated() {
-                let s = try score(ex, task: task.name)
+                let s = try score(ex, p: ids[ti][i].p, a: ids[ti][i].a, session: session!, cached: shared, task: task.name)
                 nll += s.nll
                 tokens += s.tokens
                 if s.correct == true { correct += 1 }

@@ -6,8 +6,18 @@ public protocol InferenceSession: AnyObject {
     /// Feeds `tokens` after those already fed and returns their logits, (T, vocab).
     /// Prompt tokens are processed as one batch.
     func feed(_ tokens: [Int]) throws -> Matrix
+    /// As `feed`, returning only the logits of rows `first..<tokens.count`, (T − first, vocab).
+    /// Scoring an answer needs no logits for the prompt's rows, and the head (vocab × hidden per
+    /// row: 28 M of SmolLM2's 135 M multiply-adds per token) is a large share of a small model's work.
+    /// The default computes every row and drops the first ones.
+    func feed(_ tokens: [Int], logitsFrom first: Int) throws -> Matrix
     /// Forgets every fed token, keeping the allocated cache.
     func reset()
+    /// Forgets the tokens fed after the first `position` ones (0 ≤ position ≤ `self.position`), so
+    /// the next `feed` continues from there. Lets a caller branch off a teacher-forced pass: the
+    /// evaluator scores prompt + answer in one batch, then cuts back to where greedy decoding
+    /// leaves the answer instead of feeding the prompt again.
+    func truncate(to position: Int)
 }
 
 public protocol CausalLM: AnyObject {
@@ -15,4 +25,12 @@ public protocol CausalLM: AnyObject {
     var tokenizer: BPETokenizer { get }
     /// A new sequence able to hold up to `maxTokens` tokens.
     func makeSession(maxTokens: Int) throws -> any InferenceSession
+}
+
+extension InferenceSession {
+    public func feed(_ tokens: [Int], logitsFrom first: Int) throws -> Matrix {
+        let all = try feed(tokens)
+        precondition(first >= 0 && first <= all.rows, "logitsFrom \(first) outside 0...\(all.rows)")
+        return Matrix(rows: all.rows - first, cols: all.cols, data: Array(all.data[(first * all.cols)...]))
+    }
 }

@@ -257,6 +257,14 @@ public final class LlamaSession: InferenceSession {
 
     public func reset() { position = 0 }
 
+    /// Moves the position back; the cache rows past it are simply overwritten by later feeds
+    /// (attention only ever reads rows below the current position).
+    public func truncate(to newPosition: Int) {
+        precondition(newPosition >= 0 && newPosition <= position,
+                     "truncate(to: \(newPosition)) outside 0...\(position)")
+        position = newPosition
+    }
+
     public func feed(_ tokens: [Int]) throws -> Matrix {
         try feed(tokens, lastOnly: false)
     }
@@ -264,7 +272,13 @@ public final class LlamaSession: InferenceSession {
     /// As `feed`, returning only the last position's logits (1, V) when `lastOnly`: a prompt then
     /// skips the (T, C)·(C, V) head GEMM for all but one row.
     public func feed(_ tokens: [Int], lastOnly: Bool) throws -> Matrix {
+        try feed(tokens, logitsFrom: lastOnly ? max(tokens.count - 1, 0) : 0)
+    }
+
+    /// As `feed`, computing the head only for rows `first..<T`: logits (T − first, V).
+    public func feed(_ tokens: [Int], logitsFrom first: Int) throws -> Matrix {
         let T = tokens.count
+        precondition(first >= 0 && (first < T || T == 0 && first == 0), "logitsFrom \(first) outside 0..<\(T)")
         if T == 0 { return Matrix(rows: 0, cols: model.vocabSize) }
         guard position + T <= maxTokens else {
             throw ModelError.contextFull(maxTokens: maxTokens, requested: position + T)
@@ -272,10 +286,9 @@ public final class LlamaSession: InferenceSession {
         for t in tokens where t < 0 || t >= model.vocabSize {
             throw ModelError.tokenOutOfRange(token: t, vocabSize: model.vocabSize)
         }
-        let rows = lastOnly ? 1 : T
-        var out = Matrix(rows: rows, cols: model.vocabSize)
+        var out = Matrix(rows: T - first, cols: model.vocabSize)
         out.data.withUnsafeMutableBufferPointer { o in
-            forward(tokens, logits: o.baseAddress!, lastOnly: lastOnly)
+            forward(tokens, logits: o.baseAddress!, first: first)
         }
         position += T
         return out
@@ -283,7 +296,7 @@ public final class LlamaSession: InferenceSession {
 
     // MARK: Forward
 
-    private func forward(_ tokens: [Int], logits: UnsafeMutablePointer<Float>, lastOnly: Bool) {
+    private func forward(_ tokens: [Int], logits: UnsafeMutablePointer<Float>, first: Int) {
         let c = model.config
         let T = tokens.count, C = c.hiddenSize, L = c.numHiddenLayers
         let H = c.numAttentionHeads, Hkv = c.numKeyValueHeads, d = c.headDim, F = c.intermediateSize
@@ -318,7 +331,6 @@ public final class LlamaSession: InferenceSession {
             swiglu(gate, up, count: T * F)                                                          // gate ← silu(gate)·up
             linear(gate, rows: T, id: LlamaWeights.linearID(layer: l, .down), into: x, ld: C, accumulate: true) // x += (T, C)
         }
-        let first = lastOnly ? T - 1 : 0
         let n = T - first
         rmsNorm(x + first * C, weight: model.base.finalNorm, eps: c.rmsNormEps, rows: n, cols: C, into: h)  // (n, C)
         if let rec { rec.save(L, "h_final", h, n * C) }

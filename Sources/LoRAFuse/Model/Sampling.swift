@@ -165,11 +165,12 @@ public struct Generator {
                                   onText: ((String) -> Void)? = nil) throws -> GenerationResult {
         guard !prompt.isEmpty else { throw GenerationError.emptyPrompt }
         let vocab = model.vocabSize
-        var logits = try session.feed(prompt)
-        guard logits.rows == prompt.count, logits.cols == vocab else {
-            throw GenerationError.badLogits(expectedRows: prompt.count, expectedCols: vocab, rows: logits.rows, cols: logits.cols)
+        // Only the last prompt position's logits are needed (the head is skipped for the others).
+        var logits = try session.feed(prompt, logitsFrom: prompt.count - 1)
+        guard logits.rows == 1, logits.cols == vocab else {
+            throw GenerationError.badLogits(expectedRows: 1, expectedCols: vocab, rows: logits.rows, cols: logits.cols)
         }
-        var row = logits.rows - 1
+        var row = 0
         var decoder = model.tokenizer.makeStreamingDecoder(skipSpecial: skipSpecial)
         var tokens: [Int] = []
         var text = ""

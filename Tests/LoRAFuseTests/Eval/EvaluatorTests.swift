@@ -42,12 +42,22 @@ final class EvaluatorTests: XCTestCase {
         XCTAssertEqual(try ev.answerTokens(""), [TinyChat.eot])
         XCTAssertEqual(try ev.endOfTurnId(), 2, "<|im_end|>, not EOS <|endoftext|>")
         // The loss feed is the prompt then the answer tokens without the last (which is only predicted),
-        // in one batch; decoding then feeds the prompt once and one token at a time.
+        // in one batch. Greedy's first token "5" comes from the loss pass's last prompt row; it is not
+        // "1", so without early stop the session is cut back to the prompt and "5" fed alone (the
+        // prompt is never fed twice); with early stop "5" already rules out "12" and nothing is fed.
         let m = arithModel()
-        _ = try Evaluator(model: m).score(EvalExample(prompt: "What is 6+6?", answer: "12"))
+        let full = try Evaluator(model: m, options: EvalOptions(earlyStop: false))
+            .score(EvalExample(prompt: "What is 6+6?", answer: "12"))
         let p = try Evaluator(model: m).promptTokens("What is 6+6?")
-        XCTAssertEqual(m.feeds, [p + [TinyChat.id("1"), TinyChat.id("2")], p, [TinyChat.id("5")]])
-        XCTAssertEqual(m.sessionsMade, 1, "one session per example, reset between loss and decoding")
+        XCTAssertEqual(m.feeds, [p + [TinyChat.id("1"), TinyChat.id("2")], [TinyChat.id("5")]])
+        XCTAssertEqual(m.truncations, [p.count])
+        XCTAssertEqual(full.output, "5")
+        XCTAssertEqual(m.sessionsMade, 1, "one session per example")
+        let m2 = arithModel()
+        let early = try Evaluator(model: m2).score(EvalExample(prompt: "What is 6+6?", answer: "12"))
+        XCTAssertEqual(m2.feeds, [p + [TinyChat.id("1"), TinyChat.id("2")]])
+        XCTAssertEqual(early.output, "5")
+        XCTAssertEqual(early.correct, false)
     }
 
     func testLossPerplexityAccuracyByHand() throws {
@@ -103,23 +113,108 @@ final class EvaluatorTests: XCTestCase {
         let s = try Evaluator(model: m).score(EvalExample(prompt: "What is 2+3?", answer: "5"))
         XCTAssertEqual(s.output, "5")
         XCTAssertEqual(s.correct, true)
-        XCTAssertEqual(m.feeds.count, 3, "loss feed, prompt, then '5'; the end-of-turn is not fed")
-        XCTAssertEqual(m.feeds[2], [TinyChat.id("5")])
+        // Greedy follows the answer's tokens "5", end-of-turn: both come from the loss pass's rows.
+        XCTAssertEqual(m.feeds.count, 1, "only the loss feed; a right answer costs no decoding pass")
+        XCTAssertEqual(m.truncations, [])
     }
 
     func testGreedyStopsAfter32Tokens() throws {
         let a = TinyChat.id("a")
         let m = FakeBigramModel(next: [TinyChat.id("Ċ"): a, a: a], boost: c)
-        let s = try Evaluator(model: m).score(EvalExample(prompt: "Go", answer: "a"))
+        let s = try Evaluator(model: m, options: EvalOptions(earlyStop: false)).score(EvalExample(prompt: "Go", answer: "a"))
         XCTAssertEqual(s.output, String(repeating: "a", count: 32))
         XCTAssertEqual(s.correct, false)
-        // One loss feed, the prompt, then 31 single tokens (the 32nd is never fed).
-        XCTAssertEqual(m.feeds.count, 1 + 1 + 31)
-        XCTAssertTrue(m.feeds[2...].allSatisfy { $0 == [a] })
+        // One loss feed of p + "a"; tokens 1 and 2 come from its rows; tokens 2…31 are fed one at a
+        // time (the 32nd is never fed).
+        XCTAssertEqual(m.feeds.count, 1 + 30)
+        XCTAssertTrue(m.feeds[1...].allSatisfy { $0 == [a] })
+        // Early stop: "aa" can no longer trim to "a"; same verdict, no decoding pass.
+        let m2 = FakeBigramModel(next: [TinyChat.id("Ċ"): a, a: a], boost: c)
+        let e = try Evaluator(model: m2).score(EvalExample(prompt: "Go", answer: "a"))
+        XCTAssertEqual(e.output, "aa")
+        XCTAssertEqual(e.correct, false)
+        XCTAssertEqual(m2.feeds.count, 1)
         // The limit is an option.
         let short = try Evaluator(model: m, options: EvalOptions(maxNewTokens: 3)).score(EvalExample(prompt: "Go", answer: "aaa"))
         XCTAssertEqual(short.output, "aaa")
         XCTAssertEqual(short.correct, true)
+    }
+
+    func testEvaluateFeedsTheCommonPromptPrefixOnce() throws {
+        let m = arithModel()
+        let ev = Evaluator(model: m, options: EvalOptions(earlyStop: false))
+        let report = try ev.evaluate([arith, spaced])
+        let ps = try (arith.examples + spaced.examples).map { try ev.promptTokens($0.prompt) }
+        let shared = zip(ps[0], ps[3]).prefix { $0 == $1 }.count
+        XCTAssertGreaterThan(shared, 10, "system message and user header")
+        XCTAssertEqual(m.sessionsMade, 1)
+        XCTAssertEqual(m.feeds[0], Array(ps[0][..<shared]), "the prefix is fed first, once")
+        XCTAssertFalse(m.feeds.dropFirst().contains { Array($0.prefix(shared)) == Array(ps[0][..<shared]) })
+        XCTAssertTrue(m.truncations.contains(shared))
+        // Same numbers as scoring each example on its own session.
+        let alone = try (arith.examples).map { try ev.score($0) }
+        XCTAssertEqual(try XCTUnwrap(report.tasks["arith"]).loss, alone.map(\.nll).reduce(0, +) / 7, accuracy: 1e-12)
+        XCTAssertEqual(report.tasks["arith"]?.accuracy, 1.0 / 3.0)
+    }
+
+    func testCanStillMatch() {
+        func ok(_ g: String, _ t: String) -> Bool { Evaluator.canStillMatch(generated: Array(g.utf8), target: Array(t.utf8)) }
+        XCTAssertTrue(ok("", "12"))
+        XCTAssertTrue(ok(" \n", "12"))
+        XCTAssertTrue(ok(" 1", "12"))
+        XCTAssertTrue(ok("12", "12"))
+        XCTAssertTrue(ok("\t12 \n", "12"))
+        XCTAssertFalse(ok("13", "12"))
+        XCTAssertFalse(ok("123", "12"))
+        XCTAssertFalse(ok("12 3", "12"))
+        XCTAssertFalse(ok("1 ", "12"), "inner whitespace is not trimmed")
+        XCTAssertTrue(ok("1 ", "1 2"))
+        // Unicode could still trim or compare equal: keep decoding.
+        XCTAssertTrue(ok("\u{A0}12", "12"), "no-break space is trimmed by matches")
+        XCTAssertTrue(ok("\u{212A}", "K"), "Kelvin sign equals K canonically")
+        XCTAssertTrue(ok("x", "é"))
+        XCTAssertTrue(ok("1\u{1F}", "12"))
+        XCTAssertTrue(Evaluator.canStillMatch(generated: [0x31, 0xC2], target: Array("12".utf8)), "unfinished UTF-8")
+        // The claims behind it, checked against `matches` itself.
+        XCTAssertTrue(Evaluator.matches("\u{A0}12", "12"))
+        XCTAssertTrue(Evaluator.matches("\u{212A}", "K"))
+        XCTAssertTrue(Evaluator.matches("\u{0B}\u{0C}12\r", "12"))
+    }
+
+    /// Early stop never changes a verdict: random bigram models and answers that are right, prefixes,
+    /// extensions, with whitespace around or inside, or unrelated; every example is scored with and
+    /// without early stop and must get the same `correct`, the early output being a prefix of the full one.
+    func testEarlyStopKeepsAccuracyOfFullDecoding() throws {
+        var rng = SeededRNG(seed: 7)
+        let alphabet = ["1", "2", "3", "a", "b", "Ġ", "Ċ"].map(TinyChat.id)
+        func pick(_ n: Int) -> Int { Int(rng.next() % UInt64(n)) }
+        var checked = 0, differentFeeds = 0
+        for _ in 0..<40 {
+            var next: [Int: Int] = [:]
+            for t in alphabet + [TinyChat.id("Ċ")] {
+                next[t] = pick(5) == 0 ? TinyChat.eot : alphabet[pick(alphabet.count)]
+            }
+            let probe = FakeBigramModel(next: next, boost: c)
+            let out = try XCTUnwrap(Evaluator(model: probe, options: EvalOptions(maxNewTokens: 8, earlyStop: false))
+                .score(EvalExample(prompt: "q", answer: "")).output)
+            var answers = [out, " " + out + " ", out + "\n", String(out.prefix(1)), out + "1", "12", "a b", "", " "]
+            let pieces = ["1", "2", "a", "b", " "]
+            answers.append((0..<3).map { _ in pieces[pick(pieces.count)] }.joined())
+            for ans in answers {
+                let ex = EvalExample(prompt: "q", answer: ans)
+                let mf = FakeBigramModel(next: next, boost: c), me = FakeBigramModel(next: next, boost: c)
+                let full = try Evaluator(model: mf, options: EvalOptions(maxNewTokens: 8, earlyStop: false)).score(ex)
+                let early = try Evaluator(model: me, options: EvalOptions(maxNewTokens: 8)).score(ex)
+                XCTAssertEqual(early.correct, full.correct, "answer \(ans.debugDescription), full output \(full.output!.debugDescription)")
+                XCTAssertTrue(full.output!.hasPrefix(early.output!))
+                XCTAssertEqual(early.nll, full.nll)
+                XCTAssertLessThanOrEqual(me.feeds.count, mf.feeds.count)
+                if me.feeds.count < mf.feeds.count { differentFeeds += 1 }
+                checked += 1
+            }
+        }
+        XCTAssertEqual(checked, 400)
+        XCTAssertGreaterThan(differentFeeds, 50, "early stop saved passes on many examples")
     }
 
     func testStableNegativeLogLikelihood() {

@@ -37,6 +37,8 @@ final class FakeBigramModel: CausalLM {
     /// Every `feed` call of every session, in order.
     var feeds: [[Int]] = []
     var sessionsMade = 0
+    /// Every `truncate(to:)` call of every session, in order.
+    var truncations: [Int] = []
 
     init(tokenizer: BPETokenizer = TinyChat.tokenizer, next: [Int: Int], boost: Float) {
         self.tokenizer = tokenizer
@@ -79,5 +81,11 @@ final class FakeBigramModel: CausalLM {
         }
 
         func reset() { position = 0 }
+
+        func truncate(to newPosition: Int) {
+            precondition(newPosition >= 0 && newPosition <= position)
+            model.truncations.append(newPosition)
+            position = newPosition
+        }
     }
 }

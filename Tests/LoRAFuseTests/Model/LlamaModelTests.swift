@@ -103,6 +103,18 @@ final class LlamaModelTests: XCTestCase {
             let ls = try m.makeLlamaSession(maxTokens: 16)
             let last = try ls.feed(tokens, lastOnly: true)
             assertClose(last, ref.rows((tokens.count - 1)..<tokens.count), tinyTol, "lastOnly, qwen=\(qwen)")
+
+            // logitsFrom: only rows first..<T, through the protocol too.
+            s.reset()
+            assertClose(try s.feed(tokens, logitsFrom: 4), ref.rows(4..<tokens.count), tinyTol, "logitsFrom, qwen=\(qwen)")
+
+            // truncate(to:): branch off after 5 tokens; the stale cache rows past 5 are overwritten.
+            let other = [7, 7, 30]
+            s.truncate(to: 5)
+            XCTAssertEqual(s.position, 5)
+            let branched = try s.feed(other)
+            let refOther = LlamaReference.logits(m, tokens: Array(tokens[0..<5]) + other)
+            assertClose(branched, refOther.rows(5..<8), tinyTol, "after truncate, qwen=\(qwen)")
         }
     }
 

@@ -1,0 +1,249 @@
+import ArgumentParser
+import Foundation
+import LoRAFuse
+
+/// The inference engine against PyTorch transformers (float32, same GGUF dequantized, same thread
+/// count, same token ids): prompt processing, decoding, the eval loss pass and peak RSS.
+/// The peer is scripts/bench_torch_model.py (its doc says exactly what it times); this side times
+/// the same things on `LlamaSession` / `Evaluator`:
+/// - prompt processing: `feed(ppIds, lastOnly: true)` on a fresh session (HF: logits_to_keep=1);
+/// - decode: the prompt fed untimed, then `decodeTokens` one-token feeds with greedy argmax;
+/// - eval: `Evaluator` with accuracy off over the task (one teacher-forced batch per example);
+/// each timed part is run once to warm up, then the best of `repeats` is kept (eval: one timed pass).
+/// Each side runs in its own process, so each peak RSS (ru_maxrss) is its own, model loading included.
+struct ModelBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "model",
+        abstract: "SmolLM2 inference: lorafuse against PyTorch transformers (float32) on the same GGUF.")
+
+    @Option(help: "The GGUF model (default: the one scripts/setup.sh fetches).")
+    var model: String = ModelLocator.defaultModelPath()
+    @Option(help: "Threads for BLAS and torch.")
+    var threads: Int = 2
+    @Option(help: "Prompt-processing length in tokens.")
+    var ppTokens: Int = 512
+    @Option(help: "Decode prompt length in tokens.")
+    var decodePrompt: Int = 64
+    @Option(help: "Greedy tokens to decode.")
+    var decodeTokens: Int = 128
+    @Option(help: "Timed repetitions (best kept) after a warm-up.")
+    var repeats: Int = 3
+    @Option(help: "Task file for the eval throughput.")
+    var task: String = "tasks/add_2digit.test.jsonl"
+    @Option(help: "Python with torch and transformers (the peers' venv).")
+    var python: String = ProcessInfo.processInfo.environment["LORAFUSE_PEERS_PYTHON"] ?? "/root/peers/bin/python"
+    @Option(help: "Where to write the results (JSON; a Markdown twin beside it).")
+    var results: String = "Benchmarks/results/model.json"
+    @Option(help: "Directory for the generated inputs.")
+    var work: String = NSTemporaryDirectory() + "lorafuse-model-bench"
+    @Flag(help: "Run lorafuse only (no results written).")
+    var skipPeer = false
+    @Flag(help: "Also time `eval` with accuracy (greedy decoding) on the lorafuse side.")
+    var withAccuracy = false
+
+    /// A fixed English text: its first `ppTokens` ids are the prompt on both sides.
+    static let text = """
+    The history of computing is a story of ideas that were first thought impossible. Early machines \
+    filled whole rooms, consumed enormous amounts of power and could only perform a handful of \
+    operations each second. Engineers wrote programs by rewiring panels and flipping switches, and a \
+    single mistake could cost a day of work. Over the following decades transistors replaced vacuum \
+    tubes, integrated circuits replaced individual transistors, and the number of components on a chip \
+    doubled again and again. Programming languages grew from raw machine code to assemblers, then to \
+    compilers that let people describe what they wanted in something closer to mathematics or plain \
+    language. Networks connected universities, then businesses, then homes, and information began to \
+    move faster than anyone had predicted. Today a phone in a pocket holds more computing power than \
+    all the machines of the nineteen sixties combined, and researchers train language models that can \
+    summarize books, translate between dozens of languages and answer questions about almost anything. \
+    Yet the basic ideas remain: store numbers, combine them with simple rules, and repeat those rules \
+    very many times, very quickly.
+    """
+
+    func run() throws {
+        BLAS.setThreadCount(threads)
+        let loadBefore = loadAverage()
+        FileHandle.standardError.write(Data("lorafuse: loading \(model)…\n".utf8))
+        let t0 = Date()
+        let lm = try LlamaModel.load(path: model)
+        let loadSeconds = Date().timeIntervalSince(t0)
+
+        var textIds: [Int] = []
+        while textIds.count < max(ppTokens, decodePrompt) { textIds += lm.tokenizer.encode(Self.text + " ") }
+        let ppIds = Array(textIds.prefix(ppTokens)), promptIds = Array(textIds.prefix(decodePrompt))
+        let evalTask = try TaskData.read(path: task)
+        let ev = Evaluator(model: lm, options: EvalOptions(computeAccuracy: false))
+        let evalIds = try evalTask.examples.map { (p: try ev.promptTokens($0.prompt), a: try ev.answerTokens($0.answer)) }
+
+        // Inputs for the peer: the very same ids.
+        try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+        let inputs: [String: Any] = [
+            "model": (model as NSString).standardizingPath, "threads": threads, "repeats": repeats,
+            "pp_ids": ppIds, "decode_prompt": promptIds, "decode_tokens": decodeTokens,
+            "eval": evalIds.map { ["prompt_ids": $0.p, "answer_ids": $0.a] },
+        ]
+        let inputsPath = work + "/inputs.json"
+        try JSONSerialization.data(withJSONObject: inputs).write(to: URL(fileURLWithPath: inputsPath))
+
+        var ours = SideResult()
+        ours.load_seconds = loadSeconds
+        // Prompt processing.
+        let pp = try lm.makeLlamaSession(maxTokens: ppTokens)
+        func timePP() throws -> Double {
+            pp.reset()
+            let t = Date()
+            _ = try pp.feed(ppIds, lastOnly: true)
+            return Date().timeIntervalSince(t)
+        }
+        FileHandle.standardError.write(Data("lorafuse: prompt processing…\n".utf8))
+        _ = try timePP()
+        ours.pp_seconds = try (0..<repeats).map { _ in try timePP() }.min()!
+        ours.pp_tokens_per_s = Double(ppTokens) / ours.pp_seconds
+
+        // Decode.
+        let dec = try lm.makeLlamaSession(maxTokens: decodePrompt + decodeTokens + 1)
+        func decode(_ steps: Int) throws -> (Double, [Int]) {
+            dec.reset()
+            var logits = try dec.feed(promptIds, lastOnly: true)
+            var next = Sampler.argmax(logits.row(0))
+            var got = [next]
+            let t = Date()
+            for _ in 0..<steps {
+                logits = try dec.feed([next], lastOnly: true)
+                next = Sampler.argmax(logits.row(0))
+                got.append(next)
+            }
+            return (Date().timeIntervalSince(t), got)
+        }
+        FileHandle.standardError.write(Data("lorafuse: decode…\n".utf8))
+        _ = try decode(8)
+        let runs = try (0..<repeats).map { _ in try decode(decodeTokens) }
+        ours.decode_seconds = runs.map(\.0).min()!
+        ours.decode_tokens_per_s = Double(decodeTokens) / ours.decode_seconds
+        ours.decode_ids = runs[0].1
+
+        // Eval loss pass.
+        FileHandle.standardError.write(Data("lorafuse: eval loss pass…\n".utf8))
+        for ex in evalTask.examples.prefix(2) { _ = try ev.score(ex) }
+        let te = Date()
+        let report = try ev.evaluate(evalTask)
+        ours.eval_seconds = Date().timeIntervalSince(te)
+        let fedTokens = evalIds.reduce(0) { $0 + $1.p.count + $1.a.count - 1 }
+        ours.eval_examples_per_s = Double(evalIds.count) / ours.eval_seconds
+        ours.eval_tokens_per_s = Double(fedTokens) / ours.eval_seconds
+        ours.eval_loss = report.loss
+        ours.peak_rss_mb = peakRSSMB()
+
+        var accuracyRun: AccuracyRun?
+        if withAccuracy {
+            FileHandle.standardError.write(Data("lorafuse: eval with accuracy…\n".utf8))
+            let full = Evaluator(model: lm)
+            let ta = Date()
+            let r = try full.evaluate(evalTask)
+            let s = Date().timeIntervalSince(ta)
+            accuracyRun = AccuracyRun(seconds: s, examples_per_s: Double(evalIds.count) / s,
+                                      accuracy: r.accuracy ?? .nan)
+        }
+
+        var peer: SideResult?
+        var peerVersions = ""
+        if !skipPeer {
+            FileHandle.standardError.write(Data("transformers: same measurements (its own process)…\n".utf8))
+            let out = try runProcess(python, ["scripts/bench_torch_model.py", inputsPath])
+            peer = try JSONDecoder().decode(SideResult.self, from: out)
+            if let o = try JSONSerialization.jsonObject(with: out) as? [String: Any] {
+                peerVersions = "torch \(o["torch_version"] ?? "?"), transformers \(o["transformers_version"] ?? "?")"
+            }
+        }
+        let rep = ModelBenchReport(
+            date: ISO8601DateFormatter().string(from: Date()), machine: machineDescription(), threads: threads,
+            model: (model as NSString).lastPathComponent, load_average_before: loadBefore, load_average_after: loadAverage(),
+            pp_tokens: ppTokens, decode_prompt: decodePrompt, decode_tokens: decodeTokens, task: task,
+            eval_examples: evalIds.count, peer: peerVersions, lorafuse: ours, transformers: peer,
+            lorafuse_eval_with_accuracy: accuracyRun)
+        print(rep.markdown)
+        if !skipPeer {
+            let enc = JSONEncoder()
+            enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+            try FileManager.default.createDirectory(atPath: (results as NSString).deletingLastPathComponent,
+                                                    withIntermediateDirectories: true)
+            try enc.encode(rep).write(to: URL(fileURLWithPath: results))
+            try rep.markdown.write(toFile: (results as NSString).deletingPathExtension + ".md", atomically: true, encoding: .utf8)
+            FileHandle.standardError.write(Data("wrote \(results)\n".utf8))
+        }
+    }
+}
+
+/// The 1-, 5- and 15-minute load averages (the machine is shared; numbers depend on it).
+func loadAverage() -> String {
+    (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))
+        .map { $0.split(separator: " ").prefix(3).joined(separator: " ") } ?? "unknown"
+}
+
+struct SideResult: Codable {
+    var load_seconds = 0.0
+    var pp_seconds = 0.0
+    var pp_tokens_per_s = 0.0
+    var decode_seconds = 0.0
+    var decode_tokens_per_s = 0.0
+    var decode_ids: [Int] = []
+    var decode_method: String? = "LlamaSession.feed of one token at a time (KV cache), greedy argmax"
+    var eval_method: String? = "Evaluator, accuracy off: common prompt prefix fed once, truncate(to:) per example, head on answer rows only"
+    var eval_seconds = 0.0
+    var eval_examples_per_s = 0.0
+    var eval_tokens_per_s = 0.0
+    var eval_loss = 0.0
+    var peak_rss_mb = 0.0
+}
+
+struct AccuracyRun: Codable {
+    var seconds: Double
+    var examples_per_s: Double
+    var accuracy: Double
+}
+
+struct ModelBenchReport: Codable {
+    var date: String
+    var machine: String
+    var threads: Int
+    var model: String
+    var load_average_before: String
+    var load_average_after: String
+    var pp_tokens: Int
+    var decode_prompt: Int
+    var decode_tokens: Int
+    var task: String
+    var eval_examples: Int
+    var peer: String
+    var lorafuse: SideResult
+    var transformers: SideResult?
+    var lorafuse_eval_with_accuracy: AccuracyRun?
+
+    var markdown: String {
+        func f(_ x: Double?, _ fmt: String) -> String { x.map { String(format: fmt, $0) } ?? "—" }
+        var s = "\(model), float32 · \(date) · \(machine) · \(threads) threads · \(peer.isEmpty ? "no peer run" : peer)\n"
+        s += "load average before / after: \(load_average_before) / \(load_average_after)\n\n"
+        s += "| measure | lorafuse | transformers | ratio (higher = lorafuse better) |\n|---|---:|---:|---:|\n"
+        let o = lorafuse, p = transformers
+        func row(_ name: String, _ a: Double, _ b: Double?, _ fmt: String, higherBetter: Bool = true) {
+            let r = b.map { higherBetter ? a / $0 : $0 / a }
+            s += "| \(name) | \(f(a, fmt)) | \(f(b, fmt)) | \(f(r, "%.2f×")) |\n"
+        }
+        row("prompt processing, \(pp_tokens) tokens (tokens/s)", o.pp_tokens_per_s, p?.pp_tokens_per_s, "%.1f")
+        row("decode, \(decode_tokens) tokens after \(decode_prompt) (tokens/s)", o.decode_tokens_per_s, p?.decode_tokens_per_s, "%.2f")
+        row("eval loss pass, \(eval_examples) examples (examples/s)", o.eval_examples_per_s, p?.eval_examples_per_s, "%.2f")
+        row("eval loss pass (tokens/s)", o.eval_tokens_per_s, p?.eval_tokens_per_s, "%.1f")
+        row("peak RSS (MB; ratio = transformers / lorafuse)", o.peak_rss_mb, p?.peak_rss_mb, "%.0f", higherBetter: false)
+        row("model load (s; ratio = transformers / lorafuse)", o.load_seconds, p?.load_seconds, "%.2f", higherBetter: false)
+        s += "\n"
+        if let p {
+            let same = zip(o.decode_ids, p.decode_ids).prefix { $0 == $1 }.count
+            s += "Decode: the first \(same) of \(o.decode_ids.count) greedy ids agree. "
+            s += "Eval loss on \(task): lorafuse \(f(o.eval_loss, "%.5f")), transformers \(f(p.eval_loss, "%.5f")).\n"
+            s += "transformers decode: \(p.decode_method ?? "?"); eval: \(p.eval_method ?? "?").\n"
+            s += "lorafuse eval: \(o.eval_method ?? "?").\n"
+        }
+        if let a = lorafuse_eval_with_accuracy {
+            s += "lorafuse `eval` with accuracy (greedy, early stop): \(f(a.examples_per_s, "%.2f")) examples/s, accuracy \(f(a.accuracy, "%.3f")).\n"
+        }
+        return s
+    }
+}
