@@ -39,9 +39,10 @@ func currentRSSMB() -> Double {
     return peakRSSMB()
 }
 
-/// The 1-minute load average: benchmarks record it because this machine is sometimes shared.
+/// The 1/5/15-minute load averages: benchmarks record them because this machine is sometimes shared.
 func loadAverage() -> String {
-    (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.split(separator: " ").first.map(String.init) ?? "n/a"
+    (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))
+        .map { $0.split(separator: " ").prefix(3).joined(separator: " ") } ?? "unknown"
 }
 
 func machineDescription() -> String {

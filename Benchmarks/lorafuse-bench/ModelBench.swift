@@ -173,11 +173,6 @@ struct ModelBench: ParsableCommand {
 }
 
 /// The 1-, 5- and 15-minute load averages (the machine is shared; numbers depend on it).
-func loadAverage() -> String {
-    (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))
-        .map { $0.split(separator: " ").prefix(3).joined(separator: " ") } ?? "unknown"
-}
-
 struct SideResult: Codable {
     var load_seconds = 0.0
     var pp_seconds = 0.0
