@@ -22,9 +22,12 @@ final class CLITests: XCTestCase {
 
     struct Run { var code: Int32; var stdout: String; var stderr: String }
 
-    func run(_ args: [String]) throws -> Run {
+    func run(_ args: [String]) throws -> Run { try Self.run(args) }
+
+    /// Runs the binary with `args` and collects its exit code and output (shared with other CLI tests).
+    static func run(_ args: [String]) throws -> Run {
         let p = Process()
-        p.executableURL = Self.binary
+        p.executableURL = binary
         p.arguments = args
         let out = Pipe(), err = Pipe()
         p.standardOutput = out

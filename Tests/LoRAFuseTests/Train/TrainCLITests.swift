@@ -5,19 +5,7 @@ import XCTest
 /// `lorafuse train` end to end on the real SmolLM2 model (2 tiny steps): outputs, checkpoints, and
 /// that the loss before training equals `lorafuse eval`'s (B = 0 at init, so the adapter is a no-op).
 final class TrainCLITests: XCTestCase {
-    private func run(_ args: [String]) throws -> (code: Int32, stdout: String, stderr: String) {
-        let p = Process()
-        p.executableURL = CLITests.binary
-        p.arguments = args
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let o = out.fileHandleForReading.readDataToEndOfFile()
-        let e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
-    }
+    private func run(_ args: [String]) throws -> CLITests.Run { try CLITests.run(args) }
 
     func testTrainWritesAdapterCurveAndCheckpoints() throws {
         let modelPath = ModelLocator.defaultModelPath()
