@@ -67,16 +67,9 @@ struct ExtractLoRA: ParsableCommand {
         let t = targets.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } }
         let bar = ProgressBar(total: 1, label: "extract-lora", enabled: !compute.quiet)
         let start = Date()
-        let res = try LoRAExtraction.extract(base: base, tuned: tuned, options: .init(rule: rule, targets: t, seed: seed) { d, n in
-            bar.update(d, total: n)
-        })
-        guard !res.adapter.modules.isEmpty else {
-            throw CheckpointError.unsupported(what: tuned, reason: "every targeted weight equals the base's; there is no LoRA to extract")
-        }
-        var hints = try out.hints()
-        if hints.heads == nil, let h = try? ModelHints.load(path: base) { hints = h }  // the base's own config
-        try AdapterIO.write(res.adapter, to: output, format: out.format, dtype: dtype.flatMap { DType(name: $0) } ?? res.adapter.sourceDType,
-                            hints: hints, protecting: [base, tuned])
+        let res = try LoRAExtraction.extract(base: base, tuned: tuned, output: output, format: out.format,
+                                             dtype: dtype.flatMap { DType(name: $0) }, hints: try out.hints(),
+                                             options: .init(rule: rule, targets: t, seed: seed) { d, n in bar.update(d, total: n) })
         let summary = Summary(output: output, modules: res.modules, skipped: res.skipped, seconds: Date().timeIntervalSince(start))
         if json { try printJSON(summary); return }
         let w = min(max(res.modules.map(\.tensor.count).max() ?? 6, 6), 64)

@@ -36,7 +36,7 @@ public struct BreadcrumbsFusion: FusionMethod {
     }
 
     public func combineDense(_ deltas: [Matrix], weights: [Float]) -> Matrix {
-        let kept = DenseMerge.concurrentMap(deltas) { DenseMerge.breadcrumbs($0, density: density, gamma: gamma) }
+        let kept = Parallel.map(deltas) { DenseMerge.breadcrumbs($0, density: density, gamma: gamma) }
         switch mode {
         case .linear: return DenseMerge.weightedSum(kept, weights: weights, normalize: normalize)
         case .ties: return DenseMerge.disjointMerge(kept, weights: weights, consensus: consensus)

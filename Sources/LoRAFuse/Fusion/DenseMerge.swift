@@ -215,11 +215,6 @@ public enum DenseMerge {
 
     // MARK: Sparsifiers
 
-    /// `deltas.map(transform)` with the tasks spread over the cores: each task's magnitude
-    /// selection is independent and single-threaded, and dominates the dense methods' time.
-    public static func concurrentMap(_ deltas: [Matrix], _ transform: @Sendable (Matrix) -> Matrix) -> [Matrix] {
-        Parallel.map(deltas, transform)
-    }
 
     /// Number of entries a magnitude pruning keeps: ⌊density·n⌋, computed in Double like PEFT's
     /// and mergekit's `int(density * numel)`, so the two agree on the count.

@@ -22,7 +22,7 @@ public struct MagnitudePruneFusion: FusionMethod {
     }
 
     public func combineDense(_ deltas: [Matrix], weights: [Float]) -> Matrix {
-        let trimmed = DenseMerge.concurrentMap(deltas) { DenseMerge.trimToTop($0, density: density) }
+        let trimmed = Parallel.map(deltas) { DenseMerge.trimToTop($0, density: density) }
         return DenseMerge.weightedSum(trimmed, weights: weights, normalize: normalize)
     }
 

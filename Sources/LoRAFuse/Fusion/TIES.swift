@@ -44,7 +44,7 @@ public struct TIESFusion: FusionMethod {
 
     /// The dense TIES combination of unweighted task deltas τ_i (all of one shape).
     public func combineDense(_ deltas: [Matrix], weights: [Float]) -> Matrix {
-        let trimmed = DenseMerge.concurrentMap(deltas) { DenseMerge.trimToTop($0, density: density) }
+        let trimmed = Parallel.map(deltas) { DenseMerge.trimToTop($0, density: density) }
         return DenseMerge.disjointMerge(trimmed, weights: weights, consensus: consensus)
     }
 

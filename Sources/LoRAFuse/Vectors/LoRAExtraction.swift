@@ -189,15 +189,19 @@ public enum LoRAExtraction {
         return (LoRAModule(A: A, B: B, scale: 1), report(r, kept, useRandom ? "randomized" : "svd"))
     }
 
-    /// Extracts and writes a PEFT adapter directory.
+    /// Extracts and writes the adapter in `format` (PEFT by default). `hints` serve the GGUF writer
+    /// (architecture and q/k head counts); when they lack head counts, the base's own config is used.
     @discardableResult
-    public static func extract(base: String, tuned: String, output: String, dtype: DType? = nil,
-                               options: Options) throws -> Result {
+    public static func extract(base: String, tuned: String, output: String, format: AdapterFormat = .peft,
+                               dtype: DType? = nil, hints: ModelHints = ModelHints(), options: Options) throws -> Result {
         let res = try extract(base: base, tuned: tuned, options: options)
         guard !res.adapter.modules.isEmpty else {
             throw CheckpointError.unsupported(what: tuned, reason: "every targeted weight equals the base's; there is no LoRA to extract")
         }
-        try AdapterIO.write(res.adapter, to: output, format: .peft, dtype: dtype ?? res.adapter.sourceDType, protecting: [base, tuned])
+        var h = hints
+        if h.heads == nil, let fromBase = try? ModelHints.load(path: base) { h = fromBase }
+        try AdapterIO.write(res.adapter, to: output, format: format, dtype: dtype ?? res.adapter.sourceDType,
+                            hints: h, protecting: [base, tuned])
         return res
     }
 }
