@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 export PATH := /opt/swift/usr/bin:$(PATH)
 
-.PHONY: demo test build bench setup clean
+.PHONY: demo test build bench setup clean adapters
 
 setup:
 	bash scripts/setup.sh
@@ -23,3 +23,7 @@ bench: build
 
 clean:
 	rm -rf .build out
+
+adapters:
+	swift build -c release
+	bash scripts/train_adapters.sh

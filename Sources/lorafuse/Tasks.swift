@@ -6,7 +6,7 @@ import LoRAFuse
 struct Tasks: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Work with the built-in multi-task suite.",
-        subcommands: [TasksGenerate.self]
+        subcommands: [TasksGenerate.self, TasksExperts.self]
     )
 }
 
@@ -75,5 +75,63 @@ struct TasksGenerate: ParsableCommand {
                 print("  \(t.name): train \(n), val \(val), test \(test)\(t.longTailed ? " (long-tailed)" : "")")
             }
         }
+    }
+}
+
+struct TasksExperts: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "experts",
+        abstract: "Score each task's adapter against the base model on that task's held-out split.",
+        discussion: """
+        For every <task>.<split>.jsonl in --tasks that has an adapter folder --adapters/<task>/, evaluates \
+        the base model on all of them (loss, accuracy as `lorafuse eval`), then each adapter on its own task. \
+        An adapter is "clearly better" when its loss is at most half the base's and its accuracy is higher. \
+        With --manifest, also writes a JSON manifest: each adapter's training.json (how it was made), its \
+        file size and these results.
+        """
+    )
+
+    @Option(name: .long, help: "Model GGUF file or HF directory (default: the SmolLM2-135M-Instruct model in $LORAFUSE_HOME/models).")
+    var model: String?
+    @Option(name: .long, help: "Task folder with <task>.<split>.jsonl files.") var tasks = "tasks"
+    @Option(name: .long, help: "Folder with one PEFT adapter folder per task, named after the task.") var adapters = "adapters"
+    @Option(name: .long, help: "Which split to score (test or val).") var split = "test"
+    @Option(name: .long, help: "Only the first N examples of each task (default: all).") var limit: Int?
+    @Option(name: [.short, .customLong("output")], help: "Write the markdown table to this file (default: print it).")
+    var output: String?
+    @Option(name: .long, help: "Write a manifest JSON of the adapters (training records, sizes, these results) here.")
+    var manifest: String?
+    @Flag(name: .long, help: "Print the results as JSON.") var json = false
+    @OptionGroup var compute: ComputeOptions
+
+    func validate() throws {
+        if let l = limit, l < 1 { throw ValidationError("--limit must be at least 1, got \(l)") }
+    }
+
+    func run() throws {
+        compute.apply()
+        let fm = FileManager.default
+        let names = try fm.contentsOfDirectory(atPath: tasks).filter { $0.hasSuffix(".\(split).jsonl") }
+            .map { String($0.prefix(while: { $0 != "." })) }.sorted()
+        let paired = names.filter { fm.fileExists(atPath: "\(adapters)/\($0)/adapter_config.json") }
+        guard !paired.isEmpty else {
+            throw ValidationError("no task in \(tasks) with a .\(split).jsonl file has an adapter folder in \(adapters)/<task>/")
+        }
+        var evalTasks = try paired.map { try TaskData.read(path: "\(tasks)/\($0).\(split).jsonl") }
+        if let l = limit { for i in evalTasks.indices { evalTasks[i].examples = Array(evalTasks[i].examples.prefix(l)) } }
+        let lm = try loadModel(modelPath: model, adapters: [])
+        let hints = (try? ModelHints.load(path: model ?? ModelLocator.defaultModelPath())) ?? ModelHints()
+        let loaded = try paired.map { try AdapterIO.read(path: "\(adapters)/\($0)", hints: hints) }
+        let bar = ProgressBar(total: 2 * evalTasks.reduce(0) { $0 + $1.examples.count }, label: "experts", enabled: !compute.quiet)
+        let table = try ExpertTable.measure(model: lm, tasks: evalTasks, adapters: loaded, split: split) { done, _, label in
+            bar.update(done, detail: label)
+        }
+        let md = table.markdown()
+        if let o = output { try md.write(toFile: o, atomically: true, encoding: .utf8) }
+        if let m = manifest {
+            try AdapterManifest.make(table: table, adaptersDir: adapters, model: lm.sourcePath)
+                .json().write(toFile: m, atomically: true, encoding: .utf8)
+        }
+        if json { try printJSON(table) } else if output == nil { print(md) } else { print(md); print("table written to \(output!)") }
     }
 }

@@ -16,8 +16,9 @@ struct Train: ParsableCommand {
         --max-grad-norm, --grad-accum micro-batches of --batch sequences per step.
 
         Writes OUT_DIR/adapter_config.json + adapter_model.safetensors (PEFT), loss.csv (step, lr, \
-        train_loss, val_loss, grad_norm, tokens, seconds), loss.svg, and with --save-every \
-        OUT_DIR/checkpoint-<step>/ (a PEFT adapter + trainer_state.safetensors), keeping the last --keep. \
+        train_loss, val_loss, grad_norm, tokens, seconds), loss.svg, training.json (options, data, base \
+        model, final losses: how the adapter was made), and with --save-every \
+        OUT_DIR/checkpoint-<step>/ (or under --checkpoint-dir) (a PEFT adapter + trainer_state.safetensors), keeping the last --keep. \
         --resume continues from a checkpoint (or the newest one in a folder) with the same options, and \
         gives the same result as an uninterrupted run.
         """
@@ -53,6 +54,8 @@ struct Train: ParsableCommand {
     @Option(name: .customLong("eval-every"), help: "Validation loss every N steps (default: about 10 times per run).") var evalEvery: Int?
     @Option(name: .customLong("save-every"), help: "Checkpoint every N steps (0: none).") var saveEvery = 0
     @Option(name: .long, help: "Checkpoints to keep.") var keep = 2
+    @Option(name: .customLong("checkpoint-dir"), help: "Where checkpoint-<step>/ folders go (default: the output directory).")
+    var checkpointDir: String?
     @Option(name: .long, help: "Adapter weight dtype: f32, bf16 or f16.") var dtype = "f32"
     @Option(name: .long, help: "Resume from a checkpoint-<step> folder, or from the newest checkpoint in a folder.")
     var resume: String?
@@ -100,7 +103,8 @@ struct Train: ParsableCommand {
         bar.update(trainer.step)
         var lastVal: Double?
         var tokens = 0, seconds = 0.0
-        try trainer.run(checkpointDir: output) { row in
+        let started = Date()
+        try trainer.run(checkpointDir: checkpointDir ?? output) { row in
             if let v = row.valLoss { lastVal = v }
             tokens += row.tokens; seconds += row.seconds
             var detail = String(format: "loss %.4f", row.trainLoss)
@@ -112,6 +116,10 @@ struct Train: ParsableCommand {
         try trainer.lossCSV().write(toFile: (output as NSString).appendingPathComponent("loss.csv"), atomically: true, encoding: .utf8)
         try trainer.lossChartSVG().write(toFile: (output as NSString).appendingPathComponent("loss.svg"), atomically: true, encoding: .utf8)
         let done = trainer.step - startStep
+        let record = TrainingRecord(options: o, data: data, val: val, model: lm.sourcePath, examples: trainSeqs.count,
+                                    log: trainer.log, wallSeconds: Date().timeIntervalSince(started), finished: started)
+        try record.json().write(toFile: (output as NSString).appendingPathComponent(TrainingRecord.fileName),
+                                atomically: true, encoding: .utf8)
         var summary = "trained \(done) steps"
         if done > 0 {
             summary += String(format: ": %.3f s/step, %.0f tokens/s", seconds / Double(done), Double(tokens) / max(seconds, 1e-9))
