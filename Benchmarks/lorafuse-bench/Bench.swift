@@ -9,7 +9,7 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lorafuse-bench",
         abstract: "lorafuse benchmarks against their peers.",
-        subcommands: [FusionBench.self, FusionOne.self, VectorBench.self, ModelBench.self]
+        subcommands: [FusionBench.self, FusionOne.self, VectorBench.self, ModelBench.self, TrainBench.self]
     )
 }
 
@@ -54,6 +54,40 @@ func machineDescription() -> String {
     }
     let mem = ProcessInfo.processInfo.physicalMemory / (1 << 30)
     return "\(cpu), \(ProcessInfo.processInfo.activeProcessorCount) cores, \(mem) GiB"
+}
+
+/// The peers' venv python (torch, transformers, peft).
+let defaultPeersPython = ProcessInfo.processInfo.environment["LORAFUSE_PEERS_PYTHON"] ?? "/root/peers/bin/python"
+
+/// A benchmark's results: written as JSON with a Markdown twin beside it.
+protocol BenchReport: Encodable {
+    var markdown: String { get }
+}
+
+extension BenchReport {
+    func write(to results: String) throws {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try FileManager.default.createDirectory(atPath: (results as NSString).deletingLastPathComponent,
+                                                withIntermediateDirectories: true)
+        try enc.encode(self).write(to: URL(fileURLWithPath: results))
+        try markdown.write(toFile: (results as NSString).deletingPathExtension + ".md", atomically: true, encoding: .utf8)
+        FileHandle.standardError.write(Data("wrote \(results)\n".utf8))
+    }
+}
+
+/// Markdown rows "| measure | lorafuse | peer | ratio |", the ratio oriented so that > 1 means
+/// lorafuse is better.
+struct RatioTable {
+    private(set) var text: String
+    init(peer: String) {
+        text = "| measure | lorafuse | \(peer) | ratio (higher = lorafuse better) |\n|---|---:|---:|---:|\n"
+    }
+    static func format(_ x: Double?, _ fmt: String) -> String { x.map { String(format: fmt, $0) } ?? "—" }
+    mutating func row(_ name: String, _ ours: Double, _ peer: Double?, _ fmt: String, higherBetter: Bool = true) {
+        let r = peer.map { higherBetter ? ours / $0 : $0 / ours }
+        text += "| \(name) | \(Self.format(ours, fmt)) | \(Self.format(peer, fmt)) | \(Self.format(r, "%.2f×")) |\n"
+    }
 }
 
 struct BenchModule: Codable { var name: String; var out: Int; var `in`: Int }
@@ -174,7 +208,7 @@ struct FusionBench: ParsableCommand {
     @Option(help: "Methods to run.")
     var methods: String = "svd,cat,ties,dare_ties"
     @Option(help: "Python with torch and peft (the peers' venv).")
-    var python: String = ProcessInfo.processInfo.environment["LORAFUSE_PEERS_PYTHON"] ?? "/root/peers/bin/python"
+    var python: String = defaultPeersPython
     @Option(help: "Directory for the generated inputs.")
     var work: String = NSTemporaryDirectory() + "lorafuse-fusion-bench"
     @Option(help: "Where to write the results (JSON; a Markdown twin beside it).")

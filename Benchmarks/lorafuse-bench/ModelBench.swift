@@ -31,7 +31,7 @@ struct ModelBench: ParsableCommand {
     @Option(help: "Task file for the eval throughput.")
     var task: String = "tasks/add_2digit.test.jsonl"
     @Option(help: "Python with torch and transformers (the peers' venv).")
-    var python: String = ProcessInfo.processInfo.environment["LORAFUSE_PEERS_PYTHON"] ?? "/root/peers/bin/python"
+    var python: String = defaultPeersPython
     @Option(help: "Where to write the results (JSON; a Markdown twin beside it).")
     var results: String = "Benchmarks/results/model.json"
     @Option(help: "Directory for the generated inputs.")
@@ -155,20 +155,12 @@ struct ModelBench: ParsableCommand {
         }
         let rep = ModelBenchReport(
             date: ISO8601DateFormatter().string(from: Date()), machine: machineDescription(), threads: threads,
-            model: (model as NSString).lastPathComponent, load_average_before: loadBefore, load_average_after: loadAverage(),
+            model: (model as NSString).lastPathComponent, blas_core: BLAS.coreName, load_average_before: loadBefore, load_average_after: loadAverage(),
             pp_tokens: ppTokens, decode_prompt: decodePrompt, decode_tokens: decodeTokens, task: task,
             eval_examples: evalIds.count, peer: peerVersions, lorafuse: ours, transformers: peer,
             lorafuse_eval_with_accuracy: accuracyRun)
         print(rep.markdown)
-        if !skipPeer {
-            let enc = JSONEncoder()
-            enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-            try FileManager.default.createDirectory(atPath: (results as NSString).deletingLastPathComponent,
-                                                    withIntermediateDirectories: true)
-            try enc.encode(rep).write(to: URL(fileURLWithPath: results))
-            try rep.markdown.write(toFile: (results as NSString).deletingPathExtension + ".md", atomically: true, encoding: .utf8)
-            FileHandle.standardError.write(Data("wrote \(results)\n".utf8))
-        }
+        if !skipPeer { try rep.write(to: results) }
     }
 }
 
@@ -195,11 +187,12 @@ struct AccuracyRun: Codable {
     var accuracy: Double
 }
 
-struct ModelBenchReport: Codable {
+struct ModelBenchReport: Codable, BenchReport {
     var date: String
     var machine: String
     var threads: Int
     var model: String
+    var blas_core: String?
     var load_average_before: String
     var load_average_after: String
     var pp_tokens: Int
@@ -213,21 +206,19 @@ struct ModelBenchReport: Codable {
     var lorafuse_eval_with_accuracy: AccuracyRun?
 
     var markdown: String {
-        func f(_ x: Double?, _ fmt: String) -> String { x.map { String(format: fmt, $0) } ?? "—" }
-        var s = "\(model), float32 · \(date) · \(machine) · \(threads) threads · \(peer.isEmpty ? "no peer run" : peer)\n"
+        let f = RatioTable.format
+        var s = "\(model), float32 · \(date) · \(machine) · \(threads) threads · \(peer.isEmpty ? "no peer run" : peer)"
+        s += (blas_core.map { " · OpenBLAS kernels: \($0)" } ?? "") + "\n"
         s += "load average before / after: \(load_average_before) / \(load_average_after)\n\n"
-        s += "| measure | lorafuse | transformers | ratio (higher = lorafuse better) |\n|---|---:|---:|---:|\n"
         let o = lorafuse, p = transformers
-        func row(_ name: String, _ a: Double, _ b: Double?, _ fmt: String, higherBetter: Bool = true) {
-            let r = b.map { higherBetter ? a / $0 : $0 / a }
-            s += "| \(name) | \(f(a, fmt)) | \(f(b, fmt)) | \(f(r, "%.2f×")) |\n"
-        }
-        row("prompt processing, \(pp_tokens) tokens (tokens/s)", o.pp_tokens_per_s, p?.pp_tokens_per_s, "%.1f")
-        row("decode, \(decode_tokens) tokens after \(decode_prompt) (tokens/s)", o.decode_tokens_per_s, p?.decode_tokens_per_s, "%.2f")
-        row("eval loss pass, \(eval_examples) examples (examples/s)", o.eval_examples_per_s, p?.eval_examples_per_s, "%.2f")
-        row("eval loss pass (tokens/s)", o.eval_tokens_per_s, p?.eval_tokens_per_s, "%.1f")
-        row("peak RSS (MB; ratio = transformers / lorafuse)", o.peak_rss_mb, p?.peak_rss_mb, "%.0f", higherBetter: false)
-        row("model load (s; ratio = transformers / lorafuse)", o.load_seconds, p?.load_seconds, "%.2f", higherBetter: false)
+        var t = RatioTable(peer: "transformers")
+        t.row("prompt processing, \(pp_tokens) tokens (tokens/s)", o.pp_tokens_per_s, p?.pp_tokens_per_s, "%.1f")
+        t.row("decode, \(decode_tokens) tokens after \(decode_prompt) (tokens/s)", o.decode_tokens_per_s, p?.decode_tokens_per_s, "%.2f")
+        t.row("eval loss pass, \(eval_examples) examples (examples/s)", o.eval_examples_per_s, p?.eval_examples_per_s, "%.2f")
+        t.row("eval loss pass (tokens/s)", o.eval_tokens_per_s, p?.eval_tokens_per_s, "%.1f")
+        t.row("peak RSS (MB; ratio = transformers / lorafuse)", o.peak_rss_mb, p?.peak_rss_mb, "%.0f", higherBetter: false)
+        t.row("model load (s; ratio = transformers / lorafuse)", o.load_seconds, p?.load_seconds, "%.2f", higherBetter: false)
+        s += t.text
         s += "\n"
         if let p {
             let same = zip(o.decode_ids, p.decode_ids).prefix { $0 == $1 }.count

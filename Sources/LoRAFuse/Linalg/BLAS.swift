@@ -84,6 +84,16 @@ public enum BLAS {
         #endif
     }
 
+    /// The kernel family OpenBLAS picked for this CPU ("Haswell", "SkylakeX", …; the environment
+    /// variable OPENBLAS_CORETYPE can force one), or "Accelerate". Benchmarks record it.
+    public static var coreName: String {
+        #if canImport(Accelerate)
+        return "Accelerate"
+        #else
+        return openblas_get_corename().map { String(cString: $0) } ?? "unknown"
+        #endif
+    }
+
     /// Threads the BLAS uses (0: the platform decides, Accelerate).
     public static var threadCount: Int {
         #if canImport(Accelerate)
