@@ -59,6 +59,50 @@ func machineDescription() -> String {
 /// The peers' venv python (torch, transformers, peft).
 let defaultPeersPython = ProcessInfo.processInfo.environment["LORAFUSE_PEERS_PYTHON"] ?? "/root/peers/bin/python"
 
+/// What the SmolLM2 benchmarks against a PyTorch peer share: their options, loading the model,
+/// and running the peer script on an inputs file in its own process.
+struct PeerBenchOptions: ParsableArguments {
+    @Option(help: "The GGUF model (default: the one scripts/setup.sh fetches).")
+    var model: String = ModelLocator.defaultModelPath()
+    @Option(help: "Threads for BLAS and torch.")
+    var threads: Int = 2
+    @Option(help: "Python with torch, transformers and peft (the peers' venv).")
+    var python: String = defaultPeersPython
+    @Flag(help: "Run lorafuse only (no results written).")
+    var skipPeer = false
+
+    func validate() throws {
+        if threads < 1 { throw ValidationError("--threads must be at least 1, got \(threads)") }
+    }
+
+    /// Sets the BLAS threads and loads the model: (model, seconds it took, load average before).
+    func loadModel() throws -> (model: LlamaModel, seconds: Double, loadAverageBefore: String) {
+        BLAS.setThreadCount(threads)
+        let before = loadAverage()
+        FileHandle.standardError.write(Data("lorafuse: loading \(model)…\n".utf8))
+        let t0 = Date()
+        let lm = try LlamaModel.load(path: model)
+        return (lm, Date().timeIntervalSince(t0), before)
+    }
+
+    /// Writes `inputs` (plus the model path and threads) to `<work>/inputs.json`, runs
+    /// `python script inputs.json` unless --skip-peer, and decodes its JSON stdout; the raw object
+    /// comes along for the version fields.
+    func runPeer<T: Decodable>(_ script: String, inputs: [String: Any], work: String, note: String,
+                               as: T.Type) throws -> (result: T, raw: [String: Any])? {
+        try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+        var all = inputs
+        all["model"] = (model as NSString).standardizingPath
+        all["threads"] = threads
+        let path = work + "/inputs.json"
+        try JSONSerialization.data(withJSONObject: all).write(to: URL(fileURLWithPath: path))
+        if skipPeer { return nil }
+        FileHandle.standardError.write(Data("\(note)\n".utf8))
+        let out = try runProcess(python, [script, path])
+        return (try JSONDecoder().decode(T.self, from: out), try JSONSerialization.jsonObject(with: out) as? [String: Any] ?? [:])
+    }
+}
+
 /// A benchmark's results: written as JSON with a Markdown twin beside it.
 protocol BenchReport: Encodable {
     var markdown: String { get }

@@ -12,10 +12,7 @@ struct TrainBench: ParsableCommand {
         commandName: "train",
         abstract: "SmolLM2 LoRA training steps: lorafuse against PEFT + torch (float32) on the same batches.")
 
-    @Option(help: "The GGUF model (default: the one scripts/setup.sh fetches).")
-    var model: String = ModelLocator.defaultModelPath()
-    @Option(help: "Threads for BLAS and torch.")
-    var threads: Int = 2
+    @OptionGroup var peerOptions: PeerBenchOptions
     @Option(help: "Training task (JSONL of prompt/answer).")
     var task: String = "tasks/add_2digit.train.jsonl"
     @Option(help: "Sequences per step.")
@@ -30,17 +27,12 @@ struct TrainBench: ParsableCommand {
     var steps: Int = 10
     @Option(help: "Peak learning rate (cosine schedule over all steps, the same on both sides).")
     var learningRate: Float = 2e-4
-    @Option(help: "Python with torch, transformers and peft (the peers' venv).")
-    var python: String = defaultPeersPython
     @Option(help: "Where to write the results (JSON; a Markdown twin beside it).")
     var results: String = "Benchmarks/results/train.json"
     @Option(help: "Directory for the generated inputs.")
     var work: String = NSTemporaryDirectory() + "lorafuse-train-bench"
-    @Flag(help: "Run lorafuse only (no results written).")
-    var skipPeer = false
 
     func validate() throws {
-        if threads < 1 { throw ValidationError("--threads must be at least 1, got \(threads)") }
         if batch < 1 { throw ValidationError("--batch must be at least 1, got \(batch)") }
         if rank < 1 { throw ValidationError("--rank must be at least 1, got \(rank)") }
         if warmupSteps < 0 { throw ValidationError("--warmup-steps must be at least 0, got \(warmupSteps)") }
@@ -48,12 +40,7 @@ struct TrainBench: ParsableCommand {
     }
 
     func run() throws {
-        BLAS.setThreadCount(threads)
-        let loadBefore = loadAverage()
-        FileHandle.standardError.write(Data("lorafuse: loading \(model)…\n".utf8))
-        let t0 = Date()
-        let lm = try LlamaModel.load(path: model)
-        let loadSeconds = Date().timeIntervalSince(t0)
+        let (lm, loadSeconds, loadBefore) = try peerOptions.loadModel()
         let seqs = try TrainingData.sequences(try TaskData.read(path: task), model: lm)
 
         var opts = TrainingOptions()
@@ -70,18 +57,15 @@ struct TrainBench: ParsableCommand {
         let batches = (1...total).map { k in trainer.batchIndices(step: k, micro: 0).map { seqs[$0] } }
 
         // Inputs for the peer: the very same sequences and learning rates, step by step.
-        try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
         let a = AdamW(like: trainer.params)
         let inputs: [String: Any] = [
-            "model": (model as NSString).standardizingPath, "threads": threads, "rank": rank, "alpha": alpha,
+            "rank": rank, "alpha": alpha,
             "targets": opts.targets.map(\.peftName), "warmup_steps": warmupSteps,
             "batches": batches.map { $0.map { ["tokens": $0.tokens, "targets": $0.targets] } },
             "lrs": (1...total).map { Double(trainer.schedule.lr(step: $0)) },
             "max_grad_norm": opts.maxGradNorm, "weight_decay": Double(opts.weightDecay),
             "betas": [Double(a.beta1), Double(a.beta2)], "eps": Double(a.eps),
         ]
-        let inputsPath = work + "/inputs.json"
-        try JSONSerialization.data(withJSONObject: inputs).write(to: URL(fileURLWithPath: inputsPath))
 
         FileHandle.standardError.write(Data("lorafuse: \(warmupSteps) + \(steps) steps, batch \(batch)…\n".utf8))
         var ours = TrainSide()
@@ -100,25 +84,21 @@ struct TrainBench: ParsableCommand {
         ours.peak_rss_mb = peakRSSMB()
         ours.method = "LoRATrainer.trainStep: the batch packed into one (N, C) matrix (no padding), lm_head on answer rows only, backward, clipping, AdamW"
 
-        var peer: TrainSide?
-        var peerVersions = ""
-        if !skipPeer {
-            FileHandle.standardError.write(Data("PEFT + torch: the same steps (its own process)…\n".utf8))
-            let out = try runProcess(python, ["scripts/bench_torch_train.py", inputsPath])
-            peer = try JSONDecoder().decode(TrainSide.self, from: out)
-            if let o = try JSONSerialization.jsonObject(with: out) as? [String: Any] {
-                peerVersions = "peft \(o["peft_version"] ?? "?"), torch \(o["torch_version"] ?? "?"), transformers \(o["transformers_version"] ?? "?")"
-            }
-        }
+        let peerRun = try peerOptions.runPeer("scripts/bench_torch_train.py", inputs: inputs, work: work,
+                                              note: "PEFT + torch: the same steps (its own process)…", as: TrainSide.self)
+        let peer = peerRun?.result
+        let peerVersions = peerRun.map {
+            "peft \($0.raw["peft_version"] ?? "?"), torch \($0.raw["torch_version"] ?? "?"), transformers \($0.raw["transformers_version"] ?? "?")"
+        } ?? ""
         let rep = TrainBenchReport(
-            date: ISO8601DateFormatter().string(from: Date()), machine: machineDescription(), threads: threads,
-            model: (model as NSString).lastPathComponent, blas_core: BLAS.coreName,
+            date: ISO8601DateFormatter().string(from: Date()), machine: machineDescription(), threads: peerOptions.threads,
+            model: (peerOptions.model as NSString).lastPathComponent, blas_core: BLAS.coreName,
             load_average_before: loadBefore, load_average_after: loadAverage(), task: task, batch: batch,
             rank: rank, alpha: alpha, targets: opts.targets.map(\.rawValue).joined(separator: ","),
             warmup_steps: warmupSteps, steps: steps, tokens_per_step: Double(tokens) / Double(steps),
             peer: peerVersions, lorafuse: ours, peft: peer)
         print(rep.markdown)
-        if !skipPeer { try rep.write(to: results) }
+        if peer != nil { try rep.write(to: results) }
     }
 }
 
