@@ -32,30 +32,22 @@ Output, JSON on stdout: {pp_tokens_per_s, pp_seconds, decode_tokens_per_s, decod
   load_seconds, threads, torch_version, transformers_version}
 """
 import json
-import os
-import resource
 import sys
 import time
+
+from bench_torch_common import load_gguf_fp32, peak_rss_mb
 
 
 def main():
     cfg = json.load(open(sys.argv[1]))
     threads = int(cfg["threads"])
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    model, load_seconds, versions = load_gguf_fp32(cfg["model"], threads)
     import torch
-    import transformers
-    from transformers import AutoModelForCausalLM, DynamicCache
+    from transformers import DynamicCache
 
-    torch.set_num_threads(threads)
-    path = cfg["model"]
-    t0 = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
-                                                 torch_dtype=torch.float32)
     model.eval()
-    load_seconds = time.perf_counter() - t0
     repeats = int(cfg.get("repeats", 3))
-    out = {"threads": threads, "torch_version": torch.__version__,
-           "transformers_version": transformers.__version__, "load_seconds": load_seconds}
+    out = {"threads": threads, "load_seconds": load_seconds, **versions}
 
     with torch.inference_mode():
         # Prompt processing.
@@ -133,7 +125,7 @@ def main():
         out["eval_tokens_per_s"] = sum(len(e["prompt_ids"]) + len(e["answer_ids"]) - 1 for e in exs) / secs
         out["eval_loss"] = nll / toks
 
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mb"] = peak_rss_mb()
     json.dump(out, sys.stdout)
 
 

@@ -9,7 +9,7 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lorafuse-bench",
         abstract: "lorafuse benchmarks against their peers.",
-        subcommands: [FusionBench.self, FusionOne.self, VectorBench.self, ModelBench.self]
+        subcommands: [FusionBench.self, FusionOne.self, VectorBench.self, ModelBench.self, TrainBench.self]
     )
 }
 
@@ -54,6 +54,84 @@ func machineDescription() -> String {
     }
     let mem = ProcessInfo.processInfo.physicalMemory / (1 << 30)
     return "\(cpu), \(ProcessInfo.processInfo.activeProcessorCount) cores, \(mem) GiB"
+}
+
+/// The peers' venv python (torch, transformers, peft).
+let defaultPeersPython = ProcessInfo.processInfo.environment["LORAFUSE_PEERS_PYTHON"] ?? "/root/peers/bin/python"
+
+/// What the SmolLM2 benchmarks against a PyTorch peer share: their options, loading the model,
+/// and running the peer script on an inputs file in its own process.
+struct PeerBenchOptions: ParsableArguments {
+    @Option(help: "The GGUF model (default: the one scripts/setup.sh fetches).")
+    var model: String = ModelLocator.defaultModelPath()
+    @Option(help: "Threads for BLAS and torch.")
+    var threads: Int = 2
+    @Option(help: "Python with torch, transformers and peft (the peers' venv).")
+    var python: String = defaultPeersPython
+    @Flag(help: "Run lorafuse only (no results written).")
+    var skipPeer = false
+
+    func validate() throws {
+        if threads < 1 { throw ValidationError("--threads must be at least 1, got \(threads)") }
+    }
+
+    /// Sets the BLAS threads and loads the model: (model, seconds it took, load average before).
+    func loadModel() throws -> (model: LlamaModel, seconds: Double, loadAverageBefore: String) {
+        BLAS.setThreadCount(threads)
+        let before = loadAverage()
+        FileHandle.standardError.write(Data("lorafuse: loading \(model)…\n".utf8))
+        let t0 = Date()
+        let lm = try LlamaModel.load(path: model)
+        return (lm, Date().timeIntervalSince(t0), before)
+    }
+
+    /// Writes `inputs` (plus the model path and threads) to `<work>/inputs.json`, runs
+    /// `python script inputs.json` unless --skip-peer, and decodes its JSON stdout; the raw object
+    /// comes along for the version fields.
+    func runPeer<T: Decodable>(_ script: String, inputs: [String: Any], work: String, note: String,
+                               as: T.Type) throws -> (result: T, raw: [String: Any])? {
+        try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+        var all = inputs
+        all["model"] = (model as NSString).standardizingPath
+        all["threads"] = threads
+        let path = work + "/inputs.json"
+        try JSONSerialization.data(withJSONObject: all).write(to: URL(fileURLWithPath: path))
+        if skipPeer { return nil }
+        FileHandle.standardError.write(Data("\(note)\n".utf8))
+        let out = try runProcess(python, [script, path])
+        return (try JSONDecoder().decode(T.self, from: out), try JSONSerialization.jsonObject(with: out) as? [String: Any] ?? [:])
+    }
+}
+
+/// A benchmark's results: written as JSON with a Markdown twin beside it.
+protocol BenchReport: Encodable {
+    var markdown: String { get }
+}
+
+extension BenchReport {
+    func write(to results: String) throws {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try FileManager.default.createDirectory(atPath: (results as NSString).deletingLastPathComponent,
+                                                withIntermediateDirectories: true)
+        try enc.encode(self).write(to: URL(fileURLWithPath: results))
+        try markdown.write(toFile: (results as NSString).deletingPathExtension + ".md", atomically: true, encoding: .utf8)
+        FileHandle.standardError.write(Data("wrote \(results)\n".utf8))
+    }
+}
+
+/// Markdown rows "| measure | lorafuse | peer | ratio |", the ratio oriented so that > 1 means
+/// lorafuse is better.
+struct RatioTable {
+    private(set) var text: String
+    init(peer: String) {
+        text = "| measure | lorafuse | \(peer) | ratio (higher = lorafuse better) |\n|---|---:|---:|---:|\n"
+    }
+    static func format(_ x: Double?, _ fmt: String) -> String { x.map { String(format: fmt, $0) } ?? "—" }
+    mutating func row(_ name: String, _ ours: Double, _ peer: Double?, _ fmt: String, higherBetter: Bool = true) {
+        let r = peer.map { higherBetter ? ours / $0 : $0 / ours }
+        text += "| \(name) | \(Self.format(ours, fmt)) | \(Self.format(peer, fmt)) | \(Self.format(r, "%.2f×")) |\n"
+    }
 }
 
 struct BenchModule: Codable { var name: String; var out: Int; var `in`: Int }
@@ -174,7 +252,7 @@ struct FusionBench: ParsableCommand {
     @Option(help: "Methods to run.")
     var methods: String = "svd,cat,ties,dare_ties"
     @Option(help: "Python with torch and peft (the peers' venv).")
-    var python: String = ProcessInfo.processInfo.environment["LORAFUSE_PEERS_PYTHON"] ?? "/root/peers/bin/python"
+    var python: String = defaultPeersPython
     @Option(help: "Directory for the generated inputs.")
     var work: String = NSTemporaryDirectory() + "lorafuse-fusion-bench"
     @Option(help: "Where to write the results (JSON; a Markdown twin beside it).")

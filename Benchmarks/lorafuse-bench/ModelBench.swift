@@ -16,10 +16,7 @@ struct ModelBench: ParsableCommand {
         commandName: "model",
         abstract: "SmolLM2 inference: lorafuse against PyTorch transformers (float32) on the same GGUF.")
 
-    @Option(help: "The GGUF model (default: the one scripts/setup.sh fetches).")
-    var model: String = ModelLocator.defaultModelPath()
-    @Option(help: "Threads for BLAS and torch.")
-    var threads: Int = 2
+    @OptionGroup var peerOptions: PeerBenchOptions
     @Option(help: "Prompt-processing length in tokens.")
     var ppTokens: Int = 512
     @Option(help: "Decode prompt length in tokens.")
@@ -30,14 +27,10 @@ struct ModelBench: ParsableCommand {
     var repeats: Int = 3
     @Option(help: "Task file for the eval throughput.")
     var task: String = "tasks/add_2digit.test.jsonl"
-    @Option(help: "Python with torch and transformers (the peers' venv).")
-    var python: String = ProcessInfo.processInfo.environment["LORAFUSE_PEERS_PYTHON"] ?? "/root/peers/bin/python"
     @Option(help: "Where to write the results (JSON; a Markdown twin beside it).")
     var results: String = "Benchmarks/results/model.json"
     @Option(help: "Directory for the generated inputs.")
     var work: String = NSTemporaryDirectory() + "lorafuse-model-bench"
-    @Flag(help: "Run lorafuse only (no results written).")
-    var skipPeer = false
     @Flag(help: "Also time `eval` with accuracy (greedy decoding) on the lorafuse side.")
     var withAccuracy = false
 
@@ -59,12 +52,8 @@ struct ModelBench: ParsableCommand {
     """
 
     func run() throws {
-        BLAS.setThreadCount(threads)
-        let loadBefore = loadAverage()
-        FileHandle.standardError.write(Data("lorafuse: loading \(model)…\n".utf8))
-        let t0 = Date()
-        let lm = try LlamaModel.load(path: model)
-        let loadSeconds = Date().timeIntervalSince(t0)
+        let (lm, loadSeconds, loadBefore) = try peerOptions.loadModel()
+        let threads = peerOptions.threads
 
         var textIds: [Int] = []
         while textIds.count < max(ppTokens, decodePrompt) { textIds += lm.tokenizer.encode(Self.text + " ") }
@@ -74,14 +63,11 @@ struct ModelBench: ParsableCommand {
         let evalIds = try evalTask.examples.map { (p: try ev.promptTokens($0.prompt), a: try ev.answerTokens($0.answer)) }
 
         // Inputs for the peer: the very same ids.
-        try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
         let inputs: [String: Any] = [
-            "model": (model as NSString).standardizingPath, "threads": threads, "repeats": repeats,
+            "repeats": repeats,
             "pp_ids": ppIds, "decode_prompt": promptIds, "decode_tokens": decodeTokens,
             "eval": evalIds.map { ["prompt_ids": $0.p, "answer_ids": $0.a] },
         ]
-        let inputsPath = work + "/inputs.json"
-        try JSONSerialization.data(withJSONObject: inputs).write(to: URL(fileURLWithPath: inputsPath))
 
         var ours = SideResult()
         ours.load_seconds = loadSeconds
@@ -143,32 +129,18 @@ struct ModelBench: ParsableCommand {
                                       accuracy: r.accuracy ?? .nan)
         }
 
-        var peer: SideResult?
-        var peerVersions = ""
-        if !skipPeer {
-            FileHandle.standardError.write(Data("transformers: same measurements (its own process)…\n".utf8))
-            let out = try runProcess(python, ["scripts/bench_torch_model.py", inputsPath])
-            peer = try JSONDecoder().decode(SideResult.self, from: out)
-            if let o = try JSONSerialization.jsonObject(with: out) as? [String: Any] {
-                peerVersions = "torch \(o["torch_version"] ?? "?"), transformers \(o["transformers_version"] ?? "?")"
-            }
-        }
+        let peerRun = try peerOptions.runPeer("scripts/bench_torch_model.py", inputs: inputs, work: work,
+                                              note: "transformers: same measurements (its own process)…", as: SideResult.self)
+        let peer = peerRun?.result
+        let peerVersions = peerRun.map { "torch \($0.raw["torch_version"] ?? "?"), transformers \($0.raw["transformers_version"] ?? "?")" } ?? ""
         let rep = ModelBenchReport(
             date: ISO8601DateFormatter().string(from: Date()), machine: machineDescription(), threads: threads,
-            model: (model as NSString).lastPathComponent, load_average_before: loadBefore, load_average_after: loadAverage(),
+            model: (peerOptions.model as NSString).lastPathComponent, blas_core: BLAS.coreName, load_average_before: loadBefore, load_average_after: loadAverage(),
             pp_tokens: ppTokens, decode_prompt: decodePrompt, decode_tokens: decodeTokens, task: task,
             eval_examples: evalIds.count, peer: peerVersions, lorafuse: ours, transformers: peer,
             lorafuse_eval_with_accuracy: accuracyRun)
         print(rep.markdown)
-        if !skipPeer {
-            let enc = JSONEncoder()
-            enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-            try FileManager.default.createDirectory(atPath: (results as NSString).deletingLastPathComponent,
-                                                    withIntermediateDirectories: true)
-            try enc.encode(rep).write(to: URL(fileURLWithPath: results))
-            try rep.markdown.write(toFile: (results as NSString).deletingPathExtension + ".md", atomically: true, encoding: .utf8)
-            FileHandle.standardError.write(Data("wrote \(results)\n".utf8))
-        }
+        if peer != nil { try rep.write(to: results) }
     }
 }
 
@@ -195,11 +167,12 @@ struct AccuracyRun: Codable {
     var accuracy: Double
 }
 
-struct ModelBenchReport: Codable {
+struct ModelBenchReport: Codable, BenchReport {
     var date: String
     var machine: String
     var threads: Int
     var model: String
+    var blas_core: String?
     var load_average_before: String
     var load_average_after: String
     var pp_tokens: Int
@@ -213,21 +186,19 @@ struct ModelBenchReport: Codable {
     var lorafuse_eval_with_accuracy: AccuracyRun?
 
     var markdown: String {
-        func f(_ x: Double?, _ fmt: String) -> String { x.map { String(format: fmt, $0) } ?? "—" }
-        var s = "\(model), float32 · \(date) · \(machine) · \(threads) threads · \(peer.isEmpty ? "no peer run" : peer)\n"
+        let f = RatioTable.format
+        var s = "\(model), float32 · \(date) · \(machine) · \(threads) threads · \(peer.isEmpty ? "no peer run" : peer)"
+        s += (blas_core.map { " · OpenBLAS kernels: \($0)" } ?? "") + "\n"
         s += "load average before / after: \(load_average_before) / \(load_average_after)\n\n"
-        s += "| measure | lorafuse | transformers | ratio (higher = lorafuse better) |\n|---|---:|---:|---:|\n"
         let o = lorafuse, p = transformers
-        func row(_ name: String, _ a: Double, _ b: Double?, _ fmt: String, higherBetter: Bool = true) {
-            let r = b.map { higherBetter ? a / $0 : $0 / a }
-            s += "| \(name) | \(f(a, fmt)) | \(f(b, fmt)) | \(f(r, "%.2f×")) |\n"
-        }
-        row("prompt processing, \(pp_tokens) tokens (tokens/s)", o.pp_tokens_per_s, p?.pp_tokens_per_s, "%.1f")
-        row("decode, \(decode_tokens) tokens after \(decode_prompt) (tokens/s)", o.decode_tokens_per_s, p?.decode_tokens_per_s, "%.2f")
-        row("eval loss pass, \(eval_examples) examples (examples/s)", o.eval_examples_per_s, p?.eval_examples_per_s, "%.2f")
-        row("eval loss pass (tokens/s)", o.eval_tokens_per_s, p?.eval_tokens_per_s, "%.1f")
-        row("peak RSS (MB; ratio = transformers / lorafuse)", o.peak_rss_mb, p?.peak_rss_mb, "%.0f", higherBetter: false)
-        row("model load (s; ratio = transformers / lorafuse)", o.load_seconds, p?.load_seconds, "%.2f", higherBetter: false)
+        var t = RatioTable(peer: "transformers")
+        t.row("prompt processing, \(pp_tokens) tokens (tokens/s)", o.pp_tokens_per_s, p?.pp_tokens_per_s, "%.1f")
+        t.row("decode, \(decode_tokens) tokens after \(decode_prompt) (tokens/s)", o.decode_tokens_per_s, p?.decode_tokens_per_s, "%.2f")
+        t.row("eval loss pass, \(eval_examples) examples (examples/s)", o.eval_examples_per_s, p?.eval_examples_per_s, "%.2f")
+        t.row("eval loss pass (tokens/s)", o.eval_tokens_per_s, p?.eval_tokens_per_s, "%.1f")
+        t.row("peak RSS (MB; ratio = transformers / lorafuse)", o.peak_rss_mb, p?.peak_rss_mb, "%.0f", higherBetter: false)
+        t.row("model load (s; ratio = transformers / lorafuse)", o.load_seconds, p?.load_seconds, "%.2f", higherBetter: false)
+        s += t.text
         s += "\n"
         if let p {
             let same = zip(o.decode_ids, p.decode_ids).prefix { $0 == $1 }.count

@@ -70,6 +70,31 @@ public enum BLAS {
         #endif
     }
 
+    /// Runs `body` with the BLAS limited to `n` threads, then restores the previous count (for
+    /// sections that run their own threads, each calling BLAS). Not for concurrent use.
+    public static func withThreadCount<R>(_ n: Int, _ body: () throws -> R) rethrows -> R {
+        #if canImport(Accelerate)
+        return try body()
+        #else
+        let old = threadCount
+        if old == n { return try body() }
+        setThreadCount(n)
+        defer { setThreadCount(old) }
+        return try body()
+        #endif
+    }
+
+    /// The kernel family OpenBLAS picked for this CPU ("Haswell", "SkylakeX", …; the environment
+    /// variable OPENBLAS_CORETYPE can force one), or "Accelerate". Benchmarks record it.
+    public static var coreName: String {
+        #if canImport(Accelerate)
+        return "Accelerate"
+        #else
+        return openblas_get_corename().map { String(cString: $0) } ?? "unknown"
+        #endif
+    }
+
+    /// Threads the BLAS uses (0: the platform decides, Accelerate).
     public static var threadCount: Int {
         #if canImport(Accelerate)
         return 0

@@ -300,10 +300,9 @@ public final class LlamaSession: InferenceSession {
         let c = model.config
         let T = tokens.count, C = c.hiddenSize, L = c.numHiddenLayers
         let H = c.numAttentionHeads, Hkv = c.numKeyValueHeads, d = c.headDim, F = c.intermediateSize
-        let p0 = position, S = p0 + T
+        let p0 = position
         let x = self.x.reserve(T * C), h = self.h.reserve(T * C)
         let q = self.q.reserve(T * H * d), attnOut = self.attnOut.reserve(T * H * d)
-        let att = self.att.reserve(T * S)
         let gate = self.gate.reserve(T * F), up = self.up.reserve(T * F)
         _ = loraTmp.reserve(T * max(model.maxLoRARank, 1))
         let rec = activations
@@ -320,7 +319,7 @@ public final class LlamaSession: InferenceSession {
             rope(q, rows: T, heads: H, start: p0)
             rope(kRows, rows: T, heads: Hkv, start: p0)
             if let rec { rec.save(l, "h_attn", h, T * C); rec.save(l, "q", q, T * H * d) }
-            attention(q: q, layer: l, rows: T, start: p0, probs: att, into: attnOut)            // (T, H·d)
+            attention(q: q, layer: l, rows: T, start: p0, into: attnOut)                        // (T, H·d)
             if let rec { rec.save(l, "attn_out", attnOut, T * H * d) }
             linear(attnOut, rows: T, id: LlamaWeights.linearID(layer: l, .o), into: x, ld: C, accumulate: true)  // x += (T, C)
 
@@ -408,39 +407,25 @@ public final class LlamaSession: InferenceSession {
     private func rmsNorm(_ x: UnsafePointer<Float>, weight: [Float], eps: Float, rows: Int, cols: Int,
                          into out: UnsafeMutablePointer<Float>) {
         weight.withUnsafeBufferPointer { g in
-            for t in 0..<rows {
-                let xr = x + t * cols, o = out + t * cols
-                var ss: Float = 0
-                for j in 0..<cols { ss += xr[j] * xr[j] }
-                let inv = 1 / (ss / Float(cols) + eps).squareRoot()
-                for j in 0..<cols { o[j] = g[j] * (xr[j] * inv) }
-            }
+            VectorKernels.rmsNorm(x, g: g.baseAddress!, eps: eps, rows: rows, cols: cols, out: out)
         }
     }
 
     /// HF rotate_half RoPE on `heads` heads of each row: for i < d/2,
     /// (a, b) = (v[i], v[i + d/2]) → (a cos − b sin, b cos + a sin), angle = pos · θ^(−2i/d).
     private func rope(_ v: UnsafeMutablePointer<Float>, rows: Int, heads: Int, start: Int) {
-        let d = model.config.headDim, half = d / 2
-        for t in 0..<rows {
-            let cs = ropeCos.pointer + (start + t) * half, sn = ropeSin.pointer + (start + t) * half
-            for hh in 0..<heads {
-                let p = v + (t * heads + hh) * d
-                for i in 0..<half {
-                    let a = p[i], b = p[i + half]
-                    p[i] = a * cs[i] - b * sn[i]
-                    p[i + half] = b * cs[i] + a * sn[i]
-                }
-            }
-        }
+        VectorKernels.rope(v, rows: rows, heads: heads, headDim: model.config.headDim, start: start,
+                           cos: ropeCos.pointer, sin: ropeSin.pointer)
     }
 
     /// Causal grouped-query attention of `rows` new queries (positions start..<start+rows) against
     /// the cached keys/values. Per head and per block of queries [b0, b1): scores (nb, S_b) =
     /// q_h K_hᵀ / √d as one GEMM over the keys 0..<start+b1 (blocks skip most of the masked upper
     /// triangle of a long prompt), masked softmax row by row, then out_h (nb, d) = P V_h.
+    /// The (head, block) items are independent (each writes its own columns of `out` and has its
+    /// own probabilities scratch), so a prompt spreads them over the compute threads.
     private func attention(q: UnsafeMutablePointer<Float>, layer: Int, rows T: Int, start p0: Int,
-                           probs: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>) {
+                           into out: UnsafeMutablePointer<Float>) {
         let c = model.config
         let H = c.numAttentionHeads, Hkv = c.numKeyValueHeads, d = c.headDim
         let group = H / Hkv, kvw = Hkv * d
@@ -448,51 +433,46 @@ public final class LlamaSession: InferenceSession {
         let K = kCache[layer].pointer, Vc = vCache[layer].pointer
         let rec = activations
         let block = rec == nil ? 128 : T      // one block when recording, so probs are one (T, S) matrix
-        for hh in 0..<H {
-            let kvh = hh / group
-            var b0 = 0
-            while b0 < T {
-                let b1 = min(b0 + block, T), nb = b1 - b0, S = p0 + b1
-                if nb == 1 {
-                    // Decoding: scores (S) = K_h (S, d) · q_h (d), a GEMV over the cache.
-                    BLAS.gemv(transA: false, m: S, n: d, alpha: scale, a: K + kvh * d, lda: kvw,
-                              x: q + b0 * H * d + hh * d, beta: 0, y: probs)
-                } else {
-                    BLAS.gemm(transA: false, transB: true, m: nb, n: S, k: d, alpha: scale,
-                              a: q + b0 * H * d + hh * d, lda: H * d, b: K + kvh * d, ldb: kvw,
-                              beta: 0, c: probs, ldc: S)                                       // (nb, S)
-                }
-                for t in 0..<nb {
-                    let row = probs + t * S
-                    let valid = p0 + b0 + t + 1                    // causal: keys 0...p0+b0+t
-                    var m = -Float.infinity
-                    for j in 0..<valid where row[j] > m { m = row[j] }
-                    var sum: Float = 0
-                    for j in 0..<valid { let e = exp(row[j] - m); row[j] = e; sum += e }
-                    let inv = 1 / sum
-                    for j in 0..<valid { row[j] *= inv }
-                    for j in valid..<S { row[j] = 0 }
-                }
-                if let rec { rec.save(layer, "probs\(hh)", probs, nb * S) }
-                if nb == 1 {
-                    // out_h (d) = V_hᵀ (d, S) · p (S)
-                    BLAS.gemv(transA: true, m: S, n: d, alpha: 1, a: Vc + kvh * d, lda: kvw,
-                              x: probs, beta: 0, y: out + b0 * H * d + hh * d)
-                } else {
-                    BLAS.gemm(transA: false, transB: false, m: nb, n: d, k: S, alpha: 1,
-                              a: probs, lda: S, b: Vc + kvh * d, ldb: kvw,
-                              beta: 0, c: out + b0 * H * d + hh * d, ldc: H * d)              // (nb, d)
-                }
-                b0 = b1
+        let nBlocks = (T + block - 1) / block
+        // Threads pay off once a layer's attention is more than a few dozen microseconds of work.
+        let workers = rec == nil && H * T * (p0 + T) >= 1 << 15 ? Parallel.computeThreads : 1
+        let scratch = att.reserve(min(workers, H * nBlocks) * min(block, T) * (p0 + T))
+        // Largest blocks (most keys) first, so the last items handed out are the short ones.
+        Parallel.forEach(count: H * nBlocks, workers: workers) { item, worker in
+            let hh = item % H, kvh = hh / group
+            let b0 = (nBlocks - 1 - item / H) * block
+            let b1 = min(b0 + block, T), nb = b1 - b0, S = p0 + b1
+            let probs = scratch + worker * min(block, T) * (p0 + T)
+            if nb == 1 {
+                // Decoding: scores (S) = K_h (S, d) · q_h (d), a GEMV over the cache.
+                BLAS.gemv(transA: false, m: S, n: d, alpha: scale, a: K + kvh * d, lda: kvw,
+                          x: q + b0 * H * d + hh * d, beta: 0, y: probs)
+            } else {
+                BLAS.gemm(transA: false, transB: true, m: nb, n: S, k: d, alpha: scale,
+                          a: q + b0 * H * d + hh * d, lda: H * d, b: K + kvh * d, ldb: kvw,
+                          beta: 0, c: probs, ldc: S)                                       // (nb, S)
+            }
+            for t in 0..<nb {                                  // causal: keys 0...p0+b0+t
+                VectorKernels.softmaxRow(probs + t * S, valid: p0 + b0 + t + 1, count: S)
+            }
+            if let rec { rec.save(layer, "probs\(hh)", probs, nb * S) }
+            if nb == 1 {
+                // out_h (d) = V_hᵀ (d, S) · p (S)
+                BLAS.gemv(transA: true, m: S, n: d, alpha: 1, a: Vc + kvh * d, lda: kvw,
+                          x: probs, beta: 0, y: out + b0 * H * d + hh * d)
+            } else {
+                BLAS.gemm(transA: false, transB: false, m: nb, n: d, k: S, alpha: 1,
+                          a: probs, lda: S, b: Vc + kvh * d, ldb: kvw,
+                          beta: 0, c: out + b0 * H * d + hh * d, ldc: H * d)              // (nb, d)
             }
         }
     }
 
     /// gate ← silu(gate) ⊙ up, silu(g) = g / (1 + e^(−g)).
     private func swiglu(_ gate: UnsafeMutablePointer<Float>, _ up: UnsafePointer<Float>, count: Int) {
-        for i in 0..<count {
-            let g = gate[i]
-            gate[i] = g / (1 + exp(-g)) * up[i]
+        let workers = count >= 1 << 16 ? Parallel.computeThreads : 1
+        Parallel.forRanges(count: count, workers: workers, granule: 64) { r in
+            VectorKernels.swiglu(gate: gate + r.lowerBound, up: up + r.lowerBound, out: gate + r.lowerBound, count: r.count)
         }
     }
 }

@@ -89,7 +89,10 @@ public final class LlamaTrainingEngine {
         var loraX: [Int: TrainBuffer] = [:]      // module index → dropped input x_d (N, in), only with dropout
         var loraMask: [Int: TrainBuffer] = [:]   // module index → keep/(1−p) (N, in)
         var loraU: [Int: TrainBuffer] = [:]      // module index → u = x_d Aᵀ (N, r)
+        /// Rows the buffers hold.
+        let capacity: Int
         init(N: Int, c: LlamaConfig) {
+            capacity = N
             let C = c.hiddenSize, Hd = c.numAttentionHeads * c.headDim, kv = c.numKeyValueHeads * c.headDim
             let F = c.intermediateSize
             xIn = TrainBuffer(N * C); hAttn = TrainBuffer(N * C); q = TrainBuffer(N * Hd)
@@ -98,6 +101,29 @@ public final class LlamaTrainingEngine {
             gate = TrainBuffer(N * F); up = TrainBuffer(N * F); act = TrainBuffer(N * F)
             invAttn = [Float](repeating: 0, count: N); invFfn = invAttn
         }
+
+        /// Readies a tape for another batch of N ≤ capacity rows. The row buffers are fully
+        /// written by the forward pass before they are read; what depends on the batch or the
+        /// dropout (probabilities, LoRA inputs and masks) is dropped.
+        func reuse(N: Int) {
+            precondition(N <= capacity)
+            probs = []; loraX = [:]; loraMask = [:]; loraU = [:]
+            if invAttn.count != N { invAttn = [Float](repeating: 0, count: N); invFfn = invAttn }
+        }
+    }
+
+    /// Layer tapes kept between calls: a SmolLM2 step's are ~400 MB, and allocating them afresh
+    /// every step cost page faults and zeroing (~7 % of a step in profiles).
+    private var tapeCache: [LayerTape] = []
+
+    private func layerTape(_ l: Int, rows N: Int) -> LayerTape {
+        if l < tapeCache.count && tapeCache[l].capacity >= N {
+            tapeCache[l].reuse(N: N)
+            return tapeCache[l]
+        }
+        let t = LayerTape(N: N, c: c)
+        if l < tapeCache.count { tapeCache[l] = t } else { tapeCache.append(t) }
+        return t
     }
 
     /// State of one packed batch between forward and backward.
@@ -185,7 +211,7 @@ public final class LlamaTrainingEngine {
             for s in batch { for tok in s.tokens { (x.p + r * C).update(from: e.baseAddress! + tok * C, count: C); r += 1 } }
         }
         for l in 0..<L {
-            let lt = LayerTape(N: N, c: c)
+            let lt = layerTape(l, rows: N)
             lt.xIn.p.update(from: x.p, count: N * C)
             rmsNormForward(x.p, model.base.attnNorms[l], rows: N, cols: C, out: lt.hAttn.p, inv: &lt.invAttn)   // (N, C)
             linearForward(lt.hAttn.p, rows: N, layer: l, .q, into: lt.q.p, mods: mods, lora: lora, tape: lt, dropout: &dropout)  // (N, H·d)
@@ -194,19 +220,18 @@ public final class LlamaTrainingEngine {
             for seg in tape.segments {
                 rope(lt.q.p + seg.start * Hd, rows: seg.length, heads: H, inverse: false)
                 rope(lt.k.p + seg.start * kv, rows: seg.length, heads: Hkv, inverse: false)
-                let probs = TrainBuffer(H * seg.length * seg.length)
-                attentionForward(lt, seg: seg, probs: probs.p)                                  // attnOut rows (T, H·d)
-                lt.probs.append(probs)
+                lt.probs.append(TrainBuffer(H * seg.length * seg.length))
             }
+            attentionForward(lt, segments: tape.segments)                                       // attnOut (N, H·d)
             lt.xMid.p.update(from: x.p, count: N * C)
             linearForward(lt.attnOut.p, rows: N, layer: l, .o, into: lt.xMid.p, accumulate: true, mods: mods, lora: lora,
                           tape: lt, dropout: &dropout)                                          // x += (N, C)
             rmsNormForward(lt.xMid.p, model.base.ffnNorms[l], rows: N, cols: C, out: lt.hFfn.p, inv: &lt.invFfn)
             linearForward(lt.hFfn.p, rows: N, layer: l, .gate, into: lt.gate.p, mods: mods, lora: lora, tape: lt, dropout: &dropout)  // (N, F)
             linearForward(lt.hFfn.p, rows: N, layer: l, .up, into: lt.up.p, mods: mods, lora: lora, tape: lt, dropout: &dropout)      // (N, F)
-            for i in 0..<(N * F) {
-                let g = lt.gate.p[i]
-                lt.act.p[i] = g / (1 + exp(-g)) * lt.up.p[i]                                  // silu(g)·u
+            Parallel.forRanges(count: N * F, workers: elementwiseWorkers(N * F), granule: 64) { r in
+                VectorKernels.swiglu(gate: lt.gate.p + r.lowerBound, up: lt.up.p + r.lowerBound,
+                                     out: lt.act.p + r.lowerBound, count: r.count)            // silu(g)·u
             }
             x.p.update(from: lt.xMid.p, count: N * C)
             linearForward(lt.act.p, rows: N, layer: l, .down, into: x.p, accumulate: true, mods: mods, lora: lora,
@@ -275,59 +300,47 @@ public final class LlamaTrainingEngine {
     /// HF LlamaRMSNorm y = g ⊙ x·r, r = 1/√(mean(x²)+ε); keeps r per row for the backward pass.
     private func rmsNormForward(_ x: UnsafePointer<Float>, _ g: [Float], rows: Int, cols: Int,
                                 out: UnsafeMutablePointer<Float>, inv: inout [Float]) {
-        for t in 0..<rows {
-            let xr = x + t * cols, o = out + t * cols
-            var ss: Float = 0
-            for j in 0..<cols { ss += xr[j] * xr[j] }
-            let r = 1 / (ss / Float(cols) + c.rmsNormEps).squareRoot()
-            inv[t] = r
-            for j in 0..<cols { o[j] = g[j] * (xr[j] * r) }
+        g.withUnsafeBufferPointer { gb in
+            inv.withUnsafeMutableBufferPointer { ib in
+                VectorKernels.rmsNorm(x, g: gb.baseAddress!, eps: c.rmsNormEps, rows: rows, cols: cols,
+                                      out: out, inv: ib.baseAddress!)
+            }
         }
+    }
+
+    /// Compute threads for an elementwise pass over `count` values (one below ~64k values: the
+    /// hand-off would cost more than the work).
+    private func elementwiseWorkers(_ count: Int) -> Int {
+        count >= 1 << 16 ? Parallel.computeThreads : 1
     }
 
     /// rotate_half RoPE, positions 0..<rows; `inverse` applies the transpose rotation (its backward).
     private func rope(_ v: UnsafeMutablePointer<Float>, rows: Int, heads: Int, inverse: Bool) {
-        let d = c.headDim, half = d / 2
-        let sign: Float = inverse ? -1 : 1
         ropeCos.withUnsafeBufferPointer { cb in
             ropeSin.withUnsafeBufferPointer { sb in
-                for t in 0..<rows {
-                    let cs = cb.baseAddress! + t * half, sn = sb.baseAddress! + t * half
-                    for hh in 0..<heads {
-                        let p = v + (t * heads + hh) * d
-                        for i in 0..<half {
-                            let a = p[i], b = p[i + half], s = sign * sn[i]
-                            p[i] = a * cs[i] - b * s
-                            p[i + half] = b * cs[i] + a * s
-                        }
-                    }
-                }
+                VectorKernels.rope(v, rows: rows, heads: heads, headDim: c.headDim, start: 0,
+                                   cos: cb.baseAddress!, sin: sb.baseAddress!, inverse: inverse)
             }
         }
     }
 
-    /// Causal GQA over one sequence: per head P_h = softmax(q_h K_hᵀ/√d + mask) (T, T), out_h = P_h V_h.
-    private func attentionForward(_ lt: LayerTape, seg: (start: Int, length: Int), probs: UnsafeMutablePointer<Float>) {
+    /// Causal GQA within each sequence: per head P_h = softmax(q_h K_hᵀ/√d + mask) (T, T),
+    /// out_h = P_h V_h. The (sequence, head) items write disjoint memory (their own P_h and
+    /// columns of attnOut), so they spread over the compute threads.
+    private func attentionForward(_ lt: LayerTape, segments: [(start: Int, length: Int)]) {
         let H = c.numAttentionHeads, Hkv = c.numKeyValueHeads, d = c.headDim
-        let Hd = H * d, kvw = Hkv * d, group = H / Hkv, T = seg.length
+        let Hd = H * d, kvw = Hkv * d, group = H / Hkv
         let scale = 1 / Float(d).squareRoot()
-        let q = lt.q.p + seg.start * Hd, k = lt.k.p + seg.start * kvw, v = lt.v.p + seg.start * kvw
-        let out = lt.attnOut.p + seg.start * Hd
-        for hh in 0..<H {
-            let kvh = hh / group
-            let P = probs + hh * T * T
+        let work = segments.reduce(0) { $0 + $1.length * $1.length } * H
+        Parallel.forEach(count: segments.count * H, workers: work >= 1 << 14 ? Parallel.computeThreads : 1) { item, _ in
+            let si = item / H, hh = item % H, kvh = hh / group
+            let seg = segments[si], T = seg.length
+            let q = lt.q.p + seg.start * Hd, k = lt.k.p + seg.start * kvw, v = lt.v.p + seg.start * kvw
+            let out = lt.attnOut.p + seg.start * Hd
+            let P = lt.probs[si].p + hh * T * T
             BLAS.gemm(transA: false, transB: true, m: T, n: T, k: d, alpha: scale, a: q + hh * d, lda: Hd,
                       b: k + kvh * d, ldb: kvw, beta: 0, c: P, ldc: T)                          // scores (T, T)
-            for t in 0..<T {
-                let row = P + t * T
-                var m = -Float.infinity
-                for j in 0...t where row[j] > m { m = row[j] }
-                var sum: Float = 0
-                for j in 0...t { let e = exp(row[j] - m); row[j] = e; sum += e }
-                let inv = 1 / sum
-                for j in 0...t { row[j] *= inv }
-                for j in (t + 1)..<T { row[j] = 0 }
-            }
+            for t in 0..<T { VectorKernels.softmaxRow(P + t * T, valid: t + 1, count: T) }
             BLAS.gemm(transA: false, transB: false, m: T, n: d, k: T, alpha: 1, a: P, lda: T,
                       b: v + kvh * d, ldb: kvw, beta: 0, c: out + hh * d, ldc: Hd)             // out_h (T, d)
         }
@@ -399,10 +412,10 @@ public final class LlamaTrainingEngine {
             // MLP: x_out = x_mid + down(act); act = silu(g)·u.
             linearBackward(dY: dx.p, rows: N, layer: l, .down, x: lt.act.p, dX: dAct.p, overwrite: true,
                            mods: mods, lora: lora, tape: lt, grads: &grads)                    // dAct (N, F)
-            for i in 0..<(N * F) {
-                let g = lt.gate.p[i], sg = 1 / (1 + exp(-g)), silu = g * sg
-                dUp.p[i] = dAct.p[i] * silu
-                dGate.p[i] = dAct.p[i] * lt.up.p[i] * sg * (1 + g * (1 - sg))
+            Parallel.forRanges(count: N * F, workers: elementwiseWorkers(N * F), granule: 64) { r in
+                let o = r.lowerBound
+                VectorKernels.swigluBackward(gate: lt.gate.p + o, up: lt.up.p + o, dAct: dAct.p + o,
+                                             dGate: dGate.p + o, dUp: dUp.p + o, count: r.count)
             }
             linearBackward(dY: dGate.p, rows: N, layer: l, .gate, x: lt.hFfn.p, dX: dh.p, overwrite: true,
                            mods: mods, lora: lora, tape: lt, grads: &grads)                    // dh (N, C)
@@ -413,8 +426,8 @@ public final class LlamaTrainingEngine {
             // Attention: x_mid = x_in + o(attn).
             linearBackward(dY: dx.p, rows: N, layer: l, .o, x: lt.attnOut.p, dX: dAttn.p, overwrite: true,
                            mods: mods, lora: lora, tape: lt, grads: &grads)                    // dAttn (N, H·d)
-            for (si, seg) in tape.segments.enumerated() {
-                attentionBackward(lt, seg: seg, probs: lt.probs[si].p, dOut: dAttn.p, dq: dq.p, dk: dk.p, dv: dv.p)
+            attentionBackward(lt, segments: tape.segments, dOut: dAttn.p, dq: dq.p, dk: dk.p, dv: dv.p)
+            for seg in tape.segments {
                 rope(dq.p + seg.start * Hd, rows: seg.length, heads: H, inverse: true)
                 rope(dk.p + seg.start * kv, rows: seg.length, heads: Hkv, inverse: true)
             }
@@ -475,10 +488,7 @@ public final class LlamaTrainingEngine {
     /// dx_j += r·g_j·dy_j − r³/C · x_j · Σ_k g_k dy_k x_k.
     private func rmsNormBackwardRow(x: UnsafePointer<Float>, g: UnsafePointer<Float>, inv r: Float,
                                     dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, cols: Int) {
-        var dot: Float = 0
-        for j in 0..<cols { dot += g[j] * dy[j] * x[j] }
-        let k = r * r * r * dot / Float(cols)
-        for j in 0..<cols { dx[j] += r * g[j] * dy[j] - k * x[j] }
+        VectorKernels.rmsNormBackwardRow(x: x, g: g, inv: r, dy: dy, dx: dx, cols: cols)
     }
 
     private func rmsNormBackward(x: UnsafePointer<Float>, g: [Float], inv: [Float], dy: UnsafePointer<Float>,
@@ -492,35 +502,44 @@ public final class LlamaTrainingEngine {
 
     /// Per head: dP = dO_h V_hᵀ, dV_h += P_hᵀ dO_h, dS = P ⊙ (dP − rowsum(dP ⊙ P)),
     /// dq_h = dS K_h/√d, dK_h += dSᵀ q_h/√d (q, k after RoPE; the caller un-rotates dq, dk).
-    private func attentionBackward(_ lt: LayerTape, seg: (start: Int, length: Int), probs: UnsafeMutablePointer<Float>,
+    /// Work items are (sequence, kv head): the query heads of a group add into the same dK, dV
+    /// columns, so one item runs them in turn; items write disjoint memory and spread over the
+    /// compute threads, each worker with its own dP scratch.
+    private func attentionBackward(_ lt: LayerTape, segments: [(start: Int, length: Int)],
                                    dOut: UnsafePointer<Float>, dq: UnsafeMutablePointer<Float>,
                                    dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>) {
         let H = c.numAttentionHeads, Hkv = c.numKeyValueHeads, d = c.headDim
-        let Hd = H * d, kvw = Hkv * d, group = H / Hkv, T = seg.length
+        let Hd = H * d, kvw = Hkv * d, group = H / Hkv
         let scale = 1 / Float(d).squareRoot()
-        let q = lt.q.p + seg.start * Hd, k = lt.k.p + seg.start * kvw, v = lt.v.p + seg.start * kvw
-        let dO = dOut + seg.start * Hd
-        let dqs = dq + seg.start * Hd, dks = dk + seg.start * kvw, dvs = dv + seg.start * kvw
-        for t in 0..<T { for j in 0..<kvw { dks[t * kvw + j] = 0; dvs[t * kvw + j] = 0 } }
-        let dP = TrainBuffer(T * T)
-        for hh in 0..<H {
-            let kvh = hh / group
-            let P = probs + hh * T * T
-            BLAS.gemm(transA: false, transB: true, m: T, n: T, k: d, alpha: 1, a: dO + hh * d, lda: Hd,
-                      b: v + kvh * d, ldb: kvw, beta: 0, c: dP.p, ldc: T)                       // dP (T, T)
-            BLAS.gemm(transA: true, transB: false, m: T, n: d, k: T, alpha: 1, a: P, lda: T,
-                      b: dO + hh * d, ldb: Hd, beta: 1, c: dvs + kvh * d, ldc: kvw)             // dV_h += (T, d)
+        let maxT = segments.map(\.length).max() ?? 0
+        let work = segments.reduce(0) { $0 + $1.length * $1.length } * H
+        let workers = min(work >= 1 << 14 ? Parallel.computeThreads : 1, segments.count * Hkv)
+        let dPAll = TrainBuffer(max(workers, 1) * maxT * maxT)
+        Parallel.forEach(count: segments.count * Hkv, workers: workers) { item, worker in
+            let si = item / Hkv, kvh = item % Hkv
+            let seg = segments[si], T = seg.length
+            let q = lt.q.p + seg.start * Hd, k = lt.k.p + seg.start * kvw, v = lt.v.p + seg.start * kvw
+            let dO = dOut + seg.start * Hd
+            let dqs = dq + seg.start * Hd, dks = dk + seg.start * kvw, dvs = dv + seg.start * kvw
             for t in 0..<T {
-                let pr = P + t * T, dr = dP.p + t * T
-                var dot: Float = 0
-                for j in 0...t { dot += pr[j] * dr[j] }
-                for j in 0...t { dr[j] = pr[j] * (dr[j] - dot) }
-                for j in (t + 1)..<T { dr[j] = 0 }
+                (dks + t * kvw + kvh * d).update(repeating: 0, count: d)
+                (dvs + t * kvw + kvh * d).update(repeating: 0, count: d)
             }
-            BLAS.gemm(transA: false, transB: false, m: T, n: d, k: T, alpha: scale, a: dP.p, lda: T,
-                      b: k + kvh * d, ldb: kvw, beta: 0, c: dqs + hh * d, ldc: Hd)             // dq_h (T, d)
-            BLAS.gemm(transA: true, transB: false, m: T, n: d, k: T, alpha: scale, a: dP.p, lda: T,
-                      b: q + hh * d, ldb: Hd, beta: 1, c: dks + kvh * d, ldc: kvw)             // dK_h += (T, d)
+            let dP = dPAll.p + worker * maxT * maxT
+            for hh in (kvh * group)..<((kvh + 1) * group) {
+                let P = lt.probs[si].p + hh * T * T
+                BLAS.gemm(transA: false, transB: true, m: T, n: T, k: d, alpha: 1, a: dO + hh * d, lda: Hd,
+                          b: v + kvh * d, ldb: kvw, beta: 0, c: dP, ldc: T)                     // dP (T, T)
+                BLAS.gemm(transA: true, transB: false, m: T, n: d, k: T, alpha: 1, a: P, lda: T,
+                          b: dO + hh * d, ldb: Hd, beta: 1, c: dvs + kvh * d, ldc: kvw)         // dV_h += (T, d)
+                for t in 0..<T {
+                    VectorKernels.softmaxBackwardRow(p: P + t * T, dp: dP + t * T, valid: t + 1, count: T)
+                }
+                BLAS.gemm(transA: false, transB: false, m: T, n: d, k: T, alpha: scale, a: dP, lda: T,
+                          b: k + kvh * d, ldb: kvw, beta: 0, c: dqs + hh * d, ldc: Hd)         // dq_h (T, d)
+                BLAS.gemm(transA: true, transB: false, m: T, n: d, k: T, alpha: scale, a: dP, lda: T,
+                          b: q + hh * d, ldb: Hd, beta: 1, c: dks + kvh * d, ldc: kvw)         // dK_h += (T, d)
+            }
         }
     }
 }

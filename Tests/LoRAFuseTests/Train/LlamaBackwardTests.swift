@@ -126,6 +126,35 @@ final class LlamaBackwardTests: XCTestCase {
         XCTAssertLessThan(worst, 1e-4)
     }
 
+    /// Batches long enough that attention (forward and backward) is spread over two
+    /// threads give the same loss and gradients as one thread (the finite-difference tests run the
+    /// single-threaded path).
+    func testThreadedPassesMatchSingleThreaded() {
+        let model = TrainFixtures.model()
+        let engine = LlamaTrainingEngine(model: model)
+        let lora = TrainFixtures.randomLoRA(model.config)
+        var rng = SeededRNG(seed: 21)
+        func ids(_ n: Int) -> [Int] { (0..<n).map { _ in Int(rng.next() % 50) } }
+        let batch = [TrainingSequence(prompt: ids(60), answer: ids(5)), TrainingSequence(prompt: ids(48), answer: ids(7)),
+                     TrainingSequence(prompt: ids(30), answer: ids(3))]
+        func run(_ threads: Int) -> (Double, LoRAGradients) {
+            BLAS.withThreadCount(threads) {
+                XCTAssertEqual(Parallel.computeThreads, threads)
+                var g = LoRAGradients(zerosLike: lora)
+                let r = engine.accumulateGradients(batch, lora: lora, into: &g, gradScale: 0.01)
+                return (r.nll, g)
+            }
+        }
+        let (nll1, g1) = run(1), (nll2, g2) = run(2)
+        XCTAssertEqual(nll1, nll2, accuracy: 1e-9 * abs(nll1))
+        var worst: Float = 0, scale: Float = 0
+        for i in lora.modules.indices {
+            for (a, b) in zip(g1.dA[i] + g1.dB[i], g2.dA[i] + g2.dB[i]) { worst = max(worst, abs(a - b)); scale = max(scale, abs(a)) }
+        }
+        XCTAssertGreaterThan(scale, 0)
+        XCTAssertLessThan(worst, 1e-6 * scale)
+    }
+
     /// With B = 0 (PEFT's init) dA is exactly zero and dB is not.
     func testZeroBInitGivesZeroDA() {
         let model = TrainFixtures.model()
