@@ -9,7 +9,9 @@ struct Report: ParsableCommand {
         Writes OUT/index.html (self-contained), OUT/report.md with its .svg charts, and OUT/results.json.
         Rows: base (no adapter), experts (each adapter on the task of the same name), one row per static
         method (\(ReportMethods.defaultStatic.joined(separator: ", ")) by default; any of \
-        \(FusionMethods.names.joined(separator: ", ")) with --methods).
+        \(FusionMethods.names.joined(separator: ", ")) with --methods), and, with --shots, one row per
+        learned method (\(ReportMethods.learnedNames.joined(separator: ", "))) fitted on the first
+        --shots-per-task examples of each task's shots file, plus one fit per --shots-curve count.
         Static defaults: w = 1/n for methods that sum their inputs, w = 1 for TIES-style methods
         (\(ReportMethods.selfAveraging.sorted().joined(separator: ", "))), which take a disjoint mean
         themselves; rank --rank for truncating methods; densities from the registry (TIES, magnitude
@@ -55,7 +57,7 @@ struct Report: ParsableCommand {
     @Option(name: .long, help: "Seed of every random choice (DARE masks, randomized SVD, k-means, sign-conflict samples).")
     var seed: UInt64 = 0
 
-    @Option(name: .long, help: "Optimisation steps of the learned methods (default: their own).")
+    @Option(name: .long, help: "Optimizer steps of atlas and cat-learned, and LoraHub's budget of loss evaluations (default: theirs, 40).")
     var steps: Int?
 
     @Option(name: .customLong("shots-per-task"), help: "Shots per task for the learned methods' main rows.")
@@ -100,8 +102,9 @@ struct Report: ParsableCommand {
     }
 
     func methodList() throws -> [ReportMethod] {
+        // Learned rows need shots; by default they run whenever --shots is given.
         let names = methods.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } }
-            ?? (["base", "experts"] + ReportMethods.defaultStatic)
+            ?? (["base", "experts"] + ReportMethods.defaultStatic + (shots.isEmpty ? [] : ReportMethods.learnedNames))
         var out: [ReportMethod] = []
         for n in names {
             if out.contains(where: { $0.id == n }) { throw ValidationError("--methods lists '\(n)' twice") }
@@ -109,8 +112,11 @@ struct Report: ParsableCommand {
             case "base": out.append(ReportMethods.base)
             case "experts": out.append(ReportMethods.experts)
             case _ where FusionMethods.names.contains(n): out.append(ReportMethods.staticMethod(n, rank: rank, seed: seed))
+            case _ where ReportMethods.learnedNames.contains(n):
+                if shots.isEmpty { throw ValidationError("learned method '\(n)' needs --shots (the examples its coefficients are fitted on)") }
+                out.append(ReportMethods.learned(n))
             default:
-                throw ValidationError("unknown method '\(n)' in --methods; known: base, experts, \(FusionMethods.names.joined(separator: ", "))")
+                throw ValidationError("unknown method '\(n)' in --methods; known: base, experts, \((FusionMethods.names + ReportMethods.learnedNames).joined(separator: ", "))")
             }
         }
         if out.isEmpty { throw ValidationError("--methods is empty") }

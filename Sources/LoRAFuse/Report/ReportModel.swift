@@ -109,6 +109,14 @@ public enum ReportMethods {
                             weighting: selfAveraging.contains(name) ? .one : .mean)
     }
 
+    /// The learned methods (data from the learned-fusion registry, so a new learned method
+    /// appears here without a new code path).
+    public static var learnedNames: [String] { LearnedFusionMethod.allCases.map(\.rawValue) }
+
+    public static func learned(_ name: String) -> ReportMethod {
+        ReportMethod(id: name, family: .learned, method: name)
+    }
+
     public static let base = ReportMethod(id: "base", family: .base, method: "base")
     public static let experts = ReportMethod(id: "experts", family: .expert, method: "experts")
 }
@@ -160,11 +168,34 @@ public struct ReportCoefficients: Codable, Sendable, Equatable {
     /// The fitting objective per step (for the record).
     public var lossCurve: [Double]
 
-    public init(adapters: [String], layers: [Int], values: [[Double?]], lossCurve: [Double] = []) {
+    /// Few-shot loss at the start and at the kept coefficients (mean over tasks).
+    public var initialTrainLoss: Double?
+    public var finalTrainLoss: Double?
+
+    public init(adapters: [String], layers: [Int], values: [[Double?]], lossCurve: [Double] = [],
+                initialTrainLoss: Double? = nil, finalTrainLoss: Double? = nil) {
         self.adapters = adapters
         self.layers = layers
         self.values = values
         self.lossCurve = lossCurve
+        self.initialTrainLoss = initialTrainLoss
+        self.finalTrainLoss = finalTrainLoss
+    }
+
+    /// Reduces a learned fusion's coefficients (`values[adapter][projection][layer]`) to one
+    /// value per adapter and layer: the mean over the projections the adapter adapts there.
+    public init(_ c: LearnedCoefficients, layers: Int) {
+        var values: [[Double?]] = []
+        for per in c.values {
+            var row: [Double?] = []
+            for l in 0..<layers {
+                let v = per.values.compactMap { l < $0.count ? $0[l] : nil }
+                row.append(v.isEmpty ? nil : v.reduce(0, +) / Double(v.count))
+            }
+            values.append(row)
+        }
+        self.init(adapters: c.adapterNames, layers: Array(0..<layers), values: values,
+                  lossCurve: c.lossCurve.map(\.trainLoss), initialTrainLoss: c.initialTrainLoss, finalTrainLoss: c.finalTrainLoss)
     }
 }
 

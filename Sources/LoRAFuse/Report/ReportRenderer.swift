@@ -117,7 +117,7 @@ public enum ReportRenderer {
             let dBest = row.meanLoss.flatMap { m in best?.meanLoss.map { m - $0 } }
             var dExp: Double?
             if row.method.family != .expert, let e = experts?.meanLoss(over: expertTasks), let m = row.meanLoss(over: expertTasks) { dExp = m - e }
-            let shots = row.shots.map { " (\($0) shots/task)" } ?? ""
+            let shots = row.shots.map { " on \($0) shots/task" + (r.settings.steps.map { ", \($0) steps" } ?? "") } ?? ""
             t.rows.append([row.method.id, familyName[row.method.family]!, row.method.settingsText + shots,
                            num(row.meanLoss, 4), num(row.meanAccuracy), signed(dBest), signed(dExp),
                            row.fuseSeconds.map { String(format: "%.1f", $0) } ?? "–", String(format: "%.1f", row.evalSeconds)])

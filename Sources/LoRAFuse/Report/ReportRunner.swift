@@ -8,7 +8,7 @@ public enum ReportError: Error, CustomStringConvertible, Equatable {
     case notAnAdapterDirectory(path: String)
     case noTaskFiles(path: String, suffix: String)
     case unknownTask(String, known: [String])
-    case learnedUnavailable(method: String)
+    case unknownLearnedMethod(String)
     case cacheUnreadable(file: String, detail: String)
 
     public var description: String {
@@ -27,8 +27,8 @@ public enum ReportError: Error, CustomStringConvertible, Equatable {
             return "report: directory \(path) holds no *\(suffix) files"
         case let .unknownTask(t, known):
             return "report: --tasks names '\(t)', which is not among the test tasks (\(known.joined(separator: ", ")))"
-        case let .learnedUnavailable(m):
-            return "report: learned method '\(m)' cannot run: no learned-fusion engine is linked into this build"
+        case let .unknownLearnedMethod(m):
+            return "report: unknown learned method '\(m)'; known: \(LearnedFusionMethod.allCases.map(\.rawValue).joined(separator: ", "))"
         case let .cacheUnreadable(file, detail):
             return "report: cache file \(file) is unreadable (\(detail)); delete it or rerun with --force"
         }
@@ -174,7 +174,8 @@ public final class ReportRunner {
             switch m.family {
             case .base, .static: units += examples
             case .expert: units += test.filter { t in inputs.adapters.contains { $0.name == t.name } }.reduce(0) { $0 + $1.examples.count }
-            case .learned: units += examples * Set([settings.shotsPerTask] + settings.shotsCurve).count
+            case .learned:
+                for k in shotCounts { units += examples + fitUnits(m, shots: k) }
             }
         }
         if settings.expertMatrix { units += examples * max(0, inputs.adapters.count - 1) }
@@ -190,7 +191,7 @@ public final class ReportRunner {
         progressHandler = progress
         defer { progressHandler = nil }
         var rows: [ReportRow] = []
-        let curves: [String: [ReportShotsPoint]] = [:]
+        var curves: [String: [ReportShotsPoint]] = [:]
         var warnings: [String] = []
         for m in methods {
             switch m.family {
@@ -201,7 +202,9 @@ public final class ReportRunner {
             case .static:
                 rows.append(try staticRow(m))
             case .learned:
-                throw ReportError.learnedUnavailable(method: m.id)
+                let (row, curve) = try learnedRow(m)
+                rows.append(row)
+                if settings.shotsCurve.count > 0 { curves[m.id] = curve }
             }
             warnings += rows.last!.warnings.map { "\(m.id): \($0)" }
         }
@@ -217,6 +220,107 @@ public final class ReportRunner {
                              testExamples: Dictionary(uniqueKeysWithValues: test.map { ($0.name, $0.examples.count) }),
                              adapters: inputs.adapters.map(\.name), rows: rows, analysis: analysis,
                              expertMatrix: matrix, shotsCurves: curves, warnings: warnings)
+    }
+
+    // MARK: Learned rows
+
+    /// Shots per task of every learned fit: the main rows' count and the curve's.
+    var shotCounts: [Int] { Array(Set([settings.shotsPerTask] + settings.shotsCurve)).sorted() }
+
+    /// The learned-fusion options a row uses. `--steps` sets the optimizer steps of the gradient
+    /// methods and LoraHub's budget of loss evaluations; LoraHub gets its paper's L1 weight 0.05;
+    /// everything else is `LearnedFusionOptions`' default.
+    public func learnedOptions(_ m: ReportMethod, shots k: Int) throws -> (LearnedFusionMethod, LearnedFusionOptions) {
+        guard let method = LearnedFusionMethod(rawValue: m.method) else { throw ReportError.unknownLearnedMethod(m.method) }
+        var o = LearnedFusionOptions()
+        o.seed = settings.seed
+        o.shotsPerTask = k
+        if let s = settings.steps {
+            o.steps = s
+            o.evaluations = max(2, s)
+        }
+        if method == .lorahub { o.l1 = 0.05 }
+        return (method, o)
+    }
+
+    /// Work units of one fit, in scored-example equivalents: a gradient step on a batch costs
+    /// about three forwards per sequence; a LoraHub evaluation one forward of every shot.
+    func fitUnits(_ m: ReportMethod, shots k: Int) -> Int {
+        guard let (method, o) = try? learnedOptions(m, shots: k) else { return 0 }
+        let shots = learnedShots(k).reduce(0) { $0 + $1.examples.count }
+        switch method {
+        case .lorahub: return o.evaluations * shots
+        default: return o.steps * min(o.batchSize, max(shots, 1)) * 3
+        }
+    }
+
+    /// The first k shots of each report task (tasks without a shots file have none).
+    func learnedShots(_ k: Int) -> [EvalTask] {
+        ReportInputs.firstExamples(taskNames.compactMap { n in inputs.shots.first { $0.name == n } }, k)
+    }
+
+    /// One fit per shots count; the row is the fit at `settings.shotsPerTask` (evaluated with
+    /// accuracy when the report has it), the curve every fit's mean held-out loss.
+    private func learnedRow(_ m: ReportMethod) throws -> (ReportRow, [ReportShotsPoint]) {
+        var main: ReportRow?
+        var curve: [ReportShotsPoint] = []
+        for k in shotCounts {
+            let isMain = k == settings.shotsPerTask
+            if !isMain && !settings.shotsCurve.contains(k) { continue }
+            let row = try learnedFit(m, shots: k, accuracy: isMain ? settings.accuracy : false)
+            curve.append(ReportShotsPoint(shots: k, meanLoss: row.meanLoss, tasks: row.tasks.mapValues(\.loss)))
+            if isMain { main = row }
+        }
+        return (main!, curve)
+    }
+
+    private func learnedFit(_ m: ReportMethod, shots k: Int, accuracy: Bool) throws -> ReportRow {
+        let (method, options) = try learnedOptions(m, shots: k)
+        let shots = learnedShots(k)
+        for t in test where !shots.contains(where: { $0.name == t.name && !$0.examples.isEmpty }) {
+            throw ReportError.emptyShots(task: t.name, file: inputs.shots.first { $0.name == t.name }?.path)
+        }
+        let val = taskNames.compactMap { n in inputs.val.first { $0.name == n } }
+        let id = "\(m.id)@\(k)shots"
+        var key = cacheKey(m, adapters: inputs.adapters.map(\.name), accuracy: accuracy)
+        key.learned = ["shots": shots.map(Digest.task).joined(separator: ","), "val": val.map(Digest.task).joined(separator: ","),
+                       "shotsPerTask": String(k), "steps": String(options.steps), "evaluations": String(options.evaluations),
+                       "seed": String(options.seed), "l1": String(options.l1)]
+        var entry = try loadCache(id, key: key)
+        let missing = test.filter { entry.tasks[$0.name]?.digest != Digest.task($0) }
+        if !missing.isEmpty {
+            // A partial entry cannot be finished without the fitted adapter, which is not cached
+            // (a rank-Σr adapter per fit would dwarf the report): the fit is redone, seeded.
+            let start = Date()
+            let label = "\(m.id) fit (\(k) shots/task)"
+            let units = fitUnits(m, shots: k)
+            let relay = ProgressRelay { [unowned self] step, total in
+                self.fitTick(units: units, step: step, total: total, label: label)
+            }
+            fitReported = 0
+            let result = try LearnedFusion.fuse(method: method, adapters: inputs.adapters, model: model, shots: shots, val: val,
+                                                options: options, progress: { step, total, _ in relay.call(step, total) })
+            tick(units - fitReported, label)
+            entry.fuseSeconds = Date().timeIntervalSince(start)
+            entry.coefficients = ReportCoefficients(result.coefficients, layers: model.config.numHiddenLayers)
+            entry.tasks = [:]
+            try evaluate(result.adapter, on: test, entry: &entry, cacheID: id, label: "\(m.id) (\(k) shots)", accuracy: accuracy)
+        } else {
+            tick(fitUnits(m, shots: k), "\(m.id) (cached)")
+        }
+        skipCached(except: missing.isEmpty ? [] : test, label: m.id)
+        return ReportRow(method: m, tasks: entry.results(for: test), order: taskNames, shots: k, fuseSeconds: entry.fuseSeconds,
+                         evalSeconds: entry.evalSeconds, coefficients: entry.coefficients)
+    }
+
+    private var fitReported = 0
+
+    private func fitTick(units: Int, step: Int, total: Int, label: String) {
+        let target = total > 0 ? units * min(step, total) / total : 0
+        if target > fitReported {
+            tick(target - fitReported, "\(label) step \(step)/\(total)")
+            fitReported = target
+        }
     }
 
     // MARK: Rows
@@ -341,6 +445,8 @@ public final class ReportRunner {
         var model: String
         var accuracy: Bool
         var adapterMode: String
+        /// Learned rows: what the fit depends on besides the method and the adapters.
+        var learned: [String: String]?
     }
 
     struct CachedTask: Codable, Equatable {
@@ -354,6 +460,7 @@ public final class ReportRunner {
         var fuseSeconds: Double?
         var evalSeconds: Double = 0
         var warnings: [String] = []
+        var coefficients: ReportCoefficients?
 
         func results(for tasks: [EvalTask]) -> [String: TaskEvalResult] {
             var out: [String: TaskEvalResult] = [:]
@@ -396,6 +503,14 @@ public final class ReportRunner {
         _ = try? FileManager.default.removeItem(atPath: path)
         try FileManager.default.moveItem(atPath: tmp, toPath: path)
     }
+}
+
+/// Lets the learned fit's `@Sendable` progress callback reach the runner, which is only ever
+/// used from the thread that runs it (the fit calls back synchronously).
+private final class ProgressRelay: @unchecked Sendable {
+    let body: (Int, Int) -> Void
+    init(_ body: @escaping (Int, Int) -> Void) { self.body = body }
+    func call(_ step: Int, _ total: Int) { body(step, total) }
 }
 
 /// Content digests for the cache (FNV-1a 64, hex): equal inputs give equal digests.

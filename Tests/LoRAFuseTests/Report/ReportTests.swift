@@ -41,7 +41,15 @@ enum ReportFixtures {
     }
 
     static func inputs(_ model: LlamaModel) -> ReportInputs {
-        ReportInputs(adapters: taskNames.enumerated().map { adapter(model, name: $1, seed: 100 + UInt64($0)) }, test: tasks())
+        ReportInputs(adapters: taskNames.enumerated().map { adapter(model, name: $1, seed: 100 + UInt64($0)) }, test: tasks(),
+                     shots: shots())
+    }
+
+    /// Shot pools: different examples from the test ones.
+    static func shots() -> [EvalTask] {
+        [EvalTask(name: taskNames[0], examples: [.init(prompt: "What is 3+3?", answer: "6"), .init(prompt: "What is 1+1?", answer: "2")]),
+         EvalTask(name: taskNames[1], examples: [.init(prompt: "Say yes.", answer: "yes"), .init(prompt: "Say go.", answer: "go")]),
+         EvalTask(name: taskNames[2], examples: [.init(prompt: "Count a.", answer: "1"), .init(prompt: "Count abcde.", answer: "5")])]
     }
 
     static func tempDir() -> String {
@@ -231,6 +239,64 @@ final class ReportTests: XCTestCase {
         let html = ReportRenderer.html(r)
         XCTAssertTrue(html.contains("<li class=\"missed\">bad:"))
         XCTAssertTrue(html.contains("<li class=\"met\">good:"))
+    }
+
+    /// A learned row is exactly LearnedFusion.fuse (same options) then the Evaluator; the curve has
+    /// one fit per shots count; the coefficient heatmap shows the per-layer means; reruns are cached.
+    func testLearnedRowsCurveAndCoefficients() throws {
+        let model = ReportFixtures.model()
+        let inputs = ReportFixtures.inputs(model)
+        let dir = ReportFixtures.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let settings = ReportSettings(testPerTask: 2, accuracy: false, rank: 2, shotsPerTask: 2, shotsCurve: [1, 2], steps: 2)
+        let methods = [ReportMethods.experts, ReportMethods.staticMethod("linear", rank: 2), ReportMethods.learned("atlas")]
+        let runner = try ReportRunner(model: model, inputs: inputs, settings: settings, methods: methods, directory: dir)
+        var last: ReportProgress?
+        let r = try runner.run { last = $0 }
+        XCTAssertEqual(last?.done, last?.total)
+        XCTAssertEqual(runner.evaluationsRun, 3 + 3 + 2 * 3, "experts, linear, two atlas fits")
+        let row = try XCTUnwrap(r.rows.first { $0.method.id == "atlas" })
+        XCTAssertEqual(row.shots, 2)
+
+        let (method, options) = try runner.learnedOptions(ReportMethods.learned("atlas"), shots: 2)
+        XCTAssertEqual(options.steps, 2)
+        let fit = try LearnedFusion.fuse(method: method, adapters: inputs.adapters, model: model,
+                                         shots: ReportInputs.firstExamples(inputs.shots, 2), val: [], options: options, progress: nil)
+        try model.setAdapters([(fit.adapter, 1)], mode: .merged)
+        let ev = Evaluator(model: model, options: EvalOptions(computeAccuracy: false))
+        for t in ReportInputs.firstExamples(inputs.test, 2) {
+            XCTAssertEqual(row.tasks[t.name]!.loss, try ev.evaluate(t).loss, accuracy: 1e-9, t.name)
+        }
+        XCTAssertEqual(r.shotsCurves["atlas"]?.map(\.shots), [1, 2])
+        XCTAssertEqual(r.shotsCurves["atlas"]?.last?.meanLoss, row.meanLoss)
+        XCTAssertNotEqual(r.shotsCurves["atlas"]?.first?.meanLoss, row.meanLoss, "one shot fits other coefficients")
+
+        // Coefficients: per adapter and layer, the mean over the projections.
+        let c = try XCTUnwrap(row.coefficients)
+        XCTAssertEqual(c.adapters, ReportFixtures.taskNames)
+        XCTAssertEqual(c.layers, [0, 1])
+        let q = fit.coefficients.coefficient(adapter: 1, layer: 1, module: "q_proj")
+        let all = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+            .map { fit.coefficients.coefficient(adapter: 1, layer: 1, module: $0) }
+        XCTAssertEqual(c.values[1][1]!, all.reduce(0, +) / 7, accuracy: 1e-12)
+        XCTAssertNotEqual(q, 1, "two Adam steps moved the coefficients from their start")
+        let charts = Dictionary(uniqueKeysWithValues: ReportRenderer.charts(r).map { ($0.file, $0.svg) })
+        XCTAssertEqual(ReportFixtures.cellValue(try XCTUnwrap(charts["coefficients-atlas.svg"]), row: 1, col: 1), c.values[1][1])
+        XCTAssertNotNil(charts["shots-curve.svg"])
+
+        // Targets: atlas against linear, the only static row.
+        XCTAssertEqual(r.targets.count, 1)
+        XCTAssertEqual(r.targets[0].bestStatic, "linear")
+        XCTAssertEqual(r.targets[0].beatsBestStatic, row.meanLoss! < r.rows[1].meanLoss!)
+        let html = ReportRenderer.html(r)
+        XCTAssertTrue(html.contains("atlas: mean held-out loss \(String(format: "%.4f", row.meanLoss!))"))
+        XCTAssertTrue(html.contains("Learned methods: loss against shots"))
+
+        let again = try ReportRunner(model: model, inputs: inputs, settings: settings, methods: methods, directory: dir)
+        let r2 = try again.run()
+        XCTAssertEqual(again.evaluationsRun, 0, "no fit and no evaluation on a rerun")
+        XCTAssertEqual(r2.rows, r.rows)
+        XCTAssertEqual(r2.shotsCurves, r.shotsCurves)
     }
 
     func testInputResolution() throws {
