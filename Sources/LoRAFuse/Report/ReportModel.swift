@@ -55,7 +55,7 @@ public struct ReportMethod: Codable, Sendable, Equatable {
         switch family {
         case .base: return "no adapter"
         case .expert: return "each task's own adapter on its own task"
-        case .learned: return "coefficients fitted on the shots"
+        case .learned: return "coefficients fitted on the shots, from 1/n"
         case .static:
             var parts: [String] = []
             switch weighting ?? .mean {
@@ -171,20 +171,23 @@ public struct ReportCoefficients: Codable, Sendable, Equatable {
     /// Few-shot loss at the start and at the kept coefficients (mean over tasks).
     public var initialTrainLoss: Double?
     public var finalTrainLoss: Double?
+    /// The coefficient the fit started from (the heatmap's neutral colour).
+    public var start: Double
 
     public init(adapters: [String], layers: [Int], values: [[Double?]], lossCurve: [Double] = [],
-                initialTrainLoss: Double? = nil, finalTrainLoss: Double? = nil) {
+                initialTrainLoss: Double? = nil, finalTrainLoss: Double? = nil, start: Double = 1) {
         self.adapters = adapters
         self.layers = layers
         self.values = values
         self.lossCurve = lossCurve
         self.initialTrainLoss = initialTrainLoss
         self.finalTrainLoss = finalTrainLoss
+        self.start = start
     }
 
     /// Reduces a learned fusion's coefficients (`values[adapter][projection][layer]`) to one
     /// value per adapter and layer: the mean over the projections the adapter adapts there.
-    public init(_ c: LearnedCoefficients, layers: Int) {
+    public init(_ c: LearnedCoefficients, layers: Int, start: Double) {
         var values: [[Double?]] = []
         for per in c.values {
             var row: [Double?] = []
@@ -195,7 +198,8 @@ public struct ReportCoefficients: Codable, Sendable, Equatable {
             values.append(row)
         }
         self.init(adapters: c.adapterNames, layers: Array(0..<layers), values: values,
-                  lossCurve: c.lossCurve.map(\.trainLoss), initialTrainLoss: c.initialTrainLoss, finalTrainLoss: c.finalTrainLoss)
+                  lossCurve: c.lossCurve.map(\.trainLoss), initialTrainLoss: c.initialTrainLoss, finalTrainLoss: c.finalTrainLoss,
+                  start: start)
     }
 }
 

@@ -216,6 +216,9 @@ public enum ReportRenderer {
             "Static defaults: w = 1/n for methods that add their inputs (so they average the task vectors) and w = 1 for TIES-style methods, which already take a disjoint mean; truncating methods keep rank \(r.settings.rank). Each row's settings are listed in the summary table.",
             "Task-vector heatmaps compare the adapters' updates ΔW = s·B·A over all modules: cosine near 0 means the tasks touch near-orthogonal directions; the sign-conflict rate is the fraction of weights, changed by both adapters, that they push in opposite directions (0.5 is what unrelated random updates give).",
         ]
+        if r.rows.contains(where: { $0.method.family == .learned }) {
+            s.append("Learned rows are fitted on the first \(r.settings.shotsPerTask) examples per task of the shots files (never the test examples); the shots curve refits them with fewer or more. Their coefficients are shown per adapter and layer, averaged over the layer's projections; every learned row starts from the mean of the adapters (coefficient 1/n, the static linear row), so red means the fit turned an adapter up there and blue down.")
+        }
         if r.expertMatrix != nil {
             s.append("The expert × task matrix shows every adapter's held-out loss on every task (loss only): the diagonal is the experts row; a bright off-diagonal cell means that adapter hurts that task.")
         }
@@ -236,7 +239,7 @@ public enum ReportRenderer {
         out.append(Chart(file: "mean-loss.svg", caption: "Mean held-out loss per method (lower is better)",
                          svg: SVGBarChart(title: "Mean held-out loss over \(r.tasks.count) tasks", xLabel: "mean loss (nats per answer token)",
                                           bars: bars, references: refs,
-                                          legend: families.map { (familyColor[$0]!, familyName[$0]!) }, format: "%.3f").render()))
+                                          legend: families.map { (familyColor[$0]!, familyName[$0]!) }, format: "%.3f", width: 900).render()))
         if !r.shotsCurves.isEmpty {
             let shots = Array(Set(r.shotsCurves.values.flatMap { $0.map(\.shots) })).sorted()
             var series: [SVGLineChart.Series] = []
@@ -258,10 +261,13 @@ public enum ReportRenderer {
         }
         for row in r.rows where row.method.family == .learned {
             guard let c = row.coefficients, !c.layers.isEmpty else { continue }
+            // Centred on the coefficient the fit started from: red cells were turned up by the
+            // fit, blue ones down.
             let hm = SVGHeatmap(title: "\(row.method.id): learned coefficient per layer (mean over modules)",
                                 rowLabels: c.adapters, columnLabels: c.layers.map { "L\($0)" }, values: c.values,
-                                scale: SVGHeatmap.autoScale(c.values, divergingAround: 0), format: "%.2f",
-                                legend: "coefficient", cellWidth: c.layers.count > 16 ? 30 : 40, cellHeight: 22)
+                                scale: SVGHeatmap.autoScale(c.values, divergingAround: c.start), format: "%.2f",
+                                legend: "coefficient (white = start, \(ReportFormat.short(c.start)))",
+                                cellWidth: c.layers.count > 16 ? 30 : 40, cellHeight: 22)
             out.append(Chart(file: "coefficients-\(fileSafe(row.method.id)).svg",
                              caption: "\(row.method.id): learned coefficients per adapter and layer", svg: hm.render()))
         }

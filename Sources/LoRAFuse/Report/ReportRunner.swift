@@ -228,13 +228,20 @@ public final class ReportRunner {
     var shotCounts: [Int] { Array(Set([settings.shotsPerTask] + settings.shotsCurve)).sorted() }
 
     /// The learned-fusion options a row uses. `--steps` sets the optimizer steps of the gradient
-    /// methods and LoraHub's budget of loss evaluations; LoraHub gets its paper's L1 weight 0.05;
-    /// everything else is `LearnedFusionOptions`' default.
+    /// methods and LoraHub's budget of loss evaluations; LoraHub gets its paper's L1 weight 0.05.
+    ///
+    /// Every learned row starts from the mean of the adapters, coefficient 1/n — the static
+    /// `linear` row — rather than the library's default 1 (their plain sum, n times too strong for
+    /// any one task when n is 14): a learned row below `linear` is then the fit's own gain, and a
+    /// short fit cannot be lost walking back from the sum. cat-learned gets softmax scale 1, the
+    /// convex mixture of its paper (LoRA Soups), which also starts at 1/n.
     public func learnedOptions(_ m: ReportMethod, shots k: Int) throws -> (LearnedFusionMethod, LearnedFusionOptions) {
         guard let method = LearnedFusionMethod(rawValue: m.method) else { throw ReportError.unknownLearnedMethod(m.method) }
         var o = LearnedFusionOptions()
         o.seed = settings.seed
         o.shotsPerTask = k
+        o.initialCoefficient = Self.learnedStart(adapters: inputs.adapters.count)
+        o.catScale = 1
         if let s = settings.steps {
             o.steps = s
             o.evaluations = max(2, s)
@@ -243,14 +250,18 @@ public final class ReportRunner {
         return (method, o)
     }
 
-    /// Work units of one fit, in scored-example equivalents: a gradient step on a batch costs
-    /// about three forwards per sequence; a LoraHub evaluation one forward of every shot.
+    /// The coefficient every learned row starts from (see `learnedOptions`).
+    public static func learnedStart(adapters n: Int) -> Double { 1 / Double(max(n, 1)) }
+
+    /// Work units of one fit, in scored-example equivalents (measured on SmolLM2: a gradient step
+    /// costs about five scored examples per sequence of its batch, a LoraHub evaluation about one
+    /// per shot).
     func fitUnits(_ m: ReportMethod, shots k: Int) -> Int {
         guard let (method, o) = try? learnedOptions(m, shots: k) else { return 0 }
         let shots = learnedShots(k).reduce(0) { $0 + $1.examples.count }
         switch method {
         case .lorahub: return o.evaluations * shots
-        default: return o.steps * min(o.batchSize, max(shots, 1)) * 3
+        default: return o.steps * min(o.batchSize, max(shots, 1)) * 5
         }
     }
 
@@ -285,7 +296,8 @@ public final class ReportRunner {
         var key = cacheKey(m, adapters: inputs.adapters.map(\.name), accuracy: accuracy)
         key.learned = ["shots": shots.map(Digest.task).joined(separator: ","), "val": val.map(Digest.task).joined(separator: ","),
                        "shotsPerTask": String(k), "steps": String(options.steps), "evaluations": String(options.evaluations),
-                       "seed": String(options.seed), "l1": String(options.l1)]
+                       "seed": String(options.seed), "l1": String(options.l1),
+                       "start": String(options.initialCoefficient), "catScale": String(options.catScale ?? 0)]
         var entry = try loadCache(id, key: key)
         let missing = test.filter { entry.tasks[$0.name]?.digest != Digest.task($0) }
         if !missing.isEmpty {
@@ -302,7 +314,8 @@ public final class ReportRunner {
                                                 options: options, progress: { step, total, _ in relay.call(step, total) })
             tick(units - fitReported, label)
             entry.fuseSeconds = Date().timeIntervalSince(start)
-            entry.coefficients = ReportCoefficients(result.coefficients, layers: model.config.numHiddenLayers)
+            entry.coefficients = ReportCoefficients(result.coefficients, layers: model.config.numHiddenLayers,
+                                                    start: options.initialCoefficient)
             entry.tasks = [:]
             try evaluate(result.adapter, on: test, entry: &entry, cacheID: id, label: "\(m.id) (\(k) shots)", accuracy: accuracy)
         } else {

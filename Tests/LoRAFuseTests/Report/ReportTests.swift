@@ -260,6 +260,8 @@ final class ReportTests: XCTestCase {
 
         let (method, options) = try runner.learnedOptions(ReportMethods.learned("atlas"), shots: 2)
         XCTAssertEqual(options.steps, 2)
+        XCTAssertEqual(options.initialCoefficient, 1.0 / 3, "learned rows start at the mean, the linear row")
+        XCTAssertEqual(options.catScale, 1)
         let fit = try LearnedFusion.fuse(method: method, adapters: inputs.adapters, model: model,
                                          shots: ReportInputs.firstExamples(inputs.shots, 2), val: [], options: options, progress: nil)
         try model.setAdapters([(fit.adapter, 1)], mode: .merged)
@@ -279,7 +281,8 @@ final class ReportTests: XCTestCase {
         let all = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
             .map { fit.coefficients.coefficient(adapter: 1, layer: 1, module: $0) }
         XCTAssertEqual(c.values[1][1]!, all.reduce(0, +) / 7, accuracy: 1e-12)
-        XCTAssertNotEqual(q, 1, "two Adam steps moved the coefficients from their start")
+        XCTAssertNotEqual(q, 1.0 / 3, "two Adam steps moved the coefficients from their start")
+        XCTAssertEqual(c.start, 1.0 / 3)
         let charts = Dictionary(uniqueKeysWithValues: ReportRenderer.charts(r).map { ($0.file, $0.svg) })
         XCTAssertEqual(ReportFixtures.cellValue(try XCTUnwrap(charts["coefficients-atlas.svg"]), row: 1, col: 1), c.values[1][1])
         XCTAssertNotNil(charts["shots-curve.svg"])
