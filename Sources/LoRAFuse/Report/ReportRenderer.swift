@@ -118,7 +118,10 @@ public enum ReportRenderer {
             var dExp: Double?
             if row.method.family != .expert, let e = experts?.meanLoss(over: expertTasks), let m = row.meanLoss(over: expertTasks) { dExp = m - e }
             let shots = row.shots.map { " on \($0) shots/task" + (r.settings.steps.map { ", \($0) steps" } ?? "") } ?? ""
-            t.rows.append([row.method.id, familyName[row.method.family]!, row.method.settingsText + shots,
+            // A row that covers only some tasks (experts without an adapter for each) says so:
+            // its mean is over fewer tasks than the others'.
+            let coverage = row.tasks.count < r.tasks.count ? " (\(row.tasks.count) of \(r.tasks.count) tasks)" : ""
+            t.rows.append([row.method.id, familyName[row.method.family]!, row.method.settingsText + shots + coverage,
                            num(row.meanLoss, 4), num(row.meanAccuracy), signed(dBest), signed(dExp),
                            row.fuseSeconds.map { String(format: "%.1f", $0) } ?? "–", String(format: "%.1f", row.evalSeconds)])
             values.append([row.meanLoss, row.meanAccuracy])
@@ -229,7 +232,10 @@ public enum ReportRenderer {
 
     public static func charts(_ r: ReportResults) -> [Chart] {
         var out: [Chart] = []
-        let bars = r.rows.map { SVGBarChart.Bar(label: $0.method.id, value: $0.meanLoss, color: familyColor[$0.method.family]!) }
+        let bars = r.rows.map { row in
+            SVGBarChart.Bar(label: row.method.id + (row.tasks.count < r.tasks.count ? " (\(row.tasks.count)/\(r.tasks.count) tasks)" : ""),
+                            value: row.meanLoss, color: familyColor[row.method.family]!)
+        }
         var refs: [SVGBarChart.Reference] = []
         if let b = r.bestStatic, let v = b.meanLoss { refs.append(.init(label: "best static (\(b.method.id))", value: v, color: familyColor[.static]!)) }
         if let e = r.rows.first(where: { $0.method.family == .expert }), let v = e.meanLoss {
