@@ -55,7 +55,7 @@ public struct ReportMethod: Codable, Sendable, Equatable {
         switch family {
         case .base: return "no adapter"
         case .expert: return "each task's own adapter on its own task"
-        case .learned: return "coefficients fitted on the shots, from 1/n"
+        case .learned: return "fitted from 1/n"
         case .static:
             var parts: [String] = []
             switch weighting ?? .mean {

@@ -81,6 +81,7 @@ public enum ReportRenderer {
         var best: Set<[Int]> = []           // [row, column]
         var muted: Set<Int> = []            // reference rows (experts)
         var numericFrom = 1                 // columns from here on are right-aligned
+        var wrapColumns: Set<Int> = []      // long text that may wrap
     }
 
     static func num(_ v: Double?, _ digits: Int = 3) -> String {
@@ -108,8 +109,9 @@ public enum ReportRenderer {
     static func summaryTable(_ r: ReportResults) -> Table {
         let best = r.bestStatic
         let experts = r.rows.first { $0.method.family == .expert }
-        var t = Table(header: ["method", "family", "settings", "mean loss", "mean accuracy", "Δ loss vs best static",
-                               "Δ loss vs experts", "fuse s", "eval s"], rows: [])
+        var t = Table(header: ["method", "family", "settings", "mean loss", "mean acc.", "Δ vs best static",
+                               "Δ vs experts", "fuse s", "eval s"], rows: [])
+        t.wrapColumns = [2]
         t.numericFrom = 3
         var values: [[Double?]] = []
         let expertTasks = experts.map { Array($0.tasks.keys).sorted() } ?? []
@@ -325,8 +327,12 @@ public enum ReportRenderer {
     th, td { padding: 5px 9px; border-bottom: 1px solid var(--line); white-space: nowrap; }
     th { background: #eef1f5; text-align: left; font-weight: 600; position: sticky; top: 0; }
     td.num, th.num { text-align: right; }
+    td.wrap { white-space: normal; min-width: 220px; max-width: 340px; }
     td:first-child, th:first-child { position: sticky; left: 0; background: white; font-weight: 600; border-right: 1px solid var(--line); }
     th:first-child { background: #eef1f5; }
+    table.wide th.rot { vertical-align: bottom; padding: 8px 4px; }
+    table.wide th.rot span { writing-mode: vertical-rl; transform: rotate(180deg); white-space: nowrap; display: inline-block; }
+    table.wide td { padding: 5px 6px; }
     tr.muted td { color: var(--muted); font-style: italic; background: #fafafa; }
     td.best { background: var(--best); font-weight: 700; }
     tr.fam-static td:first-child { box-shadow: inset 4px 0 #1f77b4; }
@@ -342,8 +348,16 @@ public enum ReportRenderer {
     """
 
     static func htmlTable(_ t: Table, rowClasses: [String] = []) -> String {
-        var s = "<div class=\"scroll\"><table>\n<thead><tr>"
-        for (j, h) in t.header.enumerated() { s += "<th\(j >= t.numericFrom ? " class=\"num\"" : "")>\(escapeHTML(h))</th>" }
+        // Many task columns would not fit the page side by side: their headers stand upright.
+        let rotate = t.header.count > 9
+        var s = "<div class=\"scroll\"><table\(rotate ? " class=\"wide\"" : "")>\n<thead><tr>"
+        for (j, h) in t.header.enumerated() {
+            if rotate && j >= t.numericFrom {
+                s += "<th class=\"num rot\"><span>\(escapeHTML(h))</span></th>"
+            } else {
+                s += "<th\(j >= t.numericFrom ? " class=\"num\"" : "")>\(escapeHTML(h))</th>"
+            }
+        }
         s += "</tr></thead>\n<tbody>\n"
         for (i, row) in t.rows.enumerated() {
             var cls: [String] = []
@@ -353,6 +367,7 @@ public enum ReportRenderer {
             for (j, c) in row.enumerated() {
                 var cc: [String] = []
                 if j >= t.numericFrom { cc.append("num") }
+                if t.wrapColumns.contains(j) { cc.append("wrap") }
                 if t.best.contains([i, j]) { cc.append("best") }
                 s += "<td\(cc.isEmpty ? "" : " class=\"\(cc.joined(separator: " "))\"")>\(escapeHTML(c))</td>"
             }
