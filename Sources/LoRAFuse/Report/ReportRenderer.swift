@@ -12,6 +12,8 @@ public enum ReportRenderer {
     }
 
     static let familyColor: [ReportFamily: String] = [.base: "#7f7f7f", .expert: "#2ca02c", .static: "#1f77b4", .learned: "#d62728"]
+    /// Learned curves avoid the blue and green of the static and expert reference lines.
+    static let learnedPalette = ["#d62728", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
     static let familyName: [ReportFamily: String] = [.base: "base", .expert: "experts", .static: "static", .learned: "learned"]
 
     /// Writes every file into `directory` (created if needed); returns the paths written.
@@ -94,11 +96,14 @@ public enum ReportRenderer {
         guard let width = values.first?.count else { return }
         for j in 0..<width {
             var best: Double?
+            var worst: Double?
             for (i, row) in values.enumerated() where competing[i] {
                 guard let v = row[j], v.isFinite else { continue }
                 if best == nil || (lowerIsBetter ? v < best! : v > best!) { best = v }
+                if worst == nil || (lowerIsBetter ? v > worst! : v < worst!) { worst = v }
             }
-            guard let b = best else { continue }
+            // A column where every row ties (e.g. accuracy 0 everywhere) has no best to point at.
+            guard let b = best, let w = worst, abs(w - b) > 5e-4 * max(1, abs(b)) else { continue }
             for (i, row) in values.enumerated() where competing[i] {
                 // Ties at the printed precision are all best.
                 if let v = row[j], abs(v - b) <= 5e-4 * max(1, abs(b)) { t.best.insert([i, j + fromColumn]) }
@@ -253,7 +258,7 @@ public enum ReportRenderer {
             var series: [SVGLineChart.Series] = []
             for (i, row) in r.rows.filter({ $0.method.family == .learned }).enumerated() {
                 let pts = (r.shotsCurves[row.method.id] ?? []).compactMap { p in p.meanLoss.map { (log2(Double(p.shots)), $0) } }
-                series.append(.init(name: row.method.id, points: pts, color: SVGLineChart.palette[(i + 1) % SVGLineChart.palette.count], markers: true))
+                series.append(.init(name: row.method.id, points: pts, color: learnedPalette[i % learnedPalette.count], markers: true))
             }
             let xr = (log2(Double(shots.first ?? 1)), log2(Double(shots.last ?? 1)))
             if let b = r.bestStatic, let v = b.meanLoss {

@@ -302,6 +302,15 @@ final class ReportTests: XCTestCase {
         XCTAssertEqual(r2.shotsCurves, r.shotsCurves)
     }
 
+    func testBestOfColumnSkipsTiesAndReferenceRows() {
+        var t = ReportRenderer.Table(header: ["m", "a", "b", "c"], rows: [["x", "", "", ""], ["y", "", "", ""], ["ref", "", "", ""]])
+        ReportRenderer.markBest(&t, values: [[0, 1, 2], [0, 2, 2.0000001], [0, 0.5, 1]], competing: [true, true, false],
+                                lowerIsBetter: true, fromColumn: 1)
+        // Column a: every competing row ties; b: row 0 (the reference row's 0.5 does not compete);
+        // c: rows 0 and 1 agree at the printed precision, so there is no best either.
+        XCTAssertEqual(t.best, [[0, 2]])
+    }
+
     func testInputResolution() throws {
         let dir = ReportFixtures.tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
