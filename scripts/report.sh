@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # The README's main job ends here: `lorafuse report` on the shipped task suite with one trained
-# adapter per task. The settings aim at about 20 minutes on 2 otherwise idle cores (estimate from
-# timings on a shared machine: ~6 min of evaluation for 21 rows × 140 held-out examples, ~3 min of
-# static fusion, ~4 min of aTLAS/cat-learned fits, ~6 min of LoraHub, whose every evaluation scores
-# all shots: 224 sequences at 16 shots per task). A rerun reuses $OUT/cache and only computes what
-# changed; the page lists each row's fusion and evaluation seconds.
+# adapter per task. A rerun reuses $OUT/cache and only computes what changed; the page lists each
+# row's fusion and evaluation seconds.
+#
+# Time, from parts measured on the shared 2-core machine at load average ~8.5 (2026-11-29):
+# static fusion of 14 rank-8 adapters ~570 s (DELLA 213, Breadcrumbs 114, TIES/magnitude prune
+# ~80 each), evaluation ~0.3 s per example with accuracy (21 rows × 8 examples × 14 tasks ~730 s),
+# aTLAS / cat-learned ~15 s per step plus two passes over all shots per fit (~600 s each method for
+# the three fits), LoraHub ~0.4 s per shot per evaluation (8 evaluations × 294 shots over the three
+# fits ~960 s): about 58 minutes loaded, an estimated 15–20 minutes on two idle cores.
 #
 #   ADAPTERS  directory of per-task adapters (default: adapters/, one sub-directory per task)
 #   OUT       output directory (default: out/report)
@@ -20,11 +24,11 @@ if [ ! -d "$ADAPTERS" ]; then
   exit 2
 fi
 
-# 10 held-out examples per task (140 in all) per row; learned rows fit on 16 shots per task
-# (first lines of NAME.train.jsonl, never the test files) for 10 steps (LoraHub: 10 loss
+# 8 held-out examples per task (112 in all) per row; learned rows fit on 16 shots per task
+# (first lines of NAME.train.jsonl, never the test files) for 8 steps (LoraHub: 8 loss
 # evaluations), plus the shots curve's refits at 1 and 4.
 $LF report --adapters "$ADAPTERS" --test tasks --shots tasks \
-  --test-per-task 10 --shots-per-task 16 --shots-curve 1,4,16 --steps 10 \
+  --test-per-task 8 --shots-per-task 16 --shots-curve 1,4,16 --steps 8 \
   -o "$OUT" "$@"
 
 # A screenshot of the page for docs/, when a headless Chromium is installed
