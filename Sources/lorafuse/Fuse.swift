@@ -45,6 +45,9 @@ struct Fuse: ParsableCommand {
     @Option(name: .long, parsing: .upToNextOption, help: "Validation examples, one .jsonl per task: early stopping and the kept coefficients.")
     var val: [String] = []
 
+    @Option(name: .customLong("val-per-task"), help: "Use only the first N examples of each --val file.")
+    var valPerTask: Int?
+
     @Option(name: [.short, .customLong("output")], help: "Output adapter directory.")
     var output: String
 
@@ -87,6 +90,7 @@ struct Fuse: ParsableCommand {
         if batch < 1 { throw ValidationError("--batch must be at least 1, got \(batch)") }
         if evaluations < 2 { throw ValidationError("--evaluations must be at least 2, got \(evaluations)") }
         if let n = shotsPerTask, n < 1 { throw ValidationError("--shots-per-task must be at least 1, got \(n)") }
+        if let n = valPerTask, n < 1 { throw ValidationError("--val-per-task must be at least 1, got \(n)") }
         if let r = rank, r < 1 { throw ValidationError("--rank must be at least 1, got \(r)") }
         if patience != nil && val.isEmpty { throw ValidationError("--patience needs --val") }
     }
@@ -96,6 +100,7 @@ struct Fuse: ParsableCommand {
         let m = LearnedFusionMethod(rawValue: method)!
         var o = LearnedFusionOptions()
         o.steps = steps; o.learningRate = lr; o.batchSize = batch; o.seed = seed; o.shotsPerTask = shotsPerTask
+        o.valPerTask = valPerTask
         o.granularity = CoefficientGranularity(rawValue: granularity)!
         o.l1 = l1 ?? (m == .lorahub ? 0.05 : 0); o.l2 = l2
         o.patience = patience; o.evalEvery = evalEvery; o.evaluations = evaluations

@@ -45,6 +45,8 @@ public struct LearnedFusionOptions: Sendable {
     public var seed: UInt64 = 0
     /// Keep only the first N examples of each shots file (nil: all).
     public var shotsPerTask: Int?
+    /// Keep only the first N examples of each validation file (nil: all).
+    public var valPerTask: Int?
     public var granularity: CoefficientGranularity = .block
     /// Penalty weights. aTLAS: λ₁·Σ|c| + λ₂·Σc² over the parameters θ = c (aTLAS's ‖λ‖_p).
     /// cat-learned: on the softmax logits θ (pulls toward the uniform mix). lorahub: `l1`·mean|w|
@@ -86,6 +88,7 @@ public struct LearnedFusionOptions: Sendable {
         if !(learningRate > 0) { throw bad("learning rate", "\(learningRate)", "> 0") }
         if batchSize < 1 { throw bad("batch", "\(batchSize)", "≥ 1") }
         if let n = shotsPerTask, n < 1 { throw bad("shots-per-task", "\(n)", "≥ 1") }
+        if let n = valPerTask, n < 1 { throw bad("val-per-task", "\(n)", "≥ 1") }
         if !(l1 >= 0) { throw bad("l1", "\(l1)", "≥ 0") }
         if !(l2 >= 0) { throw bad("l2", "\(l2)", "≥ 0") }
         if let p = patience, p < 1 { throw bad("patience", "\(p)", "≥ 1") }
@@ -171,7 +174,7 @@ public enum LearnedFusion {
                             progress: (@Sendable (_ step: Int, _ total: Int, _ loss: Double) -> Void)?) throws -> LearnedFusionResult {
         try options.validate(method: method)
         let problem = try LearnedProblem(adapters: adapters, model: model, shots: shots, val: val,
-                                         shotsPerTask: options.shotsPerTask)
+                                         shotsPerTask: options.shotsPerTask, valPerTask: options.valPerTask)
         return try run(method: method, problem: problem, options: options, progress: progress)
     }
 
@@ -229,20 +232,22 @@ final class LearnedProblem {
 
     var adapterCount: Int { adapters.count }
 
-    /// Tokenizes the shots as `Evaluator` scores them (first `shotsPerTask` of each task).
-    convenience init(adapters: [LoRAAdapter], model: LlamaModel, shots: [EvalTask], val: [EvalTask], shotsPerTask: Int?) throws {
+    /// Tokenizes the shots as `Evaluator` scores them (the first `shotsPerTask` / `valPerTask` of each task).
+    convenience init(adapters: [LoRAAdapter], model: LlamaModel, shots: [EvalTask], val: [EvalTask],
+                     shotsPerTask: Int?, valPerTask: Int? = nil) throws {
         guard !shots.isEmpty else { throw TrainError.badData(file: "(shots)", reason: "no shots files") }
-        func tokenize(_ tasks: [EvalTask]) throws -> [[TrainingSequence]] {
+        func tokenize(_ tasks: [EvalTask], first: Int?) throws -> [[TrainingSequence]] {
             try tasks.map { t in
                 var t = t
-                if let n = shotsPerTask { t.examples = Array(t.examples.prefix(n)) }
+                if let n = first { t.examples = Array(t.examples.prefix(n)) }
                 guard !t.examples.isEmpty else {
                     throw TrainError.badData(file: t.path ?? t.name, reason: "no examples")
                 }
                 return try TrainingData.sequences(t, model: model)
             }
         }
-        try self.init(adapters: adapters, model: model, train: try tokenize(shots), val: try tokenize(val),
+        try self.init(adapters: adapters, model: model, train: try tokenize(shots, first: shotsPerTask),
+                      val: try tokenize(val, first: valPerTask),
                       taskNames: shots.map(\.name))
     }
 
@@ -538,7 +543,8 @@ extension LearnedFusionOptions {
     func record(_ method: LearnedFusionMethod) -> [String: String] {
         var d: [String: String] = ["seed": "\(seed)", "initial_coefficient": "\(initialCoefficient)",
                                    "fold_rank": foldRank.map(String.init) ?? "concat",
-                                   "shots_per_task": shotsPerTask.map(String.init) ?? "all"]
+                                   "shots_per_task": shotsPerTask.map(String.init) ?? "all",
+                                   "val_per_task": valPerTask.map(String.init) ?? "all"]
         switch method {
         case .lorahub:
             d["evaluations"] = "\(evaluations)"; d["composition"] = lorahubComposition
