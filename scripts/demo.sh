@@ -37,3 +37,10 @@ echo; echo "== lorafuse eval: the base model on the first 10 test examples of tw
 mkdir -p "$OUT/eval"
 for t in date_eu add_2digit; do head -n 10 "tasks/$t.test.jsonl" > "$OUT/eval/$t.test.jsonl"; done
 $LF eval --data "$OUT/eval/date_eu.test.jsonl" "$OUT/eval/add_2digit.test.jsonl"
+
+echo; echo "== lorafuse report: every method on the task suite's held-out tests (needs adapters/, one per task)"
+if [ -d adapters ]; then
+  bash scripts/report.sh
+else
+  echo "skipped: no adapters/ directory (train one adapter per task with lorafuse train; see README)"
+fi

@@ -1,0 +1,159 @@
+import ArgumentParser
+import Foundation
+import LoRAFuse
+
+struct Report: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Compare the base model, the experts and every fusion method on held-out tasks; write an HTML report.",
+        discussion: """
+        Writes OUT/index.html (self-contained), OUT/report.md with its .svg charts, and OUT/results.json.
+        Rows: base (no adapter), experts (each adapter on the task of the same name), one row per static
+        method (\(ReportMethods.defaultStatic.joined(separator: ", ")) by default; any of \
+        \(FusionMethods.names.joined(separator: ", ")) with --methods), and, with --shots, one row per
+        learned method (\(ReportMethods.learnedNames.joined(separator: ", "))) fitted on the first
+        --shots-per-task examples of each task's shots file, plus one fit per --shots-curve count.
+        Static defaults: w = 1/n for methods that sum their inputs, w = 1 for TIES-style methods
+        (\(ReportMethods.selfAveraging.sorted().joined(separator: ", "))), which take a disjoint mean
+        themselves; rank --rank for truncating methods; densities from the registry (TIES, magnitude
+        prune, KnOTS 0.2; DARE, DELLA 0.5; Breadcrumbs 0.1 with γ 0.01).
+        Results are cached per method and task under OUT/cache/; a rerun computes only what changed
+        (--force recomputes everything).
+        Example:  lorafuse report --adapters adapters/ --test tasks/ --shots tasks/ --test-per-task 20 -o report/
+        """
+    )
+
+    @Option(name: .long, parsing: .upToNextOption,
+            help: "Adapters (directories or GGUF files), or directories holding one adapter per sub-directory. Each adapter is named after its task.")
+    var adapters: [String] = []
+
+    @Option(name: .long, parsing: .upToNextOption, help: "Held-out task files, or directories of NAME.test.jsonl files.")
+    var test: [String] = []
+
+    @Option(name: .long, parsing: .upToNextOption,
+            help: "Pools the learned methods' shots come from (first lines first): files, or directories of NAME.train.jsonl files.")
+    var shots: [String] = []
+
+    @Option(name: .long, parsing: .upToNextOption, help: "Validation files, or directories of NAME.val.jsonl files (learned methods).")
+    var val: [String] = []
+
+    @Option(name: [.short, .customLong("output")], help: "Output directory (created; its cache/ is reused on reruns).")
+    var output: String
+
+    @Option(name: .long, help: "Model GGUF file or HF directory (default: the SmolLM2-135M-Instruct model in $LORAFUSE_HOME/models).")
+    var model: String?
+
+    @Option(name: .long, help: "Comma-separated rows to run: base, experts and method names (default: base, experts and \(ReportMethods.defaultStatic.joined(separator: ",")).")
+    var methods: String?
+
+    @Option(name: .long, help: "Comma-separated task names to keep (default: every test task).")
+    var tasks: String?
+
+    @Option(name: .customLong("test-per-task"), help: "Evaluate only the first N test examples of each task.")
+    var testPerTask: Int?
+
+    @Option(name: .long, help: "Rank of the fused adapter for the truncating static methods (svd, TIES, DARE, …).")
+    var rank: Int = 32
+
+    @Option(name: .long, help: "Seed of every random choice (DARE masks, randomized SVD, k-means, sign-conflict samples).")
+    var seed: UInt64 = 0
+
+    @Option(name: .long, help: "Optimizer steps of atlas and cat-learned, and LoraHub's budget of loss evaluations (default: theirs, 40).")
+    var steps: Int?
+
+    @Option(name: .customLong("shots-per-task"), help: "Shots per task for the learned methods' main rows.")
+    var shotsPerTask: Int = 16
+
+    @Option(name: .customLong("shots-curve"), help: "Comma-separated shots per task for the learned methods' curve.")
+    var shotsCurve: String = "1,4,16"
+
+    @Flag(name: .customLong("no-shots-curve"), help: "Skip the shots curve (only the main learned rows).")
+    var noShotsCurve = false
+
+    @Flag(name: .customLong("expert-matrix"), help: "Also evaluate every adapter on every task (loss only) for a heatmap.")
+    var expertMatrix = false
+
+    @Flag(name: .customLong("no-accuracy"), help: "Skip greedy decoding (loss only).")
+    var noAccuracy = false
+
+    @Flag(name: .long, help: "Recompute everything instead of reusing OUT/cache/.")
+    var force = false
+
+    @OptionGroup var compute: ComputeOptions
+
+    func validate() throws {
+        if adapters.isEmpty { throw ValidationError("give the adapters with --adapters DIR... (or a directory of adapter directories)") }
+        if test.isEmpty { throw ValidationError("give the held-out tasks with --test FILE... (or a directory of NAME.test.jsonl)") }
+        if let n = testPerTask, n < 1 { throw ValidationError("--test-per-task must be at least 1, got \(n)") }
+        if rank < 1 { throw ValidationError("--rank must be at least 1, got \(rank)") }
+        if let s = steps, s < 1 { throw ValidationError("--steps must be at least 1, got \(s)") }
+        if shotsPerTask < 1 { throw ValidationError("--shots-per-task must be at least 1, got \(shotsPerTask)") }
+        _ = try curve()
+        _ = try methodList()
+    }
+
+    func curve() throws -> [Int] {
+        if noShotsCurve { return [] }
+        let parts = shotsCurve.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+        let v = parts.compactMap { Int($0) }
+        guard v.count == parts.count, !v.isEmpty, v.allSatisfy({ $0 >= 1 }) else {
+            throw ValidationError("--shots-curve must be comma-separated integers ≥ 1, got '\(shotsCurve)'")
+        }
+        return Array(Set(v)).sorted()
+    }
+
+    func methodList() throws -> [ReportMethod] {
+        // Learned rows need shots; by default they run whenever --shots is given.
+        let names = methods.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } }
+            ?? (["base", "experts"] + ReportMethods.defaultStatic + (shots.isEmpty ? [] : ReportMethods.learnedNames))
+        var out: [ReportMethod] = []
+        for n in names {
+            if out.contains(where: { $0.id == n }) { throw ValidationError("--methods lists '\(n)' twice") }
+            switch n {
+            case "base": out.append(ReportMethods.base)
+            case "experts": out.append(ReportMethods.experts)
+            case _ where FusionMethods.names.contains(n): out.append(ReportMethods.staticMethod(n, rank: rank, seed: seed))
+            case _ where ReportMethods.learnedNames.contains(n):
+                if shots.isEmpty { throw ValidationError("learned method '\(n)' needs --shots (the examples its coefficients are fitted on)") }
+                out.append(ReportMethods.learned(n))
+            default:
+                throw ValidationError("unknown method '\(n)' in --methods; known: base, experts, \((FusionMethods.names + ReportMethods.learnedNames).joined(separator: ", "))")
+            }
+        }
+        if out.isEmpty { throw ValidationError("--methods is empty") }
+        return out
+    }
+
+    func run() throws {
+        compute.apply()
+        let methods = try methodList()
+        let modelPath = model ?? ModelLocator.defaultModelPath()
+        let hints = (try? ModelHints.load(path: modelPath)) ?? ModelHints()
+        let adapterPaths = try ReportInputs.adapterPaths(adapters)
+        let loaded = try adapterPaths.map { try AdapterIO.read(path: $0, hints: hints) }
+        var inputs = ReportInputs(adapters: loaded,
+                                  test: try TaskData.read(paths: try ReportInputs.taskFiles(test, suffix: ".test.jsonl")),
+                                  shots: try TaskData.read(paths: try ReportInputs.taskFiles(shots, suffix: ".train.jsonl")),
+                                  val: try TaskData.read(paths: try ReportInputs.taskFiles(val, suffix: ".val.jsonl")))
+        if let t = tasks {
+            inputs = try inputs.restricted(to: t.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
+        }
+        let lm = try loadModel(modelPath: model, adapters: [])
+        let settings = ReportSettings(testPerTask: testPerTask, accuracy: !noAccuracy, rank: rank, seed: seed,
+                                      shotsPerTask: shotsPerTask, shotsCurve: try curve(), steps: steps,
+                                      expertMatrix: expertMatrix, model: modelPath)
+        let runner = try ReportRunner(model: lm, inputs: inputs, settings: settings, methods: methods, directory: output, force: force)
+        let bar = ProgressBar(total: runner.plannedUnits, label: "report", enabled: !compute.quiet)
+        let results = try runner.run { p in bar.update(p.done, total: p.total, detail: p.detail) }
+        try ReportRenderer.write(results, to: output)
+
+        func f(_ v: Double?) -> String { v.map { String(format: "%.4f", $0) } ?? "-" }
+        let width = max(8, (results.rows.map(\.method.id.count).max() ?? 0) + 2)
+        func pad(_ s: String) -> String { s + String(repeating: " ", count: max(1, width - s.count)) }
+        print(pad("method") + "mean loss  mean accuracy")
+        for r in results.rows { print(pad(r.method.id) + f(r.meanLoss).padding(toLength: 11, withPad: " ", startingAt: 0) + f(r.meanAccuracy)) }
+        print("")
+        for s in ReportRenderer.targetSentences(results) { print(s) }
+        print("")
+        print("wrote \(output)/index.html, report.md, results.json (\(runner.evaluationsRun) task evaluations run, the rest from \(output)/cache)")
+    }
+}
