@@ -146,3 +146,64 @@ struct GenerateAdapter: ParsableCommand {
         print("\(method): adapter written to \(output)")
     }
 }
+
+/// Runs the ICM-Fusion experiment (the part of `lorafuse report` about ICM-Fusion) on suite tasks.
+struct ICMReport: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "icm-report",
+        abstract: "ICM-Fusion experiment: held-out loss/accuracy vs experts and static methods, ablations, long tail, reconstruction, storage.",
+        discussion: "Tasks come from --tasks-dir (the suite: <task>.train/.test.jsonl and manifest.json); adapters from --adapters-dir/<task>/."
+    )
+    @Option(name: .long, parsing: .upToNextOption, help: "Task names (at least two) with adapters in --adapters-dir.") var tasks: [String]
+    @Option(name: .customLong("tasks-dir"), help: "Task-suite folder.") var tasksDir = "tasks"
+    @Option(name: .customLong("adapters-dir"), help: "Folder with one adapter folder per task.") var adaptersDir = "adapters"
+    @Option(name: .long, help: "Shots per task (first lines of the train split).") var shots = 4
+    @Option(name: .customLong("test-examples"), help: "Held-out examples per task (first lines of the test split).") var testExamples = 25
+    @Option(name: .customLong("static-methods"), help: "Comma-separated static methods (default: all).") var staticMethods: String?
+    @Option(name: .customLong("fusion-steps"), help: "Fusion learning steps.") var fusionSteps = 12
+    @Option(name: .customLong("adapt-steps"), help: "In-context adaptation steps after decoding.") var adaptSteps = 2
+    @Flag(name: .customLong("no-ablations"), help: "Skip the ablations.") var noAblations = false
+    @Flag(name: .customLong("no-accuracy"), help: "Loss only (no greedy decoding).") var noAccuracy = false
+    @Option(name: .long, help: "Model GGUF file or HF directory (default: SmolLM2-135M-Instruct).") var model: String?
+    @Option(name: [.short, .customLong("output")], help: "Write the markdown here (also printed).") var output: String?
+    @OptionGroup var gen: ICMGeneratorArguments
+    @OptionGroup var compute: ComputeOptions
+
+    func validate() throws {
+        if tasks.count < 2 { throw ValidationError("--tasks needs at least two tasks") }
+        if shots < 1 || testExamples < 1 { throw ValidationError("--shots and --test-examples must be positive") }
+        if let s = staticMethods {
+            for m in s.split(separator: ",") where !FusionMethods.names.contains(String(m)) {
+                throw ValidationError("unknown static method \(m) (known: \(FusionMethods.names.joined(separator: ", ")))")
+            }
+        }
+    }
+
+    func run() throws {
+        compute.apply()
+        let lm = try loadModel(modelPath: model, adapters: [])
+        var descriptions: [String: String] = [:]
+        let mpath = (tasksDir as NSString).appendingPathComponent("manifest.json")
+        if let data = FileManager.default.contents(atPath: mpath),
+           let obj = try JSONSerialization.jsonObject(with: data) as? [String: Any] {
+            for t in (obj["tasks"] as? [[String: Any]]) ?? [] {
+                if let n = t["name"] as? String, let d = t["description"] as? String { descriptions[n] = d }
+            }
+        }
+        let ts = tasks.map { t in
+            ICMExperiment.Task(name: t, adapterPath: (adaptersDir as NSString).appendingPathComponent(t),
+                               trainPath: (tasksDir as NSString).appendingPathComponent("\(t).train.jsonl"),
+                               testPath: (tasksDir as NSString).appendingPathComponent("\(t).test.jsonl"), description: descriptions[t])
+        }
+        var o = ICMExperiment.Options()
+        o.shots = shots; o.testExamples = testExamples; o.accuracy = !noAccuracy; o.ablations = !noAblations
+        if let s = staticMethods { o.staticMethods = s.split(separator: ",").map(String.init) }
+        o.generator = gen.options; o.maxCheckpoints = gen.maxCheckpoints
+        o.fusion.steps = fusionSteps; o.fusion.adaptSteps = adaptSteps; o.fusion.seed = gen.seed
+        let say: (String) -> Void = { line in if !compute.quiet { FileHandle.standardError.write(Data((line + "\n").utf8)) } }
+        let r = try ICMExperiment.run(model: lm, tasks: ts, options: o, progress: say)
+        let md = r.markdown()
+        if let output { try md.write(toFile: output, atomically: true, encoding: .utf8) }
+        print(md)
+    }
+}
