@@ -16,7 +16,7 @@ struct ICMGeneratorArguments: ParsableArguments {
     @Option(name: .customLong("vae-lr"), help: "VAE Adam learning rate.") var vaeLR: Float = 1e-3
     @Option(name: .customLong("meta-steps"), help: "First-order MAML outer steps (0: no meta-learning).") var metaSteps = 6
     @Option(name: .customLong("inner-steps"), help: "Inner adaptation steps per meta step.") var innerSteps = 2
-    @Option(name: .customLong("inner-lr"), help: "Inner AdamW learning rate.") var innerLR: Float = 1e-3
+    @Option(name: .customLong("inner-lr"), help: "Inner AdamW learning rate.") var innerLR: Float = 1e-4
     @Option(name: .customLong("max-checkpoints"), help: "Trajectory checkpoints per adapter used as extra VAE samples.") var maxCheckpoints = 4
     @Flag(name: .customLong("no-condition"), help: "Train without the task condition (ablation).") var noCondition = false
     @Option(name: .long, help: "Seed of the VAE initialisation, batches and noise.") var seed: UInt64 = 0
@@ -87,7 +87,7 @@ struct GenerateAdapter: ParsableCommand {
     @Option(name: .customLong("similarity-temperature"), help: "sg-lora: softmax temperature τ over similarities.") var tau = 0.1
     @Option(name: .long, help: "Latent sampling temperature (0: the prior mean).") var temperature: Float = 0
     @Option(name: .customLong("fusion-steps"), help: "icm-fusion: steps learning weights and projections.") var fusionSteps = 12
-    @Option(name: .customLong("adapt-steps"), help: "icm-fusion: in-context adaptation steps after decoding.") var adaptSteps = 2
+    @Option(name: .customLong("adapt-steps"), help: "icm-fusion: in-context adaptation steps after decoding.") var adaptSteps = 4
     @Flag(name: .customLong("no-orientation"), help: "icm-fusion: no conflict projections (ablation).") var noOrientation = false
     @Option(name: .long, help: "Model GGUF file or HF directory (default: SmolLM2-135M-Instruct).") var model: String?
     @Option(name: [.short, .customLong("output")], help: "Output PEFT adapter directory.") var output: String
@@ -161,7 +161,7 @@ struct ICMReport: ParsableCommand {
     @Option(name: .customLong("test-examples"), help: "Held-out examples per task (first lines of the test split).") var testExamples = 25
     @Option(name: .customLong("static-methods"), help: "Comma-separated static methods (default: all).") var staticMethods: String?
     @Option(name: .customLong("fusion-steps"), help: "Fusion learning steps.") var fusionSteps = 12
-    @Option(name: .customLong("adapt-steps"), help: "In-context adaptation steps after decoding.") var adaptSteps = 2
+    @Option(name: .customLong("adapt-steps"), help: "In-context adaptation steps after decoding.") var adaptSteps = 4
     @Flag(name: .customLong("no-ablations"), help: "Skip the ablations.") var noAblations = false
     @Flag(name: .customLong("no-accuracy"), help: "Loss only (no greedy decoding).") var noAccuracy = false
     @Option(name: .long, help: "Model GGUF file or HF directory (default: SmolLM2-135M-Instruct).") var model: String?

@@ -22,12 +22,12 @@ public struct ICMFusionParameters: Sendable, Equatable {
 
 public struct ICMFusionOptions: Sendable, Equatable {
     public var steps = 12
-    public var learningRate: Float = 0.05
+    public var learningRate: Float = 0.1
     public var orientation = true
     /// AdamW steps on the union of support sets after decoding (the in-context adaptation the
     /// meta-learning prepared the decoder for); 0 turns it off.
-    public var adaptSteps = 2
-    public var adaptLR: Float = 1e-3
+    public var adaptSteps = 4
+    public var adaptLR: Float = 1e-4
     public var tokens = 512               // support tokens per step
     public var seed: UInt64 = 0
     public init() {}
@@ -152,7 +152,8 @@ extension ICMGenerator {
             let batch = Self.tokenBudget(support, tokens: o.tokens, rng: &rng)
             let r = Self.adapt(theta, engine: engine, batch: batch, steps: o.adaptSteps, lr: o.adaptLR)
             theta = r.0
-            log.append(String(format: "in-context adaptation: %d steps, support loss %.4f", o.adaptSteps, r.1))
+            let line = String(format: "in-context adaptation: %d steps, support loss %.4f", o.adaptSteps, r.1)
+            log.append(line); progress?(line)
         }
         return ICMFusionResult(parameters: theta, fusion: p, log: log)
     }

@@ -22,7 +22,7 @@ public struct ICMGeneratorOptions: Sendable, Equatable, Codable {
     // First-order MAML (0 outer steps: no meta-learning).
     public var metaSteps = 6
     public var innerSteps = 2
-    public var innerLR: Float = 1e-3
+    public var innerLR: Float = 1e-4
     public var metaWeight: Float = 1
     public var metaTokens = 256          // support tokens per inner step (cost control)
     public init() {}
