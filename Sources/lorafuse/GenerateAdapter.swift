@@ -19,7 +19,6 @@ struct ICMGeneratorArguments: ParsableArguments {
     @Option(name: .customLong("inner-lr"), help: "Inner AdamW learning rate.") var innerLR: Float = 1e-4
     @Option(name: .customLong("max-checkpoints"), help: "Trajectory checkpoints per adapter used as extra VAE samples.") var maxCheckpoints = 4
     @Flag(name: .customLong("no-condition"), help: "Train without the task condition (ablation).") var noCondition = false
-    @Option(name: .long, help: "Seed of the VAE initialisation, batches and noise.") var seed: UInt64 = 0
 
     func validate() throws {
         if chunkSize < 8 { throw ValidationError("--chunk-size must be at least 8, got \(chunkSize)") }
@@ -28,12 +27,31 @@ struct ICMGeneratorArguments: ParsableArguments {
         if beta < 0 { throw ValidationError("--beta must not be negative") }
     }
 
-    var options: ICMGeneratorOptions {
+    func options(seed: UInt64) -> ICMGeneratorOptions {
         var o = ICMGeneratorOptions()
         o.chunkSize = chunkSize; o.hidden = hidden; o.latent = latent; o.beta = beta; o.steps = vaeSteps
         o.learningRate = vaeLR; o.metaSteps = metaSteps; o.innerSteps = innerSteps; o.innerLR = innerLR
         o.useCondition = !noCondition; o.seed = seed
         return o
+    }
+}
+
+/// ICM-Fusion's fusion options, shared by `generate-adapter --method icm-fusion` and `fuse --method icm-fusion`.
+struct ICMFusionArguments: ParsableArguments {
+    @Option(name: .customLong("fusion-steps"), help: "icm-fusion: steps learning the latent weights and conflict projections.") var fusionSteps = 12
+    @Option(name: .customLong("adapt-steps"), help: "icm-fusion: in-context adaptation steps (AdamW) after decoding.") var adaptSteps = 4
+    @Option(name: .customLong("adapt-lr"), help: "icm-fusion: in-context adaptation learning rate.") var adaptLR: Float = 1e-4
+    @Flag(name: .customLong("no-orientation"), help: "icm-fusion: no conflict projections (ablation).") var noOrientation = false
+
+    func validate() throws {
+        if fusionSteps < 0 || adaptSteps < 0 { throw ValidationError("--fusion-steps and --adapt-steps must not be negative") }
+        if adaptLR <= 0 { throw ValidationError("--adapt-lr must be positive") }
+    }
+
+    func options(seed: UInt64) -> ICMFusionOptions {
+        var fo = ICMFusionOptions()
+        fo.steps = fusionSteps; fo.adaptSteps = adaptSteps; fo.adaptLR = adaptLR; fo.orientation = !noOrientation; fo.seed = seed
+        return fo
     }
 }
 
@@ -86,12 +104,11 @@ struct GenerateAdapter: ParsableCommand {
     @Option(name: .customLong("top-k"), help: "sg-lora: similar known tasks to combine.") var topK = 4
     @Option(name: .customLong("similarity-temperature"), help: "sg-lora: softmax temperature τ over similarities.") var tau = 0.1
     @Option(name: .long, help: "Latent sampling temperature (0: the prior mean).") var temperature: Float = 0
-    @Option(name: .customLong("fusion-steps"), help: "icm-fusion: steps learning weights and projections.") var fusionSteps = 12
-    @Option(name: .customLong("adapt-steps"), help: "icm-fusion: in-context adaptation steps after decoding.") var adaptSteps = 4
-    @Flag(name: .customLong("no-orientation"), help: "icm-fusion: no conflict projections (ablation).") var noOrientation = false
+    @Option(name: .long, help: "Seed of the VAE initialisation, batches, noise and fusion minibatches.") var seed: UInt64 = 0
     @Option(name: .long, help: "Model GGUF file or HF directory (default: SmolLM2-135M-Instruct).") var model: String?
     @Option(name: [.short, .customLong("output")], help: "Output PEFT adapter directory.") var output: String
     @OptionGroup var gen: ICMGeneratorArguments
+    @OptionGroup var fusion: ICMFusionArguments
     @OptionGroup var compute: ComputeOptions
 
     func validate() throws {
@@ -115,14 +132,12 @@ struct GenerateAdapter: ParsableCommand {
         let params: LoRAParameters
         let g: ICMGenerator
         if method == "icm-fusion" {
-            var fo = ICMFusionOptions()
-            fo.steps = fusionSteps; fo.adaptSteps = adaptSteps; fo.orientation = !noOrientation; fo.seed = gen.seed
-            let r = try ICMPipeline.fuse(model: lm, tasks: inputs, generatorPath: gen.generator, generatorOptions: gen.options,
-                                         fusionOptions: fo, maxCheckpoints: gen.maxCheckpoints, progress: say)
+            let r = try ICMPipeline.fuse(model: lm, tasks: inputs, generatorPath: gen.generator, generatorOptions: gen.options(seed: seed),
+                                         fusionOptions: fusion.options(seed: seed), maxCheckpoints: gen.maxCheckpoints, progress: say)
             g = r.generator; params = r.result.parameters
         } else {
             g = try gen.generator.map { try ICMGenerator.load(path: $0) }
-                ?? ICMPipeline.trainGenerator(model: lm, tasks: inputs, maxCheckpoints: gen.maxCheckpoints, options: gen.options, progress: say)
+                ?? ICMPipeline.trainGenerator(model: lm, tasks: inputs, maxCheckpoints: gen.maxCheckpoints, options: gen.options(seed: seed), progress: say)
             if method == "icm-lora" {
                 var h: [Float]
                 if let task, taskShots == nil {
@@ -131,14 +146,14 @@ struct GenerateAdapter: ParsableCommand {
                     let seqs = try TrainingData.sequences(TaskData.read(path: taskShots!), model: lm)
                     h = try TaskCondition.meanHiddenState(model: lm, adapter: nil, sequences: TaskCondition.tokens(seqs))
                 }
-                let (p, nearest) = g.generateICMLoRA(condition: h, temperature: temperature, seed: gen.seed)
+                let (p, nearest) = g.generateICMLoRA(condition: h, temperature: temperature, seed: seed)
                 say("icm-lora: tensor statistics of the nearest known task, \(nearest)")
                 params = p
             } else {
                 let d = try TaskCondition.descriptionEmbedding(model: lm, text: description!)
                 let prior = try g.semanticPrior(description: d, k: topK, temperature: tau)
                 say("sg-lora: " + zip(prior.topK, prior.alpha).map { String(format: "%@ α=%.3f", g.tasks[$0].name, $1) }.joined(separator: ", "))
-                params = g.generateSGLoRA(prior: prior, temperature: temperature, seed: gen.seed)
+                params = g.generateSGLoRA(prior: prior, temperature: temperature, seed: seed)
             }
         }
         if let s = gen.saveGenerator { try g.save(to: s); say("generator state written to \(s)") }
@@ -160,13 +175,13 @@ struct ICMReport: ParsableCommand {
     @Option(name: .long, help: "Shots per task (first lines of the train split).") var shots = 4
     @Option(name: .customLong("test-examples"), help: "Held-out examples per task (first lines of the test split).") var testExamples = 25
     @Option(name: .customLong("static-methods"), help: "Comma-separated static methods (default: all).") var staticMethods: String?
-    @Option(name: .customLong("fusion-steps"), help: "Fusion learning steps.") var fusionSteps = 12
-    @Option(name: .customLong("adapt-steps"), help: "In-context adaptation steps after decoding.") var adaptSteps = 4
+    @Option(name: .long, help: "Seed of the generator and fusion.") var seed: UInt64 = 0
     @Flag(name: .customLong("no-ablations"), help: "Skip the ablations.") var noAblations = false
     @Flag(name: .customLong("no-accuracy"), help: "Loss only (no greedy decoding).") var noAccuracy = false
     @Option(name: .long, help: "Model GGUF file or HF directory (default: SmolLM2-135M-Instruct).") var model: String?
     @Option(name: [.short, .customLong("output")], help: "Write the markdown here (also printed).") var output: String?
     @OptionGroup var gen: ICMGeneratorArguments
+    @OptionGroup var fusion: ICMFusionArguments
     @OptionGroup var compute: ComputeOptions
 
     func validate() throws {
@@ -198,8 +213,8 @@ struct ICMReport: ParsableCommand {
         var o = ICMExperiment.Options()
         o.shots = shots; o.testExamples = testExamples; o.accuracy = !noAccuracy; o.ablations = !noAblations
         if let s = staticMethods { o.staticMethods = s.split(separator: ",").map(String.init) }
-        o.generator = gen.options; o.maxCheckpoints = gen.maxCheckpoints
-        o.fusion.steps = fusionSteps; o.fusion.adaptSteps = adaptSteps; o.fusion.seed = gen.seed
+        o.generator = gen.options(seed: seed); o.maxCheckpoints = gen.maxCheckpoints
+        o.fusion = fusion.options(seed: seed)
         let say: (String) -> Void = { line in if !compute.quiet { FileHandle.standardError.write(Data((line + "\n").utf8)) } }
         let r = try ICMExperiment.run(model: lm, tasks: ts, options: o, progress: say)
         let md = r.markdown()

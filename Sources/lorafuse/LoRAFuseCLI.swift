@@ -45,7 +45,7 @@ struct LoRAFuseCommand: ParsableCommand {
         """,
         version: "0.1.0",
         subcommands: [Inspect.self, Merge.self, Convert.self, Generate.self, Eval.self, Tasks.self, Train.self,
-                      Vector.self, ExtractLoRA.self, MergeIntoBaseCommand.self, GenerateAdapter.self, ICMReport.self]
+                      Vector.self, ExtractLoRA.self, MergeIntoBaseCommand.self, Fuse.self, GenerateAdapter.self, ICMReport.self]
     )
 }
 

@@ -1,0 +1,159 @@
+import ArgumentParser
+import Foundation
+import LoRAFuse
+
+/// `lorafuse fuse`: learned fusion from a few examples per task. The methods come from
+/// `LearnedFusionMethod`, so a new case there is listed and dispatched here without changes.
+struct Fuse: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Learn how to combine adapters from a few examples per task, and write the fused adapter.",
+        discussion: """
+        Methods (--method):
+          atlas        one coefficient per adapter and coefficient group (--granularity block|layer|module|adapter; \
+        block = one projection of one layer), learned by Adam on the few-shot loss through the model. \
+        The gradient of each coefficient is exact and comes from the LoRA gradients of the concatenated adapter; \
+        no dense ΔW is formed. Optional --l1/--l2 on the coefficients; early stopping on --val with --patience.
+          cat-learned  LoRA Soups' learned CAT: per group (default: per layer and projection) softmax weights over \
+        the adapters, times S = number of adapters (so training starts at the plain sum; --cat-scale 1 gives the \
+        paper's convex mix), adapters frozen.
+          lorahub      one weight per adapter found by CMA-ES within --evaluations loss evaluations on \
+        loss + --l1·mean|w| (LoraHub: 0.05, w in [-1.5, 1.5]). LoraHub composes A = Σ w_i A_i and B = Σ w_i B_i \
+        separately, so B·A holds cross terms w_i w_j B_i A_j between different adapters (and needs equal ranks): \
+        that is --composition factors. The default --composition exact applies Σ w_i ΔW_i.
+
+          icm-fusion   ICM-Fusion (docs/icm-fusion.md): a Fusion VAE over the adapters' z-scored parameter chunks \
+        (and their checkpoint-<step>/ trajectories), conditioned on each task's mean last-layer hidden state over \
+        its shots and meta-learned (first-order MAML); the tasks' latents are fused with learned weights and \
+        conflict projections on the union of the shots, decoded, and adapted for --adapt-steps. Options under \
+        "icm-fusion"; --generator re-makes the adapter from a saved state without retraining.
+
+        The objective is the mean over tasks (one per --shots file) of the mean cross-entropy over answer tokens, \
+        as `lorafuse eval` scores them. Coefficients start at --init (1: the sum of the adapters).
+
+        Writes OUT_DIR as a plain PEFT adapter with the coefficients folded in exactly (concatenation, rank Σ r_i) \
+        or, with --rank R, the exact truncated SVD of the `svd` method; plus coefficients.json (method, granularity, \
+        per adapter, module and layer the coefficient applied, loss curve, options, seed), loss.csv and loss.svg.
+        """
+    )
+
+    @Option(name: .long, help: "Learned fusion method: \((LearnedFusionMethod.allCases.map(\.rawValue) + ["icm-fusion"]).joined(separator: ", ")).")
+    var method: String
+
+    @Argument(help: "Adapters to combine (PEFT directories, GGUF LoRA files or mlx-lm directories).")
+    var adapters: [String]
+
+    @Option(name: .long, parsing: .upToNextOption, help: "Few-shot examples, one .jsonl per task ({\"prompt\", \"answer\"} lines).")
+    var shots: [String]
+
+    @Option(name: .customLong("shots-per-task"), help: "Use only the first N examples of each --shots file.")
+    var shotsPerTask: Int?
+
+    @Option(name: .long, parsing: .upToNextOption, help: "Validation examples, one .jsonl per task: early stopping and the kept coefficients.")
+    var val: [String] = []
+
+    @Option(name: .customLong("val-per-task"), help: "Use only the first N examples of each --val file.")
+    var valPerTask: Int?
+
+    @Option(name: [.short, .customLong("output")], help: "Output adapter directory.")
+    var output: String
+
+    @Option(name: .long, help: "Model GGUF file or HF directory (default: the SmolLM2-135M-Instruct model in $LORAFUSE_HOME/models).")
+    var model: String?
+
+    @Option(name: .long, help: "Optimizer steps (atlas, cat-learned).") var steps = 40
+    @Option(name: .long, help: "Adam learning rate on the coefficients (atlas, cat-learned).") var lr: Float = 0.02
+    @Option(name: .long, help: "Sequences per step (atlas, cat-learned).") var batch = 8
+    @Option(name: .long, help: "Seed of the minibatch order and of CMA-ES.") var seed: UInt64 = 0
+    @Option(name: .long, help: "Coefficient groups: block (one projection of one layer), layer, module (projection type) or adapter (atlas, cat-learned).")
+    var granularity = "block"
+    @Option(name: .long, help: "L1 penalty weight (atlas: on the coefficients; cat-learned: on the logits; lorahub: on mean|w|, default 0.05).")
+    var l1: Float?
+    @Option(name: .long, help: "L2 penalty weight (atlas: on the coefficients; cat-learned: on the logits).") var l2: Float = 0
+    @Option(name: .long, help: "Stop after this many validation checks without improvement (needs --val).") var patience: Int?
+    @Option(name: .customLong("eval-every"), help: "Validation loss every N steps (default: about ten times per run).") var evalEvery: Int?
+    @Option(name: .long, help: "LoraHub budget: few-shot loss evaluations, the start included.") var evaluations = 40
+    @Option(name: .long, help: "LoraHub composition: exact (Σ w_i ΔW_i) or factors (LoraHub's (Σ w_i B_i)(Σ w_i A_i), with cross terms; equal ranks).")
+    var composition = "exact"
+    @Option(name: .long, help: "Starting coefficient of every adapter (atlas, lorahub; LoraHub's paper uses 0).") var initial: Double = 1
+    @Option(name: .customLong("cat-scale"), help: "cat-learned: coefficients = S·softmax (default S = number of adapters).") var catScale: Double?
+    @Option(name: .long, help: "Rank of the written adapter via the exact truncated SVD (default: exact concatenation).") var rank: Int?
+    @Option(name: .long, help: "Adapter weight dtype: f32, bf16 or f16.") var dtype = "f32"
+
+    @OptionGroup(title: "icm-fusion generator") var icmGen: ICMGeneratorArguments
+    @OptionGroup(title: "icm-fusion fusion") var icmFusion: ICMFusionArguments
+    @OptionGroup var compute: ComputeOptions
+
+    func validate() throws {
+        guard LearnedFusionMethod(rawValue: method) != nil || method == "icm-fusion" else {
+            throw ValidationError("--method must be one of \((LearnedFusionMethod.allCases.map(\.rawValue) + ["icm-fusion"]).joined(separator: ", ")), got \(method)")
+        }
+        if method == "icm-fusion" {
+            if adapters.count < 2 || adapters.count != shots.count {
+                throw ValidationError("icm-fusion needs at least two adapters and one --shots file per adapter, in the same order")
+            }
+        }
+        if adapters.isEmpty { throw ValidationError("give at least one adapter") }
+        if shots.isEmpty { throw ValidationError("give at least one --shots file") }
+        if CoefficientGranularity(rawValue: granularity) == nil {
+            throw ValidationError("--granularity must be block, layer, module or adapter, got \(granularity)")
+        }
+        if !["exact", "factors"].contains(composition) { throw ValidationError("--composition must be exact or factors, got \(composition)") }
+        if DType(name: dtype) == nil { throw ValidationError("--dtype must be f32, bf16 or f16, got \(dtype)") }
+        if steps < 1 { throw ValidationError("--steps must be at least 1, got \(steps)") }
+        if batch < 1 { throw ValidationError("--batch must be at least 1, got \(batch)") }
+        if evaluations < 2 { throw ValidationError("--evaluations must be at least 2, got \(evaluations)") }
+        if let n = shotsPerTask, n < 1 { throw ValidationError("--shots-per-task must be at least 1, got \(n)") }
+        if let n = valPerTask, n < 1 { throw ValidationError("--val-per-task must be at least 1, got \(n)") }
+        if let r = rank, r < 1 { throw ValidationError("--rank must be at least 1, got \(r)") }
+        if patience != nil && val.isEmpty { throw ValidationError("--patience needs --val") }
+    }
+
+    func run() throws {
+        compute.apply()
+        if method == "icm-fusion" { return try runICMFusion() }
+        let m = LearnedFusionMethod(rawValue: method)!
+        var o = LearnedFusionOptions()
+        o.steps = steps; o.learningRate = lr; o.batchSize = batch; o.seed = seed; o.shotsPerTask = shotsPerTask
+        o.valPerTask = valPerTask
+        o.granularity = CoefficientGranularity(rawValue: granularity)!
+        o.l1 = l1 ?? (m == .lorahub ? 0.05 : 0); o.l2 = l2
+        o.patience = patience; o.evalEvery = evalEvery; o.evaluations = evaluations
+        o.lorahubComposition = composition; o.initialCoefficient = initial; o.catScale = catScale; o.foldRank = rank
+
+        let lm = try loadModel(modelPath: model, adapters: [])
+        let hints = (try? ModelHints.load(path: model ?? ModelLocator.defaultModelPath())) ?? ModelHints()
+        let loaded = try adapters.map { try AdapterIO.read(path: $0, hints: hints) }
+        let shotTasks = try shots.map { try TaskData.read(path: $0) }
+        let valTasks = try val.map { try TaskData.read(path: $0) }
+        let total = m == .lorahub ? evaluations : steps
+        let bar = ProgressBar(total: total, label: method, enabled: !compute.quiet)
+        let start = Date()
+        let result = try LearnedFusion.fuse(method: m, adapters: loaded, model: lm, shots: shotTasks, val: valTasks,
+                                            options: o) { step, total, loss in
+            bar.update(step, total: total, detail: String(format: "loss %.4f", loss))
+        }
+        let seconds = Date().timeIntervalSince(start)
+        try result.write(to: output, dtype: DType(name: dtype)!)
+        let c = result.coefficients
+        var summary = String(format: "%@: few-shot loss %.4f -> %.4f", method, c.initialTrainLoss, c.finalTrainLoss)
+        if let a = c.initialValLoss, let b = c.finalValLoss { summary += String(format: ", val %.4f -> %.4f", a, b) }
+        summary += String(format: " (kept step %d, %.1f s, %.2f s per %@)", c.bestStep, seconds,
+                          seconds / Double(max(m == .lorahub ? c.lossCurve.count : c.lossCurve.count - 1, 1)), m == .lorahub ? "evaluation" : "step")
+        print(summary + "; adapter written to \(output)")
+    }
+
+    /// ICM-Fusion: the library does the work (ICMPipeline); this prints and writes.
+    func runICMFusion() throws {
+        let lm = try loadModel(modelPath: model, adapters: [])
+        var inputs = try icmTaskInputs(adapters: adapters, shots: shots, manifest: nil)
+        if let n = shotsPerTask { for i in inputs.indices { inputs[i].shots.examples = Array(inputs[i].shots.examples.prefix(n)) } }
+        let say: (String) -> Void = { line in if !compute.quiet { FileHandle.standardError.write(Data((line + "\n").utf8)) } }
+        let start = Date()
+        let r = try ICMPipeline.fuse(model: lm, tasks: inputs, generatorPath: icmGen.generator, generatorOptions: icmGen.options(seed: seed),
+                                     fusionOptions: icmFusion.options(seed: seed), maxCheckpoints: icmGen.maxCheckpoints, progress: say)
+        if let s = icmGen.saveGenerator { try r.generator.save(to: s); say("generator state written to \(s)") }
+        try PEFTAdapter.write(r.adapter, to: output, dtype: DType(name: dtype)!)
+        print(String(format: "icm-fusion: weights [%@] (%.1f s); adapter written to %@",
+                     r.result.fusion.weights.map { String(format: "%.3f", $0) }.joined(separator: ", "), Date().timeIntervalSince(start), output))
+    }
+}
