@@ -78,7 +78,9 @@ public struct FusionVAE: Sendable {
         dense("enc.Wlv", out: c.latent, inp: c.hidden); zeros("enc.blv", [c.latent])
         dense("dec.Wz", out: c.hidden, inp: c.latent, fanIn: c.latent + Cd)
         dense("dec.Wc", out: c.hidden, inp: Cd, fanIn: c.latent + Cd); zeros("dec.b", [c.hidden])
-        dense("dec.Wo", out: c.chunkSize, inp: c.hidden); zeros("dec.bo", [c.chunkSize])
+        // Zero output layer: the decoder starts at x̂ = P (the training mean) and only moves away
+        // from it where that lowers the reconstruction loss.
+        zeros("dec.Wo", [c.chunkSize, c.hidden]); zeros("dec.bo", [c.chunkSize])
         if c.positionOffset { zeros("dec.P", [c.chunkCount, c.chunkSize]) }
         params = p
     }

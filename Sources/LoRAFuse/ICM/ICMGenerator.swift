@@ -132,6 +132,7 @@ public final class ICMGenerator {
         let stdConds = samples.map { gen.standardised($0.condition) }
 
         var adam = ParamAdam(like: vae.params, lr: o.learningRate, maxGradNorm: 5)
+        adam.lazy = ["dec.P", "emb.index", "emb.layer"]
         var rng = SeededRNG(seed: o.seed, stream: "vae-batches")
         let Z = o.latent
         for step in 1...max(o.steps, 1) where o.steps > 0 {

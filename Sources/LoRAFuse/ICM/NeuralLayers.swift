@@ -55,6 +55,10 @@ public struct ParamAdam: Sendable {
     public var lr: Float
     public var beta1: Float = 0.9, beta2: Float = 0.999, eps: Float = 1e-8
     public var maxGradNorm: Double?
+    /// Parameters updated lazily: entries whose gradient is exactly 0 keep their value and
+    /// moments. For per-position tables that a mini-batch touches only a few rows of, dense Adam
+    /// would keep moving every untouched row along its stale momentum.
+    public var lazy: Set<String> = []
     var m: ParamSet, v: ParamSet
     public private(set) var step = 0
 
@@ -74,7 +78,9 @@ public struct ParamAdam: Sendable {
         for k in p.names {
             let gv = g.values[k]!
             var mv = m.values[k]!, vv = v.values[k]!, pv = p.values[k]!
+            let isLazy = lazy.contains(k)
             for i in pv.indices {
+                if isLazy && gv[i] == 0 { continue }
                 mv[i] = beta1 * mv[i] + (1 - beta1) * gv[i]
                 vv[i] = beta2 * vv[i] + (1 - beta2) * gv[i] * gv[i]
                 pv[i] -= lr * (mv[i] / c1) / ((vv[i] / c2).squareRoot() + eps)
