@@ -109,6 +109,24 @@ final class ICMTests: XCTestCase {
         for k in plain.indices { XCTAssertEqual(plain[k], 0.5 * z[0][k] - 0.3 * z[1][k] + 0.8 * z[2][k], accuracy: 1e-6) }
     }
 
+    /// Adam's first step moves each entry by lr·sign(g); lazy parameters leave zero-gradient
+    /// entries (and their moments) alone, dense ones keep moving them along the momentum.
+    func testAdamLazyEntriesStayPut() {
+        var p = ParamSet()
+        p.add("P", shape: [3], values: [1, 2, 3]); p.add("W", shape: [2], values: [1, 1])
+        var adam = ParamAdam(like: p, lr: 0.1)
+        adam.lazy = ["P"]
+        var g = p.zeros()
+        g["P"] = [0.5, 0, -2]; g["W"] = [3, 0]
+        adam.update(&p, grads: g)
+        XCTAssertEqual(p["P"][0], 0.9, accuracy: 1e-6); XCTAssertEqual(p["P"][1], 2); XCTAssertEqual(p["P"][2], 3.1, accuracy: 1e-6)
+        XCTAssertEqual(p["W"][0], 0.9, accuracy: 1e-6); XCTAssertEqual(p["W"][1], 1)
+        g["P"] = [0, 0, 0]; g["W"] = [0, 0]
+        adam.update(&p, grads: g)
+        XCTAssertEqual(p["P"][0], 0.9, accuracy: 1e-6)       // lazy: untouched
+        XCTAssertLessThan(p["W"][0], 0.9 - 0.05)             // dense: momentum keeps moving it
+    }
+
     // MARK: Encoding
 
     func testEncodeDecodeRoundTripAndLayout() {
