@@ -42,6 +42,7 @@ struct ICMFusionArguments: ParsableArguments {
     @Option(name: .customLong("adapt-steps"), help: "icm-fusion: in-context adaptation steps (AdamW) after decoding.") var adaptSteps = 4
     @Option(name: .customLong("adapt-lr"), help: "icm-fusion: in-context adaptation learning rate.") var adaptLR: Float = 1e-4
     @Flag(name: .customLong("no-orientation"), help: "icm-fusion: no conflict projections (ablation).") var noOrientation = false
+    @Flag(name: .customLong("no-gains"), help: "icm-fusion: keep the mean tensor statistics (no learned A/B gains).") var noGains = false
 
     func validate() throws {
         if fusionSteps < 0 || adaptSteps < 0 { throw ValidationError("--fusion-steps and --adapt-steps must not be negative") }
@@ -50,7 +51,7 @@ struct ICMFusionArguments: ParsableArguments {
 
     func options(seed: UInt64) -> ICMFusionOptions {
         var fo = ICMFusionOptions()
-        fo.steps = fusionSteps; fo.adaptSteps = adaptSteps; fo.adaptLR = adaptLR; fo.orientation = !noOrientation; fo.seed = seed
+        fo.steps = fusionSteps; fo.adaptSteps = adaptSteps; fo.adaptLR = adaptLR; fo.orientation = !noOrientation; fo.learnGains = !noGains; fo.seed = seed
         return fo
     }
 }

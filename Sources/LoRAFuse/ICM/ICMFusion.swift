@@ -11,19 +11,28 @@ import Foundation
 // Learned on the union of the tasks' support sets: L(θ(z_f)) with θ = decode(z_f); the engine
 // gives dL/dθ, the chunk encoding turns it into dL/dx̂ (·σ), the decoder backward into dL/dz_f,
 // and then dL/dw_i = Σ_n ⟨dz_f, z_i'⟩, dL/dρ_ij = −w_i γ(1−γ) Σ_{n: conflict} ⟨dz_f, proj_ij⟩.
-// The fused condition is the mean of the tasks' conditions and the fused tensor statistics the
-// mean of theirs (both fixed).
+// The fused condition is the mean of the tasks' conditions. The fused tensor statistics are the
+// mean of the tasks', with the standard deviations of all A tensors and of all B tensors scaled by
+// learned gains e^γ_A, e^γ_B (θ = x̂·σ·e^γ + μ, so dL/dγ = Σ dL/dθ·(θ − μ)): averaging z-scored
+// chunks of unrelated B's shrinks them by about 1/√n, which no latent weight can undo when the
+// latents carry little (see docs/icm-fusion.md).
 
 public struct ICMFusionParameters: Sendable, Equatable {
     public var weights: [Float]     // w_i
     public var rho: [Float]         // ρ_ij, row-major (n, n); diagonal unused
-    public init(weights: [Float], rho: [Float]) { self.weights = weights; self.rho = rho }
+    /// Learned log-gains of the fused tensor statistics, [A tensors, B tensors]: σ_f ← σ_f·e^γ.
+    public var logGain: [Float]
+    public init(weights: [Float], rho: [Float], logGain: [Float] = [0, 0]) {
+        self.weights = weights; self.rho = rho; self.logGain = logGain
+    }
 }
 
 public struct ICMFusionOptions: Sendable, Equatable {
     public var steps = 12
     public var learningRate: Float = 0.1
     public var orientation = true
+    /// Learn the gains of the fused A and B statistics (off: the plain mean statistics).
+    public var learnGains = true
     /// AdamW steps on the union of support sets after decoding (the in-context adaptation the
     /// meta-learning prepared the decoder for); 0 turns it off.
     public var adaptSteps = 4
@@ -98,7 +107,25 @@ extension ICMGenerator {
             let g = 1 / (1 + exp(-p.rho[key]))
             drho[key] = -p.weights[i] * g * (1 - g) * BLAS.dot(dzf, pr, count: dzf.count)
         }
-        return ICMFusionParameters(weights: dw, rho: drho)
+        return ICMFusionParameters(weights: dw, rho: drho, logGain: [0, 0])
+    }
+
+    /// Statistics with the A and B standard deviations scaled by e^γ.
+    static func gained(_ s: TensorStats, layout: ChunkLayout, logGain: [Float]) -> TensorStats {
+        var out = s
+        for (i, t) in layout.tensors.enumerated() { out.std[i] *= exp(logGain[t.isB ? 1 : 0]) }
+        return out
+    }
+
+    /// dL/dγ_A, dL/dγ_B = Σ over the A (B) tensors of Σ dL/dθ · (θ − μ).
+    static func gainGradient(_ g: LoRAGradients, theta: LoRAParameters, stats: TensorStats, layout: ChunkLayout) -> [Float] {
+        var d: [Double] = [0, 0]
+        for (i, t) in layout.tensors.enumerated() {
+            let m = i / 2, mu = Double(stats.mean[i])
+            let gv = t.isB ? g.dB[m] : g.dA[m], tv = t.isB ? theta.modules[m].B : theta.modules[m].A
+            for k in gv.indices { d[t.isB ? 1 : 0] += Double(gv[k]) * (Double(tv[k]) - mu) }
+        }
+        return d.map(Float.init)
     }
 
     /// Fuses the named known tasks. `support` is the union of their few-shot examples; with
@@ -110,7 +137,7 @@ extension ICMGenerator {
         let n = idx.count, Z = vae.config.latent, nC = layout.chunkCount
         let z = idx.map { tasks[$0].latentMean }
         let h = meanVector(idx.map { tasks[$0].condition })
-        let stats = TensorStats.weighted(idx.map { tasks[$0].stats }, [Double](repeating: 1 / Double(n), count: n))
+        let stats0 = TensorStats.weighted(idx.map { tasks[$0].stats }, [Double](repeating: 1 / Double(n), count: n))
         let key = Self.fusionKey(names)
         var p = ICMFusionParameters(weights: [Float](repeating: 1 / Float(n), count: n), rho: [Float](repeating: 0, count: n * n))
         var log: [String] = []
@@ -120,15 +147,18 @@ extension ICMGenerator {
         } else if let engine, o.steps > 0, !support.isEmpty {
             var rng = SeededRNG(seed: o.seed, stream: "icm-fusion")
             var mW = [Float](repeating: 0, count: n), vW = mW, mR = [Float](repeating: 0, count: n * n), vR = mR
+            var mG: [Float] = [0, 0], vG: [Float] = [0, 0]
             let batchAll = fullBatch(x: [], condition: h)
             for step in 1...o.steps {
                 let f = Self.combine(z, chunks: nC, latent: Z, params: p, orientation: o.orientation)
+                let stats = Self.gained(stats0, layout: layout, logGain: p.logGain)
                 let theta = ParameterEncoding.decode(chunks: vae.decode(z: f.zf, batchAll), stats: stats, layout: layout)
                 let batch = Self.tokenBudget(support, tokens: o.tokens, rng: &rng)
                 let (loss, g) = engine.meanLossAndGradients(batch, lora: theta)
                 let dx = ParameterEncoding.chunkGradient(g, stats: stats, layout: layout)
                 let dz = vae.latentGradient(z: f.zf, batchAll, dx: dx)
                 let gp = Self.combineBackward(f, dzf: dz, params: p)
+                let gg = Self.gainGradient(g, theta: theta, stats: stats, layout: layout)
                 // Adam on the few fusion scalars.
                 let c1 = 1 - pow(Float(0.9), Float(step)), c2 = 1 - pow(Float(0.999), Float(step))
                 func upd(_ x: inout [Float], _ g: [Float], _ m: inout [Float], _ v: inout [Float]) {
@@ -139,14 +169,15 @@ extension ICMGenerator {
                 }
                 upd(&p.weights, gp.weights, &mW, &vW)
                 if o.orientation { upd(&p.rho, gp.rho, &mR, &vR) }
-                let line = String(format: "fusion step %d/%d: support loss %.4f, w = [%@]", step, o.steps, loss,
-                                  p.weights.map { String(format: "%.3f", $0) }.joined(separator: ", "))
+                if o.learnGains { upd(&p.logGain, gg, &mG, &vG) }
+                let line = String(format: "fusion step %d/%d: support loss %.4f, w = [%@], gains A %.3f B %.3f", step, o.steps, loss,
+                                  p.weights.map { String(format: "%.3f", $0) }.joined(separator: ", "), exp(p.logGain[0]), exp(p.logGain[1]))
                 log.append(line); progress?(line)
             }
             fusions[key] = p
         }
         let f = Self.combine(z, chunks: nC, latent: Z, params: p, orientation: o.orientation)
-        var theta = decode(latents: f.zf, condition: h, stats: stats)
+        var theta = decode(latents: f.zf, condition: h, stats: Self.gained(stats0, layout: layout, logGain: p.logGain))
         if let engine, o.adaptSteps > 0, !support.isEmpty {
             var rng = SeededRNG(seed: o.seed, stream: "icm-fusion-adapt")
             let batch = Self.tokenBudget(support, tokens: o.tokens, rng: &rng)

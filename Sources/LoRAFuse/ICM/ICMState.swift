@@ -27,6 +27,7 @@ extension ICMGenerator {
             let f = fusions[k]!
             ts.append(SafetensorsTensor(name: "fusion.\(i).weights", shape: [f.weights.count], values: f.weights))
             ts.append(SafetensorsTensor(name: "fusion.\(i).rho", shape: [f.rho.count], values: f.rho))
+            ts.append(SafetensorsTensor(name: "fusion.\(i).log_gain", shape: [2], values: f.logGain))
         }
         let layoutJSON: [String: Any] = [
             "chunk_size": layout.chunkSize, "rank": layout.rank, "alpha": layout.alpha, "rslora": layout.rsLoRA,
@@ -85,7 +86,8 @@ extension ICMGenerator {
                              conditionMean: try f.floats("cond.mean"), conditionStd: try f.floats("cond.std"))
         g.baseModel = cfg["base_model"] as? String
         for (i, k) in ((cfg["fusion_keys"] as? [String]) ?? []).enumerated() {
-            g.fusions[k] = ICMFusionParameters(weights: try f.floats("fusion.\(i).weights"), rho: try f.floats("fusion.\(i).rho"))
+            g.fusions[k] = ICMFusionParameters(weights: try f.floats("fusion.\(i).weights"), rho: try f.floats("fusion.\(i).rho"),
+                                               logGain: try f.floats("fusion.\(i).log_gain"))
         }
         return g
     }

@@ -127,6 +127,30 @@ final class ICMTests: XCTestCase {
         XCTAssertLessThan(p["W"][0], 0.9 - 0.05)             // dense: momentum keeps moving it
     }
 
+    /// θ = x̂·σ·e^γ + μ: dL/dγ for L = ⟨r, θ⟩ against central differences.
+    func testFusionGainGradientMatchesFiniteDifferences() {
+        let c = TrainFixtures.config()
+        let p = TrainFixtures.randomLoRA(c, targets: [.q, .up], rank: 2)
+        let layout = ChunkLayout(like: p, chunkSize: 16)
+        let e = ParameterEncoding.encode(p, layout: layout)
+        let r = TrainFixtures.randomLoRA(c, targets: [.q, .up], rank: 2, seed: 40)
+        var g = LoRAGradients(zerosLike: r)
+        for m in r.modules.indices { g.dA[m] = r.modules[m].A; g.dB[m] = r.modules[m].B }
+        func loss(_ gam: [Float]) -> Double {
+            let th = ParameterEncoding.decode(chunks: e.chunks, stats: ICMGenerator.gained(e.stats, layout: layout, logGain: gam), layout: layout)
+            var s = 0.0
+            for m in th.modules.indices {
+                for k in th.modules[m].A.indices { s += Double(th.modules[m].A[k] * g.dA[m][k]) }
+                for k in th.modules[m].B.indices { s += Double(th.modules[m].B[k] * g.dB[m][k]) }
+            }
+            return s
+        }
+        let gam: [Float] = [0.3, -0.2]
+        let st = ICMGenerator.gained(e.stats, layout: layout, logGain: gam)
+        let theta = ParameterEncoding.decode(chunks: e.chunks, stats: st, layout: layout)
+        assertGradient("logGain", analytic: ICMGenerator.gainGradient(g, theta: theta, stats: st, layout: layout), values: gam, f: loss)
+    }
+
     // MARK: Encoding
 
     func testEncodeDecodeRoundTripAndLayout() {
