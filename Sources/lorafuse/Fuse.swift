@@ -21,6 +21,12 @@ struct Fuse: ParsableCommand {
         separately, so B·A holds cross terms w_i w_j B_i A_j between different adapters (and needs equal ranks): \
         that is --composition factors. The default --composition exact applies Σ w_i ΔW_i.
 
+          icm-fusion   ICM-Fusion (docs/icm-fusion.md): a Fusion VAE over the adapters' z-scored parameter chunks \
+        (and their checkpoint-<step>/ trajectories), conditioned on each task's mean last-layer hidden state over \
+        its shots and meta-learned (first-order MAML); the tasks' latents are fused with learned weights and \
+        conflict projections on the union of the shots, decoded, and adapted for --adapt-steps. Options under \
+        "icm-fusion"; --generator re-makes the adapter from a saved state without retraining.
+
         The objective is the mean over tasks (one per --shots file) of the mean cross-entropy over answer tokens, \
         as `lorafuse eval` scores them. Coefficients start at --init (1: the sum of the adapters).
 
@@ -30,7 +36,7 @@ struct Fuse: ParsableCommand {
         """
     )
 
-    @Option(name: .long, help: "Learned fusion method: \(LearnedFusionMethod.allCases.map(\.rawValue).joined(separator: ", ")).")
+    @Option(name: .long, help: "Learned fusion method: \((LearnedFusionMethod.allCases.map(\.rawValue) + ["icm-fusion"]).joined(separator: ", ")).")
     var method: String
 
     @Argument(help: "Adapters to combine (PEFT directories, GGUF LoRA files or mlx-lm directories).")
@@ -73,11 +79,18 @@ struct Fuse: ParsableCommand {
     @Option(name: .long, help: "Rank of the written adapter via the exact truncated SVD (default: exact concatenation).") var rank: Int?
     @Option(name: .long, help: "Adapter weight dtype: f32, bf16 or f16.") var dtype = "f32"
 
+    @OptionGroup(title: "icm-fusion generator") var icmGen: ICMGeneratorArguments
+    @OptionGroup(title: "icm-fusion fusion") var icmFusion: ICMFusionArguments
     @OptionGroup var compute: ComputeOptions
 
     func validate() throws {
-        guard LearnedFusionMethod(rawValue: method) != nil else {
-            throw ValidationError("--method must be one of \(LearnedFusionMethod.allCases.map(\.rawValue).joined(separator: ", ")), got \(method)")
+        guard LearnedFusionMethod(rawValue: method) != nil || method == "icm-fusion" else {
+            throw ValidationError("--method must be one of \((LearnedFusionMethod.allCases.map(\.rawValue) + ["icm-fusion"]).joined(separator: ", ")), got \(method)")
+        }
+        if method == "icm-fusion" {
+            if adapters.count < 2 || adapters.count != shots.count {
+                throw ValidationError("icm-fusion needs at least two adapters and one --shots file per adapter, in the same order")
+            }
         }
         if adapters.isEmpty { throw ValidationError("give at least one adapter") }
         if shots.isEmpty { throw ValidationError("give at least one --shots file") }
@@ -97,6 +110,7 @@ struct Fuse: ParsableCommand {
 
     func run() throws {
         compute.apply()
+        if method == "icm-fusion" { return try runICMFusion() }
         let m = LearnedFusionMethod(rawValue: method)!
         var o = LearnedFusionOptions()
         o.steps = steps; o.learningRate = lr; o.batchSize = batch; o.seed = seed; o.shotsPerTask = shotsPerTask
@@ -126,5 +140,20 @@ struct Fuse: ParsableCommand {
         summary += String(format: " (kept step %d, %.1f s, %.2f s per %@)", c.bestStep, seconds,
                           seconds / Double(max(m == .lorahub ? c.lossCurve.count : c.lossCurve.count - 1, 1)), m == .lorahub ? "evaluation" : "step")
         print(summary + "; adapter written to \(output)")
+    }
+
+    /// ICM-Fusion: the library does the work (ICMPipeline); this prints and writes.
+    func runICMFusion() throws {
+        let lm = try loadModel(modelPath: model, adapters: [])
+        var inputs = try icmTaskInputs(adapters: adapters, shots: shots, manifest: nil)
+        if let n = shotsPerTask { for i in inputs.indices { inputs[i].shots.examples = Array(inputs[i].shots.examples.prefix(n)) } }
+        let say: (String) -> Void = { line in if !compute.quiet { FileHandle.standardError.write(Data((line + "\n").utf8)) } }
+        let start = Date()
+        let r = try ICMPipeline.fuse(model: lm, tasks: inputs, generatorPath: icmGen.generator, generatorOptions: icmGen.options(seed: seed),
+                                     fusionOptions: icmFusion.options(seed: seed), maxCheckpoints: icmGen.maxCheckpoints, progress: say)
+        if let s = icmGen.saveGenerator { try r.generator.save(to: s); say("generator state written to \(s)") }
+        try PEFTAdapter.write(r.adapter, to: output, dtype: DType(name: dtype)!)
+        print(String(format: "icm-fusion: weights [%@] (%.1f s); adapter written to %@",
+                     r.result.fusion.weights.map { String(format: "%.3f", $0) }.joined(separator: ", "), Date().timeIntervalSince(start), output))
     }
 }

@@ -1,0 +1,69 @@
+import Foundation
+
+/// File-level entry points of the ICM methods, for the CLI (`fuse --method icm-fusion`,
+/// `generate-adapter`) and the report.
+public enum ICMPipeline {
+    /// One known task: its adapter directory (PEFT; `checkpoint-<step>/` sub-folders, as
+    /// `lorafuse train --save-every` writes them, are the training trajectory), its few-shot
+    /// examples and, for SG-LoRA, a description.
+    public struct TaskInput: Sendable {
+        public var name: String
+        public var adapterPath: String
+        public var shots: EvalTask
+        public var description: String?
+        public init(name: String, adapterPath: String, shots: EvalTask, description: String? = nil) {
+            self.name = name; self.adapterPath = adapterPath; self.shots = shots; self.description = description
+        }
+    }
+
+    /// Adapter directories of a trajectory: the checkpoints (ascending step), then the final one.
+    public static func trajectory(_ dir: String, maxCheckpoints: Int) -> [String] {
+        let steps = LoRATrainer.checkpointSteps(in: dir).suffix(max(maxCheckpoints, 0))
+        return steps.map { (dir as NSString).appendingPathComponent("checkpoint-\($0)") } + [dir]
+    }
+
+    /// Reads every task's final adapter and up to `maxCheckpoints` checkpoints, computes each
+    /// one's in-context condition on the task's shots and trains the generator.
+    public static func trainGenerator(model: LlamaModel, tasks: [TaskInput], maxCheckpoints: Int = 4,
+                                      options: ICMGeneratorOptions, progress: ((String) -> Void)? = nil) throws -> ICMGenerator {
+        var samples: [ICMSample] = [], finals: [Int] = [], support: [[TrainingSequence]] = [], descs: [[Float]?] = []
+        for (t, task) in tasks.enumerated() {
+            let seqs = try TrainingData.sequences(task.shots, model: model)
+            guard !seqs.isEmpty else { throw ICMError.badInput(what: "shots of \(task.name)", reason: "no examples") }
+            support.append(seqs)
+            let toks = TaskCondition.tokens(seqs)
+            for path in trajectory(task.adapterPath, maxCheckpoints: maxCheckpoints) {
+                let a = try PEFTAdapter.read(directory: path)
+                let p = try LoRAParameters(adapter: a, config: model.config)
+                let h = try TaskCondition.meanHiddenState(model: model, adapter: a, sequences: toks)
+                if path == task.adapterPath { finals.append(samples.count) }
+                samples.append(ICMSample(task: t, parameters: p, condition: h))
+            }
+            descs.append(try task.description.map { try TaskCondition.descriptionEmbedding(model: model, text: $0) })
+            progress?("\(task.name): \(samples.filter { $0.task == t }.count) adapters (final + checkpoints), \(seqs.count) shots")
+        }
+        let g = try ICMGenerator.train(names: tasks.map(\.name), samples: samples, finals: finals, descriptions: descs,
+                                       support: support, engine: LlamaTrainingEngine(model: model), options: options, progress: progress)
+        g.baseModel = model.sourcePath
+        return g
+    }
+
+    /// ICM-Fusion of the tasks' adapters: trains the generator (or loads `generatorPath`), learns
+    /// the fusion on the union of the shots and returns the fused adapter. With a loaded generator
+    /// that already holds fusion parameters for this task set, they are reused (no learning).
+    public static func fuse(model: LlamaModel, tasks: [TaskInput], generatorPath: String?, generatorOptions: ICMGeneratorOptions,
+                            fusionOptions: ICMFusionOptions, maxCheckpoints: Int = 4,
+                            progress: ((String) -> Void)? = nil) throws -> (adapter: LoRAAdapter, generator: ICMGenerator, result: ICMFusionResult) {
+        let gen: ICMGenerator
+        if let generatorPath {
+            gen = try ICMGenerator.load(path: generatorPath)
+        } else {
+            gen = try trainGenerator(model: model, tasks: tasks, maxCheckpoints: maxCheckpoints, options: generatorOptions, progress: progress)
+        }
+        let support = try tasks.flatMap { try TrainingData.sequences($0.shots, model: model) }
+        let r = try gen.fuse(tasks: tasks.map(\.name), support: support, engine: LlamaTrainingEngine(model: model),
+                             options: fusionOptions, reuse: generatorPath != nil, progress: progress)
+        let adapter = r.parameters.adapter(name: "icm-fusion", baseModel: gen.baseModel ?? model.sourcePath)
+        return (adapter, gen, r)
+    }
+}

@@ -1,0 +1,225 @@
+import ArgumentParser
+import Foundation
+import LoRAFuse
+
+/// Generator options shared by `generate-adapter` and `fuse --method icm-fusion`.
+struct ICMGeneratorArguments: ParsableArguments {
+    @Option(name: .long, help: "Load a saved generator state (.safetensors) instead of training one.")
+    var generator: String?
+    @Option(name: .customLong("save-generator"), help: "Write the generator state here (weights, statistics, config).")
+    var saveGenerator: String?
+    @Option(name: .customLong("chunk-size"), help: "Values per parameter chunk.") var chunkSize = 1024
+    @Option(name: .long, help: "VAE hidden units.") var hidden = 256
+    @Option(name: .long, help: "VAE latent size per chunk.") var latent = 32
+    @Option(name: .long, help: "KL weight β.") var beta: Float = 1e-3
+    @Option(name: .customLong("vae-steps"), help: "VAE training steps.") var vaeSteps = 1500
+    @Option(name: .customLong("vae-lr"), help: "VAE Adam learning rate.") var vaeLR: Float = 1e-3
+    @Option(name: .customLong("meta-steps"), help: "First-order MAML outer steps (0: no meta-learning).") var metaSteps = 6
+    @Option(name: .customLong("inner-steps"), help: "Inner adaptation steps per meta step.") var innerSteps = 2
+    @Option(name: .customLong("inner-lr"), help: "Inner AdamW learning rate.") var innerLR: Float = 1e-4
+    @Option(name: .customLong("max-checkpoints"), help: "Trajectory checkpoints per adapter used as extra VAE samples.") var maxCheckpoints = 4
+    @Flag(name: .customLong("no-condition"), help: "Train without the task condition (ablation).") var noCondition = false
+
+    func validate() throws {
+        if chunkSize < 8 { throw ValidationError("--chunk-size must be at least 8, got \(chunkSize)") }
+        if hidden < 1 || latent < 1 { throw ValidationError("--hidden and --latent must be positive") }
+        if vaeSteps < 0 || metaSteps < 0 || innerSteps < 0 { throw ValidationError("step counts must not be negative") }
+        if beta < 0 { throw ValidationError("--beta must not be negative") }
+    }
+
+    func options(seed: UInt64) -> ICMGeneratorOptions {
+        var o = ICMGeneratorOptions()
+        o.chunkSize = chunkSize; o.hidden = hidden; o.latent = latent; o.beta = beta; o.steps = vaeSteps
+        o.learningRate = vaeLR; o.metaSteps = metaSteps; o.innerSteps = innerSteps; o.innerLR = innerLR
+        o.useCondition = !noCondition; o.seed = seed
+        return o
+    }
+}
+
+/// ICM-Fusion's fusion options, shared by `generate-adapter --method icm-fusion` and `fuse --method icm-fusion`.
+struct ICMFusionArguments: ParsableArguments {
+    @Option(name: .customLong("fusion-steps"), help: "icm-fusion: steps learning the latent weights and conflict projections.") var fusionSteps = 12
+    @Option(name: .customLong("adapt-steps"), help: "icm-fusion: in-context adaptation steps (AdamW) after decoding.") var adaptSteps = 4
+    @Option(name: .customLong("adapt-lr"), help: "icm-fusion: in-context adaptation learning rate.") var adaptLR: Float = 1e-4
+    @Flag(name: .customLong("no-orientation"), help: "icm-fusion: no conflict projections (ablation).") var noOrientation = false
+    @Flag(name: .customLong("no-gains"), help: "icm-fusion: keep the mean tensor statistics (no learned A/B gains).") var noGains = false
+
+    func validate() throws {
+        if fusionSteps < 0 || adaptSteps < 0 { throw ValidationError("--fusion-steps and --adapt-steps must not be negative") }
+        if adaptLR <= 0 { throw ValidationError("--adapt-lr must be positive") }
+    }
+
+    func options(seed: UInt64) -> ICMFusionOptions {
+        var fo = ICMFusionOptions()
+        fo.steps = fusionSteps; fo.adaptSteps = adaptSteps; fo.adaptLR = adaptLR; fo.orientation = !noOrientation; fo.learnGains = !noGains; fo.seed = seed
+        return fo
+    }
+}
+
+/// Task inputs from ADAPTER... and --shots FILE... (paired in order), names from the adapter
+/// folders, descriptions from a task-suite manifest when given.
+func icmTaskInputs(adapters: [String], shots: [String], manifest: String?) throws -> [ICMPipeline.TaskInput] {
+    guard adapters.count == shots.count else {
+        throw ValidationError("give one --shots file per adapter (\(adapters.count) adapters, \(shots.count) shot files)")
+    }
+    var descriptions: [String: String] = [:]
+    if let manifest {
+        let data = try Data(contentsOf: URL(fileURLWithPath: manifest))
+        let obj = try JSONSerialization.jsonObject(with: data) as? [String: Any]
+        for t in (obj?["tasks"] as? [[String: Any]]) ?? [] {
+            if let n = t["name"] as? String, let d = t["description"] as? String { descriptions[n] = d }
+        }
+    }
+    return try zip(adapters, shots).map { a, s in
+        let name = ((a as NSString).standardizingPath as NSString).lastPathComponent
+        return ICMPipeline.TaskInput(name: name, adapterPath: a, shots: try TaskData.read(path: s), description: descriptions[name])
+    }
+}
+
+struct GenerateAdapter: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "generate-adapter",
+        abstract: "Generate a LoRA from a task condition (ICM-LoRA), a description (SG-LoRA), or fuse adapters (ICM-Fusion).",
+        discussion: """
+        A conditional VAE over z-scored parameter chunks is trained on the given adapters and their \
+        checkpoint-<step>/ trajectories (or loaded with --generator). docs/icm-fusion.md maps the papers \
+        to the code.
+          icm-lora:   condition = mean last-layer hidden state over --task-shots (with the known task's \
+        adapter when --task names one, else the base model); z = 0 (or --temperature noise).
+          sg-lora:    --description TEXT is embedded by the base model; the top-k known tasks by \
+        similarity (descriptions from --manifest) give the weighted latent prior.
+          icm-fusion: the adapters' latents are fused with learned weights and conflict projections on \
+        the union of the --shots (the same as `lorafuse fuse --method icm-fusion`).
+        """
+    )
+
+    @Option(name: .long, help: "icm-lora, sg-lora or icm-fusion.") var method: String
+    @Argument(help: "Known tasks' adapter directories (PEFT, with optional checkpoint-<step>/ folders).")
+    var adapters: [String] = []
+    @Option(name: .long, parsing: .upToNextOption, help: "Few-shot JSONL per adapter, in the same order.")
+    var shots: [String] = []
+    @Option(name: .long, help: "Task-suite manifest.json with a description per task (SG-LoRA).") var manifest: String?
+    @Option(name: .customLong("task"), help: "icm-lora: a known task whose stored condition to use.") var task: String?
+    @Option(name: .customLong("task-shots"), help: "icm-lora: few-shot JSONL of the task to generate for.") var taskShots: String?
+    @Option(name: .long, help: "sg-lora: the new task's description.") var description: String?
+    @Option(name: .customLong("top-k"), help: "sg-lora: similar known tasks to combine.") var topK = 4
+    @Option(name: .customLong("similarity-temperature"), help: "sg-lora: softmax temperature τ over similarities.") var tau = 0.1
+    @Option(name: .long, help: "Latent sampling temperature (0: the prior mean).") var temperature: Float = 0
+    @Option(name: .long, help: "Seed of the VAE initialisation, batches, noise and fusion minibatches.") var seed: UInt64 = 0
+    @Option(name: .long, help: "Model GGUF file or HF directory (default: SmolLM2-135M-Instruct).") var model: String?
+    @Option(name: [.short, .customLong("output")], help: "Output PEFT adapter directory.") var output: String
+    @OptionGroup var gen: ICMGeneratorArguments
+    @OptionGroup var fusion: ICMFusionArguments
+    @OptionGroup var compute: ComputeOptions
+
+    func validate() throws {
+        guard ["icm-lora", "sg-lora", "icm-fusion"].contains(method) else {
+            throw ValidationError("--method must be icm-lora, sg-lora or icm-fusion, got \(method)")
+        }
+        if gen.generator == nil && adapters.isEmpty { throw ValidationError("give known adapters (with --shots) or --generator") }
+        if !adapters.isEmpty && adapters.count != shots.count { throw ValidationError("give one --shots file per adapter") }
+        if method == "icm-lora" && task == nil && taskShots == nil { throw ValidationError("icm-lora needs --task or --task-shots") }
+        if method == "sg-lora" && description == nil { throw ValidationError("sg-lora needs --description") }
+        if method == "icm-fusion" && adapters.count < 2 { throw ValidationError("icm-fusion needs at least two adapters with --shots") }
+        if topK < 1 { throw ValidationError("--top-k must be at least 1") }
+        if tau <= 0 { throw ValidationError("--similarity-temperature must be positive") }
+    }
+
+    func run() throws {
+        compute.apply()
+        let lm = try loadModel(modelPath: model, adapters: [])
+        let say: (String) -> Void = { line in if !compute.quiet { FileHandle.standardError.write(Data((line + "\n").utf8)) } }
+        let inputs = try icmTaskInputs(adapters: adapters, shots: shots, manifest: manifest)
+        let params: LoRAParameters
+        let g: ICMGenerator
+        if method == "icm-fusion" {
+            let r = try ICMPipeline.fuse(model: lm, tasks: inputs, generatorPath: gen.generator, generatorOptions: gen.options(seed: seed),
+                                         fusionOptions: fusion.options(seed: seed), maxCheckpoints: gen.maxCheckpoints, progress: say)
+            g = r.generator; params = r.result.parameters
+        } else {
+            g = try gen.generator.map { try ICMGenerator.load(path: $0) }
+                ?? ICMPipeline.trainGenerator(model: lm, tasks: inputs, maxCheckpoints: gen.maxCheckpoints, options: gen.options(seed: seed), progress: say)
+            if method == "icm-lora" {
+                var h: [Float]
+                if let task, taskShots == nil {
+                    h = g.tasks[try g.taskIndex(task)].condition
+                } else {
+                    let seqs = try TrainingData.sequences(TaskData.read(path: taskShots!), model: lm)
+                    h = try TaskCondition.meanHiddenState(model: lm, adapter: nil, sequences: TaskCondition.tokens(seqs))
+                }
+                let (p, nearest) = g.generateICMLoRA(condition: h, temperature: temperature, seed: seed)
+                say("icm-lora: tensor statistics of the nearest known task, \(nearest)")
+                params = p
+            } else {
+                let d = try TaskCondition.descriptionEmbedding(model: lm, text: description!)
+                let prior = try g.semanticPrior(description: d, k: topK, temperature: tau)
+                say("sg-lora: " + zip(prior.topK, prior.alpha).map { String(format: "%@ α=%.3f", g.tasks[$0].name, $1) }.joined(separator: ", "))
+                params = g.generateSGLoRA(prior: prior, temperature: temperature, seed: seed)
+            }
+        }
+        if let s = gen.saveGenerator { try g.save(to: s); say("generator state written to \(s)") }
+        try PEFTAdapter.write(params.adapter(name: method, baseModel: g.baseModel ?? lm.sourcePath), to: output, dtype: .f32)
+        print("\(method): adapter written to \(output)")
+    }
+}
+
+/// Runs the ICM-Fusion experiment (the part of `lorafuse report` about ICM-Fusion) on suite tasks.
+struct ICMReport: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "icm-report",
+        abstract: "ICM-Fusion experiment: held-out loss/accuracy vs experts and static methods, ablations, long tail, reconstruction, storage.",
+        discussion: "Tasks come from --tasks-dir (the suite: <task>.train/.test.jsonl and manifest.json); adapters from --adapters-dir/<task>/."
+    )
+    @Option(name: .long, parsing: .upToNextOption, help: "Task names (at least two) with adapters in --adapters-dir.") var tasks: [String]
+    @Option(name: .customLong("tasks-dir"), help: "Task-suite folder.") var tasksDir = "tasks"
+    @Option(name: .customLong("adapters-dir"), help: "Folder with one adapter folder per task.") var adaptersDir = "adapters"
+    @Option(name: .long, help: "Shots per task (first lines of the train split).") var shots = 4
+    @Option(name: .customLong("test-examples"), help: "Held-out examples per task (first lines of the test split).") var testExamples = 25
+    @Option(name: .customLong("static-methods"), help: "Comma-separated static methods (default: all).") var staticMethods: String?
+    @Option(name: .long, help: "Seed of the generator and fusion.") var seed: UInt64 = 0
+    @Flag(name: .customLong("no-ablations"), help: "Skip the ablations.") var noAblations = false
+    @Flag(name: .customLong("no-accuracy"), help: "Loss only (no greedy decoding).") var noAccuracy = false
+    @Option(name: .long, help: "Model GGUF file or HF directory (default: SmolLM2-135M-Instruct).") var model: String?
+    @Option(name: [.short, .customLong("output")], help: "Write the markdown here (also printed).") var output: String?
+    @OptionGroup var gen: ICMGeneratorArguments
+    @OptionGroup var fusion: ICMFusionArguments
+    @OptionGroup var compute: ComputeOptions
+
+    func validate() throws {
+        if tasks.count < 2 { throw ValidationError("--tasks needs at least two tasks") }
+        if shots < 1 || testExamples < 1 { throw ValidationError("--shots and --test-examples must be positive") }
+        if let s = staticMethods {
+            for m in s.split(separator: ",") where !FusionMethods.names.contains(String(m)) {
+                throw ValidationError("unknown static method \(m) (known: \(FusionMethods.names.joined(separator: ", ")))")
+            }
+        }
+    }
+
+    func run() throws {
+        compute.apply()
+        let lm = try loadModel(modelPath: model, adapters: [])
+        var descriptions: [String: String] = [:]
+        let mpath = (tasksDir as NSString).appendingPathComponent("manifest.json")
+        if let data = FileManager.default.contents(atPath: mpath),
+           let obj = try JSONSerialization.jsonObject(with: data) as? [String: Any] {
+            for t in (obj["tasks"] as? [[String: Any]]) ?? [] {
+                if let n = t["name"] as? String, let d = t["description"] as? String { descriptions[n] = d }
+            }
+        }
+        let ts = tasks.map { t in
+            ICMExperiment.Task(name: t, adapterPath: (adaptersDir as NSString).appendingPathComponent(t),
+                               trainPath: (tasksDir as NSString).appendingPathComponent("\(t).train.jsonl"),
+                               testPath: (tasksDir as NSString).appendingPathComponent("\(t).test.jsonl"), description: descriptions[t])
+        }
+        var o = ICMExperiment.Options()
+        o.shots = shots; o.testExamples = testExamples; o.accuracy = !noAccuracy; o.ablations = !noAblations
+        if let s = staticMethods { o.staticMethods = s.split(separator: ",").map(String.init) }
+        o.generator = gen.options(seed: seed); o.maxCheckpoints = gen.maxCheckpoints
+        o.fusion = fusion.options(seed: seed)
+        let say: (String) -> Void = { line in if !compute.quiet { FileHandle.standardError.write(Data((line + "\n").utf8)) } }
+        let r = try ICMExperiment.run(model: lm, tasks: ts, options: o, progress: say)
+        let md = r.markdown()
+        if let output { try md.write(toFile: output, atomically: true, encoding: .utf8) }
+        print(md)
+    }
+}
