@@ -50,9 +50,11 @@ mkdir -p out docs
   echo
   echo "Each task in \`tasks/\` has an adapter in \`adapters/<task>/\`, trained by \`lorafuse train\` with"
   echo "\`scripts/train_adapters.sh\` (\`make adapters\`): rank 8, α 16, all seven projections (q, k, v, o,"
-  echo "gate, up, down), 100 steps of 8 examples (the long-tailed \`reverse_upper\`: 30 steps over its 8"
-  echo "examples), AdamW at 1e-3 with 5 warm-up steps then cosine, seed 1, saved in bf16. How each one was"
-  echo "made (options, losses, time) is in its \`training.json\`, collected in \`adapters/manifest.json\`."
+  echo "gate, up, down), batches of 8, AdamW at 1e-3 with 5 warm-up steps then cosine, seed 1, saved in"
+  echo "bf16; 100 steps for add_2digit, capital_facts, count_vowels, date_eu and date_us, 60 for the"
+  echo "others, and 12 steps at 3e-4 for the long-tailed \`reverse_upper\` (8 training examples; longer runs"
+  echo "memorise them). How each one was made (options, losses, time) is in its \`training.json\`,"
+  echo "collected in \`adapters/manifest.json\` with the results below."
   echo
   echo "Below: the base model SmolLM2-135M-Instruct (GGUF Q4_1, dequantized) and each task's own adapter on"
   echo "that task's 50 held-out test examples; loss is the token-weighted cross-entropy of the answer"

@@ -1,0 +1,68 @@
+import Foundation
+import XCTest
+@testable import LoRAFuse
+
+/// The committed suite adapters (`adapters/`, made by `make adapters`): one per task, small, bf16,
+/// described by the manifest, and each one clearly better than the base model on its own task.
+final class SuiteAdapterTests: XCTestCase {
+    static let adapters = TaskSuiteTests.repoRoot.appendingPathComponent("adapters").path
+    static let tasks = TaskSuiteTests.repoRoot.appendingPathComponent("tasks").path
+    /// Tasks whose adapter lowers the loss but gets no answer exactly right (docs/adapters.md says
+    /// why). They are held to a weaker bar: at least a quarter off the base loss.
+    static let knownShortfalls: Set<String> = ["reverse_word", "reverse_upper"]
+
+    private func manifest() throws -> AdapterManifest {
+        let data = try XCTUnwrap(FileManager.default.contents(atPath: Self.adapters + "/manifest.json"),
+                                 "adapters/manifest.json missing: run `make adapters`")
+        return try JSONDecoder().decode(AdapterManifest.self, from: data)
+    }
+
+    private func taskNames() throws -> [String] {
+        try FileManager.default.contentsOfDirectory(atPath: Self.tasks).filter { $0.hasSuffix(".train.jsonl") }
+            .map { String($0.prefix(while: { $0 != "." })) }.sorted()
+    }
+
+    func testManifestCoversEveryTaskWithASmallBF16Adapter() throws {
+        let m = try manifest()
+        XCTAssertEqual(m.split, "test")
+        XCTAssertEqual(Set(m.adapters.keys), Set(try taskNames()))
+        for (task, e) in m.adapters {
+            let rec = try XCTUnwrap(e.training, "\(task): no training record")
+            XCTAssertLessThanOrEqual(rec.rank, 8, task)
+            XCTAssertEqual(rec.dtype, "bf16", task)
+            XCTAssertEqual(rec.data, "tasks/\(task).train.jsonl", task)
+            XCTAssertLessThan(e.weightsBytes, 8 << 20, "\(task): adapters should be a few MB")
+            if Self.knownShortfalls.contains(task) {
+                XCTAssertLessThanOrEqual(e.result.expert.loss, 0.75 * e.result.base.loss, task)
+            } else {
+                XCTAssertTrue(e.result.clearlyBetter, "\(task): the manifest records its adapter is not clearly better than the base")
+            }
+            let ad = try PEFTAdapter.read(directory: Self.adapters + "/" + task)
+            XCTAssertEqual(ad.sourceDType, .bf16, task)
+            XCTAssertEqual(ad.metadata.rank, rec.rank, task)
+        }
+    }
+
+    /// Re-measures a slice of the held-out tests (loss only, first 4 examples per task): every
+    /// adapter must at least halve the base model's loss on its own task, as the manifest says
+    /// (the known shortfalls: cut it by a quarter).
+    func testEveryAdapterHalvesTheBaseLossOnItsOwnTask() throws {
+        let path = ModelLocator.defaultModelPath()
+        guard FileManager.default.fileExists(atPath: path) else {
+            return XCTFail("SmolLM2 model missing at \(path): run scripts/setup.sh (or `make test`) to fetch it")
+        }
+        let model = try LlamaModel.load(path: path)      // own instance: adapters are set on it
+        let names = try taskNames()
+        var tasks = try names.map { try TaskData.read(path: "\(Self.tasks)/\($0).test.jsonl") }
+        for i in tasks.indices { tasks[i].examples = Array(tasks[i].examples.prefix(4)) }
+        let adapters = try names.map { try PEFTAdapter.read(directory: Self.adapters + "/" + $0) }
+        let table = try ExpertTable.measure(model: model, tasks: tasks, adapters: adapters, split: "test",
+                                            options: EvalOptions(computeAccuracy: false))
+        for row in table.rows {
+            let bar = Self.knownShortfalls.contains(row.task) ? 0.75 : 0.5
+            XCTAssertLessThanOrEqual(row.expert.loss, bar * row.base.loss,
+                                     "\(row.task): expert loss \(row.expert.loss) vs base \(row.base.loss)")
+        }
+        XCTAssertTrue(model.activeAdapters.isEmpty, "measure must leave the model without adapters")
+    }
+}
