@@ -28,7 +28,7 @@ fi
 # (first lines of NAME.train.jsonl, never the test files) for 8 steps (LoraHub: 8 loss
 # evaluations), plus the shots curve's refits at 1 and 4.
 $LF report --adapters "$ADAPTERS" --test tasks --shots tasks \
-  --test-per-task 8 --shots-per-task 16 --shots-curve 1,4,16 --steps 8 \
+  --test-per-task 8 --shots-per-task 16 --shots-curve 1,4,16 --steps 8 --evaluations 40 \
   -o "$OUT" "$@"
 
 # A screenshot of the page for docs/, when a headless Chromium is installed

@@ -60,6 +60,9 @@ struct Report: ParsableCommand {
     @Option(name: .long, help: "Optimizer steps of atlas and cat-learned, and LoraHub's budget of loss evaluations (default: theirs, 40).")
     var steps: Int?
 
+    @Option(name: .long, help: "LoraHub's budget of loss evaluations (default: --steps when given, else 40). CMA-ES samples 11 points a generation for 14 adapters.")
+    var evaluations: Int?
+
     @Option(name: .customLong("shots-per-task"), help: "Shots per task for the learned methods' main rows.")
     var shotsPerTask: Int = 16
 
@@ -86,6 +89,7 @@ struct Report: ParsableCommand {
         if let n = testPerTask, n < 1 { throw ValidationError("--test-per-task must be at least 1, got \(n)") }
         if rank < 1 { throw ValidationError("--rank must be at least 1, got \(rank)") }
         if let s = steps, s < 1 { throw ValidationError("--steps must be at least 1, got \(s)") }
+        if let e = evaluations, e < 2 { throw ValidationError("--evaluations must be at least 2, got \(e)") }
         if shotsPerTask < 1 { throw ValidationError("--shots-per-task must be at least 1, got \(shotsPerTask)") }
         _ = try curve()
         _ = try methodList()
@@ -139,7 +143,7 @@ struct Report: ParsableCommand {
         }
         let lm = try loadModel(modelPath: model, adapters: [])
         let settings = ReportSettings(testPerTask: testPerTask, accuracy: !noAccuracy, rank: rank, seed: seed,
-                                      shotsPerTask: shotsPerTask, shotsCurve: try curve(), steps: steps,
+                                      shotsPerTask: shotsPerTask, shotsCurve: try curve(), steps: steps, evaluations: evaluations,
                                       expertMatrix: expertMatrix, model: modelPath)
         let runner = try ReportRunner(model: lm, inputs: inputs, settings: settings, methods: methods, directory: output, force: force)
         let bar = ProgressBar(total: runner.plannedUnits, label: "report", enabled: !compute.quiet)

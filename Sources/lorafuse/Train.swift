@@ -57,6 +57,8 @@ struct Train: ParsableCommand {
     @Option(name: .customLong("checkpoint-dir"), help: "Where checkpoint-<step>/ folders go (default: the output directory).")
     var checkpointDir: String?
     @Option(name: .long, help: "Adapter weight dtype: f32, bf16 or f16.") var dtype = "f32"
+    @Option(name: .customLong("init-from"), help: "Start from this adapter's A and B (same --rank and --targets) instead of PEFT's initialisation: a warm start from a related task.")
+    var initFrom: String?
     @Option(name: .long, help: "Resume from a checkpoint-<step> folder, or from the newest checkpoint in a folder.")
     var resume: String?
 
@@ -83,6 +85,11 @@ struct Train: ParsableCommand {
         let trainer = try LoRATrainer(model: lm, train: trainSeqs, val: valSeqs, options: o)
         try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
 
+        if let i = initFrom {
+            if resume != nil { throw ValidationError("give either --init-from or --resume, not both") }
+            let hints = (try? ModelHints.load(path: model ?? ModelLocator.defaultModelPath())) ?? ModelHints()
+            try trainer.warmStart(from: AdapterIO.read(path: i, hints: hints))
+        }
         if let r = resume {
             let ck: String
             if FileManager.default.fileExists(atPath: (r as NSString).appendingPathComponent(LoRATrainer.stateFile)) {
@@ -117,7 +124,8 @@ struct Train: ParsableCommand {
         try trainer.lossChartSVG().write(toFile: (output as NSString).appendingPathComponent("loss.svg"), atomically: true, encoding: .utf8)
         let done = trainer.step - startStep
         let record = TrainingRecord(options: o, data: data, val: val, model: lm.sourcePath, examples: trainSeqs.count,
-                                    log: trainer.log, wallSeconds: Date().timeIntervalSince(started), finished: started)
+                                    log: trainer.log, wallSeconds: Date().timeIntervalSince(started), finished: started,
+                                    initFrom: initFrom)
         try record.json().write(toFile: (output as NSString).appendingPathComponent(TrainingRecord.fileName),
                                 atomically: true, encoding: .utf8)
         var summary = "trained \(done) steps"

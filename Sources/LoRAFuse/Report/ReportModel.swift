@@ -136,6 +136,10 @@ public struct ReportSettings: Codable, Sendable, Equatable {
     public var shotsCurve: [Int]
     /// Optimisation steps of the learned methods (nil: their default).
     public var steps: Int?
+    /// LoraHub's budget of loss evaluations (nil: `steps` when given, else its default). CMA-ES
+    /// over n adapters samples 4 + 3·ln n points a generation (11 for 14 adapters), so a budget
+    /// below a few generations leaves it at its starting point.
+    public var evaluations: Int?
     /// Every adapter on every task (loss only).
     public var expertMatrix: Bool
     /// Model file or directory the numbers come from.
@@ -144,8 +148,8 @@ public struct ReportSettings: Codable, Sendable, Equatable {
     public var adapterMode: String
 
     public init(testPerTask: Int? = nil, accuracy: Bool = true, rank: Int = 32, seed: UInt64 = 0, shotsPerTask: Int = 16,
-                shotsCurve: [Int] = [1, 4, 16], steps: Int? = nil, expertMatrix: Bool = false, model: String = "",
-                adapterMode: String = LoRAMode.merged.rawValue) {
+                shotsCurve: [Int] = [1, 4, 16], steps: Int? = nil, evaluations: Int? = nil, expertMatrix: Bool = false,
+                model: String = "", adapterMode: String = LoRAMode.merged.rawValue) {
         self.testPerTask = testPerTask
         self.accuracy = accuracy
         self.rank = rank
@@ -153,6 +157,7 @@ public struct ReportSettings: Codable, Sendable, Equatable {
         self.shotsPerTask = shotsPerTask
         self.shotsCurve = shotsCurve
         self.steps = steps
+        self.evaluations = evaluations
         self.expertMatrix = expertMatrix
         self.model = model
         self.adapterMode = adapterMode

@@ -124,7 +124,10 @@ public enum ReportRenderer {
             let dBest = row.meanLoss.flatMap { m in best?.meanLoss.map { m - $0 } }
             var dExp: Double?
             if row.method.family != .expert, let e = experts?.meanLoss(over: expertTasks), let m = row.meanLoss(over: expertTasks) { dExp = m - e }
-            let shots = row.shots.map { " on \($0) shots/task" + (r.settings.steps.map { ", \($0) steps" } ?? "") } ?? ""
+            let budget: String? = row.method.method == LearnedFusionMethod.lorahub.rawValue
+                ? (r.settings.evaluations ?? r.settings.steps).map { ", \($0) loss evaluations" }
+                : r.settings.steps.map { ", \($0) steps" }
+            let shots = row.shots.map { " on \($0) shots/task" + (budget ?? "") } ?? ""
             // A row that covers only some tasks (experts without an adapter for each) says so:
             // its mean is over fewer tasks than the others'.
             let coverage = row.tasks.count < r.tasks.count ? " (\(row.tasks.count) of \(r.tasks.count) tasks)" : ""

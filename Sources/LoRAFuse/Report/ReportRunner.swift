@@ -228,7 +228,8 @@ public final class ReportRunner {
     var shotCounts: [Int] { Array(Set([settings.shotsPerTask] + settings.shotsCurve)).sorted() }
 
     /// The learned-fusion options a row uses. `--steps` sets the optimizer steps of the gradient
-    /// methods and LoraHub's budget of loss evaluations; LoraHub gets its paper's L1 weight 0.05.
+    /// methods and LoraHub's budget of loss evaluations unless `--evaluations` sets that; LoraHub
+    /// gets its paper's L1 weight 0.05.
     ///
     /// Every learned row starts from the mean of the adapters, coefficient 1/n — the static
     /// `linear` row — rather than the library's default 1 (their plain sum, n times too strong for
@@ -246,6 +247,7 @@ public final class ReportRunner {
             o.steps = s
             o.evaluations = max(2, s)
         }
+        if let e = settings.evaluations { o.evaluations = max(2, e) }
         if method == .lorahub { o.l1 = 0.05 }
         return (method, o)
     }

@@ -121,6 +121,34 @@ public final class LoRATrainer {
         optimizer = AdamW(like: params, weightDecay: options.weightDecay)
     }
 
+    /// Starts from an existing adapter's factors instead of PEFT's initialisation (a warm start,
+    /// e.g. a long-tailed task from a related task's adapter). Its modules must be exactly the ones
+    /// being trained, with the same ranks; B is rescaled when its scale differs from this run's, so
+    /// the starting ΔW is the adapter's own. Call before the first step.
+    public func warmStart(from adapter: LoRAAdapter) throws {
+        precondition(step == 0, "warmStart must come before the first step")
+        let given = try LoRAParameters(adapter: adapter, config: engine.model.config)
+        let path = adapter.sourcePath ?? adapter.name
+        let byName = Dictionary(uniqueKeysWithValues: given.modules.map { ($0.name, $0) })
+        guard byName.count == params.modules.count else {
+            throw TrainError.badAdapter(path: path, module: "(all)",
+                                        reason: "has \(byName.count) LoRA modules; this run trains \(params.modules.count) (same --targets needed)")
+        }
+        for i in params.modules.indices {
+            let m = params.modules[i]
+            guard let g = byName[m.name] else {
+                throw TrainError.badAdapter(path: path, module: m.name, reason: "missing; this run trains it (same --targets needed)")
+            }
+            guard g.rank == m.rank else {
+                throw TrainError.badAdapter(path: path, module: m.name, reason: "rank \(g.rank), this run's --rank is \(m.rank)")
+            }
+            params.modules[i].A = g.A
+            let f = g.scale / m.scale
+            params.modules[i].B = f == 1 ? g.B : g.B.map { $0 * f }
+        }
+        optimizer = AdamW(like: params, weightDecay: options.weightDecay)
+    }
+
     private func permutation(_ epoch: Int) -> [Int] {
         if let p = permutations[epoch] { return p }
         var rng = SeededRNG(seed: options.seed, stream: "data-epoch-\(epoch)")

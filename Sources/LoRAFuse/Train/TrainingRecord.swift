@@ -24,6 +24,8 @@ public struct TrainingRecord: Codable, Sendable, Equatable {
     public var maxGradNorm: Double
     public var seed: UInt64
     public var dtype: String
+    /// The adapter the run started from (`--init-from`), when not PEFT's initialisation.
+    public var initFrom: String?
     public var trainedTokens: Int
     /// Sum of the per-step times (forward, backward, optimizer), without validation passes.
     public var stepSeconds: Double
@@ -36,7 +38,8 @@ public struct TrainingRecord: Codable, Sendable, Equatable {
     public var started: String
 
     public init(options o: TrainingOptions, data: String, val: String?, model: String, examples: Int,
-                log: [StepLog], wallSeconds: Double, finished started: Date) {
+                log: [StepLog], wallSeconds: Double, finished started: Date, initFrom: String? = nil) {
+        self.initFrom = initFrom
         baseModel = (model as NSString).lastPathComponent
         self.data = data
         validation = val

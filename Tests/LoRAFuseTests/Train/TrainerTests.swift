@@ -86,6 +86,47 @@ final class TrainerTests: XCTestCase {
         XCTAssertEqual(nll / Double(n), after, accuracy: 1e-4)
     }
 
+    /// A warm start takes another adapter's ΔW exactly (B rescaled when α/r differs), so the first
+    /// step's loss is that adapter's loss; a different rank is refused by name.
+    func testWarmStartBeginsAtTheGivenAdapter() throws {
+        let model = TrainFixtures.model()
+        var o = options(steps: 1)
+        o.dropout = 0
+        let src = TrainFixtures.randomLoRA(model.config, rank: 4, std: 0.2)   // α 8, scale 2
+        var given = src.adapter()
+        for k in given.modules.keys { given.modules[k]!.scale = 0.5 }    // α/r differs from the run's 2
+        o.alpha = 8
+        let t = try LoRATrainer(model: model, train: data(), options: o)
+        try t.warmStart(from: given)
+        let want = given.modules[t.params.modules[0].name]!
+        let got = t.params.modules[0]
+        let dGiven = want.B.scaled(by: want.scale) * want.A
+        let dGot = Matrix(rows: got.outFeatures, cols: got.rank, data: got.B).scaled(by: got.scale)
+            * Matrix(rows: got.rank, cols: got.inFeatures, data: got.A)
+        XCTAssertLessThanOrEqual(dGot.maxAbsDifference(dGiven), 1e-6)
+        // Step 1's loss is measured before the update: the given adapter's loss on that batch.
+        let row = t.trainStep()
+        var ref = given
+        ref.name = "ref"
+        try model.setAdapters([(ref, 1)])
+        defer { model.clearAdapters() }
+        var nll = 0.0, n = 0
+        for i in t.batchIndices(step: 1, micro: 0) + t.batchIndices(step: 1, micro: 1) {
+            let s = data()[i]
+            let logits = try model.logits(tokens: s.tokens)
+            let v = Evaluator.negativeLogLikelihoods(logits, rows: 2..<5, targets: Array(s.targets[2...]))
+            nll += v.reduce(0, +); n += v.count
+        }
+        XCTAssertEqual(row.trainLoss, nll / Double(n), accuracy: 1e-4)
+
+        var o3 = o
+        o3.rank = 3
+        let other = try LoRATrainer(model: model, train: data(), options: o3)
+        XCTAssertThrowsError(try other.warmStart(from: given)) { e in
+            XCTAssertTrue("\(e)".contains("rank 4, this run's --rank is 3"), "\(e)")
+        }
+    }
+
     /// Stopping at a checkpoint and resuming gives the same parameters, moments and losses as an
     /// uninterrupted run (data order and dropout masks depend only on seed and step).
     func testResumeEqualsUninterruptedRun() throws {
