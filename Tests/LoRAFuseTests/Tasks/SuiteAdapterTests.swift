@@ -37,8 +37,11 @@ final class SuiteAdapterTests: XCTestCase {
     }
 
     /// Re-measures a slice of the held-out tests (loss only, first 4 examples per task): every
-    /// adapter must at least halve the base model's loss on its own task, as the manifest says.
-    func testEveryAdapterHalvesTheBaseLossOnItsOwnTask() throws {
+    /// adapter must lower the base model's loss on its own task by at least a quarter there (the
+    /// halving the manifest records is over all 50 examples; 4 are too few to hold that bar
+    /// everywhere). And for the weakest adapter, the long-tailed task, the whole test split must
+    /// give the manifest's own numbers: they were measured, not written down.
+    func testEveryAdapterBeatsTheBaseAndTheManifestIsMeasured() throws {
         let path = ModelLocator.defaultModelPath()
         guard FileManager.default.fileExists(atPath: path) else {
             return XCTFail("SmolLM2 model missing at \(path): run scripts/setup.sh (or `make test`) to fetch it")
@@ -48,12 +51,20 @@ final class SuiteAdapterTests: XCTestCase {
         var tasks = try names.map { try TaskData.read(path: "\(Self.tasks)/\($0).test.jsonl") }
         for i in tasks.indices { tasks[i].examples = Array(tasks[i].examples.prefix(4)) }
         let adapters = try names.map { try PEFTAdapter.read(directory: Self.adapters + "/" + $0) }
-        let table = try ExpertTable.measure(model: model, tasks: tasks, adapters: adapters, split: "test",
-                                            options: EvalOptions(computeAccuracy: false))
+        let loss = EvalOptions(computeAccuracy: false)
+        let table = try ExpertTable.measure(model: model, tasks: tasks, adapters: adapters, split: "test", options: loss)
         for row in table.rows {
-            XCTAssertLessThanOrEqual(row.expert.loss, 0.5 * row.base.loss,
+            XCTAssertLessThanOrEqual(row.expert.loss, 0.75 * row.base.loss,
                                      "\(row.task): expert loss \(row.expert.loss) vs base \(row.base.loss)")
         }
         XCTAssertTrue(model.activeAdapters.isEmpty, "measure must leave the model without adapters")
+
+        let weakest = "reverse_upper"
+        let recorded = try XCTUnwrap(try manifest().adapters[weakest]).result
+        let full = try TaskData.read(path: "\(Self.tasks)/\(weakest).test.jsonl")
+        let ad = try XCTUnwrap(names.firstIndex(of: weakest).map { adapters[$0] })
+        let again = try ExpertTable.measure(model: model, tasks: [full], adapters: [ad], split: "test", options: loss)
+        XCTAssertEqual(again.rows[0].base.loss, recorded.base.loss, accuracy: 1e-3 * recorded.base.loss)
+        XCTAssertEqual(again.rows[0].expert.loss, recorded.expert.loss, accuracy: 1e-3 * recorded.expert.loss)
     }
 }
