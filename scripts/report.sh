@@ -3,12 +3,11 @@
 # adapter per task. A rerun reuses $OUT/cache and only computes what changed; the page lists each
 # row's fusion and evaluation seconds.
 #
-# Time, from parts measured on the shared 2-core machine at load average ~8.5 (2026-11-29):
-# static fusion of 14 rank-8 adapters ~570 s (DELLA 213, Breadcrumbs 114, TIES/magnitude prune
-# ~80 each), evaluation ~0.3 s per example with accuracy (21 rows × 8 examples × 14 tasks ~730 s),
-# aTLAS / cat-learned ~15 s per step plus two passes over all shots per fit (~600 s each method for
-# the three fits), LoraHub ~0.4 s per shot per evaluation (8 evaluations × 294 shots over the three
-# fits ~960 s): about 58 minutes loaded, an estimated 15–20 minutes on two idle cores.
+# Time, measured on the project's 2-core machine with nothing else running (2026-11-29): about 22
+# minutes from an empty cache — static fusion of the 14 rank-8 adapters ~3.5 min (DELLA 90 s,
+# Breadcrumbs 42 s, TIES 29 s), evaluation ~7 s per row over 8 examples × 14 tasks, aTLAS and
+# cat-learned ~33 s per fit, LoraHub ~520 s for its main fit (40 evaluations over 224 shots) and
+# less for the shots curve's 1- and 4-shot fits.
 #
 #   ADAPTERS  directory of per-task adapters (default: adapters/, one sub-directory per task)
 #   OUT       output directory (default: out/report)
@@ -25,8 +24,8 @@ if [ ! -d "$ADAPTERS" ]; then
 fi
 
 # 8 held-out examples per task (112 in all) per row; learned rows fit on 16 shots per task
-# (first lines of NAME.train.jsonl, never the test files) for 8 steps (LoraHub: 8 loss
-# evaluations), plus the shots curve's refits at 1 and 4.
+# (first lines of NAME.train.jsonl, never the test files) for 8 steps (LoraHub: 40 loss
+# evaluations, a few CMA-ES generations), plus the shots curve's refits at 1 and 4.
 $LF report --adapters "$ADAPTERS" --test tasks --shots tasks \
   --test-per-task 8 --shots-per-task 16 --shots-curve 1,4,16 --steps 8 --evaluations 40 \
   -o "$OUT" "$@"

@@ -229,7 +229,7 @@ public final class ReportRunner {
 
     /// The learned-fusion options a row uses. `--steps` sets the optimizer steps of the gradient
     /// methods and LoraHub's budget of loss evaluations unless `--evaluations` sets that; LoraHub
-    /// gets its paper's L1 weight 0.05.
+    /// gets its paper's L1 weight 0.05 and a first step size σ equal to its start, 1/n.
     ///
     /// Every learned row starts from the mean of the adapters, coefficient 1/n — the static
     /// `linear` row — rather than the library's default 1 (their plain sum, n times too strong for
@@ -248,7 +248,13 @@ public final class ReportRunner {
             o.evaluations = max(2, s)
         }
         if let e = settings.evaluations { o.evaluations = max(2, e) }
-        if method == .lorahub { o.l1 = 0.05 }
+        if method == .lorahub {
+            o.l1 = 0.05
+            // CMA-ES's first step size on the scale of the start: the library's σ = 0.5 suits its
+            // start at 1, but around 1/n (0.07 for 14 adapters) every first sample is far worse than
+            // the start, and 40 evaluations never got back (measured: the row stayed at `linear`).
+            o.lorahubSigma = o.initialCoefficient
+        }
         return (method, o)
     }
 
@@ -299,7 +305,8 @@ public final class ReportRunner {
         key.learned = ["shots": shots.map(Digest.task).joined(separator: ","), "val": val.map(Digest.task).joined(separator: ","),
                        "shotsPerTask": String(k), "steps": String(options.steps), "evaluations": String(options.evaluations),
                        "seed": String(options.seed), "l1": String(options.l1),
-                       "start": String(options.initialCoefficient), "catScale": String(options.catScale ?? 0)]
+                       "start": String(options.initialCoefficient), "catScale": String(options.catScale ?? 0),
+                       "sigma": String(options.lorahubSigma)]
         var entry = try loadCache(id, key: key)
         let missing = test.filter { entry.tasks[$0.name]?.digest != Digest.task($0) }
         if !missing.isEmpty {
