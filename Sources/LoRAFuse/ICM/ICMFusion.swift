@@ -160,12 +160,8 @@ extension ICMGenerator {
                 let gp = Self.combineBackward(f, dzf: dz, params: p)
                 let gg = Self.gainGradient(g, theta: theta, stats: stats, layout: layout)
                 // Adam on the few fusion scalars.
-                let c1 = 1 - pow(Float(0.9), Float(step)), c2 = 1 - pow(Float(0.999), Float(step))
                 func upd(_ x: inout [Float], _ g: [Float], _ m: inout [Float], _ v: inout [Float]) {
-                    for i in x.indices {
-                        m[i] = 0.9 * m[i] + 0.1 * g[i]; v[i] = 0.999 * v[i] + 0.001 * g[i] * g[i]
-                        x[i] -= o.learningRate * (m[i] / c1) / ((v[i] / c2).squareRoot() + 1e-8)
-                    }
+                    AdamRule.step(&x, g, &m, &v, t: step, lr: o.learningRate)
                 }
                 upd(&p.weights, gp.weights, &mW, &vW)
                 if o.orientation { upd(&p.rho, gp.rho, &mR, &vR) }

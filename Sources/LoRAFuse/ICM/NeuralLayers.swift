@@ -74,17 +74,10 @@ public struct ParamAdam: Sendable {
             if n > mx { for k in g.names { g.values[k] = g.values[k]!.map { $0 * Float(mx / n) } } }
         }
         step += 1
-        let c1 = 1 - pow(beta1, Float(step)), c2 = 1 - pow(beta2, Float(step))
         for k in p.names {
-            let gv = g.values[k]!
             var mv = m.values[k]!, vv = v.values[k]!, pv = p.values[k]!
-            let isLazy = lazy.contains(k)
-            for i in pv.indices {
-                if isLazy && gv[i] == 0 { continue }
-                mv[i] = beta1 * mv[i] + (1 - beta1) * gv[i]
-                vv[i] = beta2 * vv[i] + (1 - beta2) * gv[i] * gv[i]
-                pv[i] -= lr * (mv[i] / c1) / ((vv[i] / c2).squareRoot() + eps)
-            }
+            AdamRule.step(&pv, g.values[k]!, &mv, &vv, t: step, lr: lr, beta1: beta1, beta2: beta2, eps: eps,
+                          skipZeroGradient: lazy.contains(k))
             m.values[k] = mv; v.values[k] = vv; p.values[k] = pv
         }
     }

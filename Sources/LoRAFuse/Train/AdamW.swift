@@ -29,17 +29,10 @@ public struct AdamW: Sendable {
     /// One update of every A and B with learning rate `lr`.
     public mutating func update(_ p: inout LoRAParameters, grads: LoRAGradients, lr: Float) {
         step += 1
-        let bc1 = 1 - Float(pow(Double(beta1), Double(step)))
-        let bc2Sqrt = (1 - Float(pow(Double(beta2), Double(step)))).squareRoot()
-        let stepSize = lr / bc1, decay = 1 - lr * weightDecay
-        let (b1, b2, eps) = (beta1, beta2, self.eps)
+        let decay = 1 - lr * weightDecay
+        let (t, b1, b2, eps) = (step, beta1, beta2, self.eps)
         func apply(_ w: inout [Float], _ g: [Float], _ m: inout [Float], _ v: inout [Float]) {
-            for j in w.indices {
-                let gj = g[j]
-                m[j] = b1 * m[j] + (1 - b1) * gj
-                v[j] = b2 * v[j] + (1 - b2) * gj * gj
-                w[j] = w[j] * decay - stepSize * m[j] / (v[j].squareRoot() / bc2Sqrt + eps)
-            }
+            AdamRule.step(&w, g, &m, &v, t: t, lr: lr, beta1: b1, beta2: b2, eps: eps, decay: decay)
         }
         for i in p.modules.indices {
             apply(&p.modules[i].A, grads.dA[i], &mA[i], &vA[i])
@@ -51,6 +44,32 @@ public struct AdamW: Sendable {
     mutating func restore(step: Int, mA: [[Float]], vA: [[Float]], mB: [[Float]], vB: [[Float]]) {
         self.step = step
         self.mA = mA; self.vA = vA; self.mB = mB; self.vB = vB
+    }
+}
+
+/// The Adam update of one flat array, shared by every optimizer in the library (AdamW above, the
+/// learned-fusion coefficients, the ICM generator and its fusion parameters):
+///
+///     m ← β₁m + (1−β₁)g,   v ← β₂v + (1−β₂)g²
+///     x ← x·decay − (lr / (1−β₁ᵗ)) · m / (√v / √(1−β₂ᵗ) + ε)
+///
+/// `t` is the 1-based update number. With `skipZeroGradient`, entries whose gradient is exactly 0
+/// keep their value and moments (lazy Adam, for tables a batch touches only a few rows of).
+enum AdamRule {
+    static func step<T: BinaryFloatingPoint>(_ x: inout [T], _ g: [T], _ m: inout [T], _ v: inout [T], t: Int, lr: T,
+                                             beta1: T = 0.9, beta2: T = 0.999, eps: T = 1e-8, decay: T = 1,
+                                             skipZeroGradient: Bool = false) {
+        precondition(g.count == x.count && m.count == x.count && v.count == x.count, "Adam: arrays of different lengths")
+        let bc1 = 1 - T(pow(Double(beta1), Double(t)))
+        let bc2Sqrt = (1 - T(pow(Double(beta2), Double(t)))).squareRoot()
+        let stepSize = lr / bc1
+        for j in x.indices {
+            let gj = g[j]
+            if skipZeroGradient && gj == 0 { continue }
+            m[j] = beta1 * m[j] + (1 - beta1) * gj
+            v[j] = beta2 * v[j] + (1 - beta2) * gj * gj
+            x[j] = x[j] * decay - stepSize * m[j] / (v[j].squareRoot() / bc2Sqrt + eps)
+        }
     }
 }
 

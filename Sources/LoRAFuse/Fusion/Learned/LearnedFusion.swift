@@ -457,16 +457,10 @@ final class LearnedProblem {
 struct VectorAdam {
     var m: [Double], v: [Double]
     var t = 0
-    let beta1 = 0.9, beta2 = 0.999, eps = 1e-8
     init(count: Int) { m = [Double](repeating: 0, count: count); v = m }
     mutating func step(_ x: inout [Double], grad g: [Double], lr: Double) {
         t += 1
-        let b1 = 1 - pow(beta1, Double(t)), b2 = 1 - pow(beta2, Double(t))
-        for i in x.indices {
-            m[i] = beta1 * m[i] + (1 - beta1) * g[i]
-            v[i] = beta2 * v[i] + (1 - beta2) * g[i] * g[i]
-            x[i] -= lr * (m[i] / b1) / ((v[i] / b2).squareRoot() + eps)
-        }
+        AdamRule.step(&x, g, &m, &v, t: t, lr: lr)
     }
 }
 
