@@ -149,7 +149,7 @@ struct Fuse: ParsableCommand {
         if let n = shotsPerTask { for i in inputs.indices { inputs[i].shots.examples = Array(inputs[i].shots.examples.prefix(n)) } }
         let say: (String) -> Void = { line in if !compute.quiet { FileHandle.standardError.write(Data((line + "\n").utf8)) } }
         let start = Date()
-        let r = try ICMPipeline.fuse(model: lm, tasks: inputs, generatorPath: icmGen.generator, generatorOptions: icmGen.options(seed: seed),
+        let r = try ICMPipeline.fuse(model: lm, tasks: inputs, generatorPath: icmGen.generator, generatorOptions: icmGen.options(seed: seed, tasks: inputs.count),
                                      fusionOptions: icmFusion.options(seed: seed), maxCheckpoints: icmGen.maxCheckpoints, progress: say)
         if let s = icmGen.saveGenerator { try r.generator.save(to: s); say("generator state written to \(s)") }
         try PEFTAdapter.write(r.adapter, to: output, dtype: DType(name: dtype)!)

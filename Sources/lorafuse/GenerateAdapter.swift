@@ -14,7 +14,7 @@ struct ICMGeneratorArguments: ParsableArguments {
     @Option(name: .long, help: "KL weight β.") var beta: Float = 1e-3
     @Option(name: .customLong("vae-steps"), help: "VAE training steps.") var vaeSteps = 1500
     @Option(name: .customLong("vae-lr"), help: "VAE Adam learning rate.") var vaeLR: Float = 1e-3
-    @Option(name: .customLong("meta-steps"), help: "First-order MAML outer steps (0: no meta-learning).") var metaSteps = 6
+    @Option(name: .customLong("meta-steps"), help: "First-order MAML outer steps, round robin over the tasks (0: no meta-learning; default: two rounds).") var metaSteps: Int?
     @Option(name: .customLong("inner-steps"), help: "Inner adaptation steps per meta step.") var innerSteps = 2
     @Option(name: .customLong("inner-lr"), help: "Inner AdamW learning rate.") var innerLR: Float = 1e-4
     @Option(name: .customLong("max-checkpoints"), help: "Trajectory checkpoints per adapter used as extra VAE samples.") var maxCheckpoints = 4
@@ -23,14 +23,14 @@ struct ICMGeneratorArguments: ParsableArguments {
     func validate() throws {
         if chunkSize < 8 { throw ValidationError("--chunk-size must be at least 8, got \(chunkSize)") }
         if hidden < 1 || latent < 1 { throw ValidationError("--hidden and --latent must be positive") }
-        if vaeSteps < 0 || metaSteps < 0 || innerSteps < 0 { throw ValidationError("step counts must not be negative") }
+        if vaeSteps < 0 || (metaSteps ?? 0) < 0 || innerSteps < 0 { throw ValidationError("step counts must not be negative") }
         if beta < 0 { throw ValidationError("--beta must not be negative") }
     }
 
-    func options(seed: UInt64) -> ICMGeneratorOptions {
+    func options(seed: UInt64, tasks: Int) -> ICMGeneratorOptions {
         var o = ICMGeneratorOptions()
         o.chunkSize = chunkSize; o.hidden = hidden; o.latent = latent; o.beta = beta; o.steps = vaeSteps
-        o.learningRate = vaeLR; o.metaSteps = metaSteps; o.innerSteps = innerSteps; o.innerLR = innerLR
+        o.learningRate = vaeLR; o.metaSteps = metaSteps ?? ReportICMSettings.defaultMetaSteps(tasks: tasks); o.innerSteps = innerSteps; o.innerLR = innerLR
         o.useCondition = !noCondition; o.seed = seed
         return o
     }
@@ -38,9 +38,9 @@ struct ICMGeneratorArguments: ParsableArguments {
 
 /// ICM-Fusion's fusion options, shared by `generate-adapter --method icm-fusion` and `fuse --method icm-fusion`.
 struct ICMFusionArguments: ParsableArguments {
-    @Option(name: .customLong("fusion-steps"), help: "icm-fusion: steps learning the latent weights and conflict projections.") var fusionSteps = 12
-    @Option(name: .customLong("adapt-steps"), help: "icm-fusion: in-context adaptation steps (AdamW) after decoding.") var adaptSteps = 4
-    @Option(name: .customLong("adapt-lr"), help: "icm-fusion: in-context adaptation learning rate.") var adaptLR: Float = 1e-4
+    @Option(name: .customLong("fusion-steps"), help: "icm-fusion: steps learning the latent weights and conflict projections.") var fusionSteps = ICMFusionOptions().steps
+    @Option(name: .customLong("adapt-steps"), help: "icm-fusion: in-context adaptation steps (AdamW) after decoding.") var adaptSteps = ICMFusionOptions().adaptSteps
+    @Option(name: .customLong("adapt-lr"), help: "icm-fusion: in-context adaptation learning rate.") var adaptLR: Float = ICMFusionOptions().adaptLR
     @Flag(name: .customLong("no-orientation"), help: "icm-fusion: no conflict projections (ablation).") var noOrientation = false
     @Flag(name: .customLong("no-gains"), help: "icm-fusion: keep the mean tensor statistics (no learned A/B gains).") var noGains = false
 
@@ -133,12 +133,12 @@ struct GenerateAdapter: ParsableCommand {
         let params: LoRAParameters
         let g: ICMGenerator
         if method == "icm-fusion" {
-            let r = try ICMPipeline.fuse(model: lm, tasks: inputs, generatorPath: gen.generator, generatorOptions: gen.options(seed: seed),
+            let r = try ICMPipeline.fuse(model: lm, tasks: inputs, generatorPath: gen.generator, generatorOptions: gen.options(seed: seed, tasks: inputs.count),
                                          fusionOptions: fusion.options(seed: seed), maxCheckpoints: gen.maxCheckpoints, progress: say)
             g = r.generator; params = r.result.parameters
         } else {
             g = try gen.generator.map { try ICMGenerator.load(path: $0) }
-                ?? ICMPipeline.trainGenerator(model: lm, tasks: inputs, maxCheckpoints: gen.maxCheckpoints, options: gen.options(seed: seed), progress: say)
+                ?? ICMPipeline.trainGenerator(model: lm, tasks: inputs, maxCheckpoints: gen.maxCheckpoints, options: gen.options(seed: seed, tasks: inputs.count), progress: say)
             if method == "icm-lora" {
                 var h: [Float]
                 if let task, taskShots == nil {
@@ -214,7 +214,7 @@ struct ICMReport: ParsableCommand {
         var o = ICMExperiment.Options()
         o.shots = shots; o.testExamples = testExamples; o.accuracy = !noAccuracy; o.ablations = !noAblations
         if let s = staticMethods { o.staticMethods = s.split(separator: ",").map(String.init) }
-        o.generator = gen.options(seed: seed); o.maxCheckpoints = gen.maxCheckpoints
+        o.generator = gen.options(seed: seed, tasks: tasks.count); o.maxCheckpoints = gen.maxCheckpoints
         o.fusion = fusion.options(seed: seed)
         let say: (String) -> Void = { line in if !compute.quiet { FileHandle.standardError.write(Data((line + "\n").utf8)) } }
         let r = try ICMExperiment.run(model: lm, tasks: ts, options: o, progress: say)

@@ -11,7 +11,11 @@ struct Report: ParsableCommand {
         method (\(ReportMethods.defaultStatic.joined(separator: ", ")) by default; any of \
         \(FusionMethods.names.joined(separator: ", ")) with --methods), and, with --shots, one row per
         learned method (\(ReportMethods.learnedNames.joined(separator: ", "))) fitted on the first
-        --shots-per-task examples of each task's shots file, plus one fit per --shots-curve count.
+        --shots-per-task examples of each task's shots file, plus one fit per --shots-curve count; and
+        the ICM-Fusion rows (\(ReportMethods.icmNames.joined(separator: ", "))): ICM-Fusion, its
+        ablations, a few-shot (--icm-few-shots) and a long-tailed setting, with its generator's
+        reconstruction error and storage (--no-icm skips them; --trajectories adds training
+        checkpoints to its VAE's samples).
         Static defaults: w = 1/n for methods that sum their inputs, w = 1 for TIES-style methods
         (\(ReportMethods.selfAveraging.sorted().joined(separator: ", "))), which take a disjoint mean
         themselves; rank --rank for truncating methods; densities from the registry (TIES, magnitude
@@ -78,6 +82,45 @@ struct Report: ParsableCommand {
     @Flag(name: .customLong("no-accuracy"), help: "Skip greedy decoding (loss only).")
     var noAccuracy = false
 
+    @Flag(name: .customLong("no-icm"), help: "Skip the ICM-Fusion rows (they run by default with --shots).")
+    var noICM = false
+
+    @Option(name: .long, help: "ICM-Fusion: directory with TASK/checkpoint-STEP/ training checkpoints (as `make adapters` leaves in out/trajectories), extra samples for its VAE. Without it the VAE sees the final adapters only.")
+    var trajectories: String?
+
+    @Option(name: .customLong("icm-few-shots"), help: "ICM-Fusion's few-shot row: shots per task.")
+    var icmFewShots = 4
+
+    @Option(name: .customLong("icm-long-tail-task"), help: "ICM-Fusion's long-tailed row: the task cut to --icm-long-tail-shots (default: the task with the fewest shots available).")
+    var icmLongTailTask: String?
+
+    @Option(name: .customLong("icm-long-tail-shots"), help: "ICM-Fusion's long-tailed row: shots of that task (the others keep --shots-per-task).")
+    var icmLongTailShots = 2
+
+    @Option(name: .customLong("icm-latent"), help: "ICM-Fusion: VAE latent size per chunk.")
+    var icmLatent = ICMGeneratorOptions().latent
+
+    @Option(name: .customLong("icm-chunk-size"), help: "ICM-Fusion: values per parameter chunk.")
+    var icmChunkSize = ICMGeneratorOptions().chunkSize
+
+    @Option(name: .customLong("icm-vae-steps"), help: "ICM-Fusion: VAE training steps.")
+    var icmVAESteps = ICMGeneratorOptions().steps
+
+    @Option(name: .customLong("icm-meta-steps"), help: "ICM-Fusion: first-order MAML outer steps (default: two rounds over the tasks).")
+    var icmMetaSteps: Int?
+
+    @Option(name: .customLong("icm-meta-weight"), help: "ICM-Fusion: weight of the meta-learning gradient against the reconstruction gradient.")
+    var icmMetaWeight: Float = ICMGeneratorOptions().metaWeight
+
+    @Option(name: .customLong("icm-fusion-steps"), help: "ICM-Fusion: steps learning the latent weights and conflict projections.")
+    var icmFusionSteps = ICMFusionOptions().steps
+
+    @Option(name: .customLong("icm-adapt-steps"), help: "ICM-Fusion: in-context adaptation steps (AdamW on the shots) after decoding.")
+    var icmAdaptSteps = ICMFusionOptions().adaptSteps
+
+    @Option(name: .customLong("icm-adapt-lr"), help: "ICM-Fusion: in-context adaptation learning rate.")
+    var icmAdaptLR: Float = ICMFusionOptions().adaptLR
+
     @Flag(name: .long, help: "Recompute everything instead of reusing OUT/cache/.")
     var force = false
 
@@ -91,6 +134,12 @@ struct Report: ParsableCommand {
         if let s = steps, s < 1 { throw ValidationError("--steps must be at least 1, got \(s)") }
         if let e = evaluations, e < 2 { throw ValidationError("--evaluations must be at least 2, got \(e)") }
         if shotsPerTask < 1 { throw ValidationError("--shots-per-task must be at least 1, got \(shotsPerTask)") }
+        if icmFewShots < 1 || icmLongTailShots < 1 { throw ValidationError("--icm-few-shots and --icm-long-tail-shots must be at least 1") }
+        if icmLatent < 1 || icmChunkSize < 8 { throw ValidationError("--icm-latent must be positive and --icm-chunk-size at least 8") }
+        if icmVAESteps < 0 || icmFusionSteps < 0 || icmAdaptSteps < 0 || (icmMetaSteps ?? 0) < 0 {
+            throw ValidationError("ICM step counts must not be negative")
+        }
+        if let t = trajectories, !FileManager.default.fileExists(atPath: t) { throw ValidationError("--trajectories \(t) does not exist") }
         _ = try curve()
         _ = try methodList()
     }
@@ -108,7 +157,8 @@ struct Report: ParsableCommand {
     func methodList() throws -> [ReportMethod] {
         // Learned rows need shots; by default they run whenever --shots is given.
         let names = methods.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } }
-            ?? (["base", "experts"] + ReportMethods.defaultStatic + (shots.isEmpty ? [] : ReportMethods.learnedNames))
+            ?? (["base", "experts"] + ReportMethods.defaultStatic + (shots.isEmpty ? [] : ReportMethods.learnedNames)
+                + (shots.isEmpty || noICM ? [] : ReportMethods.icmNames))
         var out: [ReportMethod] = []
         for n in names {
             if out.contains(where: { $0.id == n }) { throw ValidationError("--methods lists '\(n)' twice") }
@@ -119,12 +169,24 @@ struct Report: ParsableCommand {
             case _ where ReportMethods.learnedNames.contains(n):
                 if shots.isEmpty { throw ValidationError("learned method '\(n)' needs --shots (the examples its coefficients are fitted on)") }
                 out.append(ReportMethods.learned(n))
+            case _ where ReportMethods.icmNames.contains(n):
+                if shots.isEmpty { throw ValidationError("'\(n)' needs --shots (the examples its fusion is learned on)") }
+                out.append(ReportMethods.icm(n))
             default:
-                throw ValidationError("unknown method '\(n)' in --methods; known: base, experts, \((FusionMethods.names + ReportMethods.learnedNames).joined(separator: ", "))")
+                throw ValidationError("unknown method '\(n)' in --methods; known: base, experts, \((FusionMethods.names + ReportMethods.learnedNames + ReportMethods.icmNames).joined(separator: ", "))")
             }
         }
         if out.isEmpty { throw ValidationError("--methods is empty") }
         return out
+    }
+
+    func icmSettings() -> ReportICMSettings {
+        var g = ICMGeneratorOptions()
+        g.latent = icmLatent; g.chunkSize = icmChunkSize; g.steps = icmVAESteps; g.metaWeight = icmMetaWeight
+        var f = ICMFusionOptions()
+        f.steps = icmFusionSteps; f.adaptSteps = icmAdaptSteps; f.adaptLR = icmAdaptLR
+        return ReportICMSettings(generator: g, fusion: f, fewShots: icmFewShots, longTailTask: icmLongTailTask,
+                                 longTailShots: icmLongTailShots, trajectories: trajectories, metaSteps: icmMetaSteps)
     }
 
     func run() throws {
@@ -144,7 +206,7 @@ struct Report: ParsableCommand {
         let lm = try loadModel(modelPath: model, adapters: [])
         let settings = ReportSettings(testPerTask: testPerTask, accuracy: !noAccuracy, rank: rank, seed: seed,
                                       shotsPerTask: shotsPerTask, shotsCurve: try curve(), steps: steps, evaluations: evaluations,
-                                      expertMatrix: expertMatrix, model: modelPath)
+                                      expertMatrix: expertMatrix, model: modelPath, icm: icmSettings())
         let runner = try ReportRunner(model: lm, inputs: inputs, settings: settings, methods: methods, directory: output, force: force)
         let bar = ProgressBar(total: runner.plannedUnits, label: "report", enabled: !compute.quiet)
         let results = try runner.run { p in bar.update(p.done, total: p.total, detail: p.detail) }

@@ -160,10 +160,13 @@ public final class ICMGenerator {
     }
 
     /// First-order MAML. For a task t (round robin): decode its final adapter's posterior mean
-    /// into θ₀, take `innerSteps` AdamW steps on its support set, and use the support-set loss
-    /// gradient at the adapted θ_K as the gradient at θ₀ (the first-order approximation); that
-    /// gradient, mapped to normalised chunks (·σ), joins the reconstruction gradient in the same
-    /// backward pass through decoder and encoder.
+    /// into θ₀, take `innerSteps` AdamW steps on the support half of its shots, and use the loss
+    /// gradient on the other (query) half at the adapted θ_K as the gradient at θ₀ (the
+    /// first-order approximation; a task with one shot uses it for both). That gradient, mapped to
+    /// normalised chunks (·σ), joins the reconstruction gradient in the same backward pass through
+    /// decoder and encoder. The split is what makes it meta-learning rather than fitting the
+    /// shots: the decoder is pushed towards adapters that, adapted on some examples, do well on
+    /// others.
     func metaOptimise(samples: [ICMSample], finals: [Int], encoded: [EncodedAdapter], support: [[TrainingSequence]],
                       engine: LlamaTrainingEngine, adam: inout ParamAdam, progress: ((String) -> Void)?) throws {
         let o = options
@@ -177,19 +180,31 @@ public final class ICMGenerator {
             let stats = encoded[si].stats
             let mu = vae.posterior(b).mu
             let theta0 = ParameterEncoding.decode(chunks: vae.decode(z: mu, b), stats: stats, layout: layout)
-            let batch = Self.tokenBudget(support[t], tokens: o.metaTokens, rng: &rng)
-            let before = engine.meanLossAndGradients(batch, lora: theta0).loss
-            let (theta, after, g) = Self.adapt(theta0, engine: engine, batch: batch, steps: o.innerSteps, lr: o.innerLR)
+            let (sup, query) = Self.supportQuerySplit(support[t], rng: &rng)
+            let batch = Self.tokenBudget(sup, tokens: o.metaTokens, rng: &rng)
+            let qbatch = Self.tokenBudget(query, tokens: o.metaTokens, rng: &rng)
+            let before = engine.meanLossAndGradients(qbatch, lora: theta0).loss
+            let (theta, _, _) = Self.adapt(theta0, engine: engine, batch: batch, steps: o.innerSteps, lr: o.innerLR)
+            let (after, g) = engine.meanLossAndGradients(qbatch, lora: theta)
             var dx = ParameterEncoding.chunkGradient(g, stats: stats, layout: layout)
             for i in dx.indices { dx[i] *= o.metaWeight }
-            _ = theta
             let eps = [Float](repeating: 0, count: layout.chunkCount * o.latent)
             let (parts, grads) = vae.lossAndGradients(b, eps: eps, extraDx: dx)
             adam.update(&vae.params, grads: grads)
-            let line = String(format: "meta step %d/%d (%@): support loss decoded %.4f → adapted %.4f, recon %.5f",
+            let line = String(format: "meta step %d/%d (%@): query loss decoded %.4f → adapted on support %.4f, recon %.5f",
                               step, o.metaSteps, "task \(t)", before, after, parts.recon)
             log.append(line); progress?(line)
         }
+    }
+
+    /// A seeded split of a task's shots into support and query halves (query gets ⌊n/2⌋); with one
+    /// shot both are that shot.
+    static func supportQuerySplit(_ seqs: [TrainingSequence], rng: inout SeededRNG) -> ([TrainingSequence], [TrainingSequence]) {
+        guard seqs.count >= 2 else { return (seqs, seqs) }
+        var idx = Array(seqs.indices)
+        for i in stride(from: idx.count - 1, to: 0, by: -1) { idx.swapAt(i, Int(rng.next() % UInt64(i + 1))) }
+        let q = seqs.count / 2
+        return (idx[q...].map { seqs[$0] }, idx[..<q].map { seqs[$0] })
     }
 
     /// `steps` AdamW steps on `batch` from θ₀; returns θ_K, its loss and gradient.

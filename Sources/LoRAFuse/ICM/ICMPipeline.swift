@@ -11,15 +11,22 @@ public enum ICMPipeline {
         public var adapterPath: String
         public var shots: EvalTask
         public var description: String?
-        public init(name: String, adapterPath: String, shots: EvalTask, description: String? = nil) {
+        /// The final adapter when the caller has already read it (`adapterPath` is then only a label).
+        public var adapter: LoRAAdapter?
+        /// Where the `checkpoint-<step>/` folders are (nil: inside `adapterPath`).
+        public var trajectoryDir: String?
+        public init(name: String, adapterPath: String, shots: EvalTask, description: String? = nil,
+                    adapter: LoRAAdapter? = nil, trajectoryDir: String? = nil) {
             self.name = name; self.adapterPath = adapterPath; self.shots = shots; self.description = description
+            self.adapter = adapter; self.trajectoryDir = trajectoryDir
         }
-    }
 
-    /// Adapter directories of a trajectory: the checkpoints (ascending step), then the final one.
-    public static func trajectory(_ dir: String, maxCheckpoints: Int) -> [String] {
-        let steps = LoRATrainer.checkpointSteps(in: dir).suffix(max(maxCheckpoints, 0))
-        return steps.map { (dir as NSString).appendingPathComponent("checkpoint-\($0)") } + [dir]
+        /// Checkpoint directories (ascending step, at most `max`, the last ones) then nil for the final adapter.
+        func samplePaths(maxCheckpoints: Int) -> [String?] {
+            let dir = trajectoryDir ?? adapterPath
+            let steps = LoRATrainer.checkpointSteps(in: dir).suffix(max(maxCheckpoints, 0))
+            return steps.map { Optional((dir as NSString).appendingPathComponent("checkpoint-\($0)")) } + [nil]
+        }
     }
 
     /// Reads every task's final adapter and up to `maxCheckpoints` checkpoints, computes each
@@ -32,11 +39,11 @@ public enum ICMPipeline {
             guard !seqs.isEmpty else { throw ICMError.badInput(what: "shots of \(task.name)", reason: "no examples") }
             support.append(seqs)
             let toks = TaskCondition.tokens(seqs)
-            for path in trajectory(task.adapterPath, maxCheckpoints: maxCheckpoints) {
-                let a = try PEFTAdapter.read(directory: path)
+            for path in task.samplePaths(maxCheckpoints: maxCheckpoints) {
+                let a = try path.map { try PEFTAdapter.read(directory: $0) } ?? task.adapter ?? PEFTAdapter.read(directory: task.adapterPath)
                 let p = try LoRAParameters(adapter: a, config: model.config)
                 let h = try TaskCondition.meanHiddenState(model: model, adapter: a, sequences: toks)
-                if path == task.adapterPath { finals.append(samples.count) }
+                if path == nil { finals.append(samples.count) }
                 samples.append(ICMSample(task: t, parameters: p, condition: h))
             }
             descs.append(try task.description.map { try TaskCondition.descriptionEmbedding(model: model, text: $0) })

@@ -10,6 +10,9 @@ public enum ReportFamily: String, Codable, Sendable, CaseIterable {
     case `static`
     /// One adapter whose fusion coefficients were fitted on few-shot examples of every task.
     case learned
+    /// ICM-Fusion and its ablations and settings: one adapter decoded by a Fusion VAE trained on
+    /// the adapters, fused in its latent space on few-shot examples of every task.
+    case icm
 }
 
 /// How the adapters are weighted in a static fusion.
@@ -56,6 +59,7 @@ public struct ReportMethod: Codable, Sendable, Equatable {
         case .base: return "no adapter"
         case .expert: return "each task's own adapter on its own task"
         case .learned: return "fitted from 1/n"
+        case .icm: return ICMVariant(rawValue: method)?.summary ?? method
         case .static:
             var parts: [String] = []
             switch weighting ?? .mean {
@@ -144,12 +148,15 @@ public struct ReportSettings: Codable, Sendable, Equatable {
     public var expertMatrix: Bool
     /// Model file or directory the numbers come from.
     public var model: String
+    /// ICM rows' settings (generator, fusion, few-shot and long-tailed settings, trajectories).
+    public var icm: ReportICMSettings
     /// How adapters are applied for evaluation.
     public var adapterMode: String
 
     public init(testPerTask: Int? = nil, accuracy: Bool = true, rank: Int = 32, seed: UInt64 = 0, shotsPerTask: Int = 16,
                 shotsCurve: [Int] = [1, 4, 16], steps: Int? = nil, evaluations: Int? = nil, expertMatrix: Bool = false,
-                model: String = "", adapterMode: String = LoRAMode.merged.rawValue) {
+                model: String = "", adapterMode: String = LoRAMode.merged.rawValue, icm: ReportICMSettings = ReportICMSettings()) {
+        self.icm = icm
         self.testPerTask = testPerTask
         self.accuracy = accuracy
         self.rank = rank
@@ -223,11 +230,14 @@ public struct ReportRow: Codable, Sendable, Equatable {
     public var fuseSeconds: Double?
     public var evalSeconds: Double
     public var coefficients: ReportCoefficients?
+    /// ICM rows: the generator and fusion behind the row.
+    public var icm: ReportICMDetails?
     public var warnings: [String]
 
     public init(method: ReportMethod, tasks: [String: TaskEvalResult], order: [String], shots: Int? = nil,
                 fuseSeconds: Double? = nil, evalSeconds: Double = 0, coefficients: ReportCoefficients? = nil,
-                warnings: [String] = []) {
+                icm: ReportICMDetails? = nil, warnings: [String] = []) {
+        self.icm = icm
         self.method = method
         self.tasks = tasks
         let present = order.compactMap { tasks[$0] }
@@ -300,6 +310,10 @@ public struct ReportTarget: Codable, Sendable, Equatable {
     public var beatsBestStatic: Bool?
     /// meanLoss − the experts' mean loss, both over the tasks that have an expert.
     public var gapToExperts: Double?
+    /// meanLoss / the experts' mean loss over the same tasks (ICM-Fusion's second target: ≤ 1.1).
+    public var ratioToExperts: Double?
+    /// ICM-Fusion rows carry the second target (within 10% of the experts).
+    public var expertsTarget: Bool = false
     public var expertTasks: Int
 }
 
@@ -345,13 +359,15 @@ public struct ReportResults: Codable, Sendable, Equatable {
         let best = rows.filter { $0.method.family == .static && $0.meanLoss != nil }.min { $0.meanLoss! < $1.meanLoss! }
         let experts = rows.first { $0.method.family == .expert }
         let expertTasks = experts.map { Array($0.tasks.keys).sorted() } ?? []
-        return rows.filter { $0.method.family == .learned }.map { r in
-            var gap: Double?
-            if let e = experts?.meanLoss(over: expertTasks), let m = r.meanLoss(over: expertTasks) { gap = m - e }
+        // Targets are for the learned rows and ICM-Fusion's main row; its ablations and other
+        // settings are compared with it in their own section.
+        return rows.filter { $0.method.family == .learned || $0.method.id == ICMVariant.full.rawValue }.map { r in
+            var gap: Double?, ratio: Double?
+            if let e = experts?.meanLoss(over: expertTasks), let m = r.meanLoss(over: expertTasks) { gap = m - e; ratio = e > 0 ? m / e : nil }
             let beats: Bool? = r.meanLoss.flatMap { m in best?.meanLoss.map { m < $0 } }
             return ReportTarget(method: r.method.id, meanLoss: r.meanLoss, bestStatic: best?.method.id,
                                 bestStaticLoss: best?.meanLoss, beatsBestStatic: beats, gapToExperts: gap,
-                                expertTasks: expertTasks.count)
+                                ratioToExperts: ratio, expertsTarget: r.method.family == .icm, expertTasks: expertTasks.count)
         }
     }
 }

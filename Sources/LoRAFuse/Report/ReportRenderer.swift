@@ -11,10 +11,12 @@ public enum ReportRenderer {
         public var svg: String
     }
 
-    static let familyColor: [ReportFamily: String] = [.base: "#7f7f7f", .expert: "#2ca02c", .static: "#1f77b4", .learned: "#d62728"]
+    static let familyColor: [ReportFamily: String] = [.base: "#7f7f7f", .expert: "#2ca02c", .static: "#1f77b4", .learned: "#d62728",
+                                                      .icm: "#9467bd"]
     /// Learned curves avoid the blue and green of the static and expert reference lines.
     static let learnedPalette = ["#d62728", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
-    static let familyName: [ReportFamily: String] = [.base: "base", .expert: "experts", .static: "static", .learned: "learned"]
+    static let familyName: [ReportFamily: String] = [.base: "base", .expert: "experts", .static: "static", .learned: "learned",
+                                                     .icm: "ICM"]
 
     /// Writes every file into `directory` (created if needed); returns the paths written.
     @discardableResult
@@ -204,6 +206,9 @@ public enum ReportRenderer {
             if let g = t.gapToExperts {
                 s += String(format: " Gap to the experts: %+.4f (over the %d tasks that have an expert).", g, t.expertTasks)
             }
+            if t.expertsTarget, let q = t.ratioToExperts {
+                s += String(format: " Second target, within 10%% of the experts' own-task loss: %.2f× theirs — %@.", q, q <= 1.1 ? "met" : "MISSED")
+            }
             out.append(s)
         }
         if let b = best, let bl = b.meanLoss, let e = experts {
@@ -225,12 +230,15 @@ public enum ReportRenderer {
         var s = [
             "Loss is the mean cross-entropy in nats per answer token on each task's held-out test examples (\(per) per task); lower is better. Accuracy is the fraction of examples whose greedy answer equals the reference exactly after trimming; higher is better. Means are unweighted over tasks.",
             "Rows: base = the model alone; experts = each task's own adapter evaluated on its own task only (a reference, not a fusion: no single adapter does this); static = one adapter fused from all \(r.adapters.count) task adapters by a fixed rule; learned = one fused adapter whose coefficients were fitted on a few examples (shots) per task.",
-            "In every table the best value of each column among base, static and learned rows is highlighted; the experts row is shown in grey and does not compete.",
+            "In every table the best value of each column among base, static, learned and ICM rows is highlighted; the experts row is shown in grey and does not compete.",
             "Static defaults: w = 1/n for methods that add their inputs (so they average the task vectors) and w = 1 for TIES-style methods, which already take a disjoint mean; truncating methods keep rank \(r.settings.rank). Each row's settings are listed in the summary table.",
             "Task-vector heatmaps compare the adapters' updates ΔW = s·B·A over all modules: cosine near 0 means the tasks touch near-orthogonal directions; the sign-conflict rate is the fraction of weights, changed by both adapters, that they push in opposite directions (0.5 is what unrelated random updates give).",
         ]
         if r.rows.contains(where: { $0.method.family == .learned }) {
             s.append("Learned rows are fitted on the first \(r.settings.shotsPerTask) examples per task of the shots files (never the test examples); the shots curve refits them with fewer or more. Their coefficients are shown per adapter and layer, averaged over the layer's projections; every learned row starts from the mean of the adapters (coefficient 1/n, the static linear row), so red means the fit turned an adapter up there and blue down.")
+        }
+        if r.rows.contains(where: { $0.method.family == .icm }) {
+            s.append("ICM rows: ICM-Fusion (docs/icm-fusion.md) trains a conditional Fusion VAE on the adapters' z-scored parameter chunks (and their training checkpoints), meta-learns it so decoded adapters adapt well, combines the tasks' latents with learned weights and conflict projections on the union of the shots, decodes one adapter and adapts it a few steps on the same shots. Its ablations each remove one part; the few-shot row gives it fewer shots per task, the long-tailed row starves one task. The ICM-Fusion section has the details.")
         }
         if r.expertMatrix != nil {
             s.append("The expert × task matrix shows every adapter's held-out loss on every task (loss only): the diagonal is the experts row; a bright off-diagonal cell means that adapter hurts that task.")
@@ -256,6 +264,7 @@ public enum ReportRenderer {
                          svg: SVGBarChart(title: "Mean held-out loss over \(r.tasks.count) tasks", xLabel: "mean loss (nats per answer token)",
                                           bars: bars, references: refs,
                                           legend: families.map { (familyColor[$0]!, familyName[$0]!) }, format: "%.3f", width: 900).render()))
+        if let c = icmChart(r) { out.append(c) }
         if !r.shotsCurves.isEmpty {
             let shots = Array(Set(r.shotsCurves.values.flatMap { $0.map(\.shots) })).sorted()
             var series: [SVGLineChart.Series] = []
@@ -345,6 +354,7 @@ public enum ReportRenderer {
     td.best { background: var(--best); font-weight: 700; }
     tr.fam-static td:first-child { box-shadow: inset 4px 0 #1f77b4; }
     tr.fam-learned td:first-child { box-shadow: inset 4px 0 #d62728; }
+    tr.fam-icm td:first-child { box-shadow: inset 4px 0 #9467bd; }
     tr.fam-base td:first-child { box-shadow: inset 4px 0 #7f7f7f; }
     tr.fam-expert td:first-child { box-shadow: inset 4px 0 #2ca02c; }
     figure { margin: 14px 0 22px; } figure svg { max-width: 100%; height: auto; }
@@ -425,6 +435,11 @@ public enum ReportRenderer {
             }
         }
         if charts["expert-matrix.svg"] != nil { s += "<h2 id=\"expert-matrix\">Expert × task matrix</h2>\n" + figure("expert-matrix.svg") }
+        if let icm = icmTable(r) {
+            s += "<h2 id=\"icm\">ICM-Fusion</h2>\n" + figure("icm.svg") + htmlTable(icm)
+            for p in icmParagraphs(r) { s += "<p>\(escapeHTML(p))</p>\n" }
+            if let rt = icmReconstructionTable(r) { s += htmlTable(rt) }
+        }
         if !r.warnings.isEmpty {
             s += "<h2 id=\"warnings\">Warnings</h2>\n<ul>\n" + r.warnings.map { "<li>\(escapeHTML($0))</li>\n" }.joined() + "</ul>\n"
         }
@@ -436,7 +451,9 @@ public enum ReportRenderer {
     /// Per target sentence: met (true), missed (false) or not a target (nil).
     static func targetMarks(_ r: ReportResults) -> [Bool?] {
         let sentences = targetSentences(r)
-        var marks: [Bool?] = r.targets.isEmpty ? [nil] : r.targets.map { $0.beatsBestStatic }
+        var marks: [Bool?] = r.targets.isEmpty ? [nil] : r.targets.map { t in
+            t.expertsTarget ? t.beatsBestStatic.map { $0 && (t.ratioToExperts ?? .infinity) <= 1.1 } : t.beatsBestStatic
+        }
         while marks.count < sentences.count { marks.append(nil) }
         return marks
     }
@@ -483,7 +500,7 @@ public enum ReportRenderer {
         }
         s += "\n## How to read this\n\n" + howToRead(r).map { "- \(escapeMarkdown($0))\n" }.joined()
         s += "\n## Summary\n\n" + image("mean-loss.svg") + markdownTable(summaryTable(r))
-        s += "\nBold: best of the column among base, static and learned rows; italic: the experts (reference).\n"
+        s += "\nBold: best of the column among base, static, learned and ICM rows; italic: the experts (reference).\n"
         s += "\n## Held-out loss per task\n\n" + markdownTable(perTaskTable(r, accuracy: false))
         if r.settings.accuracy { s += "\n## Held-out accuracy per task\n\n" + markdownTable(perTaskTable(r, accuracy: true)) }
         if let st = shotsTable(r) { s += "\n## Learned methods: loss against shots\n\n" + image("shots-curve.svg") + markdownTable(st) }
@@ -495,6 +512,11 @@ public enum ReportRenderer {
             s += "\n## Task vectors\n\n" + image("cosine.svg") + image("sign-conflicts.svg")
         }
         if charts["expert-matrix.svg"] != nil { s += "\n## Expert × task matrix\n\n" + image("expert-matrix.svg") }
+        if let icm = icmTable(r) {
+            s += "\n## ICM-Fusion\n\n" + image("icm.svg") + markdownTable(icm) + "\n"
+            for p in icmParagraphs(r) { s += escapeMarkdown(p) + "\n\n" }
+            if let rt = icmReconstructionTable(r) { s += markdownTable(rt) }
+        }
         if !r.warnings.isEmpty { s += "\n## Warnings\n\n" + r.warnings.map { "- \(escapeMarkdown($0))\n" }.joined() }
         s += "\nAll numbers: `results.json`.\n"
         return s

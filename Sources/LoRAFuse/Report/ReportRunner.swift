@@ -10,6 +10,8 @@ public enum ReportError: Error, CustomStringConvertible, Equatable {
     case unknownTask(String, known: [String])
     case unknownLearnedMethod(String)
     case cacheUnreadable(file: String, detail: String)
+    case unknownICMVariant(String)
+    case missingAdapter(task: String)
 
     public var description: String {
         switch self {
@@ -29,6 +31,10 @@ public enum ReportError: Error, CustomStringConvertible, Equatable {
             return "report: --tasks names '\(t)', which is not among the test tasks (\(known.joined(separator: ", ")))"
         case let .unknownLearnedMethod(m):
             return "report: unknown learned method '\(m)'; known: \(LearnedFusionMethod.allCases.map(\.rawValue).joined(separator: ", "))"
+        case let .unknownICMVariant(m):
+            return "report: unknown ICM row '\(m)'; known: \(ICMVariant.allCases.map(\.rawValue).joined(separator: ", "))"
+        case let .missingAdapter(task):
+            return "report: ICM-Fusion needs an adapter for every task, and none is named \(task)"
         case let .cacheUnreadable(file, detail):
             return "report: cache file \(file) is unreadable (\(detail)); delete it or rerun with --force"
         }
@@ -135,12 +141,12 @@ public final class ReportRunner {
     /// Number of (method, task) evaluations actually run (cache misses), for callers and tests.
     public private(set) var evaluationsRun = 0
 
-    private let test: [EvalTask]
-    private var adapterDigests: [String: String] = [:]
-    private var unitsDone = 0, unitsTotal = 0
+    let test: [EvalTask]
+    var adapterDigests: [String: String] = [:]
+    var unitsDone = 0, unitsTotal = 0
     private var progressHandler: ((ReportProgress) -> Void)?
 
-    private func tick(_ n: Int, _ detail: String) {
+    func tick(_ n: Int, _ detail: String) {
         unitsDone += n
         progressHandler?(ReportProgress(done: min(unitsDone, unitsTotal), total: unitsTotal, detail: detail))
     }
@@ -176,6 +182,8 @@ public final class ReportRunner {
             case .expert: units += test.filter { t in inputs.adapters.contains { $0.name == t.name } }.reduce(0) { $0 + $1.examples.count }
             case .learned:
                 for k in shotCounts { units += examples + fitUnits(m, shots: k) }
+            case .icm:
+                units += examples + icmUnits(m)
             }
         }
         if settings.expertMatrix { units += examples * max(0, inputs.adapters.count - 1) }
@@ -205,6 +213,8 @@ public final class ReportRunner {
                 let (row, curve) = try learnedRow(m)
                 rows.append(row)
                 if settings.shotsCurve.count > 0 { curves[m.id] = curve }
+            case .icm:
+                rows.append(try icmRow(m))
             }
             warnings += rows.last!.warnings.map { "\(m.id): \($0)" }
         }
@@ -429,14 +439,14 @@ public final class ReportRunner {
     }
 
     /// Counts the tasks that came from the cache as done.
-    private func skipCached(except missing: [EvalTask], label: String) {
+    func skipCached(except missing: [EvalTask], label: String) {
         let n = test.filter { t in !missing.contains { $0.name == t.name } }.reduce(0) { $0 + $1.examples.count }
         if n > 0 { tick(n, "\(label) (cached)") }
     }
 
     /// Applies `adapter` (nil: base) merged into the weights and evaluates `tasks`, saving the cache
     /// after every task so an interrupted run loses at most one task.
-    private func evaluate(_ adapter: LoRAAdapter?, on tasks: [EvalTask], entry: inout CacheEntry, cacheID: String,
+    func evaluate(_ adapter: LoRAAdapter?, on tasks: [EvalTask], entry: inout CacheEntry, cacheID: String,
                           label: String, accuracy: Bool? = nil,
                           digest: ((EvalTask) -> String)? = nil) throws {
         if let adapter {
@@ -483,6 +493,7 @@ public final class ReportRunner {
         var evalSeconds: Double = 0
         var warnings: [String] = []
         var coefficients: ReportCoefficients?
+        var icm: ReportICMDetails?
 
         func results(for tasks: [EvalTask]) -> [String: TaskEvalResult] {
             var out: [String: TaskEvalResult] = [:]
@@ -491,7 +502,7 @@ public final class ReportRunner {
         }
     }
 
-    private func cacheKey(_ m: ReportMethod, adapters: [String], accuracy: Bool? = nil) -> CacheKey {
+    func cacheKey(_ m: ReportMethod, adapters: [String], accuracy: Bool? = nil) -> CacheKey {
         CacheKey(method: m, adapters: Dictionary(uniqueKeysWithValues: adapters.map { ($0, adapterDigests[$0]!) }),
                  model: settings.model, accuracy: accuracy ?? settings.accuracy, adapterMode: settings.adapterMode)
     }
@@ -503,7 +514,7 @@ public final class ReportRunner {
         return (cacheDirectory as NSString).appendingPathComponent(name + ".json")
     }
 
-    private func loadCache(_ id: String, key: CacheKey) throws -> CacheEntry {
+    func loadCache(_ id: String, key: CacheKey) throws -> CacheEntry {
         let path = cachePath(id)
         guard !force, let data = FileManager.default.contents(atPath: path) else { return CacheEntry(key: key) }
         let entry: CacheEntry
@@ -516,7 +527,7 @@ public final class ReportRunner {
         return entry.key == key ? entry : CacheEntry(key: key)
     }
 
-    private func saveCache(_ id: String, _ entry: CacheEntry) throws {
+    func saveCache(_ id: String, _ entry: CacheEntry) throws {
         let enc = JSONEncoder()
         enc.outputFormatting = [.prettyPrinted, .sortedKeys]
         let path = cachePath(id)

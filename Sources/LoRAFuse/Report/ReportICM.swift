@@ -1,0 +1,302 @@
+import Foundation
+
+// ICM-Fusion in the report: the main row, its ablations, a few-shot and a long-tailed setting.
+// Every row is one fused adapter decoded by a Fusion VAE (docs/icm-fusion.md) and evaluated like
+// every other row; the generator behind it (expensive: the VAE and its meta-learning) is cached
+// as a state file under cache/ and shared by the rows that train the same one.
+
+/// The ICM rows the report knows, as data (`ReportMethod.method` of an `.icm` row).
+public enum ICMVariant: String, CaseIterable, Codable, Sendable {
+    case full = "icm-fusion"
+    case noMeta = "icm-fusion/no-meta"
+    case noOrientation = "icm-fusion/no-orientation"
+    case noCondition = "icm-fusion/no-condition"
+    case noAdaptation = "icm-fusion/no-adaptation"
+    case fewShot = "icm-fusion/few-shot"
+    case longTail = "icm-fusion/long-tail"
+    /// Not ICM-Fusion: the same in-context adaptation started from the factor-wise mean of the
+    /// adapters (the point the decoder's position offset starts from), to show what the
+    /// generator adds over the adaptation alone.
+    case meanInit = "icm-fusion/mean-init"
+
+    public var summary: String {
+        switch self {
+        case .full: return "Fusion VAE + meta-learning + conflict projections + in-context adaptation"
+        case .noMeta: return "ablation: no meta-learning (VAE trained on reconstruction only)"
+        case .noOrientation: return "ablation: no conflict projections (latents combined by learned weights only)"
+        case .noCondition: return "ablation: no task condition (zeros instead of the mean hidden states)"
+        case .noAdaptation: return "ablation: decoded fusion only, no in-context adaptation steps"
+        case .fewShot: return "few-shot setting"
+        case .longTail: return "long-tailed setting"
+        case .meanInit: return "control, no generator: the same in-context adaptation started from the factor-wise mean of the adapters (same rank)"
+        }
+    }
+
+    /// Rows that use the main row's generator (they change only the fusion).
+    var sharesMainGenerator: Bool { self == .full || self == .noOrientation || self == .noAdaptation }
+
+    func generatorOptions(_ base: ICMGeneratorOptions) -> ICMGeneratorOptions {
+        var g = base
+        if self == .noMeta { g.metaSteps = 0 }
+        if self == .noCondition { g.useCondition = false }
+        return g
+    }
+
+    func fusionOptions(_ base: ICMFusionOptions) -> ICMFusionOptions {
+        var f = base
+        if self == .noOrientation { f.orientation = false }
+        if self == .noAdaptation { f.adaptSteps = 0 }
+        return f
+    }
+}
+
+/// Settings of the ICM rows.
+public struct ReportICMSettings: Codable, Sendable, Equatable {
+    public var generator: ICMGeneratorOptions
+    public var fusion: ICMFusionOptions
+    /// Shots per task of the few-shot row.
+    public var fewShots: Int
+    /// The long-tailed row: this task gets `longTailShots`, the others the report's shots per task
+    /// (nil: the task with the smallest shots pool, the suite's long-tailed one).
+    public var longTailTask: String?
+    public var longTailShots: Int
+    /// Directory with `<task>/checkpoint-<step>/` training checkpoints (`lorafuse train
+    /// --checkpoint-dir`, `make adapters`): the VAE's extra samples. Nil: final adapters only.
+    public var trajectories: String?
+    /// Checkpoints per task, the last ones.
+    public var maxCheckpoints: Int
+
+    /// Outer meta-learning steps (nil: two rounds over the tasks, `defaultMetaSteps`).
+    public var metaSteps: Int?
+
+    public init(generator: ICMGeneratorOptions = ICMGeneratorOptions(), fusion: ICMFusionOptions = ICMFusionOptions(),
+                fewShots: Int = 4, longTailTask: String? = nil, longTailShots: Int = 2, trajectories: String? = nil,
+                maxCheckpoints: Int = 4, metaSteps: Int? = nil) {
+        self.generator = generator; self.fusion = fusion; self.fewShots = fewShots; self.longTailTask = longTailTask
+        self.longTailShots = longTailShots; self.trajectories = trajectories; self.maxCheckpoints = maxCheckpoints
+        self.metaSteps = metaSteps
+    }
+
+    /// The round robin of the meta-learning must reach every task, twice: a fixed 6 steps left
+    /// 8 of the 14 suite tasks out.
+    public static func defaultMetaSteps(tasks: Int) -> Int { 2 * tasks }
+
+    func metaSteps(tasks: Int) -> Int { metaSteps ?? Self.defaultMetaSteps(tasks: tasks) }
+}
+
+/// What an ICM row records besides its scores.
+public struct ReportICMDetails: Codable, Sendable, Equatable {
+    public struct Reconstruction: Codable, Sendable, Equatable {
+        public var task: String
+        /// ‖θ̂ − θ‖/‖θ‖ over the adapter's A and B, θ̂ decoded from the task's latent mean.
+        public var relative: Double
+        /// MSE of the z-scored chunks (what the VAE is trained on).
+        public var normalisedMSE: Double
+    }
+
+    /// Shots per task the generator's conditions and meta-learning, and the fusion, used.
+    public var shots: [String: Int]
+    /// Adapters the VAE was trained on: finals + trajectory checkpoints.
+    public var samples: Int
+    public var checkpoints: Int
+    public var metaSteps: Int
+    public var weights: [Double]
+    public var gains: [Double]
+    /// Last lines of the generator training (VAE and meta steps) and of the fusion.
+    public var log: [String]
+    public var reconstruction: [Reconstruction]
+    /// Bytes of the generator (F32): network, and per known task (condition, statistics, latents).
+    public var generatorNetworkBytes: Int
+    public var generatorPerTaskBytes: Int
+    /// The adapters it stands for: as F32, and as the files hold them.
+    public var adaptersF32Bytes: Int
+    public var adaptersStoredBytes: Int
+    public var generatorSeconds: Double
+
+    public var generatorBytes: Int { generatorNetworkBytes + generatorPerTaskBytes * shots.count }
+}
+
+extension ReportMethods {
+    public static var icmNames: [String] { ICMVariant.allCases.map(\.rawValue) }
+
+    public static func icm(_ name: String) -> ReportMethod {
+        ReportMethod(id: name, family: .icm, method: name)
+    }
+}
+
+extension ReportRunner {
+    /// The long-tailed row's task: as set, else the one with the smallest shots pool.
+    func longTailTask() -> String? {
+        if let t = settings.icm.longTailTask { return t }
+        let pools = taskNames.compactMap { n in inputs.shots.first { $0.name == n } }
+        return pools.min { $0.examples.count < $1.examples.count }?.name
+    }
+
+    /// Shots per task of a variant.
+    func icmShots(_ v: ICMVariant) -> [String: Int] {
+        var out: [String: Int] = [:]
+        for n in taskNames { out[n] = v == .fewShot ? settings.icm.fewShots : settings.shotsPerTask }
+        if v == .longTail, let t = longTailTask() { out[t] = settings.icm.longTailShots }
+        return out
+    }
+
+    func icmUnits(_ m: ReportMethod) -> Int {
+        // Scored-example equivalents (a gradient step on ~512 tokens ≈ 40 scored examples on
+        // SmolLM2; the VAE's steps ≈ 100): measured loosely, only for the progress bar.
+        guard let v = ICMVariant(rawValue: m.method) else { return 0 }
+        let g = v.generatorOptions(settings.icm.generator), f = v.fusionOptions(settings.icm.fusion)
+        let meta = settings.icm.metaSteps(tasks: taskNames.count)
+        let gen = (v.sharesMainGenerator && v != .full) || v == .meanInit ? 0 : 100 + (v == .noMeta ? 0 : meta * (g.innerSteps + 2) * 20)
+        return gen + (f.steps + f.adaptSteps) * 40
+    }
+
+    /// One ICM row: train (or load from cache/) the generator its variant needs, fuse the tasks in
+    /// its latent space on the union of their shots, decode, evaluate.
+    func icmRow(_ m: ReportMethod) throws -> ReportRow {
+        guard let v = ICMVariant(rawValue: m.method) else {
+            throw ReportError.unknownICMVariant(m.method)
+        }
+        if v == .longTail, let t = settings.icm.longTailTask, !taskNames.contains(t) {
+            throw ReportError.unknownTask(t, known: taskNames)
+        }
+        let shotCount = icmShots(v)
+        let pools = taskNames.map { n in inputs.shots.first { $0.name == n } }
+        var shots: [EvalTask] = []
+        for (n, pool) in zip(taskNames, pools) {
+            guard let pool, !pool.examples.isEmpty else { throw ReportError.emptyShots(task: n, file: pool?.path) }
+            shots.append(EvalTask(name: n, path: pool.path, examples: Array(pool.examples.prefix(shotCount[n]!))))
+        }
+        var genOptions = v.generatorOptions(settings.icm.generator)
+        if v != .noMeta { genOptions.metaSteps = settings.icm.metaSteps(tasks: taskNames.count) }
+        genOptions.seed = settings.seed
+        var fusion = v.fusionOptions(settings.icm.fusion)
+        fusion.seed = settings.seed
+        let adapters = taskNames.map { n in inputs.adapters.first { $0.name == n } }
+        for (n, a) in zip(taskNames, adapters) where a == nil { throw ReportError.missingAdapter(task: n) }
+        let trajectories = taskNames.map { n in settings.icm.trajectories.map { ($0 as NSString).appendingPathComponent(n) } }
+        let genKey = icmGeneratorKey(options: genOptions, shots: shots, trajectories: trajectories)
+
+        var key = cacheKey(m, adapters: taskNames)
+        key.learned = ["generator": v == .meanInit ? "none" : genKey, "fusion": Self.json(fusion), "shots": shots.map(Digest.task).joined(separator: ",")]
+        var entry = try loadCache(m.id, key: key)
+        let missing = test.filter { entry.tasks[$0.name]?.digest != Digest.task($0) }
+        let units = icmUnits(m)
+        if !missing.isEmpty {
+            let start = Date()
+            var log: [String] = []
+            let say: (String) -> Void = { [unowned self] line in log.append(line); self.tick(0, "\(m.id): \(line)") }
+            let inputsICM = zip(taskNames, zip(shots, zip(adapters, trajectories))).map { n, rest in
+                ICMPipeline.TaskInput(name: n, adapterPath: n, shots: rest.0, adapter: rest.1.0, trajectoryDir: rest.1.1)
+            }
+            if v == .meanInit {
+                try meanInitRow(m, adapters: adapters.map { $0! }, shots: shots, shotCount: shotCount, fusion: fusion,
+                                entry: &entry, start: start, say: say)
+                tick(units, "\(m.id): adapted")
+                skipCached(except: test, label: m.id)
+                return ReportRow(method: m, tasks: entry.results(for: test), order: taskNames, shots: settings.shotsPerTask,
+                                 fuseSeconds: entry.fuseSeconds, evalSeconds: entry.evalSeconds, icm: entry.icm)
+            }
+            let (gen, genSeconds, genLog) = try icmGenerator(key: genKey, options: genOptions, inputs: inputsICM, say: say)
+            tick(units / 2, "\(m.id): generator ready")
+            let support = try shots.flatMap { try TrainingData.sequences($0, model: model) }
+            let r = try gen.fuse(tasks: taskNames, support: support, engine: LlamaTrainingEngine(model: model),
+                                 options: fusion, progress: say)
+            tick(units - units / 2, "\(m.id): fused")
+            entry.fuseSeconds = Date().timeIntervalSince(start)
+            var rec: [ReportICMDetails.Reconstruction] = []
+            for (i, a) in adapters.enumerated() {
+                let e = gen.reconstructionError(task: i, parameters: try LoRAParameters(adapter: a!, config: model.config))
+                rec.append(.init(task: taskNames[i], relative: e.relative, normalisedMSE: e.normalisedMSE))
+            }
+            let st = gen.storageBytes
+            let checkpoints = inputsICM.map { $0.samplePaths(maxCheckpoints: settings.icm.maxCheckpoints).count - 1 }.reduce(0, +)
+            entry.icm = ReportICMDetails(
+                shots: shotCount, samples: taskNames.count + checkpoints, checkpoints: checkpoints, metaSteps: genOptions.metaSteps,
+                weights: r.fusion.weights.map(Double.init), gains: r.fusion.logGain.map { Double(exp($0)) },
+                log: Array(genLog.suffix(12)) + r.log.suffix(6), reconstruction: rec,
+                generatorNetworkBytes: st.network, generatorPerTaskBytes: st.perTask,
+                adaptersF32Bytes: adapters.reduce(0) { $0 + $1!.parameterCount * 4 },
+                adaptersStoredBytes: adapters.reduce(0) { $0 + $1!.parameterCount * $1!.sourceDType.byteSize }, generatorSeconds: genSeconds)
+            entry.tasks = [:]
+            try evaluate(r.parameters.adapter(name: m.id, baseModel: model.sourcePath), on: test, entry: &entry,
+                         cacheID: m.id, label: m.id)
+            _ = log
+        } else {
+            tick(units, "\(m.id) (cached)")
+        }
+        skipCached(except: missing.isEmpty ? [] : test, label: m.id)
+        return ReportRow(method: m, tasks: entry.results(for: test), order: taskNames, shots: v == .fewShot ? settings.icm.fewShots : settings.shotsPerTask,
+                         fuseSeconds: entry.fuseSeconds, evalSeconds: entry.evalSeconds, icm: entry.icm)
+    }
+
+    /// The mean-init control: θ = (mean A_i, mean B_i) at the adapters' rank, then the adaptation.
+    private func meanInitRow(_ m: ReportMethod, adapters: [LoRAAdapter], shots: [EvalTask], shotCount: [String: Int],
+                             fusion: ICMFusionOptions, entry: inout CacheEntry, start: Date, say: (String) -> Void) throws {
+        let ps = try adapters.map { try LoRAParameters(adapter: $0, config: model.config) }
+        var theta = ps[0]
+        for i in theta.modules.indices {
+            for k in theta.modules[i].A.indices { theta.modules[i].A[k] = ps.reduce(0) { $0 + $1.modules[i].A[k] } / Float(ps.count) }
+            for k in theta.modules[i].B.indices { theta.modules[i].B[k] = ps.reduce(0) { $0 + $1.modules[i].B[k] } / Float(ps.count) }
+        }
+        let support = try shots.flatMap { try TrainingData.sequences($0, model: model) }
+        let (adapted, line) = ICMGenerator.adaptOnSupport(theta, support: support, engine: LlamaTrainingEngine(model: model), options: fusion)
+        say(line)
+        entry.fuseSeconds = Date().timeIntervalSince(start)
+        entry.icm = ReportICMDetails(shots: shotCount, samples: 0, checkpoints: 0, metaSteps: 0, weights: [], gains: [], log: [line],
+                                     reconstruction: [], generatorNetworkBytes: 0, generatorPerTaskBytes: 0,
+                                     adaptersF32Bytes: adapters.reduce(0) { $0 + $1.parameterCount * 4 },
+                                     adaptersStoredBytes: adapters.reduce(0) { $0 + $1.parameterCount * $1.sourceDType.byteSize },
+                                     generatorSeconds: 0)
+        entry.tasks = [:]
+        try evaluate(adapted.adapter(name: m.id, baseModel: model.sourcePath), on: test, entry: &entry, cacheID: m.id, label: m.id)
+    }
+
+    static func json<T: Encodable>(_ v: T) -> String {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys]
+        return (try? String(decoding: enc.encode(v), as: UTF8.self)) ?? ""
+    }
+
+    /// Digest of everything a generator depends on: options, model, adapters, shots and the
+    /// trajectory checkpoints (by path, size and modification time: reading every checkpoint to
+    /// hash it would cost more than the check is worth).
+    func icmGeneratorKey(options: ICMGeneratorOptions, shots: [EvalTask], trajectories: [String?]) -> String {
+        var parts = [Self.json(options), settings.model, String(settings.icm.maxCheckpoints)]
+        parts += taskNames.map { adapterDigests[$0] ?? "" }
+        parts += shots.map(Digest.task)
+        let fm = FileManager.default
+        for dir in trajectories.compactMap({ $0 }) {
+            for step in LoRATrainer.checkpointSteps(in: dir).suffix(settings.icm.maxCheckpoints) {
+                let c = (dir as NSString).appendingPathComponent("checkpoint-\(step)")
+                for f in ((try? fm.contentsOfDirectory(atPath: c)) ?? []).sorted() {
+                    let a = (try? fm.attributesOfItem(atPath: (c as NSString).appendingPathComponent(f))) ?? [:]
+                    parts.append("\(c)/\(f):\((a[.size] as? NSNumber)?.intValue ?? 0):\((a[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0)")
+                }
+            }
+        }
+        return String(Digest.fnv(Array(parts.joined(separator: "\n").utf8)), radix: 16)
+    }
+
+    /// The generator for `key`: from this run's memory, from cache/icm-generator-<key>.safetensors,
+    /// or trained (and saved there).
+    func icmGenerator(key: String, options: ICMGeneratorOptions, inputs: [ICMPipeline.TaskInput],
+                      say: @escaping (String) -> Void) throws -> (ICMGenerator, Double, [String]) {
+        let path = (cacheDirectory as NSString).appendingPathComponent("icm-generator-\(key).safetensors")
+        let logPath = path + ".log"
+        if !force, FileManager.default.fileExists(atPath: path) {
+            let g = try ICMGenerator.load(path: path)
+            let log = (try? String(contentsOfFile: logPath, encoding: .utf8))?.split(separator: "\n").map(String.init) ?? []
+            let seconds = log.last.flatMap { Double($0.replacingOccurrences(of: "generator seconds ", with: "")) } ?? 0
+            say("generator loaded from \(path)")
+            return (g, seconds, log.dropLast().map { $0 })
+        }
+        let start = Date()
+        var log: [String] = []
+        let g = try ICMPipeline.trainGenerator(model: model, tasks: inputs, maxCheckpoints: settings.icm.maxCheckpoints,
+                                               options: options, progress: { line in log.append(line); say(line) })
+        let seconds = Date().timeIntervalSince(start)
+        try g.save(to: path)
+        try (log + ["generator seconds \(seconds)"]).joined(separator: "\n").write(toFile: logPath, atomically: true, encoding: .utf8)
+        return (g, seconds, log)
+    }
+}

@@ -1,0 +1,126 @@
+import Foundation
+import XCTest
+@testable import LoRAFuse
+
+/// The ICM-Fusion rows of `lorafuse report` on the tiny model: every variant, the numbers
+/// re-made from the cached generator, what the section reports, and the cache.
+final class ReportICMTests: XCTestCase {
+    static func settings(trajectories: String?) -> ReportSettings {
+        var g = ICMGeneratorOptions()
+        g.chunkSize = 16; g.hidden = 8; g.latent = 4; g.conditionProj = 4; g.positionDim = 4
+        g.steps = 12; g.batchRows = 8; g.innerSteps = 1; g.metaTokens = 24
+        var f = ICMFusionOptions()
+        f.steps = 2; f.adaptSteps = 1; f.tokens = 40
+        let icm = ReportICMSettings(generator: g, fusion: f, fewShots: 1, longTailShots: 1, trajectories: trajectories, metaSteps: 2)
+        return ReportSettings(testPerTask: 2, accuracy: false, rank: 2, shotsPerTask: 2, shotsCurve: [1, 2], steps: 2, icm: icm)
+    }
+
+    func testICMRowsSectionAndCache() throws {
+        let model = ReportFixtures.model()
+        let inputs = ReportFixtures.inputs(model)
+        let dir = ReportFixtures.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // One training checkpoint for the first task: B halved.
+        let traj = dir + "/trajectories"
+        var ckpt = inputs.adapters[0]
+        for n in ckpt.moduleNames { ckpt.modules[n]!.B.data = ckpt.modules[n]!.B.data.map { 0.5 * $0 } }
+        try PEFTAdapter.write(ckpt, to: traj + "/\(ReportFixtures.taskNames[0])/checkpoint-5", dtype: .f32)
+
+        let settings = Self.settings(trajectories: traj)
+        let methods = [ReportMethods.base, ReportMethods.experts, ReportMethods.staticMethod("linear", rank: 2), ReportMethods.learned("atlas")]
+            + ReportMethods.icmNames.map(ReportMethods.icm)
+        let out = dir + "/report"
+        let runner = try ReportRunner(model: model, inputs: inputs, settings: settings, methods: methods, directory: out)
+        var last: ReportProgress?
+        let r = try runner.run { last = $0 }
+        XCTAssertEqual(last?.done, last?.total)
+
+        let icm = r.rows.filter { $0.method.family == .icm }
+        XCTAssertEqual(icm.map(\.method.id), ICMVariant.allCases.map(\.rawValue))
+        for row in icm {
+            XCTAssertEqual(row.tasks.count, 3, row.method.id)
+            XCTAssertTrue(row.meanLoss!.isFinite, row.method.id)
+            XCTAssertNotNil(row.icm, row.method.id)
+        }
+        let main = try XCTUnwrap(icm.first { $0.method.id == "icm-fusion" })
+        let d = try XCTUnwrap(main.icm)
+        XCTAssertEqual(d.samples, 4, "3 finals + 1 checkpoint")
+        XCTAssertEqual(d.checkpoints, 1)
+        XCTAssertEqual(d.metaSteps, 2)
+        XCTAssertEqual(d.reconstruction.map(\.task), ReportFixtures.taskNames)
+        XCTAssertTrue(d.reconstruction.allSatisfy { $0.relative > 0 && $0.relative.isFinite })
+        XCTAssertEqual(d.shots, Dictionary(uniqueKeysWithValues: ReportFixtures.taskNames.map { ($0, 2) }))
+        XCTAssertEqual(d.adaptersF32Bytes, inputs.adapters.reduce(0) { $0 + $1.parameterCount * 4 })
+        XCTAssertEqual(icm.first { $0.method.id == "icm-fusion/few-shot" }?.icm?.shots.values.sorted(), [1, 1, 1])
+        // Every pool has 2 examples: the long-tailed task is the first with the smallest pool.
+        XCTAssertEqual(icm.first { $0.method.id == "icm-fusion/long-tail" }?.icm?.shots[ReportFixtures.taskNames[0]], 1)
+        XCTAssertEqual(icm.first { $0.method.id == "icm-fusion/no-meta" }?.icm?.metaSteps, 0)
+
+        // Generators: the main one (shared by no-orientation and no-adaptation), no-meta,
+        // no-condition, few-shot, long-tail.
+        let files = try FileManager.default.contentsOfDirectory(atPath: out + "/cache").filter { $0.hasSuffix(".safetensors") }
+        XCTAssertEqual(files.count, 5, "\(files)")
+
+        // The main row re-made from its cached generator with the row's fusion: the same losses.
+        var g = settings.icm.generator
+        g.metaSteps = 2; g.seed = settings.seed
+        let shots = ReportInputs.firstExamples(inputs.shots, 2)
+        let key = runner.icmGeneratorKey(options: g, shots: shots,
+                                         trajectories: ReportFixtures.taskNames.map { traj + "/" + $0 })
+        let gen = try ICMGenerator.load(path: out + "/cache/icm-generator-\(key).safetensors")
+        XCTAssertEqual(gen.storageBytes.network, d.generatorNetworkBytes)
+        var fo = settings.icm.fusion
+        fo.seed = settings.seed
+        let support = try shots.flatMap { try TrainingData.sequences($0, model: model) }
+        let fused = try gen.fuse(tasks: ReportFixtures.taskNames, support: support, engine: LlamaTrainingEngine(model: model), options: fo)
+        try model.setAdapters([(fused.parameters.adapter(name: "x"), 1)], mode: .merged)
+        let ev = Evaluator(model: model, options: EvalOptions(computeAccuracy: false))
+        for t in ReportInputs.firstExamples(inputs.test, 2) {
+            XCTAssertEqual(main.tasks[t.name]!.loss, try ev.evaluate(t).loss, accuracy: 1e-9, t.name)
+        }
+        model.clearAdapters()
+
+        // Targets: atlas and icm-fusion (not its ablations); ICM's carries the experts' 10% target.
+        XCTAssertEqual(r.targets.map(\.method), ["atlas", "icm-fusion"])
+        let t = r.targets[1]
+        XCTAssertTrue(t.expertsTarget)
+        XCTAssertEqual(t.ratioToExperts!, main.meanLoss! / r.rows[1].meanLoss!, accuracy: 1e-12)
+        let sentences = ReportRenderer.targetSentences(r)
+        XCTAssertTrue(sentences.contains { $0.hasPrefix("icm-fusion:") && $0.contains("within 10% of the experts") }, "\(sentences)")
+
+        let html = ReportRenderer.html(r)
+        for s in ["<h2 id=\"icm\">ICM-Fusion</h2>", "Reconstruction: ", "Storage: the generator takes", "Long-tailed: with ",
+                  "Few-shot: with 1 shots per task", "3 finals and 1 training checkpoints"] {
+            XCTAssertTrue(html.contains(s), s)
+        }
+        XCTAssertNotNil(ReportRenderer.charts(r).first { $0.file == "icm.svg" })
+        XCTAssertTrue(ReportRenderer.markdown(r).contains("## ICM-Fusion"))
+
+        // Rerun: nothing trained, fused or evaluated again.
+        let again = try ReportRunner(model: model, inputs: inputs, settings: settings, methods: methods, directory: out)
+        let r2 = try again.run()
+        XCTAssertEqual(again.evaluationsRun, 0)
+        XCTAssertEqual(r2.rows, r.rows)
+
+        // A new checkpoint changes the generator's key: the ICM rows are redone.
+        try PEFTAdapter.write(ckpt, to: traj + "/\(ReportFixtures.taskNames[1])/checkpoint-5", dtype: .f32)
+        let third = try ReportRunner(model: model, inputs: inputs, settings: settings,
+                                     methods: [ReportMethods.icm("icm-fusion")], directory: out)
+        let r3 = try third.run()
+        XCTAssertEqual(third.evaluationsRun, 3)
+        XCTAssertEqual(r3.rows[0].icm?.checkpoints, 2)
+    }
+
+    func testUnknownLongTailTaskIsNamed() throws {
+        let model = ReportFixtures.model()
+        let dir = ReportFixtures.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var settings = Self.settings(trajectories: nil)
+        settings.icm.longTailTask = "nope"
+        let runner = try ReportRunner(model: model, inputs: ReportFixtures.inputs(model), settings: settings,
+                                      methods: [ReportMethods.icm("icm-fusion/long-tail")], directory: dir)
+        XCTAssertThrowsError(try runner.run()) { e in
+            XCTAssertTrue("\(e)".contains("'nope'"), "\(e)")
+        }
+    }
+}
