@@ -26,9 +26,18 @@ fi
 # 8 held-out examples per task (112 in all) per row; learned rows fit on 16 shots per task
 # (first lines of NAME.train.jsonl, never the test files) for 8 steps (LoraHub: 40 loss
 # evaluations, a few CMA-ES generations), plus the shots curve's refits at 1 and 4.
+# ICM-Fusion's VAE also learns from the adapters' training checkpoints, which `make adapters`
+# leaves in out/trajectories (too big to commit: 4.8 MB each).
+TRAJ=()
+if [ -d out/trajectories ]; then
+  TRAJ=(--trajectories out/trajectories)
+else
+  echo "report: no out/trajectories (make adapters writes them): ICM-Fusion's VAE sees the final adapters only" >&2
+fi
+
 $LF report --adapters "$ADAPTERS" --test tasks --shots tasks \
   --test-per-task 8 --shots-per-task 16 --shots-curve 1,4,16 --steps 8 --evaluations 40 \
-  -o "$OUT" "$@"
+  "${TRAJ[@]}" -o "$OUT" "$@"
 
 # A screenshot of the page for docs/, when a headless Chromium is installed
 # (Debian: apt-get install -y chromium).

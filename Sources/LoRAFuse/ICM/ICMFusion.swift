@@ -38,8 +38,9 @@ public struct ICMFusionOptions: Sendable, Equatable, Codable {
     /// Learn the gains of the fused A and B statistics (off: the plain mean statistics).
     public var learnGains = true
     /// AdamW steps on the union of support sets after decoding (the in-context adaptation the
-    /// meta-learning prepared the decoder for); 0 turns it off.
-    public var adaptSteps = 4
+    /// meta-learning prepared the decoder for); 0 turns it off. 32 measured on the 14-task suite
+    /// (16 shots per task; held-out 1.877 with none, 1.748 with 8, 1.622 with 16, 1.529 with 32).
+    public var adaptSteps = 32
     public var adaptLR: Float = 1e-4
     public var tokens = 1024              // support tokens per step (fusion and adaptation)
     public var seed: UInt64 = 0

@@ -78,6 +78,14 @@ extension ReportRenderer {
             if let b = learned4.first { s += String(format: "; the best learned method at the same shots, %@, %.4f", b.0, b.1) }
             out.append(s + ".")
         }
+        if let mi = icmRows(r).first(where: { $0.method.method == ICMVariant.meanInit.rawValue }), let c = mi.meanLoss, let m = main.meanLoss {
+            var s = String(format: "Control: the same %d adaptation steps on the same shots, started from the factor-wise mean of the adapters instead of the decoded fusion, reach %.4f", f.adaptSteps, c)
+            s += String(format: m < c ? " — the generator's start is worth %.4f of held-out loss." : " — the generator's start does not help here (%+.4f).", m < c ? c - m : m - c)
+            if let na = icmRows(r).first(where: { $0.method.method == ICMVariant.noAdaptation.rawValue })?.meanLoss {
+                s += String(format: " Without any adaptation the decoded fusion scores %.4f.", na)
+            }
+            out.append(s)
+        }
         if !d.reconstruction.isEmpty {
             let rel = d.reconstruction.map(\.relative)
             out.append(String(format: "Reconstruction: decoding each task's latent mean gives its adapter back with a relative error ‖θ̂−θ‖/‖θ‖ of %.3f on average (%.3f–%.3f over the tasks; table below).",

@@ -90,7 +90,7 @@ final class ReportICMTests: XCTestCase {
 
         let html = ReportRenderer.html(r)
         for s in ["<h2 id=\"icm\">ICM-Fusion</h2>", "Reconstruction: ", "Storage: the generator takes", "Long-tailed: with ",
-                  "Few-shot: with 1 shots per task", "3 finals and 1 training checkpoints"] {
+                  "Few-shot: with 1 shots per task", "3 finals and 1 training checkpoints", "Control: the same 1 adaptation steps"] {
             XCTAssertTrue(html.contains(s), s)
         }
         XCTAssertNotNil(ReportRenderer.charts(r).first { $0.file == "icm.svg" })
