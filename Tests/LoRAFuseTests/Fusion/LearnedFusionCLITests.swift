@@ -4,12 +4,9 @@ import XCTest
 
 /// `lorafuse fuse` end to end on the tiny HF Llama fixture with two random adapters.
 final class LearnedFusionCLITests: XCTestCase {
-    func testFuseWritesPEFTAdapterAndCoefficients() throws {
-        let tmp = FileManager.default.temporaryDirectory.appendingPathComponent("lf-fuse-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: tmp, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: tmp) }
-        // The fixture has no chat template: add a ChatML one (and a newline token in place of the
-        // unused "¡") so prompts are rendered and scored as `lorafuse eval` does.
+    /// The tiny HF fixture copied into `tmp`, with a ChatML template (and a newline token in place
+    /// of the unused "¡") so prompts are rendered and scored as `lorafuse eval` does.
+    static func chatModel(in tmp: String) throws -> String {
         let modelDir = tmp + "/model"
         try FileManager.default.copyItem(atPath: ModelFixtures.path("tiny-llama"), toPath: modelDir)
         let tok = try String(contentsOfFile: modelDir + "/tokenizer.json", encoding: .utf8)
@@ -18,6 +15,14 @@ final class LearnedFusionCLITests: XCTestCase {
         let template = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
         let config: [String: Any] = ["eos_token": "~", "chat_template": template]
         try JSONSerialization.data(withJSONObject: config).write(to: URL(fileURLWithPath: modelDir + "/tokenizer_config.json"))
+        return modelDir
+    }
+
+    func testFuseWritesPEFTAdapterAndCoefficients() throws {
+        let tmp = FileManager.default.temporaryDirectory.appendingPathComponent("lf-fuse-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: tmp, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: tmp) }
+        let modelDir = try Self.chatModel(in: tmp)
         let model = try LlamaModel.load(path: modelDir)
         XCTAssertFalse(try Evaluator(model: model).promptTokens("ab").isEmpty)
         var paths: [String] = []

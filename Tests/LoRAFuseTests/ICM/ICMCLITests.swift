@@ -1,0 +1,65 @@
+import Foundation
+import XCTest
+@testable import LoRAFuse
+
+/// `lorafuse fuse --method icm-fusion` and `generate-adapter` end to end on the tiny HF fixture:
+/// checkpoints in the adapter folder join the VAE's samples, a saved generator re-makes the fused
+/// adapter byte for byte, and ICM-LoRA / SG-LoRA generate from it.
+final class ICMCLITests: XCTestCase {
+    func testFuseSaveReuseAndGenerate() throws {
+        let tmp = FileManager.default.temporaryDirectory.appendingPathComponent("lf-icm-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: tmp, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: tmp) }
+        let modelDir = try LearnedFusionCLITests.chatModel(in: tmp)
+        let model = try LlamaModel.load(path: modelDir)
+        var paths: [String] = []
+        for i in 0..<2 {
+            var a = TrainFixtures.randomLoRA(model.config, targets: [.q, .v], rank: 2, seed: 40 + UInt64(i), std: 0.3)
+            let p = tmp + "/task\(i)"
+            try PEFTAdapter.write(a.adapter(name: "task\(i)"), to: p, dtype: .f32)
+            for m in a.modules.indices { a.modules[m].B = a.modules[m].B.map { 0.5 * $0 } }
+            try PEFTAdapter.write(a.adapter(name: "task\(i)"), to: p + "/checkpoint-3", dtype: .f32)
+            paths.append(p)
+        }
+        try "{\"prompt\": \"ab\", \"answer\": \"cd\"}\n{\"prompt\": \"ef\", \"answer\": \"gh\"}\n"
+            .write(toFile: tmp + "/s0.jsonl", atomically: true, encoding: .utf8)
+        try "{\"prompt\": \"12\", \"answer\": \"34\"}\n{\"prompt\": \"56\", \"answer\": \"78\"}\n"
+            .write(toFile: tmp + "/s1.jsonl", atomically: true, encoding: .utf8)
+        try "{\"tasks\": [{\"name\": \"task0\", \"description\": \"ab cd\"}, {\"name\": \"task1\", \"description\": \"12 34\"}]}"
+            .write(toFile: tmp + "/manifest.json", atomically: true, encoding: .utf8)
+        let small = ["--chunk-size", "16", "--hidden", "8", "--latent", "4", "--vae-steps", "10", "--meta-steps", "2",
+                     "--fusion-steps", "2", "--adapt-steps", "1", "--model", modelDir]
+        let gen = tmp + "/gen.safetensors"
+        let r = try CLITests.run(["fuse", "--method", "icm-fusion", paths[0], paths[1], "--shots", tmp + "/s0.jsonl", tmp + "/s1.jsonl",
+                                  "--save-generator", gen, "-o", tmp + "/fused"] + small)
+        XCTAssertEqual(r.code, 0, r.stderr)
+        XCTAssertTrue(r.stderr.contains("task0: 2 adapters (final + checkpoints), 2 shots"), r.stderr)
+        XCTAssertEqual(r.stderr.components(separatedBy: "meta step").count - 1, 2, r.stderr)
+        let fused = try PEFTAdapter.read(directory: tmp + "/fused")
+        XCTAssertEqual(fused.moduleNames, try PEFTAdapter.read(directory: paths[0]).moduleNames)
+
+        // The saved generator re-makes the same file without training.
+        let again = try CLITests.run(["fuse", "--method", "icm-fusion", paths[0], paths[1], "--shots", tmp + "/s0.jsonl", tmp + "/s1.jsonl",
+                                      "--generator", gen, "-o", tmp + "/fused2"] + small)
+        XCTAssertEqual(again.code, 0, again.stderr)
+        XCTAssertFalse(again.stderr.contains("vae step"), again.stderr)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: tmp + "/fused/adapter_model.safetensors")),
+                       try Data(contentsOf: URL(fileURLWithPath: tmp + "/fused2/adapter_model.safetensors")))
+
+        // ICM-LoRA from a known task's condition; SG-LoRA from a description (the generator needs
+        // the manifest's descriptions, so it is trained again here).
+        let lora = try CLITests.run(["generate-adapter", "--method", "icm-lora", "--generator", gen, "--task", "task1",
+                                     "-o", tmp + "/gen-icm"] + small)
+        XCTAssertEqual(lora.code, 0, lora.stderr)
+        XCTAssertTrue(lora.stderr.contains("nearest known task, task1"), lora.stderr)
+        XCTAssertNoThrow(try PEFTAdapter.read(directory: tmp + "/gen-icm"))
+        let sg = try CLITests.run(["generate-adapter", "--method", "sg-lora", paths[0], paths[1], "--shots", tmp + "/s0.jsonl", tmp + "/s1.jsonl",
+                                   "--manifest", tmp + "/manifest.json", "--description", "ab cd", "--top-k", "1", "-o", tmp + "/gen-sg"] + small)
+        XCTAssertEqual(sg.code, 0, sg.stderr)
+        XCTAssertTrue(sg.stderr.contains("sg-lora: task0 α=1.000"), sg.stderr)
+
+        let bad = try CLITests.run(["generate-adapter", "--method", "sg-lora", "--generator", gen, "-o", tmp + "/x"])
+        XCTAssertEqual(bad.code, 1)
+        XCTAssertTrue(bad.stderr.contains("sg-lora needs --description"), bad.stderr)
+    }
+}
