@@ -129,7 +129,9 @@ public enum ReportRenderer {
             let budget: String? = row.method.method == LearnedFusionMethod.lorahub.rawValue
                 ? (r.settings.evaluations ?? r.settings.steps).map { ", \($0) loss evaluations" }
                 : r.settings.steps.map { ", \($0) steps" }
-            let shots = row.shots.map { " on \($0) shots/task" + (budget ?? "") } ?? ""
+            // --steps and --evaluations are the learned rows' budget; the ICM rows have their own
+            // (in the ICM-Fusion section).
+            let shots = row.shots.map { " on \($0) shots/task" + (row.method.family == .learned ? budget ?? "" : "") } ?? ""
             // A row that covers only some tasks (experts without an adapter for each) says so:
             // its mean is over fewer tasks than the others'.
             let coverage = row.tasks.count < r.tasks.count ? " (\(row.tasks.count) of \(r.tasks.count) tasks)" : ""

@@ -60,7 +60,7 @@ extension ReportRenderer {
                           d.checkpoints == 0 ? " (no --trajectories given: finals only)" : " from \(r.settings.icm.trajectories ?? "the adapters' folders")",
                           d.generatorSeconds))
         let f = r.settings.icm.fusion
-        out.append("Fusion: \(f.steps) Adam steps (lr \(ReportFormat.short(Double(f.learningRate)))) on the union of the shots learn one latent weight per task, a conflict projection per ordered task pair and gains of the A and B statistics; the decoded adapter then takes \(f.adaptSteps) AdamW steps (lr \(ReportFormat.short(Double(f.adaptLR)))) on the same shots. Learned weights: "
+        out.append("Fusion: \(f.steps) Adam steps on the union of the shots (a fresh \(f.tokens)-token minibatch each; weight step \(ReportFormat.short(Double(f.learningRate))) × the start 1/n, projection and gain step \(ReportFormat.short(Double(f.projectionLearningRate)))) learn one latent weight per task, a conflict projection per ordered task pair and gains of the A and B statistics; the decoded adapter then takes \(f.adaptSteps) AdamW steps (lr \(ReportFormat.short(Double(f.adaptLR)))) on the same shots. Learned weights: "
                    + zip(r.tasks, d.weights).map { "\($0) \(String(format: "%.3f", $1))" }.joined(separator: ", ")
                    + String(format: "; gains A %.3f, B %.3f.", d.gains.first ?? 1, d.gains.count > 1 ? d.gains[1] : 1))
         if let lt = icmRows(r).first(where: { $0.method.method == ICMVariant.longTail.rawValue }), let ld = lt.icm,
