@@ -3,9 +3,9 @@
 # adapter per task. A rerun reuses $OUT/cache and only computes what changed; the page lists each
 # row's fusion and evaluation seconds.
 #
-# Time, measured on the project's 2-core machine with nothing else running (2026-11-29): about 46
-# minutes from an empty cache — 24 for the eight ICM-Fusion rows (five generators of ~3 min, each
-# fusion 1–5 min; OPENBLAS_CORETYPE unset), and 22 for the rest: static fusion of the 14 rank-8 adapters ~3.5 min (DELLA 90 s,
+# Time, measured on the project's 2-core machine with nothing else running (2026-11-29): about 53
+# minutes from an empty cache — 31 for the eight ICM-Fusion rows (five generators of ~3 min, each
+# fusion 1–6 min; OPENBLAS_CORETYPE unset), and 22 for the rest: static fusion of the 14 rank-8 adapters ~3.5 min (DELLA 90 s,
 # Breadcrumbs 42 s, TIES 29 s), evaluation ~7 s per row over 8 examples × 14 tasks, aTLAS and
 # cat-learned ~33 s per fit, LoraHub ~520 s for its main fit (40 evaluations over 224 shots) and
 # less for the shots curve's 1- and 4-shot fits.

@@ -150,7 +150,8 @@ struct Fuse: ParsableCommand {
         let say: (String) -> Void = { line in if !compute.quiet { FileHandle.standardError.write(Data((line + "\n").utf8)) } }
         let start = Date()
         let r = try ICMPipeline.fuse(model: lm, tasks: inputs, generatorPath: icmGen.generator, generatorOptions: icmGen.options(seed: seed, tasks: inputs.count),
-                                     fusionOptions: icmFusion.options(seed: seed), maxCheckpoints: icmGen.maxCheckpoints, progress: say)
+                                     fusionOptions: icmFusion.options(seed: seed), maxCheckpoints: icmGen.maxCheckpoints,
+                                     selectionFraction: icmFusion.selectionFraction, progress: say)
         if let s = icmGen.saveGenerator { try r.generator.save(to: s); say("generator state written to \(s)") }
         try PEFTAdapter.write(r.adapter, to: output, dtype: DType(name: dtype)!)
         print(String(format: "icm-fusion: weights [%@] (%.1f s); adapter written to %@",

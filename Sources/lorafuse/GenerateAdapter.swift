@@ -41,17 +41,22 @@ struct ICMFusionArguments: ParsableArguments {
     @Option(name: .customLong("fusion-steps"), help: "icm-fusion: steps learning the latent weights and conflict projections.") var fusionSteps = ICMFusionOptions().steps
     @Option(name: .customLong("adapt-steps"), help: "icm-fusion: in-context adaptation steps (AdamW) after decoding.") var adaptSteps = ICMFusionOptions().adaptSteps
     @Option(name: .customLong("adapt-lr"), help: "icm-fusion: in-context adaptation learning rate.") var adaptLR: Float = ICMFusionOptions().adaptLR
+    @Option(name: .customLong("selection-fraction"), help: "icm-fusion: part of each task's shots held out of everything but choosing how many adaptation steps to keep (0: keep the last).") var selectionFraction = 0.25
+    @Option(name: .customLong("select-every"), help: "icm-fusion: score the held-out shots every N adaptation steps.") var selectEvery = ICMFusionOptions().selectEvery
     @Flag(name: .customLong("no-orientation"), help: "icm-fusion: no conflict projections (ablation).") var noOrientation = false
     @Flag(name: .customLong("no-gains"), help: "icm-fusion: keep the mean tensor statistics (no learned A/B gains).") var noGains = false
 
     func validate() throws {
         if fusionSteps < 0 || adaptSteps < 0 { throw ValidationError("--fusion-steps and --adapt-steps must not be negative") }
         if adaptLR <= 0 { throw ValidationError("--adapt-lr must be positive") }
+        if !(0..<1).contains(selectionFraction) { throw ValidationError("--selection-fraction must be in [0, 1), got \(selectionFraction)") }
+        if selectEvery < 1 { throw ValidationError("--select-every must be at least 1") }
     }
 
     func options(seed: UInt64) -> ICMFusionOptions {
         var fo = ICMFusionOptions()
         fo.steps = fusionSteps; fo.adaptSteps = adaptSteps; fo.adaptLR = adaptLR; fo.orientation = !noOrientation; fo.learnGains = !noGains; fo.seed = seed
+        fo.selectEvery = selectEvery
         return fo
     }
 }
@@ -134,7 +139,8 @@ struct GenerateAdapter: ParsableCommand {
         let g: ICMGenerator
         if method == "icm-fusion" {
             let r = try ICMPipeline.fuse(model: lm, tasks: inputs, generatorPath: gen.generator, generatorOptions: gen.options(seed: seed, tasks: inputs.count),
-                                         fusionOptions: fusion.options(seed: seed), maxCheckpoints: gen.maxCheckpoints, progress: say)
+                                         fusionOptions: fusion.options(seed: seed), maxCheckpoints: gen.maxCheckpoints,
+                                         selectionFraction: fusion.selectionFraction, progress: say)
             g = r.generator; params = r.result.parameters
         } else {
             g = try gen.generator.map { try ICMGenerator.load(path: $0) }

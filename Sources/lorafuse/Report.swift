@@ -11,11 +11,11 @@ struct Report: ParsableCommand {
         method (\(ReportMethods.defaultStatic.joined(separator: ", ")) by default; any of \
         \(FusionMethods.names.joined(separator: ", ")) with --methods), and, with --shots, one row per
         learned method (\(ReportMethods.learnedNames.joined(separator: ", "))) fitted on the first
-        --shots-per-task examples of each task's shots file, plus one fit per --shots-curve count; and
-        the ICM-Fusion rows (\(ReportMethods.icmNames.joined(separator: ", "))): ICM-Fusion, its
-        ablations, a few-shot (--icm-few-shots) and a long-tailed setting, with its generator's
-        reconstruction error and storage (--no-icm skips them; --trajectories adds training
-        checkpoints to its VAE's samples).
+        --shots-per-task examples of each task's shots file, plus one fit per --shots-curve count; and \
+        the ICM-Fusion rows (\(ReportMethods.icmNames.joined(separator: ", "))): ICM-Fusion, its \
+        ablations, a few-shot (--icm-few-shots) and a long-tailed setting, and a control, with its \
+        generator's reconstruction error and storage (--no-icm skips them; --trajectories adds \
+        training checkpoints to its VAE's samples).
         Static defaults: w = 1/n for methods that sum their inputs, w = 1 for TIES-style methods
         (\(ReportMethods.selfAveraging.sorted().joined(separator: ", "))), which take a disjoint mean
         themselves; rank --rank for truncating methods; densities from the registry (TIES, magnitude
@@ -115,11 +115,14 @@ struct Report: ParsableCommand {
     @Option(name: .customLong("icm-fusion-steps"), help: "ICM-Fusion: steps learning the latent weights and conflict projections.")
     var icmFusionSteps = ICMFusionOptions().steps
 
-    @Option(name: .customLong("icm-adapt-steps"), help: "ICM-Fusion: in-context adaptation steps (AdamW on the shots) after decoding.")
+    @Option(name: .customLong("icm-adapt-steps"), help: "ICM-Fusion: most in-context adaptation steps (AdamW on the shots) after decoding; the kept step is chosen on the held-out part of the shots.")
     var icmAdaptSteps = ICMFusionOptions().adaptSteps
 
     @Option(name: .customLong("icm-adapt-lr"), help: "ICM-Fusion: in-context adaptation learning rate.")
     var icmAdaptLR: Float = ICMFusionOptions().adaptLR
+
+    @Option(name: .customLong("icm-selection-fraction"), help: "ICM-Fusion: part of each task's shots held out of the generator and the fusion, used only to choose how many adaptation steps to keep (0: keep the last).")
+    var icmSelectionFraction = 0.25
 
     @Flag(name: .long, help: "Recompute everything instead of reusing OUT/cache/.")
     var force = false
@@ -139,6 +142,7 @@ struct Report: ParsableCommand {
         if icmVAESteps < 0 || icmFusionSteps < 0 || icmAdaptSteps < 0 || (icmMetaSteps ?? 0) < 0 {
             throw ValidationError("ICM step counts must not be negative")
         }
+        if !(0..<1).contains(icmSelectionFraction) { throw ValidationError("--icm-selection-fraction must be in [0, 1), got \(icmSelectionFraction)") }
         if let t = trajectories, !FileManager.default.fileExists(atPath: t) { throw ValidationError("--trajectories \(t) does not exist") }
         _ = try curve()
         _ = try methodList()
@@ -186,7 +190,8 @@ struct Report: ParsableCommand {
         var f = ICMFusionOptions()
         f.steps = icmFusionSteps; f.adaptSteps = icmAdaptSteps; f.adaptLR = icmAdaptLR
         return ReportICMSettings(generator: g, fusion: f, fewShots: icmFewShots, longTailTask: icmLongTailTask,
-                                 longTailShots: icmLongTailShots, trajectories: trajectories, metaSteps: icmMetaSteps)
+                                 longTailShots: icmLongTailShots, trajectories: trajectories, metaSteps: icmMetaSteps,
+                                 selectionFraction: icmSelectionFraction)
     }
 
     func run() throws {

@@ -37,10 +37,12 @@ public struct ICMFusionOptions: Sendable, Equatable, Codable {
     public var orientation = true
     /// Learn the gains of the fused A and B statistics (off: the plain mean statistics).
     public var learnGains = true
-    /// AdamW steps on the union of support sets after decoding (the in-context adaptation the
-    /// meta-learning prepared the decoder for); 0 turns it off. 32 measured on the 14-task suite
-    /// (16 shots per task; held-out 1.877 with none, 1.748 with 8, 1.622 with 16, 1.529 with 32).
-    public var adaptSteps = 32
+    /// Most AdamW steps on the union of support sets after decoding (the in-context adaptation
+    /// the meta-learning prepared the decoder for); 0 turns it off. With selection shots (a held-out
+    /// part of the shots, see `ICMPipeline.selectionSplit`), θ is checked every `selectEvery`
+    /// steps and the best one kept; without, the last.
+    public var adaptSteps = 64
+    public var selectEvery = 8
     public var adaptLR: Float = 1e-4
     public var tokens = 1024              // support tokens per step (fusion and adaptation)
     public var seed: UInt64 = 0
@@ -51,6 +53,16 @@ public struct ICMFusionResult {
     public var parameters: LoRAParameters
     public var fusion: ICMFusionParameters
     public var log: [String]
+    public var adaptation = ICMAdaptation()
+}
+
+/// What the in-context adaptation did: the step whose θ was kept and the selection loss along the way.
+public struct ICMAdaptation: Sendable, Equatable, Codable {
+    public var stepsRun = 0
+    public var stepKept = 0
+    /// (step, mean selection loss) at step 0 and every `selectEvery` steps (empty without selection shots).
+    public var selectionCurve: [[Double]] = []
+    public init() {}
 }
 
 extension ICMGenerator {
@@ -136,7 +148,7 @@ extension ICMGenerator {
     /// Fuses the named known tasks. `support` is the union of their few-shot examples; with
     /// `reuse` and stored parameters for the same task set, no learning happens (the stored
     /// weights are decoded again).
-    public func fuse(tasks names: [String], support: [TrainingSequence], engine: LlamaTrainingEngine?,
+    public func fuse(tasks names: [String], support: [TrainingSequence], selection: [TrainingSequence] = [], engine: LlamaTrainingEngine?,
                      options o: ICMFusionOptions, reuse: Bool = false, progress: ((String) -> Void)? = nil) throws -> ICMFusionResult {
         let idx = try names.map { try taskIndex($0) }
         let n = idx.count, Z = vae.config.latent, nC = layout.chunkCount
@@ -181,30 +193,54 @@ extension ICMGenerator {
         var theta = decode(latents: f.zf, condition: h, stats: Self.gained(stats0, layout: layout, logGain: p.logGain))
         if let engine, o.adaptSteps > 0, !support.isEmpty {
             let line: String
-            (theta, line) = Self.adaptOnSupport(theta, support: support, engine: engine, options: o)
+            let a: ICMAdaptation
+            (theta, line, a) = Self.adaptOnSupport(theta, support: support, selection: selection, engine: engine, options: o)
             log.append(line); progress?(line)
+            return ICMFusionResult(parameters: theta, fusion: p, log: log, adaptation: a)
         }
         return ICMFusionResult(parameters: theta, fusion: p, log: log)
     }
 
-    /// The in-context adaptation: `adaptSteps` AdamW steps on the support set, a fresh seeded
-    /// minibatch of about `tokens` tokens every step (one fixed batch of a few hundred tokens out
-    /// of 14 tasks' shots was memorised in a few steps and the held-out loss went up).
-    public static func adaptOnSupport(_ theta0: LoRAParameters, support: [TrainingSequence], engine: LlamaTrainingEngine,
-                                      options o: ICMFusionOptions) -> (LoRAParameters, String) {
+    /// The in-context adaptation: up to `adaptSteps` AdamW steps on the support set, a fresh
+    /// seeded minibatch of about `tokens` tokens every step (one fixed batch of a few hundred
+    /// tokens out of 14 tasks' shots was memorised in a few steps and the held-out loss went up).
+    /// With `selection` sequences (shots held out of everything else), θ is scored on them at
+    /// step 0 and every `selectEvery` steps and the best is kept: the step count is chosen on data
+    /// the fit did not see, never on the test set.
+    public static func adaptOnSupport(_ theta0: LoRAParameters, support: [TrainingSequence], selection: [TrainingSequence] = [],
+                                      engine: LlamaTrainingEngine, options o: ICMFusionOptions) -> (LoRAParameters, String, ICMAdaptation) {
         var theta = theta0
         var rng = SeededRNG(seed: o.seed, stream: "icm-fusion-adapt")
         var opt = AdamW(like: theta)
+        var a = ICMAdaptation()
+        func score(_ t: LoRAParameters) -> Double {
+            let r = engine.loss(selection, lora: t)
+            return r.nll / Double(max(r.tokens, 1))
+        }
+        let selecting = !selection.isEmpty && o.selectEvery > 0
+        var best = theta0, bestLoss = selecting ? score(theta0) : .infinity
+        if selecting { a.selectionCurve.append([0, bestLoss]) }
         var first = 0.0, last = 0.0
-        for step in 0..<o.adaptSteps {
+        for step in 1...max(o.adaptSteps, 1) where o.adaptSteps > 0 {
             let batch = tokenBudget(support, tokens: o.tokens, rng: &rng)
             let (l, g) = engine.meanLossAndGradients(batch, lora: theta)
             opt.update(&theta, grads: g, lr: o.adaptLR)
-            if step == 0 { first = l }
+            if step == 1 { first = l }
             last = l
+            a.stepsRun = step
+            if selecting && (step % o.selectEvery == 0 || step == o.adaptSteps) {
+                let s = score(theta)
+                a.selectionCurve.append([Double(step), s])
+                if s < bestLoss { best = theta; bestLoss = s; a.stepKept = step }
+            }
         }
-        return (theta, String(format: "in-context adaptation: %d steps, minibatch support loss %.4f (first) → %.4f (last, before its step)",
-                              o.adaptSteps, first, last))
+        if !selecting { a.stepKept = a.stepsRun; best = theta }
+        var line = String(format: "in-context adaptation: %d steps, minibatch support loss %.4f (first) → %.4f (last, before its step)",
+                          a.stepsRun, first, last)
+        if selecting {
+            line += String(format: "; kept step %d (selection loss %.4f at step 0 → %.4f)", a.stepKept, a.selectionCurve[0][1], bestLoss)
+        }
+        return (best, line, a)
     }
 
     func meanVector(_ v: [[Float]]) -> [Float] {

@@ -55,20 +55,37 @@ public enum ICMPipeline {
         return g
     }
 
+    /// Splits each task's shots into the part everything learns from and a held-out part (the
+    /// last ⌊fraction·n⌋ lines, at least one when n ≥ 2; none for a single shot) that only chooses
+    /// how many in-context adaptation steps to keep.
+    public static func selectionSplit(_ shots: EvalTask, fraction: Double) -> (learn: EvalTask, select: EvalTask) {
+        let n = shots.examples.count
+        let k = n >= 2 && fraction > 0 ? min(n - 1, max(1, Int(Double(n) * fraction))) : 0
+        return (EvalTask(name: shots.name, path: shots.path, examples: Array(shots.examples.prefix(n - k))),
+                EvalTask(name: shots.name, path: shots.path, examples: Array(shots.examples.suffix(k))))
+    }
+
     /// ICM-Fusion of the tasks' adapters: trains the generator (or loads `generatorPath`), learns
     /// the fusion on the union of the shots and returns the fused adapter. With a loaded generator
     /// that already holds fusion parameters for this task set, they are reused (no learning).
     public static func fuse(model: LlamaModel, tasks: [TaskInput], generatorPath: String?, generatorOptions: ICMGeneratorOptions,
-                            fusionOptions: ICMFusionOptions, maxCheckpoints: Int = 4,
+                            fusionOptions: ICMFusionOptions, maxCheckpoints: Int = 4, selectionFraction: Double = 0.25,
                             progress: ((String) -> Void)? = nil) throws -> (adapter: LoRAAdapter, generator: ICMGenerator, result: ICMFusionResult) {
+        var learn = tasks, select: [EvalTask] = []
+        for i in learn.indices {
+            let (l, s) = selectionSplit(tasks[i].shots, fraction: selectionFraction)
+            learn[i].shots = l
+            select.append(s)
+        }
         let gen: ICMGenerator
         if let generatorPath {
             gen = try ICMGenerator.load(path: generatorPath)
         } else {
-            gen = try trainGenerator(model: model, tasks: tasks, maxCheckpoints: maxCheckpoints, options: generatorOptions, progress: progress)
+            gen = try trainGenerator(model: model, tasks: learn, maxCheckpoints: maxCheckpoints, options: generatorOptions, progress: progress)
         }
-        let support = try tasks.flatMap { try TrainingData.sequences($0.shots, model: model) }
-        let r = try gen.fuse(tasks: tasks.map(\.name), support: support, engine: LlamaTrainingEngine(model: model),
+        let support = try learn.flatMap { try TrainingData.sequences($0.shots, model: model) }
+        let selection = try select.flatMap { try TrainingData.sequences($0, model: model) }
+        let r = try gen.fuse(tasks: tasks.map(\.name), support: support, selection: selection, engine: LlamaTrainingEngine(model: model),
                              options: fusionOptions, reuse: generatorPath != nil, progress: progress)
         let adapter = r.parameters.adapter(name: "icm-fusion", baseModel: gen.baseModel ?? model.sourcePath)
         return (adapter, gen, r)

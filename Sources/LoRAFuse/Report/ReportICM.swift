@@ -68,10 +68,14 @@ public struct ReportICMSettings: Codable, Sendable, Equatable {
 
     /// Outer meta-learning steps (nil: two rounds over the tasks, `defaultMetaSteps`).
     public var metaSteps: Int?
+    /// Part of each task's shots held out of the generator and the fusion, used only to choose
+    /// how many in-context adaptation steps to keep (`ICMPipeline.selectionSplit`).
+    public var selectionFraction: Double
 
     public init(generator: ICMGeneratorOptions = ICMGeneratorOptions(), fusion: ICMFusionOptions = ICMFusionOptions(),
                 fewShots: Int = 4, longTailTask: String? = nil, longTailShots: Int = 2, trajectories: String? = nil,
-                maxCheckpoints: Int = 4, metaSteps: Int? = nil) {
+                maxCheckpoints: Int = 4, metaSteps: Int? = nil, selectionFraction: Double = 0.25) {
+        self.selectionFraction = selectionFraction
         self.generator = generator; self.fusion = fusion; self.fewShots = fewShots; self.longTailTask = longTailTask
         self.longTailShots = longTailShots; self.trajectories = trajectories; self.maxCheckpoints = maxCheckpoints
         self.metaSteps = metaSteps
@@ -94,8 +98,13 @@ public struct ReportICMDetails: Codable, Sendable, Equatable {
         public var normalisedMSE: Double
     }
 
-    /// Shots per task the generator's conditions and meta-learning, and the fusion, used.
+    /// Shots per task of the row, in all: the generator and the fusion learn from them minus
+    /// `selectionShots`, which only choose the number of adaptation steps.
     public var shots: [String: Int]
+    /// Optional so cache entries written before they existed still decode (their keys differ, so
+    /// the row is recomputed rather than the cache refused).
+    public var selectionShots: [String: Int]?
+    public var adaptation: ICMAdaptation?
     /// Adapters the VAE was trained on: finals + trajectory checkpoints.
     public var samples: Int
     public var checkpoints: Int
@@ -161,10 +170,13 @@ extension ReportRunner {
         }
         let shotCount = icmShots(v)
         let pools = taskNames.map { n in inputs.shots.first { $0.name == n } }
-        var shots: [EvalTask] = []
+        var shots: [EvalTask] = [], selection: [EvalTask] = []
         for (n, pool) in zip(taskNames, pools) {
             guard let pool, !pool.examples.isEmpty else { throw ReportError.emptyShots(task: n, file: pool?.path) }
-            shots.append(EvalTask(name: n, path: pool.path, examples: Array(pool.examples.prefix(shotCount[n]!))))
+            let split = ICMPipeline.selectionSplit(EvalTask(name: n, path: pool.path, examples: Array(pool.examples.prefix(shotCount[n]!))),
+                                                   fraction: settings.icm.selectionFraction)
+            shots.append(split.learn)
+            selection.append(split.select)
         }
         var genOptions = v.generatorOptions(settings.icm.generator)
         if v != .noMeta { genOptions.metaSteps = settings.icm.metaSteps(tasks: taskNames.count) }
@@ -177,7 +189,8 @@ extension ReportRunner {
         let genKey = icmGeneratorKey(options: genOptions, shots: shots, trajectories: trajectories)
 
         var key = cacheKey(m, adapters: taskNames)
-        key.learned = ["generator": v == .meanInit ? "none" : genKey, "fusion": Self.json(fusion), "shots": shots.map(Digest.task).joined(separator: ",")]
+        key.learned = ["generator": v == .meanInit ? "none" : genKey, "fusion": Self.json(fusion), "shots": shots.map(Digest.task).joined(separator: ","),
+                       "selection": selection.map(Digest.task).joined(separator: ",")]
         var entry = try loadCache(m.id, key: key)
         let missing = test.filter { entry.tasks[$0.name]?.digest != Digest.task($0) }
         let units = icmUnits(m)
@@ -189,7 +202,7 @@ extension ReportRunner {
                 ICMPipeline.TaskInput(name: n, adapterPath: n, shots: rest.0, adapter: rest.1.0, trajectoryDir: rest.1.1)
             }
             if v == .meanInit {
-                try meanInitRow(m, adapters: adapters.map { $0! }, shots: shots, shotCount: shotCount, fusion: fusion,
+                try meanInitRow(m, adapters: adapters.map { $0! }, shots: shots, selection: selection, shotCount: shotCount, fusion: fusion,
                                 entry: &entry, start: start, say: say)
                 tick(units, "\(m.id): adapted")
                 skipCached(except: test, label: m.id)
@@ -199,7 +212,8 @@ extension ReportRunner {
             let (gen, genSeconds, genLog) = try icmGenerator(key: genKey, options: genOptions, inputs: inputsICM, say: say)
             tick(units / 2, "\(m.id): generator ready")
             let support = try shots.flatMap { try TrainingData.sequences($0, model: model) }
-            let r = try gen.fuse(tasks: taskNames, support: support, engine: LlamaTrainingEngine(model: model),
+            let held = try selection.flatMap { try TrainingData.sequences($0, model: model) }
+            let r = try gen.fuse(tasks: taskNames, support: support, selection: held, engine: LlamaTrainingEngine(model: model),
                                  options: fusion, progress: say)
             tick(units - units / 2, "\(m.id): fused")
             entry.fuseSeconds = Date().timeIntervalSince(start)
@@ -211,7 +225,7 @@ extension ReportRunner {
             let st = gen.storageBytes
             let checkpoints = inputsICM.map { $0.samplePaths(maxCheckpoints: settings.icm.maxCheckpoints).count - 1 }.reduce(0, +)
             entry.icm = ReportICMDetails(
-                shots: shotCount, samples: taskNames.count + checkpoints, checkpoints: checkpoints, metaSteps: genOptions.metaSteps,
+                shots: shotCount, selectionShots: Self.counts(selection), adaptation: r.adaptation, samples: taskNames.count + checkpoints, checkpoints: checkpoints, metaSteps: genOptions.metaSteps,
                 weights: r.fusion.weights.map(Double.init), gains: r.fusion.logGain.map { Double(exp($0)) },
                 log: Array(genLog.suffix(12)) + r.log.suffix(6), reconstruction: rec,
                 generatorNetworkBytes: st.network, generatorPerTaskBytes: st.perTask,
@@ -230,7 +244,7 @@ extension ReportRunner {
     }
 
     /// The mean-init control: θ = (mean A_i, mean B_i) at the adapters' rank, then the adaptation.
-    private func meanInitRow(_ m: ReportMethod, adapters: [LoRAAdapter], shots: [EvalTask], shotCount: [String: Int],
+    private func meanInitRow(_ m: ReportMethod, adapters: [LoRAAdapter], shots: [EvalTask], selection: [EvalTask], shotCount: [String: Int],
                              fusion: ICMFusionOptions, entry: inout CacheEntry, start: Date, say: (String) -> Void) throws {
         let ps = try adapters.map { try LoRAParameters(adapter: $0, config: model.config) }
         var theta = ps[0]
@@ -239,16 +253,22 @@ extension ReportRunner {
             for k in theta.modules[i].B.indices { theta.modules[i].B[k] = ps.reduce(0) { $0 + $1.modules[i].B[k] } / Float(ps.count) }
         }
         let support = try shots.flatMap { try TrainingData.sequences($0, model: model) }
-        let (adapted, line) = ICMGenerator.adaptOnSupport(theta, support: support, engine: LlamaTrainingEngine(model: model), options: fusion)
+        let held = try selection.flatMap { try TrainingData.sequences($0, model: model) }
+        let (adapted, line, a) = ICMGenerator.adaptOnSupport(theta, support: support, selection: held,
+                                                             engine: LlamaTrainingEngine(model: model), options: fusion)
         say(line)
         entry.fuseSeconds = Date().timeIntervalSince(start)
-        entry.icm = ReportICMDetails(shots: shotCount, samples: 0, checkpoints: 0, metaSteps: 0, weights: [], gains: [], log: [line],
+        entry.icm = ReportICMDetails(shots: shotCount, selectionShots: Self.counts(selection), adaptation: a, samples: 0, checkpoints: 0, metaSteps: 0, weights: [], gains: [], log: [line],
                                      reconstruction: [], generatorNetworkBytes: 0, generatorPerTaskBytes: 0,
                                      adaptersF32Bytes: adapters.reduce(0) { $0 + $1.parameterCount * 4 },
                                      adaptersStoredBytes: adapters.reduce(0) { $0 + $1.parameterCount * $1.sourceDType.byteSize },
                                      generatorSeconds: 0)
         entry.tasks = [:]
         try evaluate(adapted.adapter(name: m.id, baseModel: model.sourcePath), on: test, entry: &entry, cacheID: m.id, label: m.id)
+    }
+
+    static func counts(_ tasks: [EvalTask]) -> [String: Int] {
+        Dictionary(uniqueKeysWithValues: tasks.map { ($0.name, $0.examples.count) })
     }
 
     static func json<T: Encodable>(_ v: T) -> String {

@@ -60,7 +60,7 @@ extension ReportRenderer {
                           d.checkpoints == 0 ? " (no --trajectories given: finals only)" : " from \(r.settings.icm.trajectories ?? "the adapters' folders")",
                           d.generatorSeconds))
         let f = r.settings.icm.fusion
-        out.append("Fusion: \(f.steps) Adam steps on the union of the shots (a fresh \(f.tokens)-token minibatch each; weight step \(ReportFormat.short(Double(f.learningRate))) × the start 1/n, projection and gain step \(ReportFormat.short(Double(f.projectionLearningRate)))) learn one latent weight per task, a conflict projection per ordered task pair and gains of the A and B statistics; the decoded adapter then takes \(f.adaptSteps) AdamW steps (lr \(ReportFormat.short(Double(f.adaptLR)))) on the same shots. Learned weights: "
+        out.append("Fusion: \(f.steps) Adam steps on the union of the shots (a fresh \(f.tokens)-token minibatch each; weight step \(ReportFormat.short(Double(f.learningRate))) × the start 1/n, projection and gain step \(ReportFormat.short(Double(f.projectionLearningRate)))) learn one latent weight per task, a conflict projection per ordered task pair and gains of the A and B statistics; the decoded adapter then takes up to \(f.adaptSteps) AdamW steps (lr \(ReportFormat.short(Double(f.adaptLR)))) on the same shots, and the step kept is the one with the lowest loss, checked every \(f.selectEvery) steps, on the held-out \(Int((r.settings.icm.selectionFraction * 100).rounded()))% of each task's shots (\((d.selectionShots ?? [:]).values.reduce(0, +)) examples, never used to learn: here step \(d.adaptation?.stepKept ?? 0) of \(d.adaptation?.stepsRun ?? 0)). Learned weights: "
                    + zip(r.tasks, d.weights).map { "\($0) \(String(format: "%.3f", $1))" }.joined(separator: ", ")
                    + String(format: "; gains A %.3f, B %.3f.", d.gains.first ?? 1, d.gains.count > 1 ? d.gains[1] : 1))
         if let lt = icmRows(r).first(where: { $0.method.method == ICMVariant.longTail.rawValue }), let ld = lt.icm,
@@ -79,7 +79,7 @@ extension ReportRenderer {
             out.append(s + ".")
         }
         if let mi = icmRows(r).first(where: { $0.method.method == ICMVariant.meanInit.rawValue }), let c = mi.meanLoss, let m = main.meanLoss {
-            var s = String(format: "Control: the same %d adaptation steps on the same shots, started from the factor-wise mean of the adapters instead of the decoded fusion, reach %.4f", f.adaptSteps, c)
+            var s = String(format: "Control: the same adaptation (up to %d steps, the kept one chosen the same way: step %d) on the same shots, started from the factor-wise mean of the adapters instead of the decoded fusion, reaches %.4f", f.adaptSteps, mi.icm?.adaptation?.stepKept ?? 0, c)
             s += String(format: m < c ? " — the generator's start is worth %.4f of held-out loss." : " — the generator's start does not help here (%+.4f).", m < c ? c - m : m - c)
             if let na = icmRows(r).first(where: { $0.method.method == ICMVariant.noAdaptation.rawValue })?.meanLoss {
                 s += String(format: " Without any adaptation the decoded fusion scores %.4f.", na)

@@ -33,7 +33,9 @@ final class ICMCLITests: XCTestCase {
         let r = try CLITests.run(["fuse", "--method", "icm-fusion", paths[0], paths[1], "--shots", tmp + "/s0.jsonl", tmp + "/s1.jsonl",
                                   "--save-generator", gen, "-o", tmp + "/fused"] + small)
         XCTAssertEqual(r.code, 0, r.stderr)
-        XCTAssertTrue(r.stderr.contains("task0: 2 adapters (final + checkpoints), 2 shots"), r.stderr)
+        // Each task's second shot is held out to choose the adaptation step.
+        XCTAssertTrue(r.stderr.contains("task0: 2 adapters (final + checkpoints), 1 shots"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("kept step"), r.stderr)
         XCTAssertEqual(r.stderr.components(separatedBy: "meta step").count - 1, 2, r.stderr)
         let fused = try PEFTAdapter.read(directory: tmp + "/fused")
         XCTAssertEqual(fused.moduleNames, try PEFTAdapter.read(directory: paths[0]).moduleNames)

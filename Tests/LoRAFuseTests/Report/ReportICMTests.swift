@@ -5,13 +5,15 @@ import XCTest
 /// The ICM-Fusion rows of `lorafuse report` on the tiny model: every variant, the numbers
 /// re-made from the cached generator, what the section reports, and the cache.
 final class ReportICMTests: XCTestCase {
-    static func settings(trajectories: String?) -> ReportSettings {
+    static func settings(trajectories: String?, selection: Double = 0) -> ReportSettings {
         var g = ICMGeneratorOptions()
         g.chunkSize = 16; g.hidden = 8; g.latent = 4; g.conditionProj = 4; g.positionDim = 4
         g.steps = 12; g.batchRows = 8; g.innerSteps = 1; g.metaTokens = 24
         var f = ICMFusionOptions()
         f.steps = 2; f.adaptSteps = 1; f.tokens = 40
-        let icm = ReportICMSettings(generator: g, fusion: f, fewShots: 1, longTailShots: 1, trajectories: trajectories, metaSteps: 2)
+        f.selectEvery = 1
+        let icm = ReportICMSettings(generator: g, fusion: f, fewShots: 1, longTailShots: 1, trajectories: trajectories, metaSteps: 2,
+                                    selectionFraction: selection)
         return ReportSettings(testPerTask: 2, accuracy: false, rank: 2, shotsPerTask: 2, shotsCurve: [1, 2], steps: 2, icm: icm)
     }
 
@@ -90,7 +92,7 @@ final class ReportICMTests: XCTestCase {
 
         let html = ReportRenderer.html(r)
         for s in ["<h2 id=\"icm\">ICM-Fusion</h2>", "Reconstruction: ", "Storage: the generator takes", "Long-tailed: with ",
-                  "Few-shot: with 1 shots per task", "3 finals and 1 training checkpoints", "Control: the same 1 adaptation steps"] {
+                  "Few-shot: with 1 shots per task", "3 finals and 1 training checkpoints", "Control: the same adaptation (up to 1 steps"] {
             XCTAssertTrue(html.contains(s), s)
         }
         XCTAssertNotNil(ReportRenderer.charts(r).first { $0.file == "icm.svg" })
@@ -109,6 +111,44 @@ final class ReportICMTests: XCTestCase {
         let r3 = try third.run()
         XCTAssertEqual(third.evaluationsRun, 3)
         XCTAssertEqual(r3.rows[0].icm?.checkpoints, 2)
+    }
+
+    /// With a selection fraction, the last shot of each task is held out of the generator and the
+    /// fusion and only picks the adaptation step: the row says which, and the curve starts at 0.
+    func testSelectionShotsChooseTheAdaptationStep() throws {
+        let model = ReportFixtures.model()
+        let inputs = ReportFixtures.inputs(model)
+        let dir = ReportFixtures.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let settings = Self.settings(trajectories: nil, selection: 0.25)
+        let runner = try ReportRunner(model: model, inputs: inputs, settings: settings,
+                                      methods: [ReportMethods.icm("icm-fusion"), ReportMethods.icm("icm-fusion/mean-init")], directory: dir)
+        let r = try runner.run()
+        for row in r.rows {
+            let d = try XCTUnwrap(row.icm)
+            XCTAssertEqual(d.selectionShots, Dictionary(uniqueKeysWithValues: ReportFixtures.taskNames.map { ($0, 1) }), row.method.id)
+            XCTAssertEqual(d.shots.values.sorted(), [2, 2, 2])
+            XCTAssertEqual(d.adaptation!.selectionCurve.map { Int($0[0]) }, [0, 1], row.method.id)
+            let best = d.adaptation!.selectionCurve.min { $0[1] < $1[1] }!
+            XCTAssertEqual(d.adaptation!.stepKept, Int(best[0]), row.method.id)
+        }
+        XCTAssertTrue(ReportRenderer.icmParagraphs(r).contains { $0.contains("of each task's shots (3 examples, never used to learn") },
+                      "\(ReportRenderer.icmParagraphs(r))")
+    }
+
+    func testSelectionSplit() {
+        func split(_ n: Int, _ f: Double) -> (Int, Int) {
+            let t = EvalTask(name: "t", examples: (0..<n).map { EvalExample(prompt: "p\($0)", answer: "a") })
+            let (l, s) = ICMPipeline.selectionSplit(t, fraction: f)
+            XCTAssertEqual(l.examples.map(\.prompt) + s.examples.map(\.prompt), t.examples.map(\.prompt), "the split keeps the order")
+            return (l.examples.count, s.examples.count)
+        }
+        XCTAssertTrue(split(16, 0.25) == (12, 4))
+        XCTAssertTrue(split(8, 0.25) == (6, 2))
+        XCTAssertTrue(split(4, 0.25) == (3, 1))
+        XCTAssertTrue(split(2, 0.25) == (1, 1))
+        XCTAssertTrue(split(1, 0.25) == (1, 0), "a single shot is never held out")
+        XCTAssertTrue(split(16, 0) == (16, 0))
     }
 
     func testUnknownLongTailTaskIsNamed() throws {
