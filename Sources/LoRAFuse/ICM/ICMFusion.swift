@@ -213,10 +213,7 @@ extension ICMGenerator {
         var rng = SeededRNG(seed: o.seed, stream: "icm-fusion-adapt")
         var opt = AdamW(like: theta)
         var a = ICMAdaptation()
-        func score(_ t: LoRAParameters) -> Double {
-            let r = engine.loss(selection, lora: t)
-            return r.nll / Double(max(r.tokens, 1))
-        }
+        func score(_ t: LoRAParameters) -> Double { engine.meanLoss(selection, lora: t) }
         let selecting = !selection.isEmpty && o.selectEvery > 0
         var best = theta0, bestLoss = selecting ? score(theta0) : .infinity
         if selecting { a.selectionCurve.append([0, bestLoss]) }

@@ -183,8 +183,8 @@ public final class ICMGenerator {
             let (sup, query) = Self.supportQuerySplit(support[t], rng: &rng)
             let batch = Self.tokenBudget(sup, tokens: o.metaTokens, rng: &rng)
             let qbatch = Self.tokenBudget(query, tokens: o.metaTokens, rng: &rng)
-            let before = engine.meanLossAndGradients(qbatch, lora: theta0).loss
-            let (theta, _, _) = Self.adapt(theta0, engine: engine, batch: batch, steps: o.innerSteps, lr: o.innerLR)
+            let before = engine.meanLoss(qbatch, lora: theta0)
+            let theta = Self.adapt(theta0, engine: engine, batch: batch, steps: o.innerSteps, lr: o.innerLR)
             let (after, g) = engine.meanLossAndGradients(qbatch, lora: theta)
             var dx = ParameterEncoding.chunkGradient(g, stats: stats, layout: layout)
             for i in dx.indices { dx[i] *= o.metaWeight }
@@ -201,31 +201,26 @@ public final class ICMGenerator {
     /// shot both are that shot.
     static func supportQuerySplit(_ seqs: [TrainingSequence], rng: inout SeededRNG) -> ([TrainingSequence], [TrainingSequence]) {
         guard seqs.count >= 2 else { return (seqs, seqs) }
-        var idx = Array(seqs.indices)
-        for i in stride(from: idx.count - 1, to: 0, by: -1) { idx.swapAt(i, Int(rng.next() % UInt64(i + 1))) }
+        let idx = rng.permutation(seqs.count)
         let q = seqs.count / 2
         return (idx[q...].map { seqs[$0] }, idx[..<q].map { seqs[$0] })
     }
 
-    /// `steps` AdamW steps on `batch` from θ₀; returns θ_K, its loss and gradient.
+    /// `steps` AdamW steps on `batch` from θ₀; returns θ_K (the inner loop of the meta-learning).
     public static func adapt(_ theta0: LoRAParameters, engine: LlamaTrainingEngine, batch: [TrainingSequence],
-                             steps: Int, lr: Float) -> (LoRAParameters, Double, LoRAGradients) {
+                             steps: Int, lr: Float) -> LoRAParameters {
         var theta = theta0
         var opt = AdamW(like: theta)
-        var (loss, g) = engine.meanLossAndGradients(batch, lora: theta)
         for _ in 0..<steps {
-            opt.update(&theta, grads: g, lr: lr)
-            (loss, g) = engine.meanLossAndGradients(batch, lora: theta)
+            opt.update(&theta, grads: engine.meanLossAndGradients(batch, lora: theta).grads, lr: lr)
         }
-        return (theta, loss, g)
+        return theta
     }
 
     /// Sequences drawn (seeded, without replacement) until about `tokens` tokens are used.
     static func tokenBudget(_ seqs: [TrainingSequence], tokens: Int, rng: inout SeededRNG) -> [TrainingSequence] {
-        var idx = Array(seqs.indices)
-        for i in stride(from: idx.count - 1, to: 0, by: -1) { idx.swapAt(i, Int(rng.next() % UInt64(i + 1))) }
         var out: [TrainingSequence] = [], n = 0
-        for i in idx {
+        for i in rng.permutation(seqs.count) {
             out.append(seqs[i]); n += seqs[i].tokens.count
             if n >= tokens { break }
         }

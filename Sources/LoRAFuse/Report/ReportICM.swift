@@ -32,8 +32,10 @@ public enum ICMVariant: String, CaseIterable, Codable, Sendable {
         }
     }
 
-    /// Rows that use the main row's generator (they change only the fusion).
-    var sharesMainGenerator: Bool { self == .full || self == .noOrientation || self == .noAdaptation }
+    /// Rows that train a generator of their own; no-orientation and no-adaptation change only the
+    /// fusion and find the main row's in the cache, mean-init uses none (progress estimate only:
+    /// the sharing itself follows from the cache key).
+    var trainsGenerator: Bool { ![.noOrientation, .noAdaptation, .meanInit].contains(self) }
 
     func generatorOptions(_ base: ICMGeneratorOptions) -> ICMGeneratorOptions {
         var g = base
@@ -155,12 +157,13 @@ extension ReportRunner {
         guard let v = ICMVariant(rawValue: m.method) else { return 0 }
         let g = v.generatorOptions(settings.icm.generator), f = v.fusionOptions(settings.icm.fusion)
         let meta = settings.icm.metaSteps(tasks: taskNames.count)
-        let gen = (v.sharesMainGenerator && v != .full) || v == .meanInit ? 0 : 100 + (v == .noMeta ? 0 : meta * (g.innerSteps + 2) * 20)
+        let gen = !v.trainsGenerator ? 0 : 100 + (v == .noMeta ? 0 : meta * (g.innerSteps + 2) * 20)
         return gen + (f.steps + f.adaptSteps) * 40
     }
 
     /// One ICM row: train (or load from cache/) the generator its variant needs, fuse the tasks in
-    /// its latent space on the union of their shots, decode, evaluate.
+    /// its latent space on the union of their shots, decode, evaluate. The mean-init control
+    /// replaces the generator's decoded start by the adapters' factor-wise mean.
     func icmRow(_ m: ReportMethod) throws -> ReportRow {
         guard let v = ICMVariant(rawValue: m.method) else {
             throw ReportError.unknownICMVariant(m.method)
@@ -169,102 +172,95 @@ extension ReportRunner {
             throw ReportError.unknownTask(t, known: taskNames)
         }
         let shotCount = icmShots(v)
-        let pools = taskNames.map { n in inputs.shots.first { $0.name == n } }
         var shots: [EvalTask] = [], selection: [EvalTask] = []
-        for (n, pool) in zip(taskNames, pools) {
-            guard let pool, !pool.examples.isEmpty else { throw ReportError.emptyShots(task: n, file: pool?.path) }
-            let split = ICMPipeline.selectionSplit(EvalTask(name: n, path: pool.path, examples: Array(pool.examples.prefix(shotCount[n]!))),
+        for n in taskNames {
+            guard let pool = inputs.shots.first(where: { $0.name == n }), !pool.examples.isEmpty else {
+                throw ReportError.emptyShots(task: n, file: inputs.shots.first { $0.name == n }?.path)
+            }
+            let split = ICMPipeline.selectionSplit(ReportInputs.firstExamples([pool], shotCount[n]!)[0],
                                                    fraction: settings.icm.selectionFraction)
             shots.append(split.learn)
             selection.append(split.select)
+        }
+        let adapters = try taskNames.map { n in
+            guard let a = inputs.adapters.first(where: { $0.name == n }) else { throw ReportError.missingAdapter(task: n) }
+            return a
+        }
+        let tasksICM = zip(taskNames, zip(shots, adapters)).map { n, sa in
+            ICMPipeline.TaskInput(name: n, adapterPath: n, shots: sa.0, adapter: sa.1,
+                                  trajectoryDir: settings.icm.trajectories.map { ($0 as NSString).appendingPathComponent(n) })
         }
         var genOptions = v.generatorOptions(settings.icm.generator)
         if v != .noMeta { genOptions.metaSteps = settings.icm.metaSteps(tasks: taskNames.count) }
         genOptions.seed = settings.seed
         var fusion = v.fusionOptions(settings.icm.fusion)
         fusion.seed = settings.seed
-        let adapters = taskNames.map { n in inputs.adapters.first { $0.name == n } }
-        for (n, a) in zip(taskNames, adapters) where a == nil { throw ReportError.missingAdapter(task: n) }
-        let trajectories = taskNames.map { n in settings.icm.trajectories.map { ($0 as NSString).appendingPathComponent(n) } }
-        let genKey = icmGeneratorKey(options: genOptions, shots: shots, trajectories: trajectories)
+        let genKey = v == .meanInit ? "none" : icmGeneratorKey(options: genOptions, tasks: tasksICM)
 
         var key = cacheKey(m, adapters: taskNames)
-        key.learned = ["generator": v == .meanInit ? "none" : genKey, "fusion": Self.json(fusion), "shots": shots.map(Digest.task).joined(separator: ","),
+        key.learned = ["generator": genKey, "fusion": Self.json(fusion), "shots": shots.map(Digest.task).joined(separator: ","),
                        "selection": selection.map(Digest.task).joined(separator: ",")]
         var entry = try loadCache(m.id, key: key)
         let missing = test.filter { entry.tasks[$0.name]?.digest != Digest.task($0) }
         let units = icmUnits(m)
         if !missing.isEmpty {
             let start = Date()
-            var log: [String] = []
-            let say: (String) -> Void = { [unowned self] line in log.append(line); self.tick(0, "\(m.id): \(line)") }
-            let inputsICM = zip(taskNames, zip(shots, zip(adapters, trajectories))).map { n, rest in
-                ICMPipeline.TaskInput(name: n, adapterPath: n, shots: rest.0, adapter: rest.1.0, trajectoryDir: rest.1.1)
-            }
-            if v == .meanInit {
-                try meanInitRow(m, adapters: adapters.map { $0! }, shots: shots, selection: selection, shotCount: shotCount, fusion: fusion,
-                                entry: &entry, start: start, say: say)
-                tick(units, "\(m.id): adapted")
-                skipCached(except: test, label: m.id)
-                return ReportRow(method: m, tasks: entry.results(for: test), order: taskNames, shots: settings.shotsPerTask,
-                                 fuseSeconds: entry.fuseSeconds, evalSeconds: entry.evalSeconds, icm: entry.icm)
-            }
-            let (gen, genSeconds, genLog) = try icmGenerator(key: genKey, options: genOptions, inputs: inputsICM, say: say)
-            tick(units / 2, "\(m.id): generator ready")
+            let say: (String) -> Void = { [unowned self] line in self.tick(0, "\(m.id): \(line)") }
             let support = try shots.flatMap { try TrainingData.sequences($0, model: model) }
             let held = try selection.flatMap { try TrainingData.sequences($0, model: model) }
-            let r = try gen.fuse(tasks: taskNames, support: support, selection: held, engine: LlamaTrainingEngine(model: model),
-                                 options: fusion, progress: say)
-            tick(units - units / 2, "\(m.id): fused")
-            entry.fuseSeconds = Date().timeIntervalSince(start)
-            var rec: [ReportICMDetails.Reconstruction] = []
-            for (i, a) in adapters.enumerated() {
-                let e = gen.reconstructionError(task: i, parameters: try LoRAParameters(adapter: a!, config: model.config))
-                rec.append(.init(task: taskNames[i], relative: e.relative, normalisedMSE: e.normalisedMSE))
+            let engine = LlamaTrainingEngine(model: model)
+            var details = ReportICMDetails(
+                shots: shotCount, selectionShots: Self.counts(selection), adaptation: nil, samples: 0, checkpoints: 0, metaSteps: 0,
+                weights: [], gains: [], log: [], reconstruction: [], generatorNetworkBytes: 0, generatorPerTaskBytes: 0,
+                adaptersF32Bytes: adapters.reduce(0) { $0 + $1.parameterCount * 4 },
+                adaptersStoredBytes: adapters.reduce(0) { $0 + $1.parameterCount * $1.sourceDType.byteSize }, generatorSeconds: 0)
+            let fused: LoRAParameters
+            if v == .meanInit {
+                // θ = (mean A_i, mean B_i) at the adapters' rank and layout. (LoraHub's factor
+                // composition computes the same sums, but over its concatenated problem, whose
+                // parameters carry the concatenation's rank and no α: fine for its engine, not
+                // for an adapter to write.)
+                let ps = try adapters.map { try LoRAParameters(adapter: $0, config: model.config) }
+                var mean = ps[0]
+                for i in mean.modules.indices {
+                    for k in mean.modules[i].A.indices { mean.modules[i].A[k] = ps.reduce(0) { $0 + $1.modules[i].A[k] } / Float(ps.count) }
+                    for k in mean.modules[i].B.indices { mean.modules[i].B[k] = ps.reduce(0) { $0 + $1.modules[i].B[k] } / Float(ps.count) }
+                }
+                let (adapted, line, a) = ICMGenerator.adaptOnSupport(mean, support: support, selection: held, engine: engine, options: fusion)
+                say(line)
+                fused = adapted
+                details.adaptation = a
+                details.log = [line]
+            } else {
+                let (gen, genSeconds, genLog) = try icmGenerator(key: genKey, options: genOptions, inputs: tasksICM, say: say)
+                tick(units / 2, "\(m.id): generator ready")
+                let r = try gen.fuse(tasks: taskNames, support: support, selection: held, engine: engine, options: fusion, progress: say)
+                fused = r.parameters
+                for (i, a) in adapters.enumerated() {
+                    let e = gen.reconstructionError(task: i, parameters: try LoRAParameters(adapter: a, config: model.config))
+                    details.reconstruction.append(.init(task: taskNames[i], relative: e.relative, normalisedMSE: e.normalisedMSE))
+                }
+                details.checkpoints = tasksICM.map { $0.samplePaths(maxCheckpoints: settings.icm.maxCheckpoints).count - 1 }.reduce(0, +)
+                details.samples = taskNames.count + details.checkpoints
+                details.metaSteps = genOptions.metaSteps
+                details.adaptation = r.adaptation
+                details.weights = r.fusion.weights.map(Double.init)
+                details.gains = r.fusion.logGain.map { Double(exp($0)) }
+                details.log = Array(genLog.suffix(12)) + r.log.suffix(6)
+                (details.generatorNetworkBytes, details.generatorPerTaskBytes) = gen.storageBytes
+                details.generatorSeconds = genSeconds
             }
-            let st = gen.storageBytes
-            let checkpoints = inputsICM.map { $0.samplePaths(maxCheckpoints: settings.icm.maxCheckpoints).count - 1 }.reduce(0, +)
-            entry.icm = ReportICMDetails(
-                shots: shotCount, selectionShots: Self.counts(selection), adaptation: r.adaptation, samples: taskNames.count + checkpoints, checkpoints: checkpoints, metaSteps: genOptions.metaSteps,
-                weights: r.fusion.weights.map(Double.init), gains: r.fusion.logGain.map { Double(exp($0)) },
-                log: Array(genLog.suffix(12)) + r.log.suffix(6), reconstruction: rec,
-                generatorNetworkBytes: st.network, generatorPerTaskBytes: st.perTask,
-                adaptersF32Bytes: adapters.reduce(0) { $0 + $1!.parameterCount * 4 },
-                adaptersStoredBytes: adapters.reduce(0) { $0 + $1!.parameterCount * $1!.sourceDType.byteSize }, generatorSeconds: genSeconds)
+            tick(units - (v == .meanInit ? 0 : units / 2), "\(m.id): fused")
+            entry.fuseSeconds = Date().timeIntervalSince(start)
+            entry.icm = details
             entry.tasks = [:]
-            try evaluate(r.parameters.adapter(name: m.id, baseModel: model.sourcePath), on: test, entry: &entry,
-                         cacheID: m.id, label: m.id)
-            _ = log
+            try evaluate(fused.adapter(name: m.id, baseModel: model.sourcePath), on: test, entry: &entry, cacheID: m.id, label: m.id)
         } else {
             tick(units, "\(m.id) (cached)")
         }
         skipCached(except: missing.isEmpty ? [] : test, label: m.id)
         return ReportRow(method: m, tasks: entry.results(for: test), order: taskNames, shots: v == .fewShot ? settings.icm.fewShots : settings.shotsPerTask,
                          fuseSeconds: entry.fuseSeconds, evalSeconds: entry.evalSeconds, icm: entry.icm)
-    }
-
-    /// The mean-init control: θ = (mean A_i, mean B_i) at the adapters' rank, then the adaptation.
-    private func meanInitRow(_ m: ReportMethod, adapters: [LoRAAdapter], shots: [EvalTask], selection: [EvalTask], shotCount: [String: Int],
-                             fusion: ICMFusionOptions, entry: inout CacheEntry, start: Date, say: (String) -> Void) throws {
-        let ps = try adapters.map { try LoRAParameters(adapter: $0, config: model.config) }
-        var theta = ps[0]
-        for i in theta.modules.indices {
-            for k in theta.modules[i].A.indices { theta.modules[i].A[k] = ps.reduce(0) { $0 + $1.modules[i].A[k] } / Float(ps.count) }
-            for k in theta.modules[i].B.indices { theta.modules[i].B[k] = ps.reduce(0) { $0 + $1.modules[i].B[k] } / Float(ps.count) }
-        }
-        let support = try shots.flatMap { try TrainingData.sequences($0, model: model) }
-        let held = try selection.flatMap { try TrainingData.sequences($0, model: model) }
-        let (adapted, line, a) = ICMGenerator.adaptOnSupport(theta, support: support, selection: held,
-                                                             engine: LlamaTrainingEngine(model: model), options: fusion)
-        say(line)
-        entry.fuseSeconds = Date().timeIntervalSince(start)
-        entry.icm = ReportICMDetails(shots: shotCount, selectionShots: Self.counts(selection), adaptation: a, samples: 0, checkpoints: 0, metaSteps: 0, weights: [], gains: [], log: [line],
-                                     reconstruction: [], generatorNetworkBytes: 0, generatorPerTaskBytes: 0,
-                                     adaptersF32Bytes: adapters.reduce(0) { $0 + $1.parameterCount * 4 },
-                                     adaptersStoredBytes: adapters.reduce(0) { $0 + $1.parameterCount * $1.sourceDType.byteSize },
-                                     generatorSeconds: 0)
-        entry.tasks = [:]
-        try evaluate(adapted.adapter(name: m.id, baseModel: model.sourcePath), on: test, entry: &entry, cacheID: m.id, label: m.id)
     }
 
     static func counts(_ tasks: [EvalTask]) -> [String: Int] {
@@ -278,37 +274,39 @@ extension ReportRunner {
     }
 
     /// Digest of everything a generator depends on: options, model, adapters, shots and the
-    /// trajectory checkpoints (by path, size and modification time: reading every checkpoint to
-    /// hash it would cost more than the check is worth).
-    func icmGeneratorKey(options: ICMGeneratorOptions, shots: [EvalTask], trajectories: [String?]) -> String {
+    /// trajectory checkpoints it will read (`TaskInput.samplePaths`, by path, size and modification
+    /// time: reading every checkpoint to hash it would cost more than the check is worth).
+    func icmGeneratorKey(options: ICMGeneratorOptions, tasks: [ICMPipeline.TaskInput]) -> String {
         var parts = [Self.json(options), settings.model, String(settings.icm.maxCheckpoints)]
         parts += taskNames.map { adapterDigests[$0] ?? "" }
-        parts += shots.map(Digest.task)
+        parts += tasks.map { Digest.task($0.shots) }
         let fm = FileManager.default
-        for dir in trajectories.compactMap({ $0 }) {
-            for step in LoRATrainer.checkpointSteps(in: dir).suffix(settings.icm.maxCheckpoints) {
-                let c = (dir as NSString).appendingPathComponent("checkpoint-\(step)")
-                for f in ((try? fm.contentsOfDirectory(atPath: c)) ?? []).sorted() {
-                    let a = (try? fm.attributesOfItem(atPath: (c as NSString).appendingPathComponent(f))) ?? [:]
-                    parts.append("\(c)/\(f):\((a[.size] as? NSNumber)?.intValue ?? 0):\((a[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0)")
-                }
+        for c in tasks.flatMap({ $0.samplePaths(maxCheckpoints: settings.icm.maxCheckpoints).compactMap { $0 } }) {
+            for f in ((try? fm.contentsOfDirectory(atPath: c)) ?? []).sorted() {
+                let a = (try? fm.attributesOfItem(atPath: (c as NSString).appendingPathComponent(f))) ?? [:]
+                parts.append("\(c)/\(f):\((a[.size] as? NSNumber)?.intValue ?? 0):\((a[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0)")
             }
         }
         return String(Digest.fnv(Array(parts.joined(separator: "\n").utf8)), radix: 16)
     }
 
-    /// The generator for `key`: from this run's memory, from cache/icm-generator-<key>.safetensors,
-    /// or trained (and saved there).
+    /// What the cache keeps beside a generator: its training time and log.
+    struct GeneratorRecord: Codable {
+        var seconds: Double
+        var log: [String]
+    }
+
+    /// The generator for `key`: from cache/icm-generator-<key>.safetensors (with its record in
+    /// the .json beside it), or trained and saved there.
     func icmGenerator(key: String, options: ICMGeneratorOptions, inputs: [ICMPipeline.TaskInput],
                       say: @escaping (String) -> Void) throws -> (ICMGenerator, Double, [String]) {
         let path = (cacheDirectory as NSString).appendingPathComponent("icm-generator-\(key).safetensors")
-        let logPath = path + ".log"
+        let recordPath = (cacheDirectory as NSString).appendingPathComponent("icm-generator-\(key).json")
         if !force, FileManager.default.fileExists(atPath: path) {
             let g = try ICMGenerator.load(path: path)
-            let log = (try? String(contentsOfFile: logPath, encoding: .utf8))?.split(separator: "\n").map(String.init) ?? []
-            let seconds = log.last.flatMap { Double($0.replacingOccurrences(of: "generator seconds ", with: "")) } ?? 0
+            let rec = FileManager.default.contents(atPath: recordPath).flatMap { try? JSONDecoder().decode(GeneratorRecord.self, from: $0) }
             say("generator loaded from \(path)")
-            return (g, seconds, log.dropLast().map { $0 })
+            return (g, rec?.seconds ?? 0, rec?.log ?? [])
         }
         let start = Date()
         var log: [String] = []
@@ -316,7 +314,7 @@ extension ReportRunner {
                                                options: options, progress: { line in log.append(line); say(line) })
         let seconds = Date().timeIntervalSince(start)
         try g.save(to: path)
-        try (log + ["generator seconds \(seconds)"]).joined(separator: "\n").write(toFile: logPath, atomically: true, encoding: .utf8)
+        try JSONEncoder().encode(GeneratorRecord(seconds: seconds, log: log)).write(to: URL(fileURLWithPath: recordPath))
         return (g, seconds, log)
     }
 }

@@ -155,6 +155,19 @@ public final class LlamaTrainingEngine {
         return (r.nll, tape.targetsSel.count)
     }
 
+    /// Token-mean loss over `seqs`, forward only, run `chunk` sequences at a time so the
+    /// activations kept stay bounded however many sequences there are.
+    public func meanLoss(_ seqs: [TrainingSequence], lora: LoRAParameters, chunk: Int = 16) -> Double {
+        var nll = 0.0, n = 0
+        var i = 0
+        while i < seqs.count {
+            let r = loss(Array(seqs[i..<min(i + chunk, seqs.count)]), lora: lora)
+            nll += r.nll; n += r.tokens
+            i += chunk
+        }
+        return nll / Double(max(n, 1))
+    }
+
     /// Adds the gradients of `gradScale · Σ nll` over the batch's answer positions to `grads`,
     /// and returns Σ nll (before scaling) and the number of answer positions.
     @discardableResult

@@ -152,8 +152,7 @@ public final class LoRATrainer {
     private func permutation(_ epoch: Int) -> [Int] {
         if let p = permutations[epoch] { return p }
         var rng = SeededRNG(seed: options.seed, stream: "data-epoch-\(epoch)")
-        var p = Array(0..<train.count)
-        for i in stride(from: p.count - 1, to: 0, by: -1) { p.swapAt(i, Int(rng.next() % UInt64(i + 1))) }
+        let p = rng.permutation(train.count)
         permutations = [epoch: p]     // epochs are read in order; keep one
         return p
     }

@@ -39,6 +39,14 @@ public struct SeededRNG: RandomNumberGenerator, Sendable {
 
     @inline(__always) private func rotl(_ x: UInt64, _ k: UInt64) -> UInt64 { (x << k) | (x >> (64 - k)) }
 
+    /// A seeded permutation of 0..<n (Fisher–Yates, j = next() mod (i+1)): the one shuffle the
+    /// trainer's epochs and the ICM generators' batches share.
+    public mutating func permutation(_ n: Int) -> [Int] {
+        var p = Array(0..<n)
+        for i in stride(from: n - 1, to: 0, by: -1) { p.swapAt(i, Int(next() % UInt64(i + 1))) }
+        return p
+    }
+
     /// Uniform in [0, 1).
     public mutating func nextUniform() -> Float { Float(next() >> 40) * (1.0 / Float(1 << 24)) }
 

@@ -67,8 +67,9 @@ final class ReportICMTests: XCTestCase {
         var g = settings.icm.generator
         g.metaSteps = 2; g.seed = settings.seed
         let shots = ReportInputs.firstExamples(inputs.shots, 2)
-        let key = runner.icmGeneratorKey(options: g, shots: shots,
-                                         trajectories: ReportFixtures.taskNames.map { traj + "/" + $0 })
+        let key = runner.icmGeneratorKey(options: g, tasks: shots.map {
+            ICMPipeline.TaskInput(name: $0.name, adapterPath: $0.name, shots: $0, trajectoryDir: traj + "/" + $0.name)
+        })
         let gen = try ICMGenerator.load(path: out + "/cache/icm-generator-\(key).safetensors")
         XCTAssertEqual(gen.storageBytes.network, d.generatorNetworkBytes)
         var fo = settings.icm.fusion

@@ -321,20 +321,9 @@ final class LearnedProblem {
     }
 
     /// The few-shot objective: mean over tasks of each task's token-mean loss on `tasks`,
-    /// forward only. Tasks are run in chunks of 16 sequences to bound the activations kept.
+    /// forward only (`LlamaTrainingEngine.meanLoss`, in chunks of 16 sequences).
     func loss(_ tasks: [[TrainingSequence]], lora: LoRAParameters) -> Double {
-        var total = 0.0
-        for seqs in tasks {
-            var nll = 0.0, n = 0
-            var i = 0
-            while i < seqs.count {
-                let r = engine.loss(Array(seqs[i..<min(i + 16, seqs.count)]), lora: lora)
-                nll += r.nll; n += r.tokens
-                i += 16
-            }
-            total += nll / Double(max(n, 1))
-        }
-        return total / Double(max(tasks.count, 1))
+        tasks.reduce(0) { $0 + engine.meanLoss($1, lora: lora) } / Double(max(tasks.count, 1))
     }
 
     /// Loss of a minibatch (mean over the tasks present of their token-mean loss) and its exact
