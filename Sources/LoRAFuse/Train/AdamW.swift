@@ -56,6 +56,10 @@ public struct AdamW: Sendable {
 /// `t` is the 1-based update number. With `skipZeroGradient`, entries whose gradient is exactly 0
 /// keep their value and moments (lazy Adam, for tables a batch touches only a few rows of).
 enum AdamRule {
+    // Specialised for the two element types the library uses, over raw buffers: this runs over
+    // every trainable value once per training step.
+    @_specialize(where T == Float)
+    @_specialize(where T == Double)
     static func step<T: BinaryFloatingPoint>(_ x: inout [T], _ g: [T], _ m: inout [T], _ v: inout [T], t: Int, lr: T,
                                              beta1: T = 0.9, beta2: T = 0.999, eps: T = 1e-8, decay: T = 1,
                                              skipZeroGradient: Bool = false) {
@@ -63,12 +67,19 @@ enum AdamRule {
         let bc1 = 1 - T(pow(Double(beta1), Double(t)))
         let bc2Sqrt = (1 - T(pow(Double(beta2), Double(t)))).squareRoot()
         let stepSize = lr / bc1
-        for j in x.indices {
-            let gj = g[j]
-            if skipZeroGradient && gj == 0 { continue }
-            m[j] = beta1 * m[j] + (1 - beta1) * gj
-            v[j] = beta2 * v[j] + (1 - beta2) * gj * gj
-            x[j] = x[j] * decay - stepSize * m[j] / (v[j].squareRoot() / bc2Sqrt + eps)
+        let c1 = 1 - beta1, c2 = 1 - beta2
+        x.withUnsafeMutableBufferPointer { x in
+            m.withUnsafeMutableBufferPointer { m in
+                v.withUnsafeMutableBufferPointer { v in
+                    g.withUnsafeBufferPointer { g in
+                        for j in 0..<x.count where !skipZeroGradient || g[j] != 0 {
+                            m[j] = beta1 * m[j] + c1 * g[j]
+                            v[j] = beta2 * v[j] + c2 * g[j] * g[j]
+                            x[j] = x[j] * decay - stepSize * m[j] / (v[j].squareRoot() / bc2Sqrt + eps)
+                        }
+                    }
+                }
+            }
         }
     }
 }
