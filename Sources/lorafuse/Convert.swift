@@ -72,6 +72,7 @@ struct Convert: ParsableCommand {
     var json = false
 
     @OptionGroup var out: AdapterOutputOptions
+    @OptionGroup var overwrite: OverwriteOptions
 
     func validate() throws {
         if let d = dtype, DType(name: d) == nil { throw ValidationError("--dtype must be f32, f16 or bf16, got \(d)") }
@@ -79,7 +80,7 @@ struct Convert: ParsableCommand {
 
     func run() throws {
         let s = try AdapterIO.convert(input: adapter, output: output, format: out.format,
-                                      dtype: dtype.flatMap { DType(name: $0) }, hints: try out.hints())
+                                      dtype: dtype.flatMap { DType(name: $0) }, hints: try out.hints(), force: overwrite.force)
         if json {
             try printJSON(s)
         } else {

@@ -44,6 +44,7 @@ struct ExtractLoRA: ParsableCommand {
     var json = false
 
     @OptionGroup var out: AdapterOutputOptions
+    @OptionGroup var overwrite: OverwriteOptions
 
     @OptionGroup var compute: ComputeOptions
 
@@ -69,7 +70,7 @@ struct ExtractLoRA: ParsableCommand {
         let start = Date()
         let res = try LoRAExtraction.extract(base: base, tuned: tuned, output: output, format: out.format,
                                              dtype: dtype.flatMap { DType(name: $0) }, hints: try out.hints(),
-                                             options: .init(rule: rule, targets: t, seed: seed) { d, n in bar.update(d, total: n) })
+                                             force: overwrite.force, options: .init(rule: rule, targets: t, seed: seed) { d, n in bar.update(d, total: n) })
         let summary = Summary(output: output, modules: res.modules, skipped: res.skipped, seconds: Date().timeIntervalSince(start))
         if json { try printJSON(summary); return }
         let w = min(max(res.modules.map(\.tensor.count).max() ?? 6, 6), 64)

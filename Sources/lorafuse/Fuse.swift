@@ -82,6 +82,12 @@ struct Fuse: ParsableCommand {
     @OptionGroup(title: "icm-fusion generator") var icmGen: ICMGeneratorArguments
     @OptionGroup(title: "icm-fusion fusion") var icmFusion: ICMFusionArguments
     @OptionGroup var compute: ComputeOptions
+    @OptionGroup var overwrite: OverwriteOptions
+
+    /// Everything this command reads: no output may be, hold or lie inside one of them.
+    var inputPaths: [String] {
+        adapters + shots + val + [icmGen.generator, model ?? ModelLocator.defaultModelPath()].compactMap { $0 }
+    }
 
     func validate() throws {
         guard LearnedFusionMethod(rawValue: method) != nil || method == "icm-fusion" else {
@@ -110,6 +116,8 @@ struct Fuse: ParsableCommand {
 
     func run() throws {
         compute.apply()
+        try OutputGuard.check(output, kind: .directory, inputs: inputPaths, force: overwrite.force)
+        if let s = icmGen.saveGenerator { try OutputGuard.check(s, kind: .file, inputs: inputPaths, force: overwrite.force, what: "--save-generator") }
         if method == "icm-fusion" { return try runICMFusion() }
         let m = LearnedFusionMethod(rawValue: method)!
         var o = LearnedFusionOptions()
@@ -133,7 +141,7 @@ struct Fuse: ParsableCommand {
             bar.update(step, total: total, detail: String(format: "loss %.4f", loss))
         }
         let seconds = Date().timeIntervalSince(start)
-        try result.write(to: output, dtype: DType(name: dtype)!)
+        try result.write(to: output, dtype: DType(name: dtype)!, protecting: inputPaths, force: overwrite.force)
         let c = result.coefficients
         var summary = String(format: "%@: few-shot loss %.4f -> %.4f", method, c.initialTrainLoss, c.finalTrainLoss)
         if let a = c.initialValLoss, let b = c.finalValLoss { summary += String(format: ", val %.4f -> %.4f", a, b) }
@@ -153,7 +161,7 @@ struct Fuse: ParsableCommand {
                                      fusionOptions: icmFusion.options(seed: seed), maxCheckpoints: icmGen.maxCheckpoints,
                                      selectionFraction: icmFusion.selectionFraction, progress: say)
         if let s = icmGen.saveGenerator { try r.generator.save(to: s); say("generator state written to \(s)") }
-        try PEFTAdapter.write(r.adapter, to: output, dtype: DType(name: dtype)!)
+        try PEFTAdapter.write(r.adapter, to: output, dtype: DType(name: dtype)!, protecting: inputPaths, force: overwrite.force)
         print(String(format: "icm-fusion: weights [%@] (%.1f s); adapter written to %@",
                      r.result.fusion.weights.map { String(format: "%.3f", $0) }.joined(separator: ", "), Date().timeIntervalSince(start), output))
     }

@@ -116,6 +116,12 @@ struct GenerateAdapter: ParsableCommand {
     @OptionGroup var gen: ICMGeneratorArguments
     @OptionGroup var fusion: ICMFusionArguments
     @OptionGroup var compute: ComputeOptions
+    @OptionGroup var overwrite: OverwriteOptions
+
+    /// Everything this command reads: no output may be, hold or lie inside one of them.
+    var inputPaths: [String] {
+        adapters + shots + [manifest, taskShots, gen.generator, model ?? ModelLocator.defaultModelPath()].compactMap { $0 }
+    }
 
     func validate() throws {
         guard ["icm-lora", "sg-lora", "icm-fusion"].contains(method) else {
@@ -132,6 +138,8 @@ struct GenerateAdapter: ParsableCommand {
 
     func run() throws {
         compute.apply()
+        try OutputGuard.check(output, kind: .directory, inputs: inputPaths, force: overwrite.force)
+        if let s = gen.saveGenerator { try OutputGuard.check(s, kind: .file, inputs: inputPaths, force: overwrite.force, what: "--save-generator") }
         let lm = try loadModel(modelPath: model, adapters: [])
         let say: (String) -> Void = { line in if !compute.quiet { FileHandle.standardError.write(Data((line + "\n").utf8)) } }
         let inputs = try icmTaskInputs(adapters: adapters, shots: shots, manifest: manifest)
@@ -164,7 +172,8 @@ struct GenerateAdapter: ParsableCommand {
             }
         }
         if let s = gen.saveGenerator { try g.save(to: s); say("generator state written to \(s)") }
-        try PEFTAdapter.write(params.adapter(name: method, baseModel: g.baseModel ?? lm.sourcePath), to: output, dtype: .f32)
+        try PEFTAdapter.write(params.adapter(name: method, baseModel: g.baseModel ?? lm.sourcePath), to: output, dtype: .f32,
+                              protecting: inputPaths, force: overwrite.force)
         print("\(method): adapter written to \(output)")
     }
 }

@@ -99,3 +99,10 @@ func printJSON<T: Encodable>(_ value: T) throws {
     FileHandle.standardOutput.write(data)
     FileHandle.standardOutput.write(Data("\n".utf8))
 }
+
+/// The one flag that lets a command replace an existing output. Inputs are never replaced,
+/// with or without it (`OutputGuard`).
+struct OverwriteOptions: ParsableArguments {
+    @Flag(name: .long, help: "Replace an existing output (a file, or a folder with files in it) as a whole. Inputs are never replaced.")
+    var force = false
+}

@@ -56,7 +56,7 @@ struct Merge: ParsableCommand {
     @Option(name: .long, help: "Element type of the output: f32, f16 or bf16 (default: the first input's).")
     var dtype: String?
 
-    @Option(name: [.short, .customLong("output")], help: "Output adapter directory (must not exist or be empty).")
+    @Option(name: [.short, .customLong("output")], help: "Output adapter (a directory for peft/mlx, a file for gguf); must not exist or be empty unless --force.")
     var output: String?
 
     @Flag(name: .long, help: "Print a machine-readable summary on stdout.")
@@ -65,6 +65,7 @@ struct Merge: ParsableCommand {
     @OptionGroup var compute: ComputeOptions
 
     @OptionGroup var out: AdapterOutputOptions
+    @OptionGroup var overwrite: OverwriteOptions
 
     func validate() throws {
         if config == nil {
@@ -114,6 +115,8 @@ struct Merge: ParsableCommand {
         let plan = try plan()
         let method = try FusionMethods.make(name: plan.method, parameters: plan.parameters)
         let hints = try out.hints()
+        let inputs = plan.adapters.map(\.path) + [hints.source].compactMap { $0 }
+        try AdapterIO.checkOutput(plan.output!, format: out.format, inputs: inputs, force: overwrite.force)
         let loaded = try plan.adapters.map { try AdapterIO.read(path: $0.path, hints: hints) }
         let bar = ProgressBar(total: loaded.map(\.modules.count).max() ?? 1, label: "fusing (\(plan.method))",
                               enabled: !compute.quiet)
@@ -124,7 +127,7 @@ struct Merge: ParsableCommand {
         for w in report.warnings { printError("warning: \(w)") }
         let dtype = plan.dtype ?? loaded[0].sourceDType
         try AdapterIO.write(fused, to: plan.output!, format: out.format, dtype: dtype, hints: hints,
-                            protecting: plan.adapters.map(\.path))
+                            protecting: inputs, force: overwrite.force)
         let summary = MergeSummary(plan: plan, dtype: dtype, report: report, adapter: fused)
         if json {
             try printJSON(summary)

@@ -39,6 +39,7 @@ struct MergeIntoBaseCommand: ParsableCommand {
     var json = false
 
     @OptionGroup var compute: ComputeOptions
+    @OptionGroup var overwrite: OverwriteOptions
 
     func validate() throws {
         if adapter.isEmpty { throw ValidationError("give at least one --adapter PATH[:WEIGHT]") }
@@ -61,7 +62,7 @@ struct MergeIntoBaseCommand: ParsableCommand {
         let bar = ProgressBar(total: 1, label: "merge-into-base", enabled: !compute.quiet)
         let report = try MergeIntoBase.merge(base: base, adapters: loaded, output: output,
                                              options: .init(format: format.flatMap { MergeIntoBase.Format(rawValue: $0) }, dtype: dtype,
-                                                            maxShardBytes: parseByteSize(maxShardSize)!) { d, t in bar.update(d, total: t) })
+                                                            maxShardBytes: parseByteSize(maxShardSize)!, force: overwrite.force) { d, t in bar.update(d, total: t) })
         if json { try printJSON(report); return }
         print("merged \(report.merged.count) tensors (\(report.copied) unchanged) into \(report.output) [\(report.format), \(report.dtype)]")
         for m in report.merged.prefix(12) { print(String(format: "  %@  ‖ΔW‖=%.4g  (%d adapters)", m.tensor, m.deltaNorm, m.sources.count)) }

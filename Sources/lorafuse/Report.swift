@@ -200,6 +200,8 @@ struct Report: ParsableCommand {
         let modelPath = model ?? ModelLocator.defaultModelPath()
         let hints = (try? ModelHints.load(path: modelPath)) ?? ModelHints()
         let adapterPaths = try ReportInputs.adapterPaths(adapters)
+        // The report folder is reused (its cache), so it may exist; it must not be an input.
+        try OutputGuard.check(output, kind: .directory, inputs: [modelPath] + adapters + test + shots + val, force: true)
         let loaded = try adapterPaths.map { try AdapterIO.read(path: $0, hints: hints) }
         var inputs = ReportInputs(adapters: loaded,
                                   test: try TaskData.read(paths: try ReportInputs.taskFiles(test, suffix: ".test.jsonl")),

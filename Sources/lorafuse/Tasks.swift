@@ -42,6 +42,8 @@ struct TasksGenerate: ParsableCommand {
     @Flag(name: .long, help: "Print a JSON summary instead of text.")
     var json = false
 
+    @OptionGroup var overwrite: OverwriteOptions
+
     func validate() throws {
         if train < 1 { throw ValidationError("--train must be at least 1, got \(train)") }
         if val < 0 { throw ValidationError("--val must be at least 0, got \(val)") }
@@ -53,7 +55,7 @@ struct TasksGenerate: ParsableCommand {
         let config = TaskSuiteConfig(seed: seed, train: train, val: val, test: test, longTailTrain: longTailTrain)
         let paths: [String]
         do {
-            paths = try TaskSuite.write(to: out, config: config)
+            paths = try TaskSuite.write(to: out, config: config, force: overwrite.force)
         } catch let e as TaskSuiteError {
             if case .exhausted = e { throw ValidationError(e.description) }  // sizes too large: a usage error
             throw e

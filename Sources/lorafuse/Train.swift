@@ -63,6 +63,7 @@ struct Train: ParsableCommand {
     var resume: String?
 
     @OptionGroup var compute: ComputeOptions
+    @OptionGroup var overwrite: OverwriteOptions
 
     func validate() throws {
         if DType(name: dtype) == nil { throw ValidationError("--dtype must be f32, bf16 or f16, got \(dtype)") }
@@ -77,28 +78,29 @@ struct Train: ParsableCommand {
         o.learningRate = lr; o.warmup = warmup; o.weightDecay = weightDecay; o.maxGradNorm = maxGradNorm
         o.seed = seed; o.saveEvery = saveEvery; o.keep = keep; o.dtype = DType(name: dtype)!
 
+        // Decided before the model loads: a refused output costs nothing.
+        let inputs = [model ?? ModelLocator.defaultModelPath(), data] + [val, initFrom].compactMap { $0 }
+        if initFrom != nil && resume != nil { throw ValidationError("give either --init-from or --resume, not both") }
+        let out = try TrainingOutput.prepare(output: output, inputs: inputs, resume: resume, force: overwrite.force)
+        if let c = checkpointDir { try OutputGuard.check(c, kind: .directory, inputs: inputs, force: true, what: "--checkpoint-dir") }
+        do { try train(o, out: out) } catch { out.abandon(); throw error }
+    }
+
+    func train(_ options: TrainingOptions, out: TrainingOutput) throws {
+        var o = options
         let lm = try loadModel(modelPath: model, adapters: [])
         let trainSeqs = try TrainingData.sequences(TaskData.read(path: data), model: lm)
         let valSeqs = try val.map { try TrainingData.sequences(TaskData.read(path: $0), model: lm) } ?? []
         let total = o.totalSteps(examples: trainSeqs.count)
         o.evalEvery = evalEvery ?? max(1, total / 10)
         let trainer = try LoRATrainer(model: lm, train: trainSeqs, val: valSeqs, options: o)
-        try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
 
         if let i = initFrom {
-            if resume != nil { throw ValidationError("give either --init-from or --resume, not both") }
             let hints = (try? ModelHints.load(path: model ?? ModelLocator.defaultModelPath())) ?? ModelHints()
             try trainer.warmStart(from: AdapterIO.read(path: i, hints: hints))
         }
         if let r = resume {
-            let ck: String
-            if FileManager.default.fileExists(atPath: (r as NSString).appendingPathComponent(LoRATrainer.stateFile)) {
-                ck = r
-            } else if let last = LoRATrainer.checkpointSteps(in: r).last {
-                ck = (r as NSString).appendingPathComponent("checkpoint-\(last)")
-            } else {
-                throw ValidationError("--resume \(r): no trainer_state.safetensors and no checkpoint-<step> folder in it")
-            }
+            let ck = try LoRATrainer.checkpoint(resuming: r)
             try trainer.resume(from: ck)
             FileHandle.standardError.write(Data("resumed from \(ck) at step \(trainer.step)\n".utf8))
         }
@@ -111,7 +113,7 @@ struct Train: ParsableCommand {
         var lastVal: Double?
         var tokens = 0, seconds = 0.0
         let started = Date()
-        try trainer.run(checkpointDir: checkpointDir ?? output) { row in
+        try trainer.run(checkpointDir: checkpointDir ?? out.runDirectory) { row in
             if let v = row.valLoss { lastVal = v }
             tokens += row.tokens; seconds += row.seconds
             var detail = String(format: "loss %.4f", row.trainLoss)
@@ -119,15 +121,16 @@ struct Train: ParsableCommand {
             detail += String(format: " %.0f tok/s", Double(tokens) / max(seconds, 1e-9))
             bar.update(row.step, detail: detail)
         }
-        try PEFTAdapter.write(trainer.adapter(name: (output as NSString).lastPathComponent), to: output, dtype: o.dtype)
-        try trainer.lossCSV().write(toFile: (output as NSString).appendingPathComponent("loss.csv"), atomically: true, encoding: .utf8)
-        try trainer.lossChartSVG().write(toFile: (output as NSString).appendingPathComponent("loss.svg"), atomically: true, encoding: .utf8)
+        try PEFTAdapter.writeFiles(trainer.adapter(name: (output as NSString).lastPathComponent),
+                                   into: URL(fileURLWithPath: out.runDirectory), dtype: o.dtype, path: output)
+        try out.writeFile("loss.csv", trainer.lossCSV())
+        try out.writeFile("loss.svg", trainer.lossChartSVG())
         let done = trainer.step - startStep
         let record = TrainingRecord(options: o, data: data, val: val, model: lm.sourcePath, examples: trainSeqs.count,
                                     log: trainer.log, wallSeconds: Date().timeIntervalSince(started), finished: started,
                                     initFrom: initFrom)
-        try record.json().write(toFile: (output as NSString).appendingPathComponent(TrainingRecord.fileName),
-                                atomically: true, encoding: .utf8)
+        try out.writeFile(TrainingRecord.fileName, try record.json())
+        try out.finish()
         var summary = "trained \(done) steps"
         if done > 0 {
             summary += String(format: ": %.3f s/step, %.0f tokens/s", seconds / Double(done), Double(tokens) / max(seconds, 1e-9))

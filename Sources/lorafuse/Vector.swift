@@ -32,7 +32,7 @@ struct Vector: ParsableCommand {
         func run() throws {
             let bar = ProgressBar(total: 1, label: "vector extract", enabled: !out.quiet)
             let report = try TaskVectors.extract(from: from, minus: minus, output: out.output,
-                                                 options: .init(dtype: out.dtypeValue, maxShardBytes: out.shardBytes) { d, t in bar.update(d, total: t) })
+                                                 options: .init(dtype: out.dtypeValue, maxShardBytes: out.shardBytes, force: out.force) { d, t in bar.update(d, total: t) })
             try out.print(report)
         }
     }
@@ -59,7 +59,7 @@ struct Vector: ParsableCommand {
         func run() throws {
             let bar = ProgressBar(total: 1, label: "vector apply", enabled: !out.quiet)
             let report = try TaskVectors.apply(vector: vector, to: to, scale: scale, output: out.output,
-                                               options: .init(dtype: out.dtypeValue, maxShardBytes: out.shardBytes) { d, t in bar.update(d, total: t) })
+                                               options: .init(dtype: out.dtypeValue, maxShardBytes: out.shardBytes, force: out.force) { d, t in bar.update(d, total: t) })
             try out.print(report)
         }
     }
@@ -67,8 +67,11 @@ struct Vector: ParsableCommand {
 
 /// Output options of the commands that write a checkpoint.
 struct CheckpointOutputOptions: ParsableArguments {
-    @Option(name: [.short, .customLong("output")], help: "Output directory (created; must be empty if it exists).")
+    @Option(name: [.short, .customLong("output")], help: "Output directory (created; must be empty if it exists, unless --force).")
     var output: String
+
+    @Flag(name: .long, help: "Replace an existing output folder as a whole. Inputs are never replaced.")
+    var force = false
 
     @Option(name: .long, help: "Element type of float tensors: f32, f16 or bf16 (default: the input's).")
     var dtype: String?

@@ -44,12 +44,18 @@ public enum AdapterIO {
     /// (`protecting`, the adapter's own source) are never overwritten. `hints` are used by GGUF
     /// (architecture, q/k head counts, base shape checks).
     public static func write(_ adapter: LoRAAdapter, to path: String, format: AdapterFormat, dtype: DType,
-                             hints: ModelHints = ModelHints(), protecting: [String] = []) throws {
+                             hints: ModelHints = ModelHints(), protecting: [String] = [], force: Bool = false) throws {
         switch format {
-        case .peft: try PEFTAdapter.write(adapter, to: path, dtype: dtype, protecting: protecting)
-        case .mlx: try MLXAdapter.write(adapter, to: path, dtype: dtype, protecting: protecting)
-        case .gguf: try GGUFLoRA.write(adapter, to: path, dtype: dtype, hints: hints, protecting: protecting)
+        case .peft: try PEFTAdapter.write(adapter, to: path, dtype: dtype, protecting: protecting, force: force)
+        case .mlx: try MLXAdapter.write(adapter, to: path, dtype: dtype, protecting: protecting, force: force)
+        case .gguf: try GGUFLoRA.write(adapter, to: path, dtype: dtype, hints: hints, protecting: protecting, force: force)
         }
+    }
+
+    /// Checks an adapter output before any work (the writers check again when they write).
+    @discardableResult
+    public static func checkOutput(_ path: String, format: AdapterFormat, inputs: [String], force: Bool) throws -> OutputTarget {
+        try OutputGuard.check(path, kind: format == .gguf ? .file : .directory, inputs: inputs, force: force)
     }
 
     /// What `convert` did.
@@ -69,8 +75,9 @@ public enum AdapterIO {
     /// checked with llama.cpp's loader shape checks.
     @discardableResult
     public static func convert(input: String, output: String, format: AdapterFormat, dtype: DType? = nil,
-                               hints: ModelHints = ModelHints()) throws -> ConversionSummary {
+                               hints: ModelHints = ModelHints(), force: Bool = false) throws -> ConversionSummary {
         let inFormat = try detect(path: input)
+        try checkOutput(output, format: format, inputs: [input] + [hints.source].compactMap { $0 }, force: force)
         var h = hints
         // A GGUF input names its own architecture; keep it unless the caller gave one.
         let adapter = try read(path: input, hints: h)
@@ -79,7 +86,8 @@ public enum AdapterIO {
             if h.heads == nil, let arch = h.architecture { h.heads = try? GGUFLoRA.heads(in: f, architecture: arch) }
         }
         let dt = dtype ?? adapter.sourceDType
-        try write(adapter, to: output, format: format, dtype: dt, hints: h, protecting: [input])
+        try write(adapter, to: output, format: format, dtype: dt, hints: h,
+                  protecting: [input] + [h.source].compactMap { $0 }, force: force)
         var validated: String?
         if format == .gguf, let src = h.source, h.baseTensorDims != nil {
             try GGUFLoRA.validate(adapterPath: output, basePath: src)

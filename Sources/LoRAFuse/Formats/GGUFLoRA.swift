@@ -81,7 +81,6 @@ public enum GGUFLoRAError: Error, CustomStringConvertible, Equatable {
     case baseShapeMismatch(path: String, tensor: String, reason: String)
     case unsupported(path: String, what: String)
     case badBase(path: String, reason: String)
-    case refuseToOverwriteInput(path: String)
     case writeFailed(path: String, reason: String)
 
     public var description: String {
@@ -100,7 +99,6 @@ public enum GGUFLoRAError: Error, CustomStringConvertible, Equatable {
         case let .baseShapeMismatch(p, t, r): return "\(p): tensor '\(t)' has incorrect shape for the base model: \(r)"
         case let .unsupported(p, w): return "\(p): \(w)"
         case let .badBase(p, r): return "\(p): cannot use as base model: \(r)"
-        case let .refuseToOverwriteInput(p): return "\(p): refusing to write over an input adapter; choose another output"
         case let .writeFailed(p, r): return "\(p): write failed: \(r)"
         }
     }
@@ -403,21 +401,18 @@ public enum GGUFLoRA {
         return w.serialized()
     }
 
-    /// Writes `adapter` as a GGUF LoRA file through a temporary file in the same directory that
-    /// is renamed onto `path`. Writing onto the adapter's own source or any of `protecting` is
-    /// refused.
+    /// Writes `adapter` as a GGUF LoRA file through `OutputGuard`: never onto an input (the
+    /// adapter's source or `protecting`), an existing file replaced only with `force`, written
+    /// under a temporary name beside `path` and renamed.
     public static func write(_ adapter: LoRAAdapter, to path: String, dtype: DType, hints: ModelHints = ModelHints(),
-                             protecting: [String] = []) throws {
-        try AdapterWriting.refuseInputs(path, adapter: adapter, protecting: protecting) { GGUFLoRAError.refuseToOverwriteInput(path: $0) }
-        var isDir: ObjCBool = false
-        if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue {
-            throw GGUFLoRAError.writeFailed(path: path, reason: "is a directory; a GGUF LoRA is one file")
-        }
+                             protecting: [String] = [], force: Bool = false) throws {
+        let target = try OutputGuard.check(path, kind: .file, inputs: protecting + [adapter.sourcePath].compactMap { $0 },
+                                           force: force)
         let bytes = try serialize(adapter, dtype: dtype, hints: hints, path: path)
-        let url = URL(fileURLWithPath: path)
         do {
-            try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
-            try SafetensorsWriter.atomicWrite(to: url) { h in try h.write(contentsOf: Data(bytes)) }
+            try OutputGuard.writeFile(target) { tmp in try Data(bytes).write(to: tmp) }
+        } catch let e as OutputGuardError {
+            throw e
         } catch {
             throw GGUFLoRAError.writeFailed(path: path, reason: "\(error)")
         }
@@ -426,10 +421,6 @@ public enum GGUFLoRA {
 
 /// Helpers shared by the adapter writers.
 enum AdapterWriting {
-    static func realPath(_ p: String) -> String {
-        URL(fileURLWithPath: p).standardizedFileURL.resolvingSymlinksInPath().path
-    }
-
     /// Extra tensors that are real content (modules_to_save copies). PEFT's `*.base_layer.weight`
     /// copies of the base embedding (saved with `save_embedding_layers`, e.g. whenever
     /// embed_tokens is a target) are not: they equal the base, and llama.cpp's converter skips
@@ -438,10 +429,4 @@ enum AdapterWriting {
         adapter.extraTensors.keys.filter { !$0.hasSuffix(".base_layer.weight") }.sorted()
     }
 
-    static func refuseInputs(_ dest: String, adapter: LoRAAdapter, protecting: [String], _ err: (String) -> Error) throws {
-        let d = realPath(dest)
-        for p in protecting + [adapter.sourcePath].compactMap({ $0 }) where realPath(p) == d {
-            throw err(dest)
-        }
-    }
 }

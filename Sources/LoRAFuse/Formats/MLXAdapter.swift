@@ -12,7 +12,6 @@ public enum MLXAdapterError: Error, CustomStringConvertible, Equatable {
     case unsupported(path: String, what: String)
     case missingPartner(path: String, module: String, missing: String)
     case badShape(path: String, module: String, reason: String)
-    case refuseToOverwriteInput(path: String)
     case writeFailed(path: String, reason: String)
 
     public var description: String {
@@ -23,7 +22,6 @@ public enum MLXAdapterError: Error, CustomStringConvertible, Equatable {
         case let .unsupported(p, w): return "\(p): \(w)"
         case let .missingPartner(p, m, x): return "\(p): module '\(m)' has no '\(x)'"
         case let .badShape(p, m, r): return "\(p): module '\(m)': \(r)"
-        case let .refuseToOverwriteInput(p): return "\(p): refusing to write over an input adapter directory; choose another output"
         case let .writeFailed(p, r): return "\(p): write failed: \(r)"
         }
     }
@@ -189,13 +187,15 @@ public enum MLXAdapter {
         return (config, tensors)
     }
 
-    /// Writes an mlx-lm adapter directory. Both files are written into a temporary directory
-    /// next to `directory` and renamed into place (an existing directory keeps its other files).
-    public static func write(_ adapter: LoRAAdapter, to directory: String, dtype: DType, protecting: [String] = []) throws {
-        try AdapterWriting.refuseInputs(directory, adapter: adapter, protecting: protecting) { MLXAdapterError.refuseToOverwriteInput(path: $0) }
+    /// Writes an mlx-lm adapter directory through `OutputGuard` (inputs refused, an existing
+    /// non-empty folder replaced only with `force`, built beside the target and renamed).
+    public static func write(_ adapter: LoRAAdapter, to directory: String, dtype: DType, protecting: [String] = [],
+                             force: Bool = false) throws {
+        let target = try OutputGuard.check(directory, kind: .directory,
+                                           inputs: protecting + [adapter.sourcePath].compactMap { $0 }, force: force)
         let (config, tensors) = try prepare(adapter, path: directory)
         do {
-            try AdapterWriting.writeDirectory(directory, files: [weightsFile, configFile]) { tmp in
+            try OutputGuard.writeDirectory(target) { tmp in
                 try SafetensorsWriter.write(tensors: tensors, metadata: ["format": "mlx"], dtype: dtype,
                                             to: tmp.appendingPathComponent(weightsFile))
                 try SafetensorsWriter.atomicWrite(to: tmp.appendingPathComponent(configFile)) { h in
@@ -204,39 +204,10 @@ public enum MLXAdapter {
             }
         } catch let e as MLXAdapterError {
             throw e
+        } catch let e as OutputGuardError {
+            throw e
         } catch {
             throw MLXAdapterError.writeFailed(path: directory, reason: "\(error)")
-        }
-    }
-}
-
-extension AdapterWriting {
-    /// Fills a fresh temporary directory next to `directory` through `body`, then renames it
-    /// onto `directory` (when that does not exist) or renames each of `files` into it.
-    static func writeDirectory(_ directory: String, files: [String], _ body: (URL) throws -> Void) throws {
-        let fm = FileManager.default
-        let dest = URL(fileURLWithPath: directory).standardizedFileURL
-        var isDir: ObjCBool = false
-        let exists = fm.fileExists(atPath: dest.path, isDirectory: &isDir)
-        if exists && !isDir.boolValue {
-            throw AdapterWriteError(message: "\(directory) exists and is not a directory")
-        }
-        let parent = dest.deletingLastPathComponent()
-        try fm.createDirectory(at: parent, withIntermediateDirectories: true)
-        let tmp = parent.appendingPathComponent(".\(dest.lastPathComponent).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
-        try fm.createDirectory(at: tmp, withIntermediateDirectories: false)
-        defer { try? fm.removeItem(at: tmp) }
-        try body(tmp)
-        if !exists {
-            guard rename(tmp.path, dest.path) == 0 else {
-                throw AdapterWriteError(message: "rename onto \(dest.path) failed: \(String(cString: strerror(errno)))")
-            }
-        } else {
-            for f in files {
-                guard rename(tmp.appendingPathComponent(f).path, dest.appendingPathComponent(f).path) == 0 else {
-                    throw AdapterWriteError(message: "rename of \(f) failed: \(String(cString: strerror(errno)))")
-                }
-            }
         }
     }
 }

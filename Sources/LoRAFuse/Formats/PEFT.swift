@@ -18,7 +18,6 @@ public enum PEFTError: Error, CustomStringConvertible, Equatable {
     case rankMismatch(path: String, module: String, configRank: Int, tensorRank: Int)
     case factorShapeMismatch(path: String, module: String, aShape: [Int], bShape: [Int])
     case badPattern(path: String, pattern: String, reason: String)
-    case refuseToOverwriteInput(path: String)
     case ambiguousPatterns(path: String, module: String, matched: String)
     case writeFailed(path: String, reason: String)
 
@@ -38,7 +37,6 @@ public enum PEFTError: Error, CustomStringConvertible, Equatable {
             return "\(p): module '\(m)': the config gives rank \(c) (r / rank_pattern) but its tensors have rank \(t)"
         case let .factorShapeMismatch(p, m, a, b): return "\(p): module '\(m)': A has shape \(a) and B has shape \(b); B's columns must equal A's rows"
         case let .badPattern(p, pat, r): return "\(p): pattern '\(pat)' in rank_pattern/alpha_pattern is not a valid regex: \(r)"
-        case let .refuseToOverwriteInput(p): return "\(p): refusing to write over an input adapter directory; choose another output"
         case let .ambiguousPatterns(p, m, k): return "\(p): module '\(m)' would match rank_pattern key '\(k)' meant for another module"
         case let .writeFailed(p, r): return "\(p): write failed: \(r)"
         }
@@ -313,55 +311,32 @@ public enum PEFTAdapter {
     /// rank gets exact `rank_pattern` / `alpha_pattern` entries r = α = its rank, so PEFT's
     /// scale is 1 everywhere.
     ///
-    /// Files go to a temporary directory next to `directory` and are renamed into place; an
-    /// existing directory keeps its other files. Writing onto the adapter's own source directory
-    /// or any of `protecting` is refused.
-    public static func write(_ adapter: LoRAAdapter, to directory: String, dtype: DType, protecting: [String] = []) throws {
-        let fm = FileManager.default
-        let dest = URL(fileURLWithPath: directory).standardizedFileURL
-        let destReal = realPath(dest.path)
-        for p in protecting + [adapter.sourcePath].compactMap({ $0 }) where realPath(p) == destReal {
-            throw PEFTError.refuseToOverwriteInput(path: directory)
-        }
-        var isDir: ObjCBool = false
-        let exists = fm.fileExists(atPath: dest.path, isDirectory: &isDir)
-        if exists && !isDir.boolValue { throw PEFTError.writeFailed(path: directory, reason: "exists and is not a directory") }
-
-        let (config, tensors) = try prepare(adapter, path: directory)
-
-        let parent = dest.deletingLastPathComponent()
-        do { try fm.createDirectory(at: parent, withIntermediateDirectories: true) } catch {
-            throw PEFTError.writeFailed(path: directory, reason: "cannot create \(parent.path): \(error)")
-        }
-        let tmp = parent.appendingPathComponent(".\(dest.lastPathComponent).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
-        do {
-            try fm.createDirectory(at: tmp, withIntermediateDirectories: false)
-            try SafetensorsWriter.write(tensors: tensors, metadata: ["format": "pt"], dtype: dtype,
-                                        to: tmp.appendingPathComponent(weightsFile))
-            try SafetensorsWriter.atomicWrite(to: tmp.appendingPathComponent(configFile)) { h in
-                try h.write(contentsOf: Data((config.serialized(indent: 2) + "\n").utf8))
-            }
-            if !exists {
-                guard rename(tmp.path, dest.path) == 0 else {
-                    throw PEFTError.writeFailed(path: directory, reason: "rename failed: \(String(cString: strerror(errno)))")
-                }
-            } else {
-                for f in [weightsFile, configFile] {
-                    guard rename(tmp.appendingPathComponent(f).path, dest.appendingPathComponent(f).path) == 0 else {
-                        throw PEFTError.writeFailed(path: directory, reason: "rename of \(f) failed: \(String(cString: strerror(errno)))")
-                    }
-                }
-                try? fm.removeItem(at: tmp)
-            }
-        } catch {
-            try? fm.removeItem(at: tmp)
-            if error is PEFTError || error is SafetensorsError { throw error }
-            throw PEFTError.writeFailed(path: directory, reason: "\(error)")
-        }
+    /// The directory goes through `OutputGuard`: refused when it is (or holds, or lies inside)
+    /// the adapter's source or any of `protecting`, or exists non-empty without `force`; built in
+    /// a temporary folder beside it and renamed into place, replacing (never merging into) what
+    /// was there.
+    public static func write(_ adapter: LoRAAdapter, to directory: String, dtype: DType, protecting: [String] = [],
+                             force: Bool = false) throws {
+        let target = try OutputGuard.check(directory, kind: .directory,
+                                           inputs: protecting + [adapter.sourcePath].compactMap { $0 }, force: force)
+        try OutputGuard.writeDirectory(target) { tmp in try writeFiles(adapter, into: tmp, dtype: dtype, path: directory) }
     }
 
-    private static func realPath(_ p: String) -> String {
-        URL(fileURLWithPath: p).standardizedFileURL.resolvingSymlinksInPath().path
+    /// Writes `adapter_config.json` and `adapter_model.safetensors` into the existing folder
+    /// `dir` (a writer building a larger output, such as a checkpoint, calls this on its
+    /// temporary folder).
+    public static func writeFiles(_ adapter: LoRAAdapter, into dir: URL, dtype: DType, path: String? = nil) throws {
+        let (config, tensors) = try prepare(adapter, path: path ?? dir.path)
+        do {
+            try SafetensorsWriter.write(tensors: tensors, metadata: ["format": "pt"], dtype: dtype,
+                                        to: dir.appendingPathComponent(weightsFile))
+            try SafetensorsWriter.atomicWrite(to: dir.appendingPathComponent(configFile)) { h in
+                try h.write(contentsOf: Data((config.serialized(indent: 2) + "\n").utf8))
+            }
+        } catch {
+            if error is PEFTError || error is SafetensorsError { throw error }
+            throw PEFTError.writeFailed(path: path ?? dir.path, reason: "\(error)")
+        }
     }
 
     /// The config JSON and the tensors `write` puts on disk.

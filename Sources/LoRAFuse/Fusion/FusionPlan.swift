@@ -113,6 +113,10 @@ public struct FusionPlan: Sendable {
         var output: String?
         if let o = dict["output"] {
             guard let s = o as? String else { throw FusionPlanError.field(file: file, key: "output", message: "expected a path") }
+            // An empty output would resolve to the YAML's own folder.
+            guard !s.trimmingCharacters(in: .whitespaces).isEmpty else {
+                throw FusionPlanError.field(file: file, key: "output", message: "is empty; give a folder or file name")
+            }
             output = s.hasPrefix("/") ? s : (baseDirectory as NSString).appendingPathComponent(s)
         }
         return FusionPlan(method: method, adapters: inputs, parameters: params, dtype: dtype, output: output)

@@ -24,7 +24,7 @@ public enum ICMPipeline {
         /// Checkpoint directories (ascending step, at most `max`, the last ones) then nil for the final adapter.
         func samplePaths(maxCheckpoints: Int) -> [String?] {
             let dir = trajectoryDir ?? adapterPath
-            let steps = LoRATrainer.checkpointSteps(in: dir).suffix(max(maxCheckpoints, 0))
+            let steps = LoRATrainer.checkpointSteps(in: dir, adapterOnly: true).suffix(max(maxCheckpoints, 0))
             return steps.map { Optional((dir as NSString).appendingPathComponent("checkpoint-\($0)")) } + [nil]
         }
     }

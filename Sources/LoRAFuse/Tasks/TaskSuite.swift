@@ -266,22 +266,21 @@ public enum TaskSuite {
 
     public static func fileName(_ task: String, _ split: TaskSplit) -> String { "\(task).\(split.rawValue).jsonl" }
 
-    /// Writes the suite's files into `directory` (created if needed); returns the paths written.
+    /// Writes the suite's files into `directory` through `OutputGuard` (a folder with files in it,
+    /// such as the committed `tasks/`, is replaced only with `force`, as a whole); returns the
+    /// paths written.
     @discardableResult
-    public static func write(to directory: String, config: TaskSuiteConfig = TaskSuiteConfig()) throws -> [String] {
-        let fm = FileManager.default
-        do { try fm.createDirectory(atPath: directory, withIntermediateDirectories: true) } catch {
-            throw TaskSuiteError.io(path: directory, reason: "cannot create folder: \(error.localizedDescription)")
-        }
-        var paths: [String] = []
-        for (name, contents) in try files(config: config) {
-            let path = (directory as NSString).appendingPathComponent(name)
-            do { try Data(contents.utf8).write(to: URL(fileURLWithPath: path)) } catch {
-                throw TaskSuiteError.io(path: path, reason: "cannot write: \(error.localizedDescription)")
+    public static func write(to directory: String, config: TaskSuiteConfig = TaskSuiteConfig(), force: Bool = false) throws -> [String] {
+        let suite = try Self.files(config: config)
+        try OutputGuard.buildDirectory(directory, inputs: [], force: force) { dir in
+            for (name, contents) in suite {
+                let path = (dir as NSString).appendingPathComponent(name)
+                do { try Data(contents.utf8).write(to: URL(fileURLWithPath: path)) } catch {
+                    throw TaskSuiteError.io(path: path, reason: "cannot write: \(error.localizedDescription)")
+                }
             }
-            paths.append(path)
         }
-        return paths
+        return suite.map { (directory as NSString).appendingPathComponent($0.name) }
     }
 
     // MARK: reading a generated suite

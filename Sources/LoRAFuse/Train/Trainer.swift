@@ -230,10 +230,11 @@ public final class LoRATrainer {
 
     /// Writes `<dir>/checkpoint-<step>/` (PEFT adapter + `trainer_state.safetensors` with the F32
     /// factors, AdamW moments, step and log) and removes all but the newest `keep` checkpoints.
+    /// The folder is built under a temporary name and renamed, so a killed run never leaves a
+    /// checkpoint that `--resume` would pick and fail on.
     @discardableResult
     public func saveCheckpoint(into dir: String) throws -> String {
         let ck = (dir as NSString).appendingPathComponent("checkpoint-\(step)")
-        try PEFTAdapter.write(adapter(), to: ck, dtype: options.dtype)
         var tensors: [SafetensorsTensor] = []
         for (i, m) in params.modules.enumerated() {
             let a = [m.rank, m.inFeatures], b = [m.outFeatures, m.rank]
@@ -248,16 +249,41 @@ public final class LoRATrainer {
                     "total_steps": "\(totalSteps)", "seed": "\(options.seed)", "rank": "\(options.rank)",
                     "modules": "\(params.modules.count)",
                     "log": ([StepLog.csvHeader] + log.map(\.csvLine)).joined(separator: "\n")]
-        try SafetensorsWriter.write(tensors: tensors, metadata: meta, dtype: .f32,
-                                    to: URL(fileURLWithPath: (ck as NSString).appendingPathComponent(Self.stateFile)))
+        let target = try OutputGuard.check(ck, kind: .directory, inputs: [], force: true)
+        let adapter = adapter()
+        try OutputGuard.writeDirectory(target) { tmp in
+            try PEFTAdapter.writeFiles(adapter, into: tmp, dtype: options.dtype, path: ck)
+            try SafetensorsWriter.write(tensors: tensors, metadata: meta, dtype: .f32,
+                                        to: tmp.appendingPathComponent(Self.stateFile))
+        }
         try pruneCheckpoints(in: dir)
         return ck
     }
 
-    /// Steps of the `checkpoint-<step>` folders in `dir`, ascending.
-    public static func checkpointSteps(in dir: String) -> [Int] {
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
-        return names.compactMap { $0.hasPrefix("checkpoint-") ? Int($0.dropFirst("checkpoint-".count)) : nil }.sorted()
+    /// Steps of the complete `checkpoint-<step>` folders in `dir` (adapter and, unless
+    /// `adapterOnly`, trainer state present), ascending. Folders missing a file, such as those
+    /// left by a run killed before checkpoints were written atomically, are skipped.
+    /// `adapterOnly` serves readers that want the adapters only (ICM's trajectory samples).
+    public static func checkpointSteps(in dir: String, adapterOnly: Bool = false) -> [Int] {
+        let fm = FileManager.default
+        let names = (try? fm.contentsOfDirectory(atPath: dir)) ?? []
+        return names.compactMap { name -> Int? in
+            guard name.hasPrefix("checkpoint-"), let s = Int(name.dropFirst("checkpoint-".count)) else { return nil }
+            let ck = (dir as NSString).appendingPathComponent(name)
+            let complete = ((adapterOnly ? [] : [stateFile]) + [PEFTAdapter.configFile, PEFTAdapter.weightsFile]).allSatisfy {
+                fm.fileExists(atPath: (ck as NSString).appendingPathComponent($0))
+            }
+            return complete ? s : nil
+        }.sorted()
+    }
+
+    /// The checkpoint `--resume PATH` means: PATH itself when it holds a trainer state, else the
+    /// newest complete `checkpoint-<step>` folder in it.
+    public static func checkpoint(resuming path: String) throws -> String {
+        if FileManager.default.fileExists(atPath: (path as NSString).appendingPathComponent(stateFile)) { return path }
+        if let last = checkpointSteps(in: path).last { return (path as NSString).appendingPathComponent("checkpoint-\(last)") }
+        throw TrainError.badCheckpoint(path: path, field: stateFile, expected: "a checkpoint folder, or a folder holding complete checkpoint-<step> folders",
+                                       actual: "none found")
     }
 
     private func pruneCheckpoints(in dir: String) throws {

@@ -14,7 +14,6 @@ public enum CheckpointError: Error, CustomStringConvertible, Equatable {
     case shapeMismatch(tensor: String, expected: [Int], actual: [Int], context: String)
     case unmappedModule(adapter: String, module: String, tried: String)
     case unsupported(what: String, reason: String)
-    case outputExists(path: String)
     case writerOrder(path: String, expected: String, actual: String)
     case writerSize(path: String, tensor: String, expected: Int, actual: Int)
 
@@ -28,7 +27,6 @@ public enum CheckpointError: Error, CustomStringConvertible, Equatable {
         case let .unmappedModule(ad, m, tried):
             return "\(ad): adapter module '\(m)' matches no tensor of the base (tried \(tried))"
         case let .unsupported(w, r): return "\(w): \(r)"
-        case let .outputExists(p): return "\(p): output exists and is not an empty directory"
         case let .writerOrder(p, e, a): return "\(p): streaming writer expected tensor '\(e)' next, got '\(a)'"
         case let .writerSize(p, t, e, a): return "\(p): tensor '\(t)' needs \(e) bytes, got \(a)"
         }
@@ -577,17 +575,3 @@ public func parseByteSize(_ s: String) -> Int? {
     return nil
 }
 
-/// Makes sure `path` can receive output: created if missing, refused if it holds files.
-func prepareOutputDirectory(_ path: String) throws {
-    let fm = FileManager.default
-    var isDir: ObjCBool = false
-    if fm.fileExists(atPath: path, isDirectory: &isDir) {
-        guard isDir.boolValue, ((try? fm.contentsOfDirectory(atPath: path)) ?? []).isEmpty else {
-            throw CheckpointError.outputExists(path: path)
-        }
-    } else {
-        do { try fm.createDirectory(atPath: path, withIntermediateDirectories: true) } catch {
-            throw CheckpointError.io(path: path, reason: "cannot create: \(error)")
-        }
-    }
-}

@@ -193,7 +193,9 @@ public enum LoRAExtraction {
     /// (architecture and q/k head counts); when they lack head counts, the base's own config is used.
     @discardableResult
     public static func extract(base: String, tuned: String, output: String, format: AdapterFormat = .peft,
-                               dtype: DType? = nil, hints: ModelHints = ModelHints(), options: Options) throws -> Result {
+                               dtype: DType? = nil, hints: ModelHints = ModelHints(), force: Bool = false,
+                               options: Options) throws -> Result {
+        try AdapterIO.checkOutput(output, format: format, inputs: [base, tuned], force: force)
         let res = try extract(base: base, tuned: tuned, options: options)
         guard !res.adapter.modules.isEmpty else {
             throw CheckpointError.unsupported(what: tuned, reason: "every targeted weight equals the base's; there is no LoRA to extract")
@@ -201,7 +203,7 @@ public enum LoRAExtraction {
         var h = hints
         if h.heads == nil, let fromBase = try? ModelHints.load(path: base) { h = fromBase }
         try AdapterIO.write(res.adapter, to: output, format: format, dtype: dtype ?? res.adapter.sourceDType,
-                            hints: h, protecting: [base, tuned])
+                            hints: h, protecting: [base, tuned], force: force)
         return res
     }
 }

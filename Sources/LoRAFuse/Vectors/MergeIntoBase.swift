@@ -45,9 +45,12 @@ public enum MergeIntoBase {
         public var dtype: String?
         public var maxShardBytes: Int
         public var progress: (@Sendable (Int, Int) -> Void)?
+        /// Replace an existing output (never an input).
+        public var force: Bool
 
-        public init(format: Format? = nil, dtype: String? = nil, maxShardBytes: Int = 2_000_000_000,
+        public init(format: Format? = nil, dtype: String? = nil, maxShardBytes: Int = 2_000_000_000, force: Bool = false,
                     progress: (@Sendable (Int, Int) -> Void)? = nil) {
+            self.force = force
             self.format = format
             self.dtype = dtype
             self.maxShardBytes = maxShardBytes
@@ -161,19 +164,55 @@ public enum MergeIntoBase {
         return (try? h.read(upToCount: 4)) == Data("GGUF".utf8)
     }
 
+    /// Bakes `adapters` into `base` and writes the merged model to `output` through
+    /// `OutputGuard`: never onto the base or an adapter, an existing output replaced only with
+    /// `options.force`, and built under a temporary name so an interrupted run leaves no
+    /// half-written model (an HF folder appears with all its shards and config, or not at all).
+    /// GGUF output: a `.gguf` path is the file; an existing folder gets `<base>.merged.gguf`
+    /// inside it; any other path becomes a folder holding `model.gguf`.
     @discardableResult
     public static func merge(base: String, adapters: [(adapter: LoRAAdapter, weight: Float)], output: String,
                              options: Options = Options()) throws -> MergeIntoBaseReport {
-        if isGGUF(base) {
-            switch options.format ?? .gguf {
-            case .gguf: return try mergeGGUF(base: base, adapters: adapters, output: output, options: options)
-            case .hf: return try mergeGGUFToHF(base: base, adapters: adapters, output: output, options: options)
-            }
-        }
-        if options.format == .gguf {
+        let gguf = isGGUF(base)
+        let format = options.format ?? (gguf ? .gguf : .hf)
+        if !gguf && format == .gguf {
             throw CheckpointError.unsupported(what: base, reason: "GGUF output needs a GGUF base; an HF base writes HF safetensors (--format hf)")
         }
-        return try mergeHF(base: base, adapters: adapters, output: output, options: options)
+        let inputs = [base] + adapters.compactMap { $0.adapter.sourcePath }
+        guard !output.trimmingCharacters(in: .whitespaces).isEmpty else { throw OutputGuardError.emptyPath(what: "-o/--output") }
+        if format == .gguf {
+            var isDir: ObjCBool = false
+            var file: String?
+            if FileManager.default.fileExists(atPath: output, isDirectory: &isDir), isDir.boolValue {
+                file = (output as NSString).appendingPathComponent(((base as NSString).lastPathComponent as NSString).deletingPathExtension + ".merged.gguf")
+            } else if output.hasSuffix(".gguf") {
+                file = output
+            }
+            if let file {
+                let target = try OutputGuard.check(file, kind: .file, inputs: inputs, force: options.force)
+                var report: MergeIntoBaseReport?
+                try OutputGuard.writeFile(target) { tmp in
+                    report = try mergeGGUF(base: base, adapters: adapters, outFile: tmp.path, options: options)
+                }
+                report!.output = file
+                return report!
+            }
+            let target = try OutputGuard.check(output, kind: .directory, inputs: inputs, force: options.force)
+            var report: MergeIntoBaseReport?
+            try OutputGuard.writeDirectory(target) { tmp in
+                report = try mergeGGUF(base: base, adapters: adapters, outFile: tmp.appendingPathComponent("model.gguf").path, options: options)
+            }
+            report!.output = (output as NSString).appendingPathComponent("model.gguf")
+            return report!
+        }
+        let target = try OutputGuard.check(output, kind: .directory, inputs: inputs, force: options.force)
+        var report: MergeIntoBaseReport?
+        try OutputGuard.writeDirectory(target) { tmp in
+            report = gguf ? try mergeGGUFToHF(base: base, adapters: adapters, output: tmp.path, options: options)
+                          : try mergeHF(base: base, adapters: adapters, output: tmp.path, options: options)
+        }
+        report!.output = output
+        return report!
     }
 
     // MARK: HF → HF
@@ -201,7 +240,6 @@ public enum MergeIntoBase {
             let i = ck.infos[n]!
             return PlannedTensor(name: n, shape: i.shape, dtype: i.floatType.map { (outType ?? $0).rawValue } ?? i.dtype)
         }
-        try prepareOutputDirectory(output)
         let writer = try StreamingShardedWriter(directory: URL(fileURLWithPath: output), plan: plan, maxShardBytes: options.maxShardBytes)
         var values: [Float] = [], scratch: [UInt8] = [], bytes: [UInt8] = []
         var merged: [MergedTensorReport] = []
@@ -292,7 +330,7 @@ public enum MergeIntoBase {
         }
     }
 
-    static func mergeGGUF(base: String, adapters: [(adapter: LoRAAdapter, weight: Float)], output: String,
+    static func mergeGGUF(base: String, adapters: [(adapter: LoRAAdapter, weight: Float)], outFile outPath: String,
                           options: Options) throws -> MergeIntoBaseReport {
         let start = Date()
         let target = try ggmlType(options.dtype)
@@ -348,14 +386,6 @@ public enum MergeIntoBase {
             options.progress?(k + 1, ctx.file.tensors.count)
         }
         let fm = FileManager.default
-        var outPath = output
-        var isDir: ObjCBool = false
-        if fm.fileExists(atPath: output, isDirectory: &isDir), isDir.boolValue {
-            outPath = (output as NSString).appendingPathComponent(((base as NSString).lastPathComponent as NSString).deletingPathExtension + ".merged.gguf")
-        } else if !output.hasSuffix(".gguf") {
-            try prepareOutputDirectory(output)
-            outPath = (output as NSString).appendingPathComponent("model.gguf")
-        }
         try writer.write(to: outPath)
         let size = (try? fm.attributesOfItem(atPath: outPath)[.size] as? Int) ?? 0
         return MergeIntoBaseReport(base: base, output: outPath, format: "gguf", dtype: target.name, merged: merged,
@@ -397,7 +427,6 @@ public enum MergeIntoBase {
             plan.append(PlannedTensor(name: hf, shape: torchShape(t), dtype: outType.rawValue))
             sources[hf] = t
         }
-        try prepareOutputDirectory(output)
         let writer = try StreamingShardedWriter(directory: URL(fileURLWithPath: output), plan: plan, maxShardBytes: options.maxShardBytes)
         var bytes: [UInt8] = []
         var merged: [MergedTensorReport] = []

@@ -57,9 +57,12 @@ public enum TaskVectors {
         /// of a tensor (4 Mi elements: 16 MB of Float32 per input).
         public var chunkElements: Int
         public var progress: (@Sendable (Int, Int) -> Void)?
+        /// Replace an existing output folder (never an input).
+        public var force: Bool
 
         public init(dtype: DType? = nil, maxShardBytes: Int = 2_000_000_000, chunkElements: Int = 1 << 22,
-                    progress: (@Sendable (Int, Int) -> Void)? = nil) {
+                    force: Bool = false, progress: (@Sendable (Int, Int) -> Void)? = nil) {
+            self.force = force
             self.dtype = dtype
             self.maxShardBytes = maxShardBytes
             self.chunkElements = max(chunkElements, 1)
@@ -85,6 +88,13 @@ public enum TaskVectors {
     @discardableResult
     public static func extract(from fromPath: String, minus minusPath: String, output: String,
                                options: Options = Options()) throws -> CheckpointOpReport {
+        try OutputGuard.buildDirectory(output, inputs: [fromPath, minusPath], force: options.force) { dir in
+            try extractUnguarded(from: fromPath, minus: minusPath, output: dir, options: options)
+        }
+    }
+
+    static func extractUnguarded(from fromPath: String, minus minusPath: String, output: String,
+                                 options: Options) throws -> CheckpointOpReport {
         let start = Date()
         let a = try HFCheckpoint(path: fromPath)
         let b = try HFCheckpoint(path: minusPath)
@@ -112,7 +122,6 @@ public enum TaskVectors {
         guard !plan.isEmpty else {
             throw CheckpointError.nothingMatched(first: fromPath, second: minusPath, firstCount: a.names.count, secondCount: b.names.count)
         }
-        try prepareOutputDirectory(output)
         let writer = try StreamingShardedWriter(directory: URL(fileURLWithPath: output), plan: plan,
                                                 maxShardBytes: options.maxShardBytes)
         var va: [Float] = [], vb: [Float] = [], scratch: [UInt8] = [], out: [UInt8] = []
@@ -157,6 +166,13 @@ public enum TaskVectors {
     @discardableResult
     public static func apply(vector vectorPath: String, to basePath: String, scale alpha: Float, output: String,
                              options: Options = Options()) throws -> CheckpointOpReport {
+        try OutputGuard.buildDirectory(output, inputs: [vectorPath, basePath], force: options.force) { dir in
+            try applyUnguarded(vector: vectorPath, to: basePath, scale: alpha, output: dir, options: options)
+        }
+    }
+
+    static func applyUnguarded(vector vectorPath: String, to basePath: String, scale alpha: Float, output: String,
+                               options: Options) throws -> CheckpointOpReport {
         let start = Date()
         let v = try HFCheckpoint(path: vectorPath)
         let c = try HFCheckpoint(path: basePath)
@@ -187,7 +203,6 @@ public enum TaskVectors {
         guard !combine.isEmpty else {
             throw CheckpointError.nothingMatched(first: vectorPath, second: basePath, firstCount: v.names.count, secondCount: c.names.count)
         }
-        try prepareOutputDirectory(output)
         let writer = try StreamingShardedWriter(directory: URL(fileURLWithPath: output), plan: plan,
                                                 maxShardBytes: options.maxShardBytes)
         var vc: [Float] = [], vv: [Float] = [], scratch: [UInt8] = [], out: [UInt8] = []

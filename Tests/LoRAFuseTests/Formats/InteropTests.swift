@@ -279,8 +279,11 @@ final class GGUFLoRATests: TempDirTestCase {
         try GGUFLoRA.write(a, to: path, dtype: .f32, hints: TinyLlama.hints)
         let before = try contentHash(path)
         let read = try GGUFLoRA.read(path: path)
-        XCTAssertThrowsError(try GGUFLoRA.write(read, to: path, dtype: .f32, hints: TinyLlama.hints)) {
-            XCTAssertEqual($0 as? GGUFLoRAError, .refuseToOverwriteInput(path: path))
+        XCTAssertThrowsError(try GGUFLoRA.write(read, to: path, dtype: .f32, hints: TinyLlama.hints, force: true)) {
+            guard case .isInput? = $0 as? OutputGuardError else { return XCTFail("\($0)") }
+        }
+        XCTAssertThrowsError(try GGUFLoRA.write(a, to: path, dtype: .f32, hints: TinyLlama.hints)) {
+            guard case .exists? = $0 as? OutputGuardError else { return XCTFail("\($0)") }
         }
         a.sourcePath = nil
         XCTAssertThrowsError(try AdapterIO.write(a, to: path, format: .gguf, dtype: .f32, hints: TinyLlama.hints, protecting: [path]))
@@ -495,11 +498,16 @@ final class AdapterInteropTests: TempDirTestCase {
         try MLXAdapter.write(a, to: dir, dtype: .f32)
         try Data("keep".utf8).write(to: URL(fileURLWithPath: dir + "/README.md"))
         let read = try MLXAdapter.read(directory: dir)
-        XCTAssertThrowsError(try MLXAdapter.write(read, to: dir, dtype: .f32)) { XCTAssertEqual($0 as? MLXAdapterError, .refuseToOverwriteInput(path: dir)) }
+        XCTAssertThrowsError(try MLXAdapter.write(read, to: dir, dtype: .f32, force: true)) {
+            guard case .isInput? = $0 as? OutputGuardError else { return XCTFail("\($0)") }
+        }
         var other = a
         other.modules = a.modules.filter { $0.key.hasSuffix("v_proj") }
-        try MLXAdapter.write(other, to: dir, dtype: .f32)   // existing directory: files replaced, others kept
-        XCTAssertEqual(try String(contentsOfFile: dir + "/README.md", encoding: .utf8), "keep")
+        XCTAssertThrowsError(try MLXAdapter.write(other, to: dir, dtype: .f32)) {   // holds an adapter: not without --force
+            guard case .exists? = $0 as? OutputGuardError else { return XCTFail("\($0)") }
+        }
+        try MLXAdapter.write(other, to: dir, dtype: .f32, force: true)   // replaced whole, README included
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/README.md"))
         assertSameInteropDeltas(other, try MLXAdapter.read(directory: dir))
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: tmp.path).filter { $0.hasPrefix(".") }, [])
     }

@@ -293,26 +293,42 @@ final class PEFTTests: TempDirTestCase {
         }
     }
 
-    func testRefusesToOverwriteInputAndKeepsOtherFiles() throws {
+    func testRefusesInputsAndReplacesExistingOnlyWithForce() throws {
         let src = tmp.appendingPathComponent("src")
         try makeAdapter(src, config: #"{"r": 2, "lora_alpha": 4, "custom_key": {"x": [1, 2]}}"#, tensors: simpleTensors)
         let a = try PEFTAdapter.read(directory: src.path)
-        assertPEFTError(try PEFTAdapter.write(a, to: src.path, dtype: .f32), "refuseToOverwriteInput") {
-            if case .refuseToOverwriteInput = $0 { return true }; return false
+        XCTAssertThrowsError(try PEFTAdapter.write(a, to: src.path, dtype: .f32, force: true)) {
+            guard case .isInput? = $0 as? OutputGuardError else { return XCTFail("\($0)") }
+        }
+        var b = a
+        b.sourcePath = nil
+        XCTAssertThrowsError(try PEFTAdapter.write(b, to: src.path + "/", dtype: .f32, protecting: [src.path])) {
+            guard case .isInput? = $0 as? OutputGuardError else { return XCTFail("\($0)") }
+        }
+        // Inside an input, or holding one: refused too.
+        XCTAssertThrowsError(try PEFTAdapter.write(b, to: src.path + "/sub", dtype: .f32, protecting: [src.path])) {
+            guard case .insideInput? = $0 as? OutputGuardError else { return XCTFail("\($0)") }
+        }
+        XCTAssertThrowsError(try PEFTAdapter.write(b, to: tmp.path, dtype: .f32, protecting: [src.path], force: true)) {
+            guard case .containsInput? = $0 as? OutputGuardError else { return XCTFail("\($0)") }
         }
         let other = tmp.appendingPathComponent("other")
         try FileManager.default.createDirectory(at: other, withIntermediateDirectories: true)
         try Data("keep".utf8).write(to: other.appendingPathComponent("README.md"))
-        var b = a
-        b.sourcePath = nil
-        assertPEFTError(try PEFTAdapter.write(b, to: src.path + "/", dtype: .f32, protecting: [src.path]), "protected path") {
-            if case .refuseToOverwriteInput = $0 { return true }; return false
+        XCTAssertThrowsError(try PEFTAdapter.write(b, to: other.path, dtype: .f32)) {
+            guard case .exists? = $0 as? OutputGuardError else { return XCTFail("\($0)") }
         }
-        try PEFTAdapter.write(b, to: other.path, dtype: .f32)
         XCTAssertEqual(try String(contentsOf: other.appendingPathComponent("README.md"), encoding: .utf8), "keep")
+        // --force replaces the folder whole: nothing of the old one is left to describe the new adapter.
+        try PEFTAdapter.write(b, to: other.path, dtype: .f32, force: true)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: other.path).sorted(),
+                       ["adapter_config.json", "adapter_model.safetensors"])
         let c = try PEFTAdapter.read(directory: other.path)
         XCTAssertEqual(c.metadata.peftExtra["custom_key"], #"{"x":[1,2]}"#)
         XCTAssertEqual(c.modules["base_model.model.q_proj"]?.delta(), a.modules["base_model.model.q_proj"]?.delta())
+        XCTAssertThrowsError(try PEFTAdapter.write(b, to: "", dtype: .f32)) {
+            guard case .emptyPath? = $0 as? OutputGuardError else { return XCTFail("\($0)") }
+        }
         let leftovers = try FileManager.default.contentsOfDirectory(atPath: tmp.path).filter { $0.hasPrefix(".") }
         XCTAssertTrue(leftovers.isEmpty, "temporary directories removed: \(leftovers)")
     }

@@ -139,8 +139,17 @@ final class TaskVectorTests: VectorTestCase {
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
         try Data("x".utf8).write(to: URL(fileURLWithPath: out + "/keep"))
         XCTAssertThrowsError(try TaskVectors.extract(from: a, minus: b, output: out)) { e in
-            XCTAssertEqual(e as? CheckpointError, .outputExists(path: out))
+            guard case .exists? = e as? OutputGuardError else { return XCTFail("\(e)") }
         }
+        XCTAssertEqual(try String(contentsOfFile: out + "/keep", encoding: .utf8), "x")
+        // An output inside an input, or the input itself: refused even with force.
+        XCTAssertThrowsError(try TaskVectors.extract(from: a, minus: b, output: a + "/tau", options: .init(force: true))) { e in
+            guard case .insideInput? = e as? OutputGuardError else { return XCTFail("\(e)") }
+        }
+        // --force replaces the folder whole.
+        try TaskVectors.extract(from: a, minus: b, output: out, options: .init(force: true))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out + "/keep"))
+        XCTAssertTrue(FileManager.default.fileExists(atPath: out + "/" + TaskVectors.vectorConfigFile))
     }
 
     func testStreamingWriterEnforcesPlan() throws {

@@ -568,13 +568,16 @@ extension LearnedCoefficients {
 }
 
 extension LearnedFusionResult {
-    /// Writes the fused adapter as PEFT into `directory` with coefficients.json, loss.csv and loss.svg.
-    public func write(to directory: String, dtype: DType = .f32) throws {
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        try PEFTAdapter.write(adapter, to: directory, dtype: dtype)
-        let dir = URL(fileURLWithPath: directory)
-        try coefficients.jsonData().write(to: dir.appendingPathComponent("coefficients.json"))
-        try coefficients.lossCSV().write(to: dir.appendingPathComponent("loss.csv"), atomically: true, encoding: .utf8)
-        try coefficients.lossChartSVG().write(to: dir.appendingPathComponent("loss.svg"), atomically: true, encoding: .utf8)
+    /// Writes the fused adapter as PEFT into `directory` with coefficients.json, loss.csv and
+    /// loss.svg, all or nothing, through `OutputGuard` (inputs in `protecting` are never touched;
+    /// an existing non-empty folder is replaced only with `force`).
+    public func write(to directory: String, dtype: DType = .f32, protecting: [String] = [], force: Bool = false) throws {
+        let target = try OutputGuard.check(directory, kind: .directory, inputs: protecting, force: force)
+        try OutputGuard.writeDirectory(target) { dir in
+            try PEFTAdapter.writeFiles(adapter, into: dir, dtype: dtype, path: directory)
+            try coefficients.jsonData().write(to: dir.appendingPathComponent("coefficients.json"))
+            try coefficients.lossCSV().write(to: dir.appendingPathComponent("loss.csv"), atomically: true, encoding: .utf8)
+            try coefficients.lossChartSVG().write(to: dir.appendingPathComponent("loss.svg"), atomically: true, encoding: .utf8)
+        }
     }
 }
