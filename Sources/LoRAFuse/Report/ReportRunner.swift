@@ -143,6 +143,10 @@ public final class ReportRunner {
 
     let test: [EvalTask]
     var adapterDigests: [String: String] = [:]
+    /// Cache keys carry the model's content and the code that computed a row, so a number from
+    /// another model file or an older build is never served.
+    var modelDigest = ""
+    var codeVersion = ""
     var unitsDone = 0, unitsTotal = 0
     private var progressHandler: ((ReportProgress) -> Void)?
 
@@ -165,6 +169,8 @@ public final class ReportRunner {
         self.force = force
         test = ReportInputs.firstExamples(inputs.test, settings.testPerTask)
         for a in inputs.adapters { adapterDigests[a.name] = Digest.adapter(a) }
+        modelDigest = Digest.file(model.sourcePath)
+        codeVersion = Digest.executable()
     }
 
     var taskNames: [String] { test.map(\.name) }
@@ -477,6 +483,10 @@ public final class ReportRunner {
         var model: String
         var accuracy: Bool
         var adapterMode: String
+        /// `Digest.file` of the model and `Digest.executable` of the build that computed the row
+        /// (absent in entries from before they were keyed: those never match).
+        var modelDigest: String?
+        var code: String?
         /// Learned rows: what the fit depends on besides the method and the adapters.
         var learned: [String: String]?
     }
@@ -504,7 +514,8 @@ public final class ReportRunner {
 
     func cacheKey(_ m: ReportMethod, adapters: [String], accuracy: Bool? = nil) -> CacheKey {
         CacheKey(method: m, adapters: Dictionary(uniqueKeysWithValues: adapters.map { ($0, adapterDigests[$0]!) }),
-                 model: settings.model, accuracy: accuracy ?? settings.accuracy, adapterMode: settings.adapterMode)
+                 model: settings.model, accuracy: accuracy ?? settings.accuracy, adapterMode: settings.adapterMode,
+                 modelDigest: modelDigest, code: codeVersion)
     }
 
     /// Cache files are named after the row id with anything unsafe for a file name replaced.
@@ -574,6 +585,44 @@ enum Digest {
             h = fnv(floats: m.B.data, h)
         }
         return String(h, radix: 16)
+    }
+
+    /// A content digest of a file that stays cheap for a model of any size: its size and 64
+    /// blocks of 64 KiB spread evenly over it (the header, the end and everything between in
+    /// steps), so a different model, quantization or fine-tune of the same size changes it.
+    /// A folder (HF checkpoint) digests its safetensors and config files that way, by name.
+    static func file(_ path: String) -> String {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { return "absent" }
+        if isDir.boolValue {
+            let names = ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).sorted()
+                .filter { $0.hasSuffix(".safetensors") || $0.hasSuffix(".json") }
+            var h = fnv([])
+            for n in names { h = fnv(Array((n + "=" + file((path as NSString).appendingPathComponent(n))).utf8), h) }
+            return String(h, radix: 16)
+        }
+        guard let fh = FileHandle(forReadingAtPath: path) else { return "unreadable" }
+        defer { try? fh.close() }
+        let size = (try? fh.seekToEnd()) ?? 0
+        var h = fnv(Array(String(size).utf8))
+        let block: UInt64 = 1 << 16, blocks: UInt64 = 64
+        let stride = size > block ? (size - block) / (blocks - 1) : 0
+        for i in 0..<blocks {
+            try? fh.seek(toOffset: min(i * stride, size))
+            if let d = try? fh.read(upToCount: Int(block)) { h = fnv(Array(d), h) }
+            if stride == 0 { break }
+        }
+        return String(h, radix: 16)
+    }
+
+    /// The running build: the executable's size and modification time, which every rebuild
+    /// changes (a sampled digest could miss a one-constant change in a large binary).
+    static func executable() -> String {
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+            ?? Bundle.main.executablePath ?? CommandLine.arguments[0]
+        var st = stat()
+        guard stat(exe, &st) == 0 else { return "unknown" }
+        return "\(st.st_size)-\(st.st_mtim.tv_sec).\(st.st_mtim.tv_nsec)"
     }
 
     /// The examples (prompt and answer) in order.
