@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The README's main job after set-up and the release build: fuse the task suite's own adapters
-# (adapters/, trained by lorafuse: `make adapters`) with the static methods, score the fusions on
-# the tasks' held-out examples with the embedded SmolLM2-135M-Instruct, export one to llama.cpp
-# and mlx-lm, and finish with the comparison report of every method on the suite (scripts/report.sh).
+# The README's main job after set-up and the release build, in a few minutes: inspect three of the
+# task suite's own adapters (adapters/, trained by lorafuse: `make adapters`), fuse them with
+# static methods and one learned method (aTLAS on 16 shots per task), score every fusion on the
+# tasks' held-out examples with the embedded SmolLM2-135M-Instruct, export one to llama.cpp and
+# mlx-lm, generate with it, and end with a small report page on those three tasks. The full suite
+# report (every method on 14 tasks, about an hour) is `make report` (scripts/report.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LF=.build/release/lorafuse
@@ -29,6 +31,11 @@ for m in linear cat svd ties knots; do
   $LF eval --adapter "$OUT/$m" --data "${DATA[@]}" --quiet
 done
 
+echo; echo "== lorafuse fuse --method atlas: coefficients learned from 16 shots per task (training split), then eval"
+SHOTS=(); for t in "${TASKS[@]}"; do SHOTS+=("tasks/$t.train.jsonl"); done
+$LF fuse --method atlas "${ADS[@]}" --shots "${SHOTS[@]}" --shots-per-task 16 --steps 8 --seed 0 -o "$OUT/atlas" --quiet
+$LF eval --adapter "$OUT/atlas" --data "${DATA[@]}" --quiet
+
 echo; echo "== lorafuse convert: the svd fusion to llama.cpp's GGUF LoRA and to mlx-lm"
 M="${LORAFUSE_HOME:-$HOME/.cache/lorafuse}/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 $LF convert "$OUT/svd" --format gguf --base "$M" -o "$OUT/svd.gguf"
@@ -37,5 +44,8 @@ $LF convert "$OUT/svd.gguf" --format mlx --base "$M" -o "$OUT/svd-mlx"
 echo; echo "== lorafuse generate with the svd fusion"
 $LF generate --adapter "$OUT/svd" --prompt "Convert the date 2021-03-07 to the format DD/MM/YYYY. Reply with the date only." --max-tokens 16
 
-echo; echo "== lorafuse report: every method on the task suite's held-out tests (scripts/report.sh)"
-bash scripts/report.sh
+echo; echo "== lorafuse report: the three tasks, base, experts, static and one learned fusion (make report: the whole suite)"
+$LF report --adapters adapters --test tasks --shots tasks --tasks "$(IFS=,; echo "${TASKS[*]}")" \
+  --methods base,experts,linear,ties,knots,atlas --test-per-task 5 --shots-per-task 16 --steps 8 \
+  --no-shots-curve --no-icm -o "$OUT/report" --quiet
+echo "report: $OUT/report/index.html"
