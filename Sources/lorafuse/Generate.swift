@@ -44,8 +44,8 @@ struct Generate: ParsableCommand {
     @Option(name: .long, help: "Seed of the sampler.")
     var seed: UInt64 = 0
 
-    @Option(name: .long, help: "Context size in tokens (prompt + answers; --chat keeps the whole conversation).")
-    var context: Int = 2048
+    @Option(name: .long, help: "Context size in tokens (prompt + answers; --chat keeps the whole conversation); at most the model's context length (default: 2048 or the model's, if smaller).")
+    var context: Int?
 
     @OptionGroup var compute: ComputeOptions
 
@@ -55,7 +55,7 @@ struct Generate: ParsableCommand {
         if maxTokens < 1 { throw ValidationError("--max-tokens must be at least 1, got \(maxTokens)") }
         if !(temperature >= 0) || !temperature.isFinite { throw ValidationError("--temperature must be ≥ 0, got \(temperature)") }
         if !(topP > 0 && topP <= 1) { throw ValidationError("--top-p must be in (0, 1], got \(topP)") }
-        if context < 2 { throw ValidationError("--context must be at least 2, got \(context)") }
+        if let context, context < 2 { throw ValidationError("--context must be at least 2, got \(context)") }
     }
 
     func run() throws {
@@ -63,8 +63,14 @@ struct Generate: ParsableCommand {
         let lm = try loadModel(modelPath: model, adapters: adapter)
         let sampler = try Sampler(temperature: temperature, topP: topP, seed: seed)
         var generator = Generator(model: lm, sampler: sampler, maxTokens: maxTokens)
+        if let requested = self.context { try lm.checkContext(requested, option: "--context") }
+        let context = self.context ?? min(2048, lm.contextLength)
         if let prompt {
             let tok = lm.tokenizer
+            // Text that cannot fit whatever it tokenizes to is refused before tokenizing it.
+            if tok.surelyExceeds(bytes: prompt.utf8.count, limit: context) {
+                throw ValidationError("the prompt is \(prompt.utf8.count) bytes, more than --context \(context) tokens can hold")
+            }
             var ids: [Int]
             if raw {
                 ids = tok.encode(prompt)
@@ -81,11 +87,11 @@ struct Generate: ParsableCommand {
             writeOut("\n")
             return
         }
-        try runChat(lm, generator)
+        try runChat(lm, generator, context: context)
     }
 
     /// The chat loop: one `ChatConversation`, a turn per stdin line, until EOF or "/exit".
-    private func runChat(_ lm: any CausalLM, _ generator: Generator) throws {
+    private func runChat(_ lm: any CausalLM, _ generator: Generator, context: Int) throws {
         let chat = try ChatConversation(model: lm, generator: generator, contextSize: context)
         let interactive = isatty(0) != 0
         while true {

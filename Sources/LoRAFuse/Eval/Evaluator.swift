@@ -202,6 +202,26 @@ public struct Evaluator {
         model.tokenizer.encode(answer) + [try endOfTurnId()]
     }
 
+    /// Prompt and answer tokens of one example, checked against the model's context length: the whole
+    /// `prompt + answer` must fit, since scoring and training feed it as one sequence. `file` names the
+    /// example's source in the error (with `example.line`). Text too large to fit whatever it tokenizes
+    /// to is rejected before tokenizing (a 10 MB prompt would otherwise be tokenized and then need a
+    /// session of millions of positions).
+    public func exampleTokens(_ example: EvalExample, file: String) throws -> (p: [Int], a: [Int]) {
+        let ctx = model.contextLength
+        let bytes = example.prompt.utf8.count + example.answer.utf8.count
+        if model.tokenizer.surelyExceeds(bytes: bytes, limit: ctx) {
+            throw ContextLengthError.exampleTooLarge(file: file, line: example.line, bytes: bytes, contextLength: ctx,
+                                                     longestToken: model.tokenizer.longestTokenBytes ?? 0)
+        }
+        let p = try promptTokens(example.prompt)
+        let a = try answerTokens(example.answer)
+        guard p.count + a.count <= ctx else {
+            throw ContextLengthError.exampleTooLong(file: file, line: example.line, tokens: p.count + a.count, contextLength: ctx)
+        }
+        return (p, a)
+    }
+
     /// Cross-entropy of each target given its row of logits: `−log softmax(logits[r])[targets[r]]`,
     /// in Double with the row max subtracted first (stable for any finite logits).
     public static func negativeLogLikelihoods(_ logits: Matrix, rows: Range<Int>, targets: [Int]) -> [Double] {
@@ -222,15 +242,15 @@ public struct Evaluator {
 
     /// Scores one example on a fresh session. `task` only labels errors.
     public func score(_ example: EvalExample, task: String = "") throws -> ExampleScore {
-        let p = try promptTokens(example.prompt)
-        let a = try answerTokens(example.answer)
+        let (p, a) = try exampleTokens(example, file: task.isEmpty ? "(example)" : task)
         let session = try model.makeSession(maxTokens: capacity(p, a))
         return try score(example, p: p, a: a, session: session, cached: 0, task: task)
     }
 
-    /// Positions a session needs to score (and decode) an example.
+    /// Positions a session needs to score (and decode) an example; decoding stops at the context length.
     private func capacity(_ p: [Int], _ a: [Int]) -> Int {
-        max(p.count + a.count, options.computeAccuracy ? p.count + options.maxNewTokens : 0, 1)
+        let decode = options.computeAccuracy ? min(p.count + options.maxNewTokens, model.contextLength) : 0
+        return max(p.count + a.count, decode, 1)
     }
 
     /// Scores one example on `session`, whose first `cached` positions already hold `p[..<cached]`
@@ -290,6 +310,7 @@ public struct Evaluator {
                 onAnswer = false
                 session.truncate(to: p.count + j - 1)   // keep p + a[..<j-1], the greedy tokens before `next`
             }
+            if p.count + j > model.contextLength { break }  // no position left to feed `next` at
             logits = try session.feed([next])
             guard logits.rows == 1, logits.cols == model.vocabSize else {
                 throw EvalError.badLogits(task: task, line: example.line, expectedRows: 1, expectedCols: model.vocabSize,
@@ -341,7 +362,7 @@ public struct Evaluator {
         var order: [String] = []
         // One session for the whole run; the prompts' common prefix (system message, user-turn
         // header) is fed once and every example starts by cutting the session back to it.
-        let ids = try tasks.map { t in try t.examples.map { (p: try promptTokens($0.prompt), a: try answerTokens($0.answer)) } }
+        let ids = try tasks.map { t in try t.examples.map { try exampleTokens($0, file: t.path ?? t.name) } }
         let all = ids.joined()
         var session: (any InferenceSession)?
         var shared = 0

@@ -23,8 +23,15 @@ public protocol InferenceSession: AnyObject {
 public protocol CausalLM: AnyObject {
     var vocabSize: Int { get }
     var tokenizer: BPETokenizer { get }
+    /// Most positions a sequence can have (the model's trained context, `max_position_embeddings` /
+    /// `*.context_length`). Defaults to unbounded for models that have no such limit.
+    var contextLength: Int { get }
     /// A new sequence able to hold up to `maxTokens` tokens.
     func makeSession(maxTokens: Int) throws -> any InferenceSession
+}
+
+extension CausalLM {
+    public var contextLength: Int { Int.max }
 }
 
 extension InferenceSession {

@@ -157,6 +157,7 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
     public internal(set) var adapterMode: LoRAMode = .unmerged
 
     public var vocabSize: Int { config.vocabSize }
+    public var contextLength: Int { config.maxPositionEmbeddings }
 
     public init(config: LlamaConfig, weights: LlamaWeights, tokenizer: BPETokenizer, sourcePath: String = "<memory>") {
         self.config = config

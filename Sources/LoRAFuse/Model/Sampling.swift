@@ -214,6 +214,7 @@ public final class ChatConversation {
     public init(model: any CausalLM, generator: Generator, contextSize: Int, system: String? = nil) throws {
         self.model = model
         self.generator = generator
+        try model.checkContext(contextSize, option: "context size")
         self.contextSize = contextSize
         self.messages = system.map { [ChatMessage(role: "system", content: $0)] } ?? []
         self.session = try model.makeSession(maxTokens: contextSize)

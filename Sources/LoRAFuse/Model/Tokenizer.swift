@@ -90,6 +90,9 @@ public final class BPETokenizer: @unchecked Sendable {
     public let stopIds: Set<Int>
 
     public var vocabSize: Int { tokens.count }
+    /// UTF-8 bytes of the longest token's text, so text of `b` bytes is at least `b / longestTokenBytes`
+    /// tokens; nil when some byte has no token and no `unkId` (it is dropped, so no bound holds).
+    public let longestTokenBytes: Int?
 
     let vocab: [String: Int]
     /// (left id, right id) packed → (rank, merged id).
@@ -193,6 +196,8 @@ public final class BPETokenizer: @unchecked Sendable {
         }
         self.byteToId = b2id
         self.tokenBytes = tokens.map(ByteLevel.decode)
+        let longest = zip(tokens, tokenBytes).map { max($0.utf8.count, $1.count) }.max() ?? 1
+        self.longestTokenBytes = b2id.contains(-1) && unkId == nil ? nil : max(longest, 1)
 
         var added: [Unicode.Scalar: [(scalars: [Unicode.Scalar], id: Int)]] = [:]
         var special = Set<Int>()
@@ -270,14 +275,33 @@ public final class BPETokenizer: @unchecked Sendable {
         if ignoreMerges, let whole = vocab[ByteLevel.encode(bytes)] {
             return [Int32(whole)]
         }
+        let syms = mergeHeap(initialSymbols(bytes))
+
+        // Long pieces (a pasted blob, a run of one character) are not cached: they rarely repeat,
+        // and 200k of them could hold gigabytes.
+        guard bytes.count <= 256 else { return syms }
+        lock.lock()
+        if cache.count > 200_000 { cache.removeAll(keepingCapacity: true) }
+        cache[bytes] = syms
+        lock.unlock()
+        return syms
+    }
+
+    /// The byte tokens BPE starts from (a byte missing from the vocabulary becomes `unkId`, or is dropped).
+    func initialSymbols(_ bytes: [UInt8]) -> [Int32] {
         var syms: [Int32] = []
         syms.reserveCapacity(bytes.count)
         for b in bytes {
             let id = byteToId[Int(b)]
             if id >= 0 { syms.append(id) } else if let u = unkId { syms.append(Int32(u)) }
         }
-        // Repeatedly merge the lowest-ranked adjacent pair (leftmost on ties); HF's priority queue
-        // gives the same result because a merge only changes the pairs next to it.
+        return syms
+    }
+
+    /// Reference BPE: repeatedly merge the lowest-ranked adjacent pair, leftmost on ties, rescanning
+    /// the whole sequence each time. O(n²) on one long piece; kept to check `mergeHeap` against.
+    func naiveMerge(_ start: [Int32]) -> [Int32] {
+        var syms = start
         while syms.count > 1 {
             var bestRank = Int32.max, bestPos = -1, bestId: Int32 = 0
             for p in 0..<(syms.count - 1) {
@@ -289,12 +313,58 @@ public final class BPETokenizer: @unchecked Sendable {
             syms[bestPos] = bestId
             syms.remove(at: bestPos + 1)
         }
-
-        lock.lock()
-        if cache.count > 200_000 { cache.removeAll(keepingCapacity: true) }
-        cache[bytes] = syms
-        lock.unlock()
         return syms
+    }
+
+    /// The same merges as `naiveMerge` in O(n log n): the symbols form a linked list over their start
+    /// index, and every adjacent pair that has a merge sits in a binary min-heap keyed by
+    /// (rank, index of its left symbol). A merge keeps its left symbol's index, so index order is text
+    /// order and the smallest key is exactly the naive loop's choice (lowest rank, leftmost).
+    /// A merge only changes the pairs next to it; those are pushed anew and stale entries are skipped
+    /// when popped (lazy invalidation): an entry is live iff its left symbol is alive and both it and
+    /// its right neighbour still hold the ids it was pushed with (a position's id only ever grows into
+    /// a longer token, so an old id never comes back).
+    func mergeHeap(_ start: [Int32]) -> [Int32] {
+        let n = start.count
+        guard n > 1 else { return start }
+        var ids = start
+        var prev = [Int32](repeating: -1, count: n)
+        var next = [Int32](repeating: -1, count: n)
+        for i in 0..<n {
+            prev[i] = Int32(i - 1)
+            if i + 1 < n { next[i] = Int32(i + 1) }
+        }
+        var alive = [Bool](repeating: true, count: n)
+        var heap = PairHeap()
+        heap.reserve(n)
+        func push(_ i: Int32, _ j: Int32) {
+            let l = ids[Int(i)], r = ids[Int(j)]
+            if let m = merges[BPETokenizer.pairKey(l, r)] {
+                heap.push(PairHeap.Entry(key: UInt64(UInt32(m.rank)) << 32 | UInt64(UInt32(i)),
+                                         left: l, right: r, merged: m.id))
+            }
+        }
+        for i in 0..<(n - 1) { push(Int32(i), Int32(i + 1)) }
+        while let e = heap.pop() {
+            let i = Int(UInt32(truncatingIfNeeded: e.key))
+            guard alive[i], ids[i] == e.left else { continue }
+            let j = Int(next[i])
+            guard j >= 0, ids[j] == e.right else { continue }
+            ids[i] = e.merged
+            alive[j] = false
+            let k = next[j]
+            next[i] = k
+            if k >= 0 { prev[Int(k)] = Int32(i) }
+            if prev[i] >= 0 { push(prev[i], Int32(i)) }
+            if k >= 0 { push(Int32(i), k) }
+        }
+        var out: [Int32] = []
+        var i: Int32 = 0  // index 0 is never merged away (a merge keeps its left symbol)
+        while i >= 0 {
+            out.append(ids[Int(i)])
+            i = next[Int(i)]
+        }
+        return out
     }
 
     // MARK: Decoding
@@ -320,6 +390,50 @@ public final class BPETokenizer: @unchecked Sendable {
     /// A decoder for generated tokens that emits only complete UTF-8 characters.
     public func makeStreamingDecoder(skipSpecial: Bool = false) -> StreamingDecoder {
         StreamingDecoder(tokenizer: self, skipSpecial: skipSpecial)
+    }
+}
+
+/// Binary min-heap of candidate merges for `BPETokenizer.mergeHeap`, ordered by
+/// `key` = rank << 32 | index of the pair's left symbol.
+struct PairHeap {
+    struct Entry {
+        var key: UInt64
+        var left: Int32
+        var right: Int32
+        var merged: Int32
+    }
+    private var items: [Entry] = []
+
+    mutating func reserve(_ n: Int) { items.reserveCapacity(n) }
+
+    mutating func push(_ e: Entry) {
+        items.append(e)
+        var c = items.count - 1
+        while c > 0 {
+            let p = (c - 1) / 2
+            if items[p].key <= e.key { break }
+            items[c] = items[p]
+            c = p
+        }
+        items[c] = e
+    }
+
+    mutating func pop() -> Entry? {
+        guard let last = items.popLast() else { return nil }
+        guard !items.isEmpty else { return last }
+        let top = items[0]
+        let n = items.count
+        var p = 0
+        while true {
+            var c = 2 * p + 1
+            if c >= n { break }
+            if c + 1 < n && items[c + 1].key < items[c].key { c += 1 }
+            if last.key <= items[c].key { break }
+            items[p] = items[c]
+            p = c
+        }
+        items[p] = last
+        return top
     }
 }
 

@@ -81,7 +81,10 @@ public struct StepLog: Sendable, Equatable {
 public enum TrainingData {
     public static func sequences(_ task: EvalTask, model: any CausalLM) throws -> [TrainingSequence] {
         let ev = Evaluator(model: model)
-        return try task.examples.map { TrainingSequence(prompt: try ev.promptTokens($0.prompt), answer: try ev.answerTokens($0.answer)) }
+        return try task.examples.map {
+            let (p, a) = try ev.exampleTokens($0, file: task.path ?? task.name)
+            return TrainingSequence(prompt: p, answer: a)
+        }
     }
 }
 

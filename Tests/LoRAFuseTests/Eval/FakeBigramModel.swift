@@ -32,6 +32,8 @@ enum TinyChat {
 final class FakeBigramModel: CausalLM {
     let tokenizer: BPETokenizer
     var vocabSize: Int { tokenizer.vocabSize }
+    /// The model's context length (unbounded unless a test sets it).
+    var contextLength = Int.max
     let next: [Int: Int]
     let boost: Float
     /// Every `feed` call of every session, in order.
