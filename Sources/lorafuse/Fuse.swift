@@ -122,7 +122,7 @@ struct Fuse: ParsableCommand {
 
         let lm = try loadModel(modelPath: model, adapters: [])
         let hints = (try? ModelHints.load(path: model ?? ModelLocator.defaultModelPath())) ?? ModelHints()
-        let loaded = try adapters.map { try AdapterIO.read(path: $0, hints: hints) }
+        let loaded = AdapterNames.disambiguated(try adapters.map { try AdapterIO.read(path: $0, hints: hints) })
         let shotTasks = try shots.map { try TaskData.read(path: $0) }
         let valTasks = try val.map { try TaskData.read(path: $0) }
         let total = m == .lorahub ? evaluations : steps

@@ -129,6 +129,9 @@ public final class LoRATrainer {
         precondition(step == 0, "warmStart must come before the first step")
         let given = try LoRAParameters(adapter: adapter, config: engine.model.config)
         let path = adapter.sourcePath ?? adapter.name
+        if let d = AdapterNames.duplicates(given.modules.map(\.name)).first {
+            throw TrainError.badAdapter(path: path, module: d, reason: "appears twice (under two tensor names)")
+        }
         let byName = Dictionary(uniqueKeysWithValues: given.modules.map { ($0.name, $0) })
         guard byName.count == params.modules.count else {
             throw TrainError.badAdapter(path: path, module: "(all)",
