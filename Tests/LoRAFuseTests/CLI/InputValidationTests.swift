@@ -45,3 +45,42 @@ final class InputValidationTests: XCTestCase {
         XCTAssertEqual(AdapterNames.duplicates(["p", "q", "p"]), ["p"])
     }
 }
+
+extension InputValidationTests {
+    func testAdapterWeightThatIsNotANumber() throws {
+        let a = CLITests.inputs + "/a"
+        let r = try run(["merge", a + ":abc", "--method", "linear", "-o", tmp + "/out", "--quiet"])
+        XCTAssertEqual(r.code, 1, r.stderr)
+        XCTAssertTrue(r.stderr.contains("'abc'") && r.stderr.contains("not a number"), r.stderr)
+        XCTAssertFalse(r.stderr.contains("no such file"), r.stderr)
+        let missing = try run(["merge", tmp + "/nowhere:abc", "--method", "linear", "-o", tmp + "/out", "--quiet"])
+        XCTAssertEqual(missing.code, 1, missing.stderr)
+        XCTAssertTrue(missing.stderr.contains("not a number"), missing.stderr)
+        // A file whose name has a colon is still a path.
+        try copyAdapter("a", to: tmp + "/odd:name")
+        let odd = try run(["inspect", tmp + "/odd:name"])
+        XCTAssertEqual(odd.code, 0, odd.stderr)
+        let merged = try run(["merge", tmp + "/odd:name", "--method", "linear", "-o", tmp + "/out1", "--quiet"])
+        XCTAssertEqual(merged.code, 0, merged.stderr)
+        // Weights that overflow weight × ΔW are refused up front.
+        for w in ["1e38", "inf", "nan"] {
+            let big = try run(["merge", a + ":" + w, "--method", "linear", "-o", tmp + "/out2", "--quiet"])
+            XCTAssertEqual(big.code, 1, "\(w): \(big.stderr)")
+            XCTAssertTrue(big.stderr.contains("weight"), big.stderr)
+        }
+    }
+
+    func testNegativeOptionValuesGetTheirRangeCheck() throws {
+        let a = CLITests.inputs + "/a"
+        let r = try run(["merge", a, "--method", "svd", "--rank", "-1", "-o", tmp + "/out", "--quiet"])
+        XCTAssertEqual(r.code, 1, r.stderr)
+        XCTAssertTrue(r.stderr.contains("--rank must be at least 1, got -1"), r.stderr)
+        XCTAssertFalse(r.stderr.contains("Missing value"), r.stderr)
+        let t = try run(["inspect", a, "--samples", "-5"])
+        XCTAssertEqual(t.code, 1, t.stderr)
+        XCTAssertTrue(t.stderr.contains("--samples"), t.stderr)
+        // A negative value where one is allowed now parses instead of being taken for a flag.
+        let lam = try run(["merge", a, CLITests.inputs + "/b", "--method", "dare_linear", "--lambda", "-0.5", "-o", tmp + "/neg", "--quiet"])
+        XCTAssertFalse(lam.stderr.contains("Missing value"), lam.stderr)
+    }
+}
