@@ -26,6 +26,7 @@ public enum AdapterIO {
             if FileManager.default.fileExists(atPath: cfg) { return .peft }
             throw AdapterIOError.unknownFormat(path: path, found: (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? [])
         }
+        try InputFile.requireRegularFile(path)   // a FIFO would block the magic check
         if GGUFLoRA.hasGGUFMagic(path: path) { return .gguf }
         throw AdapterIOError.unknownFormat(path: path, found: [(path as NSString).lastPathComponent])
     }

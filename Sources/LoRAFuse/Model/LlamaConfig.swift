@@ -177,6 +177,7 @@ public struct LlamaConfig: Codable, Sendable, Equatable {
     /// Reads HF `config.json`, then `validate`s it.
     public static func load(configJSON path: String) throws -> LlamaConfig {
         let data: Data
+        try InputFile.refuseSpecialFile(path)
         do { data = try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
             throw ModelError.notAModel(path: path, reason: "cannot read: \(error.localizedDescription)")
         }
