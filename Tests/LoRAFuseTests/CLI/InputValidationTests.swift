@@ -84,3 +84,110 @@ extension InputValidationTests {
         XCTAssertFalse(lam.stderr.contains("Missing value"), lam.stderr)
     }
 }
+
+// MARK: YAML plans that would take all memory
+
+extension InputValidationTests {
+    func writePlan(_ text: String, _ name: String = "plan.yaml") throws -> String {
+        let p = tmp + "/" + name
+        try text.write(toFile: p, atomically: true, encoding: .utf8)
+        return p
+    }
+
+    func testBillionLaughsPlanIsRefused() throws {
+        var yaml = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n"
+        for i in 1...9 { yaml += "a\(i): &a\(i) [" + Array(repeating: "*a\(i - 1)", count: 10).joined(separator: ", ") + "]\n" }
+        yaml += "method: linear\nadapters: *a9\n"
+        let p = try writePlan(yaml)
+        XCTAssertThrowsError(try FusionPlan.load(path: p)) { e in
+            XCTAssertTrue("\(e)".contains(p) && "\(e)".contains("nodes"), "\(e)")
+        }
+        let r = try run(["merge", "--config", p, "--quiet"])
+        XCTAssertEqual(r.code, 2, r.stderr)
+        XCTAssertTrue(r.stderr.contains("too large"), r.stderr)
+    }
+
+    func testPlanWithTooManyAdaptersOrBytesIsRefused() throws {
+        let many = "method: linear\nadapters:\n" + String(repeating: "  - x\n", count: 50_000)
+        XCTAssertThrowsError(try FusionPlan.load(path: try writePlan(many))) { e in
+            XCTAssertTrue("\(e)".contains("nodes") || "\(e)".contains("at most 1024"), "\(e)")
+        }
+        let some = "method: linear\nadapters:\n" + String(repeating: "  - x\n", count: 1025)
+        XCTAssertThrowsError(try FusionPlan.load(path: try writePlan(some, "some.yaml"))) { e in
+            XCTAssertTrue("\(e)".contains("at most 1024") && "\(e)".contains("some.yaml"), "\(e)")
+        }
+        let big = "method: linear\n# " + String(repeating: "x", count: 1 << 20) + "\nadapters: [a]\n"
+        XCTAssertThrowsError(try FusionPlan.load(path: try writePlan(big, "big.yaml"))) { e in
+            XCTAssertTrue("\(e)".contains("big.yaml") && "\(e)".contains("too large"), "\(e)")
+        }
+        let deep = "method: linear\nadapters: " + String(repeating: "[", count: 5000) + String(repeating: "]", count: 5000) + "\n"
+        XCTAssertThrowsError(try FusionPlan.load(path: try writePlan(deep, "deep.yaml"))) { e in
+            XCTAssertTrue("\(e)".contains("nested"), "\(e)")
+        }
+        // A plan with weights that would overflow is refused with the key.
+        let w = "method: linear\nadapters:\n  - path: a\n    weight: 1e38\n"
+        XCTAssertThrowsError(try FusionPlan.load(path: try writePlan(w, "w.yaml"))) { e in
+            XCTAssertTrue("\(e)".contains("adapters[0].weight"), "\(e)")
+        }
+    }
+}
+
+// MARK: FIFOs, devices and pipes
+
+extension InputValidationTests {
+    /// Runs the binary but kills it after `timeout` seconds, so a hang fails the test instead of the run.
+    func runWithTimeout(_ args: [String], timeout: TimeInterval = 30) throws -> CLITests.Run {
+        let p = Process()
+        p.executableURL = CLITests.binary
+        p.arguments = args
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        p.standardInput = FileHandle.nullDevice
+        try p.run()
+        let deadline = Date().addingTimeInterval(timeout)
+        while p.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
+        if p.isRunning { p.terminate(); XCTFail("\(args) hung") }
+        p.waitUntilExit()
+        return CLITests.Run(code: p.terminationStatus,
+                            stdout: String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self),
+                            stderr: String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
+    }
+
+    func makeFIFO(_ path: String) throws {
+        guard mkfifo(path, 0o644) == 0 else { throw XCTSkip("mkfifo failed") }
+    }
+
+    func testFIFOInputsAreRefusedNotWaitedOn() throws {
+        let fifo = tmp + "/pipe"
+        try makeFIFO(fifo)
+        let r = try runWithTimeout(["inspect", fifo])
+        XCTAssertEqual(r.code, 2, r.stderr)
+        XCTAssertTrue(r.stderr.contains("is not a regular file (a FIFO)"), r.stderr)
+        let plan = try runWithTimeout(["merge", "--config", fifo])
+        XCTAssertEqual(plan.code, 2, plan.stderr)
+        XCTAssertTrue(plan.stderr.contains("not a regular file"), plan.stderr)
+        // In the library, without the binary: every reader checks first.
+        XCTAssertThrowsError(try GGUFFile(path: fifo)) { XCTAssertTrue("\($0)".contains("FIFO"), "\($0)") }
+        XCTAssertThrowsError(try SafetensorsFile(path: fifo)) { XCTAssertTrue("\($0)".contains("FIFO"), "\($0)") }
+        XCTAssertThrowsError(try TaskData.read(path: fifo)) { XCTAssertTrue("\($0)".contains("FIFO"), "\($0)") }
+        XCTAssertThrowsError(try LlamaModel.load(path: fifo)) { XCTAssertTrue("\($0)".contains("FIFO"), "\($0)") }
+        // A PEFT directory whose files are FIFOs.
+        let dir = tmp + "/peft"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try makeFIFO(dir + "/adapter_config.json")
+        XCTAssertThrowsError(try PEFTAdapter.read(directory: dir)) { XCTAssertTrue("\($0)".contains("FIFO"), "\($0)") }
+        try FileManager.default.removeItem(atPath: dir + "/adapter_config.json")
+        try FileManager.default.copyItem(atPath: CLITests.inputs + "/a/adapter_config.json", toPath: dir + "/adapter_config.json")
+        try makeFIFO(dir + "/adapter_model.safetensors")
+        let peft = try runWithTimeout(["inspect", dir])
+        XCTAssertEqual(peft.code, 2, peft.stderr)
+        XCTAssertTrue(peft.stderr.contains("adapter_model.safetensors is not a regular file (a FIFO)"), peft.stderr)
+    }
+
+    func testCharacterDeviceIsNamed() throws {
+        XCTAssertThrowsError(try InputFile.requireRegularFile("/dev/null")) {
+            XCTAssertEqual("\($0)".contains("(a character device)"), true, "\($0)")
+        }
+    }
+}
