@@ -140,6 +140,9 @@ struct AdapterSpec: ExpressibleByArgument, CustomStringConvertible {
 func printJSON<T: Encodable>(_ value: T) throws {
     let enc = JSONEncoder()
     enc.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+    // A norm or cosine can still overflow Float/Double on finite but huge inputs; print it as a
+    // string instead of failing the whole output with an encoder error.
+    enc.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
     let data = try enc.encode(value)
     FileHandle.standardOutput.write(data)
     FileHandle.standardOutput.write(Data("\n".utf8))

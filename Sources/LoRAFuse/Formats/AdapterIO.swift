@@ -33,12 +33,16 @@ public enum AdapterIO {
 
     /// Reads an adapter of any format. `hints` matter only for GGUF LoRAs of the llama
     /// architecture whose q/k heads are not recorded in the file (see `GGUFLoRA`).
+    /// Every scale and factor entry is checked to be finite (`AdapterValidation`).
     public static func read(path: String, hints: ModelHints = ModelHints()) throws -> LoRAAdapter {
+        let a: LoRAAdapter
         switch try detect(path: path) {
-        case .peft: return try PEFTAdapter.read(directory: path)
-        case .mlx: return try MLXAdapter.read(directory: path)
-        case .gguf: return try GGUFLoRA.read(path: path, hints: hints)
+        case .peft: a = try PEFTAdapter.read(directory: path)
+        case .mlx: a = try MLXAdapter.read(directory: path)
+        case .gguf: a = try GGUFLoRA.read(path: path, hints: hints)
         }
+        try AdapterValidation.check(a)
+        return a
     }
 
     /// Writes `adapter` in `format` through temporary names renamed into place; inputs

@@ -191,3 +191,83 @@ extension InputValidationTests {
         }
     }
 }
+
+// MARK: Non-finite and contradictory numbers
+
+extension InputValidationTests {
+    func editJSON(_ path: String, _ change: (inout [String: Any]) -> Void) throws {
+        var j = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any])
+        change(&j)
+        try JSONSerialization.data(withJSONObject: j).write(to: URL(fileURLWithPath: path))
+    }
+
+    /// Rewrites a safetensors file with `change` applied to the named tensor's values.
+    func editTensor(_ file: String, _ name: String, _ change: (inout [Float]) -> Void) throws {
+        let st = try SafetensorsFile(path: file)
+        let tensors = try st.names.map { n -> SafetensorsTensor in
+            var v = try st.floats(n)
+            if n == name { change(&v) }
+            return SafetensorsTensor(name: n, shape: try st.info(n).shape, values: v)
+        }
+        try FileManager.default.removeItem(atPath: file)
+        _ = try SafetensorsWriter.write(tensors: tensors, dtype: .f32, to: URL(fileURLWithPath: file))
+    }
+
+    func testNonFiniteAdapterValuesAreReportedOnLoad() throws {
+        let huge = tmp + "/huge"
+        try copyAdapter("a", to: huge)
+        try editJSON(huge + "/adapter_config.json") { $0["lora_alpha"] = 1e308 }
+        XCTAssertThrowsError(try AdapterIO.read(path: huge)) { e in
+            XCTAssertTrue(e is AdapterValueError && "\(e)".contains("lora_alpha") && "\(e)".contains("huge"), "\(e)")
+        }
+        let r = try run(["inspect", huge, "--json"])
+        XCTAssertEqual(r.code, 2, r.stderr)
+        XCTAssertTrue(r.stderr.contains("not finite"), r.stderr)
+
+        let nan = tmp + "/nan"
+        try copyAdapter("a", to: nan)
+        let st = try SafetensorsFile(path: nan + "/adapter_model.safetensors")
+        let aName = try XCTUnwrap(st.names.sorted().first { $0.contains("lora_A") })
+        try editTensor(nan + "/adapter_model.safetensors", aName) { $0[3] = .nan }
+        XCTAssertThrowsError(try AdapterIO.read(path: nan)) { e in
+            XCTAssertTrue("\(e)".contains("lora_A") && "\(e)".contains("non-finite"), "\(e)")
+        }
+    }
+
+    func testInspectJSONSurvivesOverflowingNorms() throws {
+        let big = tmp + "/big"
+        try copyAdapter("a", to: big)
+        let st = try SafetensorsFile(path: big + "/adapter_model.safetensors")
+        for n in st.names where n.contains("lora_B") { try editTensor(big + "/adapter_model.safetensors", n) { v in v = v.map { $0 == 0 ? 1e30 : $0 * 1e30 } } }
+        let r = try run(["inspect", big, CLITests.inputs + "/b", "--json"])
+        XCTAssertEqual(r.code, 0, r.stderr)
+        XCTAssertNotNil(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)), r.stdout)
+    }
+
+    func testModelConfigOutOfRangeAndBlockCountMismatch() throws {
+        let fm = FileManager.default
+        let src = ModelFixtures.path("tiny-llama")
+        func variant(_ name: String, config: ((inout [String: Any]) -> Void)? = nil) throws -> String {
+            let d = tmp + "/" + name
+            try fm.copyItem(atPath: src, toPath: d)
+            if let c = config { try editJSON(d + "/config.json", c) }
+            return d
+        }
+        for (name, key, value) in [("theta", "rope_theta", -1.0), ("eps", "rms_norm_eps", -1e-5)] as [(String, String, Double)] {
+            let d = try variant(name) { $0[key] = value }
+            XCTAssertThrowsError(try LlamaModel.load(path: d)) { e in XCTAssertTrue("\(e)".contains(key), "\(e)") }
+        }
+        for layers in [1, 3] {
+            let d = try variant("layers\(layers)") { $0["num_hidden_layers"] = layers }
+            XCTAssertThrowsError(try LlamaModel.load(path: d)) { e in
+                XCTAssertTrue("\(e)".contains("num_hidden_layers") && "\(e)".contains("2 block(s)"), "\(e)")
+            }
+        }
+        let nanNorm = try variant("nannorm")
+        try editTensor(nanNorm + "/model.safetensors", "model.layers.0.input_layernorm.weight") { $0[0] = .nan }
+        XCTAssertThrowsError(try LlamaModel.load(path: nanNorm)) { e in
+            XCTAssertTrue("\(e)".contains("model.layers.0.input_layernorm.weight") && "\(e)".contains("non-finite"), "\(e)")
+        }
+        XCTAssertNoThrow(try LlamaModel.load(path: try variant("ok")))
+    }
+}
