@@ -42,6 +42,9 @@ struct Inspect: ParsableCommand {
         // Same-named folders (run1/x, run2/x) get their parent paths in the name: tables and the
         // JSON `dtypes` map are keyed by name.
         let loaded = AdapterNames.disambiguated(try adapters.map { try AdapterIO.read(path: $0, hints: hints) })
+        if let dims = hints.baseTensorDims {
+            for a in loaded { try AdapterValidation.checkShapes(a, baseDims: dims, baseName: hints.source ?? "the base") }
+        }
         var analysis = AdapterAnalyzer.analyze(loaded, samplesPerModule: samples, seed: seed)
         if json {
             struct Out: Encodable { var analysis: AdapterAnalysis; var dtypes: [String: String] }

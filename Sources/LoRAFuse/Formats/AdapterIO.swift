@@ -42,6 +42,7 @@ public enum AdapterIO {
         case .gguf: a = try GGUFLoRA.read(path: path, hints: hints)
         }
         try AdapterValidation.check(a)
+        for w in AdapterValidation.configWarnings(a) { FileHandle.standardError.write(Data("warning: \(w)\n".utf8)) }
         return a
     }
 

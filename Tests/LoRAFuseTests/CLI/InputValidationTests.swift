@@ -271,3 +271,41 @@ extension InputValidationTests {
         XCTAssertNoThrow(try LlamaModel.load(path: try variant("ok")))
     }
 }
+
+// MARK: Configs and tensors that contradict each other
+
+extension InputValidationTests {
+    func testAdapterConfigContradictingTensorsWarns() throws {
+        let d = tmp + "/targets"
+        try copyAdapter("a", to: d)
+        try editJSON(d + "/adapter_config.json") { $0["target_modules"] = ["q_proj", "k_proj"]; $0["layers_to_transform"] = [0] }
+        let r = try run(["inspect", d])
+        XCTAssertEqual(r.code, 0, r.stderr)
+        XCTAssertTrue(r.stderr.contains("not in target_modules") && r.stderr.contains("down_proj"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("k_proj but the adapter has no tensors"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("outside layers_to_transform") && r.stderr.contains("layers.1."), r.stderr)
+        // The fixture as written agrees with itself: no warning.
+        let clean = try run(["inspect", CLITests.inputs + "/a"])
+        XCTAssertFalse(clean.stderr.contains("warning"), clean.stderr)
+    }
+
+    func testAdapterWithoutLoRATensorsIsAnError() throws {
+        let d = tmp + "/empty"
+        try copyAdapter("a", to: d)
+        try FileManager.default.removeItem(atPath: d + "/adapter_model.safetensors")
+        _ = try SafetensorsWriter.write(tensors: [], dtype: .f32, to: URL(fileURLWithPath: d + "/adapter_model.safetensors"))
+        let r = try run(["inspect", d])
+        XCTAssertEqual(r.code, 2, r.stderr)
+        XCTAssertTrue(r.stderr.contains("no lora_A/lora_B"), r.stderr)
+    }
+
+    func testInspectBaseWithWrongShapesNamesModuleAndShapes() throws {
+        let base = ModelFixtures.path("tiny-llama.gguf")
+        let r = try run(["inspect", CLITests.inputs + "/a", "--base", base])
+        XCTAssertEqual(r.code, 2, r.stderr)
+        XCTAssertTrue(r.stderr.contains("module base_model.model.model.layers.0.") && r.stderr.contains("ΔW shape = [16, 32]")
+                      && r.stderr.contains("needs ΔW [32, 64]"), r.stderr)
+        let ok = try run(["inspect", ModelFixtures.path("tiny-llama-lora"), "--base", base])
+        XCTAssertEqual(ok.code, 0, ok.stderr)
+    }
+}
