@@ -309,3 +309,15 @@ extension InputValidationTests {
         XCTAssertEqual(ok.code, 0, ok.stderr)
     }
 }
+
+extension InputValidationTests {
+    func testTrainingOptionsRejectNonFiniteNumbers() {
+        for change in [{ (o: inout TrainingOptions) in o.learningRate = .nan }, { $0.alpha = .infinity }, { $0.weightDecay = -1 },
+                       { $0.maxGradNorm = .nan }, { $0.epochs = .infinity }] {
+            var o = TrainingOptions()
+            change(&o)
+            XCTAssertThrowsError(try o.validate()) { XCTAssertTrue("\($0)".contains("finite") || "\($0)".contains("≥ 0"), "\($0)") }
+        }
+        XCTAssertNoThrow(try TrainingOptions().validate())
+    }
+}
