@@ -321,3 +321,26 @@ extension InputValidationTests {
         XCTAssertNoThrow(try TrainingOptions().validate())
     }
 }
+
+extension InputValidationTests {
+    /// Stands in for a LAPACK failure deep inside a method.
+    struct FailingMethod: FusionMethod {
+        var name: String { "failing" }
+        func fuse(_ input: ModuleFusionInput) throws -> FusedModule {
+            throw LinalgError.lapack(routine: "sgeqrf", info: -5, shape: [input.outFeatures, 16])
+        }
+    }
+
+    func testLAPACKFailureNamesModuleAndAdapters() throws {
+        let ins = try ["a", "b"].map { try PEFTAdapter.read(directory: CLITests.inputs + "/" + $0) }
+        XCTAssertThrowsError(try Fuser.fuse(ins, weights: [1, 1], method: FailingMethod())) { e in
+            let s = "\(e)"
+            XCTAssertTrue(e is ModuleFusionError && s.contains("module base_model.model.model.layers.") && s.contains("a, b")
+                          && s.contains("sgeqrf"), s)
+        }
+        // Weights that overflow Float in ΔW are caught at the fused factors, naming the module.
+        XCTAssertThrowsError(try Fuser.fuse(ins, weights: [3e38, 3e38], method: LinearFusion())) { e in
+            XCTAssertTrue("\(e)".contains("not finite") && "\(e)".contains("module"), "\(e)")
+        }
+    }
+}
