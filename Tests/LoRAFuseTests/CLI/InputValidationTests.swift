@@ -344,3 +344,14 @@ extension InputValidationTests {
         }
     }
 }
+
+extension InputValidationTests {
+    func testLearnedFusionRejectsNonFiniteOptions() throws {
+        let a = CLITests.inputs + "/a"
+        for (flag, value) in [("--lr", "nan"), ("--l2", "-1"), ("--initial", "inf"), ("--eval-every", "0")] {
+            let r = try run(["fuse", "--method", "atlas", a, "--shots", tmp + "/s.jsonl", "-o", tmp + "/o", flag, value])
+            XCTAssertEqual(r.code, 1, "\(flag) \(value): \(r.stderr)")
+            XCTAssertTrue(r.stderr.contains(flag), r.stderr)
+        }
+    }
+}
