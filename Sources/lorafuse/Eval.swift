@@ -22,7 +22,7 @@ struct Eval: ParsableCommand {
     @Option(name: .long, help: "Model GGUF file (default: the SmolLM2-135M-Instruct model in $LORAFUSE_HOME/models).")
     var model: String?
 
-    @Option(name: .long, help: "Adapter as DIR[:WEIGHT], applied unmerged (repeatable).")
+    @Option(name: .long, help: "Adapter as DIR[:WEIGHT], applied unmerged (repeatable).", transform: AdapterSpec.parse)
     var adapter: [AdapterSpec] = []
 
     @Option(name: .long, parsing: .upToNextOption, help: "Task files (.jsonl), one or more.")

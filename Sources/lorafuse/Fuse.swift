@@ -112,6 +112,15 @@ struct Fuse: ParsableCommand {
         if let n = valPerTask, n < 1 { throw ValidationError("--val-per-task must be at least 1, got \(n)") }
         if let r = rank, r < 1 { throw ValidationError("--rank must be at least 1, got \(r)") }
         if patience != nil && val.isEmpty { throw ValidationError("--patience needs --val") }
+        if let p = patience, p < 1 { throw ValidationError("--patience must be at least 1, got \(p)") }
+        if let e = evalEvery, e < 1 { throw ValidationError("--eval-every must be at least 1, got \(e)") }
+        // NaN passes every comparison; these would turn into NaN coefficients and an inf loss.
+        if !(lr.isFinite && lr > 0) { throw ValidationError("--lr must be finite and > 0, got \(lr)") }
+        for (flag, v) in [("--l1", l1 ?? 0), ("--l2", l2)] where !(v.isFinite && v >= 0) {
+            throw ValidationError("\(flag) must be finite and ≥ 0, got \(v)")
+        }
+        if !initial.isFinite || abs(initial) > 1e4 { throw ValidationError("--initial must be finite with |value| ≤ 1e4, got \(initial)") }
+        if let c = catScale, !(c.isFinite && c > 0) { throw ValidationError("--cat-scale must be finite and > 0, got \(c)") }
     }
 
     func run() throws {
@@ -130,7 +139,7 @@ struct Fuse: ParsableCommand {
 
         let lm = try loadModel(modelPath: model, adapters: [])
         let hints = (try? ModelHints.load(path: model ?? ModelLocator.defaultModelPath())) ?? ModelHints()
-        let loaded = try adapters.map { try AdapterIO.read(path: $0, hints: hints) }
+        let loaded = AdapterNames.disambiguated(try adapters.map { try AdapterIO.read(path: $0, hints: hints) })
         let shotTasks = try shots.map { try TaskData.read(path: $0) }
         let valTasks = try val.map { try TaskData.read(path: $0) }
         let total = m == .lorahub ? evaluations : steps

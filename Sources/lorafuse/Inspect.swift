@@ -39,12 +39,17 @@ struct Inspect: ParsableCommand {
     func run() throws {
         compute.apply()
         let hints = try model.hints()
-        let loaded = try adapters.map { try AdapterIO.read(path: $0, hints: hints) }
+        // Same-named folders (run1/x, run2/x) get their parent paths in the name: tables and the
+        // JSON `dtypes` map are keyed by name.
+        let loaded = AdapterNames.disambiguated(try adapters.map { try AdapterIO.read(path: $0, hints: hints) })
+        if let dims = hints.baseTensorDims {
+            for a in loaded { try AdapterValidation.checkShapes(a, baseDims: dims, baseName: hints.source ?? "the base") }
+        }
         var analysis = AdapterAnalyzer.analyze(loaded, samplesPerModule: samples, seed: seed)
         if json {
             struct Out: Encodable { var analysis: AdapterAnalysis; var dtypes: [String: String] }
             analysis.warnings += []
-            try printJSON(Out(analysis: analysis, dtypes: Dictionary(uniqueKeysWithValues: loaded.map { ($0.name, $0.sourceDType.rawValue) })))
+            try printJSON(Out(analysis: analysis, dtypes: Dictionary(loaded.map { ($0.name, $0.sourceDType.rawValue) }, uniquingKeysWith: { a, _ in a })))
             return
         }
         for a in loaded { print("\(a.name): dtype \(a.sourceDType.rawValue.lowercased()), \(a.sourcePath ?? "")") }

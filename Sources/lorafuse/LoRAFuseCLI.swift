@@ -9,7 +9,7 @@ struct LoRAFuseCLI {
     static func main() {
         let command: ParsableCommand
         do {
-            command = try LoRAFuseCommand.parseAsRoot()
+            command = try LoRAFuseCommand.parseAsRoot(joiningNegativeValues(Array(CommandLine.arguments.dropFirst())))
         } catch {
             let code = LoRAFuseCommand.exitCode(for: error)
             if code == .success { LoRAFuseCommand.exit(withError: error) }  // --help, --version
@@ -33,6 +33,28 @@ struct LoRAFuseCLI {
             exit(2)
         }
     }
+}
+
+/// `--rank -1` would reach ArgumentParser as an option `--rank` followed by a flag `-1`
+/// ("Missing value for '--rank'"); joined into `--rank=-1` the value parses, so a negative
+/// number gets the option's own range check (or is accepted where it is allowed, like
+/// `--lambda -0.5`). Nothing after a `--` terminator is touched.
+func joiningNegativeValues(_ args: [String]) -> [String] {
+    var out: [String] = []
+    var i = 0
+    while i < args.count {
+        let a = args[i]
+        if a == "--" { out += args[i...]; break }
+        if a.hasPrefix("--"), a.count > 2, !a.contains("="), i + 1 < args.count,
+           args[i + 1].hasPrefix("-"), args[i + 1].count > 1, Double(args[i + 1]) != nil {
+            out.append(a + "=" + args[i + 1])
+            i += 2
+            continue
+        }
+        out.append(a)
+        i += 1
+    }
+    return out
 }
 
 struct LoRAFuseCommand: ParsableCommand {
@@ -68,20 +90,43 @@ struct ComputeOptions: ParsableArguments {
 }
 
 /// `PATH[:WEIGHT]`: the weight is what follows the last colon when it parses as a number, so
-/// paths with colons still work and `math:-0.5` subtracts.
+/// paths with colons still work and `math:-0.5` subtracts. A suffix that is not a number is an
+/// error unless the whole argument names an existing file (`weird:name`); weights must be finite
+/// and at most `maxWeight` in magnitude (weight × ΔW would overflow Float long before 1e38).
 struct AdapterSpec: ExpressibleByArgument, CustomStringConvertible {
     var path: String
     var weight: Float
 
-    init?(argument: String) {
-        if let i = argument.lastIndex(of: ":"), let w = Float(argument[argument.index(after: i)...]) {
-            path = String(argument[..<i])
+    static let maxWeight: Float = 1e4
+
+    struct Problem: Error, CustomStringConvertible { var description: String }
+
+    /// Parses `PATH[:WEIGHT]`, throwing a message that says what is wrong with it.
+    static func parse(_ argument: String) throws -> AdapterSpec {
+        var path = argument
+        var weight: Float = 1
+        if let i = argument.lastIndex(of: ":"), !FileManager.default.fileExists(atPath: argument) {
+            let prefix = String(argument[..<i]), suffix = String(argument[argument.index(after: i)...])
+            guard let w = Float(suffix.trimmingCharacters(in: .whitespaces)) else {
+                let exists = FileManager.default.fileExists(atPath: prefix)
+                throw Problem(description: "the weight '\(suffix)' after the last ':' is not a number"
+                              + (exists ? " (\(prefix) exists; give PATH:WEIGHT, e.g. \(prefix):0.5)"
+                                        : " and no file or directory is named \(argument)"))
+            }
+            path = prefix
             weight = w
-        } else {
-            path = argument
-            weight = 1
         }
-        if path.isEmpty || !weight.isFinite { return nil }
+        if path.isEmpty { throw Problem(description: "the adapter path is empty (expected PATH[:WEIGHT])") }
+        guard weight.isFinite else { throw Problem(description: "the weight of \(path) is not a finite number") }
+        guard abs(weight) <= maxWeight else {
+            throw Problem(description: "the weight \(weight) of \(path) is out of range (|w| ≤ \(Int(maxWeight))); a weight that large overflows weight × ΔW")
+        }
+        return AdapterSpec(path: path, weight: weight)
+    }
+
+    init?(argument: String) {
+        guard let s = try? Self.parse(argument) else { return nil }
+        self = s
     }
 
     init(path: String, weight: Float) {
@@ -95,6 +140,9 @@ struct AdapterSpec: ExpressibleByArgument, CustomStringConvertible {
 func printJSON<T: Encodable>(_ value: T) throws {
     let enc = JSONEncoder()
     enc.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+    // A norm or cosine can still overflow Float/Double on finite but huge inputs; print it as a
+    // string instead of failing the whole output with an encoder error.
+    enc.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
     let data = try enc.encode(value)
     FileHandle.standardOutput.write(data)
     FileHandle.standardOutput.write(Data("\n".utf8))

@@ -14,7 +14,7 @@ struct Merge: ParsableCommand {
         """
     )
 
-    @Argument(help: "Adapters as PATH[:WEIGHT] (weight defaults to 1; negative subtracts).")
+    @Argument(help: "Adapters as PATH[:WEIGHT] (weight defaults to 1; negative subtracts).", transform: AdapterSpec.parse)
     var adapters: [AdapterSpec] = []
 
     @Option(name: .long, help: "Fusion method (see the list above).")

@@ -20,7 +20,7 @@ struct MergeIntoBaseCommand: ParsableCommand {
     @Option(name: .long, help: "Base model: HF checkpoint directory or GGUF file (default: the default model).")
     var model: String?
 
-    @Option(name: .long, help: "Adapter as PATH[:WEIGHT] (repeatable).")
+    @Option(name: .long, help: "Adapter as PATH[:WEIGHT] (repeatable).", transform: AdapterSpec.parse)
     var adapter: [AdapterSpec] = []
 
     @Option(name: .long, help: "Output format: hf or gguf (default: the base's).")

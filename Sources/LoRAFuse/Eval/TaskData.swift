@@ -84,6 +84,7 @@ public enum TaskData {
     /// Reads one task file.
     public static func read(path: String) throws -> EvalTask {
         let data: Data
+        try InputFile.refuseSpecialFile(path)
         do {
             data = try Data(contentsOf: URL(fileURLWithPath: path))
         } catch {

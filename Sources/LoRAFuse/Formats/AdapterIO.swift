@@ -26,18 +26,24 @@ public enum AdapterIO {
             if FileManager.default.fileExists(atPath: cfg) { return .peft }
             throw AdapterIOError.unknownFormat(path: path, found: (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? [])
         }
+        try InputFile.requireRegularFile(path)   // a FIFO would block the magic check
         if GGUFLoRA.hasGGUFMagic(path: path) { return .gguf }
         throw AdapterIOError.unknownFormat(path: path, found: [(path as NSString).lastPathComponent])
     }
 
     /// Reads an adapter of any format. `hints` matter only for GGUF LoRAs of the llama
     /// architecture whose q/k heads are not recorded in the file (see `GGUFLoRA`).
+    /// Every scale and factor entry is checked to be finite (`AdapterValidation`).
     public static func read(path: String, hints: ModelHints = ModelHints()) throws -> LoRAAdapter {
+        let a: LoRAAdapter
         switch try detect(path: path) {
-        case .peft: return try PEFTAdapter.read(directory: path)
-        case .mlx: return try MLXAdapter.read(directory: path)
-        case .gguf: return try GGUFLoRA.read(path: path, hints: hints)
+        case .peft: a = try PEFTAdapter.read(directory: path)
+        case .mlx: a = try MLXAdapter.read(directory: path)
+        case .gguf: a = try GGUFLoRA.read(path: path, hints: hints)
         }
+        try AdapterValidation.check(a)
+        for w in AdapterValidation.configWarnings(a) { FileHandle.standardError.write(Data("warning: \(w)\n".utf8)) }
+        return a
     }
 
     /// Writes `adapter` in `format` through temporary names renamed into place; inputs

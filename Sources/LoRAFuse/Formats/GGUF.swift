@@ -275,6 +275,7 @@ public final class GGUFFile: Sendable {
 
     public convenience init(path: String) throws {
         let data: Data
+        try InputFile.refuseSpecialFile(path)
         do {
             data = try Data(contentsOf: URL(fileURLWithPath: path), options: .alwaysMapped)
         } catch {

@@ -35,6 +35,7 @@ public struct ModelHints: Sendable {
             let f = try GGUFFile(path: path)
             return try fromGGUF(f)
         }
+        try InputFile.refuseSpecialFile(path)
         guard let data = FileManager.default.contents(atPath: path) else {
             throw GGUFLoRAError.badBase(path: path, reason: "cannot read")
         }
@@ -137,7 +138,7 @@ public enum GGUFLoRAError: Error, CustomStringConvertible, Equatable {
 /// as llama.cpp does.
 public enum GGUFLoRA {
     static func hasGGUFMagic(path: String) -> Bool {
-        guard let h = FileHandle(forReadingAtPath: path) else { return false }
+        guard InputFile.isRegularFile(path), let h = FileHandle(forReadingAtPath: path) else { return false }
         defer { try? h.close() }
         let head = (try? h.read(upToCount: 4)) ?? nil
         return head.map { Array($0) == Array("GGUF".utf8) } ?? false

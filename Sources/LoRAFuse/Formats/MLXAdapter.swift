@@ -66,6 +66,8 @@ public enum MLXAdapter {
             throw MLXAdapterError.notADirectory(path: directory)
         }
         let dir = URL(fileURLWithPath: directory)
+        let cfgPath = dir.appendingPathComponent(configFile).path
+        try InputFile.refuseSpecialFile(cfgPath)
         guard let cfgData = fm.contents(atPath: dir.appendingPathComponent(configFile).path) else {
             throw MLXAdapterError.missingFile(path: directory, file: configFile)
         }

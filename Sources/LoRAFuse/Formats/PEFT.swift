@@ -85,6 +85,7 @@ public enum PEFTAdapter {
         let dirURL = URL(fileURLWithPath: directory)
         let configURL = dirURL.appendingPathComponent(configFile)
         let weightsURL = dirURL.appendingPathComponent(weightsFile)
+        try InputFile.refuseSpecialFile(configURL.path)
         guard let configData = fm.contents(atPath: configURL.path) else { throw PEFTError.missingConfig(path: directory) }
         guard fm.fileExists(atPath: weightsURL.path) else {
             if fm.fileExists(atPath: dirURL.appendingPathComponent(pickleFile).path) { throw PEFTError.pickleOnly(path: directory) }

@@ -97,6 +97,7 @@ final class MappedFile: @unchecked Sendable {
     let size: Int
 
     init(path: String) throws {
+        try InputFile.refuseSpecialFile(path)   // before open(): a FIFO would block it
         let fd = open(path, O_RDONLY)
         guard fd >= 0 else { throw SafetensorsError.cannotOpen(path: path, reason: String(cString: strerror(errno))) }
         defer { close(fd) }
@@ -492,6 +493,7 @@ public final class ShardedSafetensors: @unchecked Sendable {
 
     public init(indexPath: String) throws {
         self.indexPath = indexPath
+        try InputFile.refuseSpecialFile(indexPath)
         guard let data = FileManager.default.contents(atPath: indexPath) else {
             throw SafetensorsError.cannotOpen(path: indexPath, reason: "file not found or unreadable")
         }

@@ -65,7 +65,18 @@ public enum Fuser {
             let input = ModuleFusionInput(name: moduleName, kind: proto.kind, outFeatures: proto.outFeatures,
                                           inFeatures: proto.inFeatures, terms: terms, adapterCount: adapters.count,
                                           rng: SeededRNG(seed: seed, stream: moduleName))
-            let out = try method.fuse(input)
+            let out: FusedModule
+            do {
+                out = try method.fuse(input)
+            } catch let e as LinalgError {
+                // LAPACK only knows the matrix shape; say which module of which adapters it was.
+                throw ModuleFusionError(module: moduleName, adapters: terms.map { adapters[$0.adapterIndex].name },
+                                        underlying: "\(e)")
+            }
+            if AdapterValidation.firstNonFinite(out.A.data) != nil || AdapterValidation.firstNonFinite(out.B.data) != nil {
+                throw ModuleFusionError(module: moduleName, adapters: terms.map { adapters[$0.adapterIndex].name },
+                                        underlying: "the fused factors are not finite (weight × ΔW overflowed Float; weights \(terms.map(\.weight)))")
+            }
             fused[moduleName] = LoRAModule(A: out.A, B: out.B, scale: 1, kind: proto.kind)
             reports.append(ModuleFusionReport(module: moduleName, rank: out.rank, adapters: terms.count,
                                               retainedEnergy: out.retainedEnergy))
@@ -126,4 +137,16 @@ public func peftPatternKey(forModule name: String) -> String {
     var n = name
     for prefix in ["base_model.model."] where n.hasPrefix(prefix) { n.removeFirst(prefix.count) }
     return n
+}
+
+/// A fusion step that failed inside one module (a LAPACK error, an overflow), with the module and
+/// the adapters that were being fused there.
+public struct ModuleFusionError: Error, CustomStringConvertible, Equatable {
+    public var module: String
+    public var adapters: [String]
+    public var underlying: String
+
+    public var description: String {
+        "fusing module \(module) of \(adapters.joined(separator: ", ")): \(underlying)"
+    }
 }

@@ -40,11 +40,75 @@ public struct FusionPlan: Sendable {
 
     static let topLevelKeys: Set<String> = ["method", "adapters", "parameters", "dtype", "output"]
 
+    /// Limits on a plan file: a fusion plan is a few lines, so anything near these is a mistake or
+    /// an attack (a "billion laughs" of nested aliases expands exponentially when built).
+    public static let maxFileBytes = 1 << 20
+    /// YAML nodes after alias expansion.
+    public static let maxNodes = 100_000
+    /// Flow collections (`[[[…]]]`) nested deeper than this are refused before parsing (the
+    /// parser recurses once per level).
+    public static let maxNesting = 256
+    public static let maxAdapters = 1024
+    /// Largest |weight| of one adapter (Float ΔW entries times 1e38 overflow).
+    public static let maxWeight: Float = 1e4
+
+    /// Counts `node`'s nodes with aliases expanded, stopping as soon as `budget` is exceeded (the
+    /// count of an alias bomb is never finished).
+    static func countNodes(_ node: Node, budget: inout Int) -> Bool {
+        budget -= 1
+        if budget < 0 { return false }
+        switch node {
+        case .scalar, .alias: return true
+        case let .sequence(s):
+            for n in s where !countNodes(n, budget: &budget) { return false }
+            return true
+        case let .mapping(m):
+            for (k, v) in m where !countNodes(k, budget: &budget) || !countNodes(v, budget: &budget) { return false }
+            return true
+        }
+    }
+
+    /// Deepest nesting of `[`/`{` outside quotes and comments (a cheap over-estimate is fine).
+    static func flowNesting(_ text: String) -> Int {
+        var depth = 0, deepest = 0
+        var quote: UInt8? = nil, comment = false
+        for c in text.utf8 {
+            if comment { if c == 10 { comment = false }; continue }
+            if let q = quote { if c == q { quote = nil }; continue }
+            switch c {
+            case 34, 39: quote = c
+            case 35: comment = true
+            case 91, 123: depth += 1; deepest = max(deepest, depth)
+            case 93, 125: depth = max(depth - 1, 0)
+            case 10: quote = nil
+            default: break
+            }
+        }
+        return deepest
+    }
+
     /// Reads a plan from YAML text; `baseDirectory` resolves relative paths.
     public static func parse(yaml text: String, file: String, baseDirectory: String) throws -> FusionPlan {
+        if text.utf8.count > maxFileBytes {
+            throw FusionPlanError.tooLarge(file: file, what: "\(text.utf8.count) bytes", limit: "\(maxFileBytes) bytes")
+        }
+        if flowNesting(text) > maxNesting {
+            throw FusionPlanError.tooLarge(file: file, what: "[ ] / { } nested \(flowNesting(text)) deep", limit: "\(maxNesting) levels")
+        }
         let root: Any?
         do {
-            root = try Yams.load(yaml: text)
+            if let node = try Yams.compose(yaml: text) {
+                var budget = maxNodes
+                guard countNodes(node, budget: &budget) else {
+                    throw FusionPlanError.tooLarge(file: file, what: "more than \(maxNodes) YAML nodes (after expanding aliases)",
+                                                   limit: "\(maxNodes) nodes")
+                }
+                root = Constructor.default.any(from: node)
+            } else {
+                root = nil
+            }
+        } catch let e as FusionPlanError {
+            throw e
         } catch {
             throw FusionPlanError.syntax(file: file, message: "\(error)")
         }
@@ -59,6 +123,9 @@ public struct FusionPlan: Sendable {
         }
         guard let list = dict["adapters"] as? [Any], !list.isEmpty else {
             throw FusionPlanError.field(file: file, key: "adapters", message: "missing or empty; expected a list of {path, weight}")
+        }
+        if list.count > maxAdapters {
+            throw FusionPlanError.field(file: file, key: "adapters", message: "\(list.count) adapters; at most \(maxAdapters) can be fused in one plan")
         }
         var inputs: [Input] = []
         for (i, item) in list.enumerated() {
@@ -75,6 +142,9 @@ public struct FusionPlan: Sendable {
                 if let w = d["weight"] {
                     guard let v = (w as? Double) ?? (w as? Int).map(Double.init), v.isFinite else {
                         throw FusionPlanError.field(file: file, key: "\(key).weight", message: "expected a number, got \(w)")
+                    }
+                    guard abs(v) <= Double(maxWeight) else {
+                        throw FusionPlanError.field(file: file, key: "\(key).weight", message: "\(v) is out of range (|w| ≤ \(Int(maxWeight))); a weight that large overflows weight × ΔW")
                     }
                     weight = Float(v)
                 }
@@ -123,6 +193,12 @@ public struct FusionPlan: Sendable {
     }
 
     public static func load(path: String) throws -> FusionPlan {
+        do {
+            try InputFile.requireRegularFile(path, maxBytes: maxFileBytes, what: "a fusion config")
+        } catch let e as InputFileError {
+            if case .tooLarge = e { throw FusionPlanError.tooLarge(file: path, what: "\((try? InputFile.requireRegularFile(path)) ?? 0) bytes", limit: "\(maxFileBytes) bytes") }
+            throw e
+        }
         guard let data = FileManager.default.contents(atPath: path), let text = String(data: data, encoding: .utf8) else {
             throw FusionPlanError.unreadable(file: path)
         }
@@ -155,12 +231,14 @@ public enum FusionPlanError: Error, CustomStringConvertible {
     case unreadable(file: String)
     case syntax(file: String, message: String)
     case field(file: String, key: String, message: String)
+    case tooLarge(file: String, what: String, limit: String)
 
     public var description: String {
         switch self {
         case let .unreadable(f): return "\(f): cannot read the fusion config"
         case let .syntax(f, m): return "\(f): not valid YAML: \(m)"
         case let .field(f, k, m): return "\(f): \(k): \(m)"
+        case let .tooLarge(f, w, l): return "\(f): fusion config too large: \(w) (limit \(l)); a plan lists a few adapters and parameters"
         }
     }
 }

@@ -177,6 +177,7 @@ public struct LlamaConfig: Codable, Sendable, Equatable {
     /// Reads HF `config.json`, then `validate`s it.
     public static func load(configJSON path: String) throws -> LlamaConfig {
         let data: Data
+        try InputFile.refuseSpecialFile(path)
         do { data = try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
             throw ModelError.notAModel(path: path, reason: "cannot read: \(error.localizedDescription)")
         }
@@ -266,6 +267,19 @@ public struct LlamaConfig: Codable, Sendable, Equatable {
         guard numAttentionHeads % numKeyValueHeads == 0 else {
             throw ModelError.unsupportedConfig(path: path, field: "num_key_value_heads", value: "\(numKeyValueHeads)",
                                                reason: "must divide num_attention_heads (\(numAttentionHeads))")
+        }
+        // GGUF metadata and config.json are read as given: a zero, negative or NaN base or
+        // epsilon gives NaN activations (empty generations, an `inf` loss) without this.
+        guard ropeTheta.isFinite, ropeTheta > 0 else {
+            throw ModelError.unsupportedConfig(path: path, field: "rope_theta (GGUF rope.freq_base)", value: "\(ropeTheta)",
+                                               reason: "must be a finite positive number")
+        }
+        guard rmsNormEps.isFinite, rmsNormEps >= 0, rmsNormEps < 1 else {
+            throw ModelError.unsupportedConfig(path: path, field: "rms_norm_eps (GGUF attention.layer_norm_rms_epsilon)", value: "\(rmsNormEps)",
+                                               reason: "must be finite and in [0, 1)")
+        }
+        if let f = ropeScaling?.factor, !f.isFinite {
+            throw ModelError.unsupportedConfig(path: path, field: "rope_scaling.factor", value: "\(f)", reason: "must be finite")
         }
         guard headDim % 2 == 0 else {
             throw ModelError.unsupportedConfig(path: path, field: "head_dim", value: "\(headDim)", reason: "RoPE needs an even head dimension")

@@ -162,6 +162,14 @@ extension LlamaModel {
                 }
             }
         }
+        // The block count must match the blocks whose tensors are present, both ways: a smaller
+        // count would silently run a truncated model, a larger one fail on a missing tensor.
+        var present = 0
+        while present <= L + 1_000_000, src.has(name(N.hfLayer(present, N.attnNorm.hf)) + ".weight") { present += 1 }
+        if present != L {
+            throw ModelError.unsupportedConfig(path: src.path, field: "num_hidden_layers (GGUF block_count)", value: "\(L)",
+                                               reason: "disagrees with the tensors, which hold \(present) block(s) (\(name(N.hfLayer(max(present - 1, 0), N.attnNorm.hf))).weight is the last)")
+        }
         // Validate presence and shapes before spending time on conversion.
         for it in items {
             guard src.has(it.file) else { throw ModelError.missingTensor(path: src.path, tensor: it.file) }
@@ -178,6 +186,10 @@ extension LlamaModel {
             let it = plan[i]
             box.value[i] = Result {
                 var v = try src.floats(it.file)
+                if let bad = AdapterValidation.firstNonFinite(v) {
+                    throw ModelError.unsupportedConfig(path: src.path, field: "tensor \(it.file)", value: "\(v[bad])",
+                                                       reason: "has a non-finite entry at flat index \(bad) (a corrupt or overflowed checkpoint)")
+                }
                 if let heads = it.permuteHeads { v = unpermuteRows(v, heads: heads, headDim: d, cols: v.count / (heads * d)) }
                 return v
             }

@@ -12,6 +12,8 @@ public enum ReportError: Error, CustomStringConvertible, Equatable {
     case cacheUnreadable(file: String, detail: String)
     case unknownICMVariant(String)
     case missingAdapter(task: String)
+    /// Two adapters (or two test tasks) with one name: rows, caches and tables are keyed by it.
+    case duplicateName(kind: String, name: String)
 
     public var description: String {
         switch self {
@@ -35,6 +37,8 @@ public enum ReportError: Error, CustomStringConvertible, Equatable {
             return "report: unknown ICM row '\(m)'; known: \(ICMVariant.allCases.map(\.rawValue).joined(separator: ", "))"
         case let .missingAdapter(task):
             return "report: ICM-Fusion needs an adapter for every task, and none is named \(task)"
+        case let .duplicateName(kind, name):
+            return "report: two \(kind) are named '\(name)' (the report keys \(kind) by name); rename one of them"
         case let .cacheUnreadable(file, detail):
             return "report: cache file \(file) is unreadable (\(detail)); delete it or rerun with --force"
         }
@@ -161,6 +165,8 @@ public final class ReportRunner {
         guard !inputs.adapters.isEmpty else { throw ReportError.noAdapters }
         var seen = Set<String>()
         for m in methods where !seen.insert(m.id).inserted { throw ReportError.duplicateMethod(m.id) }
+        if let d = AdapterNames.duplicates(inputs.adapters.map(\.name)).first { throw ReportError.duplicateName(kind: "adapters", name: d) }
+        if let d = AdapterNames.duplicates(inputs.test.map(\.name)).first { throw ReportError.duplicateName(kind: "test tasks", name: d) }
         self.model = model
         self.inputs = inputs
         self.settings = settings

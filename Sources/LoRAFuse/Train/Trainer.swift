@@ -48,6 +48,14 @@ public struct TrainingOptions: Sendable, Equatable {
         if warmup < 0 { throw bad("warmup", "must be ≥ 0, got \(warmup)") }
         if keep < 1 { throw bad("keep", "must be ≥ 1, got \(keep)") }
         if targets.isEmpty { throw bad("targets", "no target modules") }
+        // NaN passes every `<` check above; these would give an `inf` loss or NaN factors.
+        if !(alpha.isFinite && alpha > 0) { throw bad("alpha", "must be finite and > 0, got \(alpha)") }
+        if !(learningRate.isFinite && learningRate > 0) { throw bad("lr", "must be finite and > 0, got \(learningRate)") }
+        if !(weightDecay.isFinite && weightDecay >= 0) { throw bad("weight-decay", "must be finite and ≥ 0, got \(weightDecay)") }
+        if !(maxGradNorm.isFinite && maxGradNorm >= 0) { throw bad("max-grad-norm", "must be finite and ≥ 0, got \(maxGradNorm)") }
+        if steps == nil && !epochs.isFinite { throw bad("epochs", "must be finite, got \(epochs)") }
+        if evalEvery < 0 { throw bad("eval-every", "must be ≥ 0, got \(evalEvery)") }
+        if saveEvery < 0 { throw bad("save-every", "must be ≥ 0, got \(saveEvery)") }
     }
 }
 
@@ -132,6 +140,9 @@ public final class LoRATrainer {
         precondition(step == 0, "warmStart must come before the first step")
         let given = try LoRAParameters(adapter: adapter, config: engine.model.config)
         let path = adapter.sourcePath ?? adapter.name
+        if let d = AdapterNames.duplicates(given.modules.map(\.name)).first {
+            throw TrainError.badAdapter(path: path, module: d, reason: "appears twice (under two tensor names)")
+        }
         let byName = Dictionary(uniqueKeysWithValues: given.modules.map { ($0.name, $0) })
         guard byName.count == params.modules.count else {
             throw TrainError.badAdapter(path: path, module: "(all)",

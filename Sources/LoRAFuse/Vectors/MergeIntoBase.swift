@@ -159,7 +159,7 @@ public enum MergeIntoBase {
     }
 
     public static func isGGUF(_ path: String) -> Bool {
-        guard let h = FileHandle(forReadingAtPath: path) else { return false }
+        guard InputFile.isRegularFile(path), let h = FileHandle(forReadingAtPath: path) else { return false }
         defer { try? h.close() }
         return (try? h.read(upToCount: 4)) == Data("GGUF".utf8)
     }
