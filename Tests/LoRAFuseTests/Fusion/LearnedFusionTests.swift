@@ -217,7 +217,9 @@ final class LearnedFusionTests: XCTestCase {
             let r = try LearnedFusion.run(method: .lorahub, problem: p, options: o, progress: nil)
             let k = r.coefficients
             XCTAssertEqual(k.lossCurve.count, 24)
-            XCTAssertLessThanOrEqual(k.finalTrainLoss, k.initialTrainLoss, comp)
+            // The search keeps its start if nothing beats it, so ≤ would hold by construction:
+            // on this fixture it actually improves (measured: exact 6.63 -> 4.95, factors 5.55 -> 4.12).
+            XCTAssertLessThan(k.finalTrainLoss, k.initialTrainLoss - 0.5, comp)
             XCTAssertLessThan(k.finalTrainLoss, k.lossCurve.map(\.trainLoss).max()!, comp)
             XCTAssertTrue(k.parameters.allSatisfy { abs($0) <= 1.5 })
             // Written adapter's loss is the reported one.
@@ -266,7 +268,6 @@ final class LearnedFusionDefaultsTests: XCTestCase {
                                          val: [], taskNames: ["t0", "t1"])
         let third = [[Double]](repeating: [Double](repeating: 1.0 / 3, count: heldOut.blocks.count), count: 3)
         let linear = heldOut.loss(heldOut.train, lora: heldOut.parameters(third))
-        let sum = heldOut.loss(heldOut.train, lora: heldOut.parameters(third.map { $0.map { _ in 1 } }))
         for method in LearnedFusionMethod.allCases {
             let o = LearnedFusionOptions.defaults(for: method, adapters: 3)
             XCTAssertEqual(o.initialCoefficient, 1.0 / 3, accuracy: 1e-12)
@@ -276,7 +277,6 @@ final class LearnedFusionDefaultsTests: XCTestCase {
                            accuracy: 1e-4, method.rawValue)
             let folded = try LoRAParameters(adapter: r.adapter, config: c)
             let held = heldOut.loss(heldOut.train, lora: folded)
-            print("defaults \(method.rawValue): held-out \(held), linear 1/n \(linear), plain sum \(sum), train \(r.coefficients.initialTrainLoss) -> \(r.coefficients.finalTrainLoss)")
             // Measured on this fixture: 4.81 / 4.73 / 4.85 against 5.04, so a real bar, not only ≤.
             XCTAssertLessThan(held, linear - 0.05, method.rawValue)
         }
