@@ -28,8 +28,9 @@ let package = Package(
         .target(
             name: "LoRAFuse",
             dependencies: linalgDeps + [.product(name: "Yams", package: "Yams")],
-            path: "Sources/LoRAFuse",
-            swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
+            // Plain -O in release: the bounds and overflow checks stay in what users run, the same
+            // build the fuzz and parity tests run on (`make test`).
+            path: "Sources/LoRAFuse"
         ),
         .executableTarget(
             name: "lorafuse",

@@ -207,8 +207,11 @@ struct FusionOne: ParsableCommand {
         if method != "cat" { params.rank = man.svd_rank }
         if ["ties", "dare_ties", "dare_linear", "magnitude_prune"].contains(method) {
             params.density = man.density
+        }
+        if ["ties", "dare_ties"].contains(method) {
             // PEFT's sign election and divisor, so both sides truncate the same dense matrix and the
             // errors compare the SVDs alone (DARE's masks still differ: the RNGs are not the same).
+            // Only the sign-electing methods take it (dare_linear and magnitude_prune never read it).
             params.convention = "peft"
         }
         let fusion = try FusionMethods.make(name: method, parameters: params)

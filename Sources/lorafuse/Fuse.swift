@@ -28,7 +28,9 @@ struct Fuse: ParsableCommand {
         "icm-fusion"; --generator re-makes the adapter from a saved state without retraining.
 
         The objective is the mean over tasks (one per --shots file) of the mean cross-entropy over answer tokens, \
-        as `lorafuse eval` scores them. Coefficients start at --init (1: the sum of the adapters).
+        as `lorafuse eval` scores them. Coefficients start at --initial, by default 1/n (the mean of the n adapters, \
+        what `merge --method linear` with weights 1/n gives; 1 would be their plain sum). cat-learned's default \
+        --cat-scale is 1 (the convex mix), which also starts at 1/n.
 
         Writes OUT_DIR as a plain PEFT adapter with the coefficients folded in exactly (concatenation, rank Σ r_i) \
         or, with --rank R, the exact truncated SVD of the `svd` method; plus coefficients.json (method, granularity, \
@@ -74,8 +76,8 @@ struct Fuse: ParsableCommand {
     @Option(name: .long, help: "LoraHub budget: few-shot loss evaluations, the start included.") var evaluations = 40
     @Option(name: .long, help: "LoraHub composition: exact (Σ w_i ΔW_i) or factors (LoraHub's (Σ w_i B_i)(Σ w_i A_i), with cross terms; equal ranks).")
     var composition = "exact"
-    @Option(name: .long, help: "Starting coefficient of every adapter (atlas, lorahub; LoraHub's paper uses 0).") var initial: Double = 1
-    @Option(name: .customLong("cat-scale"), help: "cat-learned: coefficients = S·softmax (default S = number of adapters).") var catScale: Double?
+    @Option(name: .long, help: "Starting coefficient of every adapter (atlas, lorahub; default 1/n, the adapters' mean; 1 is their sum; LoraHub's paper uses 0).") var initial: Double?
+    @Option(name: .customLong("cat-scale"), help: "cat-learned: coefficients = S·softmax (default 1, the convex mix; S = number of adapters starts at their sum).") var catScale: Double?
     @Option(name: .long, help: "Rank of the written adapter via the exact truncated SVD (default: exact concatenation).") var rank: Int?
     @Option(name: .long, help: "Adapter weight dtype: f32, bf16 or f16.") var dtype = "f32"
 
@@ -129,13 +131,16 @@ struct Fuse: ParsableCommand {
         if let s = icmGen.saveGenerator { try OutputGuard.check(s, kind: .file, inputs: inputPaths, force: overwrite.force, what: "--save-generator") }
         if method == "icm-fusion" { return try runICMFusion() }
         let m = LearnedFusionMethod(rawValue: method)!
-        var o = LearnedFusionOptions()
+        var o = LearnedFusionOptions.defaults(for: m, adapters: adapters.count)
         o.steps = steps; o.learningRate = lr; o.batchSize = batch; o.seed = seed; o.shotsPerTask = shotsPerTask
         o.valPerTask = valPerTask
         o.granularity = CoefficientGranularity(rawValue: granularity)!
-        o.l1 = l1 ?? (m == .lorahub ? 0.05 : 0); o.l2 = l2
+        if let v = l1 { o.l1 = v }
+        o.l2 = l2
         o.patience = patience; o.evalEvery = evalEvery; o.evaluations = evaluations
-        o.lorahubComposition = composition; o.initialCoefficient = initial; o.catScale = catScale; o.foldRank = rank
+        o.lorahubComposition = composition; o.foldRank = rank
+        if let v = initial { o.initialCoefficient = v }
+        if let v = catScale { o.catScale = v }
 
         let lm = try loadModel(modelPath: model, adapters: [])
         let hints = (try? ModelHints.load(path: model ?? ModelLocator.defaultModelPath())) ?? ModelHints()

@@ -47,8 +47,11 @@ struct Merge: ParsableCommand {
     @Option(name: .long, help: "TIES divisor: count (disjoint mean), weight (Σ w_i over agreeing entries) or none.")
     var divisor: String?
 
-    @Option(name: .long, help: "Survivor rescaling (dense methods: inverse or l1) or LEGO reweighting (both, unit, output, none).")
+    @Option(name: .long, help: "DARE/DELLA survivor rescaling: inverse (1/p), l1 or none.")
     var rescale: String?
+
+    @Option(name: .long, help: "LEGO reweighting of the centroids: both, unit, output or none.")
+    var reweight: String?
 
     @Option(name: .customLong("merge-rule"), help: "KnOTS merge rule for the aligned blocks: ties, linear or dare.")
     var mergeRule: String?
@@ -102,6 +105,7 @@ struct Merge: ParsableCommand {
         if let v = signElection { p.signElection = v }
         if let v = divisor { p.divisor = v }
         if let v = rescale { p.rescale = v }
+        if let v = reweight { p.reweight = v }
         if let v = mergeRule { p.mergeRule = v }
         plan.parameters = p
         if let d = dtype { plan.dtype = DType(name: d) }

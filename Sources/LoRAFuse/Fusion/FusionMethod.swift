@@ -103,6 +103,8 @@ public enum FusionError: Error, CustomStringConvertible {
     case kindMismatch(module: String, adapter1: String, kind1: LoRAModuleKind, adapter2: String, kind2: LoRAModuleKind)
     case unknownMethod(String, known: [String])
     case invalidParameter(method: String, parameter: String, value: String, expected: String)
+    /// A parameter is set that the method does not read; `accepted` is what it does read.
+    case unexpectedParameter(method: String, parameter: String, accepted: [String])
     case nonFinite(module: String, adapter: String)
 
     public var description: String {
@@ -120,6 +122,13 @@ public enum FusionError: Error, CustomStringConvertible {
             return "unknown fusion method '\(n)'; known methods: \(known.joined(separator: ", "))"
         case let .invalidParameter(m, p, v, e):
             return "method \(m): \(p) = \(v) is invalid; expected \(e)"
+        case let .unexpectedParameter(m, p, accepted):
+            var text = "method \(m) does not take parameter \(p) (it takes: "
+                + (accepted.isEmpty ? "no parameters but seed" : accepted.joined(separator: ", ")) + ")"
+            if m == "lego" && p == "rescale" {
+                text += "; LEGO's reweighting (both, unit, output, none) is now called reweight"
+            }
+            return text
         case let .nonFinite(m, a):
             return "module \(m) of adapter '\(a)' contains NaN or infinite values"
         }

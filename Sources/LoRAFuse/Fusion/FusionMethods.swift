@@ -18,8 +18,11 @@ public struct FusionParameters: Sendable, Codable, Equatable {
     public var signElection: String?
     /// TIES divisor: "count" (disjoint mean), "weight", "none"; knots accepts "count" and "none".
     public var divisor: String?
-    /// LEGO reweighting: "both" (default), "unit", "output", "none".
+    /// DARE/DELLA survivor rescaling: "inverse" (default), "l1", "none".
     public var rescale: String?
+    /// LEGO reweighting: "both" (default), "unit", "output", "none". (Was `rescale` before that
+    /// name got one meaning; `make` points lego users at this one.)
+    public var reweight: String?
     /// KnOTS merge rule for the aligned V blocks: "ties" (default), "linear", "dare".
     public var mergeRule: String?
     /// KnOTS: singular values ≤ threshold · S_max are dropped. In [0, 1); default 1e-4.
@@ -34,7 +37,7 @@ public struct FusionParameters: Sendable, Codable, Equatable {
 
     public init(rank: Int? = nil, density: Double? = nil, seed: UInt64 = 0, lambda: Double? = nil,
                 gamma: Double? = nil, epsilon: Double? = nil, signElection: String? = nil,
-                divisor: String? = nil, rescale: String? = nil, mergeRule: String? = nil,
+                divisor: String? = nil, rescale: String? = nil, reweight: String? = nil, mergeRule: String? = nil,
                 threshold: Double? = nil, iterations: Int? = nil, convention: String? = nil) {
         self.rank = rank
         self.density = density
@@ -45,6 +48,7 @@ public struct FusionParameters: Sendable, Codable, Equatable {
         self.signElection = signElection
         self.divisor = divisor
         self.rescale = rescale
+        self.reweight = reweight
         self.mergeRule = mergeRule
         self.threshold = threshold
         self.iterations = iterations
@@ -55,7 +59,7 @@ public struct FusionParameters: Sendable, Codable, Equatable {
     public static let fieldNames: [String] = CodingKeys.allCases.map(\.stringValue)
 
     private enum CodingKeys: String, CodingKey, CaseIterable {
-        case rank, density, seed, lambda, gamma, epsilon, signElection, divisor, rescale, mergeRule, threshold, iterations, convention
+        case rank, density, seed, lambda, gamma, epsilon, signElection, divisor, rescale, reweight, mergeRule, threshold, iterations, convention
     }
 
     /// Every field may be absent from a config; `seed` then defaults to 0.
@@ -70,6 +74,7 @@ public struct FusionParameters: Sendable, Codable, Equatable {
         signElection = try c.decodeIfPresent(String.self, forKey: .signElection)
         divisor = try c.decodeIfPresent(String.self, forKey: .divisor)
         rescale = try c.decodeIfPresent(String.self, forKey: .rescale)
+        reweight = try c.decodeIfPresent(String.self, forKey: .reweight)
         mergeRule = try c.decodeIfPresent(String.self, forKey: .mergeRule)
         threshold = try c.decodeIfPresent(Double.self, forKey: .threshold)
         iterations = try c.decodeIfPresent(Int.self, forKey: .iterations)
@@ -83,10 +88,12 @@ public enum FusionMethods {
     public static let names: [String] = ["linear", "cat", "svd", "ties", "dare_linear", "dare_ties", "magnitude_prune",
                                          "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "knots", "lego"]
 
-    /// Builds the method `name` from `parameters`, after checking every parameter's range.
-    /// Throws `FusionError.unknownMethod` or `FusionError.invalidParameter`.
+    /// Builds the method `name` from `parameters`, after checking that the method takes every
+    /// parameter that is set (`acceptedParameters(of:)`) and every parameter's range.
+    /// Throws `FusionError.unknownMethod`, `.unexpectedParameter` or `.invalidParameter`.
     public static func make(name: String, parameters p: FusionParameters) throws -> any FusionMethod {
         guard names.contains(name) else { throw FusionError.unknownMethod(name, known: names) }
+        try checkAccepted(name, p)
         try validateCommon(name, p)
         switch name {
         case "linear":
@@ -122,13 +129,13 @@ public enum FusionMethods {
             return KnOTSFusion(mergeRule: rule, rank: p.rank, relativeThreshold: p.threshold ?? 1e-4)
         case "lego":
             let unit: Bool, output: Bool
-            switch p.rescale ?? "both" {
+            switch p.reweight ?? "both" {
             case "both": (unit, output) = (true, true)
             case "unit": (unit, output) = (true, false)
             case "output": (unit, output) = (false, true)
             case "none": (unit, output) = (false, false)
             case let other:
-                throw FusionError.invalidParameter(method: name, parameter: "rescale", value: other, expected: "both, unit, output or none")
+                throw FusionError.invalidParameter(method: name, parameter: "reweight", value: other, expected: "both, unit, output or none")
             }
             return LEGOFusion(rank: p.rank, unitNormRescale: unit, outputRescale: output, maxIterations: p.iterations ?? 50)
         case "ties":

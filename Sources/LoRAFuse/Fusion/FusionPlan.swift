@@ -10,7 +10,7 @@ import Yams
 ///         weight: 1.0
 ///       - path: adapters/code
 ///         weight: -0.5               # negative weights subtract a skill
-///     parameters:                    # any FusionParameters field, snake_case
+///     parameters:                    # the method's own (FusionMethods.acceptedParameters), snake_case
 ///       rank: 16
 ///       density: 0.5
 ///       seed: 1

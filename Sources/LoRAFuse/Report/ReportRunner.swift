@@ -260,28 +260,22 @@ public final class ReportRunner {
     /// convex mixture of its paper (LoRA Soups), which also starts at 1/n.
     public func learnedOptions(_ m: ReportMethod, shots k: Int) throws -> (LearnedFusionMethod, LearnedFusionOptions) {
         guard let method = LearnedFusionMethod(rawValue: m.method) else { throw ReportError.unknownLearnedMethod(m.method) }
-        var o = LearnedFusionOptions()
+        var o = LearnedFusionOptions.defaults(for: method, adapters: inputs.adapters.count)
         o.seed = settings.seed
         o.shotsPerTask = k
-        o.initialCoefficient = Self.learnedStart(adapters: inputs.adapters.count)
-        o.catScale = 1
         if let s = settings.steps {
             o.steps = s
             o.evaluations = max(2, s)
         }
         if let e = settings.evaluations { o.evaluations = max(2, e) }
-        if method == .lorahub {
-            o.l1 = 0.05
-            // CMA-ES's first step size on the scale of the start: the library's σ = 0.5 suits its
-            // start at 1, but around 1/n (0.07 for 14 adapters) every first sample is far worse than
-            // the start, and 40 evaluations never got back (measured: the row stayed at `linear`).
-            o.lorahubSigma = o.initialCoefficient
-        }
+        // LoraHub's L1 0.05 and σ = 1/n come with the library's defaults: around 1/n (0.07 for 14
+        // adapters) σ = 0.5 made every first sample far worse than the start, and 40 evaluations
+        // never got back (measured: the row stayed at `linear`).
         return (method, o)
     }
 
     /// The coefficient every learned row starts from (see `learnedOptions`).
-    public static func learnedStart(adapters n: Int) -> Double { 1 / Double(max(n, 1)) }
+    public static func learnedStart(adapters n: Int) -> Double { AtlasDefaults.start(adapters: n) }
 
     /// Work units of one fit, in scored-example equivalents (measured on SmolLM2: a gradient step
     /// costs about five scored examples per sequence of its batch, a LoraHub evaluation about one

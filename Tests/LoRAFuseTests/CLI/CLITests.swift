@@ -123,6 +123,32 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(try run(["merge", "--help"]).code, 0)
     }
 
+    /// cos(τ_a, τ_b) of two adapters' task vectors, from their factors with plain Double loops:
+    /// Σ over shared modules of ⟨s_a B_a A_a, s_b B_b A_b⟩ / (‖τ_a‖ ‖τ_b‖), every module in the norms.
+    static func referenceCosine(_ pa: String, _ pb: String) throws -> Double {
+        func dense(_ m: LoRAModule) -> [Double] {
+            let out = m.B.rows, inF = m.A.cols, r = m.A.rows
+            var d = [Double](repeating: 0, count: out * inF)
+            for i in 0..<out {
+                for j in 0..<inF {
+                    var acc = 0.0
+                    for k in 0..<r { acc += Double(m.B.data[i * r + k]) * Double(m.A.data[k * inF + j]) }
+                    d[i * inF + j] = Double(m.scale) * acc
+                }
+            }
+            return d
+        }
+        let a = try PEFTAdapter.read(directory: pa), b = try PEFTAdapter.read(directory: pb)
+        var ip = 0.0, na = 0.0, nb = 0.0
+        for (name, ma) in a.modules {
+            let da = dense(ma)
+            na += da.reduce(0) { $0 + $1 * $1 }
+            if let mb = b.modules[name] { ip += zip(da, dense(mb)).reduce(0) { $0 + $1.0 * $1.1 } }
+        }
+        for mb in b.modules.values { nb += dense(mb).reduce(0) { $0 + $1 * $1 } }
+        return ip / (na * nb).squareRoot()
+    }
+
     func testInspectJSONHasPairsAndDtypes() throws {
         let r = try run(["inspect", Self.inputs + "/a", Self.inputs + "/b", "--json"])
         XCTAssertEqual(r.code, 0, r.stderr)
@@ -132,7 +158,7 @@ final class CLITests: XCTestCase {
         let pairs = try XCTUnwrap(analysis["pairs"] as? [[String: Any]])
         XCTAssertEqual(pairs.count, 1)
         let cos = try XCTUnwrap(pairs[0]["cosine"] as? Double)
-        XCTAssertTrue(cos >= -1 && cos <= 1)
+        XCTAssertEqual(cos, try Self.referenceCosine(Self.inputs + "/a", Self.inputs + "/b"), accuracy: 1e-5)
         XCTAssertNotNil(json["dtypes"] as? [String: String])
         let table = try run(["inspect", Self.inputs + "/a", Self.inputs + "/c", "--modules"])
         XCTAssertEqual(table.code, 0)

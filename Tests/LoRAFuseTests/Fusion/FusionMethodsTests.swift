@@ -28,7 +28,7 @@ final class FusionMethodsTests: XCTestCase {
         XCTAssertEqual(knots.relativeThreshold, 1e-3)
         let lin = try XCTUnwrap(FusionMethods.make(name: "knots", parameters: FusionParameters(mergeRule: "linear")) as? KnOTSFusion)
         XCTAssertEqual(lin.mergeRule, .linear)
-        let lego = try XCTUnwrap(FusionMethods.make(name: "lego", parameters: FusionParameters(rank: 6, rescale: "output", iterations: 7))
+        let lego = try XCTUnwrap(FusionMethods.make(name: "lego", parameters: FusionParameters(rank: 6, reweight: "output", iterations: 7))
             as? LEGOFusion)
         XCTAssertEqual(lego.rank, 6)
         XCTAssertFalse(lego.unitNormRescale)
@@ -78,17 +78,77 @@ final class FusionMethodsTests: XCTestCase {
         assertInvalid("knots", FusionParameters(density: 0), parameter: "density")
         assertInvalid("knots", FusionParameters(density: 1.5), parameter: "density")
         assertInvalid("knots", FusionParameters(density: .nan), parameter: "density")
-        assertInvalid("linear", FusionParameters(lambda: .infinity), parameter: "lambda")
-        assertInvalid("linear", FusionParameters(gamma: 1), parameter: "gamma")
-        assertInvalid("linear", FusionParameters(epsilon: -0.1), parameter: "epsilon")
+        assertInvalid("ties", FusionParameters(lambda: .infinity), parameter: "lambda")
+        assertInvalid("breadcrumbs", FusionParameters(gamma: 1), parameter: "gamma")
+        assertInvalid("della", FusionParameters(epsilon: -0.1), parameter: "epsilon")
         assertInvalid("knots", FusionParameters(threshold: 1), parameter: "threshold")
         assertInvalid("lego", FusionParameters(iterations: 0), parameter: "iterations")
-        assertInvalid("lego", FusionParameters(rescale: "sometimes"), parameter: "rescale")
+        assertInvalid("lego", FusionParameters(reweight: "sometimes"), parameter: "reweight")
         assertInvalid("knots", FusionParameters(mergeRule: "median"), parameter: "merge_rule")
         assertInvalid("knots", FusionParameters(divisor: "weight"), parameter: "divisor")
-        assertInvalid("linear", FusionParameters(signElection: "vote"), parameter: "sign_election")
+        assertInvalid("ties", FusionParameters(signElection: "vote"), parameter: "sign_election")
         assertInvalid("cat", FusionParameters(rank: 4), parameter: "rank")
         XCTAssertNoThrow(try FusionMethods.make(name: "knots", parameters: FusionParameters(density: 1)))
+    }
+
+    private func assertUnexpected(_ name: String, _ p: FusionParameters, parameter: String, message: String,
+                                  file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertThrowsError(try FusionMethods.make(name: name, parameters: p), file: file, line: line) { e in
+            guard case let FusionError.unexpectedParameter(method, param, accepted) = e else {
+                return XCTFail("expected unexpectedParameter, got \(e)", file: file, line: line)
+            }
+            XCTAssertEqual(method, name, file: file, line: line)
+            XCTAssertEqual(param, parameter, file: file, line: line)
+            XCTAssertEqual(accepted, FusionMethods.acceptedParameters(of: name), file: file, line: line)
+            XCTAssertEqual(String(describing: e), message, file: file, line: line)
+        }
+    }
+
+    /// A parameter the method would ignore is an error, not a silent no-op (was: `--gamma` on ties).
+    func testParametersTheMethodDoesNotTakeAreRejected() {
+        assertUnexpected("ties", FusionParameters(gamma: 0.1), parameter: "gamma",
+                         message: "method ties does not take parameter gamma (it takes: rank, density, lambda, sign_election, divisor, convention)")
+        assertUnexpected("linear", FusionParameters(density: 0.5), parameter: "density",
+                         message: "method linear does not take parameter density (it takes: rank)")
+        assertUnexpected("dare_linear", FusionParameters(signElection: "sum"), parameter: "sign_election",
+                         message: "method dare_linear does not take parameter sign_election (it takes: rank, density, lambda, rescale)")
+        assertUnexpected("cat", FusionParameters(lambda: 2), parameter: "lambda",
+                         message: "method cat does not take parameter lambda (it takes: no parameters but seed)")
+        assertUnexpected("svd", FusionParameters(iterations: 3), parameter: "iterations",
+                         message: "method svd does not take parameter iterations (it takes: rank)")
+        // `rescale` means survivor rescaling only; LEGO's old spelling says where it went.
+        assertUnexpected("lego", FusionParameters(rescale: "unit"), parameter: "rescale",
+                         message: "method lego does not take parameter rescale (it takes: rank, reweight, iterations); LEGO's reweighting (both, unit, output, none) is now called reweight")
+        assertUnexpected("ties", FusionParameters(reweight: "both"), parameter: "reweight",
+                         message: "method ties does not take parameter reweight (it takes: rank, density, lambda, sign_election, divisor, convention)")
+        // Every method accepts every parameter it declares (together, with in-range values).
+        let full = FusionParameters(rank: 2, density: 0.5, lambda: 1, gamma: 0.1, epsilon: 0.1, signElection: "sum",
+                                    divisor: "count", rescale: "inverse", reweight: "both", mergeRule: "ties",
+                                    threshold: 1e-3, iterations: 5, convention: "mergekit")
+        for name in FusionMethods.names {
+            let accepted = FusionMethods.acceptedParameters(of: name) ?? []
+            XCTAssertEqual(Set(full.setParameterNames).intersection(accepted), Set(accepted), name)
+            var p = FusionParameters(seed: 3)
+            for field in accepted {
+                switch field {
+                case "rank": p.rank = full.rank
+                case "density": p.density = full.density
+                case "lambda": p.lambda = full.lambda
+                case "gamma": p.gamma = full.gamma
+                case "epsilon": p.epsilon = full.epsilon
+                case "sign_election": p.signElection = full.signElection
+                case "divisor": p.divisor = full.divisor
+                case "rescale": p.rescale = full.rescale
+                case "reweight": p.reweight = full.reweight
+                case "merge_rule": p.mergeRule = full.mergeRule
+                case "threshold": p.threshold = full.threshold
+                case "iterations": p.iterations = full.iterations
+                case "convention": p.convention = full.convention
+                default: XCTFail("\(name) declares unknown parameter \(field)")
+                }
+            }
+            XCTAssertNoThrow(try FusionMethods.make(name: name, parameters: p), name)
+        }
     }
 
     func testParametersDecodeWithDefaults() throws {
@@ -105,7 +165,7 @@ final class FusionMethodsTests: XCTestCase {
         let b = LoRAAdapter(name: "b", modules: ["m": FusionFixture.module(out: 6, in: 5, rank: 2, alpha: 4, rng: &rng)])
         let reference = FusionFixture.denseSum([a.modules["m"]!, b.modules["m"]!], [0.5, 0.5])
         for (name, p) in [("linear", FusionParameters()), ("knots", FusionParameters(mergeRule: "linear")),
-                          ("lego", FusionParameters(rank: 4, rescale: "none"))] {
+                          ("lego", FusionParameters(rank: 4, reweight: "none"))] {
             let method = try FusionMethods.make(name: name, parameters: p)
             let (fused, _) = try Fuser.fuse([a, b], weights: [0.5, 0.5], method: method)
             XCTAssertLessThan(FusionFixture.relError(FusionFixture.denseDelta(fused.modules["m"]!), reference), 1e-4, name)

@@ -217,7 +217,9 @@ final class LearnedFusionTests: XCTestCase {
             let r = try LearnedFusion.run(method: .lorahub, problem: p, options: o, progress: nil)
             let k = r.coefficients
             XCTAssertEqual(k.lossCurve.count, 24)
-            XCTAssertLessThanOrEqual(k.finalTrainLoss, k.initialTrainLoss, comp)
+            // The search keeps its start if nothing beats it, so ≤ would hold by construction:
+            // on this fixture it actually improves (measured: exact 6.63 -> 4.95, factors 5.55 -> 4.12).
+            XCTAssertLessThan(k.finalTrainLoss, k.initialTrainLoss - 0.5, comp)
             XCTAssertLessThan(k.finalTrainLoss, k.lossCurve.map(\.trainLoss).max()!, comp)
             XCTAssertTrue(k.parameters.allSatisfy { abs($0) <= 1.5 })
             // Written adapter's loss is the reported one.
@@ -237,5 +239,49 @@ final class LearnedFusionTests: XCTestCase {
         o.lorahubComposition = "factors"
         let mixed = try Self.problem(model)
         XCTAssertThrowsError(try LearnedFusion.run(method: .lorahub, problem: mixed, options: o, progress: nil))
+    }
+}
+
+/// The library's default start (`LearnedFusionOptions.defaults`) for every learned method, on
+/// held-out sequences the fit never sees: each must end no worse than the `linear` mean of the
+/// adapters (every coefficient 1/n), which is where it starts. The old default start at the
+/// plain sum (coefficient 1) ended far above it on SmolLM2 (1.89 against 0.79 held-out).
+final class LearnedFusionDefaultsTests: XCTestCase {
+    /// Two tasks, each a pattern the tiny model can pick up: its train and held-out sequences
+    /// come from the same rule with different tokens.
+    static func task(_ t: Int, _ range: Range<Int>) -> [TrainingSequence] {
+        range.map { i in
+            let a = 3 + (i * 7 + t * 11) % 40, b = 3 + (i * 13 + t * 5) % 40
+            return t == 0 ? TrainingSequence(prompt: [a, b, 45], answer: [a, b, 2])
+                          : TrainingSequence(prompt: [a, b, 46], answer: [b, a, 2])
+        }
+    }
+
+    func testDefaultsStartAtTheMeanAndEndNoWorseThanLinearOnHeldOut() throws {
+        let model = TrainFixtures.model()
+        let c = model.config
+        let ads = (0..<3).map { TrainFixtures.randomLoRA(c, targets: [.q, .v, .down], rank: 2, seed: 40 + UInt64($0), std: 0.3)
+            .adapter(name: "x\($0)") }
+        let train = try LearnedProblem(adapters: ads, model: model, train: [Self.task(0, 0..<6), Self.task(1, 0..<6)],
+                                       val: [], taskNames: ["t0", "t1"])
+        let heldOut = try LearnedProblem(adapters: ads, model: model, train: [Self.task(0, 6..<14), Self.task(1, 6..<14)],
+                                         val: [], taskNames: ["t0", "t1"])
+        let third = [[Double]](repeating: [Double](repeating: 1.0 / 3, count: heldOut.blocks.count), count: 3)
+        let linear = heldOut.loss(heldOut.train, lora: heldOut.parameters(third))
+        for method in LearnedFusionMethod.allCases {
+            let o = LearnedFusionOptions.defaults(for: method, adapters: 3)
+            XCTAssertEqual(o.initialCoefficient, 1.0 / 3, accuracy: 1e-12)
+            let r = try LearnedFusion.run(method: method, problem: train, options: o, progress: nil)
+            // Every method starts at the linear mean: its first recorded train loss is linear's.
+            XCTAssertEqual(r.coefficients.initialTrainLoss, train.loss(train.train, lora: train.parameters(third)),
+                           accuracy: 1e-4, method.rawValue)
+            let folded = try LoRAParameters(adapter: r.adapter, config: c)
+            let held = heldOut.loss(heldOut.train, lora: folded)
+            // Measured on this fixture: 4.81 / 4.73 / 4.85 against 5.04, so a real bar, not only ≤.
+            XCTAssertLessThan(held, linear - 0.05, method.rawValue)
+        }
+        XCTAssertEqual(LearnedFusionOptions.defaults(for: .lorahub, adapters: 3).l1, 0.05)
+        XCTAssertEqual(LearnedFusionOptions.defaults(for: .atlas, adapters: 3).l1, 0)
+        XCTAssertEqual(LearnedFusionOptions.defaults(for: .catLearned, adapters: 3).catScale, 1)
     }
 }

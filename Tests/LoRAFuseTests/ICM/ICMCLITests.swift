@@ -54,7 +54,25 @@ final class ICMCLITests: XCTestCase {
                                      "-o", tmp + "/gen-icm"] + small)
         XCTAssertEqual(lora.code, 0, lora.stderr)
         XCTAssertTrue(lora.stderr.contains("nearest known task, task1"), lora.stderr)
-        XCTAssertNoThrow(try PEFTAdapter.read(directory: tmp + "/gen-icm"))
+        // The generated adapter is a real one: the inputs' modules and shapes, a finite and
+        // nonzero ΔW in every module, and it changes what the model predicts on the shots.
+        let generated = try PEFTAdapter.read(directory: tmp + "/gen-icm")
+        let task1 = try PEFTAdapter.read(directory: paths[1])
+        XCTAssertEqual(generated.moduleNames, task1.moduleNames)
+        for name in task1.moduleNames {
+            let g = try XCTUnwrap(generated.modules[name]), t = try XCTUnwrap(task1.modules[name])
+            XCTAssertEqual(g.deltaShape, t.deltaShape, name)
+            let d = g.delta()
+            XCTAssertTrue(d.data.allSatisfy(\.isFinite), name)
+            XCTAssertGreaterThan(d.frobeniusNorm, 1e-6, name)
+        }
+        let shots = try TaskData.read(path: tmp + "/s1.jsonl")
+        let ev = Evaluator(model: model, options: EvalOptions(computeAccuracy: false))
+        let baseLoss = try ev.evaluate(shots).loss
+        try model.setAdapters([(generated, 1)], mode: .merged)
+        let adaptedLoss = try ev.evaluate(shots).loss
+        XCTAssertTrue(adaptedLoss.isFinite)
+        XCTAssertGreaterThan(abs(adaptedLoss - baseLoss), 1e-4, "the generated adapter changes the model's loss")
         let sg = try CLITests.run(["generate-adapter", "--method", "sg-lora", paths[0], paths[1], "--shots", tmp + "/s0.jsonl", tmp + "/s1.jsonl",
                                    "--manifest", tmp + "/manifest.json", "--description", "ab cd", "--top-k", "1", "-o", tmp + "/gen-sg"] + small)
         XCTAssertEqual(sg.code, 0, sg.stderr)

@@ -2,8 +2,14 @@
 /// Scaling", arXiv 2407.02880) on LoRA adapters: one learnable coefficient per (adapter,
 /// coefficient group), c = θ directly, so dL/dθ is the sum of the exact block gradients
 /// dL/dc_{i,b} over the blocks of the group. The paper starts at λ = 0 on top of a pre-trained
-/// model; here the start is `initialCoefficient` (1: the plain sum of the adapters), since the
-/// point of fusing adapters is to start from them. Penalties λ₁‖θ‖₁ + λ₂‖θ‖₂² act on c itself.
+/// model; here the start is `initialCoefficient`, by default (`AtlasDefaults`) 1/n, the mean of
+/// the adapters, since the point of fusing adapters is to start from them (their plain sum, 1, is
+/// n times too strong for one task). Penalties λ₁‖θ‖₁ + λ₂‖θ‖₂² act on c itself.
+public enum AtlasDefaults {
+    /// The default start of every coefficient over `n` adapters: 1/n, the `linear` mean.
+    public static func start(adapters n: Int) -> Double { 1 / Double(max(n, 1)) }
+}
+
 struct LinearCoefficientMap: CoefficientMap {
     let adapters: Int
     let blocks: Int

@@ -11,6 +11,9 @@ import Foundation
 /// ranks ("factors"). The default here ("exact") applies ΔW' = Σ_i w_i s_i B_i A_i through the
 /// exact concatenation, which is what the weights are meant to express.
 enum LoraHubSearch {
+    /// LoraHub's α, the weight of mean_i |w_i| in the objective (`LearnedFusionOptions.defaults`).
+    static let paperL1: Float = 0.05
+
     static func run(problem: LearnedProblem, options o: LearnedFusionOptions,
                     progress: (@Sendable (Int, Int, Double) -> Void)?) throws -> LearnedFusionResult {
         let n = problem.adapterCount
