@@ -121,7 +121,7 @@ struct Fuse: ParsableCommand {
         for (flag, v) in [("--l1", l1 ?? 0), ("--l2", l2)] where !(v.isFinite && v >= 0) {
             throw ValidationError("\(flag) must be finite and ≥ 0, got \(v)")
         }
-        if !initial.isFinite || abs(initial) > 1e4 { throw ValidationError("--initial must be finite with |value| ≤ 1e4, got \(initial)") }
+        if let i = initial, !i.isFinite || abs(i) > 1e4 { throw ValidationError("--initial must be finite with |value| ≤ 1e4, got \(i)") }
         if let c = catScale, !(c.isFinite && c > 0) { throw ValidationError("--cat-scale must be finite and > 0, got \(c)") }
     }
 
