@@ -197,22 +197,18 @@ public enum MergeIntoBase {
                 report!.output = file
                 return report!
             }
-            let target = try OutputGuard.check(output, kind: .directory, inputs: inputs, force: options.force)
-            var report: MergeIntoBaseReport?
-            try OutputGuard.writeDirectory(target) { tmp in
-                report = try mergeGGUF(base: base, adapters: adapters, outFile: tmp.appendingPathComponent("model.gguf").path, options: options)
+            var report = try OutputGuard.buildDirectory(output, inputs: inputs, force: options.force) { tmp in
+                try mergeGGUF(base: base, adapters: adapters, outFile: (tmp as NSString).appendingPathComponent("model.gguf"), options: options)
             }
-            report!.output = (output as NSString).appendingPathComponent("model.gguf")
-            return report!
+            report.output = (output as NSString).appendingPathComponent("model.gguf")
+            return report
         }
-        let target = try OutputGuard.check(output, kind: .directory, inputs: inputs, force: options.force)
-        var report: MergeIntoBaseReport?
-        try OutputGuard.writeDirectory(target) { tmp in
-            report = gguf ? try mergeGGUFToHF(base: base, adapters: adapters, output: tmp.path, options: options)
-                          : try mergeHF(base: base, adapters: adapters, output: tmp.path, options: options)
+        var report = try OutputGuard.buildDirectory(output, inputs: inputs, force: options.force) { tmp in
+            gguf ? try mergeGGUFToHF(base: base, adapters: adapters, output: tmp, options: options)
+                 : try mergeHF(base: base, adapters: adapters, output: tmp, options: options)
         }
-        report!.output = output
-        return report!
+        report.output = output
+        return report
     }
 
     // MARK: HF → HF
