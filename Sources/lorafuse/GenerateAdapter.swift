@@ -140,7 +140,7 @@ struct GenerateAdapter: ParsableCommand {
         compute.apply()
         try OutputGuard.check(output, kind: .directory, inputs: inputPaths, force: overwrite.force)
         if let s = gen.saveGenerator { try OutputGuard.check(s, kind: .file, inputs: inputPaths, force: overwrite.force, what: "--save-generator") }
-        let lm = try loadModel(modelPath: model, adapters: [])
+        let lm = try loadModel(modelPath: model)
         let say: (String) -> Void = { line in if !compute.quiet { FileHandle.standardError.write(Data((line + "\n").utf8)) } }
         let inputs = try icmTaskInputs(adapters: adapters, shots: shots, manifest: manifest)
         let params: LoRAParameters

@@ -121,7 +121,7 @@ struct TasksExperts: ParsableCommand {
         }
         var evalTasks = try paired.map { try TaskData.read(path: "\(tasks)/\($0).\(split).jsonl") }
         if let l = limit { for i in evalTasks.indices { evalTasks[i].examples = Array(evalTasks[i].examples.prefix(l)) } }
-        let lm = try loadModel(modelPath: model, adapters: [])
+        let lm = try loadModel(modelPath: model)
         let hints = (try? ModelHints.load(path: model ?? ModelLocator.defaultModelPath())) ?? ModelHints()
         let loaded = try paired.map { try AdapterIO.read(path: "\(adapters)/\($0)", hints: hints) }
         let bar = ProgressBar(total: 2 * evalTasks.reduce(0) { $0 + $1.examples.count }, label: "experts", enabled: !compute.quiet)
