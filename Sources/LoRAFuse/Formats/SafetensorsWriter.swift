@@ -129,12 +129,14 @@ public enum SafetensorsWriter {
         return offset
     }
 
-    /// Runs `body` on a temporary file next to `url`, then renames it onto `url`.
+    /// Runs `body` on a temporary file next to `url` (named by `OutputGuard`'s one rule), then
+    /// renames it onto `url`. `url`'s folder must exist.
     static func atomicWrite(to url: URL, _ body: (FileHandle) throws -> Void) throws {
-        let dir = url.deletingLastPathComponent()
-        let tmp = dir.appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
-        guard FileManager.default.createFile(atPath: tmp.path, contents: nil) else {
-            throw SafetensorsError.writeFailed(path: url.path, reason: "cannot create temporary file in \(dir.path)")
+        let tmp: URL
+        do {
+            tmp = URL(fileURLWithPath: try OutputGuard.makeSibling(beside: url.path, given: url.path, suffix: "tmp", directory: false))
+        } catch let OutputGuardError.writeFailed(_, reason) {
+            throw SafetensorsError.writeFailed(path: url.path, reason: reason)
         }
         do {
             let handle = try FileHandle(forWritingTo: tmp)
