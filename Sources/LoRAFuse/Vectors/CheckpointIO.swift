@@ -33,8 +33,9 @@ public enum CheckpointError: Error, CustomStringConvertible, Equatable {
     }
 }
 
-/// A Hugging Face checkpoint directory (`config.json` + `model.safetensors`, or shards listed in
-/// `model.safetensors.index.json`), or a single `.safetensors` file / index file given directly.
+/// A Hugging Face checkpoint directory (its weights found by `HFCheckpointLayout`'s one rule:
+/// `model.safetensors`, else the shards `model.safetensors.index.json` lists), or a single
+/// `.safetensors` file / index file given directly.
 ///
 /// Headers are parsed and validated by `SafetensorsFile`; tensor data is then read with `pread`
 /// into a caller-owned buffer rather than through the mapping, so streaming a whole model keeps
@@ -61,24 +62,14 @@ public final class HFCheckpoint: @unchecked Sendable {
         var weightMap: [String: String]? = nil
         if isDir.boolValue {
             directory = path
-            let index = (path as NSString).appendingPathComponent("model.safetensors.index.json")
-            let single = (path as NSString).appendingPathComponent("model.safetensors")
-            if fm.fileExists(atPath: index) {
+            switch try HFCheckpointLayout.discover(directory: path).weights {
+            case let .single(p):
+                files.append((p, try SafetensorsFile(path: p)))
+            case let .sharded(index):
                 let sh = try ShardedSafetensors(indexPath: index)
                 weightMap = sh.weightMap
                 for f in sh.shards.keys.sorted(by: naturalLess) {
                     files.append(((path as NSString).appendingPathComponent(f), sh.shards[f]!))
-                }
-            } else if fm.fileExists(atPath: single) {
-                files.append((single, try SafetensorsFile(path: single)))
-            } else {
-                let st = ((try? fm.contentsOfDirectory(atPath: path)) ?? []).filter { $0.hasSuffix(".safetensors") }.sorted(by: naturalLess)
-                guard !st.isEmpty else {
-                    throw CheckpointError.notACheckpoint(path: path, reason: "no model.safetensors, model.safetensors.index.json or *.safetensors")
-                }
-                for f in st {
-                    let p = (path as NSString).appendingPathComponent(f)
-                    files.append((p, try SafetensorsFile(path: p)))
                 }
             }
         } else {
@@ -240,7 +231,7 @@ public final class HFCheckpoint: @unchecked Sendable {
 
     /// The `_name_or_path` / `name_or_path` in config.json, else the directory name.
     public var displayName: String {
-        let cfg = (directory as NSString).appendingPathComponent("config.json")
+        let cfg = (directory as NSString).appendingPathComponent(HFCheckpointLayout.configFile)
         if let d = FileManager.default.contents(atPath: cfg), let j = try? JSONValue.parse(Array(d)),
            let n = j["_name_or_path"]?.stringValue ?? j["name_or_path"]?.stringValue, !n.isEmpty {
             return n
@@ -249,11 +240,7 @@ public final class HFCheckpoint: @unchecked Sendable {
     }
 
     /// Files that travel with a checkpoint and are copied to a derived one.
-    public static let companionFiles = [
-        "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-        "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
-        "chat_template.jinja", "chat_template.json",
-    ]
+    public static let companionFiles = HFCheckpointLayout.companionFiles
 
     /// Copies the companion files present in this checkpoint's directory to `output`.
     @discardableResult
