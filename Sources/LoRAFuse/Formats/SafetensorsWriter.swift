@@ -76,7 +76,24 @@ public enum SafetensorsWriter {
     @discardableResult
     public static func write(tensors: [SafetensorsTensor], metadata: [String: String] = [:],
                              dtype: DType, to url: URL) throws -> Int {
-        let path = url.path
+        try validate(tensors, path: url.path)
+        let ordered = tensors.sorted { Array($0.name.utf8).lexicographicallyPrecedes(Array($1.name.utf8)) }
+        let header = encodedHeader(ordered.map { ($0.name, $0.dtypeString(default: dtype), $0.shape, $0.byteCount(default: dtype)) },
+                                   metadata: metadata)
+        try atomicWrite(to: url) { handle in
+            try handle.write(contentsOf: Data(header))
+            for t in ordered {
+                let bytes = t.encoded(default: dtype)
+                if !bytes.isEmpty { try handle.write(contentsOf: Data(bytes)) }
+            }
+        }
+        return ordered.reduce(0) { $0 + $1.byteCount(default: dtype) }
+    }
+
+    /// Refuses what no safetensors reader accepts: the reserved name `__metadata__`, a repeated
+    /// name, a negative dimension, values that do not fill the shape, raw bytes of an unknown dtype
+    /// or of the wrong length.
+    static func validate(_ tensors: [SafetensorsTensor], path: String) throws {
         var names = Set<String>()
         for t in tensors {
             guard t.name != "__metadata__" else { throw SafetensorsError.invalidTensor(path: path, tensor: t.name, reason: "reserved name") }
@@ -97,36 +114,33 @@ public enum SafetensorsWriter {
                 }
             }
         }
-        let ordered = tensors.sorted { Array($0.name.utf8).lexicographicallyPrecedes(Array($1.name.utf8)) }
+    }
 
+    /// The bytes before the tensor data: u64 little-endian header length N, then the JSON header
+    /// with `__metadata__` first (keys in UTF-8 byte order; omitted when empty) and the entries in
+    /// the given order, their `data_offsets` laid end to end, padded with spaces so 8 + N is a
+    /// multiple of 8. Shared by this writer and `StreamingShardedWriter`.
+    static func encodedHeader(_ entries: [(name: String, dtype: String, shape: [Int], byteCount: Int)],
+                              metadata: [String: String]) -> [UInt8] {
         var members: [(String, JSONValue)] = []
         if !metadata.isEmpty {
             let m = metadata.sorted { Array($0.key.utf8).lexicographicallyPrecedes(Array($1.key.utf8)) }
             members.append(("__metadata__", .object(m.map { ($0.key, JSONValue.string($0.value)) })))
         }
         var offset = 0
-        for t in ordered {
-            let n = t.byteCount(default: dtype)
-            members.append((t.name, .object([
-                ("dtype", .string(t.dtypeString(default: dtype))),
-                ("shape", .array(t.shape.map { JSONValue.int($0) })),
-                ("data_offsets", .array([.int(offset), .int(offset + n)])),
+        for e in entries {
+            members.append((e.name, .object([
+                ("dtype", .string(e.dtype)),
+                ("shape", .array(e.shape.map { JSONValue.int($0) })),
+                ("data_offsets", .array([.int(offset), .int(offset + e.byteCount)])),
             ])))
-            offset += n
+            offset += e.byteCount
         }
-        var header = Array(JSONValue.object(members).serialized().utf8)
-        while (8 + header.count) % 8 != 0 { header.append(0x20) }
-
-        try atomicWrite(to: url) { handle in
-            var len = UInt64(header.count).littleEndian
-            try handle.write(contentsOf: Data(bytes: &len, count: 8))
-            try handle.write(contentsOf: Data(header))
-            for t in ordered {
-                let bytes = t.encoded(default: dtype)
-                if !bytes.isEmpty { try handle.write(contentsOf: Data(bytes)) }
-            }
-        }
-        return offset
+        var json = Array(JSONValue.object(members).serialized().utf8)
+        while (8 + json.count) % 8 != 0 { json.append(0x20) }
+        var out: [UInt8] = []
+        appendLE(&out, UInt64(json.count))
+        return out + json
     }
 
     /// Runs `body` on a temporary file next to `url` (named by `OutputGuard`'s one rule), then

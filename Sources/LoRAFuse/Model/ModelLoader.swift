@@ -66,7 +66,8 @@ private struct SafetensorsSource: TensorSource, @unchecked Sendable {
 
 extension LlamaModel {
     /// Loads a GGUF file or an HF model directory (config.json + model.safetensors or
-    /// model.safetensors.index.json, F32/F16/BF16; tokenizer.json + tokenizer_config.json).
+    /// model.safetensors.index.json, found by `HFCheckpointLayout`'s rule, F32/F16/BF16;
+    /// tokenizer.json + tokenizer_config.json).
     ///
     /// GGUF weights are dequantized to Float32 here, once. For SmolLM2-135M that is ~540 MB of
     /// f32 instead of ~98 MB of Q4_1: the trade buys BLAS sgemm speed (no quantized kernels to
@@ -99,25 +100,21 @@ extension LlamaModel {
     }
 
     private static func loadHFDirectory(_ dir: String) throws -> LlamaModel {
-        func at(_ f: String) -> String { (dir as NSString).appendingPathComponent(f) }
-        let configPath = at("config.json")
-        guard FileManager.default.fileExists(atPath: configPath) else {
+        let layout = try HFCheckpointLayout.discover(directory: dir)
+        guard let configPath = layout.config else {
             throw ModelError.notAModel(path: dir, reason: "no config.json")
         }
         let config = try LlamaConfig.load(configJSON: configPath)
         let source: SafetensorsSource
-        if FileManager.default.fileExists(atPath: at("model.safetensors")) {
-            source = SafetensorsSource(path: at("model.safetensors"), single: try SafetensorsFile(path: at("model.safetensors")), sharded: nil)
-        } else if FileManager.default.fileExists(atPath: at("model.safetensors.index.json")) {
-            let s = try ShardedSafetensors(indexPath: at("model.safetensors.index.json"))
-            source = SafetensorsSource(path: at("model.safetensors.index.json"), single: nil, sharded: s)
-        } else {
-            throw ModelError.notAModel(path: dir, reason: "no model.safetensors or model.safetensors.index.json")
+        switch layout.weights {
+        case let .single(p):
+            source = SafetensorsSource(path: p, single: try SafetensorsFile(path: p), sharded: nil)
+        case let .sharded(index):
+            source = SafetensorsSource(path: index, single: nil, sharded: try ShardedSafetensors(indexPath: index))
         }
-        let tokPath = at("tokenizer.json")
-        guard FileManager.default.fileExists(atPath: tokPath) else { throw ModelError.missingTokenizer(path: dir) }
+        guard let tokPath = layout.tokenizer else { throw ModelError.missingTokenizer(path: dir) }
         var bos: String? = nil, eos: String? = nil, template: String? = nil
-        if let data = FileManager.default.contents(atPath: at("tokenizer_config.json")),
+        if let tc = layout.tokenizerConfig, let data = FileManager.default.contents(atPath: tc),
            let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any] {
             func token(_ v: Any?) -> String? { (v as? String) ?? ((v as? [String: Any])?["content"] as? String) }
             bos = token(obj["bos_token"])

@@ -33,8 +33,9 @@ public enum CheckpointError: Error, CustomStringConvertible, Equatable {
     }
 }
 
-/// A Hugging Face checkpoint directory (`config.json` + `model.safetensors`, or shards listed in
-/// `model.safetensors.index.json`), or a single `.safetensors` file / index file given directly.
+/// A Hugging Face checkpoint directory (its weights found by `HFCheckpointLayout`'s one rule:
+/// `model.safetensors`, else the shards `model.safetensors.index.json` lists), or a single
+/// `.safetensors` file / index file given directly.
 ///
 /// Headers are parsed and validated by `SafetensorsFile`; tensor data is then read with `pread`
 /// into a caller-owned buffer rather than through the mapping, so streaming a whole model keeps
@@ -61,24 +62,14 @@ public final class HFCheckpoint: @unchecked Sendable {
         var weightMap: [String: String]? = nil
         if isDir.boolValue {
             directory = path
-            let index = (path as NSString).appendingPathComponent("model.safetensors.index.json")
-            let single = (path as NSString).appendingPathComponent("model.safetensors")
-            if fm.fileExists(atPath: index) {
+            switch try HFCheckpointLayout.discover(directory: path).weights {
+            case let .single(p):
+                files.append((p, try SafetensorsFile(path: p)))
+            case let .sharded(index):
                 let sh = try ShardedSafetensors(indexPath: index)
                 weightMap = sh.weightMap
                 for f in sh.shards.keys.sorted(by: naturalLess) {
                     files.append(((path as NSString).appendingPathComponent(f), sh.shards[f]!))
-                }
-            } else if fm.fileExists(atPath: single) {
-                files.append((single, try SafetensorsFile(path: single)))
-            } else {
-                let st = ((try? fm.contentsOfDirectory(atPath: path)) ?? []).filter { $0.hasSuffix(".safetensors") }.sorted(by: naturalLess)
-                guard !st.isEmpty else {
-                    throw CheckpointError.notACheckpoint(path: path, reason: "no model.safetensors, model.safetensors.index.json or *.safetensors")
-                }
-                for f in st {
-                    let p = (path as NSString).appendingPathComponent(f)
-                    files.append((p, try SafetensorsFile(path: p)))
                 }
             }
         } else {
@@ -240,7 +231,7 @@ public final class HFCheckpoint: @unchecked Sendable {
 
     /// The `_name_or_path` / `name_or_path` in config.json, else the directory name.
     public var displayName: String {
-        let cfg = (directory as NSString).appendingPathComponent("config.json")
+        let cfg = (directory as NSString).appendingPathComponent(HFCheckpointLayout.configFile)
         if let d = FileManager.default.contents(atPath: cfg), let j = try? JSONValue.parse(Array(d)),
            let n = j["_name_or_path"]?.stringValue ?? j["name_or_path"]?.stringValue, !n.isEmpty {
             return n
@@ -249,11 +240,7 @@ public final class HFCheckpoint: @unchecked Sendable {
     }
 
     /// Files that travel with a checkpoint and are copied to a derived one.
-    public static let companionFiles = [
-        "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-        "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
-        "chat_template.jinja", "chat_template.json",
-    ]
+    public static let companionFiles = HFCheckpointLayout.companionFiles
 
     /// Copies the companion files present in this checkpoint's directory to `output`.
     @discardableResult
@@ -330,237 +317,11 @@ public enum TensorCodec {
     }
 }
 
-/// One tensor a `StreamingShardedWriter` will receive: name, shape and safetensors dtype.
-public struct PlannedTensor: Sendable, Equatable {
-    public var name: String
-    public var shape: [Int]
-    public var dtype: String
-    public init(name: String, shape: [Int], dtype: String) {
-        self.name = name
-        self.shape = shape
-        self.dtype = dtype
-    }
-
-    public var byteCount: Int {
-        let bits = SafetensorsDTypes.bits[dtype] ?? 0
-        return (shape.reduce(1, *) * bits + 7) / 8
-    }
-}
-
-/// Writes a checkpoint tensor by tensor without holding it: the whole plan (names, shapes,
-/// dtypes) is known up front, so shard boundaries and every shard header are fixed before any
-/// data arrives. Each shard file is opened with its final header, tensor bytes are appended as
-/// they are handed over and the shard is renamed into place as soon as its last tensor is
-/// written; memory use is the caller's one tensor, whatever the model size.
-///
-/// Layout: one shard → `<baseName>.safetensors` (no index, as transformers saves small models);
-/// several → `<baseName>-0000i-of-0000K.safetensors` plus `<baseName>.safetensors.index.json`
-/// (`metadata.total_size`, `weight_map`), written last so an index always points at complete shards.
-/// A tensor larger than `maxShardBytes` gets a shard of its own. Within a shard, data is in plan
-/// order and the header lists tensors in the same order.
-public final class StreamingShardedWriter {
-    public let directory: URL
-    public let baseName: String
-    public let shardFiles: [String]
-    private let groups: [[PlannedTensor]]
-    private let metadata: [String: String]
-    private var shardIndex = 0
-    private var posInShard = 0
-    private var pendingBytes = 0
-    private var fd: Int32 = -1
-    private var tmpPath: String?
-    private var finished = false
-    public private(set) var bytesWritten = 0
-
-    public init(directory: URL, plan: [PlannedTensor], maxShardBytes: Int, baseName: String = "model",
-                metadata: [String: String] = ["format": "pt"]) throws {
-        guard maxShardBytes > 0 else {
-            throw CheckpointError.unsupported(what: "--max-shard-size", reason: "must be positive, got \(maxShardBytes)")
-        }
-        var seen = Set<String>()
-        for t in plan where !seen.insert(t.name).inserted {
-            throw SafetensorsError.duplicateName(path: directory.path, name: t.name)
-        }
-        var groups: [[PlannedTensor]] = []
-        var cur: [PlannedTensor] = []
-        var bytes = 0
-        for t in plan {
-            if !cur.isEmpty && bytes + t.byteCount > maxShardBytes {
-                groups.append(cur)
-                cur = []
-                bytes = 0
-            }
-            cur.append(t)
-            bytes += t.byteCount
-        }
-        if !cur.isEmpty || groups.isEmpty { groups.append(cur) }
-        self.groups = groups
-        self.directory = directory
-        self.baseName = baseName
-        self.metadata = metadata
-        func pad(_ i: Int) -> String { let s = String(i); return String(repeating: "0", count: max(0, 5 - s.count)) + s }
-        if groups.count == 1 {
-            shardFiles = ["\(baseName).safetensors"]
-        } else {
-            shardFiles = (0..<groups.count).map { "\(baseName)-\(pad($0 + 1))-of-\(pad(groups.count)).safetensors" }
-        }
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        try openShard()
-        try closeShardIfComplete()
-    }
-
-    deinit {
-        if fd >= 0 { close(fd) }
-        if let t = tmpPath { unlink(t) }
-    }
-
-    private func header(for group: [PlannedTensor]) -> [UInt8] {
-        var members: [(String, JSONValue)] = []
-        if !metadata.isEmpty {
-            let m = metadata.sorted { Array($0.key.utf8).lexicographicallyPrecedes(Array($1.key.utf8)) }
-            members.append(("__metadata__", .object(m.map { ($0.key, JSONValue.string($0.value)) })))
-        }
-        var off = 0
-        for t in group {
-            let n = t.byteCount
-            members.append((t.name, .object([
-                ("dtype", .string(t.dtype)),
-                ("shape", .array(t.shape.map { JSONValue.int($0) })),
-                ("data_offsets", .array([.int(off), .int(off + n)])),
-            ])))
-            off += n
-        }
-        var h = Array(JSONValue.object(members).serialized().utf8)
-        while (8 + h.count) % 8 != 0 { h.append(0x20) }
-        var out = [UInt8]()
-        appendLE(&out, UInt64(h.count))
-        return out + h
-    }
-
-    private func openShard() throws {
-        let final = directory.appendingPathComponent(shardFiles[shardIndex]).path
-        let tmp = directory.appendingPathComponent(".\(shardFiles[shardIndex]).tmp-\(getpid())").path
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        guard fd >= 0 else { throw CheckpointError.io(path: final, reason: "cannot create: \(String(cString: strerror(errno)))") }
-        self.fd = fd
-        tmpPath = tmp
-        posInShard = 0
-        let h = header(for: groups[shardIndex])
-        try h.withUnsafeBytes { try writeAll($0) }
-    }
-
-    private func writeAll(_ raw: UnsafeRawBufferPointer) throws {
-        var done = 0
-        while done < raw.count {
-            let r = posixWrite(fd, raw.baseAddress! + done, raw.count - done)
-            if r < 0 {
-                if errno == EINTR { continue }
-                throw CheckpointError.io(path: shardFiles[shardIndex], reason: "write failed: \(String(cString: strerror(errno)))")
-            }
-            done += r
-        }
-    }
-
-    /// Closes, renames and moves to the next shard while the current one is complete.
-    private func closeShardIfComplete() throws {
-        while shardIndex < groups.count && posInShard == groups[shardIndex].count {
-            guard close(fd) == 0 else { throw CheckpointError.io(path: shardFiles[shardIndex], reason: "close failed") }
-            fd = -1
-            let final = directory.appendingPathComponent(shardFiles[shardIndex]).path
-            guard rename(tmpPath!, final) == 0 else {
-                throw CheckpointError.io(path: final, reason: "rename failed: \(String(cString: strerror(errno)))")
-            }
-            tmpPath = nil
-            shardIndex += 1
-            if shardIndex < groups.count { try openShard() }
-        }
-    }
-
-    /// The next tensor in plan order.
-    public var nextTensor: PlannedTensor? {
-        shardIndex < groups.count ? groups[shardIndex][posInShard] : nil
-    }
-
-    /// Appends the next tensor's bytes whole; `name` must be the next planned tensor.
-    public func write(name: String, bytes: UnsafeRawBufferPointer) throws {
-        if let t = nextTensor, t.name == name, pendingBytes != 0 || bytes.count != t.byteCount {
-            throw CheckpointError.writerSize(path: directory.path, tensor: name, expected: t.byteCount, actual: pendingBytes + bytes.count)
-        }
-        try append(name: name, bytes: bytes)
-    }
-
-    /// Appends part of the next tensor's bytes; the tensor is complete (and the writer moves on)
-    /// once its planned byte count has arrived. Lets elementwise work stream a tensor in chunks.
-    public func append(name: String, bytes: UnsafeRawBufferPointer) throws {
-        guard let t = nextTensor else {
-            throw CheckpointError.writerOrder(path: directory.path, expected: "(none: all tensors written)", actual: name)
-        }
-        guard t.name == name else { throw CheckpointError.writerOrder(path: directory.path, expected: t.name, actual: name) }
-        guard pendingBytes + bytes.count <= t.byteCount else {
-            throw CheckpointError.writerSize(path: directory.path, tensor: name, expected: t.byteCount, actual: pendingBytes + bytes.count)
-        }
-        if bytes.count > 0 { try writeAll(bytes) }
-        bytesWritten += bytes.count
-        pendingBytes += bytes.count
-        if pendingBytes == t.byteCount {
-            pendingBytes = 0
-            posInShard += 1
-            try closeShardIfComplete()
-        }
-    }
-
-    public func append(name: String, bytes: [UInt8]) throws {
-        try bytes.withUnsafeBytes { try append(name: name, bytes: $0) }
-    }
-
-    public func write(name: String, bytes: [UInt8]) throws {
-        try bytes.withUnsafeBytes { try write(name: name, bytes: $0) }
-    }
-
-    /// Checks that every planned tensor was written and writes the index (several shards).
-    /// - Returns: the shard file names (plus the index name when there is one).
-    @discardableResult
-    public func finish() throws -> [String] {
-        guard !finished else { return outputFiles }
-        if let t = nextTensor { throw CheckpointError.writerOrder(path: directory.path, expected: t.name, actual: "(finish)") }
-        finished = true
-        if groups.count > 1 {
-            var wm: [(String, JSONValue)] = []
-            var total = 0
-            for (i, g) in groups.enumerated() {
-                for t in g { wm.append((t.name, .string(shardFiles[i]))); total += t.byteCount }
-            }
-            let index = JSONValue.object([
-                ("metadata", .object([("total_size", .int(total))])),
-                ("weight_map", .object(wm)),
-            ])
-            let text = Array((index.serialized(sortKeys: true, indent: 2) + "\n").utf8)
-            try SafetensorsWriter.atomicWrite(to: directory.appendingPathComponent("\(baseName).safetensors.index.json")) { h in
-                try h.write(contentsOf: Data(text))
-            }
-        }
-        return outputFiles
-    }
-
-    public var outputFiles: [String] {
-        groups.count > 1 ? shardFiles + ["\(baseName).safetensors.index.json"] : shardFiles
-    }
-}
-
 /// Sets `a.count` to `n` without giving back capacity, so chunk buffers of varying length are
 /// allocated once instead of once per tensor (large frees and allocations cost page faults).
 @inline(__always)
 func resizeKeepingCapacity<T>(_ a: inout [T], _ n: Int, _ zero: T) {
     if a.count > n { a.removeLast(a.count - n) } else if a.count < n { a.append(contentsOf: repeatElement(zero, count: n - a.count)) }
-}
-
-@inline(__always)
-private func posixWrite(_ fd: Int32, _ p: UnsafeRawPointer, _ n: Int) -> Int {
-    #if canImport(Glibc)
-    return Glibc.write(fd, p, n)
-    #else
-    return Darwin.write(fd, p, n)
-    #endif
 }
 
 /// Parses sizes like `2GB`, `500MB`, `4GiB`, `1000000` (bytes).

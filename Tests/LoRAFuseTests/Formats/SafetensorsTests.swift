@@ -372,6 +372,52 @@ final class SafetensorsTests: TempDirTestCase {
         assertSTError(try ShardedSafetensors(indexPath: index), "invalidIndex") { if case .invalidIndex = $0 { return true }; return false }
     }
 
+    /// The in-memory writer is a front of the streaming one, so both follow one layout: a single
+    /// shard is `model.safetensors` with no index, as transformers saves a small model.
+    func testShardedWriterOneShardIsASingleFile() throws {
+        let dir = tmp.appendingPathComponent("one")
+        let tensors = [SafetensorsTensor(name: "b", shape: [2], values: [3, 4]), SafetensorsTensor(name: "a", shape: [1], values: [5])]
+        let files = try ShardedSafetensorsWriter.write(tensors: tensors, dtype: .f16, maxShardBytes: 1 << 20, to: dir)
+        XCTAssertEqual(files, ["model.safetensors"])
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir.path), ["model.safetensors"], "no index, no temporary file")
+        let f = try SafetensorsFile(url: dir.appendingPathComponent("model.safetensors"))
+        XCTAssertEqual(f.names, ["b", "a"], "data in the given order")
+        XCTAssertEqual(try f.floats("b"), [3, 4])
+        XCTAssertEqual(try f.info("a").dtype, "F16")
+        // Same checks as the single-file writer, before anything is written.
+        assertSTError(try ShardedSafetensorsWriter.write(tensors: [SafetensorsTensor(name: "x", shape: [3], values: [1])], dtype: .f32,
+                                                         maxShardBytes: 8, to: tmp.appendingPathComponent("bad")), "invalidTensor") {
+            if case .invalidTensor(_, "x", _) = $0 { return true }; return false
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: tmp.appendingPathComponent("bad").path))
+        assertSTError(try StreamingShardedWriter(directory: tmp.appendingPathComponent("bad"),
+                                                 plan: [PlannedTensor(name: "x", shape: [1], dtype: "F12")], maxShardBytes: 8),
+                      "unknownDType") { if case .unknownDType(_, "x", "F12") = $0 { return true }; return false }
+        assertSTError(try StreamingShardedWriter(directory: tmp.appendingPathComponent("bad"),
+                                                 plan: [PlannedTensor(name: "__metadata__", shape: [1], dtype: "F32")], maxShardBytes: 8),
+                      "reserved name") { if case .invalidTensor(_, "__metadata__", _) = $0 { return true }; return false }
+    }
+
+    func testShardedIndexFileText() throws {
+        let dir = tmp.appendingPathComponent("idx")
+        try ShardedSafetensorsWriter.write(tensors: [SafetensorsTensor(name: "z", shape: [1], values: [1]),
+                                                     SafetensorsTensor(name: "y", shape: [2], values: [2, 3])],
+                                           dtype: .f32, maxShardBytes: 4, to: dir)
+        let text = try String(contentsOf: dir.appendingPathComponent("model.safetensors.index.json"), encoding: .utf8)
+        XCTAssertEqual(text, """
+        {
+          "metadata": {
+            "total_size": 12
+          },
+          "weight_map": {
+            "y": "model-00002-of-00002.safetensors",
+            "z": "model-00001-of-00002.safetensors"
+          }
+        }
+
+        """)
+    }
+
     // MARK: JSON
 
     func testJSONParserStrictAndRoundTrips() throws {
