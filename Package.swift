@@ -25,9 +25,12 @@ let package = Package(
                        providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CLAPACKE", path: "Sources/CLAPACKE",
                        providers: [.apt(["liblapacke-dev"])]),
+        // Quantized mat-vec kernels in plain C11 (intrinsics for AVX2, AVX-512 VNNI and NEON, each
+        // compiled per function and chosen at run time; no -march flags), see its cquant.h.
+        .target(name: "CQuant", path: "Sources/CQuant"),
         .target(
             name: "LoRAFuse",
-            dependencies: linalgDeps + [.product(name: "Yams", package: "Yams")],
+            dependencies: linalgDeps + ["CQuant", .product(name: "Yams", package: "Yams")],
             // Plain -O in release: the bounds and overflow checks stay in what users run, the same
             // build the fuzz and parity tests run on (`make test`).
             path: "Sources/LoRAFuse"

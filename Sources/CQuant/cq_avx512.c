@@ -1,0 +1,211 @@
+/* AVX-512 (F, BW, VL, VNNI) kernels. Compiled per function, called only after
+ * cq_kernel_available(CQ_KERNEL_AVX512) said yes. Types without a kernel here (K-quants) and the
+ * activation quantizers use the avx2 set.
+ *
+ * 32-value blocks go two at a time through one zmm: bytes 0-31 are block b's 32 values in
+ * order, bytes 32-63 block b + 1's, which is also how two consecutive activation blocks lie in
+ * the q array, so one 64-byte load fetches the matching activations. _mm512_dpbusd_epi32
+ * multiplies unsigned weight bytes with signed activation bytes and sums each four into int32
+ * (lanes 0-7 block b, 8-15 block b + 1). Q8_0 weights are signed: |w| with the activation
+ * negated where w < 0 (exact, since activations are never -128). */
+#pragma STDC FP_CONTRACT OFF
+
+#include "cq_internal.h"
+
+#ifdef CQ_X86
+
+#include <immintrin.h>
+
+#define AVX512 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
+#define AVX512_INLINE \
+    static inline __attribute__((always_inline, target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
+
+AVX512_INLINE float half_f16c(const uint8_t *p) { return _cvtsh_ss(cq_u16(p)); }
+
+/* ---- Float weights ----------------------------------------------------------------------- */
+
+enum { F_F32, F_F16, F_BF16 };
+
+AVX512_INLINE __m512 load_w16(const uint8_t *w, size_t i, const int F, __mmask16 m) {
+    if (F == F_F32) return _mm512_maskz_loadu_ps(m, (const float *)(w + 4 * i));
+    __m256i h = _mm256_maskz_loadu_epi16(m, (const void *)(w + 2 * i));
+    if (F == F_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+AVX512_INLINE void float_tile(int n, const uint8_t *w, const uint8_t *a, size_t astride, const int NA,
+                              float *out, size_t ostride, const int F) {
+    const int U = NA == 1 ? 4 : 2;
+    __m512 acc[4][CQ_TILE];
+    const float *x[CQ_TILE];
+    for (int k = 0; k < NA; k++) {
+        x[k] = (const float *)(a + (size_t)k * astride);
+        for (int u = 0; u < U; u++) acc[u][k] = _mm512_setzero_ps();
+    }
+    int i = 0;
+    for (; i + 16 * U <= n; i += 16 * U) {
+        for (int u = 0; u < U; u++) {
+            __m512 wv = load_w16(w, (size_t)(i + 16 * u), F, 0xFFFF);
+            for (int k = 0; k < NA; k++)
+                acc[u][k] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x[k] + i + 16 * u), acc[u][k]);
+        }
+    }
+    for (; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        __m512 wv = load_w16(w, (size_t)i, F, m);
+        for (int k = 0; k < NA; k++) acc[0][k] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, x[k] + i), acc[0][k]);
+    }
+    for (int k = 0; k < NA; k++) {
+        __m512 t = acc[0][k];
+        for (int u = 1; u < U; u++) t = _mm512_add_ps(t, acc[u][k]);
+        out[(size_t)k * ostride] = _mm512_reduce_add_ps(t);
+    }
+}
+
+/* ---- 32-value blocks, two per step ------------------------------------------------------- */
+
+AVX512_INLINE size_t blk_bytes(const int T) {
+    return T == CQ_TYPE_Q4_0 ? 18 : T == CQ_TYPE_Q4_1 ? 20 : T == CQ_TYPE_Q5_0 ? 22 : T == CQ_TYPE_Q5_1 ? 24 : 34;
+}
+
+/* Nibbles of two blocks (16 bytes each, the second absent when !two) -> 64 value bytes. */
+AVX512_INLINE __m512i nibbles2(const uint8_t *qs0, const uint8_t *qs1, int two) {
+    __m256i b0 = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs0));
+    __m256i b1 = two ? _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs1)) : _mm256_setzero_si256();
+    __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(b0), b1, 1);
+    /* 128-bit lanes 1 and 3 take the high nibbles */
+    const __m512i sh = _mm512_setr_epi64(0, 0, 0x0004000400040004LL, 0x0004000400040004LL, 0, 0,
+                                         0x0004000400040004LL, 0x0004000400040004LL);
+    return _mm512_and_si512(_mm512_srlv_epi16(z, sh), _mm512_set1_epi8(0x0F));
+}
+
+/* Unsigned values (Q8_0: signed) of blocks b and b + 1, their scales and c coefficients. */
+AVX512_INLINE __m512i unpack2(const uint8_t *b0, const uint8_t *b1, int two, const int T, float *d, float *c) {
+    d[0] = half_f16c(b0);
+    d[1] = two ? half_f16c(b1) : 0.0f;
+    switch (T) {
+    case CQ_TYPE_Q4_0:
+        c[0] = -8.0f * d[0], c[1] = -8.0f * d[1];
+        return nibbles2(b0 + 2, b1 + 2, two);
+    case CQ_TYPE_Q4_1:
+        c[0] = half_f16c(b0 + 2), c[1] = two ? half_f16c(b1 + 2) : 0.0f;
+        return nibbles2(b0 + 4, b1 + 4, two);
+    case CQ_TYPE_Q5_0: {
+        c[0] = -16.0f * d[0], c[1] = -16.0f * d[1];
+        uint64_t qh = cq_u32(b0 + 2) | (two ? (uint64_t)cq_u32(b1 + 2) << 32 : 0);
+        __m512i q = nibbles2(b0 + 6, b1 + 6, two);
+        return _mm512_mask_add_epi8(q, (__mmask64)qh, q, _mm512_set1_epi8(0x10));
+    }
+    case CQ_TYPE_Q5_1: {
+        c[0] = half_f16c(b0 + 2), c[1] = two ? half_f16c(b1 + 2) : 0.0f;
+        uint64_t qh = cq_u32(b0 + 4) | (two ? (uint64_t)cq_u32(b1 + 4) << 32 : 0);
+        __m512i q = nibbles2(b0 + 8, b1 + 8, two);
+        return _mm512_mask_add_epi8(q, (__mmask64)qh, q, _mm512_set1_epi8(0x10));
+    }
+    default: {
+        c[0] = c[1] = 0.0f;
+        __m256i w0 = _mm256_loadu_si256((const __m256i *)(b0 + 2));
+        __m256i w1 = two ? _mm256_loadu_si256((const __m256i *)(b1 + 2)) : _mm256_setzero_si256();
+        return _mm512_inserti64x4(_mm512_castsi256_si512(w0), w1, 1);
+    }
+    }
+}
+
+AVX512_INLINE void k32_tile(int n, const uint8_t *w, const uint8_t *a, size_t astride, const int NA,
+                            float *out, size_t ostride, const int T) {
+    const int U = NA <= 2 ? 2 : 1; /* pairs per step, each with its own accumulators */
+    const int nb = n / 32;
+    const size_t bb = blk_bytes(T);
+    const int hasS = T != CQ_TYPE_Q8_0;
+    const __m512i expand = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    __m512 acc[2][CQ_TILE];
+    __m128 accs[2][CQ_TILE];
+    const int8_t *y[CQ_TILE];
+    const float *ad[CQ_TILE], *as[CQ_TILE];
+    for (int k = 0; k < NA; k++) {
+        const uint8_t *ar = a + (size_t)k * astride;
+        y[k] = (const int8_t *)ar;
+        ad[k] = (const float *)(ar + cq_q8_d_off(n));
+        as[k] = (const float *)(ar + cq_q8_s_off(n));
+        for (int u = 0; u < 2; u++) acc[u][k] = _mm512_setzero_ps(), accs[u][k] = _mm_setzero_ps();
+    }
+    for (int ib = 0; ib < nb; ib += 2 * U) {
+        for (int u = 0; u < U; u++) {
+            int b = ib + 2 * u;
+            if (b >= nb) break;
+            int two = b + 1 < nb;
+            float d[2], c[2];
+            const uint8_t *blk = w + bb * (size_t)b;
+            __m512i q = unpack2(blk, blk + bb, two, T, d, c);
+            __mmask64 neg = 0;
+            if (T == CQ_TYPE_Q8_0) neg = _mm512_movepi8_mask(q), q = _mm512_abs_epi8(q);
+            __m128 dv = _mm_setr_ps(d[0], d[1], 0.0f, 0.0f);
+            __m128 cv = _mm_setr_ps(c[0], c[1], 0.0f, 0.0f);
+            __mmask64 ym = two ? ~(__mmask64)0 : (__mmask64)0xFFFFFFFFu;
+            __mmask8 pm = two ? 3 : 1;
+            for (int k = 0; k < NA; k++) {
+                __m512i yv = _mm512_maskz_loadu_epi8(ym, y[k] + 32 * b);
+                if (T == CQ_TYPE_Q8_0) yv = _mm512_mask_sub_epi8(yv, neg, _mm512_setzero_si512(), yv);
+                __m512 p = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), q, yv));
+                __m128 sc = _mm_mul_ps(dv, _mm_maskz_loadu_ps(pm, ad[k] + b));
+                __m512 sv = _mm512_permutexvar_ps(expand, _mm512_castps128_ps512(sc));
+                acc[u][k] = _mm512_fmadd_ps(sv, p, acc[u][k]);
+                if (hasS) accs[u][k] = _mm_fmadd_ps(cv, _mm_maskz_loadu_ps(pm, as[k] + b), accs[u][k]);
+            }
+        }
+    }
+    for (int k = 0; k < NA; k++) {
+        __m512 t = _mm512_add_ps(acc[0][k], acc[1][k]);
+        float r = _mm512_reduce_add_ps(t);
+        if (hasS) {
+            __m128 s = _mm_add_ps(accs[0][k], accs[1][k]);
+            r += _mm_cvtss_f32(s) + _mm_cvtss_f32(_mm_movehdup_ps(s));
+        }
+        out[(size_t)k * ostride] = r;
+    }
+}
+
+#define TILED(name, call)                                                                       \
+    AVX512 static void name(int n, const uint8_t *w, const uint8_t *a, size_t astride, int na,  \
+                            float *out, size_t ostride) {                                      \
+        switch (na) {                                                                          \
+        case 1: call(1); break;                                                                \
+        case 2: call(2); break;                                                                \
+        case 3: call(3); break;                                                                \
+        default: call(4); break;                                                               \
+        }                                                                                      \
+    }
+
+#define F32_(NA_) float_tile(n, w, a, astride, NA_, out, ostride, F_F32)
+#define F16_(NA_) float_tile(n, w, a, astride, NA_, out, ostride, F_F16)
+#define BF16_(NA_) float_tile(n, w, a, astride, NA_, out, ostride, F_BF16)
+#define Q4_0_(NA_) k32_tile(n, w, a, astride, NA_, out, ostride, CQ_TYPE_Q4_0)
+#define Q4_1_(NA_) k32_tile(n, w, a, astride, NA_, out, ostride, CQ_TYPE_Q4_1)
+#define Q5_0_(NA_) k32_tile(n, w, a, astride, NA_, out, ostride, CQ_TYPE_Q5_0)
+#define Q5_1_(NA_) k32_tile(n, w, a, astride, NA_, out, ostride, CQ_TYPE_Q5_1)
+#define Q8_0_(NA_) k32_tile(n, w, a, astride, NA_, out, ostride, CQ_TYPE_Q8_0)
+
+TILED(avx512_dot_f32, F32_)
+TILED(avx512_dot_f16, F16_)
+TILED(avx512_dot_bf16, BF16_)
+TILED(avx512_dot_q4_0, Q4_0_)
+TILED(avx512_dot_q4_1, Q4_1_)
+TILED(avx512_dot_q5_0, Q5_0_)
+TILED(avx512_dot_q5_1, Q5_1_)
+TILED(avx512_dot_q8_0, Q8_0_)
+
+const cq_kernel_table cq_table_avx512 = {
+    .dot =
+        {
+            [CQ_TYPE_F32] = avx512_dot_f32,
+            [CQ_TYPE_F16] = avx512_dot_f16,
+            [CQ_TYPE_BF16] = avx512_dot_bf16,
+            [CQ_TYPE_Q4_0] = avx512_dot_q4_0,
+            [CQ_TYPE_Q4_1] = avx512_dot_q4_1,
+            [CQ_TYPE_Q5_0] = avx512_dot_q5_0,
+            [CQ_TYPE_Q5_1] = avx512_dot_q5_1,
+            [CQ_TYPE_Q8_0] = avx512_dot_q8_0,
+        },
+};
+
+#endif /* CQ_X86 */
