@@ -67,27 +67,31 @@ public struct ReportICMSettings: Codable, Sendable, Equatable {
     public var trajectories: String?
     /// Checkpoints per task, the last ones.
     public var maxCheckpoints: Int
-
-    /// Outer meta-learning steps (nil: two rounds over the tasks, `defaultMetaSteps`).
-    public var metaSteps: Int?
     /// Part of each task's shots held out of the generator and the fusion, used only to choose
     /// how many in-context adaptation steps to keep (`ICMPipeline.selectionSplit`).
     public var selectionFraction: Double
 
+    /// `generator.metaSteps` nil runs the generator's default (`ICMGeneratorOptions.defaultMetaSteps`).
     public init(generator: ICMGeneratorOptions = ICMGeneratorOptions(), fusion: ICMFusionOptions = ICMFusionOptions(),
                 fewShots: Int = 4, longTailTask: String? = nil, longTailShots: Int = 2, trajectories: String? = nil,
-                maxCheckpoints: Int = 4, metaSteps: Int? = nil, selectionFraction: Double = 0.25) {
+                maxCheckpoints: Int = ICMPipelineOptions().maxCheckpoints,
+                selectionFraction: Double = ICMPipelineOptions().selectionFraction) {
         self.selectionFraction = selectionFraction
         self.generator = generator; self.fusion = fusion; self.fewShots = fewShots; self.longTailTask = longTailTask
         self.longTailShots = longTailShots; self.trajectories = trajectories; self.maxCheckpoints = maxCheckpoints
-        self.metaSteps = metaSteps
     }
 
-    /// The round robin of the meta-learning must reach every task, twice: a fixed 6 steps left
-    /// 8 of the 14 suite tasks out.
-    public static func defaultMetaSteps(tasks: Int) -> Int { 2 * tasks }
-
-    func metaSteps(tasks: Int) -> Int { metaSteps ?? Self.defaultMetaSteps(tasks: tasks) }
+    /// The pipeline options of variant `v`'s row over `tasks` tasks: the variant's generator and
+    /// fusion options, the meta-learning steps resolved (so the cache key names the number run)
+    /// and one seed.
+    public func pipelineOptions(_ v: ICMVariant, tasks: Int, seed: UInt64) -> ICMPipelineOptions {
+        var g = v.generatorOptions(generator)
+        g.metaSteps = g.metaSteps(tasks: tasks)
+        var o = ICMPipelineOptions(generator: g, fusion: v.fusionOptions(fusion), maxCheckpoints: maxCheckpoints,
+                                   selectionFraction: selectionFraction)
+        o.seed = seed
+        return o
+    }
 }
 
 /// What an ICM row records besides its scores.
@@ -156,7 +160,7 @@ extension ReportRunner {
         // SmolLM2; the VAE's steps ≈ 100): measured loosely, only for the progress bar.
         guard let v = ICMVariant(rawValue: m.method) else { return 0 }
         let g = v.generatorOptions(settings.icm.generator), f = v.fusionOptions(settings.icm.fusion)
-        let meta = settings.icm.metaSteps(tasks: taskNames.count)
+        let meta = settings.icm.generator.metaSteps(tasks: taskNames.count)
         let gen = !v.trainsGenerator ? 0 : 100 + (v == .noMeta ? 0 : meta * (g.innerSteps + 2) * 20)
         return gen + (f.steps + f.adaptSteps) * 40
     }
@@ -191,7 +195,7 @@ extension ReportRunner {
                                   trajectoryDir: settings.icm.trajectories.map { ($0 as NSString).appendingPathComponent(n) })
         }
         var genOptions = v.generatorOptions(settings.icm.generator)
-        if v != .noMeta { genOptions.metaSteps = settings.icm.metaSteps(tasks: taskNames.count) }
+        if v != .noMeta { genOptions.metaSteps = settings.icm.generator.metaSteps(tasks: taskNames.count) }
         genOptions.seed = settings.seed
         var fusion = v.fusionOptions(settings.icm.fusion)
         fusion.seed = settings.seed
@@ -242,7 +246,7 @@ extension ReportRunner {
                 }
                 details.checkpoints = tasksICM.map { $0.samplePaths(maxCheckpoints: settings.icm.maxCheckpoints).count - 1 }.reduce(0, +)
                 details.samples = taskNames.count + details.checkpoints
-                details.metaSteps = genOptions.metaSteps
+                details.metaSteps = genOptions.metaSteps(tasks: taskNames.count)
                 details.adaptation = r.adaptation
                 details.weights = r.fusion.weights.map(Double.init)
                 details.gains = r.fusion.logGain.map { Double(exp($0)) }

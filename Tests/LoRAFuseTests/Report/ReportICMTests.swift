@@ -8,11 +8,11 @@ final class ReportICMTests: XCTestCase {
     static func settings(trajectories: String?, selection: Double = 0) -> ReportSettings {
         var g = ICMGeneratorOptions()
         g.chunkSize = 16; g.hidden = 8; g.latent = 4; g.conditionProj = 4; g.positionDim = 4
-        g.steps = 12; g.batchRows = 8; g.innerSteps = 1; g.metaTokens = 24
+        g.steps = 12; g.batchRows = 8; g.innerSteps = 1; g.metaTokens = 24; g.metaSteps = 2
         var f = ICMFusionOptions()
         f.steps = 2; f.adaptSteps = 1; f.tokens = 40
         f.selectEvery = 1
-        let icm = ReportICMSettings(generator: g, fusion: f, fewShots: 1, longTailShots: 1, trajectories: trajectories, metaSteps: 2,
+        let icm = ReportICMSettings(generator: g, fusion: f, fewShots: 1, longTailShots: 1, trajectories: trajectories,
                                     selectionFraction: selection)
         return ReportSettings(testPerTask: 2, accuracy: false, rank: 2, shotsPerTask: 2, shotsCurve: [1, 2], steps: 2, icm: icm)
     }
@@ -135,6 +135,26 @@ final class ReportICMTests: XCTestCase {
         }
         XCTAssertTrue(ReportRenderer.icmParagraphs(r).contains { $0.contains("of each task's shots (3 examples, never used to learn") },
                       "\(ReportRenderer.icmParagraphs(r))")
+    }
+
+    /// What each row runs: the variant's ablation, the meta-learning steps resolved from the
+    /// generator's default (two rounds), one seed for generator and fusion.
+    func testPipelineOptionsOfEachVariant() {
+        var s = ReportICMSettings()
+        XCTAssertNil(s.generator.metaSteps)
+        XCTAssertEqual(s.maxCheckpoints, ICMPipelineOptions().maxCheckpoints)
+        XCTAssertEqual(s.selectionFraction, ICMPipelineOptions().selectionFraction)
+        let full = s.pipelineOptions(.full, tasks: 14, seed: 3)
+        XCTAssertEqual(full.generator.metaSteps, 28)
+        XCTAssertEqual(full.generator.seed, 3)
+        XCTAssertEqual(full.fusion.seed, 3)
+        XCTAssertNil(full.shotsPerTask, "the report cuts the pools itself (few-shot and long-tail rows)")
+        XCTAssertEqual(s.pipelineOptions(.noMeta, tasks: 14, seed: 3).generator.metaSteps, 0)
+        XCTAssertFalse(s.pipelineOptions(.noCondition, tasks: 14, seed: 3).generator.useCondition)
+        XCTAssertFalse(s.pipelineOptions(.noOrientation, tasks: 14, seed: 3).fusion.orientation)
+        XCTAssertEqual(s.pipelineOptions(.noAdaptation, tasks: 14, seed: 3).fusion.adaptSteps, 0)
+        s.generator.metaSteps = 5
+        XCTAssertEqual(s.pipelineOptions(.fewShot, tasks: 14, seed: 3).generator.metaSteps, 5)
     }
 
     func testSelectionSplit() {
