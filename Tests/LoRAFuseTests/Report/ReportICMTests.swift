@@ -137,6 +137,45 @@ final class ReportICMTests: XCTestCase {
                       "\(ReportRenderer.icmParagraphs(r))")
     }
 
+    /// The report's ICM-Fusion row is `ICMPipeline.fuse`: the pipeline run as `fuse --method
+    /// icm-fusion` runs it (whole shots pools cut to the report's shots per task, the row's
+    /// generator and fusion settings, one seed) makes the row's adapter bit for bit, with the same
+    /// learned weights and adaptation step.
+    func testRowAdapterIsICMPipelineFuse() throws {
+        let model = ReportFixtures.model()
+        var inputs = ReportFixtures.inputs(model)
+        // Pools longer than the report's 2 shots per task: both must take the first two.
+        for i in inputs.shots.indices { inputs.shots[i].examples.append(EvalExample(prompt: "Say x.", answer: "x")) }
+        let dir = ReportFixtures.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var settings = Self.settings(trajectories: nil, selection: 0.25)
+        settings.seed = 7
+        let runner = try ReportRunner(model: model, inputs: inputs, settings: settings, methods: [ReportMethods.icm("icm-fusion")], directory: dir)
+        let row = try runner.run().rows[0]
+        // The row's adapter (its generator now comes from cache/).
+        let (rowAdapter, details) = try runner.icmFused(.full, label: "icm-fusion", say: { _ in })
+        XCTAssertEqual(details, row.icm)
+
+        var options = ICMPipelineOptions(generator: settings.icm.generator, fusion: settings.icm.fusion,
+                                         selectionFraction: settings.icm.selectionFraction, shotsPerTask: settings.shotsPerTask)
+        options.seed = settings.seed
+        let tasks = ReportFixtures.taskNames.map { n in
+            ICMPipeline.TaskInput(name: n, adapterPath: n, shots: inputs.shots.first { $0.name == n }!, adapter: inputs.adapters.first { $0.name == n }!)
+        }
+        let p = try ICMPipeline.fuse(model: model, tasks: tasks, options: options)
+        XCTAssertEqual(rowAdapter.moduleNames, p.adapter.moduleNames)
+        for n in p.adapter.moduleNames {
+            let a = try XCTUnwrap(rowAdapter.modules[n]), b = try XCTUnwrap(p.adapter.modules[n])
+            XCTAssertEqual(a.A.data, b.A.data, n)
+            XCTAssertEqual(a.B.data, b.B.data, n)
+            XCTAssertEqual(a.scale, b.scale, n)
+        }
+        XCTAssertEqual(details.weights, p.result.fusion.weights.map(Double.init))
+        XCTAssertEqual(details.adaptation, p.result.adaptation)
+        XCTAssertEqual(details.selectionShots, Dictionary(uniqueKeysWithValues: ReportFixtures.taskNames.map { ($0, 1) }))
+        XCTAssertEqual(details.metaSteps, p.generator.options.metaSteps)
+    }
+
     /// What each row runs: the variant's ablation, the meta-learning steps resolved from the
     /// generator's default (two rounds), one seed for generator and fusion.
     func testPipelineOptionsOfEachVariant() {
