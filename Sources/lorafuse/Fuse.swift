@@ -140,7 +140,7 @@ struct Fuse: ParsableCommand {
         if let v = initial { o.initialCoefficient = v }
         if let v = catScale { o.catScale = v }
 
-        let lm = try loadModel(modelPath: model, adapters: [])
+        let lm = try loadModel(modelPath: model)
         let hints = (try? ModelHints.load(path: model ?? ModelLocator.defaultModelPath())) ?? ModelHints()
         let loaded = AdapterNames.disambiguated(try adapters.map { try AdapterIO.read(path: $0, hints: hints) })
         let shotTasks = try shots.map { try TaskData.read(path: $0) }
@@ -164,7 +164,7 @@ struct Fuse: ParsableCommand {
 
     /// ICM-Fusion: the library does the work (ICMPipeline); this prints and writes.
     func runICMFusion() throws {
-        let lm = try loadModel(modelPath: model, adapters: [])
+        let lm = try loadModel(modelPath: model)
         let hints = (try? ModelHints.load(path: model ?? ModelLocator.defaultModelPath())) ?? ModelHints()
         let inputs = try ICMPipeline.taskInputs(adapters: adapters, shots: shots, hints: hints)
         let say: (String) -> Void = { line in if !compute.quiet { FileHandle.standardError.write(Data((line + "\n").utf8)) } }

@@ -134,7 +134,7 @@ struct GenerateAdapter: ParsableCommand {
         try OutputGuard.check(output, kind: .directory, inputs: inputPaths, force: overwrite.force)
         if let s = gen.saveGenerator { try OutputGuard.check(s, kind: .file, inputs: inputPaths, force: overwrite.force, what: "--save-generator") }
         let m = ICMGenerationMethod(rawValue: method)!
-        let lm = try loadModel(modelPath: model, adapters: [])
+        let lm = try loadModel(modelPath: model)
         let say: (String) -> Void = { line in if !compute.quiet { FileHandle.standardError.write(Data((line + "\n").utf8)) } }
         let hints = (try? ModelHints.load(path: model ?? ModelLocator.defaultModelPath())) ?? ModelHints()
         let inputs = try ICMPipeline.taskInputs(adapters: adapters, shots: shots,

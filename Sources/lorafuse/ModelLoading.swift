@@ -2,12 +2,25 @@ import ArgumentParser
 import Foundation
 import LoRAFuse
 
-/// Loads the model (`--model`, else the default model `scripts/setup.sh` fetched) with the
-/// adapters applied unmerged (each adapter's LoRA path added at its weight, base weights untouched).
+/// Loads the model (`--model`, else the default model `scripts/setup.sh` fetched) and prepares the
+/// adapters unmerged (each adapter's LoRA path added at its weight, base weights untouched).
 ///
 /// The adapters are read first, so a bad adapter fails before the model is loaded; the model's
 /// head counts are the hints a GGUF LoRA needs to undo llama.cpp's q/k row permutation.
-func loadModel(modelPath: String?, adapters specs: [AdapterSpec]) throws -> LlamaModel {
+func loadModel(modelPath: String?, adapters specs: [AdapterSpec]) throws -> AdaptedLlama {
+    let path = try modelFile(modelPath)
+    let hints = (try? ModelHints.load(path: path)) ?? ModelHints()
+    let adapters = try specs.map { (try AdapterIO.read(path: $0.path, hints: hints), $0.weight) }
+    let model = try LlamaModel.load(path: path)
+    return try model.with(adapters, mode: .unmerged)
+}
+
+/// Loads the model alone (`--model`, else the default model).
+func loadModel(modelPath: String?) throws -> LlamaModel {
+    try LlamaModel.load(path: try modelFile(modelPath))
+}
+
+private func modelFile(_ modelPath: String?) throws -> String {
     let path = modelPath ?? ModelLocator.defaultModelPath()
     guard FileManager.default.fileExists(atPath: path) else {
         if modelPath == nil {
@@ -15,9 +28,5 @@ func loadModel(modelPath: String?, adapters specs: [AdapterSpec]) throws -> Llam
         }
         throw AdapterIOError.notFound(path: path)
     }
-    let hints = (try? ModelHints.load(path: path)) ?? ModelHints()
-    let adapters = try specs.map { (try AdapterIO.read(path: $0.path, hints: hints), $0.weight) }
-    let model = try LlamaModel.load(path: path)
-    if !adapters.isEmpty { try model.setAdapters(adapters, mode: .unmerged) }
-    return model
+    return path
 }

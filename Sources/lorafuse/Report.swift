@@ -209,7 +209,7 @@ struct Report: ParsableCommand {
         if let t = tasks {
             inputs = try inputs.restricted(to: t.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
         }
-        let lm = try loadModel(modelPath: model, adapters: [])
+        let lm = try loadModel(modelPath: model)
         let settings = ReportSettings(testPerTask: testPerTask, accuracy: !noAccuracy, rank: rank, seed: seed,
                                       shotsPerTask: shotsPerTask, shotsCurve: try curve(), steps: steps, evaluations: evaluations,
                                       expertMatrix: expertMatrix, model: modelPath, icm: icmSettings())

@@ -117,7 +117,7 @@ struct TasksExperts: ParsableCommand {
             throw ValidationError(e.description)   // nothing to score with these flags: a usage error
         }
         let evalTasks = found.tasks
-        let lm = try loadModel(modelPath: model, adapters: [])
+        let lm = try loadModel(modelPath: model)
         let hints = (try? ModelHints.load(path: model ?? ModelLocator.defaultModelPath())) ?? ModelHints()
         let loaded = try found.adapterPaths.map { try AdapterIO.read(path: $0, hints: hints) }
         let bar = ProgressBar(total: 2 * evalTasks.reduce(0) { $0 + $1.examples.count }, label: "experts", enabled: !compute.quiet)

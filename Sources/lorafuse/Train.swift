@@ -88,7 +88,7 @@ struct Train: ParsableCommand {
 
     func train(_ options: TrainingOptions, out: TrainingOutput) throws {
         var o = options
-        let lm = try loadModel(modelPath: model, adapters: [])
+        let lm = try loadModel(modelPath: model)
         let trainSeqs = try TrainingData.sequences(TaskData.read(path: data), model: lm)
         let valSeqs = try val.map { try TrainingData.sequences(TaskData.read(path: $0), model: lm) } ?? []
         let total = o.totalSteps(examples: trainSeqs.count)

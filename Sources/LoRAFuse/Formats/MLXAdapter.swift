@@ -51,7 +51,7 @@ public enum MLXAdapterError: Error, CustomStringConvertible, Equatable {
 public enum MLXAdapter {
     public static let configFile = "adapter_config.json"
     public static let weightsFile = "adapters.safetensors"
-    static let prefix = "base_model.model."
+    static let prefix = ModuleAddress.peftPrefix
 
     public static func isMLXDirectory(_ path: String) -> Bool {
         FileManager.default.fileExists(atPath: (path as NSString).appendingPathComponent(weightsFile))
@@ -99,7 +99,7 @@ public enum MLXAdapter {
             let lb = try file.finiteMatrix(bk)   // (r, out)
             if dtype == nil { dtype = ai.floatType }
             let module = prefix + stem
-            let kind: LoRAModuleKind = TensorNames.ggufName(forHF: stem) == "token_embd" ? .embedding : .linear
+            let kind: LoRAModuleKind = ModuleAddress(hf: stem) == .embedding ? .embedding : .linear
             modules[module] = LoRAModule(A: la.transposed(), B: lb.transposed(), scale: scale, kind: kind)
         }
         var meta = AdapterMetadata()
@@ -161,7 +161,7 @@ public enum MLXAdapter {
         var keys = Set<String>()
         for n in names {
             let m = adapter.modules[n]!
-            let stem = n.hasPrefix(prefix) ? String(n.dropFirst(prefix.count)) : n
+            let stem = ModuleAddress.strippingPEFTPrefix(n)
             if let r = stem.range(of: #"^model\.layers\.[0-9]+\."#, options: .regularExpression) {
                 keys.insert(String(stem[r.upperBound...]))
             } else { keys.insert(stem) }

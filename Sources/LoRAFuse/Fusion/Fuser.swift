@@ -134,9 +134,7 @@ public enum Fuser {
 /// PEFT matches `rank_pattern` keys as a suffix of the module path after an optional prefix;
 /// the module path without PEFT's wrapper prefix is an exact, unambiguous key.
 public func peftPatternKey(forModule name: String) -> String {
-    var n = name
-    for prefix in ["base_model.model."] where n.hasPrefix(prefix) { n.removeFirst(prefix.count) }
-    return n
+    ModuleAddress.strippingPEFTPrefix(name)
 }
 
 /// A fusion step that failed inside one module (a LAPACK error, an overflow), with the module and

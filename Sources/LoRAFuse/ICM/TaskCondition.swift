@@ -12,19 +12,18 @@ import Foundation
 /// description text's tokens (SG-LoRA uses a separate sentence encoder; the base model is the
 /// encoder we have).
 public enum TaskCondition {
-    /// Mean of "h_final" over all rows of `sequences` (each a token list), with `adapter` set
-    /// unmerged on the model for the duration (the model's previous adapters are cleared).
+    /// Mean of "h_final" over all rows of `sequences` (each a token list), run with `adapter`
+    /// applied unmerged (nil: the base model). The model is not changed.
     public static func meanHiddenState(model: LlamaModel, adapter: LoRAAdapter?, sequences: [[Int]]) throws -> [Float] {
         guard !sequences.isEmpty, sequences.allSatisfy({ !$0.isEmpty }) else {
             throw ICMError.badInput(what: "task condition", reason: "needs at least one non-empty example")
         }
-        if let adapter { try model.setAdapters([(adapter, 1)]) } else { model.clearAdapters() }
-        defer { model.clearAdapters() }
+        let adapters = try adapter.map { try model.prepare([($0, 1)]) } ?? .none
         let C = model.config.hiddenSize, L = model.config.numHiddenLayers
         var sum = [Double](repeating: 0, count: C)
         var rows = 0
         for s in sequences {
-            let session = try model.makeLlamaSession(maxTokens: s.count)
+            let session = try model.makeLlamaSession(maxTokens: s.count, adapters: adapters)
             let rec = ForwardActivations()
             session.activations = rec
             _ = try session.feed(s)

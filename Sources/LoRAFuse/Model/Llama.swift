@@ -16,47 +16,6 @@ import Foundation
 // Every matmul goes through BLAS.gemm; attention scores of a head are one GEMM of its queries
 // against all cached keys. Weights stay in PyTorch (out, in) layout, row-major.
 
-/// The seven projections of a decoder layer, in checkpoint order.
-enum LinearSlot: Int, CaseIterable, Sendable {
-    case q, k, v, o, gate, up, down
-}
-
-/// Checkpoint tensor names, HF ↔ GGUF, in one place. A module name plus ".weight" / ".bias" is a
-/// tensor name. PEFT module names are the HF module names behind `base_model.model.`.
-enum LlamaCheckpointNames {
-    static let linears: [(slot: LinearSlot, hf: String, gguf: String)] = [
-        (.q, "self_attn.q_proj", "attn_q"),
-        (.k, "self_attn.k_proj", "attn_k"),
-        (.v, "self_attn.v_proj", "attn_v"),
-        (.o, "self_attn.o_proj", "attn_output"),
-        (.gate, "mlp.gate_proj", "ffn_gate"),
-        (.up, "mlp.up_proj", "ffn_up"),
-        (.down, "mlp.down_proj", "ffn_down"),
-    ]
-    /// (HF, GGUF) module names of the two per-layer norms.
-    static let attnNorm = (hf: "input_layernorm", gguf: "attn_norm")
-    static let ffnNorm = (hf: "post_attention_layernorm", gguf: "ffn_norm")
-    static let embed = (hf: "model.embed_tokens", gguf: "token_embd")
-    static let finalNorm = (hf: "model.norm", gguf: "output_norm")
-    static let lmHead = (hf: "lm_head", gguf: "output")
-
-    static func hfLayer(_ layer: Int, _ module: String) -> String { "model.layers.\(layer).\(module)" }
-    static func ggufLayer(_ layer: Int, _ module: String) -> String { "blk.\(layer).\(module)" }
-
-    /// GGUF module name for an HF module name (used by the loader to find every tensor).
-    static func gguf(forHF name: String) -> String? {
-        if name == embed.hf { return embed.gguf }
-        if name == finalNorm.hf { return finalNorm.gguf }
-        if name == lmHead.hf { return lmHead.gguf }
-        let parts = name.split(separator: ".", maxSplits: 3).map(String.init)
-        guard parts.count == 4, parts[0] == "model", parts[1] == "layers", let l = Int(parts[2]) else { return nil }
-        if parts[3] == attnNorm.hf { return ggufLayer(l, attnNorm.gguf) }
-        if parts[3] == ffnNorm.hf { return ggufLayer(l, ffnNorm.gguf) }
-        guard let e = linears.first(where: { $0.hf == parts[3] }) else { return nil }
-        return ggufLayer(l, e.gguf)
-    }
-}
-
 /// A linear layer y = x Wᵀ + b, W (out, in) row-major as in PyTorch.
 public struct LinearWeights: Sendable {
     public var weight: [Float]      // (out, in)
@@ -83,8 +42,8 @@ public struct LlamaWeights: Sendable {
     public var linears: [LinearWeights]       // L·7 + 1
     public var finalNorm: [Float]             // (C)
 
-    static func linearID(layer: Int, _ slot: LinearSlot) -> Int { layer * LinearSlot.allCases.count + slot.rawValue }
-    static func lmHeadID(layers: Int) -> Int { layers * LinearSlot.allCases.count }
+    static func linearID(layer: Int, _ p: Projection) -> Int { layer * Projection.allCases.count + p.index }
+    static func lmHeadID(layers: Int) -> Int { layers * Projection.allCases.count }
 
     /// Expected (out, in) of every linear for `config`, in `linears` order.
     static func linearShapes(_ c: LlamaConfig) -> [(out: Int, in: Int)] {
@@ -107,7 +66,7 @@ public struct LlamaWeights: Sendable {
         let shapes = linearShapes(c)
         for (i, sh) in shapes.enumerated() {
             let isLM = i == shapes.count - 1
-            let slot = LinearSlot(rawValue: i % LinearSlot.allCases.count)
+            let slot = Projection.allCases[i % Projection.allCases.count]
             let hasBias = !isLM && c.attentionBias && (slot == .q || slot == .k || slot == .v || (c.modelType != "qwen2" && slot == .o))
             let w = isLM && c.tieWordEmbeddings ? embed : normal(sh.out * sh.in, std)
             linears.append(LinearWeights(weight: w, bias: hasBias ? normal(sh.out, std) : nil, outFeatures: sh.out, inFeatures: sh.in))
@@ -129,12 +88,12 @@ public final class ForwardActivations {
     }
 }
 
-/// A Llama-family causal LM with Float32 weights in memory. Weights are shared by all sessions;
-/// run-time LoRA (LoRARuntime.swift) changes what `effective*` hands to the forward pass.
-/// Sessions may run on different threads at once (they only read the model); `setAdapters` /
-/// `clearAdapters` must not overlap a forward pass.
+/// A Llama-family causal LM with Float32 weights in memory. The weights never change after
+/// loading and are shared by every session; adapters are not state of the model but a value
+/// (`AdapterSet`, AdapterSet.swift) each session is given, so sessions with different adapters
+/// may run on different threads at once.
 ///
-/// Backward pass (later): `LlamaSession.activations` records each layer's inputs to every linear
+/// Backward pass: `LlamaSession.activations` records each layer's inputs to every linear
 /// (`x`, `h_attn`, `attn_out`, `h_ffn`, `gate`/`up` before SwiGLU), q after RoPE and the attention
 /// probabilities, which is what LoRA gradients dL/dA, dL/dB need; nothing is kept when it is nil.
 public final class LlamaModel: CausalLM, @unchecked Sendable {
@@ -145,17 +104,6 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
     /// Base weights: never modified after loading.
     public let base: LlamaWeights
 
-    // Effective weights (COW copies of `base` until a merged adapter replaces one).
-    var effectiveEmbed: [Float]
-    var effectiveLinear: [[Float]]
-    // Unmerged LoRA factors per linear id, and for the embedding.
-    var unmerged: [[LoRAFactors]]
-    var embedUnmerged: [LoRAFactors] = []
-    var maxLoRARank = 0
-    /// Names and weights of the adapters set by `setAdapters`, and how they were applied.
-    public internal(set) var activeAdapters: [(name: String, weight: Float)] = []
-    public internal(set) var adapterMode: LoRAMode = .unmerged
-
     public var vocabSize: Int { config.vocabSize }
     public var contextLength: Int { config.maxPositionEmbeddings }
 
@@ -164,34 +112,29 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
         self.tokenizer = tokenizer
         self.sourcePath = sourcePath
         self.base = weights
-        self.effectiveEmbed = weights.embed
-        self.effectiveLinear = weights.linears.map(\.weight)
-        self.unmerged = Array(repeating: [], count: weights.linears.count)
     }
 
+    /// A base-model session (no adapters); `with(_:)` gives sessions with adapters.
     public func makeSession(maxTokens: Int) throws -> any InferenceSession {
-        try LlamaSession(model: self, maxTokens: maxTokens)
+        try LlamaSession(model: self, maxTokens: maxTokens, adapters: .none)
     }
 
-    /// The concrete session, for `feed(_:lastOnly:)` and `activations`.
-    public func makeLlamaSession(maxTokens: Int) throws -> LlamaSession {
-        try LlamaSession(model: self, maxTokens: maxTokens)
+    /// The concrete session, for `feed(_:lastOnly:)` and `activations`, with `adapters` applied.
+    public func makeLlamaSession(maxTokens: Int, adapters: AdapterSet = .none) throws -> LlamaSession {
+        try LlamaSession(model: self, maxTokens: maxTokens, adapters: adapters)
     }
 
-    /// Logits (T, V) of `tokens` from a fresh session.
+    /// Logits (T, V) of `tokens` from a fresh base-model session.
     public func logits(tokens: [Int]) throws -> Matrix {
-        try LlamaSession(model: self, maxTokens: max(tokens.count, 1)).feed(tokens)
+        try logits(tokens: tokens, adapters: .none)
+    }
+
+    /// Logits (T, V) of `tokens` from a fresh session with `adapters`.
+    public func logits(tokens: [Int], adapters: AdapterSet) throws -> Matrix {
+        try LlamaSession(model: self, maxTokens: max(tokens.count, 1), adapters: adapters).feed(tokens)
     }
 
     var layerCount: Int { config.numHiddenLayers }
-}
-
-/// One LoRA pair ready for the forward pass: y += coef · (x Aᵀ) Bᵀ.
-struct LoRAFactors {
-    var A: [Float]     // (r, in)   — embedding: (r, V)
-    var B: [Float]     // (out, r)  — embedding: (C, r)
-    var rank: Int
-    var coef: Float    // adapter weight × scale
 }
 
 /// Scratch memory that does not move or get reference-counted in the hot loops.
@@ -225,35 +168,36 @@ public final class LlamaSession: InferenceSession {
     /// When set, the next `feed` fills it with intermediate values (for a backward pass).
     public var activations: ForwardActivations?
 
+    /// The adapters this sequence runs with (`AdapterSet.none`: the base model).
+    public private(set) var adapters: AdapterSet
+
     private let kCache: [FloatBuffer]   // per layer (maxTokens, Hkv·d)
     private let vCache: [FloatBuffer]
-    private let ropeCos: FloatBuffer    // (maxTokens, d/2)
-    private let ropeSin: FloatBuffer
+    private let rope: RopeTable         // (maxTokens, d/2)
     private let x = FloatBuffer(1), h = FloatBuffer(1), q = FloatBuffer(1), att = FloatBuffer(1)
     private let attnOut = FloatBuffer(1), gate = FloatBuffer(1), up = FloatBuffer(1), loraTmp = FloatBuffer(1)
 
-    init(model: LlamaModel, maxTokens: Int) throws {
+    init(model: LlamaModel, maxTokens: Int, adapters: AdapterSet) throws {
         let c = model.config
         guard maxTokens > 0 else { throw ModelError.contextFull(maxTokens: maxTokens, requested: 0) }
+        precondition(adapters.modelID == nil || adapters.modelID == ObjectIdentifier(model),
+                     "an AdapterSet is prepared for one model; prepare it again for this one")
         self.model = model
         self.maxTokens = maxTokens
+        self.adapters = adapters
         let kvWidth = c.numKeyValueHeads * c.headDim
         kCache = (0..<c.numHiddenLayers).map { _ in FloatBuffer(maxTokens * kvWidth) }
         vCache = (0..<c.numHiddenLayers).map { _ in FloatBuffer(maxTokens * kvWidth) }
-        // HF: inv_freq = 1 / θ^(2i/d) in float32; angle = position · inv_freq in float32.
-        let half = c.headDim / 2
-        ropeCos = FloatBuffer(maxTokens * half)
-        ropeSin = FloatBuffer(maxTokens * half)
-        let scale = c.ropePositionScale
-        for i in 0..<half {
-            let expo = Float(2 * i) / Float(c.headDim)
-            let invFreq = 1 / Float(pow(Float(c.ropeTheta), expo))
-            for p in 0..<maxTokens {
-                let angle = (Float(p) / scale) * invFreq
-                ropeCos.pointer[p * half + i] = cos(angle)
-                ropeSin.pointer[p * half + i] = sin(angle)
-            }
-        }
+        rope = RopeTable(config: c, positions: maxTokens)
+    }
+
+    /// Starts a new sequence with other adapters, keeping the allocated cache (the cached keys
+    /// and values of the old adapters would be wrong for the new ones).
+    public func reset(adapters: AdapterSet) {
+        precondition(adapters.modelID == nil || adapters.modelID == ObjectIdentifier(model),
+                     "an AdapterSet is prepared for one model; prepare it again for this one")
+        self.adapters = adapters
+        position = 0
     }
 
     public func reset() { position = 0 }
@@ -305,7 +249,7 @@ public final class LlamaSession: InferenceSession {
         let x = self.x.reserve(T * C), h = self.h.reserve(T * C)
         let q = self.q.reserve(T * H * d), attnOut = self.attnOut.reserve(T * H * d)
         let gate = self.gate.reserve(T * F), up = self.up.reserve(T * F)
-        _ = loraTmp.reserve(T * max(model.maxLoRARank, 1))
+        _ = loraTmp.reserve(T * max(adapters.maxRank, 1))
         let rec = activations
 
         embed(tokens, into: x)                                          // (T, C)
@@ -317,8 +261,8 @@ public final class LlamaSession: InferenceSession {
             linear(h, rows: T, id: LlamaWeights.linearID(layer: l, .q), into: q, ld: H * d)          // (T, H·d)
             linear(h, rows: T, id: LlamaWeights.linearID(layer: l, .k), into: kRows, ld: kv)        // (T, Hkv·d) → cache
             linear(h, rows: T, id: LlamaWeights.linearID(layer: l, .v), into: vRows, ld: kv)        // (T, Hkv·d) → cache
-            rope(q, rows: T, heads: H, start: p0)
-            rope(kRows, rows: T, heads: Hkv, start: p0)
+            applyRope(q, rows: T, heads: H, start: p0)
+            applyRope(kRows, rows: T, heads: Hkv, start: p0)
             if let rec { rec.save(l, "h_attn", h, T * C); rec.save(l, "q", q, T * H * d) }
             attention(q: q, layer: l, rows: T, start: p0, into: attnOut)                        // (T, H·d)
             if let rec { rec.save(l, "attn_out", attnOut, T * H * d) }
@@ -340,14 +284,14 @@ public final class LlamaSession: InferenceSession {
     /// x[t] = E[token_t] (+ Σ coef · B · A[:, token_t] for embedding LoRA).
     private func embed(_ tokens: [Int], into x: UnsafeMutablePointer<Float>) {
         let C = model.config.hiddenSize, V = model.config.vocabSize
-        model.effectiveEmbed.withUnsafeBufferPointer { e in
+        (adapters.mergedEmbed ?? model.base.embed).withUnsafeBufferPointer { e in
             for (t, tok) in tokens.enumerated() {
                 (x + t * C).update(from: e.baseAddress! + tok * C, count: C)
             }
         }
-        guard !model.embedUnmerged.isEmpty else { return }
-        let col = loraTmp.reserve(max(model.maxLoRARank, 1))
-        for f in model.embedUnmerged {
+        guard !adapters.embedFactors.isEmpty else { return }
+        let col = loraTmp.reserve(max(adapters.maxRank, 1))
+        for f in adapters.embedFactors {
             f.A.withUnsafeBufferPointer { a in
                 f.B.withUnsafeBufferPointer { b in
                     for (t, tok) in tokens.enumerated() {
@@ -377,7 +321,7 @@ public final class LlamaSession: InferenceSession {
             }
             beta = 1
         }
-        model.effectiveLinear[id].withUnsafeBufferPointer { w in
+        (adapters.mergedLinear[id] ?? lw.weight).withUnsafeBufferPointer { w in
             if rows == 1 {
                 // Decoding: y (out) = W (out, in) · x (in) as a GEMV (sgemm would pack all of W).
                 BLAS.gemv(transA: false, m: nOut, n: nIn, alpha: 1, a: w.baseAddress!, lda: nIn,
@@ -387,8 +331,7 @@ public final class LlamaSession: InferenceSession {
                           a: x, lda: nIn, b: w.baseAddress!, ldb: nIn, beta: beta, c: out, ldc: ld)
             }
         }
-        let factors = model.unmerged[id]
-        if factors.isEmpty { return }
+        guard let factors = adapters.linearFactors[id] else { return }
         let tmp = loraTmp.pointer
         for f in factors {
             f.A.withUnsafeBufferPointer { a in
@@ -414,9 +357,9 @@ public final class LlamaSession: InferenceSession {
 
     /// HF rotate_half RoPE on `heads` heads of each row: for i < d/2,
     /// (a, b) = (v[i], v[i + d/2]) → (a cos − b sin, b cos + a sin), angle = pos · θ^(−2i/d).
-    private func rope(_ v: UnsafeMutablePointer<Float>, rows: Int, heads: Int, start: Int) {
+    private func applyRope(_ v: UnsafeMutablePointer<Float>, rows: Int, heads: Int, start: Int) {
         VectorKernels.rope(v, rows: rows, heads: heads, headDim: model.config.headDim, start: start,
-                           cos: ropeCos.pointer, sin: ropeSin.pointer)
+                           cos: rope.cos, sin: rope.sin)
     }
 
     /// Causal grouped-query attention of `rows` new queries (positions start..<start+rows) against

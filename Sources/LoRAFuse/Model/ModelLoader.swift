@@ -93,7 +93,7 @@ extension LlamaModel {
         if file.metadata["tokenizer.ggml.model"] == nil { throw ModelError.missingTokenizer(path: path) }
         tokenizer = try BPETokenizer.fromGGUFMetadata({ key in file.metadata[key].map(plainValue) }, source: path)
         let weights = try readWeights(GGUFSource(file: file), config: config,
-                                      name: { LlamaCheckpointNames.gguf(forHF: $0)! },
+                                      name: { $0.gguf },
                                       unpermuteQK: config.modelType == "llama")
         return LlamaModel(config: config, weights: weights, tokenizer: tokenizer, sourcePath: path)
     }
@@ -126,49 +126,47 @@ extension LlamaModel {
         }
         let tokenizer = try BPETokenizer.fromTokenizerJSON(try Data(contentsOf: URL(fileURLWithPath: tokPath)),
                                                            bosToken: bos, eosToken: eos, chatTemplate: template, source: tokPath)
-        let weights = try readWeights(source, config: config, name: { $0 }, unpermuteQK: false)
+        let weights = try readWeights(source, config: config, name: { $0.hf }, unpermuteQK: false)
         return LlamaModel(config: config, weights: weights, tokenizer: tokenizer, sourcePath: dir)
     }
 
     /// Reads, checks and (in parallel) converts every tensor the config calls for.
-    /// `name` maps an HF module name to the file's module name.
-    private static func readWeights(_ src: any TensorSource, config c: LlamaConfig, name: (String) -> String,
+    /// `name` gives a module's name in the file (`\.hf` or `\.gguf`).
+    private static func readWeights(_ src: any TensorSource, config c: LlamaConfig, name: (ModuleAddress) -> String,
                                     unpermuteQK: Bool) throws -> LlamaWeights {
-        typealias N = LlamaCheckpointNames
         let L = c.numHiddenLayers
         // Plan: (tensor name in file, expected shape, HF module, kind).
         struct Item { var file: String; var shape: [Int]; var permuteHeads: Int? }
         var items: [Item] = []
-        func add(_ hfModule: String, _ suffix: String, _ shape: [Int], permute: Int? = nil) {
-            items.append(Item(file: name(hfModule) + suffix, shape: shape, permuteHeads: permute))
+        func add(_ module: ModuleAddress, _ suffix: String, _ shape: [Int], permute: Int? = nil) {
+            items.append(Item(file: name(module) + suffix, shape: shape, permuteHeads: permute))
         }
         let tied = c.tieWordEmbeddings   // for GGUF, set from the absence of output.weight
-        add(N.embed.hf, ".weight", [c.vocabSize, c.hiddenSize])
-        add(N.finalNorm.hf, ".weight", [c.hiddenSize])
-        if !tied { add(N.lmHead.hf, ".weight", [c.vocabSize, c.hiddenSize]) }
+        add(.embedding, ".weight", [c.vocabSize, c.hiddenSize])
+        add(.finalNorm, ".weight", [c.hiddenSize])
+        if !tied { add(.lmHead, ".weight", [c.vocabSize, c.hiddenSize]) }
         let shapes = LlamaWeights.linearShapes(c)
         var biasIndex: [Int: Int] = [:]
         for l in 0..<L {
-            add(N.hfLayer(l, N.attnNorm.hf), ".weight", [c.hiddenSize])
-            add(N.hfLayer(l, N.ffnNorm.hf), ".weight", [c.hiddenSize])
-            for e in N.linears {
-                let id = LlamaWeights.linearID(layer: l, e.slot)
-                let heads: Int? = !unpermuteQK ? nil : e.slot == .q ? c.numAttentionHeads : e.slot == .k ? c.numKeyValueHeads : nil
-                add(N.hfLayer(l, e.hf), ".weight", [shapes[id].out, shapes[id].in], permute: heads)
-                let biasName = name(N.hfLayer(l, e.hf)) + ".bias"
-                if src.has(biasName) {
+            add(.attnNorm(layer: l), ".weight", [c.hiddenSize])
+            add(.ffnNorm(layer: l), ".weight", [c.hiddenSize])
+            for p in Projection.allCases {
+                let id = LlamaWeights.linearID(layer: l, p), module = ModuleAddress.projection(layer: l, p)
+                let heads: Int? = !unpermuteQK ? nil : p == .q ? c.numAttentionHeads : p == .k ? c.numKeyValueHeads : nil
+                add(module, ".weight", [shapes[id].out, shapes[id].in], permute: heads)
+                if src.has(name(module) + ".bias") {
                     biasIndex[id] = items.count
-                    add(N.hfLayer(l, e.hf), ".bias", [shapes[id].out], permute: heads)
+                    add(module, ".bias", [shapes[id].out], permute: heads)
                 }
             }
         }
         // The block count must match the blocks whose tensors are present, both ways: a smaller
         // count would silently run a truncated model, a larger one fail on a missing tensor.
         var present = 0
-        while present <= L + 1_000_000, src.has(name(N.hfLayer(present, N.attnNorm.hf)) + ".weight") { present += 1 }
+        while present <= L + 1_000_000, src.has(name(.attnNorm(layer: present)) + ".weight") { present += 1 }
         if present != L {
             throw ModelError.unsupportedConfig(path: src.path, field: "num_hidden_layers (GGUF block_count)", value: "\(L)",
-                                               reason: "disagrees with the tensors, which hold \(present) block(s) (\(name(N.hfLayer(max(present - 1, 0), N.attnNorm.hf))).weight is the last)")
+                                               reason: "disagrees with the tensors, which hold \(present) block(s) (\(name(.attnNorm(layer: max(present - 1, 0)))).weight is the last)")
         }
         // Validate presence and shapes before spending time on conversion.
         for it in items {
@@ -190,7 +188,7 @@ extension LlamaModel {
                     throw ModelError.unsupportedConfig(path: src.path, field: "tensor \(it.file)", value: "\(v[bad])",
                                                        reason: "has a non-finite entry at flat index \(bad) (a corrupt or overflowed checkpoint)")
                 }
-                if let heads = it.permuteHeads { v = unpermuteRows(v, heads: heads, headDim: d, cols: v.count / (heads * d)) }
+                if let heads = it.permuteHeads { v = try RopePermutation.apply(v, rows: heads * d, cols: v.count / (heads * d), heads: heads, toGGUF: false) }
                 return v
             }
         }
@@ -207,8 +205,8 @@ extension LlamaModel {
         for l in 0..<L {
             attnNorms.append(next())
             ffnNorms.append(next())
-            for e in N.linears {
-                let id = LlamaWeights.linearID(layer: l, e.slot)
+            for p in Projection.allCases {
+                let id = LlamaWeights.linearID(layer: l, p)
                 let w = next()
                 let b: [Float]? = biasIndex[id] != nil ? next() : nil
                 linears.append(LinearWeights(weight: w, bias: b, outFeatures: shapes[id].out, inFeatures: shapes[id].in))
@@ -216,27 +214,6 @@ extension LlamaModel {
         }
         linears.append(LinearWeights(weight: lmHead, outFeatures: c.vocabSize, inFeatures: c.hiddenSize))
         return LlamaWeights(embed: embed, attnNorms: attnNorms, ffnNorms: ffnNorms, linears: linears, finalNorm: finalNorm)
-    }
-
-    /// Inverse of llama.cpp's HF→GGUF q/k permutation. The converter does
-    /// `w.reshape(n_head, 2, d/2, in).swapaxes(1, 2).reshape(out, in)`, so GGUF row h·d + 2i + j
-    /// holds HF row h·d + j·d/2 + i (i < d/2, j ∈ {0, 1}). Works for a bias (cols = 1) too.
-    static func unpermuteRows(_ w: [Float], heads: Int, headDim d: Int, cols: Int) -> [Float] {
-        var out = [Float](repeating: 0, count: w.count)
-        let half = d / 2
-        w.withUnsafeBufferPointer { src in
-            out.withUnsafeMutableBufferPointer { dst in
-                for h in 0..<heads {
-                    for i in 0..<half {
-                        for j in 0..<2 {
-                            let from = (h * d + 2 * i + j) * cols, to = (h * d + j * half + i) * cols
-                            (dst.baseAddress! + to).update(from: src.baseAddress! + from, count: cols)
-                        }
-                    }
-                }
-            }
-        }
-        return out
     }
 }
 

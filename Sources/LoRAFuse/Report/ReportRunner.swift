@@ -236,7 +236,6 @@ public final class ReportRunner {
         if settings.expertMatrix {
             matrix = try expertMatrix(experts: rows.first { $0.method.family == .expert })
         }
-        model.clearAdapters()
         let iso = ISO8601DateFormatter()
         return ReportResults(generated: iso.string(from: Date()), settings: settings, tasks: taskNames,
                              testExamples: Dictionary(uniqueKeysWithValues: test.map { ($0.name, $0.examples.count) }),
@@ -455,12 +454,9 @@ public final class ReportRunner {
     func evaluate(_ adapter: LoRAAdapter?, on tasks: [EvalTask], entry: inout CacheEntry, cacheID: String,
                           label: String, accuracy: Bool? = nil,
                           digest: ((EvalTask) -> String)? = nil) throws {
-        if let adapter {
-            try model.setAdapters([(adapter, 1)], mode: LoRAMode(rawValue: settings.adapterMode) ?? .merged)
-        } else {
-            model.clearAdapters()
-        }
-        let evaluator = Evaluator(model: model, options: EvalOptions(computeAccuracy: accuracy ?? settings.accuracy))
+        let mode = LoRAMode(rawValue: settings.adapterMode) ?? .merged
+        let adapters = try adapter.map { try model.prepare([($0, 1)], mode: mode) } ?? .none
+        let evaluator = Evaluator(model: model.with(adapters), options: EvalOptions(computeAccuracy: accuracy ?? settings.accuracy))
         for t in tasks {
             let start = Date()
             var last = 0

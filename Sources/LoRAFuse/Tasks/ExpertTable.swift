@@ -30,23 +30,21 @@ public struct ExpertTable: Codable, Sendable, Equatable {
     public var meanExpertLoss: Double { rows.isEmpty ? .nan : rows.map(\.expert.loss).reduce(0, +) / Double(rows.count) }
 
     /// Evaluates the base model once over every task, then each task's adapter on its own task.
-    /// `adapters[i]` belongs to `tasks[i]`. The model's adapters are cleared when this returns.
+    /// `adapters[i]` belongs to `tasks[i]`.
     public static func measure(model: LlamaModel, tasks: [EvalTask], adapters: [LoRAAdapter], split: String,
                                options: EvalOptions = EvalOptions(),
                                progress: ((_ done: Int, _ total: Int, _ label: String) -> Void)? = nil) throws -> ExpertTable {
         precondition(tasks.count == adapters.count, "one adapter per task")
         let total = 2 * tasks.reduce(0) { $0 + $1.examples.count }
         var done = 0
-        model.clearAdapters()
-        defer { model.clearAdapters() }
         let evaluator = Evaluator(model: model, options: options)
         let base = try evaluator.evaluate(tasks) { p in progress?(p.done, total, "base \(p.task)") }
         done = tasks.reduce(0) { $0 + $1.examples.count }
         var rows: [ExpertRow] = []
         for (task, adapter) in zip(tasks, adapters) {
-            try model.setAdapters([(adapter, 1)], mode: .unmerged)
+            let expert = Evaluator(model: try model.with([(adapter, 1)], mode: .unmerged), options: options)
             let offset = done
-            let r = try evaluator.evaluate(task) { p in progress?(offset + p.taskDone, total, "expert \(task.name)") }
+            let r = try expert.evaluate(task) { p in progress?(offset + p.taskDone, total, "expert \(task.name)") }
             done += task.examples.count
             let b = base.tasks[task.name]!
             rows.append(ExpertRow(task: task.name, base: b, expert: r, clearlyBetter: ExpertRow.isClearlyBetter(base: b, expert: r)))

@@ -52,33 +52,21 @@ final class TrainBuffer {
 }
 
 /// Forward and backward passes of a `LlamaModel` with trainable LoRA on its projections.
-/// Uses the model's base weights (adapters set on the model with `setAdapters` are ignored).
+/// Uses the model's base weights; the LoRA being trained is the only adapter.
 public final class LlamaTrainingEngine {
     public let model: LlamaModel
     let c: LlamaConfig
-    private var ropeCos: [Float] = [], ropeSin: [Float] = []
-    private var ropeLen = 0
+    private var ropeTable: RopeTable?
 
     public init(model: LlamaModel) {
         self.model = model
         self.c = model.config
     }
 
-    /// Same tables as `LlamaSession` (HF: inv_freq = 1/θ^(2i/d), angle = pos·inv_freq in Float).
+    /// The same `RopeTable` the inference session uses, grown to `n` positions when needed.
     private func ensureRope(_ n: Int) {
-        guard n > ropeLen else { return }
-        let half = c.headDim / 2, scale = c.ropePositionScale
-        ropeCos = [Float](repeating: 0, count: n * half)
-        ropeSin = ropeCos
-        for i in 0..<half {
-            let invFreq = 1 / Float(pow(Float(c.ropeTheta), Float(2 * i) / Float(c.headDim)))
-            for p in 0..<n {
-                let angle = (Float(p) / scale) * invFreq
-                ropeCos[p * half + i] = cos(angle)
-                ropeSin[p * half + i] = sin(angle)
-            }
-        }
-        ropeLen = n
+        if let t = ropeTable, t.positions >= n { return }
+        ropeTable = RopeTable(config: c, positions: n)
     }
 
     /// What the backward pass reads of one layer (rows = all packed tokens N).
@@ -264,7 +252,7 @@ public final class LlamaTrainingEngine {
     }
 
     /// out (rows, out) = x Wᵀ + b (or out += … when `accumulate`), then the trainable LoRA term.
-    private func linearForward(_ x: UnsafePointer<Float>, rows: Int, layer: Int, _ slot: LinearSlot,
+    private func linearForward(_ x: UnsafePointer<Float>, rows: Int, layer: Int, _ slot: Projection,
                                into out: UnsafeMutablePointer<Float>, accumulate: Bool = false,
                                mods: [Int: Int], lora: LoRAParameters, tape: LayerTape, dropout: inout Dropout?) {
         let id = LlamaWeights.linearID(layer: layer, slot)
@@ -329,12 +317,9 @@ public final class LlamaTrainingEngine {
 
     /// rotate_half RoPE, positions 0..<rows; `inverse` applies the transpose rotation (its backward).
     private func rope(_ v: UnsafeMutablePointer<Float>, rows: Int, heads: Int, inverse: Bool) {
-        ropeCos.withUnsafeBufferPointer { cb in
-            ropeSin.withUnsafeBufferPointer { sb in
-                VectorKernels.rope(v, rows: rows, heads: heads, headDim: c.headDim, start: 0,
-                                   cos: cb.baseAddress!, sin: sb.baseAddress!, inverse: inverse)
-            }
-        }
+        let t = ropeTable!
+        VectorKernels.rope(v, rows: rows, heads: heads, headDim: c.headDim, start: 0,
+                           cos: t.cos, sin: t.sin, inverse: inverse)
     }
 
     /// Causal GQA within each sequence: per head P_h = softmax(q_h K_hᵀ/√d + mask) (T, T),
@@ -457,7 +442,7 @@ public final class LlamaTrainingEngine {
 
     /// dX = dY W (frozen W, (out, in)), written or added; LoRA: dB += s·dYᵀu, g = dY B,
     /// dA += s·gᵀ x_d, dX += s·(g A) ⊙ mask.
-    private func linearBackward(dY: UnsafePointer<Float>, rows: Int, layer: Int, _ slot: LinearSlot,
+    private func linearBackward(dY: UnsafePointer<Float>, rows: Int, layer: Int, _ slot: Projection,
                                 x: UnsafePointer<Float>, dX: UnsafeMutablePointer<Float>, overwrite: Bool,
                                 mods: [Int: Int], lora: LoRAParameters, tape: LayerTape, grads: inout LoRAGradients) {
         let id = LlamaWeights.linearID(layer: layer, slot)

@@ -24,31 +24,6 @@ public enum TrainError: Error, CustomStringConvertible, Equatable {
     }
 }
 
-/// The projections a LoRA can be trained on, by their short names (PEFT's `target_modules`
-/// use the long ones: `q_proj`, …, `down_proj`).
-public enum LoRATarget: String, CaseIterable, Sendable, Codable {
-    case q, k, v, o, gate, up, down
-
-    var slot: LinearSlot { LinearSlot(rawValue: LoRATarget.allCases.firstIndex(of: self)!)! }
-    /// HF module name inside a layer: `self_attn.q_proj`, `mlp.gate_proj`, …
-    public var hfModule: String { LlamaCheckpointNames.linears[slot.rawValue].hf }
-    /// PEFT `target_modules` entry: `q_proj`, …
-    public var peftName: String { String(hfModule.split(separator: ".").last!) }
-
-    /// Parses "q,k,v,o,gate,up,down" (also accepts `q_proj` style names and "all").
-    public static func parseList(_ s: String) throws -> [LoRATarget] {
-        if s == "all" { return allCases }
-        var out: [LoRATarget] = []
-        for part in s.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) where !part.isEmpty {
-            let short = part.hasSuffix("_proj") ? String(part.dropLast(5)) : part
-            guard let t = LoRATarget(rawValue: short) else { throw TrainError.unknownTarget(part) }
-            if !out.contains(t) { out.append(t) }
-        }
-        guard !out.isEmpty else { throw TrainError.unknownTarget(s) }
-        return out.sorted { $0.slot.rawValue < $1.slot.rawValue }
-    }
-}
-
 /// One trainable LoRA pair on a projection: y = x Wᵀ + scale · (x Aᵀ) Bᵀ.
 public struct TrainableLoRAModule: Sendable {
     public let layer: Int
@@ -61,8 +36,8 @@ public struct TrainableLoRAModule: Sendable {
     public var B: [Float]      // (out, r)
 
     /// PEFT module name, e.g. `base_model.model.model.layers.3.self_attn.q_proj`.
-    public var name: String { "base_model.model." + LlamaCheckpointNames.hfLayer(layer, target.hfModule) }
-    var linearID: Int { LlamaWeights.linearID(layer: layer, target.slot) }
+    public var name: String { ModuleAddress.projection(layer: layer, target).peft }
+    var linearID: Int { LlamaWeights.linearID(layer: layer, target) }
 }
 
 /// All trainable LoRA parameters of a model, in (layer, target) order, plus the hyper-parameters
@@ -90,7 +65,7 @@ public struct LoRAParameters: Sendable {
         var mods: [TrainableLoRAModule] = []
         for l in 0..<c.numHiddenLayers {
             for t in LoRATarget.allCases where targets.contains(t) {
-                let sh = shapes[LlamaWeights.linearID(layer: l, t.slot)]
+                let sh = shapes[LlamaWeights.linearID(layer: l, t)]
                 var rng = SeededRNG(seed: seed, stream: "lora_A.\(l).\(t.rawValue)")
                 let bound = 1 / Float(sh.in).squareRoot()
                 let A = (0..<(rank * sh.in)).map { _ in (2 * rng.nextUniform() - 1) * bound }
@@ -110,15 +85,10 @@ public struct LoRAParameters: Sendable {
         var targets: Set<LoRATarget> = []
         for name in adapter.moduleNames {
             let m = adapter.modules[name]!
-            var n = Substring(name)
-            if n.hasPrefix("base_model.model.") { n = n.dropFirst("base_model.model.".count) }
-            let parts = n.split(separator: ".", maxSplits: 3)
-            guard m.kind == .linear, parts.count == 4, parts[0] == "model", parts[1] == "layers", let l = Int(parts[2]),
-                  l >= 0, l < c.numHiddenLayers,
-                  let t = LoRATarget.allCases.first(where: { $0.hfModule == parts[3] }) else {
+            guard m.kind == .linear, case let .projection(l, t)? = ModuleAddress(peft: name), l < c.numHiddenLayers else {
                 throw TrainError.badAdapter(path: path, module: name, reason: "only LoRA on a layer's q/k/v/o/gate/up/down projection can be trained")
             }
-            let sh = shapes[LlamaWeights.linearID(layer: l, t.slot)]
+            let sh = shapes[LlamaWeights.linearID(layer: l, t)]
             guard m.deltaShape == [sh.out, sh.in] else {
                 throw TrainError.badAdapter(path: path, module: name, reason: "ΔW shape \(m.deltaShape), the model's weight is [\(sh.out), \(sh.in)]")
             }
@@ -126,7 +96,7 @@ public struct LoRAParameters: Sendable {
             mods.append(TrainableLoRAModule(layer: l, target: t, rank: m.rank, inFeatures: sh.in, outFeatures: sh.out,
                                             scale: m.scale, A: m.A.data, B: m.B.data))
         }
-        mods.sort { ($0.layer, $0.target.slot.rawValue) < ($1.layer, $1.target.slot.rawValue) }
+        mods.sort { ($0.layer, $0.target.index) < ($1.layer, $1.target.index) }
         self.modules = mods
         self.rank = adapter.metadata.rank > 0 ? adapter.metadata.rank : (mods.first?.rank ?? 0)
         self.alpha = adapter.metadata.alpha
@@ -144,7 +114,7 @@ public struct LoRAParameters: Sendable {
 
     public var parameterCount: Int { modules.reduce(0) { $0 + $1.A.count + $1.B.count } }
 
-    /// The adapter as a `LoRAAdapter` (for `PEFTAdapter.write` or `LlamaModel.setAdapters`).
+    /// The adapter as a `LoRAAdapter` (for `PEFTAdapter.write` or `LlamaModel.prepare`).
     public func adapter(name: String = "lora", baseModel: String? = nil) -> LoRAAdapter {
         var meta = AdapterMetadata()
         meta.baseModel = baseModel

@@ -149,11 +149,19 @@ public enum OutputGuard {
     /// A new, unused path beside `target` (`.NAME.SUFFIX-PID-RANDOM`), created as a folder or an
     /// empty file when `directory` says so; the parent folders are made first.
     static func makeSibling(of target: OutputTarget, suffix: String, directory: Bool?) throws -> String {
-        let url = URL(fileURLWithPath: target.path)
-        let parent = url.deletingLastPathComponent().path
+        let parent = URL(fileURLWithPath: target.path).deletingLastPathComponent().path
         do { try FileManager.default.createDirectory(atPath: parent, withIntermediateDirectories: true) } catch {
             throw OutputGuardError.writeFailed(output: target.given, reason: "cannot create \(parent): \(error.localizedDescription)")
         }
+        return try makeSibling(beside: target.path, given: target.given, suffix: suffix, directory: directory)
+    }
+
+    /// The one temporary-name rule of every writer: a new, unused path `.NAME.SUFFIX-PID-RANDOM`
+    /// in `path`'s folder (which must exist), created as a folder (`directory: true`), as an empty
+    /// file with `O_EXCL` (`false`), or only chosen (`nil`). `given` names the output in errors.
+    static func makeSibling(beside path: String, given: String, suffix: String, directory: Bool?) throws -> String {
+        let url = URL(fileURLWithPath: path)
+        let parent = url.deletingLastPathComponent().path
         for _ in 0..<16 {
             let p = (parent as NSString).appendingPathComponent(".\(url.lastPathComponent).\(suffix)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
             switch directory {
@@ -166,10 +174,10 @@ public enum OutputGuard {
                 if access(p, F_OK) != 0 { return p }
             }
             if errno != EEXIST && directory != nil {
-                throw OutputGuardError.writeFailed(output: target.given, reason: "cannot create a temporary entry in \(parent): \(String(cString: strerror(errno)))")
+                throw OutputGuardError.writeFailed(output: given, reason: "cannot create a temporary entry in \(parent): \(String(cString: strerror(errno)))")
             }
         }
-        throw OutputGuardError.writeFailed(output: target.given, reason: "no free temporary name in \(parent)")
+        throw OutputGuardError.writeFailed(output: given, reason: "no free temporary name in \(parent)")
     }
 
     /// Absolute path with `.`/`..` removed and the symlinks of its longest existing prefix

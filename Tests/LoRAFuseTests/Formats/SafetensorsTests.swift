@@ -302,6 +302,25 @@ final class SafetensorsTests: TempDirTestCase {
         XCTAssertTrue(leftovers.isEmpty, "no temporary files left: \(leftovers)")
     }
 
+    /// `atomicWrite` names its temporary file by `OutputGuard`'s one rule (`.NAME.tmp-PID-RANDOM`
+    /// beside the target) and removes it when the write fails; a missing folder is a write error.
+    func testAtomicWriteUsesTheGuardsTemporaryName() throws {
+        let url = tmp.appendingPathComponent("a.safetensors")
+        var seen: [String] = []
+        struct Boom: Error {}
+        XCTAssertThrowsError(try SafetensorsWriter.atomicWrite(to: url) { _ in
+            seen = try FileManager.default.contentsOfDirectory(atPath: tmp.path)
+            throw Boom()
+        })
+        XCTAssertEqual(seen.count, 1, "\(seen)")
+        XCTAssertTrue(seen[0].hasPrefix(".a.safetensors.tmp-\(getpid())-"), seen[0])
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: tmp.path), [], "temporary file removed")
+        let missing = tmp.appendingPathComponent("no/such/dir/x.safetensors")
+        assertSTError(try SafetensorsWriter.write(tensors: [], dtype: .f32, to: missing), "writeFailed") {
+            if case .writeFailed(missing.path, _) = $0 { return true }; return false
+        }
+    }
+
     func testRawPassthroughAndReplacingAMappedFile() throws {
         let url = tmp.appendingPathComponent("r.safetensors")
         try SafetensorsWriter.write(tensors: [SafetensorsTensor(name: "ids", shape: [2], dtype: "I64", rawBytes: [1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]),

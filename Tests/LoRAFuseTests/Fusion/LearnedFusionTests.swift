@@ -88,7 +88,7 @@ final class LearnedFusionTests: XCTestCase {
         XCTAssertEqual(fused.modules.count, 14)
         var worst: Float = 0
         for (bi, b) in p.blocks.enumerated() {
-            let name = "base_model.model." + LlamaCheckpointNames.hfLayer(b.layer, b.target.hfModule)
+            let name = ModuleAddress.projection(layer: b.layer, b.target).peft
             var want = Matrix(rows: b.outFeatures, cols: b.inFeatures)
             for (i, a) in ads.enumerated() { if let m = a.modules[name] { want.add(m.delta(), scaledBy: Float(c[i][bi])) } }
             let got = try XCTUnwrap(fused.modules[name])

@@ -69,8 +69,8 @@ final class ICMCLITests: XCTestCase {
         let shots = try TaskData.read(path: tmp + "/s1.jsonl")
         let ev = Evaluator(model: model, options: EvalOptions(computeAccuracy: false))
         let baseLoss = try ev.evaluate(shots).loss
-        try model.setAdapters([(generated, 1)], mode: .merged)
-        let adaptedLoss = try ev.evaluate(shots).loss
+        let adaptedLoss = try Evaluator(model: try model.with([(generated, 1)], mode: .merged),
+                                        options: EvalOptions(computeAccuracy: false)).evaluate(shots).loss
         XCTAssertTrue(adaptedLoss.isFinite)
         XCTAssertGreaterThan(abs(adaptedLoss - baseLoss), 1e-4, "the generated adapter changes the model's loss")
         let sg = try CLITests.run(["generate-adapter", "--method", "sg-lora", paths[0], paths[1], "--shots", tmp + "/s0.jsonl", tmp + "/s1.jsonl",

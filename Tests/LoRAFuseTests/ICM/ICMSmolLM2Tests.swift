@@ -33,9 +33,8 @@ final class ICMSmolLM2Tests: XCTestCase {
             EvalTask(name: n, examples: Array(try TaskData.read(path: "\(SuiteAdapterTests.tasks)/\(n).test.jsonl").examples.prefix(4)))
         }
         let base = try tests.map { try ev.evaluate($0).loss }
-        try model.setAdapters([(r.adapter, 1)])
-        let fused = try tests.map { try ev.evaluate($0).loss }
-        model.clearAdapters()
+        let fusedEval = Evaluator(model: try model.with([(r.adapter, 1)]), options: EvalOptions(computeAccuracy: false))
+        let fused = try tests.map { try fusedEval.evaluate($0).loss }
         for i in names.indices { XCTAssertLessThan(fused[i], base[i], "\(names[i]): fused \(fused[i]) vs base \(base[i])") }
 
         let dir = ModelFixtures.tempDir()

@@ -61,9 +61,9 @@ final class LlamaModelTests: XCTestCase {
         var modules: [String: LoRAModule] = [:]
         let c = model.config
         for l in 0..<c.numHiddenLayers {
-            for e in LlamaCheckpointNames.linears {
-                let lw = model.base.linears[LlamaWeights.linearID(layer: l, e.slot)]
-                modules["base_model.model.model.layers.\(l).\(e.hf)"] = LoRAModule(
+            for p in Projection.allCases {
+                let lw = model.base.linears[LlamaWeights.linearID(layer: l, p)]
+                modules[ModuleAddress.projection(layer: l, p).peft] = LoRAModule(
                     A: .randomNormal(rank, lw.inFeatures, std: 0.3, rng: &rng),
                     B: .randomNormal(lw.outFeatures, rank, std: 0.3, rng: &rng), scale: 0.5)
             }
@@ -158,31 +158,71 @@ final class LlamaModelTests: XCTestCase {
             let a2 = randomAdapter(m, name: "two", seed: 12, rank: 2)
             let mix: [(LoRAAdapter, Float)] = [(a1, 0.7), (a2, -0.4)]
 
-            try m.setAdapters(mix, mode: .merged)
-            let merged = try m.logits(tokens: tokens)
-            let ref = LlamaReference.logits(m, tokens: tokens)
+            let mergedSet = try m.prepare(mix, mode: .merged)
+            let merged = try m.logits(tokens: tokens, adapters: mergedSet)
+            let ref = LlamaReference.logits(m, tokens: tokens, adapters: mergedSet)
             // Merged weights equal W + Σ w_i s_i B_i A_i.
             let qName = "model.layers.1.self_attn.q_proj"
             var expectW = Matrix(rows: m.base.linears[LlamaWeights.linearID(layer: 1, .q)].outFeatures,
                                  cols: m.config.hiddenSize, data: m.base.linears[LlamaWeights.linearID(layer: 1, .q)].weight)
             expectW.add(a1.modules["base_model.model." + qName]!.delta(), scaledBy: 0.7)
             expectW.add(a2.modules["base_model.model." + qName]!.delta(), scaledBy: -0.4)
-            assertClose(try XCTUnwrap(m.effectiveWeight(module: qName)), expectW, 1e-5, "merged q_proj")
+            assertClose(try XCTUnwrap(m.effectiveWeight(module: qName, adapters: mergedSet)), expectW, 1e-5, "merged q_proj")
+            XCTAssertEqual(m.effectiveWeight(module: qName)?.data, m.base.linears[LlamaWeights.linearID(layer: 1, .q)].weight,
+                           "the model's own weights are untouched")
 
-            try m.setAdapters(mix, mode: .unmerged)
-            XCTAssertEqual(m.activeAdapters.map(\.name), ["one", "two"])
-            let unmerged = try m.logits(tokens: tokens)
+            let unmergedSet = try m.prepare(mix, mode: .unmerged)
+            XCTAssertEqual(unmergedSet.adapters, [AdapterWeight(name: "one", weight: 0.7), AdapterWeight(name: "two", weight: -0.4)])
+            let unmerged = try m.with(unmergedSet).logits(tokens: tokens)
             assertClose(merged, ref, tinyTol, "merged vs reference, qwen=\(qwen)")
             assertClose(unmerged, merged, tinyTol, "unmerged vs merged, qwen=\(qwen)")
             XCTAssertGreaterThan(unmerged.maxAbsDifference(base), 0.1, "the adapters change the logits")
 
-            // Clearing restores the exact base (bit for bit: nothing was recomputed).
-            m.clearAdapters()
+            // The base stays exact (bit for bit) with adapter sets alive beside it.
             XCTAssertEqual(try m.logits(tokens: tokens), base)
-            try m.setAdapters(mix, mode: .merged)
-            m.clearAdapters()
-            XCTAssertEqual(try m.logits(tokens: tokens), base)
+            XCTAssertEqual(try m.logits(tokens: tokens, adapters: .none), base)
         }
+    }
+
+    /// The seam routing and serving need: one loaded model, sequences with different adapters
+    /// interleaved token by token (and on two threads at once), each equal to running alone.
+    func testSessionsWithDifferentAdaptersShareOneModel() throws {
+        let m = randomModel(qwen: false)
+        let sets: [AdapterSet] = [.none,
+                                  try m.prepare([(randomAdapter(m, name: "a", seed: 21), 1)], mode: .unmerged),
+                                  try m.prepare([(randomAdapter(m, name: "b", seed: 22, embedding: true), 0.5)], mode: .merged)]
+        let prompt = [3, 14, 15, 9, 2]
+        let alone = try sets.map { try m.logits(tokens: prompt, adapters: $0) }
+        XCTAssertGreaterThan(alone[1].maxAbsDifference(alone[0]), 0.1)
+        XCTAssertGreaterThan(alone[2].maxAbsDifference(alone[1]), 0.1)
+        // Interleaved on one thread, one token of each sequence in turn, equals each sequence
+        // decoded alone token by token (bit for bit: same kernels, same order).
+        func decoded(_ set: AdapterSet) throws -> [Float] {
+            let s = try m.makeLlamaSession(maxTokens: prompt.count, adapters: set)
+            return try prompt.flatMap { try s.feed([$0]).data }
+        }
+        let aloneByToken = try sets.map(decoded)
+        let sessions = try sets.map { try m.makeLlamaSession(maxTokens: prompt.count, adapters: $0) }
+        var rows = [[Float]](repeating: [], count: sets.count)
+        for t in prompt { for (i, s) in sessions.enumerated() { rows[i] += try s.feed([t]).data } }
+        for i in sets.indices {
+            XCTAssertEqual(rows[i], aloneByToken[i], "sequence \(i) interleaved")
+            assertClose(Matrix(rows: prompt.count, cols: m.vocabSize, data: rows[i]), alone[i], tinyTol, "decode vs prompt \(i)")
+        }
+        // Concurrently: each thread its own session, all on the same model.
+        let results = UnsafeMutableBufferPointer<Matrix>.allocate(capacity: sets.count)
+        results.initialize(repeating: Matrix(rows: 0, cols: 0))
+        defer { results.deallocate() }
+        let out = UncheckedBox(results)
+        DispatchQueue.concurrentPerform(iterations: sets.count) { i in
+            out.value[i] = (try? m.logits(tokens: prompt, adapters: sets[i])) ?? Matrix(rows: 0, cols: 0)
+        }
+        for i in sets.indices { XCTAssertEqual(results[i], alone[i], "sequence \(i) on its own thread") }
+        // A session switches adapters with reset(adapters:).
+        let s = sessions[0]
+        s.reset(adapters: sets[1])
+        XCTAssertEqual(try s.feed(prompt), alone[1])
+        XCTAssertEqual(s.adapters.adapters.map(\.name), ["a"])
     }
 
     func testAdapterErrorsNameAdapterModuleAndShapes() throws {
@@ -190,32 +230,31 @@ final class LlamaModelTests: XCTestCase {
         var rng = SeededRNG(seed: 1)
         let unknown = LoRAAdapter(name: "weird", modules: [
             "base_model.model.model.layers.7.self_attn.q_proj": LoRAModule(A: .randomNormal(2, 24, rng: &rng), B: .randomNormal(32, 2, rng: &rng), scale: 1)])
-        XCTAssertThrowsError(try m.setAdapters([(unknown, 1)])) { e in
+        XCTAssertThrowsError(try m.prepare([(unknown, 1)])) { e in
             XCTAssertEqual(e as? LoRARuntimeError, .unknownModule(adapter: "weird", module: "base_model.model.model.layers.7.self_attn.q_proj"))
             XCTAssertTrue("\(e)".contains("weird") && "\(e)".contains("layers.7"))
         }
         let wrongShape = LoRAAdapter(name: "bad", modules: [
             "base_model.model.model.layers.0.self_attn.k_proj": LoRAModule(A: .randomNormal(2, 24, rng: &rng), B: .randomNormal(32, 2, rng: &rng), scale: 1)])
-        XCTAssertThrowsError(try m.setAdapters([(wrongShape, 1)], mode: .merged)) { e in
+        XCTAssertThrowsError(try m.prepare([(wrongShape, 1)], mode: .merged)) { e in
             XCTAssertEqual(e as? LoRARuntimeError, .shapeMismatch(adapter: "bad", module: "base_model.model.model.layers.0.self_attn.k_proj",
                                                                    expected: [16, 24], actual: [32, 24]))
             XCTAssertTrue("\(e)".contains("[16, 24]") && "\(e)".contains("[32, 24]"))
         }
         var withExtra = randomAdapter(m, name: "saver", seed: 2)
         withExtra.extraTensors["base_model.model.lm_head.modules_to_save.weight"] = Matrix(rows: 50, cols: 24)
-        XCTAssertThrowsError(try m.setAdapters([(withExtra, 1)])) { e in
+        XCTAssertThrowsError(try m.prepare([(withExtra, 1)])) { e in
             guard case .unsupportedTensor(let a, let t, _)? = e as? LoRARuntimeError else { return XCTFail("\(e)") }
             XCTAssertEqual(a, "saver")
             XCTAssertEqual(t, "base_model.model.lm_head.modules_to_save.weight")
         }
-        // A failed setAdapters leaves the model as it was.
-        XCTAssertTrue(m.activeAdapters.isEmpty)
+        // The model is never changed by preparing adapters, failed or not.
         XCTAssertEqual(try m.logits(tokens: [1, 2]), try randomModel(qwen: false).logits(tokens: [1, 2]))
     }
 
     // MARK: Parity with transformers on the tiny fixtures
 
-    private func checkTiny(_ model: LlamaModel, key: String, file: StaticString = #filePath, line: UInt = #line) throws {
+    private func checkTiny(_ model: some CausalLMLogits, key: String, file: StaticString = #filePath, line: UInt = #line) throws {
         let fx = ModelFixtures.tinyLogits
         for i in 0..<3 {
             let toks = ModelFixtures.tokens(fx, "seq\(i).tokens")
@@ -239,14 +278,13 @@ final class LlamaModelTests: XCTestCase {
         XCTAssertEqual(m.config.modelType, "llama")
         XCTAssertEqual(m.config.ropeTheta, 10000)
         let hf = try LlamaModel.load(path: ModelFixtures.path("tiny-llama"))
-        for e in LlamaCheckpointNames.linears {
-            let name = "model.layers.1.\(e.hf)"
+        for p in Projection.allCases {
+            let name = ModuleAddress.projection(layer: 1, p).hf
             XCTAssertEqual(m.effectiveWeight(module: name), hf.effectiveWeight(module: name), name)
         }
         try checkTiny(m, key: "llama")
         // And a PEFT adapter trained on the HF layout applies unchanged.
-        try m.setAdapters([(try PEFTAdapter.read(directory: ModelFixtures.path("tiny-llama-lora")), 1)])
-        try checkTiny(m, key: "llama_lora")
+        try checkTiny(try m.with([(try PEFTAdapter.read(directory: ModelFixtures.path("tiny-llama-lora")), 1)]), key: "llama_lora")
     }
 
     func testTinyQwen2MatchesTransformers() throws {
@@ -270,12 +308,9 @@ final class LlamaModelTests: XCTestCase {
         let embed = try PEFTAdapter.read(directory: ModelFixtures.path("tiny-llama-lora-embed"))
         XCTAssertEqual(embed.modules["base_model.model.model.embed_tokens"]?.kind, .embedding)
         for mode in LoRAMode.allCases {
-            try m.setAdapters([(all, 1)], mode: mode)
-            try checkTiny(m, key: "llama_lora")
-            try m.setAdapters([(embed, 1)], mode: mode)
-            try checkTiny(m, key: "llama_lora_embed")
+            try checkTiny(try m.with([(all, 1)], mode: mode), key: "llama_lora")
+            try checkTiny(try m.with([(embed, 1)], mode: mode), key: "llama_lora_embed")
         }
-        m.clearAdapters()
         try checkTiny(m, key: "llama")
     }
 
@@ -393,7 +428,8 @@ final class LlamaModelTests: XCTestCase {
             gguf[(h * d + 2 * i + j) * cols + c] = hf[(h * d + j * d / 2 + i) * cols + c]
         } } } }
         XCTAssertNotEqual(gguf, hf)
-        XCTAssertEqual(LlamaModel.unpermuteRows(gguf, heads: heads, headDim: d, cols: cols), hf)
+        XCTAssertEqual(try RopePermutation.apply(gguf, rows: heads * d, cols: cols, heads: heads, toGGUF: false), hf)
+        XCTAssertEqual(try RopePermutation.apply(hf, rows: heads * d, cols: cols, heads: heads, toGGUF: true), gguf)
     }
 
     func testDefaultModelPath() {
@@ -401,3 +437,14 @@ final class LlamaModelTests: XCTestCase {
         XCTAssertTrue(p.hasSuffix("/models/SmolLM2-135M-Instruct.Q4_1.gguf"), p)
     }
 }
+
+/// A pointer handed to concurrentPerform's workers, each writing its own slot.
+private struct UncheckedBox<T>: @unchecked Sendable {
+    let value: T
+    init(_ v: T) { value = v }
+}
+
+/// What `checkTiny` needs: the base model or the model with adapters.
+protocol CausalLMLogits { func logits(tokens: [Int]) throws -> Matrix }
+extension LlamaModel: CausalLMLogits {}
+extension AdaptedLlama: CausalLMLogits {}

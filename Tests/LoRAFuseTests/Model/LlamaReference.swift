@@ -3,16 +3,16 @@ import Foundation
 
 /// A deliberately naive forward pass of the same architecture: plain loops, Double accumulation,
 /// no KV cache, no BLAS, the whole sequence recomputed. It reads the model's effective weights
-/// (base, or base + merged adapters), so it checks the engine's GEMM wiring, strides, RoPE,
+/// (base, or base + the merged adapters of `adapters`), so it checks the engine's GEMM wiring, strides, RoPE,
 /// grouped-query indexing, causal mask and LoRA application independently of the engine.
 enum LlamaReference {
-    static func logits(_ model: LlamaModel, tokens: [Int]) -> Matrix {
+    static func logits(_ model: LlamaModel, tokens: [Int], adapters: AdapterSet = .none) -> Matrix {
         let c = model.config
         let T = tokens.count, C = c.hiddenSize, H = c.numAttentionHeads, Hkv = c.numKeyValueHeads
         let d = c.headDim, V = c.vocabSize
         let w = model.base
 
-        func weight(_ id: Int) -> [Float] { model.effectiveLinear[id] }
+        func weight(_ id: Int) -> [Float] { adapters.mergedLinear[id] ?? w.linears[id].weight }
         func lin(_ x: [[Double]], _ id: Int) -> [[Double]] {
             let lw = w.linears[id], W = weight(id)
             return x.map { row in
@@ -44,9 +44,9 @@ enum LlamaReference {
             }
         }
 
-        let E = model.effectiveEmbed
+        let E = adapters.mergedEmbed ?? w.embed
         var x: [[Double]] = tokens.map { tok in (0..<C).map { Double(E[tok * C + $0]) } }
-        for f in model.embedUnmerged {
+        for f in adapters.embedFactors {
             for (t, tok) in tokens.enumerated() {
                 for cc in 0..<C {
                     var s = 0.0
@@ -56,7 +56,7 @@ enum LlamaReference {
             }
         }
         for l in 0..<c.numHiddenLayers {
-            let id = { (s: LinearSlot) in LlamaWeights.linearID(layer: l, s) }
+            let id = { (s: Projection) in LlamaWeights.linearID(layer: l, s) }
             let h = norm(x, w.attnNorms[l])
             var q = lin(h, id(.q)), k = lin(h, id(.k))
             let v = lin(h, id(.v))

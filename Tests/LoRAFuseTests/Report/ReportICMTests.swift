@@ -76,12 +76,11 @@ final class ReportICMTests: XCTestCase {
         fo.seed = settings.seed
         let support = try shots.flatMap { try TrainingData.sequences($0, model: model) }
         let fused = try gen.fuse(tasks: ReportFixtures.taskNames, support: support, engine: LlamaTrainingEngine(model: model), options: fo)
-        try model.setAdapters([(fused.parameters.adapter(name: "x"), 1)], mode: .merged)
-        let ev = Evaluator(model: model, options: EvalOptions(computeAccuracy: false))
+        let ev = Evaluator(model: try model.with([(fused.parameters.adapter(name: "x"), 1)], mode: .merged),
+                           options: EvalOptions(computeAccuracy: false))
         for t in ReportInputs.firstExamples(inputs.test, 2) {
             XCTAssertEqual(main.tasks[t.name]!.loss, try ev.evaluate(t).loss, accuracy: 1e-9, t.name)
         }
-        model.clearAdapters()
 
         // Targets: atlas and icm-fusion (not its ablations); ICM's carries the experts' 10% target.
         XCTAssertEqual(r.targets.map(\.method), ["atlas", "icm-fusion"])

@@ -18,9 +18,9 @@ enum ReportFixtures {
         var rng = SeededRNG(seed: seed)
         var modules: [String: LoRAModule] = [:]
         for l in 0..<model.config.numHiddenLayers {
-            for e in LlamaCheckpointNames.linears {
-                let lw = model.base.linears[LlamaWeights.linearID(layer: l, e.slot)]
-                modules["base_model.model.model.layers.\(l).\(e.hf)"] = LoRAModule(
+            for p in Projection.allCases {
+                let lw = model.base.linears[LlamaWeights.linearID(layer: l, p)]
+                modules[ModuleAddress.projection(layer: l, p).peft] = LoRAModule(
                     A: .randomNormal(rank, lw.inFeatures, std: 0.3, rng: &rng),
                     B: .randomNormal(lw.outFeatures, rank, std: 0.3, rng: &rng), scale: 0.5)
             }
@@ -90,11 +90,12 @@ final class ReportTests: XCTestCase {
         // on the first two examples of each task.
         let test = ReportInputs.firstExamples(inputs.test, 2)
         let ev = Evaluator(model: model, options: EvalOptions(computeAccuracy: true))
-        func direct() throws -> EvalReport {
-            EvalReport(tasks: Dictionary(uniqueKeysWithValues: try test.map { ($0.name, try ev.evaluate($0)) }), order: test.map(\.name))
+        let withAccuracy = EvalOptions(computeAccuracy: true)
+        func direct(_ lm: any CausalLM) throws -> EvalReport {
+            let ev = Evaluator(model: lm, options: withAccuracy)
+            return EvalReport(tasks: Dictionary(uniqueKeysWithValues: try test.map { ($0.name, try ev.evaluate($0)) }), order: test.map(\.name))
         }
-        model.clearAdapters()
-        let base = try direct()
+        let base = try direct(model)
         for t in test {
             XCTAssertEqual(r.rows[0].tasks[t.name], base.tasks[t.name], "base \(t.name)")
         }
@@ -102,19 +103,16 @@ final class ReportTests: XCTestCase {
         // All tasks in one call share one session, so only float rounding differs.
         XCTAssertEqual(try ev.evaluate(test).meanLoss, base.meanLoss, accuracy: 1e-5 * base.meanLoss)
         for (t, a) in zip(test, inputs.adapters) {
-            try model.setAdapters([(a, 1)], mode: .merged)
-            XCTAssertEqual(r.rows[1].tasks[t.name], try ev.evaluate(t), "expert \(t.name)")
+            XCTAssertEqual(r.rows[1].tasks[t.name], try Evaluator(model: try model.with([(a, 1)], mode: .merged), options: withAccuracy).evaluate(t), "expert \(t.name)")
         }
         let (fused, _) = try Fuser.fuse(inputs.adapters, weights: [1, 1, 1].map { $0 / Float(3) }, method: LinearFusion(rank: nil))
-        try model.setAdapters([(fused, 1)], mode: .merged)
-        let linear = try direct()
+        let linear = try direct(try model.with([(fused, 1)], mode: .merged))
         for t in test { XCTAssertEqual(r.rows[2].tasks[t.name], linear.tasks[t.name], "linear \(t.name)") }
         XCTAssertEqual(r.rows[2].meanLoss!, linear.meanLoss, accuracy: 1e-12)
         XCTAssertNotEqual(r.rows[2].meanLoss, r.rows[0].meanLoss, "the fused adapter changes the model")
         let (tiesFused, _) = try Fuser.fuse(inputs.adapters, weights: [1, 1, 1],
                                             method: try FusionMethods.make(name: "ties", parameters: FusionParameters(rank: 2, density: 0.2)))
-        try model.setAdapters([(tiesFused, 1)], mode: .merged)
-        XCTAssertEqual(r.rows[3].tasks["count"], try ev.evaluate(test[2]))
+        XCTAssertEqual(r.rows[3].tasks["count"], try Evaluator(model: try model.with([(tiesFused, 1)], mode: .merged), options: withAccuracy).evaluate(test[2]))
 
         // Files, and results.json holds the same numbers.
         try ReportRenderer.write(r, to: dir)
@@ -264,8 +262,7 @@ final class ReportTests: XCTestCase {
         XCTAssertEqual(options.catScale, 1)
         let fit = try LearnedFusion.fuse(method: method, adapters: inputs.adapters, model: model,
                                          shots: ReportInputs.firstExamples(inputs.shots, 2), val: [], options: options, progress: nil)
-        try model.setAdapters([(fit.adapter, 1)], mode: .merged)
-        let ev = Evaluator(model: model, options: EvalOptions(computeAccuracy: false))
+        let ev = Evaluator(model: try model.with([(fit.adapter, 1)], mode: .merged), options: EvalOptions(computeAccuracy: false))
         for t in ReportInputs.firstExamples(inputs.test, 2) {
             XCTAssertEqual(row.tasks[t.name]!.loss, try ev.evaluate(t).loss, accuracy: 1e-9, t.name)
         }

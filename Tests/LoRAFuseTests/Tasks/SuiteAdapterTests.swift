@@ -57,7 +57,6 @@ final class SuiteAdapterTests: XCTestCase {
             XCTAssertLessThanOrEqual(row.expert.loss, 0.75 * row.base.loss,
                                      "\(row.task): expert loss \(row.expert.loss) vs base \(row.base.loss)")
         }
-        XCTAssertTrue(model.activeAdapters.isEmpty, "measure must leave the model without adapters")
 
         let weakest = "reverse_upper"
         let recorded = try XCTUnwrap(try manifest().adapters[weakest]).result

@@ -41,15 +41,14 @@ final class LlamaBackwardTests: XCTestCase {
         for qwen in [false, true] {
             let model = TrainFixtures.model(qwen: qwen)
             let lora = TrainFixtures.randomLoRA(model.config)
-            try model.setAdapters([(lora.adapter(), 1)])
+            let adapted = try model.with([(lora.adapter(), 1)])
             var nll = 0.0, n = 0
             for s in TrainFixtures.batch() {
-                let logits = try model.logits(tokens: s.tokens)
+                let logits = try adapted.logits(tokens: s.tokens)
                 let rows = s.targets.indices.filter { s.targets[$0] >= 0 }
                 let v = Evaluator.negativeLogLikelihoods(logits, rows: rows.first!..<(rows.last! + 1), targets: rows.map { s.targets[$0] })
                 nll += v.reduce(0, +); n += v.count
             }
-            model.clearAdapters()
             let engine = LlamaTrainingEngine(model: model)
             let r = engine.loss(TrainFixtures.batch(), lora: lora)
             XCTAssertEqual(r.tokens, n)

@@ -75,11 +75,10 @@ final class TrainerTests: XCTestCase {
         let back = try PEFTAdapter.read(directory: dir)
         XCTAssertEqual(back.metadata.rank, 4)
         XCTAssertEqual(back.metadata.alpha, 8)
-        try model.setAdapters([(back, 1)])
-        defer { model.clearAdapters() }
+        let adapted = try model.with([(back, 1)])
         var nll = 0.0, n = 0
         for s in data() {
-            let logits = try model.logits(tokens: s.tokens)
+            let logits = try adapted.logits(tokens: s.tokens)
             let v = Evaluator.negativeLogLikelihoods(logits, rows: 2..<5, targets: Array(s.targets[2...]))
             nll += v.reduce(0, +); n += v.count
         }
@@ -108,12 +107,11 @@ final class TrainerTests: XCTestCase {
         let row = t.trainStep()
         var ref = given
         ref.name = "ref"
-        try model.setAdapters([(ref, 1)])
-        defer { model.clearAdapters() }
+        let adapted = try model.with([(ref, 1)])
         var nll = 0.0, n = 0
         for i in t.batchIndices(step: 1, micro: 0) + t.batchIndices(step: 1, micro: 1) {
             let s = data()[i]
-            let logits = try model.logits(tokens: s.tokens)
+            let logits = try adapted.logits(tokens: s.tokens)
             let v = Evaluator.negativeLogLikelihoods(logits, rows: 2..<5, targets: Array(s.targets[2...]))
             nll += v.reduce(0, +); n += v.count
         }

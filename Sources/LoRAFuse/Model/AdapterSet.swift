@@ -1,0 +1,228 @@
+import Foundation
+
+/// How adapters join the base weights at run time.
+public enum LoRAMode: String, Sendable, CaseIterable {
+    /// y = x Wᵀ + Σ_i w_i s_i (x A_iᵀ) B_iᵀ beside the untouched W: two skinny GEMMs per adapter
+    /// per module. Switching adapters costs nothing; each token pays O((in + out)·r) extra.
+    case unmerged
+    /// W' = W + Σ_i w_i s_i B_i A_i, computed into a copy of only the touched weights: decoding
+    /// runs at base speed, the base stays exact, and switching never needs a reload.
+    case merged
+}
+
+public enum LoRARuntimeError: Error, CustomStringConvertible, Equatable {
+    case unknownModule(adapter: String, module: String)
+    case shapeMismatch(adapter: String, module: String, expected: [Int], actual: [Int])
+    case unsupportedTensor(adapter: String, tensor: String, reason: String)
+
+    public var description: String {
+        switch self {
+        case let .unknownModule(adapter, module):
+            return "adapter '\(adapter)': module '\(module)' is not in the model (expected model.layers.N.self_attn.{q,k,v,o}_proj, model.layers.N.mlp.{gate,up,down}_proj, model.embed_tokens or lm_head)"
+        case let .shapeMismatch(adapter, module, expected, actual):
+            return "adapter '\(adapter)': module '\(module)' has ΔW shape \(actual), the model's weight is \(expected)"
+        case let .unsupportedTensor(adapter, tensor, reason):
+            return "adapter '\(adapter)': tensor '\(tensor)' is not supported at run time: \(reason)"
+        }
+    }
+}
+
+/// One LoRA pair ready for the forward pass: y += coef · (x Aᵀ) Bᵀ.
+struct LoRAFactors: Sendable {
+    var A: [Float]     // (r, in)   — embedding: (r, V)
+    var B: [Float]     // (out, r)  — embedding: (C, r)
+    var rank: Int
+    var coef: Float    // adapter weight × scale
+}
+
+/// Adapters prepared for one model, handed to a session as a value: the model itself never holds
+/// adapters, so sequences with different adapters (routing, serving, an evaluator beside a
+/// trainer) share one loaded model without stepping on each other.
+///
+/// Built by `LlamaModel.prepare(_:mode:)`, which checks everything first. Unmerged factors are
+/// applied beside the base weights; merged sets hold copies of only the touched weights
+/// (W + Σ w_i s_i B_i A_i), everything else reads the base. Immutable, so one set may serve any
+/// number of sessions on any threads.
+public struct AdapterSet: Sendable {
+    /// Names and weights of the adapters, in the order given.
+    public let adapters: [AdapterWeight]
+    public let mode: LoRAMode
+    /// The model the set was prepared for; sessions of other models refuse it.
+    let modelID: ObjectIdentifier?
+    /// Unmerged factors per linear id (`LlamaWeights.linearID`).
+    let linearFactors: [Int: [LoRAFactors]]
+    let embedFactors: [LoRAFactors]
+    /// Merged weight copies per linear id, (out, in); and the merged embedding (V, C).
+    let mergedLinear: [Int: [Float]]
+    let mergedEmbed: [Float]?
+    let maxRank: Int
+
+    /// No adapters: the base model.
+    public static let none = AdapterSet(adapters: [], mode: .unmerged, modelID: nil, linearFactors: [:],
+                                        embedFactors: [], mergedLinear: [:], mergedEmbed: nil, maxRank: 0)
+
+    public var isEmpty: Bool { adapters.isEmpty }
+}
+
+/// An adapter's name and the weight it is applied with.
+public struct AdapterWeight: Sendable, Equatable {
+    public var name: String
+    public var weight: Float
+}
+
+extension LlamaModel {
+    enum Target: Hashable {
+        case linear(Int)
+        case embedding
+    }
+
+    /// Maps a PEFT module name (`base_model.model.model.layers.3.mlp.down_proj`, `…embed_tokens`,
+    /// `base_model.model.lm_head`; the `base_model.model.` prefix is optional) to a weight.
+    func target(of module: String) -> Target? {
+        switch ModuleAddress(peft: module) {
+        case .embedding?: return .embedding
+        case .lmHead?: return .linear(LlamaWeights.lmHeadID(layers: layerCount))
+        case let .projection(l, p)? where l < layerCount: return .linear(LlamaWeights.linearID(layer: l, p))
+        default: return nil
+        }
+    }
+
+    /// Prepares `adapters` (each with its weight w_i) for this model's forward pass. Everything is
+    /// checked first. The adapter's `fan_in_fan_out` flag needs no handling: PEFT stores A (r, in)
+    /// and B (out, r) either way. PEFT's copy of the base embedding (`save_embedding_layers`,
+    /// `….base_layer.weight`) is ignored; other non-LoRA tensors (`modules_to_save`) are refused.
+    ///
+    /// Embedding LoRA (`lora_embedding_A` (r, V), `lora_embedding_B` (C, r)) adds coef·B·A[:, token]
+    /// to the looked-up row, as PEFT does; with tied embeddings it does not change lm_head.
+    public func prepare(_ adapters: [(LoRAAdapter, Float)], mode: LoRAMode = .unmerged) throws -> AdapterSet {
+        if adapters.isEmpty { return .none }
+        let C = config.hiddenSize, V = config.vocabSize
+        var plan: [(Target, LoRAFactors)] = []
+        for (adapter, weight) in adapters {
+            for t in adapter.extraTensors.keys.sorted() where !t.hasSuffix(".base_layer.weight") {
+                throw LoRARuntimeError.unsupportedTensor(adapter: adapter.name, tensor: t,
+                                                         reason: t.contains("magnitude") ? "DoRA magnitude vectors are not supported"
+                                                             : "full replacement weights (modules_to_save) cannot be applied at run time")
+            }
+            for name in adapter.moduleNames {
+                let m = adapter.modules[name]!
+                guard let tgt = target(of: name) else {
+                    throw LoRARuntimeError.unknownModule(adapter: adapter.name, module: name)
+                }
+                let expected: [Int]
+                switch tgt {
+                case .embedding: expected = [C, V]
+                case .linear(let id): expected = [base.linears[id].outFeatures, base.linears[id].inFeatures]
+                }
+                let isEmbedding = tgt == .embedding
+                guard m.deltaShape == expected, (m.kind == .embedding) == isEmbedding else {
+                    throw LoRARuntimeError.shapeMismatch(adapter: adapter.name, module: name, expected: expected,
+                                                         actual: m.kind == .embedding && !isEmbedding ? [m.A.cols, m.B.rows] : m.deltaShape)
+                }
+                plan.append((tgt, LoRAFactors(A: m.A.data, B: m.B.data, rank: m.rank, coef: weight * m.scale)))
+            }
+        }
+        var linearFactors: [Int: [LoRAFactors]] = [:], embedFactors: [LoRAFactors] = []
+        var mergedLinear: [Int: [Float]] = [:], mergedEmbed: [Float]?
+        var maxRank = 0
+        switch mode {
+        case .unmerged:
+            for (tgt, f) in plan {
+                switch tgt {
+                case .embedding: embedFactors.append(f)
+                case .linear(let id): linearFactors[id, default: []].append(f)
+                }
+                maxRank = max(maxRank, f.rank)
+            }
+        case .merged:
+            for (tgt, f) in plan {
+                switch tgt {
+                case .embedding:
+                    var e = mergedEmbed ?? base.embed
+                    // E' (V, C) += coef · Aᵀ (V, r) · Bᵀ (r, C)
+                    f.A.withUnsafeBufferPointer { a in
+                        f.B.withUnsafeBufferPointer { b in
+                            e.withUnsafeMutableBufferPointer { e in
+                                BLAS.gemm(transA: true, transB: true, m: V, n: C, k: f.rank, alpha: f.coef,
+                                          a: a.baseAddress!, lda: V, b: b.baseAddress!, ldb: f.rank,
+                                          beta: 1, c: e.baseAddress!, ldc: C)
+                            }
+                        }
+                    }
+                    mergedEmbed = e
+                case .linear(let id):
+                    let out = base.linears[id].outFeatures, inF = base.linears[id].inFeatures
+                    var w = mergedLinear[id] ?? base.linears[id].weight
+                    // W' (out, in) += coef · B (out, r) · A (r, in)
+                    f.A.withUnsafeBufferPointer { a in
+                        f.B.withUnsafeBufferPointer { b in
+                            w.withUnsafeMutableBufferPointer { w in
+                                BLAS.gemm(transA: false, transB: false, m: out, n: inF, k: f.rank, alpha: f.coef,
+                                          a: b.baseAddress!, lda: f.rank, b: a.baseAddress!, ldb: inF,
+                                          beta: 1, c: w.baseAddress!, ldc: inF)
+                            }
+                        }
+                    }
+                    mergedLinear[id] = w
+                }
+            }
+        }
+        return AdapterSet(adapters: adapters.map { AdapterWeight(name: $0.0.name, weight: $0.1) }, mode: mode,
+                          modelID: ObjectIdentifier(self), linearFactors: linearFactors, embedFactors: embedFactors,
+                          mergedLinear: mergedLinear, mergedEmbed: mergedEmbed, maxRank: maxRank)
+    }
+
+    /// This model with `adapters` applied, as a `CausalLM` for the evaluator, generator and chat.
+    public func with(_ adapters: AdapterSet) -> AdaptedLlama { AdaptedLlama(model: self, adapters: adapters) }
+
+    /// `with(prepare(adapters, mode:))`.
+    public func with(_ adapters: [(LoRAAdapter, Float)], mode: LoRAMode = .unmerged) throws -> AdaptedLlama {
+        with(try prepare(adapters, mode: mode))
+    }
+
+    /// The weight a forward pass with `adapters` uses for a module (base, or base + merged
+    /// adapters), (out, in). For tests and the reference forward; `module` is an HF / PEFT name.
+    public func effectiveWeight(module: String, adapters: AdapterSet = .none) -> Matrix? {
+        switch target(of: module) {
+        case .embedding?: return Matrix(rows: config.vocabSize, cols: config.hiddenSize, data: adapters.mergedEmbed ?? base.embed)
+        case .linear(let id)?:
+            return Matrix(rows: base.linears[id].outFeatures, cols: base.linears[id].inFeatures,
+                          data: adapters.mergedLinear[id] ?? base.linears[id].weight)
+        case nil: return nil
+        }
+    }
+}
+
+/// A loaded model seen through one adapter set: what the evaluator, generator and chat run on.
+/// Holds no copy of the model's weights; many of these can share one `LlamaModel`.
+public final class AdaptedLlama: CausalLM, @unchecked Sendable {
+    public let model: LlamaModel
+    public let adapters: AdapterSet
+
+    init(model: LlamaModel, adapters: AdapterSet) {
+        self.model = model
+        self.adapters = adapters
+    }
+
+    public var vocabSize: Int { model.vocabSize }
+    public var tokenizer: BPETokenizer { model.tokenizer }
+    public var contextLength: Int { model.contextLength }
+    public var config: LlamaConfig { model.config }
+
+    public func makeSession(maxTokens: Int) throws -> any InferenceSession {
+        try model.makeLlamaSession(maxTokens: maxTokens, adapters: adapters)
+    }
+
+    public func makeLlamaSession(maxTokens: Int) throws -> LlamaSession {
+        try model.makeLlamaSession(maxTokens: maxTokens, adapters: adapters)
+    }
+
+    /// Logits (T, V) of `tokens` from a fresh session.
+    public func logits(tokens: [Int]) throws -> Matrix {
+        try model.logits(tokens: tokens, adapters: adapters)
+    }
+
+    public func effectiveWeight(module: String) -> Matrix? {
+        model.effectiveWeight(module: module, adapters: adapters)
+    }
+}
