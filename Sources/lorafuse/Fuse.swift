@@ -38,7 +38,7 @@ struct Fuse: ParsableCommand {
         """
     )
 
-    @Option(name: .long, help: "Learned fusion method: \((LearnedFusionMethod.allCases.map(\.rawValue) + ["icm-fusion"]).joined(separator: ", ")).")
+    @Option(name: .long, help: "Learned fusion method: \(LearnedFusionMethod.fuseMethodNames.joined(separator: ", ")).")
     var method: String
 
     @Argument(help: "Adapters to combine (PEFT directories, GGUF LoRA files or mlx-lm directories).")
@@ -92,13 +92,11 @@ struct Fuse: ParsableCommand {
     }
 
     func validate() throws {
-        guard LearnedFusionMethod(rawValue: method) != nil || method == "icm-fusion" else {
-            throw ValidationError("--method must be one of \((LearnedFusionMethod.allCases.map(\.rawValue) + ["icm-fusion"]).joined(separator: ", ")), got \(method)")
+        guard LearnedFusionMethod.fuseMethodNames.contains(method) else {
+            throw ValidationError("--method must be one of \(LearnedFusionMethod.fuseMethodNames.joined(separator: ", ")), got \(method)")
         }
-        if method == "icm-fusion" {
-            if adapters.count < 2 || adapters.count != shots.count {
-                throw ValidationError("icm-fusion needs at least two adapters and one --shots file per adapter, in the same order")
-            }
+        if method == ICMPipeline.method, let p = ICMPipeline.fusionInputProblem(adapters: adapters.count, shots: shots.count) {
+            throw ValidationError(p)
         }
         if adapters.isEmpty { throw ValidationError("give at least one adapter") }
         if shots.isEmpty { throw ValidationError("give at least one --shots file") }
@@ -129,7 +127,7 @@ struct Fuse: ParsableCommand {
         compute.apply()
         try OutputGuard.check(output, kind: .directory, inputs: inputPaths, force: overwrite.force)
         if let s = icmGen.saveGenerator { try OutputGuard.check(s, kind: .file, inputs: inputPaths, force: overwrite.force, what: "--save-generator") }
-        if method == "icm-fusion" { return try runICMFusion() }
+        if method == ICMPipeline.method { return try runICMFusion() }
         let m = LearnedFusionMethod(rawValue: method)!
         var o = LearnedFusionOptions.defaults(for: m, adapters: adapters.count)
         o.steps = steps; o.learningRate = lr; o.batchSize = batch; o.seed = seed; o.shotsPerTask = shotsPerTask
@@ -167,13 +165,12 @@ struct Fuse: ParsableCommand {
     /// ICM-Fusion: the library does the work (ICMPipeline); this prints and writes.
     func runICMFusion() throws {
         let lm = try loadModel(modelPath: model)
-        var inputs = try icmTaskInputs(adapters: adapters, shots: shots, manifest: nil)
-        if let n = shotsPerTask { for i in inputs.indices { inputs[i].shots.examples = Array(inputs[i].shots.examples.prefix(n)) } }
+        let hints = (try? ModelHints.load(path: model ?? ModelLocator.defaultModelPath())) ?? ModelHints()
+        let inputs = try ICMPipeline.taskInputs(adapters: adapters, shots: shots, hints: hints)
         let say: (String) -> Void = { line in if !compute.quiet { FileHandle.standardError.write(Data((line + "\n").utf8)) } }
         let start = Date()
-        let r = try ICMPipeline.fuse(model: lm, tasks: inputs, generatorPath: icmGen.generator, generatorOptions: icmGen.options(seed: seed, tasks: inputs.count),
-                                     fusionOptions: icmFusion.options(seed: seed), maxCheckpoints: icmGen.maxCheckpoints,
-                                     selectionFraction: icmFusion.selectionFraction, progress: say)
+        let r = try ICMPipeline.fuse(model: lm, tasks: inputs, options: icmPipelineOptions(icmGen, icmFusion, seed: seed, shotsPerTask: shotsPerTask),
+                                     generator: icmGeneratorSource(icmGen), progress: say)
         if let s = icmGen.saveGenerator { try r.generator.save(to: s); say("generator state written to \(s)") }
         try PEFTAdapter.write(r.adapter, to: output, dtype: DType(name: dtype)!, protecting: inputPaths, force: overwrite.force)
         print(String(format: "icm-fusion: weights [%@] (%.1f s); adapter written to %@",

@@ -71,13 +71,7 @@ struct Generate: ParsableCommand {
             if tok.surelyExceeds(bytes: prompt.utf8.count, limit: context) {
                 throw ValidationError("the prompt is \(prompt.utf8.count) bytes, more than --context \(context) tokens can hold")
             }
-            var ids: [Int]
-            if raw {
-                ids = tok.encode(prompt)
-                if tok.addBos, let b = tok.bosId { ids.insert(b, at: 0) }
-            } else {
-                ids = try tok.encodeChat([ChatMessage(role: "user", content: prompt)])
-            }
+            let ids = try tok.encodePrompt(prompt, raw: raw)
             guard ids.count < context else {
                 throw ValidationError("the prompt has \(ids.count) tokens; --context \(context) leaves no room to generate")
             }

@@ -2,22 +2,23 @@ import ArgumentParser
 import Foundation
 import LoRAFuse
 
-/// Generator options shared by `generate-adapter` and `fuse --method icm-fusion`.
+/// Generator options shared by `generate-adapter` and `fuse --method icm-fusion`; the defaults
+/// are the library's (`ICMGeneratorOptions`, `ICMPipelineOptions`).
 struct ICMGeneratorArguments: ParsableArguments {
     @Option(name: .long, help: "Load a saved generator state (.safetensors) instead of training one.")
     var generator: String?
     @Option(name: .customLong("save-generator"), help: "Write the generator state here (weights, statistics, config).")
     var saveGenerator: String?
-    @Option(name: .customLong("chunk-size"), help: "Values per parameter chunk.") var chunkSize = 1024
-    @Option(name: .long, help: "VAE hidden units.") var hidden = 256
-    @Option(name: .long, help: "VAE latent size per chunk.") var latent = 32
-    @Option(name: .long, help: "KL weight β.") var beta: Float = 1e-3
-    @Option(name: .customLong("vae-steps"), help: "VAE training steps.") var vaeSteps = 1500
-    @Option(name: .customLong("vae-lr"), help: "VAE Adam learning rate.") var vaeLR: Float = 1e-3
+    @Option(name: .customLong("chunk-size"), help: "Values per parameter chunk.") var chunkSize = ICMGeneratorOptions().chunkSize
+    @Option(name: .long, help: "VAE hidden units.") var hidden = ICMGeneratorOptions().hidden
+    @Option(name: .long, help: "VAE latent size per chunk.") var latent = ICMGeneratorOptions().latent
+    @Option(name: .long, help: "KL weight β.") var beta: Float = ICMGeneratorOptions().beta
+    @Option(name: .customLong("vae-steps"), help: "VAE training steps.") var vaeSteps = ICMGeneratorOptions().steps
+    @Option(name: .customLong("vae-lr"), help: "VAE Adam learning rate.") var vaeLR: Float = ICMGeneratorOptions().learningRate
     @Option(name: .customLong("meta-steps"), help: "First-order MAML outer steps, round robin over the tasks (0: no meta-learning; default: two rounds).") var metaSteps: Int?
-    @Option(name: .customLong("inner-steps"), help: "Inner adaptation steps per meta step.") var innerSteps = 2
-    @Option(name: .customLong("inner-lr"), help: "Inner AdamW learning rate.") var innerLR: Float = 1e-4
-    @Option(name: .customLong("max-checkpoints"), help: "Trajectory checkpoints per adapter used as extra VAE samples.") var maxCheckpoints = 4
+    @Option(name: .customLong("inner-steps"), help: "Inner adaptation steps per meta step.") var innerSteps = ICMGeneratorOptions().innerSteps
+    @Option(name: .customLong("inner-lr"), help: "Inner AdamW learning rate.") var innerLR: Float = ICMGeneratorOptions().innerLR
+    @Option(name: .customLong("max-checkpoints"), help: "Trajectory checkpoints per adapter used as extra VAE samples.") var maxCheckpoints = ICMPipelineOptions().maxCheckpoints
     @Flag(name: .customLong("no-condition"), help: "Train without the task condition (ablation).") var noCondition = false
 
     func validate() throws {
@@ -25,12 +26,13 @@ struct ICMGeneratorArguments: ParsableArguments {
         if hidden < 1 || latent < 1 { throw ValidationError("--hidden and --latent must be positive") }
         if vaeSteps < 0 || (metaSteps ?? 0) < 0 || innerSteps < 0 { throw ValidationError("step counts must not be negative") }
         if beta < 0 { throw ValidationError("--beta must not be negative") }
+        if maxCheckpoints < 0 { throw ValidationError("--max-checkpoints must not be negative, got \(maxCheckpoints)") }
     }
 
-    func options(seed: UInt64, tasks: Int) -> ICMGeneratorOptions {
+    func options(seed: UInt64) -> ICMGeneratorOptions {
         var o = ICMGeneratorOptions()
         o.chunkSize = chunkSize; o.hidden = hidden; o.latent = latent; o.beta = beta; o.steps = vaeSteps
-        o.learningRate = vaeLR; o.metaSteps = metaSteps ?? ReportICMSettings.defaultMetaSteps(tasks: tasks); o.innerSteps = innerSteps; o.innerLR = innerLR
+        o.learningRate = vaeLR; o.metaSteps = metaSteps; o.innerSteps = innerSteps; o.innerLR = innerLR
         o.useCondition = !noCondition; o.seed = seed
         return o
     }
@@ -41,7 +43,7 @@ struct ICMFusionArguments: ParsableArguments {
     @Option(name: .customLong("fusion-steps"), help: "icm-fusion: steps learning the latent weights and conflict projections.") var fusionSteps = ICMFusionOptions().steps
     @Option(name: .customLong("adapt-steps"), help: "icm-fusion: in-context adaptation steps (AdamW) after decoding.") var adaptSteps = ICMFusionOptions().adaptSteps
     @Option(name: .customLong("adapt-lr"), help: "icm-fusion: in-context adaptation learning rate.") var adaptLR: Float = ICMFusionOptions().adaptLR
-    @Option(name: .customLong("selection-fraction"), help: "icm-fusion: part of each task's shots held out of everything but choosing how many adaptation steps to keep (0: keep the last).") var selectionFraction = 0.25
+    @Option(name: .customLong("selection-fraction"), help: "icm-fusion: part of each task's shots held out of everything but choosing how many adaptation steps to keep (0: keep the last).") var selectionFraction = ICMPipelineOptions().selectionFraction
     @Option(name: .customLong("select-every"), help: "icm-fusion: score the held-out shots every N adaptation steps.") var selectEvery = ICMFusionOptions().selectEvery
     @Flag(name: .customLong("no-orientation"), help: "icm-fusion: no conflict projections (ablation).") var noOrientation = false
     @Flag(name: .customLong("no-gains"), help: "icm-fusion: keep the mean tensor statistics (no learned A/B gains).") var noGains = false
@@ -61,24 +63,15 @@ struct ICMFusionArguments: ParsableArguments {
     }
 }
 
-/// Task inputs from ADAPTER... and --shots FILE... (paired in order), names from the adapter
-/// folders, descriptions from a task-suite manifest when given.
-func icmTaskInputs(adapters: [String], shots: [String], manifest: String?) throws -> [ICMPipeline.TaskInput] {
-    guard adapters.count == shots.count else {
-        throw ValidationError("give one --shots file per adapter (\(adapters.count) adapters, \(shots.count) shot files)")
-    }
-    var descriptions: [String: String] = [:]
-    if let manifest {
-        let data = try Data(contentsOf: URL(fileURLWithPath: manifest))
-        let obj = try JSONSerialization.jsonObject(with: data) as? [String: Any]
-        for t in (obj?["tasks"] as? [[String: Any]]) ?? [] {
-            if let n = t["name"] as? String, let d = t["description"] as? String { descriptions[n] = d }
-        }
-    }
-    return try zip(adapters, shots).map { a, s in
-        let name = ((a as NSString).standardizingPath as NSString).lastPathComponent
-        return ICMPipeline.TaskInput(name: name, adapterPath: a, shots: try TaskData.read(path: s), description: descriptions[name])
-    }
+/// The ICM pipeline's options from the two argument groups and one seed.
+func icmPipelineOptions(_ gen: ICMGeneratorArguments, _ fusion: ICMFusionArguments, seed: UInt64, shotsPerTask: Int? = nil) -> ICMPipelineOptions {
+    ICMPipelineOptions(generator: gen.options(seed: seed), fusion: fusion.options(seed: seed), maxCheckpoints: gen.maxCheckpoints,
+                       selectionFraction: fusion.selectionFraction, shotsPerTask: shotsPerTask)
+}
+
+/// Where `ICMPipeline.fuse` gets its generator: `--generator`'s saved state, else trained.
+func icmGeneratorSource(_ gen: ICMGeneratorArguments) -> ICMPipeline.GeneratorSource {
+    gen.generator.map { .saved(path: $0) } ?? .train
 }
 
 struct GenerateAdapter: ParsableCommand {
@@ -98,8 +91,8 @@ struct GenerateAdapter: ParsableCommand {
         """
     )
 
-    @Option(name: .long, help: "icm-lora, sg-lora or icm-fusion.") var method: String
-    @Argument(help: "Known tasks' adapter directories (PEFT, with optional checkpoint-<step>/ folders).")
+    @Option(name: .long, help: "\(ICMGenerationMethod.allCases.map(\.rawValue).joined(separator: ", ")).") var method: String
+    @Argument(help: "Known tasks' adapters (PEFT directories, with optional checkpoint-<step>/ folders; GGUF LoRA files; mlx-lm directories).")
     var adapters: [String] = []
     @Option(name: .long, parsing: .upToNextOption, help: "Few-shot JSONL per adapter, in the same order.")
     var shots: [String] = []
@@ -107,8 +100,8 @@ struct GenerateAdapter: ParsableCommand {
     @Option(name: .customLong("task"), help: "icm-lora: a known task whose stored condition to use.") var task: String?
     @Option(name: .customLong("task-shots"), help: "icm-lora: few-shot JSONL of the task to generate for.") var taskShots: String?
     @Option(name: .long, help: "sg-lora: the new task's description.") var description: String?
-    @Option(name: .customLong("top-k"), help: "sg-lora: similar known tasks to combine.") var topK = 4
-    @Option(name: .customLong("similarity-temperature"), help: "sg-lora: softmax temperature τ over similarities.") var tau = 0.1
+    @Option(name: .customLong("top-k"), help: "sg-lora: similar known tasks to combine.") var topK = ICMPipeline.sgLoRATopK
+    @Option(name: .customLong("similarity-temperature"), help: "sg-lora: softmax temperature τ over similarities.") var tau = ICMPipeline.sgLoRASimilarityTemperature
     @Option(name: .long, help: "Latent sampling temperature (0: the prior mean).") var temperature: Float = 0
     @Option(name: .long, help: "Seed of the VAE initialisation, batches, noise and fusion minibatches.") var seed: UInt64 = 0
     @Option(name: .long, help: "Model GGUF file or HF directory (default: SmolLM2-135M-Instruct).") var model: String?
@@ -124,14 +117,14 @@ struct GenerateAdapter: ParsableCommand {
     }
 
     func validate() throws {
-        guard ["icm-lora", "sg-lora", "icm-fusion"].contains(method) else {
-            throw ValidationError("--method must be icm-lora, sg-lora or icm-fusion, got \(method)")
+        guard let m = ICMGenerationMethod(rawValue: method) else {
+            throw ValidationError("--method must be \(ICMGenerationMethod.allCases.map(\.rawValue).joined(separator: ", ")), got \(method)")
         }
         if gen.generator == nil && adapters.isEmpty { throw ValidationError("give known adapters (with --shots) or --generator") }
         if !adapters.isEmpty && adapters.count != shots.count { throw ValidationError("give one --shots file per adapter") }
-        if method == "icm-lora" && task == nil && taskShots == nil { throw ValidationError("icm-lora needs --task or --task-shots") }
-        if method == "sg-lora" && description == nil { throw ValidationError("sg-lora needs --description") }
-        if method == "icm-fusion" && adapters.count < 2 { throw ValidationError("icm-fusion needs at least two adapters with --shots") }
+        if m == .icmLoRA && task == nil && taskShots == nil { throw ValidationError("icm-lora needs --task or --task-shots") }
+        if m == .sgLoRA && description == nil { throw ValidationError("sg-lora needs --description") }
+        if m == .icmFusion, let p = ICMPipeline.fusionInputProblem(adapters: adapters.count, shots: shots.count) { throw ValidationError(p) }
         if topK < 1 { throw ValidationError("--top-k must be at least 1") }
         if tau <= 0 { throw ValidationError("--similarity-temperature must be positive") }
     }
@@ -140,35 +133,31 @@ struct GenerateAdapter: ParsableCommand {
         compute.apply()
         try OutputGuard.check(output, kind: .directory, inputs: inputPaths, force: overwrite.force)
         if let s = gen.saveGenerator { try OutputGuard.check(s, kind: .file, inputs: inputPaths, force: overwrite.force, what: "--save-generator") }
+        let m = ICMGenerationMethod(rawValue: method)!
         let lm = try loadModel(modelPath: model)
         let say: (String) -> Void = { line in if !compute.quiet { FileHandle.standardError.write(Data((line + "\n").utf8)) } }
-        let inputs = try icmTaskInputs(adapters: adapters, shots: shots, manifest: manifest)
+        let hints = (try? ModelHints.load(path: model ?? ModelLocator.defaultModelPath())) ?? ModelHints()
+        let inputs = try ICMPipeline.taskInputs(adapters: adapters, shots: shots,
+                                                descriptions: try manifest.map(TaskManifest.descriptions(path:)) ?? [:], hints: hints)
+        let options = icmPipelineOptions(gen, fusion, seed: seed)
         let params: LoRAParameters
         let g: ICMGenerator
-        if method == "icm-fusion" {
-            let r = try ICMPipeline.fuse(model: lm, tasks: inputs, generatorPath: gen.generator, generatorOptions: gen.options(seed: seed, tasks: inputs.count),
-                                         fusionOptions: fusion.options(seed: seed), maxCheckpoints: gen.maxCheckpoints,
-                                         selectionFraction: fusion.selectionFraction, progress: say)
+        if m == .icmFusion {
+            let r = try ICMPipeline.fuse(model: lm, tasks: inputs, options: options, generator: icmGeneratorSource(gen), progress: say)
             g = r.generator; params = r.result.parameters
         } else {
             g = try gen.generator.map { try ICMGenerator.load(path: $0) }
-                ?? ICMPipeline.trainGenerator(model: lm, tasks: inputs, maxCheckpoints: gen.maxCheckpoints, options: gen.options(seed: seed, tasks: inputs.count), progress: say)
-            if method == "icm-lora" {
-                var h: [Float]
-                if let task, taskShots == nil {
-                    h = g.tasks[try g.taskIndex(task)].condition
-                } else {
-                    let seqs = try TrainingData.sequences(TaskData.read(path: taskShots!), model: lm)
-                    h = try TaskCondition.meanHiddenState(model: lm, adapter: nil, sequences: TaskCondition.tokens(seqs))
-                }
-                let (p, nearest) = g.generateICMLoRA(condition: h, temperature: temperature, seed: seed)
-                say("icm-lora: tensor statistics of the nearest known task, \(nearest)")
-                params = p
+                ?? ICMPipeline.trainGenerator(model: lm, tasks: inputs, maxCheckpoints: options.maxCheckpoints, options: options.generator, progress: say)
+            if m == .icmLoRA {
+                let r = try ICMPipeline.generateICMLoRA(model: lm, generator: g, task: task, taskShots: try taskShots.map(TaskData.read(path:)),
+                                                        temperature: temperature, seed: seed)
+                say("icm-lora: tensor statistics of the nearest known task, \(r.nearest)")
+                params = r.parameters
             } else {
-                let d = try TaskCondition.descriptionEmbedding(model: lm, text: description!)
-                let prior = try g.semanticPrior(description: d, k: topK, temperature: tau)
-                say("sg-lora: " + zip(prior.topK, prior.alpha).map { String(format: "%@ α=%.3f", g.tasks[$0].name, $1) }.joined(separator: ", "))
-                params = g.generateSGLoRA(prior: prior, temperature: temperature, seed: seed)
+                let r = try ICMPipeline.generateSGLoRA(model: lm, generator: g, description: description!, topK: topK,
+                                                       similarityTemperature: tau, temperature: temperature, seed: seed)
+                say("sg-lora: " + zip(r.prior.topK, r.prior.alpha).map { String(format: "%@ α=%.3f", g.tasks[$0].name, $1) }.joined(separator: ", "))
+                params = r.parameters
             }
         }
         if let s = gen.saveGenerator { try g.save(to: s); say("generator state written to \(s)") }

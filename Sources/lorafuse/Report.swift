@@ -89,13 +89,13 @@ struct Report: ParsableCommand {
     var trajectories: String?
 
     @Option(name: .customLong("icm-few-shots"), help: "ICM-Fusion's few-shot row: shots per task.")
-    var icmFewShots = 4
+    var icmFewShots = ReportICMSettings().fewShots
 
     @Option(name: .customLong("icm-long-tail-task"), help: "ICM-Fusion's long-tailed row: the task cut to --icm-long-tail-shots (default: the task with the fewest shots available).")
     var icmLongTailTask: String?
 
     @Option(name: .customLong("icm-long-tail-shots"), help: "ICM-Fusion's long-tailed row: shots of that task (the others keep --shots-per-task).")
-    var icmLongTailShots = 2
+    var icmLongTailShots = ReportICMSettings().longTailShots
 
     @Option(name: .customLong("icm-latent"), help: "ICM-Fusion: VAE latent size per chunk.")
     var icmLatent = ICMGeneratorOptions().latent
@@ -122,7 +122,7 @@ struct Report: ParsableCommand {
     var icmAdaptLR: Float = ICMFusionOptions().adaptLR
 
     @Option(name: .customLong("icm-selection-fraction"), help: "ICM-Fusion: part of each task's shots held out of the generator and the fusion, used only to choose how many adaptation steps to keep (0: keep the last).")
-    var icmSelectionFraction = 0.25
+    var icmSelectionFraction = ICMPipelineOptions().selectionFraction
 
     @Flag(name: .long, help: "Recompute everything instead of reusing OUT/cache/.")
     var force = false
@@ -186,12 +186,11 @@ struct Report: ParsableCommand {
 
     func icmSettings() -> ReportICMSettings {
         var g = ICMGeneratorOptions()
-        g.latent = icmLatent; g.chunkSize = icmChunkSize; g.steps = icmVAESteps; g.metaWeight = icmMetaWeight
+        g.latent = icmLatent; g.chunkSize = icmChunkSize; g.steps = icmVAESteps; g.metaWeight = icmMetaWeight; g.metaSteps = icmMetaSteps
         var f = ICMFusionOptions()
         f.steps = icmFusionSteps; f.adaptSteps = icmAdaptSteps; f.adaptLR = icmAdaptLR
         return ReportICMSettings(generator: g, fusion: f, fewShots: icmFewShots, longTailTask: icmLongTailTask,
-                                 longTailShots: icmLongTailShots, trajectories: trajectories, metaSteps: icmMetaSteps,
-                                 selectionFraction: icmSelectionFraction)
+                                 longTailShots: icmLongTailShots, trajectories: trajectories, selectionFraction: icmSelectionFraction)
     }
 
     func run() throws {

@@ -112,18 +112,14 @@ struct TasksExperts: ParsableCommand {
 
     func run() throws {
         compute.apply()
-        let fm = FileManager.default
-        let names = try fm.contentsOfDirectory(atPath: tasks).filter { $0.hasSuffix(".\(split).jsonl") }
-            .map { String($0.prefix(while: { $0 != "." })) }.sorted()
-        let paired = names.filter { fm.fileExists(atPath: "\(adapters)/\($0)/adapter_config.json") }
-        guard !paired.isEmpty else {
-            throw ValidationError("no task in \(tasks) with a .\(split).jsonl file has an adapter folder in \(adapters)/<task>/")
+        let found: ExpertInputs
+        do { found = try ExpertInputs.find(tasks: tasks, adapters: adapters, split: split, limit: limit) } catch let e as ExpertInputsError {
+            throw ValidationError(e.description)   // nothing to score with these flags: a usage error
         }
-        var evalTasks = try paired.map { try TaskData.read(path: "\(tasks)/\($0).\(split).jsonl") }
-        if let l = limit { for i in evalTasks.indices { evalTasks[i].examples = Array(evalTasks[i].examples.prefix(l)) } }
+        let evalTasks = found.tasks
         let lm = try loadModel(modelPath: model)
         let hints = (try? ModelHints.load(path: model ?? ModelLocator.defaultModelPath())) ?? ModelHints()
-        let loaded = try paired.map { try AdapterIO.read(path: "\(adapters)/\($0)", hints: hints) }
+        let loaded = try found.adapterPaths.map { try AdapterIO.read(path: $0, hints: hints) }
         let bar = ProgressBar(total: 2 * evalTasks.reduce(0) { $0 + $1.examples.count }, label: "experts", enabled: !compute.quiet)
         let table = try ExpertTable.measure(model: lm, tasks: evalTasks, adapters: loaded, split: split) { done, _, label in
             bar.update(done, detail: label)

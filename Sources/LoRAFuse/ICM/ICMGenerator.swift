@@ -19,13 +19,21 @@ public struct ICMGeneratorOptions: Sendable, Equatable, Codable {
     public var positionOffset = true
     /// Off: conditions are replaced by zeros (the "no task condition" ablation).
     public var useCondition = true
-    // First-order MAML (0 outer steps: no meta-learning).
-    public var metaSteps = 6
+    /// First-order MAML outer steps, round robin over the tasks (0: no meta-learning; nil:
+    /// `defaultMetaSteps(tasks:)`, two rounds). `train` records the number it ran in its options.
+    public var metaSteps: Int?
     public var innerSteps = 2
     public var innerLR: Float = 1e-4
     public var metaWeight: Float = 1
     public var metaTokens = 256          // support tokens per inner step (cost control)
     public init() {}
+
+    /// The round robin of the meta-learning must reach every task, twice: a fixed 6 steps left
+    /// 8 of the 14 suite tasks out.
+    public static func defaultMetaSteps(tasks: Int) -> Int { 2 * tasks }
+
+    /// The outer steps a generator over `tasks` known tasks runs: `metaSteps`, else the default.
+    public func metaSteps(tasks: Int) -> Int { metaSteps ?? Self.defaultMetaSteps(tasks: tasks) }
 }
 
 /// One training sample: an adapter (final or a trajectory checkpoint) of a known task.
@@ -102,7 +110,9 @@ public final class ICMGenerator {
     /// `finals[t]` is the sample index of task t's final adapter (its statistics are kept).
     public static func train(names: [String], samples: [ICMSample], finals: [Int], descriptions: [[Float]?],
                              support: [[TrainingSequence]], engine: LlamaTrainingEngine?,
-                             options o: ICMGeneratorOptions, progress: ((String) -> Void)? = nil) throws -> ICMGenerator {
+                             options: ICMGeneratorOptions, progress: ((String) -> Void)? = nil) throws -> ICMGenerator {
+        var o = options
+        o.metaSteps = options.metaSteps(tasks: names.count)
         guard let first = samples.first else { throw ICMError.badInput(what: "generator training", reason: "no adapters") }
         let layout = ChunkLayout(like: first.parameters, chunkSize: o.chunkSize)
         for (i, s) in samples.enumerated() { try layout.check(s.parameters, source: "sample \(i) (\(names[s.task]))") }
@@ -151,7 +161,7 @@ public final class ICMGenerator {
             }
         }
 
-        if o.metaSteps > 0, let engine {
+        if o.metaSteps(tasks: names.count) > 0, let engine {
             try gen.metaOptimise(samples: samples, finals: finals, encoded: encoded, support: support, engine: engine,
                                  adam: &adam, progress: progress)
         }
@@ -171,9 +181,10 @@ public final class ICMGenerator {
                       engine: LlamaTrainingEngine, adam: inout ParamAdam, progress: ((String) -> Void)?) throws {
         let o = options
         let tasksWithData = finals.indices.filter { $0 < support.count && !support[$0].isEmpty }
-        guard !tasksWithData.isEmpty else { return }
+        let steps = o.metaSteps(tasks: finals.count)
+        guard !tasksWithData.isEmpty, steps > 0 else { return }
         var rng = SeededRNG(seed: o.seed, stream: "meta")
-        for step in 1...o.metaSteps {
+        for step in 1...steps {
             let t = tasksWithData[(step - 1) % tasksWithData.count]
             let si = finals[t]
             let b = fullBatch(x: encoded[si].chunks, condition: samples[si].condition)
@@ -192,7 +203,7 @@ public final class ICMGenerator {
             let (parts, grads) = vae.lossAndGradients(b, eps: eps, extraDx: dx)
             adam.update(&vae.params, grads: grads)
             let line = String(format: "meta step %d/%d (%@): query loss decoded %.4f → adapted on support %.4f, recon %.5f",
-                              step, o.metaSteps, "task \(t)", before, after, parts.recon)
+                              step, steps, "task \(t)", before, after, parts.recon)
             log.append(line); progress?(line)
         }
     }

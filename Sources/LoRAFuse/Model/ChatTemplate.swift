@@ -128,8 +128,28 @@ extension BPETokenizer {
         try chatTemplate().render(messages, addGenerationPrompt: addGenerationPrompt)
     }
 
-    /// Token ids of the rendered prompt (special tokens in it parsed as such).
+    /// Token ids of the rendered prompt (special tokens in it parsed as such). The template
+    /// writes any BOS itself (Llama 3's `{bos}`; ChatML has none), so none is added here.
     public func encodeChat(_ messages: [ChatMessage], addGenerationPrompt: Bool = true) throws -> [Int] {
         encode(try applyChatTemplate(messages, addGenerationPrompt: addGenerationPrompt), parseSpecial: true)
+    }
+
+    /// Whether a prompt fed as is (no chat template) starts with BOS: when the model asks for it
+    /// (`addBos`, GGUF's `tokenizer.ggml.add_bos_token`) and has one, as llama.cpp tokenizes a
+    /// plain prompt. A templated prompt never gets one added (see `encodeChat`).
+    public var prependsBOSToRawPrompt: Bool { addBos && bosId != nil }
+
+    /// Token ids of `text` fed as is, without the chat template: BOS first when
+    /// `prependsBOSToRawPrompt`, special token strings in the text parsed as such.
+    public func encodeRawPrompt(_ text: String) -> [Int] {
+        let ids = encode(text)
+        guard prependsBOSToRawPrompt, let b = bosId else { return ids }
+        return [b] + ids
+    }
+
+    /// Token ids of one user prompt: rendered as a user turn with the chat template, or with
+    /// `raw` as is (`encodeRawPrompt`). What `lorafuse generate --prompt [--raw]` feeds the model.
+    public func encodePrompt(_ text: String, raw: Bool) throws -> [Int] {
+        raw ? encodeRawPrompt(text) : try encodeChat([ChatMessage(role: "user", content: text)])
     }
 }

@@ -67,27 +67,31 @@ public struct ReportICMSettings: Codable, Sendable, Equatable {
     public var trajectories: String?
     /// Checkpoints per task, the last ones.
     public var maxCheckpoints: Int
-
-    /// Outer meta-learning steps (nil: two rounds over the tasks, `defaultMetaSteps`).
-    public var metaSteps: Int?
     /// Part of each task's shots held out of the generator and the fusion, used only to choose
     /// how many in-context adaptation steps to keep (`ICMPipeline.selectionSplit`).
     public var selectionFraction: Double
 
+    /// `generator.metaSteps` nil runs the generator's default (`ICMGeneratorOptions.defaultMetaSteps`).
     public init(generator: ICMGeneratorOptions = ICMGeneratorOptions(), fusion: ICMFusionOptions = ICMFusionOptions(),
                 fewShots: Int = 4, longTailTask: String? = nil, longTailShots: Int = 2, trajectories: String? = nil,
-                maxCheckpoints: Int = 4, metaSteps: Int? = nil, selectionFraction: Double = 0.25) {
+                maxCheckpoints: Int = ICMPipelineOptions().maxCheckpoints,
+                selectionFraction: Double = ICMPipelineOptions().selectionFraction) {
         self.selectionFraction = selectionFraction
         self.generator = generator; self.fusion = fusion; self.fewShots = fewShots; self.longTailTask = longTailTask
         self.longTailShots = longTailShots; self.trajectories = trajectories; self.maxCheckpoints = maxCheckpoints
-        self.metaSteps = metaSteps
     }
 
-    /// The round robin of the meta-learning must reach every task, twice: a fixed 6 steps left
-    /// 8 of the 14 suite tasks out.
-    public static func defaultMetaSteps(tasks: Int) -> Int { 2 * tasks }
-
-    func metaSteps(tasks: Int) -> Int { metaSteps ?? Self.defaultMetaSteps(tasks: tasks) }
+    /// The pipeline options of variant `v`'s row over `tasks` tasks: the variant's generator and
+    /// fusion options, the meta-learning steps resolved (so the cache key names the number run)
+    /// and one seed.
+    public func pipelineOptions(_ v: ICMVariant, tasks: Int, seed: UInt64) -> ICMPipelineOptions {
+        var g = v.generatorOptions(generator)
+        g.metaSteps = g.metaSteps(tasks: tasks)
+        var o = ICMPipelineOptions(generator: g, fusion: v.fusionOptions(fusion), maxCheckpoints: maxCheckpoints,
+                                   selectionFraction: selectionFraction)
+        o.seed = seed
+        return o
+    }
 }
 
 /// What an ICM row records besides its scores.
@@ -155,50 +159,101 @@ extension ReportRunner {
         // Scored-example equivalents (a gradient step on ~512 tokens ≈ 40 scored examples on
         // SmolLM2; the VAE's steps ≈ 100): measured loosely, only for the progress bar.
         guard let v = ICMVariant(rawValue: m.method) else { return 0 }
-        let g = v.generatorOptions(settings.icm.generator), f = v.fusionOptions(settings.icm.fusion)
-        let meta = settings.icm.metaSteps(tasks: taskNames.count)
-        let gen = !v.trainsGenerator ? 0 : 100 + (v == .noMeta ? 0 : meta * (g.innerSteps + 2) * 20)
+        let o = settings.icm.pipelineOptions(v, tasks: taskNames.count, seed: settings.seed)
+        let g = o.generator, f = o.fusion
+        let gen = !v.trainsGenerator ? 0 : 100 + g.metaSteps(tasks: taskNames.count) * (g.innerSteps + 2) * 20
         return gen + (f.steps + f.adaptSteps) * 40
     }
 
-    /// One ICM row: train (or load from cache/) the generator its variant needs, fuse the tasks in
-    /// its latent space on the union of their shots, decode, evaluate. The mean-init control
-    /// replaces the generator's decoded start by the adapters' factor-wise mean.
-    func icmRow(_ m: ReportMethod) throws -> ReportRow {
-        guard let v = ICMVariant(rawValue: m.method) else {
-            throw ReportError.unknownICMVariant(m.method)
-        }
+    /// The tasks of variant `v`'s row as `ICMPipeline` takes them: each task's adapter and the
+    /// first shots of its pool (`icmShots`; the pipeline holds the selection part out itself).
+    func icmTasks(_ v: ICMVariant) throws -> [ICMPipeline.TaskInput] {
         if v == .longTail, let t = settings.icm.longTailTask, !taskNames.contains(t) {
             throw ReportError.unknownTask(t, known: taskNames)
         }
         let shotCount = icmShots(v)
-        var shots: [EvalTask] = [], selection: [EvalTask] = []
-        for n in taskNames {
+        return try taskNames.map { n in
             guard let pool = inputs.shots.first(where: { $0.name == n }), !pool.examples.isEmpty else {
                 throw ReportError.emptyShots(task: n, file: inputs.shots.first { $0.name == n }?.path)
             }
-            let split = ICMPipeline.selectionSplit(ReportInputs.firstExamples([pool], shotCount[n]!)[0],
-                                                   fraction: settings.icm.selectionFraction)
-            shots.append(split.learn)
-            selection.append(split.select)
-        }
-        let adapters = try taskNames.map { n in
             guard let a = inputs.adapters.first(where: { $0.name == n }) else { throw ReportError.missingAdapter(task: n) }
-            return a
+            return ICMPipeline.TaskInput(name: n, adapterPath: n, shots: ReportInputs.firstExamples([pool], shotCount[n]!)[0], adapter: a,
+                                         trajectoryDir: settings.icm.trajectories.map { ($0 as NSString).appendingPathComponent(n) })
         }
-        let tasksICM = zip(taskNames, zip(shots, adapters)).map { n, sa in
-            ICMPipeline.TaskInput(name: n, adapterPath: n, shots: sa.0, adapter: sa.1,
-                                  trajectoryDir: settings.icm.trajectories.map { ($0 as NSString).appendingPathComponent(n) })
+    }
+
+    /// Variant `v`'s fused adapter and what its row records. ICM-Fusion is `ICMPipeline.fuse`
+    /// with the variant's options and the generator from cache/ (trained there on a miss); the
+    /// mean-init control replaces the generator's decoded start by the adapters' factor-wise mean.
+    func icmFused(_ v: ICMVariant, label: String, say: @escaping (String) -> Void) throws -> (adapter: LoRAAdapter, details: ReportICMDetails) {
+        let tasks = try icmTasks(v)
+        let options = settings.icm.pipelineOptions(v, tasks: tasks.count, seed: settings.seed)
+        let (learn, selection) = ICMPipeline.learningTasks(tasks, options: options)
+        let adapters = tasks.map { $0.adapter! }
+        let units = icmUnits(ReportMethods.icm(v.rawValue))
+        var details = ReportICMDetails(
+            shots: icmShots(v), selectionShots: Self.counts(selection), adaptation: nil, samples: 0, checkpoints: 0, metaSteps: 0,
+            weights: [], gains: [], log: [], reconstruction: [], generatorNetworkBytes: 0, generatorPerTaskBytes: 0,
+            adaptersF32Bytes: adapters.reduce(0) { $0 + $1.parameterCount * 4 },
+            adaptersStoredBytes: adapters.reduce(0) { $0 + $1.parameterCount * $1.sourceDType.byteSize }, generatorSeconds: 0)
+        if v == .meanInit {
+            // θ = (mean A_i, mean B_i) at the adapters' rank and layout. (LoraHub's factor
+            // composition computes the same sums, but over its concatenated problem, whose
+            // parameters carry the concatenation's rank and no α: fine for its engine, not
+            // for an adapter to write.)
+            let support = try learn.flatMap { try TrainingData.sequences($0.shots, model: model) }
+            let held = try selection.flatMap { try TrainingData.sequences($0, model: model) }
+            let ps = try adapters.map { try LoRAParameters(adapter: $0, config: model.config) }
+            var mean = ps[0]
+            for i in mean.modules.indices {
+                for k in mean.modules[i].A.indices { mean.modules[i].A[k] = ps.reduce(0) { $0 + $1.modules[i].A[k] } / Float(ps.count) }
+                for k in mean.modules[i].B.indices { mean.modules[i].B[k] = ps.reduce(0) { $0 + $1.modules[i].B[k] } / Float(ps.count) }
+            }
+            let (adapted, line, a) = ICMGenerator.adaptOnSupport(mean, support: support, selection: held,
+                                                                 engine: LlamaTrainingEngine(model: model), options: options.fusion)
+            say(line)
+            details.adaptation = a
+            details.log = [line]
+            return (adapted.adapter(name: label, baseModel: model.sourcePath), details)
         }
-        var genOptions = v.generatorOptions(settings.icm.generator)
-        if v != .noMeta { genOptions.metaSteps = settings.icm.metaSteps(tasks: taskNames.count) }
-        genOptions.seed = settings.seed
-        var fusion = v.fusionOptions(settings.icm.fusion)
-        fusion.seed = settings.seed
-        let genKey = v == .meanInit ? "none" : icmGeneratorKey(options: genOptions, tasks: tasksICM)
+        var genSeconds = 0.0, genLog: [String] = []
+        let genKey = icmGeneratorKey(options: options.generator, tasks: learn)
+        let r = try ICMPipeline.fuse(model: model, tasks: tasks, options: options, generator: .provided { learn in
+            let (g, seconds, log) = try self.icmGenerator(key: genKey, options: options.generator, inputs: learn, say: say)
+            genSeconds = seconds; genLog = log
+            self.tick(units / 2, "\(label): generator ready")
+            return g
+        }, adapterName: label, progress: say)
+        let gen = r.generator
+        for (i, a) in adapters.enumerated() {
+            let e = gen.reconstructionError(task: i, parameters: try LoRAParameters(adapter: a, config: model.config))
+            details.reconstruction.append(.init(task: taskNames[i], relative: e.relative, normalisedMSE: e.normalisedMSE))
+        }
+        details.checkpoints = learn.map { $0.samplePaths(maxCheckpoints: options.maxCheckpoints).count - 1 }.reduce(0, +)
+        details.samples = taskNames.count + details.checkpoints
+        details.metaSteps = options.generator.metaSteps(tasks: tasks.count)
+        details.adaptation = r.result.adaptation
+        details.weights = r.result.fusion.weights.map(Double.init)
+        details.gains = r.result.fusion.logGain.map { Double(exp($0)) }
+        details.log = Array(genLog.suffix(12)) + r.result.log.suffix(6)
+        (details.generatorNetworkBytes, details.generatorPerTaskBytes) = gen.storageBytes
+        details.generatorSeconds = genSeconds
+        return (r.adapter, details)
+    }
+
+    /// One ICM row: the variant's fused adapter (`icmFused`), evaluated like every other row; the
+    /// row's cache key holds the generator's key, the fusion options, the shots and the selection shots.
+    func icmRow(_ m: ReportMethod) throws -> ReportRow {
+        guard let v = ICMVariant(rawValue: m.method) else {
+            throw ReportError.unknownICMVariant(m.method)
+        }
+        let tasks = try icmTasks(v)
+        let options = settings.icm.pipelineOptions(v, tasks: tasks.count, seed: settings.seed)
+        let (learn, selection) = ICMPipeline.learningTasks(tasks, options: options)
+        let genKey = v == .meanInit ? "none" : icmGeneratorKey(options: options.generator, tasks: learn)
 
         var key = cacheKey(m, adapters: taskNames)
-        key.learned = ["generator": genKey, "fusion": Self.json(fusion), "shots": shots.map(Digest.task).joined(separator: ","),
+        key.learned = ["generator": genKey, "fusion": Self.json(options.fusion), "shots": learn.map { Digest.task($0.shots) }.joined(separator: ","),
                        "selection": selection.map(Digest.task).joined(separator: ",")]
         var entry = try loadCache(m.id, key: key)
         let missing = test.filter { entry.tasks[$0.name]?.digest != Digest.task($0) }
@@ -206,55 +261,12 @@ extension ReportRunner {
         if !missing.isEmpty {
             let start = Date()
             let say: (String) -> Void = { [unowned self] line in self.tick(0, "\(m.id): \(line)") }
-            let support = try shots.flatMap { try TrainingData.sequences($0, model: model) }
-            let held = try selection.flatMap { try TrainingData.sequences($0, model: model) }
-            let engine = LlamaTrainingEngine(model: model)
-            var details = ReportICMDetails(
-                shots: shotCount, selectionShots: Self.counts(selection), adaptation: nil, samples: 0, checkpoints: 0, metaSteps: 0,
-                weights: [], gains: [], log: [], reconstruction: [], generatorNetworkBytes: 0, generatorPerTaskBytes: 0,
-                adaptersF32Bytes: adapters.reduce(0) { $0 + $1.parameterCount * 4 },
-                adaptersStoredBytes: adapters.reduce(0) { $0 + $1.parameterCount * $1.sourceDType.byteSize }, generatorSeconds: 0)
-            let fused: LoRAParameters
-            if v == .meanInit {
-                // θ = (mean A_i, mean B_i) at the adapters' rank and layout. (LoraHub's factor
-                // composition computes the same sums, but over its concatenated problem, whose
-                // parameters carry the concatenation's rank and no α: fine for its engine, not
-                // for an adapter to write.)
-                let ps = try adapters.map { try LoRAParameters(adapter: $0, config: model.config) }
-                var mean = ps[0]
-                for i in mean.modules.indices {
-                    for k in mean.modules[i].A.indices { mean.modules[i].A[k] = ps.reduce(0) { $0 + $1.modules[i].A[k] } / Float(ps.count) }
-                    for k in mean.modules[i].B.indices { mean.modules[i].B[k] = ps.reduce(0) { $0 + $1.modules[i].B[k] } / Float(ps.count) }
-                }
-                let (adapted, line, a) = ICMGenerator.adaptOnSupport(mean, support: support, selection: held, engine: engine, options: fusion)
-                say(line)
-                fused = adapted
-                details.adaptation = a
-                details.log = [line]
-            } else {
-                let (gen, genSeconds, genLog) = try icmGenerator(key: genKey, options: genOptions, inputs: tasksICM, say: say)
-                tick(units / 2, "\(m.id): generator ready")
-                let r = try gen.fuse(tasks: taskNames, support: support, selection: held, engine: engine, options: fusion, progress: say)
-                fused = r.parameters
-                for (i, a) in adapters.enumerated() {
-                    let e = gen.reconstructionError(task: i, parameters: try LoRAParameters(adapter: a, config: model.config))
-                    details.reconstruction.append(.init(task: taskNames[i], relative: e.relative, normalisedMSE: e.normalisedMSE))
-                }
-                details.checkpoints = tasksICM.map { $0.samplePaths(maxCheckpoints: settings.icm.maxCheckpoints).count - 1 }.reduce(0, +)
-                details.samples = taskNames.count + details.checkpoints
-                details.metaSteps = genOptions.metaSteps
-                details.adaptation = r.adaptation
-                details.weights = r.fusion.weights.map(Double.init)
-                details.gains = r.fusion.logGain.map { Double(exp($0)) }
-                details.log = Array(genLog.suffix(12)) + r.log.suffix(6)
-                (details.generatorNetworkBytes, details.generatorPerTaskBytes) = gen.storageBytes
-                details.generatorSeconds = genSeconds
-            }
+            let (fused, details) = try icmFused(v, label: m.id, say: say)
             tick(units - (v == .meanInit ? 0 : units / 2), "\(m.id): fused")
             entry.fuseSeconds = Date().timeIntervalSince(start)
             entry.icm = details
             entry.tasks = [:]
-            try evaluate(fused.adapter(name: m.id, baseModel: model.sourcePath), on: test, entry: &entry, cacheID: m.id, label: m.id)
+            try evaluate(fused, on: test, entry: &entry, cacheID: m.id, label: m.id)
         } else {
             tick(units, "\(m.id) (cached)")
         }

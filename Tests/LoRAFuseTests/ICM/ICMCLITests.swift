@@ -82,4 +82,42 @@ final class ICMCLITests: XCTestCase {
         XCTAssertEqual(bad.code, 1)
         XCTAssertTrue(bad.stderr.contains("sg-lora needs --description"), bad.stderr)
     }
+    /// `fuse --method icm-fusion` reads adapters through `AdapterIO`, as `fuse --help` promises:
+    /// the same two adapters as PEFT directories, or as a GGUF LoRA and an mlx-lm directory
+    /// (written by the library's writers), give the same fused adapter.
+    func testFuseReadsGGUFAndMLXAdapters() throws {
+        let tmp = FileManager.default.temporaryDirectory.appendingPathComponent("lf-icm-fmt-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: tmp, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: tmp) }
+        let modelDir = try LearnedFusionCLITests.chatModel(in: tmp)
+        let model = try LlamaModel.load(path: modelDir)
+        let hints = try ModelHints.load(path: modelDir)
+        for i in 0..<2 {
+            let a = TrainFixtures.randomLoRA(model.config, targets: [.q, .k, .v], rank: 2, seed: 50 + UInt64(i), std: 0.3)
+            try PEFTAdapter.write(a.adapter(name: "task\(i)"), to: tmp + "/peft/task\(i)", dtype: .f32)
+        }
+        let peft = [tmp + "/peft/task0", tmp + "/peft/task1"]
+        try GGUFLoRA.write(try PEFTAdapter.read(directory: peft[0]), to: tmp + "/gguf/task0.gguf", dtype: .f32, hints: hints)
+        try MLXAdapter.write(try PEFTAdapter.read(directory: peft[1]), to: tmp + "/mlx/task1", dtype: .f32)
+        XCTAssertEqual(try AdapterIO.detect(path: tmp + "/gguf/task0.gguf"), .gguf)
+        XCTAssertEqual(try AdapterIO.detect(path: tmp + "/mlx/task1"), .mlx)
+        try "{\"prompt\": \"ab\", \"answer\": \"cd\"}\n{\"prompt\": \"ef\", \"answer\": \"gh\"}\n"
+            .write(toFile: tmp + "/s0.jsonl", atomically: true, encoding: .utf8)
+        try "{\"prompt\": \"12\", \"answer\": \"34\"}\n{\"prompt\": \"56\", \"answer\": \"78\"}\n"
+            .write(toFile: tmp + "/s1.jsonl", atomically: true, encoding: .utf8)
+        let rest = ["--shots", tmp + "/s0.jsonl", tmp + "/s1.jsonl", "--chunk-size", "16", "--hidden", "8", "--latent", "4",
+                    "--vae-steps", "10", "--meta-steps", "2", "--fusion-steps", "2", "--adapt-steps", "1", "--model", modelDir]
+        let a = try CLITests.run(["fuse", "--method", "icm-fusion"] + peft + ["-o", tmp + "/from-peft"] + rest)
+        XCTAssertEqual(a.code, 0, a.stderr)
+        let b = try CLITests.run(["fuse", "--method", "icm-fusion", tmp + "/gguf/task0.gguf", tmp + "/mlx/task1", "-o", tmp + "/from-gguf-mlx"] + rest)
+        XCTAssertEqual(b.code, 0, b.stderr)
+        XCTAssertTrue(b.stderr.contains("task0: 1 adapters (final + checkpoints), 1 shots"), "named after the file: \(b.stderr)")
+        XCTAssertTrue(b.stderr.contains("task1: 1 adapters"), b.stderr)
+        let x = try PEFTAdapter.read(directory: tmp + "/from-peft"), y = try PEFTAdapter.read(directory: tmp + "/from-gguf-mlx")
+        XCTAssertEqual(x.moduleNames, y.moduleNames)
+        for n in x.moduleNames {
+            let dx = x.modules[n]!.delta(), dy = y.modules[n]!.delta()
+            XCTAssertLessThanOrEqual(zip(dx.data, dy.data).map { abs($0 - $1) }.max()!, 1e-5 * max(1, dx.data.map(abs).max()!), n)
+        }
+    }
 }

@@ -21,7 +21,7 @@ final class ICMSmolLM2Tests: XCTestCase {
         g.steps = 30; g.metaSteps = 2; g.innerSteps = 1; g.metaTokens = 128
         var f = ICMFusionOptions()
         f.steps = 2; f.adaptSteps = 2; f.tokens = 256
-        let r = try ICMPipeline.fuse(model: model, tasks: tasks, generatorPath: nil, generatorOptions: g, fusionOptions: f)
+        let r = try ICMPipeline.fuse(model: model, tasks: tasks, options: ICMPipelineOptions(generator: g, fusion: f))
         let input = try PEFTAdapter.read(directory: tasks[0].adapterPath)
         XCTAssertEqual(r.adapter.moduleNames, input.moduleNames)
         XCTAssertEqual(r.adapter.moduleNames.count, 30 * 7)
@@ -40,8 +40,8 @@ final class ICMSmolLM2Tests: XCTestCase {
         let dir = ModelFixtures.tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         try r.generator.save(to: dir + "/gen.safetensors")
-        let again = try ICMPipeline.fuse(model: model, tasks: tasks, generatorPath: dir + "/gen.safetensors", generatorOptions: g,
-                                         fusionOptions: f)
+        let again = try ICMPipeline.fuse(model: model, tasks: tasks, options: ICMPipelineOptions(generator: g, fusion: f),
+                                         generator: .saved(path: dir + "/gen.safetensors"))
         for n in input.moduleNames {
             XCTAssertEqual(again.adapter.modules[n]!.A.data, r.adapter.modules[n]!.A.data, n)
             XCTAssertEqual(again.adapter.modules[n]!.B.data, r.adapter.modules[n]!.B.data, n)

@@ -272,7 +272,7 @@ final class ICMTests: XCTestCase {
     // MARK: End to end on a tiny model
 
     /// Two "tasks" whose adapters (and one checkpoint each) are random LoRAs on a tiny model.
-    static func tinyGenerator(meta: Int) throws -> (ICMGenerator, LlamaTrainingEngine, [[TrainingSequence]], [LoRAParameters]) {
+    static func tinyGenerator(meta: Int?) throws -> (ICMGenerator, LlamaTrainingEngine, [[TrainingSequence]], [LoRAParameters]) {
         let model = TrainFixtures.model()
         let engine = LlamaTrainingEngine(model: model)
         let adapters = [TrainFixtures.randomLoRA(model.config, targets: [.q, .v], rank: 2, seed: 21, std: 0.2),
@@ -298,6 +298,27 @@ final class ICMTests: XCTestCase {
         let g = try ICMGenerator.train(names: ["a", "b"], samples: samples, finals: finals, descriptions: descs,
                                        support: support, engine: engine, options: o)
         return (g, engine, support, adapters)
+    }
+
+    /// The meta-learning default lives in the generator's options: two rounds over the known
+    /// tasks, and the trained generator records the number it ran (so a saved state says it).
+    func testDefaultMetaStepsAreTwoRoundsOverTheTasks() throws {
+        XCTAssertNil(ICMGeneratorOptions().metaSteps)
+        XCTAssertEqual(ICMGeneratorOptions.defaultMetaSteps(tasks: 14), 28)
+        XCTAssertEqual(ICMGeneratorOptions().metaSteps(tasks: 3), 6)
+        var o = ICMGeneratorOptions()
+        o.metaSteps = 0
+        XCTAssertEqual(o.metaSteps(tasks: 3), 0, "0 turns meta-learning off")
+        o.metaSteps = 5
+        XCTAssertEqual(o.metaSteps(tasks: 3), 5)
+
+        let (g, _, _, _) = try Self.tinyGenerator(meta: nil)
+        XCTAssertEqual(g.log.filter { $0.hasPrefix("meta step") }.count, 4, "2 tasks, two rounds")
+        XCTAssertEqual(g.options.metaSteps, 4)
+        let dir = ModelFixtures.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try g.save(to: dir + "/gen.safetensors")
+        XCTAssertEqual(try ICMGenerator.load(path: dir + "/gen.safetensors").options.metaSteps, 4)
     }
 
     func testFusedAdapterIsValidPEFTAndStateRemakesIt() throws {

@@ -8,11 +8,11 @@ final class ReportICMTests: XCTestCase {
     static func settings(trajectories: String?, selection: Double = 0) -> ReportSettings {
         var g = ICMGeneratorOptions()
         g.chunkSize = 16; g.hidden = 8; g.latent = 4; g.conditionProj = 4; g.positionDim = 4
-        g.steps = 12; g.batchRows = 8; g.innerSteps = 1; g.metaTokens = 24
+        g.steps = 12; g.batchRows = 8; g.innerSteps = 1; g.metaTokens = 24; g.metaSteps = 2
         var f = ICMFusionOptions()
         f.steps = 2; f.adaptSteps = 1; f.tokens = 40
         f.selectEvery = 1
-        let icm = ReportICMSettings(generator: g, fusion: f, fewShots: 1, longTailShots: 1, trajectories: trajectories, metaSteps: 2,
+        let icm = ReportICMSettings(generator: g, fusion: f, fewShots: 1, longTailShots: 1, trajectories: trajectories,
                                     selectionFraction: selection)
         return ReportSettings(testPerTask: 2, accuracy: false, rank: 2, shotsPerTask: 2, shotsCurve: [1, 2], steps: 2, icm: icm)
     }
@@ -134,6 +134,65 @@ final class ReportICMTests: XCTestCase {
         }
         XCTAssertTrue(ReportRenderer.icmParagraphs(r).contains { $0.contains("of each task's shots (3 examples, never used to learn") },
                       "\(ReportRenderer.icmParagraphs(r))")
+    }
+
+    /// The report's ICM-Fusion row is `ICMPipeline.fuse`: the pipeline run as `fuse --method
+    /// icm-fusion` runs it (whole shots pools cut to the report's shots per task, the row's
+    /// generator and fusion settings, one seed) makes the row's adapter bit for bit, with the same
+    /// learned weights and adaptation step.
+    func testRowAdapterIsICMPipelineFuse() throws {
+        let model = ReportFixtures.model()
+        var inputs = ReportFixtures.inputs(model)
+        // Pools longer than the report's 2 shots per task: both must take the first two.
+        for i in inputs.shots.indices { inputs.shots[i].examples.append(EvalExample(prompt: "Say x.", answer: "x")) }
+        let dir = ReportFixtures.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var settings = Self.settings(trajectories: nil, selection: 0.25)
+        settings.seed = 7
+        let runner = try ReportRunner(model: model, inputs: inputs, settings: settings, methods: [ReportMethods.icm("icm-fusion")], directory: dir)
+        let row = try runner.run().rows[0]
+        // The row's adapter (its generator now comes from cache/).
+        let (rowAdapter, details) = try runner.icmFused(.full, label: "icm-fusion", say: { _ in })
+        XCTAssertEqual(details, row.icm)
+
+        var options = ICMPipelineOptions(generator: settings.icm.generator, fusion: settings.icm.fusion,
+                                         selectionFraction: settings.icm.selectionFraction, shotsPerTask: settings.shotsPerTask)
+        options.seed = settings.seed
+        let tasks = ReportFixtures.taskNames.map { n in
+            ICMPipeline.TaskInput(name: n, adapterPath: n, shots: inputs.shots.first { $0.name == n }!, adapter: inputs.adapters.first { $0.name == n }!)
+        }
+        let p = try ICMPipeline.fuse(model: model, tasks: tasks, options: options)
+        XCTAssertEqual(rowAdapter.moduleNames, p.adapter.moduleNames)
+        for n in p.adapter.moduleNames {
+            let a = try XCTUnwrap(rowAdapter.modules[n]), b = try XCTUnwrap(p.adapter.modules[n])
+            XCTAssertEqual(a.A.data, b.A.data, n)
+            XCTAssertEqual(a.B.data, b.B.data, n)
+            XCTAssertEqual(a.scale, b.scale, n)
+        }
+        XCTAssertEqual(details.weights, p.result.fusion.weights.map(Double.init))
+        XCTAssertEqual(details.adaptation, p.result.adaptation)
+        XCTAssertEqual(details.selectionShots, Dictionary(uniqueKeysWithValues: ReportFixtures.taskNames.map { ($0, 1) }))
+        XCTAssertEqual(details.metaSteps, p.generator.options.metaSteps)
+    }
+
+    /// What each row runs: the variant's ablation, the meta-learning steps resolved from the
+    /// generator's default (two rounds), one seed for generator and fusion.
+    func testPipelineOptionsOfEachVariant() {
+        var s = ReportICMSettings()
+        XCTAssertNil(s.generator.metaSteps)
+        XCTAssertEqual(s.maxCheckpoints, ICMPipelineOptions().maxCheckpoints)
+        XCTAssertEqual(s.selectionFraction, ICMPipelineOptions().selectionFraction)
+        let full = s.pipelineOptions(.full, tasks: 14, seed: 3)
+        XCTAssertEqual(full.generator.metaSteps, 28)
+        XCTAssertEqual(full.generator.seed, 3)
+        XCTAssertEqual(full.fusion.seed, 3)
+        XCTAssertNil(full.shotsPerTask, "the report cuts the pools itself (few-shot and long-tail rows)")
+        XCTAssertEqual(s.pipelineOptions(.noMeta, tasks: 14, seed: 3).generator.metaSteps, 0)
+        XCTAssertFalse(s.pipelineOptions(.noCondition, tasks: 14, seed: 3).generator.useCondition)
+        XCTAssertFalse(s.pipelineOptions(.noOrientation, tasks: 14, seed: 3).fusion.orientation)
+        XCTAssertEqual(s.pipelineOptions(.noAdaptation, tasks: 14, seed: 3).fusion.adaptSteps, 0)
+        s.generator.metaSteps = 5
+        XCTAssertEqual(s.pipelineOptions(.fewShot, tasks: 14, seed: 3).generator.metaSteps, 5)
     }
 
     func testSelectionSplit() {
