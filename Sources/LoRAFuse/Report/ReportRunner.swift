@@ -175,7 +175,8 @@ public final class ReportRunner {
         self.force = force
         test = ReportInputs.firstExamples(inputs.test, settings.testPerTask)
         for a in inputs.adapters { adapterDigests[a.name] = Digest.adapter(a) }
-        modelDigest = Digest.file(model.sourcePath)
+        // The same file computed on its stored blocks or in Float32 gives other numbers.
+        modelDigest = Digest.file(model.sourcePath) + (model.base.holdsQuantizedWeights ? "+stored" : "+f32")
         codeVersion = Digest.executable()
     }
 
