@@ -27,7 +27,8 @@ let package = Package(
                        providers: [.apt(["liblapacke-dev"])]),
         // Quantized mat-vec kernels in plain C11 (intrinsics for AVX2, AVX-512 VNNI and NEON, each
         // compiled per function and chosen at run time; no -march flags), see its cquant.h.
-        .target(name: "CQuant", path: "Sources/CQuant"),
+        .target(name: "CQuant", path: "Sources/CQuant",
+                linkerSettings: [.linkedLibrary("m", .when(platforms: [.linux]))]),
         .target(
             name: "LoRAFuse",
             dependencies: linalgDeps + ["CQuant", .product(name: "Yams", package: "Yams")],
