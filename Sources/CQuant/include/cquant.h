@@ -40,7 +40,8 @@
  * q is in [-127, 127] (never -128, which the sign tricks of the kernels rely on). Every kernel set
  * writes the same bytes (tested). Scales are float, not f16: the activation is only a scratch
  * buffer, and float keeps the error of the scheme at the int8 rounding alone. Non-finite inputs
- * give unspecified (but memory-safe) results. Rows are best 64-byte aligned (not required).
+ * give unspecified (but memory-safe) results. Aq must be 4-byte aligned (its floats
+ * are read as floats); 64-byte alignment is best. Weight rows may have any alignment.
  *
  * Sizes: nIn must be a positive multiple of 32 (Q4_0 .. Q8_0), of 256 (K-quants), or any
  * positive number (F32, F16, BF16). Functions returning int return 0 on success and
