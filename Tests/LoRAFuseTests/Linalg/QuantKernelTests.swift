@@ -500,6 +500,21 @@ final class QuantKernelTests: XCTestCase {
         }
     }
 
+    /// Rows read with a leading dimension (ldx > cols) quantize as the same rows packed.
+    func testQuantizeActivationsWithLeadingDimension() {
+        var rng = SeededRNG(seed: 61)
+        for type in [GGMLType.f16, .q8_0, q5_1, .q4_K] {
+            let n = kQuants.contains(type) ? 256 : 64, B = 3, ld = n + 5
+            let padded = randomX(ld * B, &rng)
+            let packed = (0..<B).flatMap { padded[$0 * ld..<$0 * ld + n] }
+            var a = [UInt8](repeating: 0, count: QuantKernels.activationBytes(type: type, cols: n, rows: B))
+            padded.withUnsafeBufferPointer { xp in
+                a.withUnsafeMutableBytes { QuantKernels.quantizeActivations(type: type, xp.baseAddress!, rows: B, cols: n, ldx: ld, into: $0.baseAddress!) }
+            }
+            XCTAssertEqual(a, quantizeActivations(type, packed, rows: B, nil), "\(type)")
+        }
+    }
+
     /// The largest integer products (all nibbles 15, Q8_0's -128, Q6_K's 63 with scale -128,
     /// activations at ±127): no int16 saturation anywhere; every set equals the exact value to
     /// float rounding.
