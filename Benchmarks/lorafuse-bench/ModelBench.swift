@@ -14,7 +14,7 @@ import LoRAFuse
 struct ModelBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "model",
-        abstract: "SmolLM2 inference: lorafuse against PyTorch transformers (float32) on the same GGUF.")
+        abstract: "SmolLM2 inference: lorafuse against transformers (float32) or llama.cpp (--peer llamacpp) on the same GGUF.")
 
     @OptionGroup var peerOptions: PeerBenchOptions
     @Option(help: "Prompt-processing length in tokens.")
@@ -33,6 +33,20 @@ struct ModelBench: ParsableCommand {
     var work: String = NSTemporaryDirectory() + "lorafuse-model-bench"
     @Flag(help: "Also time `eval` with accuracy (greedy decoding) on the lorafuse side.")
     var withAccuracy = false
+    @Option(help: "The peer: torch (transformers float32, scripts/bench_torch_model.py) or llamacpp (llama.cpp on the same GGUF, scripts/bench_llamacpp.py in the venv of scripts/setup_llamacpp.sh).")
+    var peer: Peer = .torch
+    @Option(help: "Sequence counts for batched decode (comma-separated; empty: skip).")
+    var batchSizes: String = "8,32"
+
+    enum Peer: String, ExpressibleByArgument, CaseIterable { case torch, llamacpp }
+
+    var batchCounts: [Int] { batchSizes.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) } }
+
+    func validate() throws {
+        if batchSizes.split(separator: ",").contains(where: { Int($0.trimmingCharacters(in: .whitespaces)).map { $0 < 1 } ?? true }) {
+            throw ValidationError("--batch-sizes takes positive counts separated by commas, got '\(batchSizes)'")
+        }
+    }
 
     /// A fixed English text: its first `ppTokens` ids are the prompt on both sides.
     static let text = """
@@ -62,11 +76,18 @@ struct ModelBench: ParsableCommand {
         let ev = Evaluator(model: lm, options: EvalOptions(computeAccuracy: false))
         let evalIds = try evalTask.examples.map { (p: try ev.promptTokens($0.prompt), a: try ev.answerTokens($0.answer)) }
 
+        // Batched decode: sequence i's prompt is ppIds[8i ..< 8i + decodePrompt] (wrapping), so
+        // every sequence differs; the peer gets the same lists.
+        let maxB = batchCounts.max() ?? 0
+        let batchPrompts: [[Int]] = (0..<maxB).map { i in
+            (0..<decodePrompt).map { ppIds[(8 * i + $0) % ppIds.count] }
+        }
         // Inputs for the peer: the very same ids.
         let inputs: [String: Any] = [
             "repeats": repeats,
             "pp_ids": ppIds, "decode_prompt": promptIds, "decode_tokens": decodeTokens,
             "eval": evalIds.map { ["prompt_ids": $0.p, "answer_ids": $0.a] },
+            "batch_sizes": batchCounts, "batch_prompts": batchPrompts,
         ]
 
         var ours = SideResult()
@@ -118,6 +139,32 @@ struct ModelBench: ParsableCommand {
         ours.eval_loss = report.loss
         ours.peak_rss_mb = peakRSSMB()
 
+        // Batched decode: B sequences, each its own KV cache, one `decodeStep` per token for all.
+        for B in batchCounts {
+            FileHandle.standardError.write(Data("lorafuse: batched decode of \(B) sequences…\n".utf8))
+            let sessions = try (0..<B).map { _ in try lm.makeLlamaSession(maxTokens: decodePrompt + decodeTokens + 1) }
+            func run(_ steps: Int) throws -> (Double, [Int]) {
+                var next = try sessions.enumerated().map { i, s -> Int in
+                    s.reset()
+                    return Sampler.argmax(try s.feed(batchPrompts[i], lastOnly: true).row(0))
+                }
+                var first = [next[0]]
+                let t = Date()
+                for _ in 0..<steps {
+                    let l = try lm.decodeStep(sessions, tokens: next)
+                    next = (0..<B).map { Sampler.argmax(l.row($0)) }
+                    first.append(next[0])
+                }
+                return (Date().timeIntervalSince(t), first)
+            }
+            _ = try run(4)
+            let r = try (0..<repeats).map { _ in try run(decodeTokens) }
+            let best = r.map(\.0).min()!
+            ours.batched.append(BatchedRun(sequences: B, decode_tokens: decodeTokens, tokens_per_s: Double(B * decodeTokens) / best,
+                                           seconds: best, ids_first_sequence: r[0].1))
+        }
+        ours.batched_peak_rss_mb = peakRSSMB()
+
         var accuracyRun: AccuracyRun?
         if withAccuracy {
             FileHandle.standardError.write(Data("lorafuse: eval with accuracy…\n".utf8))
@@ -129,18 +176,29 @@ struct ModelBench: ParsableCommand {
                                       accuracy: r.accuracy ?? .nan)
         }
 
-        let peerRun = try peerOptions.runPeer("scripts/bench_torch_model.py", inputs: inputs, work: work,
-                                              note: "transformers: same measurements (its own process)…", as: SideResult.self)
+        var options = peerOptions
+        if self.peer == .llamacpp && options.python == defaultPeersPython { options.python = llamaCppPython }
+        let peerRun = try options.runPeer(self.peer == .torch ? "scripts/bench_torch_model.py" : "scripts/bench_llamacpp.py",
+                                          inputs: inputs, work: work,
+                                          note: "\(self.peer == .torch ? "transformers" : "llama.cpp"): same measurements (its own process)…",
+                                          as: SideResult.self)
         let peer = peerRun?.result
-        let peerVersions = peerRun.map { "torch \($0.raw["torch_version"] ?? "?"), transformers \($0.raw["transformers_version"] ?? "?")" } ?? ""
+        let peerVersions = peerRun.map {
+            self.peer == .torch ? "torch \($0.raw["torch_version"] ?? "?"), transformers \($0.raw["transformers_version"] ?? "?")"
+                : "llama-cpp-python \($0.raw["llama_cpp_python_version"] ?? "?") (OMP_WAIT_POLICY \($0.raw["omp_wait_policy"] ?? "unset"))"
+        } ?? ""
         let rep = ModelBenchReport(
             date: ISO8601DateFormatter().string(from: Date()), machine: machineDescription(), threads: threads,
             model: (peerOptions.model as NSString).lastPathComponent, compute: peerOptions.compute.rawValue, blas_core: BLAS.coreName, load_average_before: loadBefore, load_average_after: loadAverage(),
             pp_tokens: ppTokens, decode_prompt: decodePrompt, decode_tokens: decodeTokens, task: task,
-            eval_examples: evalIds.count, peer: peerVersions, lorafuse: ours, transformers: peer,
-            lorafuse_eval_with_accuracy: accuracyRun)
+            eval_examples: evalIds.count, peer: peerVersions, peer_name: self.peer == .torch ? "transformers" : "llama.cpp",
+            lorafuse: ours, transformers: peer, lorafuse_eval_with_accuracy: accuracyRun)
         print(rep.markdown)
-        if peer != nil { try rep.write(to: results) }
+        if peer != nil {
+            // Each peer has its own results file unless --results names one.
+            let path = self.peer == .llamacpp && results == "Benchmarks/results/model.json" ? "Benchmarks/results/model-llamacpp.json" : results
+            try rep.write(to: path)
+        }
     }
 }
 
@@ -159,7 +217,41 @@ struct SideResult: Codable {
     var eval_tokens_per_s = 0.0
     var eval_loss = 0.0
     var peak_rss_mb = 0.0
+    var batched: [BatchedRun] = []
+    var batched_peak_rss_mb: Double?
+
+    enum CodingKeys: String, CodingKey {
+        case load_seconds, pp_seconds, pp_tokens_per_s, decode_seconds, decode_tokens_per_s, decode_ids, decode_method,
+             eval_method, eval_seconds, eval_examples_per_s, eval_tokens_per_s, eval_loss, peak_rss_mb, batched, batched_peak_rss_mb
+    }
+
+    init() {}
+
+    /// Peers' JSON may lack the newer fields (the torch peer has no batched decode).
+    init(from d: Decoder) throws {
+        let c = try d.container(keyedBy: CodingKeys.self)
+        func v<T: Decodable>(_ k: CodingKeys, _ dflt: T) throws -> T { try c.decodeIfPresent(T.self, forKey: k) ?? dflt }
+        load_seconds = try v(.load_seconds, 0); pp_seconds = try v(.pp_seconds, 0); pp_tokens_per_s = try v(.pp_tokens_per_s, 0)
+        decode_seconds = try v(.decode_seconds, 0); decode_tokens_per_s = try v(.decode_tokens_per_s, 0)
+        decode_ids = try v(.decode_ids, []); decode_method = try c.decodeIfPresent(String.self, forKey: .decode_method)
+        eval_method = try c.decodeIfPresent(String.self, forKey: .eval_method)
+        eval_seconds = try v(.eval_seconds, 0); eval_examples_per_s = try v(.eval_examples_per_s, 0)
+        eval_tokens_per_s = try v(.eval_tokens_per_s, 0); eval_loss = try v(.eval_loss, 0); peak_rss_mb = try v(.peak_rss_mb, 0)
+        batched = try v(.batched, []); batched_peak_rss_mb = try c.decodeIfPresent(Double.self, forKey: .batched_peak_rss_mb)
+    }
 }
+
+struct BatchedRun: Codable {
+    var sequences: Int
+    var decode_tokens: Int
+    var tokens_per_s: Double
+    var seconds: Double
+    var ids_first_sequence: [Int]?
+}
+
+/// The llama.cpp venv's Python (scripts/setup_llamacpp.sh).
+let llamaCppPython = ProcessInfo.processInfo.environment["LORAFUSE_LLAMACPP_PYTHON"]
+    ?? ((ProcessInfo.processInfo.environment["LORAFUSE_CACHE"] ?? (NSHomeDirectory() + "/.cache/lorafuse")) + "/venvs/llamacpp/bin/python")
 
 struct AccuracyRun: Codable {
     var seconds: Double
@@ -183,30 +275,40 @@ struct ModelBenchReport: Codable, BenchReport {
     var task: String
     var eval_examples: Int
     var peer: String
+    /// "transformers" or "llama.cpp"; nil in results older than it (transformers).
+    var peer_name: String?
     var lorafuse: SideResult
     var transformers: SideResult?
     var lorafuse_eval_with_accuracy: AccuracyRun?
 
     var markdown: String {
         let f = RatioTable.format
-        var s = "\(model), lorafuse weights \(compute ?? "f32") (transformers float32) · \(date) · \(machine) · \(threads) threads · \(peer.isEmpty ? "no peer run" : peer)"
+        let pn = peer_name ?? "transformers"
+        var s = "\(model), lorafuse weights \(compute ?? "f32") (\(pn == "transformers" ? "transformers float32" : pn + " on the same file")) · \(date) · \(machine) · \(threads) threads · \(peer.isEmpty ? "no peer run" : peer)"
         s += (blas_core.map { " · OpenBLAS kernels: \($0)" } ?? "") + "\n"
         s += "load average before / after: \(load_average_before) / \(load_average_after)\n\n"
         let o = lorafuse, p = transformers
-        var t = RatioTable(peer: "transformers")
+        var t = RatioTable(peer: pn)
         t.row("prompt processing, \(pp_tokens) tokens (tokens/s)", o.pp_tokens_per_s, p?.pp_tokens_per_s, "%.1f")
         t.row("decode, \(decode_tokens) tokens after \(decode_prompt) (tokens/s)", o.decode_tokens_per_s, p?.decode_tokens_per_s, "%.2f")
         t.row("eval loss pass, \(eval_examples) examples (examples/s)", o.eval_examples_per_s, p?.eval_examples_per_s, "%.2f")
         t.row("eval loss pass (tokens/s)", o.eval_tokens_per_s, p?.eval_tokens_per_s, "%.1f")
-        t.row("peak RSS (MB; ratio = transformers / lorafuse)", o.peak_rss_mb, p?.peak_rss_mb, "%.0f", higherBetter: false)
-        t.row("model load (s; ratio = transformers / lorafuse)", o.load_seconds, p?.load_seconds, "%.2f", higherBetter: false)
+        for b in o.batched {
+            let pb = p?.batched.first { $0.sequences == b.sequences }
+            t.row("batched decode, \(b.sequences) sequences × \(b.decode_tokens) tokens (tokens/s)", b.tokens_per_s, pb?.tokens_per_s, "%.1f")
+        }
+        t.row("peak RSS (MB; ratio = \(pn) / lorafuse)", o.peak_rss_mb, p?.peak_rss_mb, "%.0f", higherBetter: false)
+        if let ob = o.batched_peak_rss_mb {
+            t.row("peak RSS with the batched caches (MB)", ob, p?.batched_peak_rss_mb, "%.0f", higherBetter: false)
+        }
+        t.row("model load (s; ratio = \(pn) / lorafuse)", o.load_seconds, p?.load_seconds, "%.2f", higherBetter: false)
         s += t.text
         s += "\n"
         if let p {
             let same = zip(o.decode_ids, p.decode_ids).prefix { $0 == $1 }.count
             s += "Decode: the first \(same) of \(o.decode_ids.count) greedy ids agree. "
-            s += "Eval loss on \(task): lorafuse \(f(o.eval_loss, "%.5f")), transformers \(f(p.eval_loss, "%.5f")).\n"
-            s += "transformers decode: \(p.decode_method ?? "?"); eval: \(p.eval_method ?? "?").\n"
+            s += "Eval loss on \(task): lorafuse \(f(o.eval_loss, "%.5f")), \(pn) \(f(p.eval_loss, "%.5f")).\n"
+            s += "\(pn) decode: \(p.decode_method ?? "?"); eval: \(p.eval_method ?? "?").\n"
             s += "lorafuse eval: \(o.eval_method ?? "?").\n"
         }
         if let a = lorafuse_eval_with_accuracy {
