@@ -33,7 +33,12 @@ let package = Package(
                        providers: [.apt(["liblapacke-dev"])]),
         // Quantized mat-vec kernels in plain C11 (intrinsics for AVX2, AVX-512 VNNI and NEON, each
         // compiled per function and chosen at run time; no -march flags), see its cquant.h.
-        .target(name: "CQuant", path: "Sources/CQuant"),
+        // Optimised in debug builds too: at -O0 every intrinsic goes through memory and the fast
+        // kernels run ~100x slower than at -O2 (slower than the scalar reference), which would make
+        // the debug test suite crawl wherever the engine uses them.
+        .target(name: "CQuant", path: "Sources/CQuant",
+                cSettings: [.unsafeFlags(["-O2"])],
+                linkerSettings: [.linkedLibrary("m", .when(platforms: [.linux]))]),
         .target(
             name: "LoRAFuse",
             dependencies: linalgDeps + ["CQuant", .product(name: "Yams", package: "Yams")],

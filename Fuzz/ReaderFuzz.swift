@@ -1,13 +1,30 @@
 // libFuzzer entry point for lorafuse's file readers (see scripts/fuzz.sh). The input's first
-// byte picks the reader; the rest is the file. Any trap or sanitizer report is a bug: readers
-// must return or throw.
+// byte picks the reader; the rest is the file. LORAFUSE_FUZZ_READER=gguf|json|safetensors pins
+// the reader instead (the first byte is still skipped, so the same seeds serve both modes), which
+// is how scripts/fuzz.sh runs and measures one target at a time. Any trap or sanitizer report is a
+// bug: readers must return or throw.
 import Foundation
+
+/// 0 = GGUF + GGUF LoRA, 1 = JSON + MLX config, 2 = safetensors; nil = chosen by the first byte.
+private let pinnedReader: UInt8? = {
+    switch ProcessInfo.processInfo.environment["LORAFUSE_FUZZ_READER"] {
+    case "gguf": return 0
+    case "json": return 1
+    case "safetensors": return 2
+    case nil, "", "all": return nil
+    case let other?:
+        FileHandle.standardError.write("LORAFUSE_FUZZ_READER=\(other): expected gguf, json, safetensors or all\n".data(using: .utf8)!)
+        exit(2)
+    }
+}()
+
+private let scratchPath = NSTemporaryDirectory() + "lorafuse-fuzz-\(getpid()).safetensors"
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     guard size > 0 else { return 0 }
     let body = Data(bytes: data + 1, count: size - 1)
-    switch data[0] % 3 {
+    switch pinnedReader ?? data[0] % 3 {
     case 0:
         if let f = try? GGUFFile(data: body) {
             for t in f.tensors.prefix(8) { _ = try? f.floats(t.name) }
@@ -17,9 +34,8 @@ public func fuzzOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         _ = try? JSONValue.parse(Array(body))
         _ = try? MLXAdapter.parseConfig(Array(body), path: "<fuzz>")
     default:
-        let path = NSTemporaryDirectory() + "lorafuse-fuzz-\(getpid()).safetensors"
-        FileManager.default.createFile(atPath: path, contents: body)
-        if let f = try? SafetensorsFile(path: path) {
+        guard FileManager.default.createFile(atPath: scratchPath, contents: body) else { return 0 }
+        if let f = try? SafetensorsFile(path: scratchPath) {
             for n in f.names.prefix(8) { _ = try? f.matrix(n) }
         }
     }

@@ -1,27 +1,121 @@
 #!/usr/bin/env bash
-# Builds a libFuzzer binary over lorafuse's readers (GGUF / GGUF LoRA, JSON / MLX config,
-# safetensors) with swiftc -sanitize=fuzzer,address and runs it for a while.
-#   scripts/fuzz.sh [SECONDS]   (default 60); corpus in .build/fuzz/corpus, crashes in .build/fuzz/
-# The seeded mutation test (Tests/LoRAFuseTests/Formats/FuzzTests.swift) runs in the normal suite;
-# this is the open-ended version. Needs the Linux toolchain's libclang_rt.fuzzer.
+# Builds a libFuzzer binary over lorafuse's readers with swiftc -sanitize=fuzzer,address and runs
+# each reader as its own target for SECONDS (default 60), niced:
+#   scripts/fuzz.sh [--out FILE] [SECONDS] [TARGET...]
+#   targets: gguf (GGUF + GGUF LoRA), json (JSON + MLX config), safetensors; default all three.
+# Per target: corpus in .build/fuzz/corpus-TARGET (seeded from the committed fixtures, kept between
+# runs; delete it to start from the seeds), log in .build/fuzz/TARGET.log, crash/timeout/oom inputs as .build/fuzz/TARGET-crash-*.
+# A summary (command, machine, and per target executions, exec/s, corpus, cov/ft, crashes, hangs)
+# goes to FILE (default .build/fuzz/summary.md); the README's figures come from
+#   scripts/fuzz.sh --out Benchmarks/results/fuzz-DATE.md 120
+# Exits 1 if any target found a crash, hang or OOM. The seeded mutation test
+# (Tests/LoRAFuseTests/Formats/FuzzTests.swift) runs in the normal suite; this is the open-ended
+# version. Needs the Linux toolchain's libclang_rt.fuzzer. FUZZ_NICE (default 10) sets the niceness.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+invocation="scripts/fuzz.sh $*"
+summary=.build/fuzz/summary.md
+if [[ "${1:-}" == "--out" ]]; then summary="$2"; shift 2; fi
 secs="${1:-60}"
+[[ $# -gt 0 ]] && shift
+targets=("$@")
+[[ ${#targets[@]} -eq 0 ]] && targets=(gguf json safetensors)
+niceness="${FUZZ_NICE:-10}"
 out=.build/fuzz
-mkdir -p "$out/corpus"
+mkdir -p "$out" "$(dirname "$summary")"
+
 # The library without the files that need Yams (fusion plans), plus the fuzz entry point.
 mapfile -t srcs < <(find Sources/LoRAFuse -name '*.swift' | grep -v -e FusionPlan.swift | sort)
-swiftc -O -sanitize=fuzzer,address -parse-as-library -module-name LoRAFuseFuzz \
-    -I Sources/CBLAS -I Sources/CLAPACKE "${srcs[@]}" Fuzz/ReaderFuzz.swift -o "$out/reader-fuzz"
-# Seeds: the committed fixtures, each prefixed with the selector byte of its reader.
-i=0
-for f in Tests/LoRAFuseTests/Fixtures/gguf/*.gguf Tests/LoRAFuseTests/Fixtures/interop/*.gguf; do
-    { printf '\x00'; cat "$f"; } > "$out/corpus/seed-gguf-$i"; i=$((i + 1))
+# Rebuilt only when a source is newer than the binary (a build takes minutes on 2 cores); the
+# linker's many "Cannot export local symbol" warnings go to build.log, shown only on failure.
+build_note="reused (no source newer than it)"
+if [[ ! -x "$out/reader-fuzz" || -n "$(find "${srcs[@]}" Fuzz/ReaderFuzz.swift -newer "$out/reader-fuzz" | head -1)" ]]; then
+    build_start=$(date +%s)
+    if ! nice -n "$niceness" swiftc -O -sanitize=fuzzer,address -parse-as-library -module-name LoRAFuseFuzz \
+        -I Sources/CBLAS -I Sources/CLAPACKE "${srcs[@]}" Fuzz/ReaderFuzz.swift -o "$out/reader-fuzz" > "$out/build.log" 2>&1; then
+        grep -v 'Cannot export local symbol' "$out/build.log" >&2; exit 1
+    fi
+    build_note="built in $(( $(date +%s) - build_start )) s"
+fi
+
+# Seeds: the committed fixtures, each prefixed with the selector byte of its reader (the byte is
+# skipped when LORAFUSE_FUZZ_READER pins the reader, and picks it when the binary is run bare).
+seed() { # target selector-byte files...
+    local dir="$out/corpus-$1" byte="$2" i=0; shift 2
+    mkdir -p "$dir"
+    for f in "$@"; do { printf "$byte"; cat "$f"; } > "$dir/seed-$i"; i=$((i + 1)); done
+}
+seed gguf '\x00' Tests/LoRAFuseTests/Fixtures/gguf/*.gguf Tests/LoRAFuseTests/Fixtures/interop/*.gguf
+mapfile -t json_seeds < <(find Tests/LoRAFuseTests/Fixtures -name adapter_config.json | sort | head -8)
+seed json '\x01' "${json_seeds[@]}"
+mapfile -t st_seeds < <(find Tests/LoRAFuseTests/Fixtures -name '*.safetensors' -size -64k | sort | head -8)
+seed safetensors '\x02' "${st_seeds[@]}"
+
+# The safetensors target writes each input to a scratch file (the reader maps files): on tmpfs
+# that runs about 6x faster than on /tmp's disk.
+scratch=/tmp/
+[[ -d /dev/shm && -w /dev/shm ]] && scratch=/dev/shm/
+cpu=$(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')
+{
+    echo "# Fuzzing lorafuse's readers"
+    echo
+    echo "Written by scripts/fuzz.sh, run as \`$invocation\`, $(date -u +%Y-%m-%dT%H:%MZ)."
+    echo
+    echo "- machine: $(nproc) cores, $cpu, $(free -g | awk '/^Mem:/ {print $2}') GB RAM, $(uname -sr); load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "- code: commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$( [[ -n "$(git status --porcelain -- Sources Fuzz 2>/dev/null)" ]] && echo ' with uncommitted changes in Sources/ or Fuzz/')"
+    echo "- toolchain: $(swiftc --version 2>&1 | head -1)"
+    echo "- binary: \`swiftc -O -sanitize=fuzzer,address\` over Sources/LoRAFuse (without FusionPlan.swift) + Fuzz/ReaderFuzz.swift, $build_note"
+    echo "- each target: \`TMPDIR=$scratch LORAFUSE_FUZZ_READER=TARGET nice -n $niceness .build/fuzz/reader-fuzz -max_total_time=$secs -max_len=65536 -timeout=5 -print_final_stats=1 -artifact_prefix=.build/fuzz/TARGET- .build/fuzz/corpus-TARGET\`"
+    echo "- seeds: the committed fixtures (gguf: Fixtures/gguf/*.gguf and interop/*.gguf; json: the first 8 adapter_config.json; safetensors: the first 8 *.safetensors under 64 KB)"
+    echo
+    echo "| target | readers | seconds | executions | exec/s | corpus at start | final corpus (inputs/bytes) | cov | ft | crashes | hangs (>5 s) | OOMs | peak RSS |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+} > "$summary.tmp"
+
+status=0
+for t in "${targets[@]}"; do
+    case "$t" in
+        gguf) readers="GGUFFile, floats of 8 tensors, GGUFLoRA.read" ;;
+        json) readers="JSONValue.parse, MLXAdapter.parseConfig" ;;
+        safetensors) readers="SafetensorsFile, matrix of 8 tensors" ;;
+        *) echo "unknown target $t (gguf, json, safetensors)" >&2; exit 2 ;;
+    esac
+    rm -f "$out/$t"-crash-* "$out/$t"-timeout-* "$out/$t"-oom-* "$out/$t"-leak-*
+    log="$out/$t.log"
+    start=$(date +%s)
+    set +e
+    TMPDIR="$scratch" LORAFUSE_FUZZ_READER="$t" nice -n "$niceness" "$out/reader-fuzz" -max_total_time="$secs" \
+        -max_len=65536 -timeout=5 -print_final_stats=1 -artifact_prefix="$out/$t-" "$out/corpus-$t" > "$log" 2>&1 &
+    pid=$!
+    wait $pid
+    rc=$?
+    set -e
+    rm -f "${scratch}lorafuse-fuzz-$pid.safetensors"   # the harness's scratch file (named by its pid)
+    elapsed=$(( $(date +%s) - start ))
+    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+    rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
+    rss=$(sed -n 's/^stat::peak_rss_mb: *//p' "$log" | tail -1)
+    seeds=$(grep -m1 -o 'INITED.*' "$log" | grep -o 'corp: [0-9]*' | grep -o '[0-9]*' || true)
+    last=$(grep -E '^#[0-9]+' "$log" | tail -1)
+    cov=$(grep -o 'cov: [0-9]*' <<<"$last" | grep -o '[0-9]*' || true)
+    ft=$(grep -o 'ft: [0-9]*' <<<"$last" | grep -o '[0-9]*' || true)
+    corp=$(grep -o 'corp: [0-9]*/[0-9]*[a-zA-Z]*' <<<"$last" | sed 's/corp: //' || true)
+    crashes=$(find "$out" -maxdepth 1 \( -name "$t-crash-*" -o -name "$t-leak-*" \) | wc -l)
+    hangs=$(find "$out" -maxdepth 1 -name "$t-timeout-*" | wc -l)
+    ooms=$(find "$out" -maxdepth 1 -name "$t-oom-*" | wc -l)
+    echo "| $t | $readers | $elapsed | ${execs:-?} | ${rate:-?} | ${seeds:-?} | ${corp:-?} | ${cov:-?} | ${ft:-?} | $crashes | $hangs | $ooms | ${rss:-?} MB |" >> "$summary.tmp"
+    if [[ $rc -ne 0 || $crashes -gt 0 || $hangs -gt 0 || $ooms -gt 0 ]]; then
+        status=1
+        echo "$t: libFuzzer exited $rc; see $log and $out/$t-*" >&2
+    fi
 done
-for f in $(find Tests/LoRAFuseTests/Fixtures -name adapter_config.json | head -8); do
-    { printf '\x01'; cat "$f"; } > "$out/corpus/seed-json-$i"; i=$((i + 1))
-done
-for f in $(find Tests/LoRAFuseTests/Fixtures -name '*.safetensors' -size -64k | head -8); do
-    { printf '\x02'; cat "$f"; } > "$out/corpus/seed-st-$i"; i=$((i + 1))
-done
-"$out/reader-fuzz" -max_total_time="$secs" -max_len=65536 -timeout=5 -artifact_prefix="$out/" "$out/corpus"
+{
+    echo
+    echo "cov = code edges reached, ft = libFuzzer's features (edge × hit-count buckets); both are"
+    echo "libFuzzer's own counts at the end of the run. Executions and exec/s are libFuzzer's"
+    echo "\`stat::number_of_executed_units\` and \`stat::average_exec_per_sec\`; the machine is shared,"
+    echo "so exec/s varies with its load (load average at the end: $(cut -d' ' -f1-3 /proc/loadavg))."
+} >> "$summary.tmp"
+mv "$summary.tmp" "$summary"
+cat "$summary"
+exit $status

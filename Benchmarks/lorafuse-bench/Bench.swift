@@ -61,6 +61,8 @@ let defaultPeersPython = ProcessInfo.processInfo.environment["LORAFUSE_PEERS_PYT
 
 /// What the SmolLM2 benchmarks against a PyTorch peer share: their options, loading the model,
 /// and running the peer script on an inputs file in its own process.
+extension WeightCompute: ExpressibleByArgument {}
+
 struct PeerBenchOptions: ParsableArguments {
     @Option(help: "The GGUF model (default: the one scripts/setup.sh fetches).")
     var model: String = ModelLocator.defaultModelPath()
@@ -70,6 +72,8 @@ struct PeerBenchOptions: ParsableArguments {
     var python: String = defaultPeersPython
     @Flag(help: "Run lorafuse only (no results written).")
     var skipPeer = false
+    @Option(help: "lorafuse's weights: stored (the GGUF's quantized blocks, the default) or f32 (dequantized at load).")
+    var compute: WeightCompute = .stored
 
     func validate() throws {
         if threads < 1 { throw ValidationError("--threads must be at least 1, got \(threads)") }
@@ -81,7 +85,7 @@ struct PeerBenchOptions: ParsableArguments {
         let before = loadAverage()
         FileHandle.standardError.write(Data("lorafuse: loading \(model)…\n".utf8))
         let t0 = Date()
-        let lm = try LlamaModel.load(path: model)
+        let lm = try LlamaModel.load(path: model, compute: compute)
         return (lm, Date().timeIntervalSince(t0), before)
     }
 

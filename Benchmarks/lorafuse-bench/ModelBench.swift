@@ -135,7 +135,7 @@ struct ModelBench: ParsableCommand {
         let peerVersions = peerRun.map { "torch \($0.raw["torch_version"] ?? "?"), transformers \($0.raw["transformers_version"] ?? "?")" } ?? ""
         let rep = ModelBenchReport(
             date: ISO8601DateFormatter().string(from: Date()), machine: machineDescription(), threads: threads,
-            model: (peerOptions.model as NSString).lastPathComponent, blas_core: BLAS.coreName, load_average_before: loadBefore, load_average_after: loadAverage(),
+            model: (peerOptions.model as NSString).lastPathComponent, compute: peerOptions.compute.rawValue, blas_core: BLAS.coreName, load_average_before: loadBefore, load_average_after: loadAverage(),
             pp_tokens: ppTokens, decode_prompt: decodePrompt, decode_tokens: decodeTokens, task: task,
             eval_examples: evalIds.count, peer: peerVersions, lorafuse: ours, transformers: peer,
             lorafuse_eval_with_accuracy: accuracyRun)
@@ -172,6 +172,8 @@ struct ModelBenchReport: Codable, BenchReport {
     var machine: String
     var threads: Int
     var model: String
+    /// lorafuse's weights: "stored" (quantized kernels) or "f32"; nil in results older than it.
+    var compute: String?
     var blas_core: String?
     var load_average_before: String
     var load_average_after: String
@@ -187,7 +189,7 @@ struct ModelBenchReport: Codable, BenchReport {
 
     var markdown: String {
         let f = RatioTable.format
-        var s = "\(model), float32 · \(date) · \(machine) · \(threads) threads · \(peer.isEmpty ? "no peer run" : peer)"
+        var s = "\(model), lorafuse weights \(compute ?? "f32") (transformers float32) · \(date) · \(machine) · \(threads) threads · \(peer.isEmpty ? "no peer run" : peer)"
         s += (blas_core.map { " · OpenBLAS kernels: \($0)" } ?? "") + "\n"
         s += "load average before / after: \(load_average_before) / \(load_average_after)\n\n"
         let o = lorafuse, p = transformers

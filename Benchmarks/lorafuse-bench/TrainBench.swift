@@ -46,7 +46,7 @@ struct TrainBench: ParsableCommand {
         var opts = TrainingOptions()
         opts.rank = rank
         opts.alpha = alpha
-        opts.targets = LoRATarget.allCases
+        opts.targets = Projection.allCases
         opts.dropout = 0
         opts.batchSize = batch
         opts.gradAccum = 1

@@ -131,11 +131,11 @@ AVX2_INLINE float load_w1(const uint8_t *w, size_t i, const int F) {
     return cq_bf16(cq_u16(w + 2 * i));
 }
 
-/* Two accumulators per row (four when alone) so the fma chains do not wait on each other. */
+/* Two accumulators per activation row so the fma chains overlap; the same for every tile width. */
 AVX2_INLINE void float_tile(int n, const uint8_t *w, const uint8_t *a, size_t astride, const int NA,
                             float *out, size_t ostride, const int F) {
-    const int U = NA == 1 ? 4 : 2;
-    __m256 acc[4][CQ_TILE];
+    const int U = 2;
+    __m256 acc[2][CQ_TILE];
     const float *x[CQ_TILE];
     for (int k = 0; k < NA; k++) {
         x[k] = (const float *)(a + (size_t)k * astride);
@@ -205,14 +205,16 @@ AVX2_INLINE __m256i block_dot(__m256i q, __m256i qabs, __m256i y, const int T) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), ones);
 }
 
+/* Blocks go in pairs: block 2p into acc0, 2p + 1 into acc1 (an odd last block into acc0), the
+ * c s terms into the two lanes of accs. The same structure for every tile width, so a row's
+ * result does not depend on how many activation rows share the pass (tested bit for bit). */
 AVX2_INLINE void k32_tile(int n, const uint8_t *w, const uint8_t *a, size_t astride, const int NA,
                           float *out, size_t ostride, const int T) {
-    const int U = NA <= 2 ? 2 : 1; /* blocks per step, each with its own accumulators */
     const int nb = n / 32;
     const size_t bb = blk_bytes(T);
     const int hasS = T != CQ_TYPE_Q8_0;
-    __m256 acc[2][CQ_TILE];
-    float accs[2][CQ_TILE];
+    __m256 acc0[CQ_TILE], acc1[CQ_TILE];
+    __m128 accs[CQ_TILE];
     const int8_t *y[CQ_TILE];
     const float *ad[CQ_TILE], *as[CQ_TILE];
     for (int k = 0; k < NA; k++) {
@@ -220,38 +222,40 @@ AVX2_INLINE void k32_tile(int n, const uint8_t *w, const uint8_t *a, size_t astr
         y[k] = (const int8_t *)ar;
         ad[k] = (const float *)(ar + cq_q8_d_off(n));
         as[k] = (const float *)(ar + cq_q8_s_off(n));
-        for (int u = 0; u < U; u++) acc[u][k] = _mm256_setzero_ps(), accs[u][k] = 0.0f;
+        acc0[k] = acc1[k] = _mm256_setzero_ps();
+        accs[k] = _mm_setzero_ps();
     }
-    int ib = 0;
-    for (; ib + U <= nb; ib += U) {
-        for (int u = 0; u < U; u++) {
-            float d, c;
-            __m256i q = unpack32(w + bb * (size_t)(ib + u), T, &d, &c);
-            __m256i qa = T == CQ_TYPE_Q8_0 ? _mm256_abs_epi8(q) : q;
-            for (int k = 0; k < NA; k++) {
-                __m256i yv = _mm256_loadu_si256((const __m256i *)(y[k] + 32 * (ib + u)));
-                __m256 p = _mm256_cvtepi32_ps(block_dot(q, qa, yv, T));
-                acc[u][k] = _mm256_fmadd_ps(_mm256_set1_ps(d * ad[k][ib + u]), p, acc[u][k]);
-                if (hasS) accs[u][k] += c * as[k][ib + u];
-            }
-        }
-    }
-    for (; ib < nb; ib++) { /* the odd block when U = 2 */
-        float d, c;
-        __m256i q = unpack32(w + bb * (size_t)ib, T, &d, &c);
+    for (int ib = 0; ib < nb; ib += 2) {
+        const int two = ib + 1 < nb;
+        float d0, c0, d1 = 0.0f, c1 = 0.0f;
+        __m256i q = unpack32(w + bb * (size_t)ib, T, &d0, &c0);
         __m256i qa = T == CQ_TYPE_Q8_0 ? _mm256_abs_epi8(q) : q;
         for (int k = 0; k < NA; k++) {
             __m256i yv = _mm256_loadu_si256((const __m256i *)(y[k] + 32 * ib));
             __m256 p = _mm256_cvtepi32_ps(block_dot(q, qa, yv, T));
-            acc[0][k] = _mm256_fmadd_ps(_mm256_set1_ps(d * ad[k][ib]), p, acc[0][k]);
-            if (hasS) accs[0][k] += c * as[k][ib];
+            acc0[k] = _mm256_fmadd_ps(_mm256_set1_ps(d0 * ad[k][ib]), p, acc0[k]);
+        }
+        if (two) {
+            q = unpack32(w + bb * (size_t)(ib + 1), T, &d1, &c1);
+            qa = T == CQ_TYPE_Q8_0 ? _mm256_abs_epi8(q) : q;
+            for (int k = 0; k < NA; k++) {
+                __m256i yv = _mm256_loadu_si256((const __m256i *)(y[k] + 32 * (ib + 1)));
+                __m256 p = _mm256_cvtepi32_ps(block_dot(q, qa, yv, T));
+                acc1[k] = _mm256_fmadd_ps(_mm256_set1_ps(d1 * ad[k][ib + 1]), p, acc1[k]);
+            }
+        }
+        if (hasS) {
+            __m128 cv = _mm_setr_ps(c0, c1, 0.0f, 0.0f);
+            for (int k = 0; k < NA; k++) {
+                __m128 sv = two ? _mm_castpd_ps(_mm_load_sd((const double *)(as[k] + ib))) : _mm_load_ss(as[k] + ib);
+                accs[k] = _mm_fmadd_ps(cv, sv, accs[k]);
+            }
         }
     }
     for (int k = 0; k < NA; k++) {
-        __m256 t = acc[0][k];
-        float s = accs[0][k];
-        if (U == 2) t = _mm256_add_ps(t, acc[1][k]), s += accs[1][k];
-        out[(size_t)k * ostride] = hsum_ps(t) + s;
+        float r = hsum_ps(_mm256_add_ps(acc0[k], acc1[k]));
+        if (hasS) r += _mm_cvtss_f32(accs[k]) + _mm_cvtss_f32(_mm_movehdup_ps(accs[k]));
+        out[(size_t)k * ostride] = r;
     }
 }
 

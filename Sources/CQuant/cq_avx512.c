@@ -35,7 +35,7 @@ AVX512_INLINE __m512 load_w16(const uint8_t *w, size_t i, const int F, __mmask16
 
 AVX512_INLINE void float_tile(int n, const uint8_t *w, const uint8_t *a, size_t astride, const int NA,
                               float *out, size_t ostride, const int F) {
-    const int U = NA == 1 ? 4 : 2;
+    const int U = 4; /* accumulators per activation row, the same for every tile width */
     __m512 acc[4][CQ_TILE];
     const float *x[CQ_TILE];
     for (int k = 0; k < NA; k++) {
@@ -113,7 +113,7 @@ AVX512_INLINE __m512i unpack2(const uint8_t *b0, const uint8_t *b1, int two, con
 
 AVX512_INLINE void k32_tile(int n, const uint8_t *w, const uint8_t *a, size_t astride, const int NA,
                             float *out, size_t ostride, const int T) {
-    const int U = NA <= 2 ? 2 : 1; /* pairs per step, each with its own accumulators */
+    const int U = 2; /* pairs per step, each with its own accumulators, for every tile width */
     const int nb = n / 32;
     const size_t bb = blk_bytes(T);
     const int hasS = T != CQ_TYPE_Q8_0;

@@ -21,6 +21,7 @@ struct Eval: ParsableCommand {
 
     @Option(name: .long, help: "Model GGUF file (default: the SmolLM2-135M-Instruct model in $LORAFUSE_HOME/models).")
     var model: String?
+    @OptionGroup var weights: WeightComputeOptions
 
     @Option(name: .long, help: "Adapter as DIR[:WEIGHT], applied unmerged (repeatable).", transform: AdapterSpec.parse)
     var adapter: [AdapterSpec] = []
@@ -43,7 +44,7 @@ struct Eval: ParsableCommand {
     func run() throws {
         compute.apply()
         let tasks = try TaskData.read(paths: data)
-        let lm = try loadModel(modelPath: model, adapters: adapter)
+        let lm = try loadModel(modelPath: model, compute: weights.compute, adapters: adapter)
         let evaluator = Evaluator(model: lm, options: EvalOptions(computeAccuracy: !noAccuracy))
         let total = tasks.reduce(0) { $0 + $1.examples.count }
         let bar = ProgressBar(total: total, label: "eval", enabled: !compute.quiet)

@@ -61,6 +61,7 @@ struct Fuse: ParsableCommand {
 
     @Option(name: .long, help: "Model GGUF file or HF directory (default: the SmolLM2-135M-Instruct model in $LORAFUSE_HOME/models).")
     var model: String?
+    @OptionGroup var weights: WeightComputeOptions
 
     @Option(name: .long, help: "Optimizer steps (atlas, cat-learned).") var steps = 40
     @Option(name: .long, help: "Adam learning rate on the coefficients (atlas, cat-learned).") var lr: Float = 0.02
@@ -140,7 +141,7 @@ struct Fuse: ParsableCommand {
         if let v = initial { o.initialCoefficient = v }
         if let v = catScale { o.catScale = v }
 
-        let lm = try loadModel(modelPath: model)
+        let lm = try loadModel(modelPath: model, compute: weights.compute)
         let hints = (try? ModelHints.load(path: model ?? ModelLocator.defaultModelPath())) ?? ModelHints()
         let loaded = AdapterNames.disambiguated(try adapters.map { try AdapterIO.read(path: $0, hints: hints) })
         let shotTasks = try shots.map { try TaskData.read(path: $0) }
@@ -164,7 +165,7 @@ struct Fuse: ParsableCommand {
 
     /// ICM-Fusion: the library does the work (ICMPipeline); this prints and writes.
     func runICMFusion() throws {
-        let lm = try loadModel(modelPath: model)
+        let lm = try loadModel(modelPath: model, compute: weights.compute)
         let hints = (try? ModelHints.load(path: model ?? ModelLocator.defaultModelPath())) ?? ModelHints()
         let inputs = try ICMPipeline.taskInputs(adapters: adapters, shots: shots, hints: hints)
         let say: (String) -> Void = { line in if !compute.quiet { FileHandle.standardError.write(Data((line + "\n").utf8)) } }

@@ -19,6 +19,7 @@ struct Generate: ParsableCommand {
 
     @Option(name: .long, help: "Model GGUF file (default: the SmolLM2-135M-Instruct model in $LORAFUSE_HOME/models).")
     var model: String?
+    @OptionGroup var weights: WeightComputeOptions
 
     @Option(name: .long, help: "Adapter as DIR[:WEIGHT], applied unmerged (repeatable).", transform: AdapterSpec.parse)
     var adapter: [AdapterSpec] = []
@@ -60,7 +61,7 @@ struct Generate: ParsableCommand {
 
     func run() throws {
         compute.apply()
-        let lm = try loadModel(modelPath: model, adapters: adapter)
+        let lm = try loadModel(modelPath: model, compute: weights.compute, adapters: adapter)
         let sampler = try Sampler(temperature: temperature, topP: topP, seed: seed)
         var generator = Generator(model: lm, sampler: sampler, maxTokens: maxTokens)
         if let requested = self.context { try lm.checkContext(requested, option: "--context") }

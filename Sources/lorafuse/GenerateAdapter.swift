@@ -105,6 +105,7 @@ struct GenerateAdapter: ParsableCommand {
     @Option(name: .long, help: "Latent sampling temperature (0: the prior mean).") var temperature: Float = 0
     @Option(name: .long, help: "Seed of the VAE initialisation, batches, noise and fusion minibatches.") var seed: UInt64 = 0
     @Option(name: .long, help: "Model GGUF file or HF directory (default: SmolLM2-135M-Instruct).") var model: String?
+    @OptionGroup var weights: WeightComputeOptions
     @Option(name: [.short, .customLong("output")], help: "Output PEFT adapter directory.") var output: String
     @OptionGroup var gen: ICMGeneratorArguments
     @OptionGroup var fusion: ICMFusionArguments
@@ -134,7 +135,7 @@ struct GenerateAdapter: ParsableCommand {
         try OutputGuard.check(output, kind: .directory, inputs: inputPaths, force: overwrite.force)
         if let s = gen.saveGenerator { try OutputGuard.check(s, kind: .file, inputs: inputPaths, force: overwrite.force, what: "--save-generator") }
         let m = ICMGenerationMethod(rawValue: method)!
-        let lm = try loadModel(modelPath: model)
+        let lm = try loadModel(modelPath: model, compute: weights.compute)
         let say: (String) -> Void = { line in if !compute.quiet { FileHandle.standardError.write(Data((line + "\n").utf8)) } }
         let hints = (try? ModelHints.load(path: model ?? ModelLocator.defaultModelPath())) ?? ModelHints()
         let inputs = try ICMPipeline.taskInputs(adapters: adapters, shots: shots,

@@ -148,6 +148,16 @@ func printJSON<T: Encodable>(_ value: T) throws {
     FileHandle.standardOutput.write(Data("\n".utf8))
 }
 
+extension WeightCompute: ExpressibleByArgument {}
+
+/// How the model's weights are held and computed with (commands that load a model).
+struct WeightComputeOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp(
+        "How a GGUF model's weights are computed with: stored (each weight in its GGUF type, on the quantized kernels; ~100 MB for SmolLM2) or f32 (all dequantized to Float32 at load, the reference path transformers also takes; ~540 MB).",
+        valueName: "stored|f32"))
+    var compute: WeightCompute = .stored
+}
+
 /// The one flag that lets a command replace an existing output. Inputs are never replaced,
 /// with or without it (`OutputGuard`).
 struct OverwriteOptions: ParsableArguments {

@@ -7,17 +7,17 @@ import LoRAFuse
 ///
 /// The adapters are read first, so a bad adapter fails before the model is loaded; the model's
 /// head counts are the hints a GGUF LoRA needs to undo llama.cpp's q/k row permutation.
-func loadModel(modelPath: String?, adapters specs: [AdapterSpec]) throws -> AdaptedLlama {
+func loadModel(modelPath: String?, compute: WeightCompute, adapters specs: [AdapterSpec]) throws -> AdaptedLlama {
     let path = try modelFile(modelPath)
     let hints = (try? ModelHints.load(path: path)) ?? ModelHints()
     let adapters = try specs.map { (try AdapterIO.read(path: $0.path, hints: hints), $0.weight) }
-    let model = try LlamaModel.load(path: path)
+    let model = try LlamaModel.load(path: path, compute: compute)
     return try model.with(adapters, mode: .unmerged)
 }
 
 /// Loads the model alone (`--model`, else the default model).
-func loadModel(modelPath: String?) throws -> LlamaModel {
-    try LlamaModel.load(path: try modelFile(modelPath))
+func loadModel(modelPath: String?, compute: WeightCompute) throws -> LlamaModel {
+    try LlamaModel.load(path: try modelFile(modelPath), compute: compute)
 }
 
 private func modelFile(_ modelPath: String?) throws -> String {

@@ -45,6 +45,7 @@ struct Report: ParsableCommand {
 
     @Option(name: .long, help: "Model GGUF file or HF directory (default: the SmolLM2-135M-Instruct model in $LORAFUSE_HOME/models).")
     var model: String?
+    @OptionGroup var weights: WeightComputeOptions
 
     @Option(name: .long, help: "Comma-separated rows to run: base, experts and method names (default: base, experts and \(ReportMethods.defaultStatic.joined(separator: ",")).")
     var methods: String?
@@ -209,7 +210,7 @@ struct Report: ParsableCommand {
         if let t = tasks {
             inputs = try inputs.restricted(to: t.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
         }
-        let lm = try loadModel(modelPath: model)
+        let lm = try loadModel(modelPath: model, compute: weights.compute)
         let settings = ReportSettings(testPerTask: testPerTask, accuracy: !noAccuracy, rank: rank, seed: seed,
                                       shotsPerTask: shotsPerTask, shotsCurve: try curve(), steps: steps, evaluations: evaluations,
                                       expertMatrix: expertMatrix, model: modelPath, icm: icmSettings())

@@ -95,6 +95,7 @@ struct TasksExperts: ParsableCommand {
 
     @Option(name: .long, help: "Model GGUF file or HF directory (default: the SmolLM2-135M-Instruct model in $LORAFUSE_HOME/models).")
     var model: String?
+    @OptionGroup var weights: WeightComputeOptions
     @Option(name: .long, help: "Task folder with <task>.<split>.jsonl files.") var tasks = "tasks"
     @Option(name: .long, help: "Folder with one PEFT adapter folder per task, named after the task.") var adapters = "adapters"
     @Option(name: .long, help: "Which split to score (test or val).") var split = "test"
@@ -117,7 +118,7 @@ struct TasksExperts: ParsableCommand {
             throw ValidationError(e.description)   // nothing to score with these flags: a usage error
         }
         let evalTasks = found.tasks
-        let lm = try loadModel(modelPath: model)
+        let lm = try loadModel(modelPath: model, compute: weights.compute)
         let hints = (try? ModelHints.load(path: model ?? ModelLocator.defaultModelPath())) ?? ModelHints()
         let loaded = try found.adapterPaths.map { try AdapterIO.read(path: $0, hints: hints) }
         let bar = ProgressBar(total: 2 * evalTasks.reduce(0) { $0 + $1.examples.count }, label: "experts", enabled: !compute.quiet)

@@ -26,6 +26,7 @@ struct Train: ParsableCommand {
 
     @Option(name: .long, help: "Model GGUF file or HF directory (default: the SmolLM2-135M-Instruct model in $LORAFUSE_HOME/models).")
     var model: String?
+    @OptionGroup var weights: WeightComputeOptions
 
     @Option(name: .long, help: "Training examples (.jsonl).")
     var data: String
@@ -67,13 +68,13 @@ struct Train: ParsableCommand {
 
     func validate() throws {
         if DType(name: dtype) == nil { throw ValidationError("--dtype must be f32, bf16 or f16, got \(dtype)") }
-        _ = try LoRATarget.parseList(targets)
+        _ = try Projection.parseList(targets)
     }
 
     func run() throws {
         compute.apply()
         var o = TrainingOptions()
-        o.rank = rank; o.alpha = alpha; o.targets = try LoRATarget.parseList(targets); o.rsLoRA = rslora
+        o.rank = rank; o.alpha = alpha; o.targets = try Projection.parseList(targets); o.rsLoRA = rslora
         o.dropout = dropout; o.steps = steps; o.epochs = epochs; o.batchSize = batch; o.gradAccum = gradAccum
         o.learningRate = lr; o.warmup = warmup; o.weightDecay = weightDecay; o.maxGradNorm = maxGradNorm
         o.seed = seed; o.saveEvery = saveEvery; o.keep = keep; o.dtype = DType(name: dtype)!
@@ -88,7 +89,7 @@ struct Train: ParsableCommand {
 
     func train(_ options: TrainingOptions, out: TrainingOutput) throws {
         var o = options
-        let lm = try loadModel(modelPath: model)
+        let lm = try loadModel(modelPath: model, compute: weights.compute)
         let trainSeqs = try TrainingData.sequences(TaskData.read(path: data), model: lm)
         let valSeqs = try val.map { try TrainingData.sequences(TaskData.read(path: $0), model: lm) } ?? []
         let total = o.totalSteps(examples: trainSeqs.count)

@@ -18,7 +18,8 @@
  * from the CPU (__builtin_cpu_supports on x86: avx512 needs avx512f, avx512bw, avx512vl and
  * avx512vnni; avx2 needs avx2, fma and f16c; NEON is always there on arm64). The environment
  * variable LORAFUSE_QUANT_KERNEL=reference|avx2|avx512|neon forces a set; a set the CPU lacks
- * falls back to the best it has, and cq_kernel_name tells what was chosen. Every entry point also
+ * falls back along avx512 -> avx2 -> reference (neon -> reference), an unknown value is ignored,
+ * and cq_kernel_name(CQ_KERNEL_AUTO) tells what was chosen. Every entry point also
  * has an _ex form taking an explicit set (CQ_KERNEL_AUTO for the chosen one), which the tests use
  * to compare sets within one process.
  *
@@ -39,7 +40,8 @@
  * q is in [-127, 127] (never -128, which the sign tricks of the kernels rely on). Every kernel set
  * writes the same bytes (tested). Scales are float, not f16: the activation is only a scratch
  * buffer, and float keeps the error of the scheme at the int8 rounding alone. Non-finite inputs
- * give unspecified (but memory-safe) results. Rows are best 64-byte aligned (not required).
+ * give unspecified (but memory-safe) results. Aq must be 4-byte aligned (its floats
+ * are read as floats); 64-byte alignment is best. Weight rows may have any alignment.
  *
  * Sizes: nIn must be a positive multiple of 32 (Q4_0 .. Q8_0), of 256 (K-quants), or any
  * positive number (F32, F16, BF16). Functions returning int return 0 on success and
@@ -49,7 +51,9 @@
  * the same; how the per-block float terms are summed differs between sets for the 32-value
  * types and the float types (vector lanes), so those agree to float rounding; the K-quant kernels
  * reduce each 256-value super-block to one exact integer and then sum in the same order as the
- * reference, so avx2 and reference agree bit for bit there.
+ * reference, so avx2 and reference agree bit for bit there. Within one set, a result does not
+ * depend on B, on the row range, or on which other activation rows share its pass: batched
+ * decode gives each sequence bit for bit what it would get alone.
  *
  * Threading: no global state besides the kernel choice (set once); every function may be called
  * from many threads at once on disjoint outputs.

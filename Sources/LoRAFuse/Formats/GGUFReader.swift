@@ -71,6 +71,14 @@ public final class GGUFFile: Sendable {
         return [UInt8](data[data.startIndex + start ..< data.startIndex + start + t.byteSize])
     }
 
+    /// The tensor's stored bytes without a copy: a slice of the file's mapping (indices are the
+    /// mapping's, so use `withUnsafeBytes`). Keeps the mapping alive as long as it is held.
+    public func mappedBytes(_ name: String) throws -> Data {
+        let t = try info(name, dequantizable: false)
+        let start = data.startIndex + dataOffset + t.offset
+        return data[start ..< start + t.byteSize]
+    }
+
     /// All values of a tensor as Float, in storage order (dims[0] fastest).
     public func floats(_ name: String) throws -> [Float] {
         let t = try info(name, dequantizable: true)

@@ -54,7 +54,7 @@ public struct FusionVAE: Sendable {
     public let config: FusionVAEConfig
     public var params: ParamSet
 
-    static let moduleCount = LoRATarget.allCases.count
+    static let moduleCount = Projection.allCases.count
 
     public init(config c: FusionVAEConfig, seed: UInt64) {
         self.config = c

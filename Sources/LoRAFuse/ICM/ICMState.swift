@@ -32,7 +32,7 @@ extension ICMGenerator {
         let layoutJSON: [String: Any] = [
             "chunk_size": layout.chunkSize, "rank": layout.rank, "alpha": layout.alpha, "rslora": layout.rsLoRA,
             "targets": layout.targets.map(\.rawValue),
-            "modules": layout.modules.map { [$0.layer, LoRATarget.allCases.firstIndex(of: $0.target)!, $0.inFeatures, $0.outFeatures] },
+            "modules": layout.modules.map { [$0.layer, Projection.allCases.firstIndex(of: $0.target)!, $0.inFeatures, $0.outFeatures] },
         ]
         let enc = JSONEncoder()
         let opts = try JSONSerialization.jsonObject(with: enc.encode(options))
@@ -59,12 +59,12 @@ extension ICMGenerator {
               let rs = lj["rslora"] as? Bool, let tg = lj["targets"] as? [String], let mods = lj["modules"] as? [[Int]] else {
             throw bad("icm.config.layout", "incomplete")
         }
-        let targets = try tg.map { s -> LoRATarget in guard let t = LoRATarget(rawValue: s) else { throw bad("layout.targets", "unknown '\(s)'") }; return t }
+        let targets = try tg.map { s -> Projection in guard let t = Projection(rawValue: s) else { throw bad("layout.targets", "unknown '\(s)'") }; return t }
         let s0 = LoRAParameters.scale(rank: rank, alpha: alpha, rsLoRA: rs)
         var tm: [TrainableLoRAModule] = []
         for m in mods {
-            guard m.count == 4, m[1] >= 0, m[1] < LoRATarget.allCases.count else { throw bad("layout.modules", "bad entry \(m)") }
-            tm.append(TrainableLoRAModule(layer: m[0], target: LoRATarget.allCases[m[1]], rank: rank, inFeatures: m[2], outFeatures: m[3],
+            guard m.count == 4, m[1] >= 0, m[1] < Projection.allCases.count else { throw bad("layout.modules", "bad entry \(m)") }
+            tm.append(TrainableLoRAModule(layer: m[0], target: Projection.allCases[m[1]], rank: rank, inFeatures: m[2], outFeatures: m[3],
                                           scale: s0, A: [Float](repeating: 0, count: rank * m[2]), B: [Float](repeating: 0, count: m[3] * rank)))
         }
         let layout = ChunkLayout(like: LoRAParameters(modules: tm, rank: rank, alpha: alpha, rsLoRA: rs, targets: targets), chunkSize: cs)

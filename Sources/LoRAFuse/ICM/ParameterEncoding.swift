@@ -29,7 +29,7 @@ public enum ICMError: Error, CustomStringConvertible {
 /// Where a chunk sits in an adapter.
 public struct ChunkTag: Sendable, Equatable, Hashable {
     public var layer: Int
-    public var module: Int      // index into LoRATarget.allCases
+    public var module: Int      // index into Projection.allCases
     public var isB: Bool
     public var index: Int       // chunk index within its tensor
 }
@@ -37,7 +37,7 @@ public struct ChunkTag: Sendable, Equatable, Hashable {
 /// One tensor of the layout: module m's A or B, its length and its first chunk.
 public struct ChunkedTensor: Sendable, Equatable {
     public var layer: Int
-    public var target: LoRATarget
+    public var target: Projection
     public var isB: Bool
     public var count: Int        // values in the tensor
     public var firstChunk: Int   // global index of its first chunk
@@ -51,9 +51,9 @@ public struct ChunkLayout: Sendable, Equatable {
     public let rank: Int
     public let alpha: Double
     public let rsLoRA: Bool
-    public let targets: [LoRATarget]
+    public let targets: [Projection]
     /// Per module of `LoRAParameters.modules` (layer, target order): (layer, target, in, out).
-    public let modules: [(layer: Int, target: LoRATarget, inFeatures: Int, outFeatures: Int)]
+    public let modules: [(layer: Int, target: Projection, inFeatures: Int, outFeatures: Int)]
     /// 2 per module: A then B.
     public let tensors: [ChunkedTensor]
     public let tags: [ChunkTag]
@@ -78,7 +78,7 @@ public struct ChunkLayout: Sendable, Equatable {
             for (isB, n) in [(false, m.A.count), (true, m.B.count)] {
                 let k = (n + chunkSize - 1) / chunkSize
                 ts.append(ChunkedTensor(layer: m.layer, target: m.target, isB: isB, count: n, firstChunk: tags.count, chunks: k))
-                let mi = LoRATarget.allCases.firstIndex(of: m.target)!
+                let mi = Projection.allCases.firstIndex(of: m.target)!
                 for j in 0..<k { tags.append(ChunkTag(layer: m.layer, module: mi, isB: isB, index: j)) }
             }
         }

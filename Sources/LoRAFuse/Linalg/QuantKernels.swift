@@ -3,7 +3,7 @@ import CQuant
 /// Matrix–vector products on GGUF weights as stored (the C target `CQuant`, see its `cquant.h`).
 ///
 /// The activation rows are quantized first (`quantizeActivations`, into a buffer of
-/// `activationBytes` bytes, best 64-byte aligned), in the form the weight type's kernels read:
+/// `activationBytes` bytes, at least 4-byte aligned, best 64), in the form the weight type's kernels read:
 /// 8-bit per 32 values for Q4_0 … Q8_0, per 256 for the K-quants, plain Float for F32/F16/BF16.
 /// `matmul` then computes `out[b * ldOut + r] = W[r] · a_b` for the rows `r` in a range, so
 /// threads can split the rows of one product and share `out`.
@@ -66,6 +66,7 @@ public enum QuantKernels {
         precondition(rows > 0, "QuantKernels.quantizeActivations: rows must be positive, got \(rows)")
         let ld = ldx ?? cols
         precondition(ld >= cols, "QuantKernels.quantizeActivations: ldx \(ld) < cols \(cols)")
+        precondition(Int(bitPattern: into) % 4 == 0, "QuantKernels.quantizeActivations: the buffer must be 4-byte aligned")
         let rc = cq_quantize_activations_ex(kernel?.rawValue ?? -1, Int32(type.rawValue), x, ld, Int32(rows), n, into)
         precondition(rc == 0, "QuantKernels.quantizeActivations(\(type), rows: \(rows), cols: \(cols)) failed")
     }
@@ -86,6 +87,7 @@ public enum QuantKernels {
         precondition(range.lowerBound >= 0 && range.upperBound <= outRows,
                      "QuantKernels.matmul: rows \(range) outside 0..<\(outRows)")
         precondition(batch == 1 || ldOut >= outRows, "QuantKernels.matmul: ldOut \(ldOut) < outRows \(outRows)")
+        precondition(Int(bitPattern: activations) % 4 == 0, "QuantKernels.matmul: activations must be 4-byte aligned")
         let rc = cq_matmul_ex(kernel?.rawValue ?? -1, Int32(type.rawValue), weights, rowBytes, Int32(outRows), n,
                               activations, Int32(batch), out, Int32(ldOut), Int32(range.lowerBound), Int32(range.upperBound))
         precondition(rc == 0, "QuantKernels.matmul(\(type), \(outRows)×\(cols), batch \(batch)) failed")

@@ -56,12 +56,20 @@ public struct AdapterSet: Sendable {
     let mergedLinear: [Int: [Float]]
     let mergedEmbed: [Float]?
     let maxRank: Int
+    /// Which preparation this set came from: sequences whose sets share it can share LoRA GEMMs
+    /// in a batch.
+    let identity = Identity()
+    final class Identity: Sendable {}
 
     /// No adapters: the base model.
     public static let none = AdapterSet(adapters: [], mode: .unmerged, modelID: nil, linearFactors: [:],
                                         embedFactors: [], mergedLinear: [:], mergedEmbed: nil, maxRank: 0)
 
     public var isEmpty: Bool { adapters.isEmpty }
+
+    /// Whether the set changes the base weights themselves (merged mode), so its sequences cannot
+    /// share the base product with other sequences.
+    public var changesBaseWeights: Bool { !mergedLinear.isEmpty || mergedEmbed != nil }
 }
 
 /// An adapter's name and the weight it is applied with.
@@ -138,7 +146,7 @@ extension LlamaModel {
             for (tgt, f) in plan {
                 switch tgt {
                 case .embedding:
-                    var e = mergedEmbed ?? base.embed
+                    var e = mergedEmbed ?? base.embedFloats()
                     // E' (V, C) += coef · Aᵀ (V, r) · Bᵀ (r, C)
                     f.A.withUnsafeBufferPointer { a in
                         f.B.withUnsafeBufferPointer { b in
@@ -152,7 +160,7 @@ extension LlamaModel {
                     mergedEmbed = e
                 case .linear(let id):
                     let out = base.linears[id].outFeatures, inF = base.linears[id].inFeatures
-                    var w = mergedLinear[id] ?? base.linears[id].weight
+                    var w = mergedLinear[id] ?? base.linears[id].floatWeight()
                     // W' (out, in) += coef · B (out, r) · A (r, in)
                     f.A.withUnsafeBufferPointer { a in
                         f.B.withUnsafeBufferPointer { b in
@@ -184,10 +192,10 @@ extension LlamaModel {
     /// adapters), (out, in). For tests and the reference forward; `module` is an HF / PEFT name.
     public func effectiveWeight(module: String, adapters: AdapterSet = .none) -> Matrix? {
         switch target(of: module) {
-        case .embedding?: return Matrix(rows: config.vocabSize, cols: config.hiddenSize, data: adapters.mergedEmbed ?? base.embed)
+        case .embedding?: return Matrix(rows: config.vocabSize, cols: config.hiddenSize, data: adapters.mergedEmbed ?? base.embedFloats())
         case .linear(let id)?:
             return Matrix(rows: base.linears[id].outFeatures, cols: base.linears[id].inFeatures,
-                          data: adapters.mergedLinear[id] ?? base.linears[id].weight)
+                          data: adapters.mergedLinear[id] ?? base.linears[id].floatWeight())
         case nil: return nil
         }
     }

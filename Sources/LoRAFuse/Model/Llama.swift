@@ -16,9 +16,11 @@ import Foundation
 // Every matmul goes through BLAS.gemm; attention scores of a head are one GEMM of its queries
 // against all cached keys. Weights stay in PyTorch (out, in) layout, row-major.
 
-/// A linear layer y = x Wᵀ + b, W (out, in) row-major as in PyTorch.
+/// A linear layer y = x Wᵀ + b, W (out, in) row-major as in PyTorch: Float32 values in `weight`,
+/// or (loaded from a quantized GGUF) the stored blocks in `quantized` with `weight` empty.
 public struct LinearWeights: Sendable {
-    public var weight: [Float]      // (out, in)
+    public var weight: [Float]      // (out, in); empty when quantized
+    public var quantized: QuantizedMatrix?
     public var bias: [Float]?       // (out)
     public let outFeatures: Int
     public let inFeatures: Int
@@ -31,16 +33,50 @@ public struct LinearWeights: Sendable {
         self.outFeatures = outFeatures
         self.inFeatures = inFeatures
     }
+
+    public init(quantized q: QuantizedMatrix, bias: [Float]? = nil) {
+        precondition(bias == nil || bias!.count == q.rows, "linear bias needs \(q.rows) values")
+        self.weight = []
+        self.quantized = q
+        self.bias = bias
+        self.outFeatures = q.rows
+        self.inFeatures = q.cols
+    }
+
+    /// W as Float32 (out, in): the stored values, or the quantized blocks dequantized (a copy).
+    public func floatWeight() -> [Float] { quantized?.dequantized() ?? weight }
 }
 
 /// The weights of a model, in HF layout and naming. `linears` is indexed by `LlamaWeights.linearID`:
 /// layer l's slot s at l·7 + s, then lm_head at L·7 (sharing `embed`'s storage when tied).
 public struct LlamaWeights: Sendable {
-    public var embed: [Float]                 // (V, C)
+    public var embed: [Float]                 // (V, C); empty when `embedQuantized` holds it
+    public var embedQuantized: QuantizedMatrix?
     public var attnNorms: [[Float]]           // L × (C)
     public var ffnNorms: [[Float]]            // L × (C)
     public var linears: [LinearWeights]       // L·7 + 1
     public var finalNorm: [Float]             // (C)
+
+    /// Whether any weight is kept in a quantized (or 16-bit) type (`WeightCompute.stored`).
+    public var holdsQuantizedWeights: Bool { embedQuantized != nil || linears.contains { $0.quantized != nil } }
+
+    /// The embedding as Float32 (V, C): the stored values or the quantized rows dequantized.
+    public func embedFloats() -> [Float] { embedQuantized?.dequantized() ?? embed }
+
+    /// Row `token` of the embedding into `dst` (C values).
+    func embedRow(_ token: Int, into dst: UnsafeMutablePointer<Float>, width C: Int) {
+        if let q = embedQuantized {
+            q.dequantizeRows(token..<(token + 1), into: dst)
+        } else {
+            embed.withUnsafeBufferPointer { dst.update(from: $0.baseAddress! + token * C, count: C) }
+        }
+    }
+
+    /// Bytes the forward pass reads per token: every linear's stored weights (the embedding only
+    /// by the rows it looks up, except as a tied head).
+    public var weightBytes: Int {
+        linears.reduce(0) { $0 + ($1.quantized?.byteCount ?? $1.weight.count * 4) }
+    }
 
     static func linearID(layer: Int, _ p: Projection) -> Int { layer * Projection.allCases.count + p.index }
     static func lmHeadID(layers: Int) -> Int { layers * Projection.allCases.count }
@@ -164,18 +200,24 @@ final class FloatBuffer {
 public final class LlamaSession: InferenceSession {
     public let model: LlamaModel
     public let maxTokens: Int
-    public private(set) var position = 0
+    public internal(set) var position = 0
     /// When set, the next `feed` fills it with intermediate values (for a backward pass).
     public var activations: ForwardActivations?
 
     /// The adapters this sequence runs with (`AdapterSet.none`: the base model).
     public private(set) var adapters: AdapterSet
 
-    private let kCache: [FloatBuffer]   // per layer (maxTokens, Hkv·d)
-    private let vCache: [FloatBuffer]
-    private let rope: RopeTable         // (maxTokens, d/2)
-    private let x = FloatBuffer(1), h = FloatBuffer(1), q = FloatBuffer(1), att = FloatBuffer(1)
-    private let attnOut = FloatBuffer(1), gate = FloatBuffer(1), up = FloatBuffer(1), loraTmp = FloatBuffer(1)
+    let kCache: [FloatBuffer]   // per layer (maxTokens, Hkv·d)
+    let vCache: [FloatBuffer]
+    let rope: RopeTable         // (maxTokens, d/2)
+    let x = FloatBuffer(1), h = FloatBuffer(1), q = FloatBuffer(1), att = FloatBuffer(1)
+    let attnOut = FloatBuffer(1), gate = FloatBuffer(1), up = FloatBuffer(1), loraTmp = FloatBuffer(1)
+    // Quantized weights: a dequantized tile (prompts), the quantized activations and a partial
+    // result (decoding).
+    let qTile = FloatBuffer(1), qPartial = FloatBuffer(1)
+    // Batched decoding (BatchedDecode.swift): the step's new k and v rows.
+    let kvRows = FloatBuffer(1)
+    let qScratch = ByteBuffer()
 
     init(model: LlamaModel, maxTokens: Int, adapters: AdapterSet) throws {
         let c = model.config
@@ -282,12 +324,14 @@ public final class LlamaSession: InferenceSession {
     }
 
     /// x[t] = E[token_t] (+ Σ coef · B · A[:, token_t] for embedding LoRA).
-    private func embed(_ tokens: [Int], into x: UnsafeMutablePointer<Float>) {
+    func embed(_ tokens: [Int], into x: UnsafeMutablePointer<Float>) {
         let C = model.config.hiddenSize, V = model.config.vocabSize
-        (adapters.mergedEmbed ?? model.base.embed).withUnsafeBufferPointer { e in
-            for (t, tok) in tokens.enumerated() {
-                (x + t * C).update(from: e.baseAddress! + tok * C, count: C)
+        if let merged = adapters.mergedEmbed {
+            merged.withUnsafeBufferPointer { e in
+                for (t, tok) in tokens.enumerated() { (x + t * C).update(from: e.baseAddress! + tok * C, count: C) }
             }
+        } else {
+            for (t, tok) in tokens.enumerated() { model.base.embedRow(tok, into: x + t * C, width: C) }
         }
         guard !adapters.embedFactors.isEmpty else { return }
         let col = loraTmp.reserve(max(adapters.maxRank, 1))
@@ -307,8 +351,16 @@ public final class LlamaSession: InferenceSession {
 
     /// out (rows, out) = x (rows, in) · Wᵀ + b, or out += … when `accumulate`; then the unmerged
     /// LoRA terms out += coef · (x Aᵀ) Bᵀ, two skinny GEMMs per adapter.
-    private func linear(_ x: UnsafePointer<Float>, rows: Int, id: Int, into out: UnsafeMutablePointer<Float>,
-                        ld: Int, accumulate: Bool = false) {
+    func linear(_ x: UnsafePointer<Float>, rows: Int, id: Int, into out: UnsafeMutablePointer<Float>,
+                ld: Int, accumulate: Bool = false) {
+        baseLinear(x, rows: rows, id: id, merged: adapters.mergedLinear[id], into: out, ld: ld, accumulate: accumulate)
+        if let factors = adapters.linearFactors[id] { applyLoRA(factors, x, rows: rows, id: id, into: out, ld: ld) }
+    }
+
+    /// out (rows, out) = x · Wᵀ + b (or += when `accumulate`) with the base weight, or `merged`
+    /// (the base plus merged adapters) when given.
+    func baseLinear(_ x: UnsafePointer<Float>, rows: Int, id: Int, merged: [Float]?, into out: UnsafeMutablePointer<Float>,
+                    ld: Int, accumulate: Bool) {
         let lw = model.base.linears[id]
         let nOut = lw.outFeatures, nIn = lw.inFeatures
         var beta: Float = accumulate ? 1 : 0
@@ -321,18 +373,19 @@ public final class LlamaSession: InferenceSession {
             }
             beta = 1
         }
-        (adapters.mergedLinear[id] ?? lw.weight).withUnsafeBufferPointer { w in
-            if rows == 1 {
-                // Decoding: y (out) = W (out, in) · x (in) as a GEMV (sgemm would pack all of W).
-                BLAS.gemv(transA: false, m: nOut, n: nIn, alpha: 1, a: w.baseAddress!, lda: nIn,
-                          x: x, beta: beta, y: out)
-            } else {
-                BLAS.gemm(transA: false, transB: true, m: rows, n: nOut, k: nIn, alpha: 1,
-                          a: x, lda: nIn, b: w.baseAddress!, ldb: nIn, beta: beta, c: out, ldc: ld)
-            }
+        if merged == nil, let qw = lw.quantized {
+            quantizedLinear(x, rows: rows, qw, into: out, ld: ld, beta: beta)
+        } else {
+            denseLinear(x, rows: rows, merged ?? lw.weight, nOut: nOut, nIn: nIn, into: out, ld: ld, beta: beta)
         }
-        guard let factors = adapters.linearFactors[id] else { return }
-        let tmp = loraTmp.pointer
+    }
+
+    /// out (rows, out) += Σ coef · (x Aᵀ) Bᵀ over `factors` (unmerged LoRA on linear `id`).
+    func applyLoRA(_ factors: [LoRAFactors], _ x: UnsafePointer<Float>, rows: Int, id: Int,
+                   into out: UnsafeMutablePointer<Float>, ld: Int) {
+        let lw = model.base.linears[id]
+        let nOut = lw.outFeatures, nIn = lw.inFeatures
+        let tmp = loraTmp.reserve(rows * max(factors.map(\.rank).max() ?? 1, 1))
         for f in factors {
             f.A.withUnsafeBufferPointer { a in
                 // (rows, r) = x · Aᵀ
@@ -347,8 +400,52 @@ public final class LlamaSession: InferenceSession {
         }
     }
 
+    /// out (rows, nOut) = x · Wᵀ + beta · out for a Float32 W (nOut, nIn).
+    func denseLinear(_ x: UnsafePointer<Float>, rows: Int, _ weight: [Float], nOut: Int, nIn: Int,
+                             into out: UnsafeMutablePointer<Float>, ld: Int, beta: Float) {
+        weight.withUnsafeBufferPointer { w in
+            if rows == 1 {
+                // Decoding: y (out) = W (out, in) · x (in) as a GEMV (sgemm would pack all of W).
+                BLAS.gemv(transA: false, m: nOut, n: nIn, alpha: 1, a: w.baseAddress!, lda: nIn,
+                          x: x, beta: beta, y: out)
+            } else {
+                BLAS.gemm(transA: false, transB: true, m: rows, n: nOut, k: nIn, alpha: 1,
+                          a: x, lda: nIn, b: w.baseAddress!, ldb: nIn, beta: beta, c: out, ldc: ld)
+            }
+        }
+    }
+
+    /// out (rows, nOut) = x · Wᵀ + beta · out for a W kept in its quantized type. Few rows
+    /// (decoding, batched decoding): the quantized kernels read each stored block once for all
+    /// rows. Many rows (prompts): tiles of W are dequantized into a reused Float32 buffer and
+    /// multiplied with sgemm, which is faster once the dequantization is shared by enough rows.
+    func quantizedLinear(_ x: UnsafePointer<Float>, rows: Int, _ w: QuantizedMatrix,
+                                 into out: UnsafeMutablePointer<Float>, ld: Int, beta: Float) {
+        let nOut = w.rows, nIn = w.cols
+        if rows <= QuantizedLinear.kernelRowLimit && QuantizedLinear.hasKernel(w.type) {
+            QuantizedLinear.matmul(w, x: x, rows: rows, into: out, ld: ld, beta: beta,
+                                   activations: qScratch, partial: qPartial)
+            return
+        }
+        // ~4 MB tiles of whole rows: large enough for sgemm to run at speed, small enough to stay in L2/L3.
+        let tileRows = max(16, min(nOut, (1 << 20) / max(nIn, 1)))
+        let tile = qTile.reserve(tileRows * nIn)
+        var r0 = 0
+        while r0 < nOut {
+            let r1 = min(nOut, r0 + tileRows)
+            let dst = UnsafeSendableBuffer(base: tile)
+            Parallel.forRanges(count: r1 - r0, workers: Parallel.computeThreads, granule: 8) { r in
+                w.dequantizeRows((r0 + r.lowerBound)..<(r0 + r.upperBound), into: dst.base + r.lowerBound * nIn)
+            }
+            // out[:, r0..<r1] (rows, r1−r0) = x (rows, nIn) · tileᵀ
+            BLAS.gemm(transA: false, transB: true, m: rows, n: r1 - r0, k: nIn, alpha: 1,
+                      a: x, lda: nIn, b: tile, ldb: nIn, beta: beta, c: out + r0, ldc: ld)
+            r0 = r1
+        }
+    }
+
     /// HF LlamaRMSNorm: x / sqrt(mean(x²) + ε) · g, accumulated in Float.
-    private func rmsNorm(_ x: UnsafePointer<Float>, weight: [Float], eps: Float, rows: Int, cols: Int,
+    func rmsNorm(_ x: UnsafePointer<Float>, weight: [Float], eps: Float, rows: Int, cols: Int,
                          into out: UnsafeMutablePointer<Float>) {
         weight.withUnsafeBufferPointer { g in
             VectorKernels.rmsNorm(x, g: g.baseAddress!, eps: eps, rows: rows, cols: cols, out: out)
@@ -357,7 +454,7 @@ public final class LlamaSession: InferenceSession {
 
     /// HF rotate_half RoPE on `heads` heads of each row: for i < d/2,
     /// (a, b) = (v[i], v[i + d/2]) → (a cos − b sin, b cos + a sin), angle = pos · θ^(−2i/d).
-    private func applyRope(_ v: UnsafeMutablePointer<Float>, rows: Int, heads: Int, start: Int) {
+    func applyRope(_ v: UnsafeMutablePointer<Float>, rows: Int, heads: Int, start: Int) {
         VectorKernels.rope(v, rows: rows, heads: heads, headDim: model.config.headDim, start: start,
                            cos: rope.cos, sin: rope.sin)
     }
@@ -368,7 +465,7 @@ public final class LlamaSession: InferenceSession {
     /// triangle of a long prompt), masked softmax row by row, then out_h (nb, d) = P V_h.
     /// The (head, block) items are independent (each writes its own columns of `out` and has its
     /// own probabilities scratch), so a prompt spreads them over the compute threads.
-    private func attention(q: UnsafeMutablePointer<Float>, layer: Int, rows T: Int, start p0: Int,
+    func attention(q: UnsafeMutablePointer<Float>, layer: Int, rows T: Int, start p0: Int,
                            into out: UnsafeMutablePointer<Float>) {
         let c = model.config
         let H = c.numAttentionHeads, Hkv = c.numKeyValueHeads, d = c.headDim
@@ -413,7 +510,7 @@ public final class LlamaSession: InferenceSession {
     }
 
     /// gate ← silu(gate) ⊙ up, silu(g) = g / (1 + e^(−g)).
-    private func swiglu(_ gate: UnsafeMutablePointer<Float>, _ up: UnsafePointer<Float>, count: Int) {
+    func swiglu(_ gate: UnsafeMutablePointer<Float>, _ up: UnsafePointer<Float>, count: Int) {
         let workers = count >= 1 << 16 ? Parallel.computeThreads : 1
         Parallel.forRanges(count: count, workers: workers, granule: 64) { r in
             VectorKernels.swiglu(gate: gate + r.lowerBound, up: up + r.lowerBound, out: gate + r.lowerBound, count: r.count)

@@ -70,9 +70,6 @@ public enum Projection: String, CaseIterable, Sendable, Codable {
     }
 }
 
-/// The projections a LoRA can be trained on (the name the trainer and PEFT configs use).
-public typealias LoRATarget = Projection
-
 /// Where a module sits in the model, independent of any file's naming.
 public enum ModuleAddress: Hashable, Sendable, CustomStringConvertible {
     case embedding

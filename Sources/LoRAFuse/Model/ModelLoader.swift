@@ -23,6 +23,13 @@ private protocol TensorSource: Sendable {
     /// Shape as PyTorch reports it ([n] for 1-D).
     func shape(_ name: String) throws -> [Int]
     func floats(_ name: String) throws -> [Float]
+    /// The tensor's stored blocks without a copy, when it is kept in a quantized (or 16-bit)
+    /// type; nil for Float32 tensors and for files that hold no quantized types.
+    func quantized(_ name: String) throws -> QuantizedMatrix?
+}
+
+extension TensorSource {
+    func quantized(_ name: String) throws -> QuantizedMatrix? { nil }
 }
 
 private struct GGUFSource: TensorSource {
@@ -41,6 +48,11 @@ private struct GGUFSource: TensorSource {
             throw ModelError.unsupportedTensorType(path: path, tensor: name, type: t.type.name)
         }
         return try file.floats(name)
+    }
+    func quantized(_ name: String) throws -> QuantizedMatrix? {
+        guard let t = file.tensorInfo(name), t.type != .f32, t.type.canDequantize, t.dims.count == 2,
+              t.type.blockSize > 0, t.dims[0] % t.type.blockSize == 0 else { return nil }
+        return QuantizedMatrix(type: t.type, rows: t.dims[1], cols: t.dims[0], bytes: try file.mappedBytes(name))
     }
 }
 
@@ -69,25 +81,26 @@ extension LlamaModel {
     /// model.safetensors.index.json, found by `HFCheckpointLayout`'s rule, F32/F16/BF16;
     /// tokenizer.json + tokenizer_config.json).
     ///
-    /// GGUF weights are dequantized to Float32 here, once. For SmolLM2-135M that is ~540 MB of
-    /// f32 instead of ~98 MB of Q4_1: the trade buys BLAS sgemm speed (no quantized kernels to
-    /// write or maintain) and exact parity with transformers, which also dequantizes GGUF to f32 —
-    /// so logits match the Python reference to fp32 rounding and PEFT adapters apply as in PEFT.
-    /// Tensors are dequantized in parallel (DispatchQueue.concurrentPerform).
+    /// `compute: .stored` (the default) keeps every GGUF linear and the embedding in its stored
+    /// type, straight from the file's mapping (SmolLM2-135M Q4_1: ~98 MB instead of ~540 MB of
+    /// Float32), and the forward runs the quantized kernels on them. `compute: .f32` dequantizes
+    /// everything to Float32 once, as transformers does with a GGUF: the reference path, whose
+    /// logits match the Python reference to fp32 rounding. Norms and biases are Float32 either way.
+    /// Tensors are read and checked in parallel (DispatchQueue.concurrentPerform).
     ///
     /// llama.cpp's converter permutes the rows of Llama q/k weights (so it can rotate adjacent
     /// pairs); they are un-permuted here back to HF's layout (rotate_half RoPE), which is what a
     /// PEFT adapter's q_proj/k_proj factors were trained against. Qwen 2 GGUFs are not permuted.
-    public static func load(path: String) throws -> LlamaModel {
+    public static func load(path: String, compute: WeightCompute = .stored) throws -> LlamaModel {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
             throw ModelError.notAModel(path: path, reason: "no such file or directory")
         }
         if isDir.boolValue { return try loadHFDirectory(path) }
-        return try loadGGUF(path)
+        return try loadGGUF(path, compute: compute)
     }
 
-    private static func loadGGUF(_ path: String) throws -> LlamaModel {
+    private static func loadGGUF(_ path: String, compute: WeightCompute) throws -> LlamaModel {
         let file = try GGUFFile(path: path)
         let config = try LlamaConfig(gguf: file)
         let tokenizer: BPETokenizer
@@ -95,7 +108,7 @@ extension LlamaModel {
         tokenizer = try BPETokenizer.fromGGUFMetadata({ key in file.metadata[key].map(plainValue) }, source: path)
         let weights = try readWeights(GGUFSource(file: file), config: config,
                                       name: { $0.gguf },
-                                      unpermuteQK: config.modelType == "llama")
+                                      unpermuteQK: config.modelType == "llama", keepQuantized: compute == .stored)
         return LlamaModel(config: config, weights: weights, tokenizer: tokenizer, sourcePath: path)
     }
 
@@ -123,20 +136,20 @@ extension LlamaModel {
         }
         let tokenizer = try BPETokenizer.fromTokenizerJSON(try Data(contentsOf: URL(fileURLWithPath: tokPath)),
                                                            bosToken: bos, eosToken: eos, chatTemplate: template, source: tokPath)
-        let weights = try readWeights(source, config: config, name: { $0.hf }, unpermuteQK: false)
+        let weights = try readWeights(source, config: config, name: { $0.hf }, unpermuteQK: false, keepQuantized: false)
         return LlamaModel(config: config, weights: weights, tokenizer: tokenizer, sourcePath: dir)
     }
 
     /// Reads, checks and (in parallel) converts every tensor the config calls for.
     /// `name` gives a module's name in the file (`\.hf` or `\.gguf`).
     private static func readWeights(_ src: any TensorSource, config c: LlamaConfig, name: (ModuleAddress) -> String,
-                                    unpermuteQK: Bool) throws -> LlamaWeights {
+                                    unpermuteQK: Bool, keepQuantized: Bool) throws -> LlamaWeights {
         let L = c.numHiddenLayers
         // Plan: (tensor name in file, expected shape, HF module, kind).
-        struct Item { var file: String; var shape: [Int]; var permuteHeads: Int? }
+        struct Item { var file: String; var shape: [Int]; var permuteHeads: Int?; var matrix: Bool }
         var items: [Item] = []
         func add(_ module: ModuleAddress, _ suffix: String, _ shape: [Int], permute: Int? = nil) {
-            items.append(Item(file: name(module) + suffix, shape: shape, permuteHeads: permute))
+            items.append(Item(file: name(module) + suffix, shape: shape, permuteHeads: permute, matrix: shape.count == 2))
         }
         let tied = c.tieWordEmbeddings   // for GGUF, set from the absence of output.weight
         add(.embedding, ".weight", [c.vocabSize, c.hiddenSize])
@@ -171,8 +184,9 @@ extension LlamaModel {
             let s = try src.shape(it.file)
             guard s == it.shape else { throw ModelError.shapeMismatch(path: src.path, tensor: it.file, expected: it.shape, actual: s) }
         }
-        let results = UnsafeMutablePointer<Result<[Float], Error>>.allocate(capacity: items.count)
-        results.initialize(repeating: .success([]), count: items.count)
+        enum Loaded { case floats([Float]), quantized(QuantizedMatrix) }
+        let results = UnsafeMutablePointer<Result<Loaded, Error>>.allocate(capacity: items.count)
+        results.initialize(repeating: .success(.floats([])), count: items.count)
         defer { results.deinitialize(count: items.count); results.deallocate() }
         let d = c.headDim
         let box = UnsafeSendable(results)
@@ -180,37 +194,65 @@ extension LlamaModel {
         DispatchQueue.concurrentPerform(iterations: plan.count) { i in
             let it = plan[i]
             box.value[i] = Result {
+                if keepQuantized, it.matrix, var q = try src.quantized(it.file) {
+                    if let row = q.firstNonFiniteRow() {
+                        throw ModelError.unsupportedConfig(path: src.path, field: "tensor \(it.file)", value: "row \(row)",
+                                                           reason: "has a non-finite value in row \(row) (a corrupt scale or an overflowed checkpoint)")
+                    }
+                    if let heads = it.permuteHeads { q = try q.unpermutingRopeRows(heads: heads) }
+                    return .quantized(q)
+                }
                 var v = try src.floats(it.file)
                 if let bad = AdapterValidation.firstNonFinite(v) {
                     throw ModelError.unsupportedConfig(path: src.path, field: "tensor \(it.file)", value: "\(v[bad])",
                                                        reason: "has a non-finite entry at flat index \(bad) (a corrupt or overflowed checkpoint)")
                 }
                 if let heads = it.permuteHeads { v = try RopePermutation.apply(v, rows: heads * d, cols: v.count / (heads * d), heads: heads, toGGUF: false) }
-                return v
+                return .floats(v)
             }
         }
-        var values: [[Float]] = []
+        var values: [Loaded] = []
         values.reserveCapacity(items.count)
         for i in 0..<items.count { values.append(try results[i].get()) }
 
         var k = 0
-        func next() -> [Float] { defer { k += 1 }; return values[k] }
+        func next() -> Loaded { defer { k += 1 }; return values[k] }
+        func floats(_ v: Loaded) -> [Float] {
+            switch v {
+            case .floats(let f): return f
+            case .quantized(let q): return q.dequantized()     // norms and biases are never kept quantized
+            }
+        }
+        func linear(_ v: Loaded, bias: [Float]?, out: Int, in inF: Int) -> LinearWeights {
+            switch v {
+            case .floats(let w): return LinearWeights(weight: w, bias: bias, outFeatures: out, inFeatures: inF)
+            case .quantized(let q): return LinearWeights(quantized: q, bias: bias)
+            }
+        }
         let embed = next()
-        let finalNorm = next()
+        let finalNorm = floats(next())
         let lmHead = tied ? embed : next()
         var attnNorms: [[Float]] = [], ffnNorms: [[Float]] = [], linears: [LinearWeights] = []
         for l in 0..<L {
-            attnNorms.append(next())
-            ffnNorms.append(next())
+            attnNorms.append(floats(next()))
+            ffnNorms.append(floats(next()))
             for p in Projection.allCases {
                 let id = LlamaWeights.linearID(layer: l, p)
                 let w = next()
-                let b: [Float]? = biasIndex[id] != nil ? next() : nil
-                linears.append(LinearWeights(weight: w, bias: b, outFeatures: shapes[id].out, inFeatures: shapes[id].in))
+                let b: [Float]? = biasIndex[id] != nil ? floats(next()) : nil
+                linears.append(linear(w, bias: b, out: shapes[id].out, in: shapes[id].in))
             }
         }
-        linears.append(LinearWeights(weight: lmHead, outFeatures: c.vocabSize, inFeatures: c.hiddenSize))
-        return LlamaWeights(embed: embed, attnNorms: attnNorms, ffnNorms: ffnNorms, linears: linears, finalNorm: finalNorm)
+        linears.append(linear(lmHead, bias: nil, out: c.vocabSize, in: c.hiddenSize))
+        var weights: LlamaWeights
+        switch embed {
+        case .floats(let e):
+            weights = LlamaWeights(embed: e, attnNorms: attnNorms, ffnNorms: ffnNorms, linears: linears, finalNorm: finalNorm)
+        case .quantized(let q):
+            weights = LlamaWeights(embed: [], attnNorms: attnNorms, ffnNorms: ffnNorms, linears: linears, finalNorm: finalNorm)
+            weights.embedQuantized = q
+        }
+        return weights
     }
 }
 

@@ -57,6 +57,29 @@ public final class LlamaTrainingEngine {
     public let model: LlamaModel
     let c: LlamaConfig
     private var ropeTable: RopeTable?
+    /// Float32 copies of quantized base weights, made the first time a step needs each one: a
+    /// quantized model trains at the speed of a Float32 one, holding Float32 weights only while
+    /// this engine lives (inference sessions keep reading the stored blocks).
+    private var dequantized: [Int: [Float]] = [:]
+    private var dequantizedEmbed: [Float]?
+
+    /// W (out, in) of linear `id` as Float32.
+    private func floatWeight(_ id: Int) -> [Float] {
+        let lw = model.base.linears[id]
+        guard lw.quantized != nil else { return lw.weight }
+        if let w = dequantized[id] { return w }
+        let w = lw.floatWeight()
+        dequantized[id] = w
+        return w
+    }
+
+    private func embedTable() -> [Float] {
+        guard model.base.embedQuantized != nil else { return model.base.embed }
+        if let e = dequantizedEmbed { return e }
+        let e = model.base.embedFloats()
+        dequantizedEmbed = e
+        return e
+    }
 
     public init(model: LlamaModel) {
         self.model = model
@@ -207,7 +230,7 @@ public final class LlamaTrainingEngine {
         let mods = moduleIndex(lora)
 
         let x = TrainBuffer(N * C)                                          // residual stream (N, C)
-        model.base.embed.withUnsafeBufferPointer { e in
+        embedTable().withUnsafeBufferPointer { e in
             var r = 0
             for s in batch { for tok in s.tokens { (x.p + r * C).update(from: e.baseAddress! + tok * C, count: C); r += 1 } }
         }
@@ -266,7 +289,7 @@ public final class LlamaTrainingEngine {
             }
             beta = 1
         }
-        lw.weight.withUnsafeBufferPointer { w in
+        floatWeight(id).withUnsafeBufferPointer { w in
             BLAS.gemm(transA: false, transB: true, m: rows, n: nOut, k: nIn, alpha: 1, a: x, lda: nIn,
                       b: w.baseAddress!, ldb: nIn, beta: beta, c: out, ldc: nOut)              // (rows, out)
         }
@@ -356,7 +379,7 @@ public final class LlamaTrainingEngine {
         var nll = 0.0
         let dH = wantGrad ? TrainBuffer(n * C) : nil
         let logits = TrainBuffer(min(chunk, n) * V)
-        lm.weight.withUnsafeBufferPointer { w in
+        floatWeight(LlamaWeights.lmHeadID(layers: c.numHiddenLayers)).withUnsafeBufferPointer { w in
             var r0 = 0
             while r0 < n {
                 let rn = min(chunk, n - r0)
@@ -448,7 +471,7 @@ public final class LlamaTrainingEngine {
         let id = LlamaWeights.linearID(layer: layer, slot)
         let lw = model.base.linears[id]
         let nOut = lw.outFeatures, nIn = lw.inFeatures
-        lw.weight.withUnsafeBufferPointer { w in
+        floatWeight(id).withUnsafeBufferPointer { w in
             BLAS.gemm(transA: false, transB: false, m: rows, n: nIn, k: nOut, alpha: 1, a: dY, lda: nOut,
                       b: w.baseAddress!, ldb: nIn, beta: overwrite ? 0 : 1, c: dX, ldc: nIn)     // (rows, in)
         }

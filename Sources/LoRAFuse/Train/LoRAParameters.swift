@@ -27,7 +27,7 @@ public enum TrainError: Error, CustomStringConvertible, Equatable {
 /// One trainable LoRA pair on a projection: y = x Wᵀ + scale · (x Aᵀ) Bᵀ.
 public struct TrainableLoRAModule: Sendable {
     public let layer: Int
-    public let target: LoRATarget
+    public let target: Projection
     public let rank: Int
     public let inFeatures: Int
     public let outFeatures: Int
@@ -47,7 +47,7 @@ public struct LoRAParameters: Sendable {
     public var rank: Int
     public var alpha: Double
     public var rsLoRA: Bool
-    public var targets: [LoRATarget]
+    public var targets: [Projection]
 
     /// PEFT scaling: α/r, or α/√r with rsLoRA (Kalajdzievski 2023).
     public static func scale(rank: Int, alpha: Double, rsLoRA: Bool) -> Float {
@@ -58,13 +58,13 @@ public struct LoRAParameters: Sendable {
     /// (gain √(2/(1+a²)) = √(1/3), bound = gain·√3/√fan_in = 1/√fan_in), and B = 0 so the adapter
     /// starts as the identity. Each module draws from its own seeded stream, so the values do not
     /// depend on which other targets are trained.
-    public static func initialize(config c: LlamaConfig, rank: Int, alpha: Double, targets: [LoRATarget],
+    public static func initialize(config c: LlamaConfig, rank: Int, alpha: Double, targets: [Projection],
                                   rsLoRA: Bool = false, seed: UInt64) -> LoRAParameters {
         let shapes = LlamaWeights.linearShapes(c)
         let s = scale(rank: rank, alpha: alpha, rsLoRA: rsLoRA)
         var mods: [TrainableLoRAModule] = []
         for l in 0..<c.numHiddenLayers {
-            for t in LoRATarget.allCases where targets.contains(t) {
+            for t in Projection.allCases where targets.contains(t) {
                 let sh = shapes[LlamaWeights.linearID(layer: l, t)]
                 var rng = SeededRNG(seed: seed, stream: "lora_A.\(l).\(t.rawValue)")
                 let bound = 1 / Float(sh.in).squareRoot()
@@ -82,7 +82,7 @@ public struct LoRAParameters: Sendable {
         let path = adapter.sourcePath ?? adapter.name
         let shapes = LlamaWeights.linearShapes(c)
         var mods: [TrainableLoRAModule] = []
-        var targets: Set<LoRATarget> = []
+        var targets: Set<Projection> = []
         for name in adapter.moduleNames {
             let m = adapter.modules[name]!
             guard m.kind == .linear, case let .projection(l, t)? = ModuleAddress(peft: name), l < c.numHiddenLayers else {
@@ -101,10 +101,10 @@ public struct LoRAParameters: Sendable {
         self.rank = adapter.metadata.rank > 0 ? adapter.metadata.rank : (mods.first?.rank ?? 0)
         self.alpha = adapter.metadata.alpha
         self.rsLoRA = adapter.metadata.useRSLoRA
-        self.targets = LoRATarget.allCases.filter { targets.contains($0) }
+        self.targets = Projection.allCases.filter { targets.contains($0) }
     }
 
-    init(modules: [TrainableLoRAModule], rank: Int, alpha: Double, rsLoRA: Bool, targets: [LoRATarget]) {
+    init(modules: [TrainableLoRAModule], rank: Int, alpha: Double, rsLoRA: Bool, targets: [Projection]) {
         self.modules = modules
         self.rank = rank
         self.alpha = alpha

@@ -4,7 +4,7 @@ import Foundation
 public struct TrainingOptions: Sendable, Equatable {
     public var rank = 8
     public var alpha = 16.0
-    public var targets: [LoRATarget] = LoRATarget.allCases
+    public var targets: [Projection] = Projection.allCases
     public var rsLoRA = false
     /// Dropout on the LoRA branch's input (PEFT's `lora_dropout`).
     public var dropout: Float = 0

@@ -113,7 +113,7 @@ public enum LoRAExtraction {
             let tau = Matrix(rows: info.shape[0], cols: info.shape[1], data: wt)   // (out, in)
             let (module, report) = try factorize(tau, rule: options.rule, randomizedAbove: options.randomizedAbove,
                                                  powerIterations: options.powerIterations, rng: &rng)
-            let name = "base_model.model." + String(n.dropLast(".weight".count))
+            let name = ModuleAddress.peftPrefix + String(n.dropLast(".weight".count))
             var rep = report
             rep.module = name
             rep.tensor = n

@@ -62,7 +62,7 @@ public enum MergeIntoBase {
     /// `base_model.model.model.layers.0.self_attn.q_proj` → `model.layers.0.self_attn.q_proj.weight`.
     static func hfCandidates(forModule module: String) -> [String] {
         var stem = module
-        if stem.hasPrefix("base_model.model.") { stem = String(stem.dropFirst("base_model.model.".count)) }
+        stem = ModuleAddress.strippingPEFTPrefix(stem)
         var out = [stem + ".weight"]
         if !stem.hasPrefix("model.") { out.append("model." + stem + ".weight") }
         if stem.hasPrefix("model.model.") { out.append(String(stem.dropFirst(6)) + ".weight") }
@@ -137,7 +137,7 @@ public enum MergeIntoBase {
         var out: [String: (label: String, values: [Float])] = [:]
         for (ad, _) in adapters {
             for (name, m) in ad.extraTensors.sorted(by: { naturalLess($0.key, $1.key) }) where !name.contains(".base_layer.") {
-                let stem = name.hasPrefix("base_model.model.") ? String(name.dropFirst("base_model.model.".count)) : name
+                let stem = ModuleAddress.strippingPEFTPrefix(name)
                 let cands = [stem, "model." + stem]
                 var hit: (String, [Int])? = nil
                 for c in cands { if let s = shapeOf(c) { hit = (c, s); break } }

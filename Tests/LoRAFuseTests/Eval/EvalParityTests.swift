@@ -17,7 +17,7 @@ final class EvalParityTests: XCTestCase {
             XCTFail("model file missing at \(path): run scripts/setup.sh (make test does)")
             throw CocoaError(.fileNoSuchFile)
         }
-        return try LlamaModel.load(path: path)
+        return try LlamaModel.load(path: path, compute: .f32)   // the reference path, as transformers computes
     }
 
     private struct Expected {

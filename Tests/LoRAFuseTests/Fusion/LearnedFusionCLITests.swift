@@ -26,7 +26,7 @@ final class LearnedFusionCLITests: XCTestCase {
         let model = try LlamaModel.load(path: modelDir)
         XCTAssertFalse(try Evaluator(model: model).promptTokens("ab").isEmpty)
         var paths: [String] = []
-        for (i, targets) in [[LoRATarget.q, .v], [.q, .down]].enumerated() {
+        for (i, targets) in [[Projection.q, .v], [.q, .down]].enumerated() {
             let a = TrainFixtures.randomLoRA(model.config, targets: targets, rank: 2, seed: 30 + UInt64(i), std: 0.3)
             let p = tmp + "/ad\(i)"
             try PEFTAdapter.write(a.adapter(name: "ad\(i)"), to: p, dtype: .f32)

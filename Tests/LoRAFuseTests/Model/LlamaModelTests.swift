@@ -448,3 +448,68 @@ private struct UncheckedBox<T>: @unchecked Sendable {
 protocol CausalLMLogits { func logits(tokens: [Int]) throws -> Matrix }
 extension LlamaModel: CausalLMLogits {}
 extension AdaptedLlama: CausalLMLogits {}
+
+/// `decodeStep`: many sequences, different adapters and positions, one batched forward.
+final class BatchedDecodeTests: XCTestCase {
+    func testBatchedStepEqualsEachSequenceAlone() throws {
+        for quantized in [false, true] {
+            let m = quantized ? QuantizedModelTests.twins().quantized : QuantizedModelTests.twins().f32
+            var rng = SeededRNG(seed: 5)
+            func adapter(_ name: String, embedding: Bool = false) -> LoRAAdapter {
+                var mods: [String: LoRAModule] = [:]
+                for l in 0..<m.config.numHiddenLayers {
+                    for p in [Projection.q, .v, .down] {
+                        let lw = m.base.linears[LlamaWeights.linearID(layer: l, p)]
+                        mods[ModuleAddress.projection(layer: l, p).peft] = LoRAModule(
+                            A: .randomNormal(3, lw.inFeatures, std: 0.3, rng: &rng), B: .randomNormal(lw.outFeatures, 3, std: 0.3, rng: &rng), scale: 1)
+                    }
+                }
+                if embedding {
+                    mods[ModuleAddress.embedding.peft] = LoRAModule(A: .randomNormal(2, m.vocabSize, std: 0.3, rng: &rng),
+                                                                    B: .randomNormal(m.config.hiddenSize, 2, std: 0.3, rng: &rng), scale: 1, kind: .embedding)
+                }
+                return LoRAAdapter(name: name, modules: mods)
+            }
+            let a = try m.prepare([(adapter("a"), 1)]), b = try m.prepare([(adapter("b", embedding: true), 0.7)])
+            let merged = try m.prepare([(adapter("c"), 1)], mode: .merged)
+            // Seven sequences: two share `a`, one base, one merged; prompts of different lengths.
+            let sets: [AdapterSet] = [a, .none, b, a, merged, b, .none]
+            let prompts: [[Int]] = (0..<sets.count).map { i in (0..<(3 + i)).map { (7 * $0 + 11 * i) % 64 } }
+            let steps = [[5, 9, 1], [2, 2, 2], [63, 0, 4], [8, 1, 30], [12, 13, 14], [40, 41, 42], [6, 6, 6]]
+            // Reference: each alone, prompt then the steps one token at a time.
+            var want: [[Float]] = []
+            for (i, set) in sets.enumerated() {
+                let s = try m.makeLlamaSession(maxTokens: 16, adapters: set)
+                _ = try s.feed(prompts[i])
+                want.append(try steps[i].flatMap { try s.feed([$0]).data })
+            }
+            let sessions = try sets.map { try m.makeLlamaSession(maxTokens: 16, adapters: $0) }
+            for (i, s) in sessions.enumerated() { _ = try s.feed(prompts[i]) }
+            var got = [[Float]](repeating: [], count: sets.count)
+            for k in 0..<3 {
+                let l = try m.decodeStep(sessions, tokens: steps.map { $0[k] })
+                XCTAssertEqual(l.rows, sets.count)
+                for i in sets.indices { got[i] += Array(l.data[(i * m.vocabSize)..<((i + 1) * m.vocabSize)]) }
+            }
+            for i in sets.indices {
+                XCTAssertEqual(sessions[i].position, prompts[i].count + 3)
+                let d = zip(got[i], want[i]).map { abs($0 - $1) }.max()!
+                XCTAssertLessThan(d, 1e-4, "sequence \(i), quantized=\(quantized)")
+            }
+        }
+    }
+
+    func testBadStepsChangeNothing() throws {
+        let m = QuantizedModelTests.twins().f32
+        let s = try m.makeLlamaSession(maxTokens: 2)
+        let t = try m.makeLlamaSession(maxTokens: 4)
+        XCTAssertThrowsError(try m.decodeStep([s, t], tokens: [1])) { XCTAssertEqual($0 as? BatchedDecodeError, .mismatchedCounts(sessions: 2, tokens: 1)) }
+        XCTAssertThrowsError(try m.decodeStep([s, s], tokens: [1, 2])) { XCTAssertEqual($0 as? BatchedDecodeError, .duplicateSession(index: 1)) }
+        XCTAssertThrowsError(try m.decodeStep([s, t], tokens: [1, 64]))
+        _ = try s.feed([1, 2])
+        XCTAssertThrowsError(try m.decodeStep([t, s], tokens: [1, 2])) { XCTAssertEqual($0 as? ModelError, .contextFull(maxTokens: 2, requested: 3)) }
+        XCTAssertEqual(t.position, 0, "a refused step feeds no session")
+        let other = QuantizedModelTests.twins().f32
+        XCTAssertThrowsError(try other.decodeStep([t], tokens: [1])) { XCTAssertEqual($0 as? BatchedDecodeError, .otherModel(index: 0)) }
+    }
+}

@@ -19,7 +19,9 @@ final class SmolLM2ParityTests: XCTestCase {
             XCTFail("SmolLM2 model missing at \(path): run scripts/setup.sh (or `make test`) to fetch it")
             throw ModelError.notAModel(path: path, reason: "missing; run scripts/setup.sh")
         }
-        let m = try LlamaModel.load(path: path)
+        // The Float32 reference path: transformers dequantizes the GGUF to f32 too. The stored
+        // (quantized) path is checked against this one and against llama.cpp in QuantizedModelTests.
+        let m = try LlamaModel.load(path: path, compute: .f32)
         shared = m
         return m
     }

@@ -17,7 +17,7 @@ enum TrainFixtures {
     }
 
     /// LoRA with random A and nonzero random B, so every gradient path is exercised.
-    static func randomLoRA(_ c: LlamaConfig, targets: [LoRATarget] = LoRATarget.allCases, rank: Int = 3,
+    static func randomLoRA(_ c: LlamaConfig, targets: [Projection] = Projection.allCases, rank: Int = 3,
                            seed: UInt64 = 9, std: Float = 0.3) -> LoRAParameters {
         var p = LoRAParameters.initialize(config: c, rank: rank, alpha: Double(2 * rank), targets: targets, seed: seed)
         var rng = SeededRNG(seed: seed &+ 1)
@@ -59,7 +59,7 @@ final class LlamaBackwardTests: XCTestCase {
     /// Central finite differences of the mean loss on the largest gradient coordinates of every
     /// module's A and B. Float32 forward: eps = 3e-3 puts the rounding noise of the loss difference
     /// (~1e-6 / 6e-3) near 2e-4, so the check is |fd − g| ≤ 3e-2·|g| + 3e-4.
-    private func checkFiniteDifferences(qwen: Bool, targets: [LoRATarget], dropout: Float = 0,
+    private func checkFiniteDifferences(qwen: Bool, targets: [Projection], dropout: Float = 0,
                                         file: StaticString = #filePath, line: UInt = #line) {
         let model = TrainFixtures.model(qwen: qwen)
         let engine = LlamaTrainingEngine(model: model)
@@ -101,9 +101,9 @@ final class LlamaBackwardTests: XCTestCase {
         print("finite differences (qwen=\(qwen), dropout=\(dropout)): \(checked) coordinates, worst relative error \(worst)")
     }
 
-    func testFiniteDifferencesAllTargetsLlama() { checkFiniteDifferences(qwen: false, targets: LoRATarget.allCases) }
+    func testFiniteDifferencesAllTargetsLlama() { checkFiniteDifferences(qwen: false, targets: Projection.allCases) }
     /// Tied embeddings and q/k/v biases (Qwen 2 layout).
-    func testFiniteDifferencesAllTargetsQwen() { checkFiniteDifferences(qwen: true, targets: LoRATarget.allCases) }
+    func testFiniteDifferencesAllTargetsQwen() { checkFiniteDifferences(qwen: true, targets: Projection.allCases) }
     func testFiniteDifferencesSubsetWithDropout() { checkFiniteDifferences(qwen: false, targets: [.v, .down], dropout: 0.3) }
 
     /// Gradients of a batch equal the token-weighted sum of per-sequence gradients (packing is exact).

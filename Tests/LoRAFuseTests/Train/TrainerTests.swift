@@ -173,9 +173,9 @@ final class TrainerTests: XCTestCase {
     }
 
     func testTargetListAndInitOptions() throws {
-        XCTAssertEqual(try LoRATarget.parseList("v,q,down_proj"), [.q, .v, .down])
-        XCTAssertEqual(try LoRATarget.parseList("all"), LoRATarget.allCases)
-        XCTAssertThrowsError(try LoRATarget.parseList("q,lm_head"))
+        XCTAssertEqual(try Projection.parseList("v,q,down_proj"), [.q, .v, .down])
+        XCTAssertEqual(try Projection.parseList("all"), Projection.allCases)
+        XCTAssertThrowsError(try Projection.parseList("q,lm_head"))
         let c = TrainFixtures.config()
         XCTAssertEqual(LoRAParameters.initialize(config: c, rank: 4, alpha: 16, targets: [.q], rsLoRA: true, seed: 0).modules[0].scale, 8)
         XCTAssertEqual(LoRAParameters.initialize(config: c, rank: 4, alpha: 16, targets: [.q], seed: 0).modules[0].scale, 4)

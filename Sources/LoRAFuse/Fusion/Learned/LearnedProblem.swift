@@ -15,7 +15,7 @@ struct LearnedBlock {
         var offset: Int      // first column of this part in B_cat
     }
     var layer: Int
-    var target: LoRATarget
+    var target: Projection
     var inFeatures: Int
     var outFeatures: Int
     var parts: [Part]
@@ -88,7 +88,7 @@ final class LearnedProblem {
                                        outFeatures: b.outFeatures, scale: 1, A: A,
                                        B: [Float](repeating: 0, count: b.outFeatures * R))
         }
-        let targets = LoRATarget.allCases.filter { t in blocks.contains { $0.target == t } }
+        let targets = Projection.allCases.filter { t in blocks.contains { $0.target == t } }
         template = LoRAParameters(modules: mods, rank: mods.map(\.rank).max() ?? 0, alpha: 0, rsLoRA: false, targets: targets)
 
         self.train = train
@@ -178,7 +178,7 @@ final class LearnedProblem {
             let layers = Array(Set(blocks.map(\.layer))).sorted()
             return (blocks.map { layers.firstIndex(of: $0.layer)! }, layers.count)
         case .module:
-            let ts = LoRATarget.allCases.filter { t in blocks.contains { $0.target == t } }
+            let ts = Projection.allCases.filter { t in blocks.contains { $0.target == t } }
             return (blocks.map { ts.firstIndex(of: $0.target)! }, ts.count)
         }
     }
@@ -203,7 +203,7 @@ final class LearnedProblem {
     func fold(_ c: [[Double]], rank: Int?, seed: UInt64, name: String) throws -> LoRAAdapter {
         var coef: [[Int: Double]] = Array(repeating: [:], count: adapterCount)   // adapter -> linear id -> c
         for (bi, b) in blocks.enumerated() {
-            let id = LlamaWeights.linearID(layer: b.layer, b.target.slot)
+            let id = LlamaWeights.linearID(layer: b.layer, b.target)
             for part in b.parts { coef[part.adapter][id] = c[part.adapter][bi] }
         }
         var scaled = adapters
@@ -220,12 +220,8 @@ final class LearnedProblem {
 
     /// `[base_model.model.]model.layers.L.<hf module>` → the engine's linear id.
     static func linearID(moduleName: String, layers: Int) -> Int? {
-        var n = Substring(moduleName)
-        if n.hasPrefix("base_model.model.") { n = n.dropFirst("base_model.model.".count) }
-        let parts = n.split(separator: ".", maxSplits: 3)
-        guard parts.count == 4, parts[0] == "model", parts[1] == "layers", let l = Int(parts[2]), l >= 0, l < layers,
-              let t = LoRATarget.allCases.first(where: { $0.hfModule == parts[3] }) else { return nil }
-        return LlamaWeights.linearID(layer: l, t.slot)
+        guard case let .projection(l, t)? = ModuleAddress(peft: moduleName), l < layers else { return nil }
+        return LlamaWeights.linearID(layer: l, t)
     }
 
     /// Seeded stream of epochs over every (task, shot): step k (1-based) takes positions

@@ -60,7 +60,7 @@ enum LoraHubSearch {
 
     static func checkFactorCompatible(_ p: LearnedProblem) throws {
         for b in p.blocks {
-            let name = LlamaCheckpointNames.hfLayer(b.layer, b.target.hfModule)
+            let name = ModuleAddress.projection(layer: b.layer, b.target).hf
             guard b.parts.count == p.adapterCount else {
                 let missing = (0..<p.adapterCount).first { a in !b.parts.contains { $0.adapter == a } }!
                 throw FusionError.invalidParameter(method: "lorahub", parameter: "composition", value: "factors",
@@ -95,7 +95,7 @@ enum LoraHubSearch {
     static func foldFactors(_ p: LearnedProblem, _ w: [Double], rank: Int?, seed: UInt64) throws -> LoRAAdapter {
         var modules: [String: LoRAModule] = [:]
         for (b, m) in zip(p.blocks, factorModules(p, w)) {
-            let name = "base_model.model." + LlamaCheckpointNames.hfLayer(b.layer, b.target.hfModule)
+            let name = ModuleAddress.projection(layer: b.layer, b.target).peft
             modules[name] = LoRAModule(A: Matrix(rows: m.rank, cols: b.inFeatures, data: m.A),
                                        B: Matrix(rows: b.outFeatures, cols: m.rank, data: m.B), scale: m.scale)
         }
