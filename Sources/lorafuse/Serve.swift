@@ -60,6 +60,8 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: "Seconds a request may run before it ends with finish_reason length (default: no limit).")
     var timeout: Double?
 
+    @OptionGroup var weights: WeightComputeOptions
+
     @OptionGroup var compute: ComputeOptions
 
     func validate() throws {
@@ -75,7 +77,7 @@ struct Serve: ParsableCommand {
     func run() throws {
         compute.apply()
         let modelPath = model ?? ModelLocator.defaultModelPath()
-        let lm = try loadModel(modelPath: model)
+        let lm = try loadModel(modelPath: model, compute: weights.compute)
         if let context { try lm.checkContext(context, option: "--context") }
         let hints = (try? ModelHints.load(path: modelPath)) ?? ModelHints()
         var baseName = (modelPath as NSString).lastPathComponent

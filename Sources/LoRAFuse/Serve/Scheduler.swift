@@ -100,8 +100,9 @@ public final class ServeEngine: @unchecked Sendable {
 
     private enum State { case idle, running, draining, stopped }
 
-    /// Decodes with `decode`; by default each sequence is fed its token by its own session
-    /// (`LlamaSession.feed`), which equals a batched step row for row. With `autoStart` the first
+    /// Decodes with `decode`; by default with `LlamaModel.decodeStep`, one batched forward for all
+    /// sequences (the base product once for every row, each adapter set's LoRA on its own rows).
+    /// `sequentialDecode` feeds each session alone instead. With `autoStart` the first
     /// submission starts the thread; otherwise `start()` does (tests queue requests first).
     public init(registry: AdapterRegistry, limits: ServeLimits = ServeLimits(), observer: (any ServeObserver)? = nil,
                 decode: DecodeStep? = nil, autoStart: Bool = true) {
@@ -114,10 +115,11 @@ public final class ServeEngine: @unchecked Sendable {
         l.prefillChunk = max(1, l.prefillChunk)
         self.limits = l
         self.observer = observer
-        self.decode = decode ?? ServeEngine.sequentialDecode
+        let model = registry.model
+        self.decode = decode ?? { sessions, tokens in try model.decodeStep(sessions, tokens: tokens) }
     }
 
-    /// Each session fed alone: what a batched decode step must equal.
+    /// Each session fed alone: what a batched decode step equals up to float summation order.
     public static let sequentialDecode: DecodeStep = { sessions, tokens in
         guard let first = sessions.first else { return Matrix(rows: 0, cols: 0) }
         let V = first.model.vocabSize
