@@ -19,6 +19,12 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+        // The HTTP server (`lorafuse serve`) and its tests.
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
     ],
     targets: [
         .systemLibrary(name: "CBLAS", path: "Sources/CBLAS",
@@ -40,9 +46,21 @@ let package = Package(
             // build the fuzz and parity tests run on (`make test`).
             path: "Sources/LoRAFuse"
         ),
+        // The OpenAI-compatible HTTP server over LoRAFuse's Serve/ (routes, SSE, metrics, errors).
+        .target(
+            name: "LoRAFuseServer",
+            dependencies: [
+                "LoRAFuse",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            path: "Sources/LoRAFuseServer"
+        ),
         .executableTarget(
             name: "lorafuse",
-            dependencies: ["LoRAFuse", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["LoRAFuse", "LoRAFuseServer", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Sources/lorafuse"
         ),
         .executableTarget(
@@ -53,7 +71,8 @@ let package = Package(
         .testTarget(
             name: "LoRAFuseTests",
             // The CLI tests run the built `lorafuse` binary, so it must be built with the tests.
-            dependencies: ["LoRAFuse", "lorafuse"],
+            dependencies: ["LoRAFuse", "LoRAFuseServer", "lorafuse",
+                           .product(name: "AsyncHTTPClient", package: "async-http-client")],
             path: "Tests/LoRAFuseTests",
             resources: [.copy("Fixtures")]
         ),

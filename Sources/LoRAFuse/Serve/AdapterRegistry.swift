@@ -1,0 +1,412 @@
+import Foundation
+
+/// The adapters a server knows by name, of which only the recently used ones are in memory.
+///
+/// - An adapter is registered by name and path; it is read (any format, through `AdapterIO`) and
+///   prepared for the model (`LlamaModel.prepare`, unmerged) the first time a request uses it,
+///   and the prepared `AdapterSet` is kept, so every sequence on that adapter shares one set (and
+///   so one group of rows in a batched decode step).
+/// - A per-request combination (`adapters: [{name, weight}]`, with or without `merge`) becomes a
+///   fusion entry named by a digest of names, weights, method and parameters: fused once through
+///   the fusion registry (`FusionMethods`, `Fuser`), cached, listed, and usable by that name later.
+///   Fusion entries beyond `maxFusions` are forgotten least recently used first (when not in use).
+/// - Resident sets count their factors' bytes against `budgetBytes` (0: no limit); loading one
+///   past the budget first evicts the least recently used sets that no sequence holds and that are
+///   not pinned. An evicted adapter stays registered and is loaded again on its next use.
+/// - `unregister` refuses an adapter that a running or waiting sequence holds.
+///
+/// Thread-safe: requests acquire from any thread; reading and fusing happen outside the lock, so a
+/// slow load delays only the requests that wait for that adapter.
+public final class AdapterRegistry: @unchecked Sendable {
+    public enum Kind: String, Sendable { case adapter, fusion }
+
+    /// What `GET /v1/models` shows of an entry.
+    public struct Info: Sendable, Equatable {
+        public var name: String
+        public var kind: Kind
+        public var path: String?
+        /// For fusions: the adapters and weights, and the method ("stack" when applied unmerged).
+        public var recipe: String?
+        public var pinned: Bool
+        public var resident: Bool
+        public var bytes: Int
+        public var inUse: Int
+        public var requests: Int
+    }
+
+    struct Recipe {
+        var adapters: [AdapterChoice]
+        var merge: MergeSpec?
+        var key: String
+    }
+
+    enum Source {
+        case file(String)
+        case fusion(Recipe)
+    }
+
+    final class Entry {
+        let name: String
+        let source: Source
+        var pinned: Bool
+        var set: AdapterSet?
+        var bytes = 0
+        var inUse = 0
+        var loading = false
+        var lastUse: UInt64 = 0
+        var requests = 0
+        init(name: String, source: Source, pinned: Bool) {
+            self.name = name
+            self.source = source
+            self.pinned = pinned
+        }
+        var kind: Kind { if case .fusion = source { return .fusion } else { return .adapter } }
+    }
+
+    public let model: LlamaModel
+    /// The base model's name (`model` field); requests naming it run without adapters.
+    public let baseName: String
+    public let hints: ModelHints
+    public let budgetBytes: Int
+    public let maxFusions: Int
+
+    private let lock = NSCondition()
+    private var entries: [String: Entry] = [:]
+    private var fusionNames: [String: String] = [:]     // recipe key → entry name
+    private var clock: UInt64 = 0
+    private var stats = (loads: 0, fusions: 0, evictions: 0)
+
+    public init(model: LlamaModel, baseName: String, hints: ModelHints = ModelHints(), budgetBytes: Int = 0, maxFusions: Int = 32) {
+        self.model = model
+        self.baseName = baseName
+        self.hints = hints
+        self.budgetBytes = budgetBytes
+        self.maxFusions = maxFusions
+    }
+
+    // MARK: Registration
+
+    /// Names may hold letters, digits, `.`, `_` and `-` (1–128 of them); `fusion-` is reserved.
+    public static func checkName(_ name: String) throws {
+        let ok = !name.isEmpty && name.count <= 128 && name.unicodeScalars.allSatisfy {
+            CharacterSet.alphanumerics.contains($0) && $0.isASCII || "._-".unicodeScalars.contains($0)
+        }
+        guard ok, name != ".", name != ".." else {
+            throw ServeError.invalid("adapter name '\(name)' must be 1–128 letters, digits, '.', '_' or '-'", param: "name")
+        }
+        guard !name.hasPrefix("fusion-") else {
+            throw ServeError.invalid("adapter names starting with 'fusion-' are reserved for cached fusions", param: "name")
+        }
+    }
+
+    /// Registers `path` as `name`. With `validate`, reads and prepares it at once (and keeps it
+    /// resident), so an adapter for another base or an unreadable file is refused here.
+    public func register(name: String, path: String, pinned: Bool = false, validate: Bool = false) throws {
+        try AdapterRegistry.checkName(name)
+        lock.lock()
+        if name == baseName || entries[name] != nil {
+            lock.unlock()
+            throw ServeError.conflict("'\(name)' is already registered", param: "name")
+        }
+        let entry = Entry(name: name, source: .file(path), pinned: pinned)
+        entries[name] = entry
+        lock.unlock()
+        guard validate else { return }
+        do {
+            let lease = try acquire(.named(name))
+            release(lease)
+        } catch {
+            lock.lock()
+            if entries[name] === entry { entries[name] = nil }
+            lock.unlock()
+            throw error
+        }
+    }
+
+    /// Forgets `name` (an adapter or a fusion). Refused while a sequence holds it.
+    public func unregister(name: String) throws {
+        lock.lock()
+        defer { lock.unlock() }
+        guard let e = entries[name] else { throw ServeError.notFound("no adapter named '\(name)'", param: "name") }
+        guard e.inUse == 0 && !e.loading else {
+            throw ServeError.conflict("'\(name)' is in use by \(e.inUse) request(s); unload it when they finish", param: "name")
+        }
+        entries[name] = nil
+        if case .fusion(let r) = e.source { fusionNames[r.key] = nil }
+    }
+
+    /// Registers every adapter directly under `directory` (PEFT and mlx-lm folders, GGUF files),
+    /// each named by its folder or file name (without `.gguf`); returns the names.
+    @discardableResult
+    public func registerDirectory(_ directory: String) throws -> [String] {
+        let items = try FileManager.default.contentsOfDirectory(atPath: directory).sorted()
+        var names: [String] = []
+        for item in items where !item.hasPrefix(".") {
+            let path = (directory as NSString).appendingPathComponent(item)
+            guard (try? AdapterIO.detect(path: path)) != nil else { continue }
+            let name = item.hasSuffix(".gguf") ? String(item.dropLast(5)) : item
+            guard (try? AdapterRegistry.checkName(name)) != nil else { continue }
+            try register(name: name, path: path)
+            names.append(name)
+        }
+        return names
+    }
+
+    /// `path` (relative paths from `root`) resolved, symlinks and `..` included, if it lies inside
+    /// `root`; otherwise a 400. Keeps run-time loading to the folder the operator named.
+    public static func resolve(_ path: String, under root: String) throws -> String {
+        let base = URL(fileURLWithPath: root).standardizedFileURL.resolvingSymlinksInPath().path
+        let full = path.hasPrefix("/") ? path : (base as NSString).appendingPathComponent(path)
+        let resolved = URL(fileURLWithPath: full).standardizedFileURL.resolvingSymlinksInPath().path
+        guard resolved.hasPrefix(base.hasSuffix("/") ? base : base + "/") else {
+            throw ServeError.invalid("path must lie inside the server's adapters folder", param: "path", code: "path_outside_root")
+        }
+        guard FileManager.default.fileExists(atPath: resolved) else {
+            throw ServeError.notFound("no adapter at '\(path)' in the adapters folder", param: "path", code: "adapter_not_found")
+        }
+        return resolved
+    }
+
+    // MARK: Use
+
+    /// The adapter set for a request's choice, held until `release`: loaded, fused or reused.
+    /// 404 for an unknown name, 400 for an adapter that does not fit the model or a bad merge,
+    /// 429 when the budget is taken by sets in use.
+    public func acquire(_ choice: ModelChoice) throws -> AdapterLease {
+        let entry: Entry
+        lock.lock()
+        switch choice {
+        case .named(let name):
+            if name == baseName {
+                lock.unlock()
+                return AdapterLease(name: baseName, set: .none, registry: nil)
+            }
+            guard let e = entries[name] else {
+                lock.unlock()
+                throw ServeError.notFound("the model '\(name)' does not exist (GET /v1/models lists the base, adapters and cached fusions)",
+                                          param: "model")
+            }
+            entry = e
+        case let .combination(adapters, merge):
+            for (i, a) in adapters.enumerated() {
+                guard let e = entries[a.name] else {
+                    lock.unlock()
+                    throw ServeError.notFound("no adapter named '\(a.name)'", param: "adapters[\(i)].name")
+                }
+                guard e.kind == .adapter else {
+                    lock.unlock()
+                    throw ServeError.invalid("'\(a.name)' is a fusion; combine registered adapters", param: "adapters[\(i)].name")
+                }
+            }
+            let key = Self.recipeKey(adapters, merge)
+            if let n = fusionNames[key], let e = entries[n] {
+                entry = e
+            } else {
+                let name = "fusion-" + String(format: "%016llx", Digest.fnv(Array(key.utf8)))
+                if let other = entries[name] {
+                    // Two recipes with one 64-bit digest: refuse rather than serve the wrong weights.
+                    _ = other
+                    lock.unlock()
+                    throw ServeError.server("fusion digest collision for \(name)")
+                }
+                let e = Entry(name: name, source: .fusion(Recipe(adapters: adapters, merge: merge, key: key)), pinned: false)
+                entries[name] = e
+                fusionNames[key] = name
+                entry = e
+                forgetOldFusions(keeping: e)
+            }
+        }
+        clock += 1
+        entry.lastUse = clock
+        entry.inUse += 1
+        entry.requests += 1
+        while entry.loading { lock.wait() }
+        if let set = entry.set {
+            lock.unlock()
+            return AdapterLease(name: entry.name, set: set, registry: self)
+        }
+        entry.loading = true
+        lock.unlock()
+
+        let result: Result<(AdapterSet, Int), any Error> = Result { try load(entry) }
+        lock.lock()
+        defer { lock.broadcast(); lock.unlock() }
+        entry.loading = false
+        switch result {
+        case .failure(let error):
+            entry.inUse -= 1
+            if entry.kind == .fusion, entries[entry.name] === entry, entry.inUse == 0 {
+                // A recipe that cannot be built is not kept (nor listed).
+                entries[entry.name] = nil
+                if case .fusion(let r) = entry.source { fusionNames[r.key] = nil }
+            }
+            throw error
+        case .success(let (set, bytes)):
+            entry.set = set
+            entry.bytes = bytes
+            evict(toFit: entry)
+            if budgetBytes > 0 && residentBytesLocked > budgetBytes {
+                entry.set = nil
+                entry.bytes = 0
+                entry.inUse -= 1
+                throw ServeError.busy("the adapter memory budget (\(budgetBytes) bytes) is held by adapters in use; retry later",
+                                      code: "adapter_memory_full")
+            }
+            return AdapterLease(name: entry.name, set: set, registry: self)
+        }
+    }
+
+    /// Ends a lease (idempotent).
+    public func release(_ lease: AdapterLease) {
+        lock.lock()
+        defer { lock.unlock() }
+        guard !lease.released else { return }
+        lease.released = true
+        if let e = entries[lease.name], lease.registry === self { e.inUse = max(0, e.inUse - 1) }
+    }
+
+    public func list() -> [Info] {
+        lock.lock()
+        defer { lock.unlock() }
+        return entries.values.sorted { $0.name < $1.name }.map { e in
+            var path: String?, recipe: String?
+            switch e.source {
+            case .file(let p): path = p
+            case .fusion(let r):
+                recipe = (r.merge?.method ?? "stack") + "(" + r.adapters.map { "\($0.name):\($0.weight)" }.joined(separator: ",") + ")"
+                    + (r.merge.map { $0.canonical.isEmpty ? "" : " " + $0.canonical } ?? "")
+            }
+            return Info(name: e.name, kind: e.kind, path: path, recipe: recipe, pinned: e.pinned, resident: e.set != nil,
+                        bytes: e.bytes, inUse: e.inUse, requests: e.requests)
+        }
+    }
+
+    public func info(_ name: String) -> Info? { list().first { $0.name == name } }
+
+    public var residentBytes: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return residentBytesLocked
+    }
+
+    /// Adapter files read, fusions built and sets evicted so far.
+    public var counters: (loads: Int, fusions: Int, evictions: Int) {
+        lock.lock()
+        defer { lock.unlock() }
+        return stats
+    }
+
+    // MARK: Internals
+
+    private var residentBytesLocked: Int { entries.values.reduce(0) { $0 + ($1.set != nil ? $1.bytes : 0) } }
+
+    static func recipeKey(_ adapters: [AdapterChoice], _ merge: MergeSpec?) -> String {
+        (merge?.method ?? "stack") + "|" + (merge?.canonical ?? "") + "|"
+            + adapters.map { "\($0.name.utf8.count):\($0.name)=\($0.weight.bitPattern)" }.joined(separator: ",")
+    }
+
+    /// Evicts least-recently-used, unpinned sets nobody holds until `entry` fits the budget.
+    private func evict(toFit entry: Entry) {
+        guard budgetBytes > 0 else { return }
+        var candidates = entries.values.filter { $0 !== entry && $0.set != nil && $0.inUse == 0 && !$0.pinned && !$0.loading }
+        candidates.sort { $0.lastUse < $1.lastUse }
+        var total = residentBytesLocked
+        for c in candidates where total > budgetBytes {
+            total -= c.bytes
+            c.set = nil
+            c.bytes = 0
+            stats.evictions += 1
+        }
+    }
+
+    /// Forgets the least recently used fusion entries beyond `maxFusions` (never one in use).
+    private func forgetOldFusions(keeping keep: Entry) {
+        var fusions = entries.values.filter { $0.kind == .fusion && $0 !== keep }
+        guard fusions.count + 1 > maxFusions else { return }
+        fusions.sort { $0.lastUse < $1.lastUse }
+        var excess = fusions.count + 1 - maxFusions
+        for f in fusions where excess > 0 && f.inUse == 0 && !f.loading {
+            entries[f.name] = nil
+            if case .fusion(let r) = f.source { fusionNames[r.key] = nil }
+            excess -= 1
+        }
+    }
+
+    private func readAdapter(_ name: String, _ path: String) throws -> LoRAAdapter {
+        do {
+            var a = try AdapterIO.read(path: path, hints: hints)
+            a.name = name
+            return a
+        } catch {
+            throw ServeError.invalid("adapter '\(name)' cannot be read: \(error)", param: "model", code: "adapter_unreadable")
+        }
+    }
+
+    private func prepare(_ name: String, _ adapters: [(LoRAAdapter, Float)]) throws -> AdapterSet {
+        do {
+            return try model.prepare(adapters, mode: .unmerged)
+        } catch let e as LoRARuntimeError {
+            throw ServeError.invalid("adapter '\(name)' does not fit the base model \(baseName): \(e)", param: "model",
+                                     code: "adapter_base_mismatch")
+        }
+    }
+
+    /// Reads (and for fusions fuses) the entry's adapter and prepares it; returns the set and its bytes.
+    private func load(_ entry: Entry) throws -> (AdapterSet, Int) {
+        switch entry.source {
+        case .file(let path):
+            let a = try readAdapter(entry.name, path)
+            let set = try prepare(entry.name, [(a, 1)])
+            lock.lock(); stats.loads += 1; lock.unlock()
+            return (set, a.parameterCount * MemoryLayout<Float>.size)
+        case .fusion(let r):
+            var inputs: [LoRAAdapter] = []
+            for a in r.adapters {
+                lock.lock()
+                let src = entries[a.name]?.source
+                lock.unlock()
+                guard case .file(let path)? = src else {
+                    throw ServeError.notFound("no adapter named '\(a.name)'", param: "adapters")
+                }
+                inputs.append(try readAdapter(a.name, path))
+            }
+            let set: AdapterSet, bytes: Int
+            if let m = r.merge {
+                let method = try FusionMethods.make(name: m.method, parameters: m.parameters)
+                let fused: LoRAAdapter
+                do {
+                    (fused, _) = try Fuser.fuse(inputs, weights: r.adapters.map(\.weight), method: method,
+                                                seed: m.parameters.seed, name: entry.name)
+                } catch let e as FusionError {
+                    throw ServeError.invalid("merge: \(e)", param: "merge", code: "fusion_failed")
+                } catch let e as ModuleFusionError {
+                    throw ServeError.invalid("merge: \(e)", param: "merge", code: "fusion_failed")
+                }
+                set = try prepare(entry.name, [(fused, 1)])
+                bytes = fused.parameterCount * MemoryLayout<Float>.size
+            } else {
+                set = try prepare(entry.name, Array(zip(inputs, r.adapters.map(\.weight))))
+                bytes = inputs.reduce(0) { $0 + $1.parameterCount } * MemoryLayout<Float>.size
+            }
+            lock.lock(); stats.fusions += 1; lock.unlock()
+            return (set, bytes)
+        }
+    }
+}
+
+/// A request's hold on an adapter set: the set cannot be evicted or unloaded until released.
+public final class AdapterLease: @unchecked Sendable {
+    /// The name responses report as `model`: the base's, the adapter's or the fusion's.
+    public let name: String
+    public let set: AdapterSet
+    weak var registry: AdapterRegistry?
+    var released = false
+
+    init(name: String, set: AdapterSet, registry: AdapterRegistry?) {
+        self.name = name
+        self.set = set
+        self.registry = registry
+    }
+
+    public func release() { registry?.release(self) }
+}

@@ -1,0 +1,514 @@
+import Foundation
+
+/// Caps of a `ServeEngine`.
+public struct ServeLimits: Sendable {
+    /// Sequences decoded together (running); more wait in the queue.
+    public var maxBatch: Int
+    /// Sequences waiting beyond the running ones; past it a request gets 429.
+    public var maxQueue: Int
+    /// Positions a sequence may use (prompt + completion); at most the model's context length.
+    public var contextLength: Int
+    /// Largest `max_tokens` a request may ask for, and the default when it asks for none.
+    public var maxTokensCap: Int
+    /// Prompt tokens fed per scheduler iteration (over all sequences still reading their prompt),
+    /// so a long prompt is read in chunks between decode steps instead of stalling them.
+    public var prefillChunk: Int
+    /// A sequence running longer than this (seconds from submission) is ended with 'length'; nil: none.
+    public var timeout: Double?
+
+    public init(maxBatch: Int = 8, maxQueue: Int = 64, contextLength: Int = 2048, maxTokensCap: Int = 1024,
+                prefillChunk: Int = 128, timeout: Double? = nil) {
+        self.maxBatch = maxBatch
+        self.maxQueue = maxQueue
+        self.contextLength = contextLength
+        self.maxTokensCap = maxTokensCap
+        self.prefillChunk = prefillChunk
+        self.timeout = timeout
+    }
+}
+
+/// Why a completion ended, as OpenAI's `finish_reason` spells it.
+public enum FinishReason: String, Sendable, Equatable {
+    /// An end-of-sequence token or a stop string.
+    case stop
+    /// `max_tokens`, the context, or the server's timeout.
+    case length
+}
+
+public struct Usage: Sendable, Equatable {
+    public var promptTokens: Int
+    public var completionTokens: Int
+    public var totalTokens: Int { promptTokens + completionTokens }
+}
+
+/// What a running request streams out.
+public enum ServeEvent: Sendable, Equatable {
+    /// New text (possibly empty while a multi-byte character or a possible stop string is held
+    /// back) and the token ids it came from.
+    case delta(text: String, tokens: [Int])
+    case finished(FinishReason, Usage)
+}
+
+/// A submitted request: its events, and what the response reports.
+public struct ServeStream: Sendable {
+    public let id: Int
+    /// The model name responses report: the base's, the adapter's or the fusion's digest name.
+    public let model: String
+    public let promptTokens: Int
+    public let events: AsyncThrowingStream<ServeEvent, any Error>
+}
+
+/// Called by the engine's thread as requests move through it (metrics). Must not block.
+public protocol ServeObserver: AnyObject, Sendable {
+    func admitted(model: String, promptTokens: Int)
+    func firstToken(model: String, seconds: Double)
+    func nextToken(seconds: Double)
+    func finished(model: String, completionTokens: Int, reason: String)
+    func step(batch: Int, running: Int, waiting: Int)
+}
+
+/// One forward step for several sequences: feeds `tokens[b]` to `sessions[b]` and returns the
+/// next-token logits (B, V).
+public typealias DecodeStep = @Sendable (_ sessions: [LlamaSession], _ tokens: [Int]) throws -> Matrix
+
+/// Continuous batching over one model: a thread loops over iterations, each of which admits
+/// waiting sequences up to `maxBatch`, feeds up to `prefillChunk` prompt tokens of the sequences
+/// still reading their prompts, then runs one decode step for every sequence that has a token to
+/// feed, samples each sequence's next token with its own sampler, and streams the text out.
+/// Finished and cancelled sequences leave between iterations, freeing their place and their
+/// adapter lease.
+///
+/// Every sequence's tokens depend only on its own prompt, adapters, chunking and sampler (the
+/// prompt chunks do not depend on other requests), so a request gives the same tokens alone or
+/// among others, as long as `decode` computes each row as that sequence alone would.
+public final class ServeEngine: @unchecked Sendable {
+    public let registry: AdapterRegistry
+    public let limits: ServeLimits
+    public var model: LlamaModel { registry.model }
+    private let decode: DecodeStep
+    private let autoStart: Bool
+    private weak var observer: (any ServeObserver)?
+
+    private let lock = NSCondition()
+    private var waiting: [Sequence] = []
+    private var running: [Sequence] = []
+    private var cancelled = Set<Int>()
+    private var nextID = 1
+    private var state: State = .idle
+    private var thread: Thread?
+    private var drainWaiters: [CheckedContinuation<Void, Never>] = []
+
+    private enum State { case idle, running, draining, stopped }
+
+    /// Decodes with `decode`; by default with `LlamaModel.decodeStep`, one batched forward for all
+    /// sequences (the base product once for every row, each adapter set's LoRA on its own rows).
+    /// `sequentialDecode` feeds each session alone instead. With `autoStart` the first
+    /// submission starts the thread; otherwise `start()` does (tests queue requests first).
+    public init(registry: AdapterRegistry, limits: ServeLimits = ServeLimits(), observer: (any ServeObserver)? = nil,
+                decode: DecodeStep? = nil, autoStart: Bool = true) {
+        self.autoStart = autoStart
+        self.registry = registry
+        var l = limits
+        l.contextLength = max(2, min(l.contextLength, registry.model.contextLength))
+        l.maxBatch = max(1, l.maxBatch)
+        l.maxQueue = max(0, l.maxQueue)
+        l.prefillChunk = max(1, l.prefillChunk)
+        self.limits = l
+        self.observer = observer
+        let model = registry.model
+        self.decode = decode ?? { sessions, tokens in try model.decodeStep(sessions, tokens: tokens) }
+    }
+
+    /// Each session fed alone: what a batched decode step equals up to float summation order.
+    public static let sequentialDecode: DecodeStep = { sessions, tokens in
+        guard let first = sessions.first else { return Matrix(rows: 0, cols: 0) }
+        let V = first.model.vocabSize
+        var out = Matrix(rows: sessions.count, cols: V)
+        for (b, s) in sessions.enumerated() {
+            let row = try s.feed([tokens[b]])
+            out.data.replaceSubrange((b * V)..<((b + 1) * V), with: row.data)
+        }
+        return out
+    }
+
+    public func setObserver(_ o: (any ServeObserver)?) {
+        lock.lock(); observer = o; lock.unlock()
+    }
+
+    /// Starts the scheduler thread (idempotent).
+    public func start() {
+        lock.lock()
+        defer { lock.unlock() }
+        guard state == .idle else { return }
+        state = .running
+        let t = Thread { [self] in self.loop() }
+        t.name = "lorafuse-scheduler"
+        t.stackSize = 4 << 20
+        thread = t
+        t.start()
+    }
+
+    /// Refuses new requests, lets the running and waiting ones finish, then stops the thread.
+    public func drain() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            lock.lock()
+            if state == .stopped || state == .idle {
+                state = .stopped
+                lock.unlock()
+                c.resume()
+                return
+            }
+            state = .draining
+            drainWaiters.append(c)
+            lock.broadcast()
+            lock.unlock()
+        }
+    }
+
+    /// Cancels every request and stops the thread.
+    public func stop() async {
+        cancelAll()
+        await drain()
+    }
+
+    private func cancelAll() {
+        lock.lock()
+        for s in waiting + running { cancelled.insert(s.id) }
+        lock.broadcast()
+        lock.unlock()
+    }
+
+    public var queueDepth: Int { lock.lock(); defer { lock.unlock() }; return waiting.count }
+    public var runningCount: Int { lock.lock(); defer { lock.unlock() }; return running.count }
+
+    // MARK: Submission
+
+    /// Checks, tokenizes and queues `request`, or throws the ServeError a client should get.
+    public func submit(_ request: GenerationRequest) throws -> ServeStream {
+        let tok = model.tokenizer
+        let ctx = limits.contextLength
+        let p = request.sampling
+        if let m = p.maxTokens, m > limits.maxTokensCap {
+            throw ServeError.invalid("max_tokens \(m) is above this server's cap of \(limits.maxTokensCap)", param: "max_tokens")
+        }
+        let promptText: String
+        switch request.input {
+        case .chat(let messages): promptText = messages.map(\.content).joined()
+        case .text(let t): promptText = t
+        }
+        if tok.surelyExceeds(bytes: promptText.utf8.count, limit: ctx) {
+            throw ServeError.invalid("the prompt is \(promptText.utf8.count) bytes, more than the context of \(ctx) tokens can hold",
+                                     param: request.kind == .chat ? "messages" : "prompt", code: "context_length_exceeded")
+        }
+        let ids: [Int]
+        switch request.input {
+        case .chat(let messages):
+            do { ids = try tok.encodeChat(messages, addGenerationPrompt: true) } catch {
+                throw ServeError.invalid("the messages cannot be rendered with the model's chat template: \(error)", param: "messages")
+            }
+        case .text(let t):
+            ids = tok.encodeRawPrompt(t)
+        }
+        guard !ids.isEmpty else { throw ServeError.invalid("the prompt is empty", param: "prompt") }
+        guard ids.count < ctx else {
+            throw ServeError.invalid("the prompt is \(ids.count) tokens; this server's context is \(ctx), which leaves no room to generate",
+                                     param: request.kind == .chat ? "messages" : "prompt", code: "context_length_exceeded")
+        }
+        let maxNew: Int
+        if let m = p.maxTokens {
+            guard ids.count + m <= ctx else {
+                throw ServeError.invalid("the prompt (\(ids.count) tokens) plus max_tokens \(m) is more than this server's context of \(ctx) tokens",
+                                         param: "max_tokens", code: "context_length_exceeded")
+            }
+            maxNew = m
+        } else {
+            maxNew = min(limits.maxTokensCap, ctx - ids.count)
+        }
+        let seed = p.seed ?? UInt64.random(in: .min ... .max)
+        let sampler: RequestSampler
+        do { sampler = try RequestSampler(p, seed: seed) } catch {
+            throw ServeError.invalid("\(error)", param: "temperature")
+        }
+
+        lock.lock()
+        let accepting = state == .running || state == .idle
+        let full = waiting.count + running.count >= limits.maxQueue + limits.maxBatch
+        lock.unlock()
+        guard accepting else {
+            throw ServeError(status: 503, message: "the server is shutting down", type: "server_error", code: "shutting_down")
+        }
+        guard !full else {
+            throw ServeError.busy("too many requests: \(limits.maxBatch) running and \(limits.maxQueue) waiting; retry later")
+        }
+        let lease = try registry.acquire(request.choice)
+
+        var continuation: AsyncThrowingStream<ServeEvent, any Error>.Continuation!
+        let events = AsyncThrowingStream<ServeEvent, any Error>(bufferingPolicy: .unbounded) { continuation = $0 }
+        lock.lock()
+        let id = nextID
+        nextID += 1
+        let seq = Sequence(id: id, prompt: ids, maxNew: maxNew, lease: lease, sampler: sampler,
+                           stopIds: tok.stopIds, stopStrings: p.stop, decoder: tok.makeStreamingDecoder(skipSpecial: true),
+                           continuation: continuation)
+        if waiting.count + running.count >= limits.maxQueue + limits.maxBatch {
+            lock.unlock()
+            lease.release()
+            throw ServeError.busy("too many requests: \(limits.maxBatch) running and \(limits.maxQueue) waiting; retry later")
+        }
+        waiting.append(seq)
+        let obs = observer
+        lock.broadcast()
+        lock.unlock()
+        continuation.onTermination = { [weak self] reason in
+            if case .cancelled = reason { self?.cancel(id) }
+        }
+        obs?.admitted(model: lease.name, promptTokens: ids.count)
+        if autoStart { start() }
+        return ServeStream(id: id, model: lease.name, promptTokens: ids.count, events: events)
+    }
+
+    /// Frees the request's sequence at the next iteration (a client that went away).
+    public func cancel(_ id: Int) {
+        lock.lock()
+        cancelled.insert(id)
+        lock.broadcast()
+        lock.unlock()
+    }
+
+    // MARK: The loop
+
+    final class Sequence {
+        let id: Int
+        let prompt: [Int]
+        let maxNew: Int
+        let lease: AdapterLease
+        var sampler: RequestSampler
+        let stopIds: Set<Int>
+        let stopStrings: [String]
+        var decoder: StreamingDecoder
+        let continuation: AsyncThrowingStream<ServeEvent, any Error>.Continuation
+        var session: LlamaSession?
+        var fed = 0                    // prompt tokens fed
+        var pending: Int?              // sampled, to be fed next step
+        var generated: [Int] = []
+        var text: [Unicode.Scalar] = [] // all text decoded so far (scalars: a combining mark must not
+                                        // merge into a character already sent)
+        var emitted = 0                 // scalars of `text` already sent
+        var done = false
+        let submitted = Date()
+        var lastToken: Date?
+
+        init(id: Int, prompt: [Int], maxNew: Int, lease: AdapterLease, sampler: RequestSampler, stopIds: Set<Int>,
+             stopStrings: [String], decoder: StreamingDecoder, continuation: AsyncThrowingStream<ServeEvent, any Error>.Continuation) {
+            self.id = id
+            self.prompt = prompt
+            self.maxNew = maxNew
+            self.lease = lease
+            self.sampler = sampler
+            self.stopIds = stopIds
+            self.stopStrings = stopStrings
+            self.decoder = decoder
+            self.continuation = continuation
+        }
+    }
+
+    private func loop() {
+        while true {
+            lock.lock()
+            // Cancelled sequences leave first, waiting or running.
+            if !cancelled.isEmpty {
+                for s in waiting + running where cancelled.contains(s.id) { close(s, error: CancellationError()) }
+                waiting.removeAll { cancelled.contains($0.id) }
+                running.removeAll { cancelled.contains($0.id) }
+                cancelled.removeAll()
+            }
+            while running.count < limits.maxBatch && !waiting.isEmpty { running.append(waiting.removeFirst()) }
+            if running.isEmpty {
+                if state == .draining || state == .stopped {
+                    state = .stopped
+                    let waiters = drainWaiters
+                    drainWaiters = []
+                    lock.unlock()
+                    for w in waiters { w.resume() }
+                    return
+                }
+                lock.wait()
+                lock.unlock()
+                continue
+            }
+            let batch = running
+            let waitingCount = waiting.count
+            let obs = observer
+            lock.unlock()
+
+            iterate(batch, observer: obs, waiting: waitingCount)
+
+            lock.lock()
+            running.removeAll { $0.done }
+            lock.unlock()
+        }
+    }
+
+    /// One iteration over the running sequences: prompt chunks, then one decode step.
+    private func iterate(_ batch: [Sequence], observer obs: (any ServeObserver)?, waiting: Int) {
+        let decoding = batch.filter { $0.pending != nil && !$0.done }
+        // Prompt chunks, oldest sequences first, `prefillChunk` tokens in all.
+        var budget = limits.prefillChunk
+        for s in batch where s.pending == nil && !s.done && budget > 0 {
+            do {
+                if s.session == nil {
+                    s.session = try model.makeLlamaSession(maxTokens: min(s.prompt.count + s.maxNew, limits.contextLength),
+                                                           adapters: s.lease.set)
+                }
+                let n = min(budget, s.prompt.count - s.fed)
+                let chunk = Array(s.prompt[s.fed..<(s.fed + n)])
+                let logits = try s.session!.feed(chunk, logitsFrom: n - 1)
+                s.fed += n
+                budget -= n
+                if s.fed == s.prompt.count {
+                    let t = s.sampler.sample(logits.row(0))
+                    obs?.firstToken(model: s.lease.name, seconds: Date().timeIntervalSince(s.submitted))
+                    s.lastToken = Date()
+                    accept(t, s, observer: obs)
+                }
+            } catch {
+                fail(s, error)
+            }
+        }
+        // One decode step for every sequence that has a token to feed.
+        let live = decoding.filter { !$0.done }
+        if !live.isEmpty {
+            obs?.step(batch: live.count, running: batch.count, waiting: waiting)
+            do {
+                let logits = try decode(live.map { $0.session! }, live.map { $0.pending! })
+                let now = Date()
+                for (b, s) in live.enumerated() {
+                    s.pending = nil
+                    let t = s.sampler.sample(logits.row(b))
+                    if let last = s.lastToken { obs?.nextToken(seconds: now.timeIntervalSince(last)) }
+                    s.lastToken = now
+                    accept(t, s, observer: obs)
+                }
+            } catch {
+                for s in live { fail(s, error) }
+            }
+        }
+        if let timeout = limits.timeout {
+            let now = Date()
+            for s in batch where !s.done && now.timeIntervalSince(s.submitted) > timeout { finish(s, .length, observer: obs) }
+        }
+    }
+
+    /// Handles a sampled token: end on a stop token, a stop string, max_tokens or the context;
+    /// otherwise stream its text and keep it to feed.
+    private func accept(_ t: Int, _ s: Sequence, observer obs: (any ServeObserver)?) {
+        if s.stopIds.contains(t) {
+            s.text += s.decoder.flush().unicodeScalars
+            finish(s, .stop, observer: obs)
+            return
+        }
+        s.generated.append(t)
+        s.text += s.decoder.push(t).unicodeScalars
+        if let cut = stopCut(s) {
+            s.continuation.yield(.delta(text: take(s, upTo: cut), tokens: [t]))
+            finish(s, .stop, observer: obs, flush: false)
+            return
+        }
+        s.continuation.yield(.delta(text: take(s, upTo: s.text.count - heldBack(s)), tokens: [t]))
+        let session = s.session!
+        if s.generated.count >= s.maxNew || session.position + 1 > session.maxTokens {
+            s.text += s.decoder.flush().unicodeScalars
+            finish(s, .length, observer: obs)
+        } else {
+            s.pending = t
+        }
+    }
+
+    /// The text from what was sent up to scalar `end`, marked as sent.
+    private func take(_ s: Sequence, upTo end: Int) -> String {
+        guard end > s.emitted else { return "" }
+        var out = String.UnicodeScalarView()
+        out.append(contentsOf: s.text[s.emitted..<end])
+        s.emitted = end
+        return String(out)
+    }
+
+    /// The scalar offset where the first stop string starts, if the text holds one.
+    private func stopCut(_ s: Sequence) -> Int? {
+        guard !s.stopStrings.isEmpty else { return nil }
+        let longest = s.stopStrings.map(\.unicodeScalars.count).max() ?? 0
+        let from = max(0, s.emitted - longest)
+        var best: Int?
+        for stop in s.stopStrings {
+            let sc = Array(stop.unicodeScalars)
+            var i = from
+            while i + sc.count <= s.text.count {
+                if s.text[i..<(i + sc.count)].elementsEqual(sc) { best = min(best ?? i, i); break }
+                i += 1
+            }
+        }
+        return best
+    }
+
+    /// How many trailing scalars could begin a stop string (held back until they cannot).
+    private func heldBack(_ s: Sequence) -> Int {
+        var hold = 0
+        for stop in s.stopStrings {
+            let sc = Array(stop.unicodeScalars)
+            for k in stride(from: min(sc.count - 1, s.text.count), to: hold, by: -1)
+            where s.text[(s.text.count - k)...].elementsEqual(sc[0..<k]) {
+                hold = k
+                break
+            }
+        }
+        return hold
+    }
+
+    private func finish(_ s: Sequence, _ reason: FinishReason, observer obs: (any ServeObserver)?, flush: Bool = true) {
+        guard !s.done else { return }
+        if flush {
+            let out = take(s, upTo: stopCut(s) ?? s.text.count)
+            if !out.isEmpty { s.continuation.yield(.delta(text: out, tokens: [])) }
+        }
+        s.done = true
+        s.continuation.yield(.finished(reason, Usage(promptTokens: s.prompt.count, completionTokens: s.generated.count)))
+        s.continuation.finish()
+        s.session = nil
+        s.lease.release()
+        obs?.finished(model: s.lease.name, completionTokens: s.generated.count, reason: reason.rawValue)
+    }
+
+    private func fail(_ s: Sequence, _ error: any Error) {
+        guard !s.done else { return }
+        s.done = true
+        s.continuation.finish(throwing: ServeError.wrap(error))
+        s.session = nil
+        s.lease.release()
+    }
+
+    /// Ends a cancelled sequence (its client has gone; nothing more is sent).
+    private func close(_ s: Sequence, error: any Error) {
+        guard !s.done else { return }
+        s.done = true
+        s.continuation.finish(throwing: error)
+        s.session = nil
+        s.lease.release()
+    }
+}
+
+extension ServeStream {
+    /// Waits for the whole completion: its text, tokens, finish reason and usage.
+    public func collect() async throws -> (text: String, tokens: [Int], reason: FinishReason, usage: Usage) {
+        var text = "", tokens: [Int] = []
+        for try await e in events {
+            switch e {
+            case let .delta(t, ids):
+                text += t
+                tokens += ids
+            case let .finished(r, u):
+                return (text, tokens, r, u)
+            }
+        }
+        throw CancellationError()
+    }
+}

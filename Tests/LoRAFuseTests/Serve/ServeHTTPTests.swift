@@ -1,0 +1,255 @@
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import NIOHTTP1
+import XCTest
+@testable import LoRAFuse
+import LoRAFuseServer
+
+/// The HTTP server on a loopback port with the tiny model, driven by async-http-client.
+final class ServeHTTPTests: XCTestCase {
+    struct Reply {
+        var status: Int
+        var body: String
+        var json: [String: Any] { ((try? JSONSerialization.jsonObject(with: Data(body.utf8))) as? [String: Any]) ?? [:] }
+        var error: [String: Any] { json["error"] as? [String: Any] ?? [:] }
+    }
+
+    final class Harness: @unchecked Sendable {
+        let server: RunningServer
+        let client = HTTPClient(eventLoopGroupProvider: .singleton)
+        let dir: String
+        var base: String { "http://127.0.0.1:\(server.port)" }
+
+        init(server: RunningServer, dir: String) {
+            self.server = server
+            self.dir = dir
+        }
+
+        func request(_ method: HTTPMethod, _ path: String, json: String? = nil, key: String? = nil) async throws -> Reply {
+            var req = HTTPClientRequest(url: base + path)
+            req.method = method
+            if let json {
+                req.headers.add(name: "content-type", value: "application/json")
+                req.body = .bytes(ByteBuffer(string: json))
+            }
+            if let key { req.headers.add(name: "authorization", value: "Bearer " + key) }
+            let resp = try await client.execute(req, timeout: .seconds(60))
+            let body = try await resp.body.collect(upTo: 16 << 20)
+            return Reply(status: Int(resp.status.code), body: String(buffer: body))
+        }
+
+        /// A streamed request's `data:` payloads in order (the last is "[DONE]").
+        func stream(_ path: String, json: String) async throws -> (contentType: String, events: [String]) {
+            var req = HTTPClientRequest(url: base + path)
+            req.method = .POST
+            req.body = .bytes(ByteBuffer(string: json))
+            let resp = try await client.execute(req, timeout: .seconds(60))
+            var text = ""
+            for try await part in resp.body { text += String(buffer: part) }
+            let events = text.components(separatedBy: "\n\n").filter { !$0.isEmpty }.map { e -> String in
+                XCTAssertTrue(e.hasPrefix("data: "), e)
+                return String(e.dropFirst(6))
+            }
+            return (resp.headers.first(name: "content-type") ?? "", events)
+        }
+
+        func stop() async throws {
+            try await client.shutdown()
+            try await server.shutdown()
+        }
+    }
+
+    private func start(limits: ServeLimits = ServeLimits(maxBatch: 8, contextLength: 256, maxTokensCap: 64, prefillChunk: 16),
+                       apiKey: String? = nil, maxBody: Int = 1 << 20, decode: DecodeStep? = nil) async throws -> Harness {
+        let model = ServeFixtures.model()
+        let dir = try ServeFixtures.adapterDirectory(model, names: ["alpha", "beta", "gamma"])
+        let reg = AdapterRegistry(model: model, baseName: "tiny")
+        try reg.registerDirectory(dir)
+        let engine = ServeEngine(registry: reg, limits: limits, decode: decode)
+        let server = try await RunningServer.start(engine: engine, options: ServerOptions(host: "127.0.0.1", port: 0, apiKey: apiKey,
+                                                                                          maxBodyBytes: maxBody, adaptersRoot: dir))
+        return Harness(server: server, dir: dir)
+    }
+
+    private func chat(_ model: String, _ text: String, max: Int = 10, extra: String = "") -> String {
+        #"{"model":"\#(model)","messages":[{"role":"user","content":"\#(text)"}],"max_tokens":\#(max)\#(extra)}"#
+    }
+
+    func testHealthModelsAndMetrics() async throws {
+        let h = try await start()
+        let health = try await h.request(.GET, "/health")
+        XCTAssertEqual(health.status, 200)
+        XCTAssertEqual(health.json["status"] as? String, "ok")
+        let models = try await h.request(.GET, "/v1/models")
+        XCTAssertEqual(models.status, 200)
+        let data = models.json["data"] as? [[String: Any]] ?? []
+        XCTAssertEqual(data.map { $0["id"] as? String }, ["tiny", "alpha", "beta", "gamma"])
+        XCTAssertTrue(data[0]["parent"] is NSNull)
+        XCTAssertEqual(data[1]["parent"] as? String, "tiny")
+        _ = try await h.request(.POST, "/v1/chat/completions", json: chat("alpha", "hi", max: 3, extra: #","temperature":0"#))
+        let metrics = try await h.request(.GET, "/metrics")
+        XCTAssertEqual(metrics.status, 200)
+        for name in ["lorafuse_requests_total{endpoint=\"chat\",status=\"200\"} 1", "lorafuse_prompt_tokens_total",
+                     "lorafuse_completion_tokens_total 3", "lorafuse_time_to_first_token_seconds_bucket",
+                     "lorafuse_time_per_output_token_seconds_count", "lorafuse_decode_batch_size_bucket",
+                     "lorafuse_model_requests_total{model=\"alpha\"} 1", "lorafuse_queue_depth", "lorafuse_adapters_resident 1"] {
+            XCTAssertTrue(metrics.body.contains(name), "metrics lack \(name)")
+        }
+        try await h.stop()
+    }
+
+    func testChatAndCompletionStreamingEqualNonStreaming() async throws {
+        let h = try await start()
+        for (path, body) in [("/v1/chat/completions", chat("beta", "tell me", max: 12, extra: #","temperature":0.8,"seed":5"#)),
+                             ("/v1/completions", #"{"model":"gamma","prompt":"once upon","max_tokens":12,"temperature":0}"#)] {
+            let plain = try await h.request(.POST, path, json: body)
+            XCTAssertEqual(plain.status, 200, plain.body)
+            let choice = (plain.json["choices"] as? [[String: Any]])?.first ?? [:]
+            let isChat = path.contains("chat")
+            let text = isChat ? (choice["message"] as? [String: Any])?["content"] as? String : choice["text"] as? String
+            XCTAssertEqual(plain.json["object"] as? String, isChat ? "chat.completion" : "text_completion")
+            XCTAssertEqual((plain.json["usage"] as? [String: Any])?["completion_tokens"] as? Int, 12)
+            XCTAssertEqual(choice["finish_reason"] as? String, "length")
+
+            let streamed = try await h.stream(path, json: String(body.dropLast()) + #","stream":true,"stream_options":{"include_usage":true}}"#)
+            XCTAssertEqual(streamed.contentType, "text/event-stream")
+            XCTAssertEqual(streamed.events.last, "[DONE]")
+            var joined = "", finish: String?, usage: [String: Any]?
+            for e in streamed.events.dropLast() {
+                let o = try JSONSerialization.jsonObject(with: Data(e.utf8)) as! [String: Any]
+                XCTAssertEqual(o["object"] as? String, isChat ? "chat.completion.chunk" : "text_completion")
+                XCTAssertEqual(o["id"] as? String, (try JSONSerialization.jsonObject(with: Data(streamed.events[0].utf8)) as! [String: Any])["id"] as? String)
+                if let u = o["usage"] as? [String: Any] { usage = u }
+                guard let c = (o["choices"] as? [[String: Any]])?.first else { continue }
+                joined += isChat ? ((c["delta"] as? [String: Any])?["content"] as? String ?? "") : (c["text"] as? String ?? "")
+                if let f = c["finish_reason"] as? String { finish = f }
+            }
+            XCTAssertEqual(joined, text, path)
+            XCTAssertEqual(finish, "length")
+            XCTAssertEqual(usage?["completion_tokens"] as? Int, 12)
+        }
+        try await h.stop()
+    }
+
+    func testConcurrentMixedAdaptersEqualEachAlone() async throws {
+        let h = try await start()
+        let bodies = [
+            #"{"model":"tiny","prompt":"aaa","max_tokens":16,"temperature":0}"#,
+            #"{"model":"alpha","prompt":"bbb","max_tokens":16,"temperature":0}"#,
+            #"{"model":"beta","prompt":"a longer prompt that takes two chunks","max_tokens":16,"temperature":1,"seed":3}"#,
+            #"{"model":"gamma","prompt":"ddd","max_tokens":16,"temperature":0.7,"top_p":0.9,"seed":9}"#,
+            #"{"model":"x","prompt":"eee","max_tokens":16,"temperature":0,"adapters":[{"name":"alpha"},{"name":"beta","weight":-0.5}]}"#,
+            #"{"model":"x","prompt":"fff","max_tokens":16,"temperature":0.9,"seed":1,"adapters":[{"name":"alpha"},{"name":"gamma"}],"merge":{"method":"svd","rank":2}}"#,
+            #"{"model":"alpha","prompt":"bbb","max_tokens":16,"temperature":0.5,"seed":2,"top_k":5,"presence_penalty":0.5}"#,
+        ]
+        func text(_ r: Reply) -> String { ((r.json["choices"] as? [[String: Any]])?.first?["text"] as? String) ?? "<\(r.body)>" }
+        var alone: [String] = []
+        for b in bodies { alone.append(text(try await h.request(.POST, "/v1/completions", json: b))) }
+        let together = try await withThrowingTaskGroup(of: (Int, String).self) { g in
+            for (i, b) in bodies.enumerated() { g.addTask { (i, text(try await h.request(.POST, "/v1/completions", json: b))) } }
+            var out = Array(repeating: "", count: bodies.count)
+            for try await (i, t) in g { out[i] = t }
+            return out
+        }
+        XCTAssertEqual(together, alone)
+        let fusionModel = try await h.request(.POST, "/v1/completions", json: bodies[5]).json["model"] as? String
+        XCTAssertTrue(fusionModel?.hasPrefix("fusion-") == true)
+        let models = try await h.request(.GET, "/v1/models")
+        XCTAssertTrue(models.body.contains(fusionModel ?? "?"), "the cached fusion is listed")
+        // The fusion can be asked for by its name.
+        let byName = try await h.request(.POST, "/v1/completions", json: bodies[5].replacingOccurrences(of: #""model":"x""#, with: #""model":"\#(fusionModel!)""#))
+        XCTAssertEqual(text(byName), alone[5])
+        try await h.stop()
+    }
+
+    func testLoadAndUnloadAdaptersAtRunTime() async throws {
+        let h = try await start()
+        let load = try await h.request(.POST, "/v1/adapters", json: #"{"name":"delta","path":"alpha","pinned":true}"#)
+        XCTAssertEqual(load.status, 200, load.body)
+        let models = try await h.request(.GET, "/v1/models")
+        XCTAssertTrue(models.body.contains(#""id":"delta""#))
+        let viaDelta = try await h.request(.POST, "/v1/completions", json: #"{"model":"delta","prompt":"q","max_tokens":6,"temperature":0}"#)
+        let viaAlpha = try await h.request(.POST, "/v1/completions", json: #"{"model":"alpha","prompt":"q","max_tokens":6,"temperature":0}"#)
+        XCTAssertEqual((viaDelta.json["choices"] as? [[String: Any]])?.first?["text"] as? String,
+                       (viaAlpha.json["choices"] as? [[String: Any]])?.first?["text"] as? String)
+        let r1 = try await h.request(.POST, "/v1/adapters", json: #"{"name":"delta","path":"beta"}"#)
+        XCTAssertEqual(r1.status, 409)
+        let r2 = try await h.request(.POST, "/v1/adapters", json: #"{"name":"evil","path":"../"}"#)
+        XCTAssertEqual(r2.status, 400)
+        let r3 = try await h.request(.POST, "/v1/adapters", json: #"{"name":"evil","path":"/etc"}"#)
+        XCTAssertEqual(r3.error["code"] as? String, "path_outside_root")
+        let r4 = try await h.request(.POST, "/v1/adapters", json: #"{"name":"none","path":"missing"}"#)
+        XCTAssertEqual(r4.status, 404)
+        let r5 = try await h.request(.DELETE, "/v1/adapters/delta")
+        XCTAssertEqual(r5.status, 200)
+        let gone = try await h.request(.POST, "/v1/completions", json: #"{"model":"delta","prompt":"q","max_tokens":6}"#)
+        XCTAssertEqual(gone.status, 404)
+        XCTAssertEqual(gone.error["code"] as? String, "model_not_found")
+        let r6 = try await h.request(.DELETE, "/v1/adapters/delta")
+        XCTAssertEqual(r6.status, 404)
+        try await h.stop()
+    }
+
+    func testErrorStatuses() async throws {
+        let slow: DecodeStep = { s, t in Thread.sleep(forTimeInterval: 0.01); return try ServeEngine.sequentialDecode(s, t) }
+        let h = try await start(limits: ServeLimits(maxBatch: 1, maxQueue: 0, contextLength: 64, maxTokensCap: 40), apiKey: "sekret",
+                                maxBody: 2048, decode: slow)
+        let k = "sekret"
+        func check(_ r: Reply, _ status: Int, _ type: String, param: String? = nil, line: UInt = #line) {
+            XCTAssertEqual(r.status, status, r.body, line: line)
+            XCTAssertEqual(r.error["type"] as? String, type, r.body, line: line)
+            XCTAssertNotNil(r.error["message"] as? String, line: line)
+            XCTAssertTrue(r.error.keys.contains("code") && r.error.keys.contains("param"), line: line)
+            if let param { XCTAssertEqual(r.error["param"] as? String, param, line: line) }
+        }
+        check(try await h.request(.GET, "/v1/models"), 401, "authentication_error")
+        check(try await h.request(.GET, "/v1/models", key: "wrong"), 401, "authentication_error")
+        let r7 = try await h.request(.GET, "/v1/models", key: k)
+        XCTAssertEqual(r7.status, 200)
+        let r8 = try await h.request(.GET, "/health")
+        XCTAssertEqual(r8.status, 200, "health needs no key")
+        check(try await h.request(.POST, "/v1/chat/completions", json: "{oops", key: k), 400, "invalid_request_error")
+        check(try await h.request(.POST, "/v1/chat/completions", json: chat("nope", "hi"), key: k), 404, "not_found_error", param: "model")
+        check(try await h.request(.POST, "/v1/chat/completions", json: chat("alpha", "hi", extra: #","n":2"#), key: k), 400, "invalid_request_error", param: "n")
+        check(try await h.request(.POST, "/v1/completions",
+                                  json: #"{"model":"x","prompt":"p","adapters":[{"name":"alpha"}],"merge":{"method":"avg"}}"#, key: k),
+              400, "invalid_request_error", param: "merge.method")
+        check(try await h.request(.POST, "/v1/completions",
+                                  json: #"{"model":"x","prompt":"p","adapters":[{"name":"alpha"}],"merge":{"method":"ties","gamma":0.2}}"#, key: k),
+              400, "invalid_request_error", param: "merge")
+        check(try await h.request(.POST, "/v1/completions", json: #"{"model":"tiny","prompt":"p","max_tokens":41}"#, key: k),
+              400, "invalid_request_error", param: "max_tokens")
+        check(try await h.request(.POST, "/v1/completions", json: #"{"model":"tiny","prompt":"\#(String(repeating: "w", count: 80))"}"#, key: k),
+              400, "invalid_request_error", param: "prompt")
+        check(try await h.request(.POST, "/v1/completions", json: #"{"model":"tiny","prompt":"\#(String(repeating: "w", count: 3000))"}"#, key: k),
+              413, "invalid_request_error")
+        // One running, none may wait: the second concurrent request gets 429, and the server keeps serving.
+        let long = Task { try await h.request(.POST, "/v1/completions", json: #"{"model":"tiny","prompt":"p","max_tokens":40}"#, key: k) }
+        var busy: Reply?
+        for _ in 0..<100 {
+            try await Task.sleep(nanoseconds: 10_000_000)
+            let r = try await h.request(.POST, "/v1/completions", json: #"{"model":"tiny","prompt":"p","max_tokens":2}"#, key: k)
+            if r.status == 429 { busy = r; break }
+        }
+        XCTAssertNotNil(busy)
+        if let busy { check(busy, 429, "rate_limit_error") }
+        let r9 = try await long.value
+        XCTAssertEqual(r9.status, 200)
+        let r10 = try await h.request(.POST, "/v1/completions", json: #"{"model":"tiny","prompt":"p","max_tokens":2}"#, key: k)
+        XCTAssertEqual(r10.status, 200)
+        try await h.stop()
+    }
+
+    func testShutdownLetsRunningRequestsFinish() async throws {
+        let slow: DecodeStep = { s, t in Thread.sleep(forTimeInterval: 0.005); return try ServeEngine.sequentialDecode(s, t) }
+        let h = try await start(decode: slow)
+        let running = Task { try await h.request(.POST, "/v1/completions", json: #"{"model":"alpha","prompt":"p","max_tokens":40,"temperature":0}"#) }
+        try await Task.sleep(nanoseconds: 50_000_000)
+        try await h.server.shutdown()
+        let r = try await running.value
+        XCTAssertEqual(r.status, 200)
+        XCTAssertEqual(((r.json["usage"] as? [String: Any])?["completion_tokens"]) as? Int, 40)
+        try await h.client.shutdown()
+    }
+}
