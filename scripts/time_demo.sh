@@ -30,6 +30,7 @@ cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
   echo "- load average (1/5/15 min) before: $load_before, after: $load_after"
   echo "- OPENBLAS_CORETYPE: ${OPENBLAS_CORETYPE:-unset}"
   echo "- LORAFUSE_HOME: an empty temp folder (the model downloaded from PyPI during the run)"
+  echo "- not cleared: pip's own download cache and SwiftPM's package cache (the build itself starts from no .build)"
   echo "- wall time: **${secs} s** ($((secs / 60)) min $((secs % 60)) s), target ≤ 600 s"
   echo
   echo "Last lines of the demo's output:"
