@@ -55,7 +55,7 @@ done
 [ "${SKIP_SCORE:-0}" = 1 ] && exit 0
 mkdir -p out docs
 "$LF" tasks experts --tasks tasks --adapters adapters --split test --threads "$THREADS" \
-  --manifest adapters/manifest.json -o out/experts.md
+  --manifest adapters/manifest.json -o out/experts.md --force
 {
   echo "# The suite's task adapters against the base model"
   echo

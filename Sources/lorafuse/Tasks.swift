@@ -96,6 +96,7 @@ struct TasksExperts: ParsableCommand {
     @Option(name: .long, help: "Model GGUF file or HF directory (default: the SmolLM2-135M-Instruct model in $LORAFUSE_HOME/models).")
     var model: String?
     @OptionGroup var weights: WeightComputeOptions
+    @OptionGroup var overwrite: OverwriteOptions
     @Option(name: .long, help: "Task folder with <task>.<split>.jsonl files.") var tasks = "tasks"
     @Option(name: .long, help: "Folder with one PEFT adapter folder per task, named after the task.") var adapters = "adapters"
     @Option(name: .long, help: "Which split to score (test or val).") var split = "test"
@@ -117,6 +118,12 @@ struct TasksExperts: ParsableCommand {
         do { found = try ExpertInputs.find(tasks: tasks, adapters: adapters, split: split, limit: limit) } catch let e as ExpertInputsError {
             throw ValidationError(e.description)   // nothing to score with these flags: a usage error
         }
+        // Checked before the long measurement. The manifest's usual place is the adapters folder
+        // itself (beside the adapters, not inside one), so the inputs are each adapter, the task
+        // folder and the model.
+        let inputs = found.adapterPaths + [tasks, model ?? ModelLocator.defaultModelPath()]
+        let tableTarget = try output.map { try OutputGuard.check($0, kind: .file, inputs: inputs, force: overwrite.force) }
+        let manifestTarget = try manifest.map { try OutputGuard.check($0, kind: .file, inputs: inputs, force: overwrite.force, what: "--manifest") }
         let evalTasks = found.tasks
         let lm = try loadModel(modelPath: model, compute: weights.compute)
         let hints = (try? ModelHints.load(path: model ?? ModelLocator.defaultModelPath())) ?? ModelHints()
@@ -126,10 +133,10 @@ struct TasksExperts: ParsableCommand {
             bar.update(done, detail: label)
         }
         let md = table.markdown()
-        if let o = output { try md.write(toFile: o, atomically: true, encoding: .utf8) }
-        if let m = manifest {
-            try AdapterManifest.make(table: table, adaptersDir: adapters, model: lm.sourcePath)
-                .json().write(toFile: m, atomically: true, encoding: .utf8)
+        if let t = tableTarget { try OutputGuard.writeFile(t) { try md.write(to: $0, atomically: false, encoding: .utf8) } }
+        if let t = manifestTarget {
+            let text = try AdapterManifest.make(table: table, adaptersDir: adapters, model: lm.sourcePath).json()
+            try OutputGuard.writeFile(t) { try text.write(to: $0, atomically: false, encoding: .utf8) }
         }
         if json { try printJSON(table) } else if output == nil { print(md) } else { print(md); print("table written to \(output!)") }
     }

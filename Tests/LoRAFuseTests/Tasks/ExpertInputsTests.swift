@@ -35,4 +35,28 @@ final class ExpertInputsTests: XCTestCase {
             XCTAssertTrue("\(e)".contains("missing"), "\(e)")
         }
     }
+
+    /// `tasks experts` goes through the output guard before it measures anything: an output
+    /// inside an adapter or equal to a task file is refused, an existing manifest needs --force.
+    func testExpertsOutputsGoThroughTheOutputGuard() throws {
+        let dir = ModelFixtures.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try FileManager.default.createDirectory(atPath: dir + "/tasks", withIntermediateDirectories: true)
+        try "{\"prompt\": \"p\", \"answer\": \"a\"}\n".write(toFile: dir + "/tasks/t.test.jsonl", atomically: true, encoding: .utf8)
+        let model = TrainFixtures.model()
+        try PEFTAdapter.write(TrainFixtures.randomLoRA(model.config, targets: [.q], rank: 2).adapter(), to: dir + "/adapters/t", dtype: .f32)
+        let base = ["tasks", "experts", "--tasks", dir + "/tasks", "--adapters", dir + "/adapters", "--model", dir + "/no-model.gguf"]
+        let inside = try CLITests.run(base + ["-o", dir + "/adapters/t/table.md"])
+        XCTAssertNotEqual(inside.code, 0)
+        XCTAssertTrue(inside.stderr.contains("adapters/t"), inside.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/adapters/t/table.md"))
+        let onInput = try CLITests.run(base + ["-o", dir + "/tasks/t.test.jsonl"])
+        XCTAssertNotEqual(onInput.code, 0)
+        XCTAssertEqual(try String(contentsOfFile: dir + "/tasks/t.test.jsonl", encoding: .utf8), "{\"prompt\": \"p\", \"answer\": \"a\"}\n")
+        try "{}".write(toFile: dir + "/adapters/manifest.json", atomically: true, encoding: .utf8)
+        let existing = try CLITests.run(base + ["--manifest", dir + "/adapters/manifest.json"])
+        XCTAssertNotEqual(existing.code, 0)
+        XCTAssertTrue(existing.stderr.contains("--force"), existing.stderr)
+        XCTAssertEqual(try String(contentsOfFile: dir + "/adapters/manifest.json", encoding: .utf8), "{}")
+    }
 }
