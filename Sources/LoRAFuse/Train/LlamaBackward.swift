@@ -57,28 +57,27 @@ public final class LlamaTrainingEngine {
     public let model: LlamaModel
     let c: LlamaConfig
     private var ropeTable: RopeTable?
-    /// Float32 copies of quantized base weights, made the first time a step needs each one: a
-    /// quantized model trains at the speed of a Float32 one, holding Float32 weights only while
-    /// this engine lives (inference sessions keep reading the stored blocks).
-    private var dequantized: [Int: [Float]] = [:]
-    private var dequantizedEmbed: [Float]?
+    /// Float32 copies of quantized base weights, made the first time a step needs each one and
+    /// keyed by the stored matrix, so a tied head and the embedding share one copy: a quantized
+    /// model trains at the speed of a Float32 one, holding Float32 weights only while this engine
+    /// lives (inference sessions keep reading the stored blocks).
+    private var dequantized: [ObjectIdentifier: [Float]] = [:]
+
+    private func floats(_ q: QuantizedMatrix) -> [Float] {
+        if let w = dequantized[ObjectIdentifier(q)] { return w }
+        let w = q.dequantized()
+        dequantized[ObjectIdentifier(q)] = w
+        return w
+    }
 
     /// W (out, in) of linear `id` as Float32.
     private func floatWeight(_ id: Int) -> [Float] {
         let lw = model.base.linears[id]
-        guard lw.quantized != nil else { return lw.weight }
-        if let w = dequantized[id] { return w }
-        let w = lw.floatWeight()
-        dequantized[id] = w
-        return w
+        return lw.quantized.map(floats) ?? lw.weight
     }
 
     private func embedTable() -> [Float] {
-        guard model.base.embedQuantized != nil else { return model.base.embed }
-        if let e = dequantizedEmbed { return e }
-        let e = model.base.embedFloats()
-        dequantizedEmbed = e
-        return e
+        model.base.embedQuantized.map(floats) ?? model.base.embed
     }
 
     public init(model: LlamaModel) {
