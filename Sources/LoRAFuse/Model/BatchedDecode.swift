@@ -44,10 +44,10 @@ extension LlamaModel {
         }
         var out = Matrix(rows: B, cols: V)
         if B == 0 { return out }
-        // Batchable rows first, grouped by adapter set; merged sets one by one.
-        let batch = sessions.indices.filter { !sessions[$0].adapters.changesBaseWeights && sessions[$0].activations == nil }
-        let alone = sessions.indices.filter { !batch.contains($0) }
-        if batch.count == 1 { return try stepOneByOne(sessions, tokens, into: &out) }
+        // Batchable rows grouped by adapter set; merged sets (and a lone batchable row) one by one.
+        var batch = sessions.indices.filter { !sessions[$0].adapters.changesBaseWeights && sessions[$0].activations == nil }
+        if batch.count == 1 { batch = [] }
+        let inBatch = Set(batch)
         var order: [Int] = []
         var groups: [(rows: Range<Int>, set: AdapterSet)] = []
         var byIdentity: [ObjectIdentifier: [Int]] = [:], firstSeen: [ObjectIdentifier] = []
@@ -62,24 +62,14 @@ extension LlamaModel {
             order += members
         }
         if !order.isEmpty {
-            let driver = sessions[order[0]]
-            let logits = driver.batchedForward(order.map { sessions[$0] }, tokens: order.map { tokens[$0] }, groups: groups)
+            let logits = sessions[order[0]].batchedForward(order.map { sessions[$0] }, tokens: order.map { tokens[$0] }, groups: groups)
             for (row, i) in order.enumerated() {
                 out.data.replaceSubrange((i * V)..<((i + 1) * V), with: logits[(row * V)..<((row + 1) * V)])
             }
             for i in order { sessions[i].position += 1 }
         }
-        for i in alone {
+        for i in sessions.indices where !inBatch.contains(i) {
             let l = try sessions[i].feed([tokens[i]])
-            out.data.replaceSubrange((i * V)..<((i + 1) * V), with: l.data)
-        }
-        return out
-    }
-
-    private func stepOneByOne(_ sessions: [LlamaSession], _ tokens: [Int], into out: inout Matrix) throws -> Matrix {
-        let V = vocabSize
-        for (i, s) in sessions.enumerated() {
-            let l = try s.feed([tokens[i]])
             out.data.replaceSubrange((i * V)..<((i + 1) * V), with: l.data)
         }
         return out
