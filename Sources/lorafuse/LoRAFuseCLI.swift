@@ -153,7 +153,7 @@ extension WeightCompute: ExpressibleByArgument {}
 /// How the model's weights are held and computed with (commands that load a model).
 struct WeightComputeOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp(
-        "How a GGUF model's weights are computed with: stored (each weight in its GGUF type, on the quantized kernels; ~100 MB for SmolLM2) or f32 (all dequantized to Float32 at load, the reference path transformers also takes; ~540 MB).",
+        "How a GGUF model's weights are computed with: stored (each weight in its GGUF type, on the quantized kernels) or f32 (all dequantized to Float32 at load, 4 bytes per weight: the reference path transformers also takes).",
         valueName: "stored|f32"))
     var compute: WeightCompute = .stored
 }
