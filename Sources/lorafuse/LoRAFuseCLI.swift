@@ -66,7 +66,7 @@ struct LoRAFuseCommand: ParsableCommand {
         Exit codes: 0 success, 1 usage error, 2 bad input.
         """,
         version: "0.1.0",
-        subcommands: [Inspect.self, Merge.self, Convert.self, Generate.self, Eval.self, Tasks.self, Train.self,
+        subcommands: [Inspect.self, Merge.self, Convert.self, Generate.self, Eval.self, Tasks.self, Train.self, Route.self,
                       Vector.self, ExtractLoRA.self, MergeIntoBaseCommand.self, Fuse.self, Report.self,
                       GenerateAdapter.self, Serve.self]
     )

@@ -10,6 +10,17 @@ import LoRAFuse
 func loadModel(modelPath: String?, compute: WeightCompute, adapters specs: [AdapterSpec]) throws -> AdaptedLlama {
     let path = try modelFile(modelPath)
     let hints = (try? ModelHints.load(path: path)) ?? ModelHints()
+    if let routed = specs.first(where: { RoutedModel.isRoutedDirectory($0.path) }) {
+        guard specs.count == 1 else {
+            throw AdapterSpec.Problem(description: "\(routed.path) is a routed model; it already holds its adapters and cannot be combined with other --adapter options")
+        }
+        guard routed.weight == 1 else {
+            throw AdapterSpec.Problem(description: "\(routed.path) is a routed model; its gates set the adapters' weights, so it takes no :WEIGHT")
+        }
+        let r = try RoutedModel.load(directory: routed.path, hints: hints)
+        let model = try LlamaModel.load(path: path, compute: compute)
+        return model.with(try model.prepare(routed: r))
+    }
     let adapters = try specs.map { (try AdapterIO.read(path: $0.path, hints: hints), $0.weight) }
     let model = try LlamaModel.load(path: path, compute: compute)
     return try model.with(adapters, mode: .unmerged)

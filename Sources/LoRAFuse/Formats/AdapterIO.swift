@@ -24,6 +24,7 @@ public enum AdapterIO {
             if MLXAdapter.isMLXDirectory(path) { return .mlx }
             let cfg = (path as NSString).appendingPathComponent("adapter_config.json")
             if FileManager.default.fileExists(atPath: cfg) { return .peft }
+            if RoutedModel.isRoutedDirectory(path) { throw AdapterIOError.routedModel(path: path) }
             throw AdapterIOError.unknownFormat(path: path, found: (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? [])
         }
         try InputFile.requireRegularFile(path)   // a FIFO would block the magic check
@@ -108,11 +109,14 @@ public enum AdapterIO {
 public enum AdapterIOError: Error, CustomStringConvertible {
     case notFound(path: String)
     case unknownFormat(path: String, found: [String])
+    case routedModel(path: String)
 
     public var description: String {
         switch self {
         case let .notFound(p):
             return "\(p): no such file or directory"
+        case let .routedModel(p):
+            return "\(p) is a routed model (router_config.json): several adapters chosen per token, not one adapter; eval, generate and report take it as --adapter \(p), but it cannot be merged, converted or fused as one"
         case let .unknownFormat(p, found):
             let shown = found.sorted().prefix(8).joined(separator: ", ")
             return "\(p): not a recognised adapter (expected a PEFT directory with adapter_config.json, an MLX directory with adapters.safetensors, or a GGUF LoRA file; found: \(shown.isEmpty ? "nothing" : shown))"

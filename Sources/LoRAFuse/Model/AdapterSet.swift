@@ -56,6 +56,8 @@ public struct AdapterSet: Sendable {
     let mergedLinear: [Int: [Float]]
     let mergedEmbed: [Float]?
     let maxRank: Int
+    /// Experts gated per token (a routed model, Routing/), applied beside the factors above.
+    let routed: RoutedLayers?
     /// Which preparation this set came from: sequences whose sets share it can share LoRA GEMMs
     /// in a batch.
     let identity = Identity()
@@ -63,9 +65,15 @@ public struct AdapterSet: Sendable {
 
     /// No adapters: the base model.
     public static let none = AdapterSet(adapters: [], mode: .unmerged, modelID: nil, linearFactors: [:],
-                                        embedFactors: [], mergedLinear: [:], mergedEmbed: nil, maxRank: 0)
+                                        embedFactors: [], mergedLinear: [:], mergedEmbed: nil, maxRank: 0, routed: nil)
 
     public var isEmpty: Bool { adapters.isEmpty }
+
+    /// Whether adapters are chosen per token by gates (a routed model).
+    public var isRouted: Bool { routed != nil }
+
+    /// The routing policy of a routed set.
+    public var routingPolicy: RoutingPolicy? { routed?.policy }
 
     /// Whether the set changes the base weights themselves (merged mode), so its sequences cannot
     /// share the base product with other sequences.
@@ -177,7 +185,7 @@ extension LlamaModel {
         }
         return AdapterSet(adapters: adapters.map { AdapterWeight(name: $0.0.name, weight: $0.1) }, mode: mode,
                           modelID: ObjectIdentifier(self), linearFactors: linearFactors, embedFactors: embedFactors,
-                          mergedLinear: mergedLinear, mergedEmbed: mergedEmbed, maxRank: maxRank)
+                          mergedLinear: mergedLinear, mergedEmbed: mergedEmbed, maxRank: maxRank, routed: nil)
     }
 
     /// This model with `adapters` applied, as a `CausalLM` for the evaluator, generator and chat.

@@ -45,7 +45,8 @@ extension LlamaModel {
         var out = Matrix(rows: B, cols: V)
         if B == 0 { return out }
         // Batchable rows grouped by adapter set; merged sets (and a lone batchable row) one by one.
-        var batch = sessions.indices.filter { !sessions[$0].adapters.changesBaseWeights && sessions[$0].activations == nil }
+        var batch = sessions.indices.filter { !sessions[$0].adapters.changesBaseWeights && sessions[$0].activations == nil
+            && sessions[$0].routingTrace == nil && sessions[$0].linearInputObserver == nil }
         if batch.count == 1 { batch = [] }
         let inBatch = Set(batch)
         var order: [Int] = []
@@ -111,9 +112,14 @@ extension LlamaSession {
         func lin(_ x: UnsafePointer<Float>, _ id: Int, into out: UnsafeMutablePointer<Float>, ld: Int, nIn: Int, accumulate: Bool = false) {
             baseLinear(x, rows: B, id: id, merged: nil, into: out, ld: ld, accumulate: accumulate)
             for g in groups {
-                guard let factors = g.set.linearFactors[id] else { continue }
-                applyLoRA(factors, x + g.rows.lowerBound * nIn, rows: g.rows.count, id: id,
-                          into: out + g.rows.lowerBound * ld, ld: ld)
+                if let factors = g.set.linearFactors[id] {
+                    applyLoRA(factors, x + g.rows.lowerBound * nIn, rows: g.rows.count, id: id,
+                              into: out + g.rows.lowerBound * ld, ld: ld)
+                }
+                if let routed = g.set.routed, let r = routed.linears[id] {
+                    applyRouted(r, id: id, policy: routed.policy, x + g.rows.lowerBound * nIn, rows: g.rows.count,
+                                into: out + g.rows.lowerBound * ld, ld: ld, firstPosition: 0)
+                }
             }
         }
         for l in 0..<L {

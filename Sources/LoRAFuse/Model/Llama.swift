@@ -203,6 +203,11 @@ public final class LlamaSession: InferenceSession {
     public internal(set) var position = 0
     /// When set, the next `feed` fills it with intermediate values (for a backward pass).
     public var activations: ForwardActivations?
+    /// When set with routed adapters, gate weights are added to it (Routing/RoutedLayers.swift).
+    public var routingTrace: RoutingTrace?
+    /// When set, called with (linear id, input (rows, in), rows) before every linear: how the
+    /// training-free and supervised gates see each projection's inputs.
+    public var linearInputObserver: ((Int, UnsafePointer<Float>, Int) -> Void)?
 
     /// The adapters this sequence runs with (`AdapterSet.none`: the base model).
     public private(set) var adapters: AdapterSet
@@ -218,6 +223,8 @@ public final class LlamaSession: InferenceSession {
     // Batched decoding (BatchedDecode.swift): the step's new k and v rows.
     let kvRows = FloatBuffer(1)
     let qScratch = ByteBuffer()
+    // Routed adapters: stacked down-projections, gate weights and per-expert products.
+    let routeTmp = FloatBuffer(1)
 
     init(model: LlamaModel, maxTokens: Int, adapters: AdapterSet) throws {
         let c = model.config
@@ -353,8 +360,12 @@ public final class LlamaSession: InferenceSession {
     /// LoRA terms out += coef · (x Aᵀ) Bᵀ, two skinny GEMMs per adapter.
     func linear(_ x: UnsafePointer<Float>, rows: Int, id: Int, into out: UnsafeMutablePointer<Float>,
                 ld: Int, accumulate: Bool = false) {
+        linearInputObserver?(id, x, rows)
         baseLinear(x, rows: rows, id: id, merged: adapters.mergedLinear[id], into: out, ld: ld, accumulate: accumulate)
         if let factors = adapters.linearFactors[id] { applyLoRA(factors, x, rows: rows, id: id, into: out, ld: ld) }
+        if let routed = adapters.routed, let r = routed.linears[id] {
+            applyRouted(r, id: id, policy: routed.policy, x, rows: rows, into: out, ld: ld, firstPosition: position)
+        }
     }
 
     /// out (rows, out) = x · Wᵀ + b (or += when `accumulate`) with the base weight, or `merged`

@@ -1,0 +1,201 @@
+import Foundation
+
+// Per-token routing over frozen LoRA experts, at every routed projection:
+//
+//   y = W x + Σ_{i ∈ topk(s(x))} g_i(x) · s_i B_i (A_i x),   g = softmax(s_kept / T)
+//
+// computed the way MeteoRA's fused kernel is: the experts' A are stacked into one (ΣR, in) matrix,
+// so a row pays one (in × ΣR) product for all experts; then each expert's B runs only over the rows
+// that kept it. Scores s(x) come from a gate per projection:
+//   linear (MeteoRA, mergekit-moe "hidden"):  s_i = G_i · x                   G (N, in)
+//   arrow  (Arrow, arXiv 2405.11157):         s_i = |P_i · x| / ‖x‖          P (N, in), unit rows
+// Ties in top-k go to the lower expert index, so an all-zero linear gate with k = N is exactly
+// the uniform mixture Σ (1/N) s_i B_i A_i x (the tests rely on that).
+
+/// How a gate turns a projection input into expert scores.
+public enum GateKind: String, Sendable, Codable, CaseIterable {
+    case linear
+    case arrow
+}
+
+/// The top-k and temperature every routed projection of one model uses.
+public struct RoutingPolicy: Sendable, Equatable {
+    public var topK: Int
+    public var temperature: Float
+    public init(topK: Int, temperature: Float) {
+        self.topK = topK
+        self.temperature = temperature
+    }
+}
+
+/// One routed projection: the experts' stacked factors and the gate.
+struct RoutedLinear: Sendable {
+    let experts: Int                 // N
+    let inFeatures: Int
+    let outFeatures: Int
+    let stackedA: [Float]            // (ΣR, in): expert i's rows at offsets[i]..<offsets[i+1]
+    let offsets: [Int]               // N + 1
+    let B: [[Float]]                 // expert i: (out, r_i); empty when it has no LoRA here
+    let coef: [Float]                // expert i: its scale s_i
+    let gate: [Float]                // (N, in)
+    let kind: GateKind
+
+    var totalRank: Int { offsets[experts] }
+    func rank(_ i: Int) -> Int { offsets[i + 1] - offsets[i] }
+    func present(_ i: Int) -> Bool { !B[i].isEmpty }
+}
+
+/// The routed part of an `AdapterSet`: routed projections by linear id and the policy.
+struct RoutedLayers: Sendable {
+    let linears: [Int: RoutedLinear]
+    let policy: RoutingPolicy
+    let expertNames: [String]
+}
+
+/// Gate statistics gathered while a session runs a routed model (`LlamaSession.routingTrace`):
+/// per routed projection, the summed gate weight and the top-1 count of each expert, over rows at
+/// positions ≥ `fromPosition` (set it to the answer's first position to leave the prompt out).
+public final class RoutingTrace {
+    public let experts: Int
+    public var fromPosition = 0
+    /// Per linear id: Σ g_i over traced rows (N), and how often expert i had the largest weight.
+    public private(set) var weightSums: [Int: [Double]] = [:]
+    public private(set) var topOne: [Int: [Int]] = [:]
+    public private(set) var rows: [Int: Int] = [:]
+
+    public init(experts: Int) { self.experts = experts }
+
+    public func clear() { weightSums = [:]; topOne = [:]; rows = [:] }
+
+    func record(id: Int, weights: UnsafePointer<Float>, rows n: Int, firstPosition: Int) {
+        var sums = weightSums[id] ?? [Double](repeating: 0, count: experts)
+        var top = topOne[id] ?? [Int](repeating: 0, count: experts)
+        var counted = 0
+        for t in 0..<n where firstPosition + t >= fromPosition {
+            let w = weights + t * experts
+            var best = 0
+            for i in 0..<experts {
+                sums[i] += Double(w[i])
+                if w[i] > w[best] { best = i }
+            }
+            top[best] += 1
+            counted += 1
+        }
+        weightSums[id] = sums
+        topOne[id] = top
+        rows[id, default: 0] += counted
+    }
+
+    /// Mean gate weight of each expert per layer (averaged over the layer's routed projections),
+    /// (layers, N); layers without routed projections are zero rows.
+    public func meanWeightPerLayer(layers: Int) -> [[Double]] {
+        var out = [[Double]](repeating: [Double](repeating: 0, count: experts), count: layers)
+        var count = [Int](repeating: 0, count: layers)
+        let per = Projection.allCases.count
+        for (id, sums) in weightSums {
+            let l = id / per, n = rows[id] ?? 0
+            guard l < layers, n > 0 else { continue }
+            for i in 0..<experts { out[l][i] += sums[i] / Double(n) }
+            count[l] += 1
+        }
+        for l in 0..<layers where count[l] > 0 { out[l] = out[l].map { $0 / Double(count[l]) } }
+        return out
+    }
+
+    /// Fraction of traced (row, projection) pairs whose top-1 expert is `expert`.
+    public func topOneFraction(of expert: Int) -> Double {
+        let total = topOne.values.reduce(0) { $0 + $1.reduce(0, +) }
+        guard total > 0 else { return 0 }
+        return Double(topOne.values.reduce(0) { $0 + $1[expert] }) / Double(total)
+    }
+}
+
+extension RoutedLinear {
+    /// weights (rows, N) ← the gate weights of each row: softmax over the kept top-k scores, 0 for
+    /// the others. `scores` holds x · gateᵀ on entry (arrow: before taking |·| / ‖x‖).
+    func gateWeights(_ x: UnsafePointer<Float>, rows: Int, scores: UnsafeMutablePointer<Float>, policy: RoutingPolicy) {
+        let N = experts, k = min(policy.topK, N)
+        let invT = 1 / max(policy.temperature, 1e-6)
+        var order = [Int](repeating: 0, count: N), kept = [Float](repeating: 0, count: N)
+        for t in 0..<rows {
+            let s = scores + t * N
+            if kind == .arrow {
+                var ss: Float = 0
+                let xr = x + t * inFeatures
+                for j in 0..<inFeatures { ss += xr[j] * xr[j] }
+                let inv = 1 / max(ss.squareRoot(), 1e-12)
+                for i in 0..<N { s[i] = abs(s[i]) * inv }
+            }
+            // Experts with no LoRA at this projection are never chosen.
+            var avail = 0
+            for i in 0..<N where present(i) { order[avail] = i; avail += 1 }
+            // Partial selection sort of the k best; ties keep the lower index first.
+            let kk = min(k, avail)
+            for a in 0..<kk {
+                var best = a
+                for b in (a + 1)..<max(avail, a + 1) where s[order[b]] > s[order[best]] || (s[order[b]] == s[order[best]] && order[b] < order[best]) {
+                    best = b
+                }
+                order.swapAt(a, best)
+            }
+            var m = -Float.infinity
+            for a in 0..<kk { m = max(m, s[order[a]] * invT) }
+            var z: Float = 0
+            for a in 0..<kk { kept[a] = expf(s[order[a]] * invT - m); z += kept[a] }
+            for i in 0..<N { s[i] = 0 }
+            for a in 0..<kk { s[order[a]] = kept[a] / z }
+        }
+    }
+}
+
+extension LlamaSession {
+    /// out (rows, out) += Σ_i g_i(x) s_i (x A_iᵀ) B_iᵀ over each row's kept experts.
+    /// `firstPosition` is the position of row 0 (for the trace).
+    func applyRouted(_ r: RoutedLinear, id: Int, policy: RoutingPolicy, _ x: UnsafePointer<Float>, rows: Int,
+                     into out: UnsafeMutablePointer<Float>, ld: Int, firstPosition: Int) {
+        let N = r.experts, S = r.totalRank, nIn = r.inFeatures, nOut = r.outFeatures
+        let maxR = (0..<N).map(r.rank).max() ?? 1
+        let buf = routeTmp.reserve(rows * S + rows * N + rows * maxR + rows * nOut)
+        let za = buf, w = buf + rows * S, z = w + rows * N, y = z + rows * maxR
+        r.stackedA.withUnsafeBufferPointer { a in
+            // (rows, ΣR) = x · stackedAᵀ: every expert's down-projection in one GEMM.
+            BLAS.gemm(transA: false, transB: true, m: rows, n: S, k: nIn, alpha: 1,
+                      a: x, lda: nIn, b: a.baseAddress!, ldb: nIn, beta: 0, c: za, ldc: S)
+        }
+        r.gate.withUnsafeBufferPointer { g in
+            // (rows, N) = x · gateᵀ
+            BLAS.gemm(transA: false, transB: true, m: rows, n: N, k: nIn, alpha: 1,
+                      a: x, lda: nIn, b: g.baseAddress!, ldb: nIn, beta: 0, c: w, ldc: N)
+        }
+        r.gateWeights(x, rows: rows, scores: w, policy: policy)
+        routingTrace?.record(id: id, weights: w, rows: rows, firstPosition: firstPosition)
+        var chosen = [Int]()
+        chosen.reserveCapacity(rows)
+        for i in 0..<N where r.present(i) {
+            let ri = r.rank(i), off = r.offsets[i]
+            chosen.removeAll(keepingCapacity: true)
+            for t in 0..<rows where w[t * N + i] > 0 { chosen.append(t) }
+            if chosen.isEmpty { continue }
+            // Z (n, r_i) = g_i · s_i · (x A_iᵀ) for the rows that kept expert i.
+            for (j, t) in chosen.enumerated() {
+                let c = w[t * N + i] * r.coef[i]
+                for q in 0..<ri { z[j * ri + q] = c * za[t * S + off + q] }
+            }
+            r.B[i].withUnsafeBufferPointer { b in
+                if chosen.count == rows {
+                    // Every row kept it: (rows, out) += Z · B_iᵀ in place.
+                    BLAS.gemm(transA: false, transB: true, m: rows, n: nOut, k: ri, alpha: 1,
+                              a: z, lda: ri, b: b.baseAddress!, ldb: ri, beta: 1, c: out, ldc: ld)
+                } else {
+                    // Y (n, out) = Z · B_iᵀ, then scattered onto the rows that kept it.
+                    BLAS.gemm(transA: false, transB: true, m: chosen.count, n: nOut, k: ri, alpha: 1,
+                              a: z, lda: ri, b: b.baseAddress!, ldb: ri, beta: 0, c: y, ldc: nOut)
+                    for (j, t) in chosen.enumerated() {
+                        let o = out + t * ld, yy = y + j * nOut
+                        for c in 0..<nOut { o[c] += yy[c] }
+                    }
+                }
+            }
+        }
+    }
+}

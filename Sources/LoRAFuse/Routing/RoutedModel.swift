@@ -1,0 +1,348 @@
+import Foundation
+
+// A routed model on disk is a folder:
+//
+//   router_config.json    method, top-k, temperature, placement, gate kind, the base model's
+//                         shape, and each adapter: name, path (relative to this folder, or
+//                         absolute) and sha256 digest
+//   router.safetensors    one gate per routed projection, "<HF module name>.gate" (N, in), F32
+//   adapters/NAME/        the adapters, when copied in (`--copy-adapters`); otherwise the paths
+//                         point at the user's own folders and the digests are checked on load
+//
+// An adapter's digest is the SHA-256 of, for a folder, each of the files its reader reads that
+// exists (adapter_config.json, adapter_model.safetensors, adapters.safetensors, in that order) as
+// "name\n<size>\n<bytes>"; for a single file (GGUF), the same over that one file.
+
+public enum RoutedModelError: Error, CustomStringConvertible, Equatable {
+    case badConfig(path: String, field: String, reason: String)
+    case adapterMissing(dir: String, adapter: String, path: String)
+    case adapterChanged(dir: String, adapter: String, path: String, expected: String, actual: String)
+    case gateShape(path: String, tensor: String, expected: [Int], actual: [Int])
+    case unknownGate(path: String, tensor: String)
+    case otherBase(dir: String, expected: String, actual: String)
+    case embeddingNotRoutable(adapter: String, module: String)
+
+    public var description: String {
+        switch self {
+        case let .badConfig(p, f, r): return "\(p): field '\(f)': \(r)"
+        case let .adapterMissing(d, a, p):
+            return "routed model \(d): adapter '\(a)' is missing at \(p); put it back or rebuild the router with lorafuse route"
+        case let .adapterChanged(d, a, p, e, x):
+            return "routed model \(d): adapter '\(a)' at \(p) changed since the router was built (sha256 \(e.prefix(12))…, now \(x.prefix(12))…); its gates were fitted to the old weights: rebuild with lorafuse route"
+        case let .gateShape(p, t, e, a): return "\(p): gate '\(t)' has shape \(a), expected \(e) (adapters × the projection's input width)"
+        case let .unknownGate(p, t): return "\(p): tensor '\(t)' is not a gate of a projection of this model (expected model.layers.N.{self_attn,mlp}.PROJ.gate)"
+        case let .otherBase(d, e, a): return "routed model \(d) was built for a base with \(e); this model has \(a)"
+        case let .embeddingNotRoutable(a, m):
+            return "adapter '\(a)': module '\(m)' is an embedding LoRA, which a per-token gate cannot route (there is no input to score before the lookup); route adapters without embedding modules"
+        }
+    }
+}
+
+/// Which projections get gates (LoRA-Mixer routes only attention; MeteoRA all seven).
+public enum RoutePlacement: String, Sendable, Codable, CaseIterable {
+    case all, attention, mlp
+
+    public func includes(_ p: Projection) -> Bool {
+        switch self {
+        case .all: return true
+        case .attention: return [.q, .k, .v, .o].contains(p)
+        case .mlp: return [.gate, .up, .down].contains(p)
+        }
+    }
+}
+
+/// The base model a router was fitted on, by shape (names differ between copies of one model).
+public struct RouterBase: Codable, Equatable, Sendable {
+    public var hiddenSize: Int
+    public var layers: Int
+    public var vocabSize: Int
+    public var name: String?
+
+    enum CodingKeys: String, CodingKey {
+        case name
+        case hiddenSize = "hidden_size", layers = "num_hidden_layers", vocabSize = "vocab_size"
+    }
+
+    public init(config c: LlamaConfig, name: String?) {
+        hiddenSize = c.hiddenSize
+        layers = c.numHiddenLayers
+        vocabSize = c.vocabSize
+        self.name = name
+    }
+
+    var summary: String { "hidden \(hiddenSize), \(layers) layers, vocab \(vocabSize)" }
+}
+
+public struct RouterAdapterEntry: Codable, Equatable, Sendable {
+    public var name: String
+    public var path: String
+    public var sha256: String
+}
+
+public struct RouterConfig: Codable, Equatable, Sendable {
+    public var format = RouterConfig.formatName
+    public var version = 1
+    public var method: String
+    public var gate: GateKind
+    public var topK: Int
+    public var temperature: Float
+    public var placement: RoutePlacement
+    public var base: RouterBase
+    public var adapters: [RouterAdapterEntry]
+    /// How the gates were fitted (steps, lr, seed, shots…), for the record.
+    public var training: [String: String]
+
+    public static let formatName = "lorafuse-router"
+    public static let fileName = "router_config.json"
+    public static let gatesFileName = "router.safetensors"
+
+    enum CodingKeys: String, CodingKey {
+        case format, version, method, gate, temperature, placement, adapters, training
+        case topK = "top_k", base = "base_model"
+    }
+}
+
+/// A routed model: its config, the adapters it routes over (in expert order) and one gate per
+/// routed projection, keyed by HF module name, (N, in).
+public struct RoutedModel: Sendable {
+    public var config: RouterConfig
+    public var adapters: [LoRAAdapter]
+    public var gates: [String: Matrix]
+    /// The folder it was read from (for messages).
+    public var sourcePath: String?
+
+    public init(config: RouterConfig, adapters: [LoRAAdapter], gates: [String: Matrix]) {
+        self.config = config
+        self.adapters = adapters
+        self.gates = gates
+    }
+
+    public var policy: RoutingPolicy { RoutingPolicy(topK: config.topK, temperature: config.temperature) }
+
+    /// Whether `path` is a routed-model folder (has router_config.json).
+    public static func isRoutedDirectory(_ path: String) -> Bool {
+        var isDir: ObjCBool = false
+        return FileManager.default.fileExists(atPath: path, isDirectory: &isDir) && isDir.boolValue
+            && FileManager.default.fileExists(atPath: (path as NSString).appendingPathComponent(RouterConfig.fileName))
+    }
+
+    /// The files of an adapter that its digest covers (see the top of this file).
+    static func digestedFiles(_ path: String) -> [String] {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { return [] }
+        if !isDir.boolValue { return [path] }
+        return ["adapter_config.json", "adapter_model.safetensors", "adapters.safetensors"]
+            .map { (path as NSString).appendingPathComponent($0) }
+            .filter { FileManager.default.fileExists(atPath: $0) }
+    }
+
+    public static func digest(adapterAt path: String) throws -> String {
+        var s = SHA256()
+        for f in digestedFiles(path) {
+            guard let handle = FileHandle(forReadingAtPath: f) else { throw AdapterIOError.notFound(path: f) }
+            defer { try? handle.close() }
+            let size = ((try? FileManager.default.attributesOfItem(atPath: f))?[.size] as? Int) ?? 0
+            s.update("\((f as NSString).lastPathComponent)\n\(size)\n")
+            while let chunk = try handle.read(upToCount: 1 << 22), !chunk.isEmpty { s.update(chunk) }
+        }
+        return s.hexDigest()
+    }
+
+    /// Reads a routed-model folder: the config (every field checked), the gates, and each adapter
+    /// after checking that it exists and that its digest is the one recorded.
+    public static func load(directory dir: String, hints: ModelHints = ModelHints()) throws -> RoutedModel {
+        let cfgPath = (dir as NSString).appendingPathComponent(RouterConfig.fileName)
+        let data: Data
+        do { data = try Data(contentsOf: URL(fileURLWithPath: cfgPath)) } catch { throw AdapterIOError.notFound(path: cfgPath) }
+        let config: RouterConfig
+        do { config = try JSONDecoder().decode(RouterConfig.self, from: data) } catch {
+            throw RoutedModelError.badConfig(path: cfgPath, field: Self.fieldName(of: error), reason: Self.reason(of: error))
+        }
+        func bad(_ f: String, _ r: String) -> RoutedModelError { .badConfig(path: cfgPath, field: f, reason: r) }
+        guard config.format == RouterConfig.formatName else { throw bad("format", "is '\(config.format)', expected '\(RouterConfig.formatName)'") }
+        guard config.version == 1 else { throw bad("version", "is \(config.version); this lorafuse reads version 1") }
+        guard !config.adapters.isEmpty else { throw bad("adapters", "is empty; a router needs at least one adapter") }
+        guard (1...config.adapters.count).contains(config.topK) else {
+            throw bad("top_k", "is \(config.topK); it must be between 1 and the number of adapters (\(config.adapters.count))")
+        }
+        guard config.temperature.isFinite && config.temperature > 0 else { throw bad("temperature", "is \(config.temperature); it must be > 0") }
+        var names = Set<String>()
+        for (i, e) in config.adapters.enumerated() where !names.insert(e.name).inserted {
+            throw bad("adapters[\(i)].name", "'\(e.name)' appears twice")
+        }
+        var adapters: [LoRAAdapter] = []
+        for e in config.adapters {
+            let p = (e.path as NSString).isAbsolutePath ? e.path : (dir as NSString).appendingPathComponent(e.path)
+            guard FileManager.default.fileExists(atPath: p) else {
+                throw RoutedModelError.adapterMissing(dir: dir, adapter: e.name, path: p)
+            }
+            let d = try digest(adapterAt: p)
+            guard d == e.sha256 else {
+                throw RoutedModelError.adapterChanged(dir: dir, adapter: e.name, path: p, expected: e.sha256, actual: d)
+            }
+            var a = try AdapterIO.read(path: p, hints: hints)
+            a.name = e.name
+            adapters.append(a)
+        }
+        let gatesPath = (dir as NSString).appendingPathComponent(RouterConfig.gatesFileName)
+        guard FileManager.default.fileExists(atPath: gatesPath) else { throw AdapterIOError.notFound(path: gatesPath) }
+        let reader = try SafetensorsFile(path: gatesPath)
+        var gates: [String: Matrix] = [:]
+        for t in reader.names {
+            guard t.hasSuffix(".gate"), case .projection? = ModuleAddress(hf: String(t.dropLast(5))) else {
+                throw RoutedModelError.unknownGate(path: gatesPath, tensor: t)
+            }
+            let m = try reader.finiteMatrix(t)
+            guard m.rows == adapters.count else {
+                throw RoutedModelError.gateShape(path: gatesPath, tensor: t, expected: [adapters.count, m.cols], actual: m.shape)
+            }
+            gates[String(t.dropLast(5))] = m
+        }
+        guard !gates.isEmpty else { throw bad("router.safetensors", "holds no gates") }
+        var routed = RoutedModel(config: config, adapters: adapters, gates: gates)
+        routed.sourcePath = dir
+        return routed
+    }
+
+    /// Writes the folder into `dir` (a fresh folder from `OutputGuard.buildDirectory`).
+    /// `sources[i]` is where adapter i was read from; copied in with `copyAdapters`, else
+    /// referenced by a path relative to `finalPath` (where the folder will be installed).
+    public func write(into dir: String, finalPath: String, sources: [String], copyAdapters: Bool) throws {
+        precondition(sources.count == adapters.count)
+        var cfg = config
+        cfg.adapters = []
+        let fm = FileManager.default
+        for (a, src) in zip(adapters, sources) {
+            let digest = try Self.digest(adapterAt: src)
+            var stored: String
+            if copyAdapters {
+                var isDir: ObjCBool = false
+                _ = fm.fileExists(atPath: src, isDirectory: &isDir)
+                let safe = a.name.map { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" || $0 == "." ? $0 : "_" }
+                stored = "adapters/" + String(safe)
+                let dest = (dir as NSString).appendingPathComponent(stored)
+                if isDir.boolValue {
+                    try fm.createDirectory(atPath: dest, withIntermediateDirectories: true)
+                    for f in Self.digestedFiles(src) {
+                        try fm.copyItem(atPath: f, toPath: (dest as NSString).appendingPathComponent((f as NSString).lastPathComponent))
+                    }
+                } else {
+                    stored += "." + (src as NSString).pathExtension
+                    try fm.createDirectory(atPath: (dir as NSString).appendingPathComponent("adapters"), withIntermediateDirectories: true)
+                    try fm.copyItem(atPath: src, toPath: (dir as NSString).appendingPathComponent(stored))
+                }
+            } else {
+                stored = Self.relativePath(of: OutputGuard.resolve(src), from: OutputGuard.resolve(finalPath))
+            }
+            cfg.adapters.append(RouterAdapterEntry(name: a.name, path: stored, sha256: digest))
+        }
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try enc.encode(cfg).write(to: URL(fileURLWithPath: (dir as NSString).appendingPathComponent(RouterConfig.fileName)))
+        let tensors = gates.keys.sorted().map { SafetensorsTensor(name: $0 + ".gate", matrix: gates[$0]!) }
+        try SafetensorsWriter.write(tensors: tensors, metadata: ["format": RouterConfig.formatName, "method": config.method],
+                                    dtype: .f32, to: URL(fileURLWithPath: (dir as NSString).appendingPathComponent(RouterConfig.gatesFileName)))
+    }
+
+    /// `target` relative to the folder `base` ("../adapters/x"), or `target` itself when they
+    /// share nothing but the root.
+    static func relativePath(of target: String, from base: String) -> String {
+        let t = target.split(separator: "/"), b = base.split(separator: "/")
+        var i = 0
+        while i < t.count && i < b.count && t[i] == b[i] { i += 1 }
+        if i == 0 { return target }
+        let ups = Array(repeating: "..", count: b.count - i)
+        return (ups + t[i...].map(String.init)).joined(separator: "/")
+    }
+
+    private static func fieldName(of error: Error) -> String {
+        switch error as? DecodingError {
+        case let .keyNotFound(k, ctx)?: return (ctx.codingPath.map(\.stringValue) + [k.stringValue]).joined(separator: ".")
+        case let .typeMismatch(_, ctx)?, let .valueNotFound(_, ctx)?, let .dataCorrupted(ctx)?:
+            return ctx.codingPath.map(\.stringValue).joined(separator: ".")
+        default: return "(file)"
+        }
+    }
+
+    private static func reason(of error: Error) -> String {
+        switch error as? DecodingError {
+        case .keyNotFound?: return "is missing"
+        case let .typeMismatch(t, _)?: return "has the wrong type (expected \(t))"
+        case .valueNotFound?: return "is null"
+        case let .dataCorrupted(ctx)?: return ctx.debugDescription
+        default: return "not valid JSON: \(error)"
+        }
+    }
+}
+
+extension LlamaModel {
+    /// Prepares a routed model for this model's forward pass: every adapter is checked as
+    /// `prepare(_:mode:)` checks it, each gate against its projection. Adapter modules at
+    /// projections without a gate (outside the router's placement) are not applied.
+    public func prepare(routed: RoutedModel) throws -> AdapterSet {
+        let here = RouterBase(config: config, name: nil)
+        let want = routed.config.base
+        guard here.hiddenSize == want.hiddenSize, here.layers == want.layers, here.vocabSize == want.vocabSize else {
+            throw RoutedModelError.otherBase(dir: routed.sourcePath ?? "(\(routed.config.method) router)", expected: want.summary, actual: here.summary)
+        }
+        let N = routed.adapters.count
+        var perExpert: [[Int: LoRAFactors]] = []
+        for a in routed.adapters {
+            for m in a.moduleNames where a.modules[m]!.kind == .embedding {
+                throw RoutedModelError.embeddingNotRoutable(adapter: a.name, module: m)
+            }
+            let set = try prepare([(a, 1)], mode: .unmerged)
+            var f: [Int: LoRAFactors] = [:]
+            for (id, fs) in set.linearFactors {
+                // An adapter naming one module twice (two spellings) adds both, as prepare does.
+                f[id] = fs.count == 1 ? fs[0] : Self.concatenated(fs)
+            }
+            perExpert.append(f)
+        }
+        var linears: [Int: RoutedLinear] = [:]
+        for (module, g) in routed.gates {
+            guard case let .linear(id)? = target(of: module), id != LlamaWeights.lmHeadID(layers: layerCount) else {
+                throw RoutedModelError.unknownGate(path: RouterConfig.gatesFileName, tensor: module + ".gate")
+            }
+            let lw = base.linears[id]
+            guard g.rows == N, g.cols == lw.inFeatures else {
+                throw RoutedModelError.gateShape(path: RouterConfig.gatesFileName, tensor: module + ".gate",
+                                                 expected: [N, lw.inFeatures], actual: g.shape)
+            }
+            var stacked: [Float] = [], offsets = [0], Bs: [[Float]] = [], coefs: [Float] = []
+            for i in 0..<N {
+                if let f = perExpert[i][id] {
+                    stacked += f.A
+                    Bs.append(f.B)
+                    coefs.append(f.coef)
+                    offsets.append(offsets.last! + f.rank)
+                } else {
+                    Bs.append([])
+                    coefs.append(0)
+                    offsets.append(offsets.last!)
+                }
+            }
+            guard offsets.last! > 0 else { continue }   // no expert touches this projection
+            linears[id] = RoutedLinear(experts: N, inFeatures: lw.inFeatures, outFeatures: lw.outFeatures,
+                                       stackedA: stacked, offsets: offsets, B: Bs, coef: coefs, gate: g.data, kind: routed.config.gate)
+        }
+        let maxRank = perExpert.flatMap(\.values).map(\.rank).max() ?? 0
+        return AdapterSet(adapters: routed.adapters.map { AdapterWeight(name: $0.name, weight: 1) }, mode: .unmerged,
+                          modelID: ObjectIdentifier(self), linearFactors: [:], embedFactors: [], mergedLinear: [:],
+                          mergedEmbed: nil, maxRank: maxRank,
+                          routed: RoutedLayers(linears: linears, policy: routed.policy, expertNames: routed.adapters.map(\.name)))
+    }
+
+    /// Several factor pairs on one module as one pair of rank Σr (coefficients folded into B).
+    static func concatenated(_ fs: [LoRAFactors]) -> LoRAFactors {
+        let out = fs[0].B.count / fs[0].rank
+        let R = fs.reduce(0) { $0 + $1.rank }
+        var B = [Float](repeating: 0, count: out * R)
+        var col = 0
+        for f in fs {
+            for o in 0..<out { for j in 0..<f.rank { B[o * R + col + j] = f.coef * f.B[o * f.rank + j] } }
+            col += f.rank
+        }
+        return LoRAFactors(A: fs.flatMap(\.A), B: B, rank: R, coef: 1)
+    }
+}

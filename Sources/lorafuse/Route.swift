@@ -1,0 +1,132 @@
+import ArgumentParser
+import Foundation
+import LoRAFuse
+
+/// `lorafuse route`: fit per-token gates over frozen adapters and write a routed model.
+struct Route: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Route between adapters per token: fit gates over the frozen adapters and write a routed model.",
+        discussion: """
+        At every routed projection, y = W x + Σ_{i ∈ top-k} g_i(x) s_i B_i A_i x with g = softmax(kept scores / T). \
+        All adapters' A are stacked into one GEMM per projection; each B runs only over the tokens that kept it.
+
+        Methods (--method):
+          arrow    training-free (Arrow): each adapter's gate row is the top right singular vector of its ΔW \
+        (from the factors); score |cos(row, x)|. Needs no --shots.
+          hidden   training-free (mergekit-moe's hidden gates): row i = the normalised mean input of the projection \
+        over adapter i's shots through the base model, minus the mean over all adapters; score row · x.
+          meteora  MeteoRA's supervised routing: a linear gate (N × in) per projection, trained by AdamW to name \
+        the adapter of each token of its shots (run with that adapter applied); --balance adds a Switch \
+        load-balance term. MeteoRA's LM-loss term is not implemented yet.
+
+        --shots gives one .jsonl per adapter, in the same order: its examples label that adapter's task. \
+        Writes ROUTED_DIR with router_config.json, router.safetensors and, with --copy-adapters, the adapters; \
+        otherwise the adapters are referenced by relative path and their sha256 digests are checked on load. \
+        Use it anywhere an adapter is taken: lorafuse eval --adapter ROUTED_DIR, lorafuse generate --adapter ROUTED_DIR.
+        """
+    )
+
+    @Option(name: .long, help: "Routing method: \(RouteMethod.allCases.map(\.rawValue).joined(separator: ", ")).")
+    var method: String
+
+    @Argument(help: "Adapters to route between (PEFT directories, GGUF LoRA files or mlx-lm directories).")
+    var adapters: [String]
+
+    @Option(name: .long, parsing: .upToNextOption, help: "Examples, one .jsonl per adapter in the same order (hidden, meteora).")
+    var shots: [String] = []
+
+    @Option(name: .customLong("shots-per-task"), help: "Use the first N examples of each --shots file.")
+    var shotsPerTask = 16
+
+    @Option(name: .customLong("top-k"), help: "Adapters kept per token at each projection.")
+    var topK = 2
+
+    @Option(name: .long, help: "Softmax temperature over the kept scores.")
+    var temperature: Float = 1
+
+    @Option(name: .long, help: "Projections that get gates: all, attention (q, k, v, o) or mlp (gate, up, down). Adapter modules elsewhere are not applied.")
+    var placement = "all"
+
+    @Option(name: .long, help: "meteora: optimizer steps (each runs one shot of every adapter's task).") var steps = 64
+    @Option(name: .long, help: "meteora: AdamW learning rate of the gates.") var lr: Float = 5e-3
+    @Option(name: .long, help: "meteora: weight of the Switch load-balance term (0: off).") var balance: Float = 0
+    @Option(name: .long, help: "Seed of the shot order (meteora).") var seed: UInt64 = 0
+
+    @Flag(name: .customLong("copy-adapters"), help: "Copy the adapters into ROUTED_DIR/adapters instead of referencing them.")
+    var copyAdapters = false
+
+    @Option(name: [.short, .customLong("output")], help: "Output routed-model directory.")
+    var output: String
+
+    @Option(name: .long, help: "Model GGUF file or HF directory (default: the SmolLM2-135M-Instruct model in $LORAFUSE_HOME/models).")
+    var model: String?
+    @OptionGroup var weights: WeightComputeOptions
+    @OptionGroup var overwrite: OverwriteOptions
+    @OptionGroup var compute: ComputeOptions
+
+    func options() throws -> RouteOptions {
+        guard let m = RouteMethod(rawValue: method) else {
+            throw ValidationError("unknown --method '\(method)'; choose one of \(RouteMethod.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        guard let p = RoutePlacement(rawValue: placement) else {
+            throw ValidationError("unknown --placement '\(placement)'; choose all, attention or mlp")
+        }
+        var o = RouteOptions(method: m)
+        o.topK = topK
+        o.temperature = temperature
+        o.placement = p
+        o.steps = steps
+        o.learningRate = lr
+        o.balance = balance
+        o.seed = seed
+        o.shotsPerTask = shotsPerTask
+        return o
+    }
+
+    func validate() throws {
+        let o = try options()
+        if adapters.isEmpty { throw ValidationError("give the adapters to route between") }
+        do { try RouterBuilder.validate(o, adapters: adapters.count, shots: shots.count) } catch let e as RouteError {
+            throw ValidationError(e.description)
+        }
+    }
+
+    func run() throws {
+        compute.apply()
+        let o = try options()
+        let start = Date()
+        let inputs = adapters + shots + [model].compactMap { $0 }
+        let target = try OutputGuard.check(output, kind: .directory, inputs: inputs, force: overwrite.force)
+        let loaded = try loadModel(modelPath: model, compute: weights.compute)
+        let modelPath = model ?? ModelLocator.defaultModelPath()
+        let hints = (try? ModelHints.load(path: modelPath)) ?? ModelHints()
+        var read: [LoRAAdapter] = []
+        var names = Set<String>()
+        for path in adapters {
+            var a = try AdapterIO.read(path: path, hints: hints)
+            a.sourcePath = path
+            var name = a.name, n = 2
+            while !names.insert(name).inserted { name = "\(a.name)-\(n)"; n += 1 }
+            a.name = name
+            read.append(a)
+        }
+        let tasks = try TaskData.read(paths: shots)
+        let bar = ProgressBar(total: 1, label: "route \(o.method.rawValue)", enabled: !compute.quiet)
+        let routed = try RouterBuilder.build(model: loaded, adapters: read, shots: tasks, options: o,
+                                             baseName: (modelPath as NSString).lastPathComponent) { done, total in
+            bar.update(done, total: total)
+        }
+        try OutputGuard.writeDirectory(target) { url in
+            try routed.write(into: url.path, finalPath: target.path, sources: adapters, copyAdapters: copyAdapters)
+        }
+        // The summary: how often each adapter's own shots send their tokens to it (top-1, all routed projections).
+        var line = String(format: "%@: %d adapters, %d routed projections, top-%d, T=%g (%.1f s)", o.method.rawValue,
+                          read.count, routed.gates.count, o.topK, Double(o.temperature), Date().timeIntervalSince(start))
+        if !tasks.isEmpty {
+            let set = try loaded.prepare(routed: routed)
+            let own = try RoutingSummary.ownTopOne(model: loaded, set: set, tasks: tasks, shotsPerTask: o.shotsPerTask)
+            line += "\n" + zip(read, own).map { String(format: "  %@: own adapter top-1 on %.0f%% of its shots' answer tokens", $0.name, 100 * $1) }.joined(separator: "\n")
+        }
+        print(line + "\nrouted model written to \(output)")
+    }
+}
