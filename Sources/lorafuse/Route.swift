@@ -51,6 +51,8 @@ struct Route: ParsableCommand {
     @Option(name: .long, help: "meteora: AdamW learning rate of the gates.") var lr: Float = 5e-3
     @Option(name: .long, help: "meteora: weight of the Switch load-balance term (0: off).") var balance: Float = 0
     @Option(name: .long, help: "Seed of the shot order (meteora).") var seed: UInt64 = 0
+    @Option(name: .long, help: "meteora: tokens that carry the gate loss: all (MeteoRA: every token) or answer (only the rows that predict the answer; measured worse on the suite, mean loss 1.33 vs 1.08).")
+    var supervise = "all"
 
     @Flag(name: .customLong("copy-adapters"), help: "Copy the adapters into ROUTED_DIR/adapters instead of referencing them.")
     var copyAdapters = false
@@ -71,7 +73,11 @@ struct Route: ParsableCommand {
         guard let p = RoutePlacement(rawValue: placement) else {
             throw ValidationError("unknown --placement '\(placement)'; choose all, attention or mlp")
         }
+        guard let sup = GateSupervision(rawValue: supervise) else {
+            throw ValidationError("unknown --supervise '\(supervise)'; choose answer or all")
+        }
         var o = RouteOptions(method: m)
+        o.supervise = sup
         o.topK = topK
         o.temperature = temperature
         o.placement = p

@@ -31,6 +31,7 @@ extension ReportRunner {
         var warnings: [String] = []
         var coefficients: ReportCoefficients?
         var icm: ReportICMDetails?
+        var routing: ReportRouting?
 
         func results(for tasks: [EvalTask]) -> [String: TaskEvalResult] {
             var out: [String: TaskEvalResult] = [:]

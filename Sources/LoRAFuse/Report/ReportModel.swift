@@ -13,6 +13,9 @@ public enum ReportFamily: String, Codable, Sendable, CaseIterable {
     /// ICM-Fusion and its ablations and settings: one adapter decoded by a Fusion VAE trained on
     /// the adapters, fused in its latent space on few-shot examples of every task.
     case icm
+    /// No fusion: every adapter kept, chosen per token by gates (Routing/; training-free or fitted
+    /// on the same shots as the learned rows).
+    case routed
 }
 
 /// How the adapters are weighted in a static fusion.
@@ -60,6 +63,7 @@ public struct ReportMethod: Codable, Sendable, Equatable {
         case .expert: return "each task's own adapter on its own task"
         case .learned: return "fitted from 1/n"
         case .icm: return ICMVariant(rawValue: method)?.summary ?? method
+        case .routed: return ReportMethods.routedSummary[method] ?? method
         case .static:
             var parts: [String] = []
             switch weighting ?? .mean {
@@ -232,6 +236,8 @@ public struct ReportRow: Codable, Sendable, Equatable {
     public var coefficients: ReportCoefficients?
     /// ICM rows: the generator and fusion behind the row.
     public var icm: ReportICMDetails?
+    /// Routed rows: what the gates did on the held-out answers.
+    public var routing: ReportRouting?
     public var warnings: [String]
 
     public init(method: ReportMethod, tasks: [String: TaskEvalResult], order: [String], shots: Int? = nil,

@@ -12,11 +12,11 @@ public enum ReportRenderer {
     }
 
     static let familyColor: [ReportFamily: String] = [.base: "#7f7f7f", .expert: "#2ca02c", .static: "#1f77b4", .learned: "#d62728",
-                                                      .icm: "#9467bd"]
+                                                      .icm: "#9467bd", .routed: "#ff7f0e"]
     /// Learned curves avoid the blue and green of the static and expert reference lines.
     static let learnedPalette = ["#d62728", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
     static let familyName: [ReportFamily: String] = [.base: "base", .expert: "experts", .static: "static", .learned: "learned",
-                                                     .icm: "ICM"]
+                                                     .icm: "ICM", .routed: "routed"]
 
     /// Writes every file into `directory` (created if needed); returns the paths written.
     @discardableResult
@@ -267,6 +267,7 @@ public enum ReportRenderer {
                                           bars: bars, references: refs,
                                           legend: families.map { (familyColor[$0]!, familyName[$0]!) }, format: "%.3f", width: 900).render()))
         if let c = icmChart(r) { out.append(c) }
+        out += routingCharts(r)
         if !r.shotsCurves.isEmpty {
             let shots = Array(Set(r.shotsCurves.values.flatMap { $0.map(\.shots) })).sorted()
             var series: [SVGLineChart.Series] = []
@@ -442,6 +443,10 @@ public enum ReportRenderer {
             for p in icmParagraphs(r) { s += "<p>\(escapeHTML(p))</p>\n" }
             if let rt = icmReconstructionTable(r) { s += htmlTable(rt) }
         }
+        if let rt = routingTable(r) {
+            s += "<h2 id=\"routing\">Routing</h2>\n" + htmlTable(rt) + "<p>\(escapeHTML(routingParagraph))</p>\n"
+            for f in charts.keys.filter({ $0.hasPrefix("gates-") }).sorted() { s += figure(f) }
+        }
         if !r.warnings.isEmpty {
             s += "<h2 id=\"warnings\">Warnings</h2>\n<ul>\n" + r.warnings.map { "<li>\(escapeHTML($0))</li>\n" }.joined() + "</ul>\n"
         }
@@ -518,6 +523,10 @@ public enum ReportRenderer {
             s += "\n## ICM-Fusion\n\n" + image("icm.svg") + markdownTable(icm) + "\n"
             for p in icmParagraphs(r) { s += escapeMarkdown(p) + "\n\n" }
             if let rt = icmReconstructionTable(r) { s += markdownTable(rt) }
+        }
+        if let rt = routingTable(r) {
+            s += "\n## Routing\n\n" + markdownTable(rt) + "\n" + escapeMarkdown(routingParagraph) + "\n\n"
+            s += charts.keys.filter { $0.hasPrefix("gates-") }.sorted().map(image).joined()
         }
         if !r.warnings.isEmpty { s += "\n## Warnings\n\n" + r.warnings.map { "- \(escapeMarkdown($0))\n" }.joined() }
         s += "\nAll numbers: `results.json`.\n"

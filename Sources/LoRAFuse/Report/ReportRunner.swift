@@ -63,6 +63,8 @@ public final class ReportRunner {
                 for k in shotCounts { units += examples + fitUnits(m, shots: k) }
             case .icm:
                 units += examples + icmUnits(m)
+            case .routed:
+                units += routedUnits(m)
             }
         }
         if settings.expertMatrix { units += examples * max(0, inputs.adapters.count - 1) }
@@ -94,6 +96,8 @@ public final class ReportRunner {
                 if settings.shotsCurve.count > 0 { curves[m.id] = curve }
             case .icm:
                 rows.append(try icmRow(m))
+            case .routed:
+                rows.append(try routedRow(m))
             }
             warnings += rows.last!.warnings.map { "\(m.id): \($0)" }
         }
@@ -206,6 +210,12 @@ public final class ReportRunner {
                           digest: ((EvalTask) -> String)? = nil) throws {
         let mode = LoRAMode(rawValue: settings.adapterMode) ?? .merged
         let adapters = try adapter.map { try model.prepare([($0, 1)], mode: mode) } ?? .none
+        try evaluate(set: adapters, on: tasks, entry: &entry, cacheID: cacheID, label: label, accuracy: accuracy, digest: digest)
+    }
+
+    /// Evaluates `tasks` with a prepared adapter set (a routed model's, or one adapter's).
+    func evaluate(set adapters: AdapterSet, on tasks: [EvalTask], entry: inout CacheEntry, cacheID: String,
+                  label: String, accuracy: Bool? = nil, digest: ((EvalTask) -> String)? = nil) throws {
         let evaluator = Evaluator(model: model.with(adapters), options: EvalOptions(computeAccuracy: accuracy ?? settings.accuracy))
         for t in tasks {
             let start = Date()

@@ -36,8 +36,19 @@ public struct RouteOptions: Sendable, Equatable {
     public var balance: Float = 0
     /// Shots read from each task's file (the first N examples).
     public var shotsPerTask = 16
+    /// meteora: which tokens carry the gate loss.
+    public var supervise: GateSupervision = .all
 
     public init(method: RouteMethod) { self.method = method }
+}
+
+/// Which tokens of a shot teach the supervised gates its task.
+public enum GateSupervision: String, CaseIterable, Sendable {
+    /// Every token, as MeteoRA labels them. The chat template's shared tokens (system prompt, role
+    /// markers) carry no task, so much of the loss is spent on rows no gate can tell apart.
+    case all
+    /// The rows that predict the answer (the last prompt row on): where routing decides the output.
+    case answer
 }
 
 public enum RouteError: Error, CustomStringConvertible, Equatable {
@@ -118,7 +129,7 @@ public enum RouterBuilder {
             training["shots_per_task"] = String(o.shotsPerTask)
         case .meteora:
             gates = try meteoraGates(model: model, adapters: adapters, sequences: sequences, ids: routedIDs, options: o, progress: progress)
-            training = ["steps": String(o.steps), "lr": String(o.learningRate), "seed": String(o.seed),
+            training = ["steps": String(o.steps), "lr": String(o.learningRate), "seed": String(o.seed), "supervise": o.supervise.rawValue,
                         "balance": String(o.balance), "shots_per_task": String(o.shotsPerTask),
                         "loss": "gate cross-entropy against the task label (no LM term)"]
         }
@@ -225,43 +236,49 @@ public enum RouterBuilder {
         }
         let maxT = sequences.flatMap { $0 }.map(\.tokens.count).max() ?? 1
         let session = try model.makeLlamaSession(maxTokens: maxT)
-        var label = 0, tokens = 0
-        var logits = [Float](repeating: 0, count: N)
+        var label = 0, tokens = 0, firstRow = 0
         session.linearInputObserver = { id, x, rows in
             guard wanted.contains(id) else { return }
             let nIn = model.base.linears[id].inFeatures
-            let G = gates[id]!
-            var dG = grads[id]!
-            var probs = [Float](repeating: 0, count: rows * N)
+            // D (rows, N) = x · Gᵀ, then softmax per row; D ← dLoss/dlogits.
+            var D = [Float](repeating: 0, count: rows * N)
+            gates[id]!.withUnsafeBufferPointer { g in
+                D.withUnsafeMutableBufferPointer { d in
+                    BLAS.gemm(transA: false, transB: true, m: rows, n: N, k: nIn, alpha: 1, a: x, lda: nIn,
+                              b: g.baseAddress!, ldb: nIn, beta: 0, c: d.baseAddress!, ldc: N)
+                }
+            }
             var topShare = [Float](repeating: 0, count: N)
             for t in 0..<rows {
-                let xr = x + t * nIn
-                for i in 0..<N {
-                    var s: Float = 0
-                    G.withUnsafeBufferPointer { g in for j in 0..<nIn { s += g[i * nIn + j] * xr[j] } }
-                    logits[i] = s
-                }
-                let mx = logits.max()!
-                var z: Float = 0
-                for i in 0..<N { probs[t * N + i] = expf(logits[i] - mx); z += probs[t * N + i] }
-                var best = 0
-                for i in 0..<N { probs[t * N + i] /= z; if probs[t * N + i] > probs[t * N + best] { best = i } }
-                topShare[best] += 1 / Float(rows)
+                var mx = -Float.infinity
+                for i in 0..<N { mx = max(mx, D[t * N + i]) }
+                var z: Float = 0, best = 0
+                for i in 0..<N { D[t * N + i] = expf(D[t * N + i] - mx); z += D[t * N + i] }
+                for i in 0..<N { D[t * N + i] /= z; if D[t * N + i] > D[t * N + best] { best = i } }
+                if t >= firstRow { topShare[best] += 1 / Float(max(rows - firstRow, 1)) }
             }
             // Per token: dCE/dlogit_i = p_i − [i = label]; the balance term adds α N p_i (f_i − Σ_k f_k p_k)
             // (f held fixed, as Switch does: the top-1 share has no gradient).
-            for t in 0..<rows {
-                let p = (0..<N).map { probs[t * N + $0] }
-                let fp = (0..<N).reduce(Float(0)) { $0 + topShare[$1] * p[$1] }
-                let xr = x + t * nIn
+            for t in 0..<rows where t < firstRow {
+                for i in 0..<N { D[t * N + i] = 0 }
+            }
+            for t in firstRow..<max(rows, firstRow) {
+                var fp: Float = 0
+                if o.balance > 0 { for k in 0..<N { fp += topShare[k] * D[t * N + k] } }
                 for i in 0..<N {
-                    var d = p[i] - (i == label ? 1 : 0)
-                    if o.balance > 0 { d += o.balance * Float(N) * p[i] * (topShare[i] - fp) }
-                    if d == 0 { continue }
-                    dG.withUnsafeMutableBufferPointer { g in for j in 0..<nIn { g[i * nIn + j] += d * xr[j] } }
+                    let p = D[t * N + i]
+                    var d = p - (i == label ? 1 : 0)
+                    if o.balance > 0 { d += o.balance * Float(N) * p * (topShare[i] - fp) }
+                    D[t * N + i] = d
                 }
             }
-            grads[id] = dG
+            // dG (N, in) += Dᵀ · x
+            grads[id]!.withUnsafeMutableBufferPointer { g in
+                D.withUnsafeBufferPointer { d in
+                    BLAS.gemm(transA: true, transB: false, m: N, n: nIn, k: rows, alpha: 1, a: d.baseAddress!, lda: N,
+                              b: x, ldb: nIn, beta: 1, c: g.baseAddress!, ldc: nIn)
+                }
+            }
         }
         var rng = SeededRNG(seed: o.seed)
         var orders = sequences.map { Array($0.indices) }
@@ -274,23 +291,30 @@ public enum RouterBuilder {
                 let s = sequences[i][orders[i][cursor[i] % orders[i].count]]
                 cursor[i] += 1
                 label = i
+                firstRow = o.supervise == .answer ? (s.targets.firstIndex { $0 >= 0 } ?? 0) : 0
                 session.reset(adapters: sets[i])
                 _ = try session.feed(s.tokens, lastOnly: true)
-                tokens += s.tokens.count
+                tokens += s.tokens.count - firstRow
             }
             // AdamW (no weight decay) on the token-mean gradient, bias-corrected.
             let c1 = 1 - powf(b1, Float(step)), c2 = 1 - powf(b2, Float(step))
+            let inv = 1 / Float(tokens)
             for id in ids {
-                var g = gates[id]!, gr = grads[id]!, mm = m[id]!, vv = v[id]!
-                let inv = 1 / Float(tokens)
-                for j in g.indices {
-                    let d = gr[j] * inv
-                    mm[j] = b1 * mm[j] + (1 - b1) * d
-                    vv[j] = b2 * vv[j] + (1 - b2) * d * d
-                    g[j] -= o.learningRate * (mm[j] / c1) / ((vv[j] / c2).squareRoot() + eps)
-                    gr[j] = 0
+                gates[id]!.withUnsafeMutableBufferPointer { g in
+                    grads[id]!.withUnsafeMutableBufferPointer { gr in
+                        m[id]!.withUnsafeMutableBufferPointer { mm in
+                            v[id]!.withUnsafeMutableBufferPointer { vv in
+                                for j in 0..<g.count {
+                                    let d = gr[j] * inv
+                                    mm[j] = b1 * mm[j] + (1 - b1) * d
+                                    vv[j] = b2 * vv[j] + (1 - b2) * d * d
+                                    g[j] -= o.learningRate * (mm[j] / c1) / ((vv[j] / c2).squareRoot() + eps)
+                                    gr[j] = 0
+                                }
+                            }
+                        }
+                    }
                 }
-                gates[id] = g; grads[id] = gr; m[id] = mm; v[id] = vv
             }
             progress?(step, o.steps)
         }

@@ -1,0 +1,138 @@
+import Foundation
+
+/// What the gates of a routed row did on the held-out answers of each task whose adapter is among
+/// the routed ones: the share of (answer row, routed projection) pairs whose top-1 expert is the
+/// task's own adapter, and the mean gate weight on that adapter per layer.
+public struct ReportRouting: Codable, Sendable, Equatable {
+    public var topK: Int
+    public var temperature: Float
+    public var ownTopOne: [String: Double]
+    /// Task → per layer, mean weight on the task's own adapter (0 where no projection is routed).
+    public var ownWeightByLayer: [String: [Double]]
+}
+
+extension ReportMethods {
+    public static var routedNames: [String] { RouteMethod.allCases.map { "route-" + $0.rawValue } }
+
+    public static func routed(_ id: String) -> ReportMethod {
+        ReportMethod(id: id, family: .routed, method: String(id.dropFirst("route-".count)))
+    }
+
+    static let routedSummary: [String: String] = [
+        "meteora": "per-token top-2 gates, MeteoRA's supervised gate loss on the shots",
+        "arrow": "per-token top-2 gates, Arrow prototypes (training-free)",
+        "hidden": "per-token top-2 gates, mean hidden state per task (mergekit-moe, training-free)",
+    ]
+}
+
+extension ReportRunner {
+    /// Work units of a routed row: evaluation, the gate trace over the test answers, the fit.
+    func routedUnits(_ m: ReportMethod) -> Int {
+        let examples = test.reduce(0) { $0 + $1.examples.count }
+        let n = inputs.adapters.count
+        switch RouteMethod(rawValue: m.method) {
+        case .meteora?: return examples * 2 + RouteOptions(method: .meteora).steps * n * 2
+        case .hidden?: return examples * 2 + n * settings.shotsPerTask
+        default: return examples * 2
+        }
+    }
+
+    /// The router's shots: adapter i's task is the shots task with its name.
+    func routedShots(_ method: RouteMethod) throws -> [EvalTask] {
+        guard method.needsShots else { return [] }
+        let pool = learnedShots(settings.shotsPerTask)
+        return try inputs.adapters.map { a in
+            guard let t = pool.first(where: { $0.name == a.name }), !t.examples.isEmpty else {
+                throw ReportError.emptyShots(task: a.name, file: inputs.shots.first { $0.name == a.name }?.path)
+            }
+            return t
+        }
+    }
+
+    func routedRow(_ m: ReportMethod) throws -> ReportRow {
+        guard let method = RouteMethod(rawValue: m.method) else { throw ReportError.unknownLearnedMethod(m.method) }
+        var options = RouteOptions(method: method)
+        options.seed = settings.seed
+        options.shotsPerTask = settings.shotsPerTask
+        let shots = try routedShots(method)
+        var key = cacheKey(m, adapters: inputs.adapters.map(\.name))
+        key.learned = ["shots": shots.map(Digest.task).joined(separator: ","), "shotsPerTask": String(options.shotsPerTask),
+                       "steps": String(options.steps), "lr": String(options.learningRate), "topK": String(options.topK),
+                       "temperature": String(options.temperature), "supervise": options.supervise.rawValue]
+        var entry = try loadCache(m.id, key: key)
+        let missing = test.filter { entry.tasks[$0.name]?.digest != Digest.task($0) }
+        if !missing.isEmpty || entry.routing == nil {
+            let start = Date()
+            var fitDone = 0
+            let routed = try RouterBuilder.build(model: model, adapters: inputs.adapters, shots: shots, options: options) { done, total in
+                let units = self.routedUnits(m) - self.test.reduce(0) { $0 + $1.examples.count } * 2
+                let now = total > 0 ? units * done / total : 0
+                self.tick(now - fitDone, "\(m.id) · fitting gates \(done)/\(total)")
+                fitDone = now
+            }
+            entry.fuseSeconds = Date().timeIntervalSince(start)
+            let set = try model.prepare(routed: routed)
+            try evaluate(set: set, on: missing, entry: &entry, cacheID: m.id, label: m.id)
+            skipCached(except: missing, label: m.id)
+            // The gates on every task that has its own adapter among the routed ones.
+            let own = test.compactMap { t in inputs.adapters.firstIndex { $0.name == t.name }.map { (t, $0) } }
+            let traces = try RoutingSummary.traceByTask(model: model, set: set, tasks: own.map(\.0), shotsPerTask: Int.max)
+            var top: [String: Double] = [:], byLayer: [String: [Double]] = [:]
+            for ((t, i), trace) in zip(own, traces) {
+                top[t.name] = trace.topOneFraction(of: i)
+                byLayer[t.name] = trace.meanWeightPerLayer(layers: model.config.numHiddenLayers).map { $0[i] }
+                tick(t.examples.count, "\(m.id) · gate trace \(t.name)")
+            }
+            entry.routing = ReportRouting(topK: options.topK, temperature: options.temperature, ownTopOne: top, ownWeightByLayer: byLayer)
+            try saveCache(m.id, entry)
+        } else {
+            tick(routedUnits(m), "\(m.id) (cached)")
+        }
+        var row = ReportRow(method: m, tasks: entry.results(for: test), order: taskNames, shots: method.needsShots ? options.shotsPerTask : nil,
+                            fuseSeconds: entry.fuseSeconds, evalSeconds: entry.evalSeconds, warnings: entry.warnings)
+        row.routing = entry.routing
+        return row
+    }
+}
+
+extension ReportRenderer {
+    static let routingParagraph = "Own top-1: of the answer rows of a task's held-out examples and all routed projections, the share whose largest gate weight is on the task's own adapter (1/N is chance). The heatmaps show, per task and layer, the mean gate weight on the task's own adapter."
+
+    /// Routed rows: mean loss against the best fused row and the experts, and own top-1 per task.
+    static func routingTable(_ r: ReportResults) -> Table? {
+        let routed = r.rows.filter { $0.method.family == .routed }
+        guard !routed.isEmpty else { return nil }
+        let fused = r.rows.filter { [.static, .learned, .icm].contains($0.method.family) && $0.meanLoss != nil }
+            .min { $0.meanLoss! < $1.meanLoss! }
+        let experts = r.rows.first { $0.method.family == .expert }
+        var t = Table(header: ["method", "mean loss", "Δ vs best fused" + (fused.map { " (\($0.method.id))" } ?? ""),
+                               "Δ vs experts", "own top-1 (mean)"] + r.tasks, rows: [])
+        t.numericFrom = 1
+        for row in routed {
+            let own = row.routing?.ownTopOne ?? [:]
+            let mean = own.isEmpty ? nil : own.values.reduce(0, +) / Double(own.count)
+            let dF = row.meanLoss.flatMap { m in fused?.meanLoss.map { m - $0 } }
+            var dE: Double?
+            if let e = experts, let m = row.meanLoss(over: Array(e.tasks.keys)), let em = e.meanLoss { dE = m - em }
+            t.rows.append([row.method.id, num(row.meanLoss, 4), signed(dF), signed(dE), num(mean, 2)] + r.tasks.map { num(own[$0], 2) })
+        }
+        return t
+    }
+
+    static func routingCharts(_ r: ReportResults) -> [Chart] {
+        var out: [Chart] = []
+        for row in r.rows where row.method.family == .routed {
+            guard let g = row.routing, !g.ownWeightByLayer.isEmpty else { continue }
+            let tasks = r.tasks.filter { g.ownWeightByLayer[$0] != nil }
+            let layers = g.ownWeightByLayer[tasks[0]]!.count
+            let values: [[Double?]] = tasks.map { g.ownWeightByLayer[$0]!.map { Optional($0) } }
+            let hm = SVGHeatmap(title: "\(row.method.id): mean gate weight on the task's own adapter, per layer",
+                                rowLabels: tasks, columnLabels: (0..<layers).map { "L\($0)" }, values: values,
+                                scale: SVGHeatmap.autoScale(values), format: "%.2f",
+                                legend: "mean gate weight (own adapter)", cellWidth: layers > 16 ? 30 : 40, cellHeight: 22)
+            out.append(Chart(file: "gates-\(fileSafe(row.method.id)).svg",
+                             caption: "\(row.method.id): gate weight on each task's own adapter per layer", svg: hm.render()))
+        }
+        return out
+    }
+}

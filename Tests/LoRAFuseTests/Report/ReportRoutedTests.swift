@@ -1,0 +1,56 @@
+import Foundation
+import XCTest
+@testable import LoRAFuse
+
+/// Routed rows of the report: numbers equal a direct evaluation of the same router, the gate
+/// statistics and heatmap come out, and a rerun is served from the cache.
+final class ReportRoutedTests: XCTestCase {
+    func testRoutedRowsEqualDirectEvaluationAndAreCached() throws {
+        let model = ReportFixtures.model()
+        let inputs = ReportFixtures.inputs(model)
+        let dir = ReportFixtures.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let settings = ReportSettings(testPerTask: 2, accuracy: false, rank: 2, shotsPerTask: 2, shotsCurve: [])
+        let methods = [ReportMethods.experts, ReportMethods.staticMethod("linear", rank: 2),
+                       ReportMethods.routed("route-arrow"), ReportMethods.routed("route-hidden")]
+        let runner = try ReportRunner(model: model, inputs: inputs, settings: settings, methods: methods, directory: dir)
+        var last: ReportProgress?
+        let r = try runner.run { last = $0 }
+        XCTAssertEqual(last?.done, last?.total)
+
+        // route-arrow is training-free: the same router built directly gives the same losses.
+        let arrow = try XCTUnwrap(r.rows.first { $0.method.id == "route-arrow" })
+        XCTAssertEqual(arrow.method.family, .routed)
+        let routed = try RouterBuilder.build(model: model, adapters: inputs.adapters, shots: [], options: RouteOptions(method: .arrow))
+        let ev = Evaluator(model: model.with(try model.prepare(routed: routed)), options: EvalOptions(computeAccuracy: false))
+        for t in ReportInputs.firstExamples(inputs.test, 2) {
+            XCTAssertEqual(arrow.tasks[t.name]!.loss, try ev.evaluate(t).loss, accuracy: 1e-9, t.name)
+        }
+        let g = try XCTUnwrap(arrow.routing)
+        XCTAssertEqual(Set(g.ownTopOne.keys), Set(ReportFixtures.taskNames))
+        XCTAssertTrue(g.ownTopOne.values.allSatisfy { (0...1).contains($0) })
+        XCTAssertEqual(g.ownWeightByLayer[ReportFixtures.taskNames[0]]?.count, model.config.numHiddenLayers)
+        XCTAssertNotNil(r.rows.first { $0.method.id == "route-hidden" }?.routing)
+
+        let charts = Dictionary(uniqueKeysWithValues: ReportRenderer.charts(r).map { ($0.file, $0.svg) })
+        let hm = try XCTUnwrap(charts["gates-route-arrow.svg"])
+        XCTAssertEqual(ReportFixtures.cellValue(hm, row: 0, col: 1)!, g.ownWeightByLayer[ReportFixtures.taskNames[0]]![1], accuracy: 1e-9)
+        let md = ReportRenderer.markdown(r)
+        XCTAssertTrue(md.contains("## Routing"))
+        XCTAssertTrue(md.contains("Δ vs best fused (linear)"))
+
+        let again = try ReportRunner(model: model, inputs: inputs, settings: settings, methods: methods, directory: dir)
+        XCTAssertEqual(try again.run().rows, r.rows)
+        XCTAssertEqual(again.evaluationsRun, 0, "routed rows come from the cache on a rerun")
+    }
+
+    func testRoutedRowsNeedShotsForEveryAdapter() throws {
+        let model = ReportFixtures.model()
+        var inputs = ReportFixtures.inputs(model)
+        inputs.shots.removeLast()
+        let settings = ReportSettings(testPerTask: 1, accuracy: false, rank: 2, shotsPerTask: 2, shotsCurve: [])
+        let runner = try ReportRunner(model: model, inputs: inputs, settings: settings,
+                                      methods: [ReportMethods.routed("route-meteora")], directory: ReportFixtures.tempDir())
+        XCTAssertThrowsError(try runner.run()) { XCTAssertEqual($0 as? ReportError, .emptyShots(task: ReportFixtures.taskNames[2], file: nil)) }
+    }
+}
