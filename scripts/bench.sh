@@ -10,3 +10,6 @@ swift build -c release --product lorafuse-bench
 .build/release/lorafuse-bench fusion "$@"
 .build/release/lorafuse-bench model
 .build/release/lorafuse-bench train
+# Routing's cost: a routed model over adapters/ against the base and one merged adapter (no
+# external peer: the comparison is the fused answer on the same engine).
+.build/release/lorafuse-bench route

@@ -12,7 +12,7 @@ struct Inspect: ParsableCommand {
         """
     )
 
-    @Argument(help: "Adapter directories.")
+    @Argument(help: "Adapters (PEFT or mlx-lm directories, GGUF LoRA files) or routed-model folders (inspected as their adapters).")
     var adapters: [String]
 
     @Flag(name: .long, help: "Print JSON instead of tables.")
@@ -41,16 +41,33 @@ struct Inspect: ParsableCommand {
         let hints = try model.hints()
         // Same-named folders (run1/x, run2/x) get their parent paths in the name: tables and the
         // JSON `dtypes` map are keyed by name.
-        let loaded = AdapterNames.disambiguated(try adapters.map { try AdapterIO.read(path: $0, hints: hints) })
+        // A routed model is inspected as its adapters (digests checked) plus a line on its gates.
+        var routers: [RouterSummary] = []
+        var read: [LoRAAdapter] = []
+        for p in adapters {
+            if RoutedModel.isRoutedDirectory(p) {
+                let r = try RoutedModel.load(directory: p, hints: hints)
+                routers.append(RouterSummary(path: p, method: r.config.method, top_k: r.config.topK, temperature: r.config.temperature,
+                                             placement: r.config.placement.rawValue, gate: r.config.gate.rawValue,
+                                             adapters: r.adapters.map(\.name), routed_projections: r.gates.count))
+                read += r.adapters
+            } else {
+                read.append(try AdapterIO.read(path: p, hints: hints))
+            }
+        }
+        let loaded = AdapterNames.disambiguated(read)
         if let dims = hints.baseTensorDims {
             for a in loaded { try AdapterValidation.checkShapes(a, baseDims: dims, baseName: hints.source ?? "the base") }
         }
         var analysis = AdapterAnalyzer.analyze(loaded, samplesPerModule: samples, seed: seed)
         if json {
-            struct Out: Encodable { var analysis: AdapterAnalysis; var dtypes: [String: String] }
-            analysis.warnings += []
-            try printJSON(Out(analysis: analysis, dtypes: Dictionary(loaded.map { ($0.name, $0.sourceDType.rawValue) }, uniquingKeysWith: { a, _ in a })))
+            struct Out: Encodable { var analysis: AdapterAnalysis; var dtypes: [String: String]; var routers: [RouterSummary] }
+            try printJSON(Out(analysis: analysis, dtypes: Dictionary(loaded.map { ($0.name, $0.sourceDType.rawValue) }, uniquingKeysWith: { a, _ in a }),
+                              routers: routers))
             return
+        }
+        for r in routers {
+            print("\(r.path): routed model, \(r.method) (\(r.gate) gates), top-\(r.top_k), T=\(r.temperature), placement \(r.placement), \(r.routed_projections) routed projections over \(r.adapters.count) adapters (digests match): \(r.adapters.joined(separator: ", "))")
         }
         for a in loaded { print("\(a.name): dtype \(a.sourceDType.rawValue.lowercased()), \(a.sourcePath ?? "")") }
         print(AdapterAnalyzer.table(analysis))
@@ -70,4 +87,16 @@ struct Inspect: ParsableCommand {
 
 func pad(_ s: String, _ n: Int) -> String {
     s.count >= n ? s + " " : s + String(repeating: " ", count: n - s.count)
+}
+
+/// A routed model's settings, as `inspect` prints them.
+struct RouterSummary: Encodable {
+    var path: String
+    var method: String
+    var top_k: Int
+    var temperature: Float
+    var placement: String
+    var gate: String
+    var adapters: [String]
+    var routed_projections: Int
 }
