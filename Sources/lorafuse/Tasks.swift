@@ -6,7 +6,7 @@ import LoRAFuse
 struct Tasks: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Work with the built-in multi-task suite.",
-        subcommands: [TasksGenerate.self, TasksExperts.self]
+        subcommands: [TasksGenerate.self, TasksExperts.self, TasksComposite.self]
     )
 }
 
@@ -139,5 +139,42 @@ struct TasksExperts: ParsableCommand {
             try OutputGuard.writeFile(t) { try text.write(to: $0, atomically: false, encoding: .utf8) }
         }
         if json { try printJSON(table) } else if output == nil { print(md) } else { print(md); print("table written to \(output!)") }
+    }
+}
+
+struct TasksComposite: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "composite",
+        abstract: "Write composite prompts: each asks several tasks in sequence (\"1) … 2) …\"), answers joined by newlines.",
+        discussion: """
+        MeteoRA's composite-n evaluation: a routed model must switch adapters inside one answer, a fused \
+        adapter must hold every skill at once. Each example draws --parts distinct tasks from the \
+        <task>.<split>.jsonl files in --tasks and one example of each (seeded). The prompt starts with: \
+        "\(CompositeTasks.instruction)". Score it with lorafuse eval --data OUT.
+        """
+    )
+
+    @Option(name: .long, help: "Task folder with <task>.<split>.jsonl files.") var tasks = "tasks"
+    @Option(name: .long, help: "Which split the parts come from (use test: the composite prompts are held out too).") var split = "test"
+    @Option(name: .long, help: "Tasks per prompt (2 or more).") var parts = 2
+    @Option(name: .long, help: "Number of composite examples.") var count = 50
+    @Option(name: .long, help: "Seed of the draws.") var seed: UInt64 = 1
+    @Option(name: [.short, .customLong("output")], help: "Output .jsonl file.") var output: String
+    @OptionGroup var overwrite: OverwriteOptions
+
+    func validate() throws {
+        if parts < 2 { throw ValidationError("--parts must be at least 2, got \(parts)") }
+        if count < 1 { throw ValidationError("--count must be at least 1, got \(count)") }
+    }
+
+    func run() throws {
+        let suffix = ".\(split).jsonl"
+        let files = try FileManager.default.contentsOfDirectory(atPath: tasks).filter { $0.hasSuffix(suffix) }.sorted()
+            .map { (tasks as NSString).appendingPathComponent($0) }
+        guard !files.isEmpty else { throw ValidationError("\(tasks): no *\(suffix) files") }
+        let target = try OutputGuard.check(output, kind: .file, inputs: files + [tasks], force: overwrite.force)
+        let composite = try CompositeTasks.make(from: try TaskData.read(paths: files), parts: parts, count: count, seed: seed)
+        try OutputGuard.writeFile(target) { try CompositeTasks.jsonl(composite).write(to: $0, atomically: false, encoding: .utf8) }
+        print("wrote \(composite.examples.count) composite examples of \(parts) tasks each (from \(files.count) tasks) to \(output)")
     }
 }
