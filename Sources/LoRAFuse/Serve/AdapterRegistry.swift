@@ -18,7 +18,9 @@ import Foundation
 /// Thread-safe: requests acquire from any thread; reading and fusing happen outside the lock, so a
 /// slow load delays only the requests that wait for that adapter.
 public final class AdapterRegistry: @unchecked Sendable {
-    public enum Kind: String, Sendable { case adapter, fusion }
+    /// adapter: one adapter file or folder; fusion: a recipe over registered adapters; routed: a
+    /// routed-model folder (`lorafuse route`), its adapters chosen per token by its gates.
+    public enum Kind: String, Sendable { case adapter, fusion, routed }
 
     /// What `GET /v1/models` shows of an entry.
     public struct Info: Sendable, Equatable {
@@ -55,12 +57,17 @@ public final class AdapterRegistry: @unchecked Sendable {
         var loading = false
         var lastUse: UInt64 = 0
         var requests = 0
+        let isRouted: Bool
         init(name: String, source: Source, pinned: Bool) {
             self.name = name
             self.source = source
             self.pinned = pinned
+            if case .file(let p) = source { isRouted = RoutedModel.isRoutedDirectory(p) } else { isRouted = false }
         }
-        var kind: Kind { if case .fusion = source { return .fusion } else { return .adapter } }
+        var kind: Kind {
+            if case .fusion = source { return .fusion }
+            return isRouted ? .routed : .adapter
+        }
     }
 
     public let model: LlamaModel
@@ -143,7 +150,7 @@ public final class AdapterRegistry: @unchecked Sendable {
         var names: [String] = []
         for item in items where !item.hasPrefix(".") {
             let path = (directory as NSString).appendingPathComponent(item)
-            guard (try? AdapterIO.detect(path: path)) != nil else { continue }
+            guard RoutedModel.isRoutedDirectory(path) || (try? AdapterIO.detect(path: path)) != nil else { continue }
             let name = item.hasSuffix(".gguf") ? String(item.dropLast(5)) : item
             guard (try? AdapterRegistry.checkName(name)) != nil else { continue }
             try register(name: name, path: path)
@@ -195,7 +202,8 @@ public final class AdapterRegistry: @unchecked Sendable {
                 }
                 guard e.kind == .adapter else {
                     lock.unlock()
-                    throw ServeError.invalid("'\(a.name)' is a fusion; combine registered adapters", param: "adapters[\(i)].name")
+                    throw ServeError.invalid("'\(a.name)' is a \(e.kind == .routed ? "routed model" : "fusion"); combine registered adapters",
+                                             param: "adapters[\(i)].name")
                 }
             }
             let key = Self.recipeKey(adapters, merge)
@@ -354,6 +362,19 @@ public final class AdapterRegistry: @unchecked Sendable {
     /// Reads (and for fusions fuses) the entry's adapter and prepares it; returns the set and its bytes.
     private func load(_ entry: Entry) throws -> (AdapterSet, Int) {
         switch entry.source {
+        case .file(let path) where entry.isRouted:
+            let routed: RoutedModel
+            do { routed = try RoutedModel.load(directory: path, hints: hints) } catch {
+                throw ServeError.invalid("routed model '\(entry.name)' cannot be read: \(error)", param: "model", code: "adapter_unreadable")
+            }
+            let set: AdapterSet
+            do { set = try model.prepare(routed: routed) } catch {
+                throw ServeError.invalid("routed model '\(entry.name)' does not fit the base model \(baseName): \(error)", param: "model",
+                                         code: "adapter_base_mismatch")
+            }
+            lock.lock(); stats.loads += 1; lock.unlock()
+            let params = routed.adapters.reduce(0) { $0 + $1.parameterCount } + routed.gates.values.reduce(0) { $0 + $1.count }
+            return (set, params * MemoryLayout<Float>.size)
         case .file(let path):
             let a = try readAdapter(entry.name, path)
             let set = try prepare(entry.name, [(a, 1)])

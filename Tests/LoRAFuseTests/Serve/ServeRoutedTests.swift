@@ -1,0 +1,39 @@
+import Foundation
+import XCTest
+@testable import LoRAFuse
+
+/// A routed-model folder served as a model: listed as routed, decoded in the same batches as plain
+/// adapters, giving the tokens `lorafuse generate --adapter ROUTED` gives.
+final class ServeRoutedTests: XCTestCase {
+    func testRoutedFolderIsServedLikeGenerate() async throws {
+        let model = ServeFixtures.model()
+        let dir = try ServeFixtures.adapterDirectory(model, names: ["alpha", "beta"])
+        let ads = try ["alpha", "beta"].map { n -> LoRAAdapter in var a = try AdapterIO.read(path: dir + "/" + n); a.name = n; return a }
+        let routed = try RouterBuilder.build(model: model, adapters: ads, shots: [], options: RouteOptions(method: .arrow))
+        let out = dir + "/mix"
+        try OutputGuard.buildDirectory(out, inputs: [], force: false) { tmp in
+            try routed.write(into: tmp, finalPath: out, sources: [dir + "/alpha", dir + "/beta"], copyAdapters: false)
+        }
+        let reg = AdapterRegistry(model: model, baseName: "tiny", budgetBytes: 0)
+        XCTAssertEqual(try reg.registerDirectory(dir).sorted(), ["alpha", "beta", "mix"])
+        XCTAssertEqual(reg.info("mix")?.kind, .routed)
+        // A routed model is not an input of a combination.
+        XCTAssertThrowsError(try reg.acquire(.combination([AdapterChoice(name: "mix"), AdapterChoice(name: "alpha")], merge: nil))) {
+            XCTAssertTrue("\($0)".contains("is a routed model"), "\($0)")
+        }
+        let engine = ServeEngine(registry: reg, limits: ServeLimits(maxBatch: 8, contextLength: 256, maxTokensCap: 64, prefillChunk: 512))
+        let lm = model.with(try model.prepare(routed: try RoutedModel.load(directory: out)))
+        var gen = Generator(model: lm, sampler: try Sampler(temperature: 0, topP: 1, seed: 0), maxTokens: 12)
+        let expected = try gen.generate(session: try lm.makeSession(maxTokens: 64), prompt: model.tokenizer.encodeRawPrompt("route me"))
+        let req = { (m: String) in
+            GenerationRequest(kind: .completion, model: m, input: .text("route me"), choice: .named(m),
+                              sampling: SamplingParameters(maxTokens: 12, temperature: 0, topP: 1, seed: 0, stop: []))
+        }
+        let routedStream = try engine.submit(req("mix")), plainStream = try engine.submit(req("alpha"))
+        async let routedRun = routedStream.collect()
+        async let plainRun = plainStream.collect()
+        let (r, _) = try await (routedRun, plainRun)
+        XCTAssertEqual(r.tokens, expected.tokens)
+        await engine.drain()
+    }
+}
