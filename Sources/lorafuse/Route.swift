@@ -92,6 +92,13 @@ struct Route: ParsableCommand {
     func validate() throws {
         let o = try options()
         if adapters.isEmpty { throw ValidationError("give the adapters to route between") }
+        // The same adapter twice would be two identical experts splitting every token between them.
+        var seen: [String: String] = [:]
+        for a in adapters {
+            let key = OutputGuard.resolve(a)
+            if let first = seen[key] { throw ValidationError("\(a) is given twice (also as \(first)); each adapter is one expert") }
+            seen[key] = a
+        }
         do { try RouterBuilder.validate(o, adapters: adapters.count, shots: shots.count) } catch let e as RouteError {
             throw ValidationError(e.description)
         }
