@@ -139,11 +139,9 @@ public struct RoutedModel: Sendable {
     public static func digest(adapterAt path: String) throws -> String {
         var s = SHA256()
         for f in digestedFiles(path) {
-            guard let handle = FileHandle(forReadingAtPath: f) else { throw AdapterIOError.notFound(path: f) }
-            defer { try? handle.close() }
             let size = ((try? FileManager.default.attributesOfItem(atPath: f))?[.size] as? Int) ?? 0
             s.update("\((f as NSString).lastPathComponent)\n\(size)\n")
-            while let chunk = try handle.read(upToCount: 1 << 22), !chunk.isEmpty { s.update(chunk) }
+            try s.update(fileAt: f)
         }
         return s.hexDigest()
     }
@@ -286,19 +284,7 @@ extension LlamaModel {
             throw RoutedModelError.otherBase(dir: routed.sourcePath ?? "(\(routed.config.method) router)", expected: want.summary, actual: here.summary)
         }
         let N = routed.adapters.count
-        var perExpert: [[Int: LoRAFactors]] = []
-        for a in routed.adapters {
-            for m in a.moduleNames where a.modules[m]!.kind == .embedding {
-                throw RoutedModelError.embeddingNotRoutable(adapter: a.name, module: m)
-            }
-            let set = try prepare([(a, 1)], mode: .unmerged)
-            var f: [Int: LoRAFactors] = [:]
-            for (id, fs) in set.linearFactors {
-                // An adapter naming one module twice (two spellings) adds both, as prepare does.
-                f[id] = fs.count == 1 ? fs[0] : Self.concatenated(fs)
-            }
-            perExpert.append(f)
-        }
+        let perExpert = try expertFactors(routed.adapters)
         var linears: [Int: RoutedLinear] = [:]
         for (module, g) in routed.gates {
             guard case let .linear(id)? = target(of: module), id != LlamaWeights.lmHeadID(layers: layerCount) else {
@@ -331,6 +317,19 @@ extension LlamaModel {
                           modelID: ObjectIdentifier(self), linearFactors: [:], embedFactors: [], mergedLinear: [:],
                           mergedEmbed: nil, maxRank: maxRank,
                           routed: RoutedLayers(linears: linears, policy: routed.policy, expertNames: routed.adapters.map(\.name)))
+    }
+
+    /// Each adapter checked as `prepare(_:mode:)` checks it, as its factors per linear id; an
+    /// embedding LoRA is refused (no per-token gate can route it). Shared by the gate fitters and
+    /// `prepare(routed:)`.
+    func expertFactors(_ adapters: [LoRAAdapter]) throws -> [[Int: LoRAFactors]] {
+        try adapters.map { a in
+            for m in a.moduleNames where a.modules[m]!.kind == .embedding {
+                throw RoutedModelError.embeddingNotRoutable(adapter: a.name, module: m)
+            }
+            // An adapter naming one module twice (two spellings) adds both, as prepare does.
+            return try prepare([(a, 1)], mode: .unmerged).linearFactors.mapValues { $0.count == 1 ? $0[0] : Self.concatenated($0) }
+        }
     }
 
     /// Several factor pairs on one module as one pair of rank Σr (coefficients folded into B).

@@ -96,14 +96,7 @@ public enum RouterBuilder {
         try validate(o, adapters: adapters.count, shots: shots.count)
         let N = adapters.count
         // Every adapter checked against the model, and the projections some adapter touches.
-        var factors: [[Int: LoRAFactors]] = []
-        for a in adapters {
-            for m in a.moduleNames where a.modules[m]!.kind == .embedding {
-                throw RoutedModelError.embeddingNotRoutable(adapter: a.name, module: m)
-            }
-            let set = try model.prepare([(a, 1)], mode: .unmerged)
-            factors.append(set.linearFactors.mapValues { $0.count == 1 ? $0[0] : LlamaModel.concatenated($0) })
-        }
+        let factors = try model.expertFactors(adapters)
         let L = model.layerCount
         var routedIDs: [Int] = []
         for l in 0..<L {

@@ -53,13 +53,11 @@ public struct SHA256 {
         return s.hexDigest()
     }
 
-    /// The digest of a file, read in 4 MB pieces.
-    public static func hex(fileAt path: String) throws -> String {
+    /// Adds a file's bytes, read in 4 MB pieces.
+    public mutating func update(fileAt path: String) throws {
         guard let handle = FileHandle(forReadingAtPath: path) else { throw AdapterIOError.notFound(path: path) }
         defer { try? handle.close() }
-        var s = SHA256()
-        while let chunk = try handle.read(upToCount: 1 << 22), !chunk.isEmpty { s.update(chunk) }
-        return s.hexDigest()
+        while let chunk = try handle.read(upToCount: 1 << 22), !chunk.isEmpty { update(chunk) }
     }
 
     private mutating func block(_ p: UnsafeBufferPointer<UInt8>) {
