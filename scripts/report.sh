@@ -27,9 +27,13 @@ fi
 # 8 held-out examples per task (112 in all) per row; learned rows fit on 16 shots per task
 # (first lines of NAME.train.jsonl, never the test files) for 8 steps (LoraHub: 40 loss
 # evaluations, a few CMA-ES generations), plus the shots curve's refits at 1 and 4.
-# ICM-Fusion's VAE also learns from the adapters' training checkpoints, which `make adapters`
-# leaves in out/trajectories (too big to commit: 4.8 MB each).
+# ICM-Fusion's VAE also learns from the converged tail of each adapter's training (20
+# checkpoints per task, scripts/train_tails.sh, part of `make adapters`; too big to commit:
+# 4.9 MB each). Made here when missing for the suite's adapters (about 5 minutes).
 TRAJ=()
+if [ ! -d out/trajectories ] && [ "$ADAPTERS" = adapters ]; then
+  LORAFUSE="$LF" bash scripts/train_tails.sh
+fi
 if [ -d out/trajectories ]; then
   TRAJ=(--trajectories out/trajectories)
 else

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Retrains the suite's task adapters (`make adapters`): one PEFT adapter per task in tasks/,
 # rank 8, α 16, all seven projections, bf16, written to adapters/<task>/ with training.json and the
-# loss curve; checkpoints (the trajectories ICM-Fusion learns from) go to out/trajectories/<task>/.
+# loss curve; then scripts/train_tails.sh writes the converged tail of each one's training (the
+# trajectories ICM-Fusion learns from) to out/trajectories/<task>/.
 # Then adapters/manifest.json collects every training.json, and docs/adapters.md compares each
 # adapter with the base model on its task's test split.
 #   scripts/train_adapters.sh [TASK...]     (default: every task in tasks/)
@@ -40,16 +41,18 @@ for t in "${TASKS[@]}"; do if [ -n "$(init_for "$t")" ]; then late+=("$t"); else
 TASKS=("${ordered[@]}" "${late[@]}")
 
 for t in "${TASKS[@]}"; do
-  out="adapters/$t"; traj="out/trajectories/$t"
-  rm -rf "$out" "$traj"; mkdir -p "$out" "$traj"
+  out="adapters/$t"
+  rm -rf "$out"; mkdir -p "$out"
   steps=$(steps_for "$t")
   echo "== $t: $steps steps"
   init=(); [ -n "$(init_for "$t")" ] && init=(--init-from "$(init_for "$t")")
   "$LF" train --data "tasks/$t.train.jsonl" --val "tasks/$t.val.jsonl" -o "$out" \
     --rank 8 --alpha 16 --targets all --steps "$steps" --batch 8 --lr "$(lr_for "$t")" --warmup 5 \
-    --seed 1 --dtype bf16 --eval-every 50 --save-every 25 --keep 4 --checkpoint-dir "$traj" \
+    --seed 1 --dtype bf16 --eval-every 50 \
     --threads "$THREADS" "${init[@]}"
 done
+
+LORAFUSE="$LF" THREADS="$THREADS" bash scripts/train_tails.sh "${TASKS[@]}"
 
 # adapters/manifest.json (every training.json plus the measured test results) and the table.
 [ "${SKIP_SCORE:-0}" = 1 ] && exit 0

@@ -9,11 +9,13 @@ struct ICMGeneratorArguments: ParsableArguments {
     var generator: String?
     @Option(name: .customLong("save-generator"), help: "Write the generator state here (weights, statistics, config).")
     var saveGenerator: String?
-    @Option(name: .customLong("chunk-size"), help: "Values per parameter chunk.") var chunkSize = ICMGeneratorOptions().chunkSize
+    @Option(name: .customLong("chunk-size"), help: "Padding granularity of each flattened tensor (values).") var chunkSize = ICMGeneratorOptions().chunkSize
+    @Option(name: .long, help: "Principal directions of the training adapters in the decoder's basis (at most samples − 1; each costs one adapter's worth of bf16 in the generator).") var basis = ICMGeneratorOptions().basis
     @Option(name: .long, help: "VAE hidden units.") var hidden = ICMGeneratorOptions().hidden
-    @Option(name: .long, help: "VAE latent size per chunk.") var latent = ICMGeneratorOptions().latent
+    @Option(name: .long, help: "VAE latent size (one latent per adapter).") var latent = ICMGeneratorOptions().latent
+    @Flag(name: .customLong("standard-prior"), help: "Use the N(0, I) prior instead of the learned conditional prior p(z | c).") var standardPrior = false
     @Option(name: .long, help: "KL weight β.") var beta: Float = ICMGeneratorOptions().beta
-    @Option(name: .customLong("vae-steps"), help: "VAE training steps.") var vaeSteps = ICMGeneratorOptions().steps
+    @Option(name: .customLong("vae-steps"), help: "VAE training steps (full batch over every sample).") var vaeSteps = ICMGeneratorOptions().steps
     @Option(name: .customLong("vae-lr"), help: "VAE Adam learning rate.") var vaeLR: Float = ICMGeneratorOptions().learningRate
     @Option(name: .customLong("meta-steps"), help: "First-order MAML outer steps, round robin over the tasks (0: no meta-learning; default: two rounds).") var metaSteps: Int?
     @Option(name: .customLong("inner-steps"), help: "Inner adaptation steps per meta step.") var innerSteps = ICMGeneratorOptions().innerSteps
@@ -23,7 +25,7 @@ struct ICMGeneratorArguments: ParsableArguments {
 
     func validate() throws {
         if chunkSize < 8 { throw ValidationError("--chunk-size must be at least 8, got \(chunkSize)") }
-        if hidden < 1 || latent < 1 { throw ValidationError("--hidden and --latent must be positive") }
+        if hidden < 1 || latent < 1 || basis < 1 { throw ValidationError("--hidden, --latent and --basis must be positive") }
         if vaeSteps < 0 || (metaSteps ?? 0) < 0 || innerSteps < 0 { throw ValidationError("step counts must not be negative") }
         if beta < 0 { throw ValidationError("--beta must not be negative") }
         if maxCheckpoints < 0 { throw ValidationError("--max-checkpoints must not be negative, got \(maxCheckpoints)") }
@@ -31,7 +33,8 @@ struct ICMGeneratorArguments: ParsableArguments {
 
     func options(seed: UInt64) -> ICMGeneratorOptions {
         var o = ICMGeneratorOptions()
-        o.chunkSize = chunkSize; o.hidden = hidden; o.latent = latent; o.beta = beta; o.steps = vaeSteps
+        o.chunkSize = chunkSize; o.basis = basis; o.hidden = hidden; o.latent = latent; o.beta = beta; o.steps = vaeSteps
+        o.conditionalPrior = !standardPrior
         o.learningRate = vaeLR; o.metaSteps = metaSteps; o.innerSteps = innerSteps; o.innerLR = innerLR
         o.useCondition = !noCondition; o.seed = seed
         return o

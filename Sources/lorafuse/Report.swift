@@ -101,10 +101,13 @@ struct Report: ParsableCommand {
     @Option(name: .customLong("icm-long-tail-shots"), help: "ICM-Fusion's long-tailed row: shots of that task (the others keep --shots-per-task).")
     var icmLongTailShots = ReportICMSettings().longTailShots
 
-    @Option(name: .customLong("icm-latent"), help: "ICM-Fusion: VAE latent size per chunk.")
+    @Option(name: .customLong("icm-latent"), help: "ICM-Fusion: VAE latent size (one per adapter).")
     var icmLatent = ICMGeneratorOptions().latent
 
-    @Option(name: .customLong("icm-chunk-size"), help: "ICM-Fusion: values per parameter chunk.")
+    @Option(name: .customLong("icm-basis"), help: "ICM-Fusion: principal directions of the training adapters in the decoder's basis.")
+    var icmBasis = ICMGeneratorOptions().basis
+
+    @Option(name: .customLong("icm-chunk-size"), help: "ICM-Fusion: padding granularity of each flattened tensor.")
     var icmChunkSize = ICMGeneratorOptions().chunkSize
 
     @Option(name: .customLong("icm-vae-steps"), help: "ICM-Fusion: VAE training steps.")
@@ -142,7 +145,7 @@ struct Report: ParsableCommand {
         if let e = evaluations, e < 2 { throw ValidationError("--evaluations must be at least 2, got \(e)") }
         if shotsPerTask < 1 { throw ValidationError("--shots-per-task must be at least 1, got \(shotsPerTask)") }
         if icmFewShots < 1 || icmLongTailShots < 1 { throw ValidationError("--icm-few-shots and --icm-long-tail-shots must be at least 1") }
-        if icmLatent < 1 || icmChunkSize < 8 { throw ValidationError("--icm-latent must be positive and --icm-chunk-size at least 8") }
+        if icmLatent < 1 || icmBasis < 1 || icmChunkSize < 8 { throw ValidationError("--icm-latent and --icm-basis must be positive and --icm-chunk-size at least 8") }
         if icmVAESteps < 0 || icmFusionSteps < 0 || icmAdaptSteps < 0 || (icmMetaSteps ?? 0) < 0 {
             throw ValidationError("ICM step counts must not be negative")
         }
@@ -194,7 +197,7 @@ struct Report: ParsableCommand {
 
     func icmSettings() -> ReportICMSettings {
         var g = ICMGeneratorOptions()
-        g.latent = icmLatent; g.chunkSize = icmChunkSize; g.steps = icmVAESteps; g.metaWeight = icmMetaWeight; g.metaSteps = icmMetaSteps
+        g.latent = icmLatent; g.basis = icmBasis; g.chunkSize = icmChunkSize; g.steps = icmVAESteps; g.metaWeight = icmMetaWeight; g.metaSteps = icmMetaSteps
         var f = ICMFusionOptions()
         f.steps = icmFusionSteps; f.adaptSteps = icmAdaptSteps; f.adaptLR = icmAdaptLR
         return ReportICMSettings(generator: g, fusion: f, fewShots: icmFewShots, longTailTask: icmLongTailTask,

@@ -2,15 +2,16 @@ import Foundation
 
 // ICM-Fusion's latent fusion, ICM-LoRA and SG-LoRA generation.
 //
-// Fusion (per chunk n; z_i = task i's posterior-mean latent at that chunk):
-//   conflict(i, j, n) = cos(z_i, z_j) < 0                      (fixed from the task latents)
+// Fusion (z_i = task i's posterior-mean latent, one per adapter):
+//   conflict(i, j) = cos(z_i, z_j) < 0                         (fixed from the task latents)
 //   γ_ij = sigmoid(ρ_ij)                                       learned fraction per ordered pair
 //   z_i' = z_i − Σ_{j: conflict} γ_ij · (⟨z_i, z_j⟩/‖z_j‖²) z_j  (remove part of the conflicting
 //          component, PCGrad-style but in latent space, all projections against the originals)
-//   z_f  = Σ_i w_i z_i'                                         learned combination weights
+//   z_f  = Σ_i w_i z_i',  w = e^s·softmax(a)                  learned combination weights
 // Learned on the union of the tasks' support sets: L(θ(z_f)) with θ = decode(z_f); the engine
-// gives dL/dθ, the chunk encoding turns it into dL/dx̂ (·σ), the decoder backward into dL/dz_f,
-// and then dL/dw_i = Σ_n ⟨dz_f, z_i'⟩, dL/dρ_ij = −w_i γ(1−γ) Σ_{n: conflict} ⟨dz_f, proj_ij⟩.
+// gives dL/dθ, the chunk encoding turns it into dL/dx̂ (·σ), the basis and decoder backward into
+// dL/dz_f, and then dL/dw_i = ⟨dz_f, z_i'⟩, dL/dρ_ij = −w_i γ(1−γ) ⟨dz_f, proj_ij⟩ (where they
+// conflict), and dL/da, dL/ds through the softmax.
 // The fused condition is the mean of the tasks' conditions. The fused tensor statistics are the
 // mean of the tasks', with the standard deviations of all A tensors and of all B tensors scaled by
 // learned gains e^γ_A, e^γ_B (θ = x̂·σ·e^γ + μ, so dL/dγ = Σ dL/dθ·(θ − μ)): averaging z-scored
@@ -18,19 +19,46 @@ import Foundation
 // latents carry little (see docs/icm-fusion.md).
 
 public struct ICMFusionParameters: Sendable, Equatable {
-    public var weights: [Float]     // w_i
+    public var weights: [Float]     // w_i (= e^s·softmax(a)_i when learned)
     public var rho: [Float]         // ρ_ij, row-major (n, n); diagonal unused
     /// Learned log-gains of the fused tensor statistics, [A tensors, B tensors]: σ_f ← σ_f·e^γ.
     public var logGain: [Float]
+    /// The learned parametrisation of the weights, w = e^s·softmax(a): Adam's bounded step then
+    /// moves the weights' ratios and their total on their own scales (stepping w directly moved
+    /// all of them in lockstep by the same absolute amount).
+    public var logits: [Float]
+    public var logScale: Float
     public init(weights: [Float], rho: [Float], logGain: [Float] = [0, 0]) {
         self.weights = weights; self.rho = rho; self.logGain = logGain
+        let s = weights.reduce(0, +)
+        logScale = s > 0 ? log(s) : 0
+        logits = weights.map { s > 0 && $0 > 0 ? log($0 / s) : 0 }
+    }
+    public init(logits: [Float], logScale: Float, rho: [Float], logGain: [Float] = [0, 0]) {
+        self.logits = logits; self.logScale = logScale; self.rho = rho; self.logGain = logGain
+        weights = Self.softmaxWeights(logits: logits, logScale: logScale)
+    }
+
+    static func softmaxWeights(logits a: [Float], logScale s: Float) -> [Float] {
+        let m = a.max() ?? 0
+        let e = a.map { exp($0 - m) }, z = e.reduce(0, +)
+        return e.map { exp(s) * $0 / z }
+    }
+
+    /// dL/da and dL/ds from dL/dw for w = e^s·softmax(a): dL/da_i = w_i (g_i − Σ_j w̃_j g_j),
+    /// dL/ds = Σ_i w_i g_i (w̃ = softmax(a)).
+    static func softmaxGradient(dw g: [Float], logits a: [Float], logScale s: Float) -> (dLogits: [Float], dLogScale: Float) {
+        let w = softmaxWeights(logits: a, logScale: s)
+        let wt = softmaxWeights(logits: a, logScale: 0)
+        let mean = zip(wt, g).reduce(Float(0)) { $0 + $1.0 * $1.1 }
+        return (w.indices.map { w[$0] * (g[$0] - mean) }, zip(w, g).reduce(Float(0)) { $0 + $1.0 * $1.1 })
     }
 }
 
 public struct ICMFusionOptions: Sendable, Equatable, Codable {
     public var steps = 24
-    /// Adam step of the latent weights w_i relative to their start 1/n (0.2: a fifth of the start
-    /// per step; an absolute 0.1 was 1.4 times the start for 14 tasks and the fit diverged).
+    /// Adam step of the weights' logits a (w = e^s·softmax(a)); the log-scale s steps by
+    /// `projectionLearningRate`.
     public var learningRate: Float = 0.2
     /// Adam step of the projection logits ρ_ij and the log-gains (absolute).
     public var projectionLearningRate: Float = 0.1
@@ -75,7 +103,8 @@ extension ICMGenerator {
         return i
     }
 
-    /// z_f per chunk and the intermediates the gradient needs.
+    /// z_f per chunk and the intermediates the gradient needs (the Fusion VAE has one latent
+    /// per adapter: `chunks` is 1 there; the tests use more).
     struct FusedLatents {
         var zf: [Float]                 // (chunks, Z)
         var zPrime: [[Float]]           // per task (chunks, Z)
@@ -151,36 +180,41 @@ extension ICMGenerator {
     public func fuse(tasks names: [String], support: [TrainingSequence], selection: [TrainingSequence] = [], engine: LlamaTrainingEngine?,
                      options o: ICMFusionOptions, reuse: Bool = false, progress: ((String) -> Void)? = nil) throws -> ICMFusionResult {
         let idx = try names.map { try taskIndex($0) }
-        let n = idx.count, Z = vae.config.latent, nC = layout.chunkCount
+        let n = idx.count, Z = latentSize
         let z = idx.map { tasks[$0].latentMean }
         let h = meanVector(idx.map { tasks[$0].condition })
+        let hs = standardised(h)
         let stats0 = TensorStats.weighted(idx.map { tasks[$0].stats }, [Double](repeating: 1 / Double(n), count: n))
         let key = Self.fusionKey(names)
-        var p = ICMFusionParameters(weights: [Float](repeating: 1 / Float(n), count: n), rho: [Float](repeating: 0, count: n * n))
+        var p = ICMFusionParameters(logits: [Float](repeating: 0, count: n), logScale: 0, rho: [Float](repeating: 0, count: n * n))
         var log: [String] = []
         if reuse, let stored = fusions[key] {
             p = stored
             log.append("fusion parameters reused from the generator state")
         } else if let engine, o.steps > 0, !support.isEmpty {
             var rng = SeededRNG(seed: o.seed, stream: "icm-fusion")
-            var mW = [Float](repeating: 0, count: n), vW = mW, mR = [Float](repeating: 0, count: n * n), vR = mR
-            var mG: [Float] = [0, 0], vG: [Float] = [0, 0]
-            let batchAll = fullBatch(x: [], condition: h)
+            var mA = [Float](repeating: 0, count: n), vA = mA, mR = [Float](repeating: 0, count: n * n), vR = mR
+            var mS: [Float] = [0], vS: [Float] = [0], mG: [Float] = [0, 0], vG: [Float] = [0, 0]
             for step in 1...o.steps {
-                let f = Self.combine(z, chunks: nC, latent: Z, params: p, orientation: o.orientation)
+                let f = Self.combine(z, chunks: 1, latent: Z, params: p, orientation: o.orientation)
                 let stats = Self.gained(stats0, layout: layout, logGain: p.logGain)
-                let theta = ParameterEncoding.decode(chunks: vae.decode(z: f.zf, batchAll), stats: stats, layout: layout)
+                let theta = ParameterEncoding.decode(chunks: vae.decode(z: f.zf, h: hs, rows: 1), stats: stats, layout: layout)
                 let batch = Self.tokenBudget(support, tokens: o.tokens, rng: &rng)
                 let (loss, g) = engine.meanLossAndGradients(batch, lora: theta)
                 let dx = ParameterEncoding.chunkGradient(g, stats: stats, layout: layout)
-                let dz = vae.latentGradient(z: f.zf, batchAll, dx: dx)
+                let dz = vae.latentGradient(z: f.zf, h: hs, rows: 1, dx: dx)
                 let gp = Self.combineBackward(f, dzf: dz, params: p)
+                let (da, ds) = ICMFusionParameters.softmaxGradient(dw: gp.weights, logits: p.logits, logScale: p.logScale)
                 let gg = Self.gainGradient(g, theta: theta, stats: stats, layout: layout)
                 // Adam on the few fusion scalars.
                 func upd(_ x: inout [Float], _ g: [Float], _ m: inout [Float], _ v: inout [Float], _ lr: Float) {
                     AdamRule.step(&x, g, &m, &v, t: step, lr: lr)
                 }
-                upd(&p.weights, gp.weights, &mW, &vW, o.learningRate / Float(n))
+                var ls = [p.logScale]
+                upd(&p.logits, da, &mA, &vA, o.learningRate)
+                upd(&ls, [ds], &mS, &vS, o.projectionLearningRate)
+                p.logScale = ls[0]
+                p.weights = ICMFusionParameters.softmaxWeights(logits: p.logits, logScale: p.logScale)
                 if o.orientation { upd(&p.rho, gp.rho, &mR, &vR, o.projectionLearningRate) }
                 if o.learnGains { upd(&p.logGain, gg, &mG, &vG, o.projectionLearningRate) }
                 let line = String(format: "fusion step %d/%d: support loss %.4f, w = [%@], gains A %.3f B %.3f", step, o.steps, loss,
@@ -189,7 +223,7 @@ extension ICMGenerator {
             }
             fusions[key] = p
         }
-        let f = Self.combine(z, chunks: nC, latent: Z, params: p, orientation: o.orientation)
+        let f = Self.combine(z, chunks: 1, latent: Z, params: p, orientation: o.orientation)
         var theta = decode(latents: f.zf, condition: h, stats: Self.gained(stats0, layout: layout, logGain: p.logGain))
         if let engine, o.adaptSteps > 0, !support.isEmpty {
             let line: String
@@ -248,16 +282,27 @@ extension ICMGenerator {
 
     // MARK: ICM-LoRA
 
-    /// ICM-LoRA: decode z ~ N(0, I)·temperature (temperature 0: the prior mean) under the task's
-    /// in-context condition. The tensor statistics are those of the known task whose condition is
-    /// nearest (cosine), since a condition alone does not fix the scale of the weights.
+    /// ICM-LoRA: decode z = μp(c) + temperature·σp(c)·ε from the conditional prior p(z | c) (the
+    /// standard normal when the generator has none) under the task's in-context condition. The
+    /// tensor statistics are those of the known task whose condition is nearest by cosine of the
+    /// conditions centred on the known tasks' mean (raw mean hidden states all have cosine ≈ 1),
+    /// since a condition alone does not fix the scale of the weights.
     public func generateICMLoRA(condition h: [Float], temperature: Float = 0, seed: UInt64 = 0) -> (LoRAParameters, nearest: String) {
-        let Z = vae.config.latent
         var rng = SeededRNG(seed: seed, stream: "icm-lora")
-        let z = (0..<(layout.chunkCount * Z)).map { _ in temperature == 0 ? 0 : rng.nextNormal() * temperature }
-        let sims = tasks.map { Self.cosine($0.condition, h) }
-        let best = sims.indices.max { sims[$0] < sims[$1] }!
+        let pr = prior(condition: h)
+        let z = pr.mu.indices.map { i in pr.mu[i] + (temperature == 0 ? 0 : temperature * exp(0.5 * pr.logVar[i]) * rng.nextNormal()) }
+        let best = nearestTask(condition: h)
         return (decode(latents: z, condition: h, stats: tasks[best].stats), tasks[best].name)
+    }
+
+    /// The known task whose condition is nearest to h by centred cosine.
+    public func nearestTask(condition h: [Float], excluding: Set<String> = []) -> Int {
+        let known = tasks.indices.filter { !excluding.contains(tasks[$0].name) }
+        let center = meanVector(tasks.map(\.condition))
+        func c(_ v: [Float]) -> [Float] { v.indices.map { v[$0] - center[$0] } }
+        let hc = c(h)
+        let sims = known.map { Self.cosine(c(tasks[$0].condition), hc) }
+        return known[sims.indices.max { sims[$0] < sims[$1] }!]
     }
 
     // MARK: SG-LoRA

@@ -7,7 +7,8 @@ import Foundation
 public struct ICMPipelineOptions: Sendable, Equatable, Codable {
     public var generator: ICMGeneratorOptions
     public var fusion: ICMFusionOptions
-    /// Trajectory checkpoints (`checkpoint-<step>/`) per task used as extra VAE samples, the last ones.
+    /// Trajectory checkpoints (`checkpoint-<step>/`) per task used as extra VAE samples, the last
+    /// ones (`scripts/train_tails.sh` writes 20 from the converged tail of each suite adapter).
     public var maxCheckpoints: Int
     /// Part of each task's shots held out of the generator and the fusion, used only to choose
     /// how many in-context adaptation steps to keep (`ICMPipeline.selectionSplit`; 0: keep the last).
@@ -16,7 +17,7 @@ public struct ICMPipelineOptions: Sendable, Equatable, Codable {
     public var shotsPerTask: Int?
 
     public init(generator: ICMGeneratorOptions = ICMGeneratorOptions(), fusion: ICMFusionOptions = ICMFusionOptions(),
-                maxCheckpoints: Int = 4, selectionFraction: Double = 0.25, shotsPerTask: Int? = nil) {
+                maxCheckpoints: Int = 20, selectionFraction: Double = 0.25, shotsPerTask: Int? = nil) {
         self.generator = generator; self.fusion = fusion; self.maxCheckpoints = maxCheckpoints
         self.selectionFraction = selectionFraction; self.shotsPerTask = shotsPerTask
     }
@@ -139,11 +140,10 @@ public enum ICMPipeline {
             let seqs = try TrainingData.sequences(task.shots, model: model)
             guard !seqs.isEmpty else { throw ICMError.badInput(what: "shots of \(task.name)", reason: "no examples") }
             support.append(seqs)
-            let toks = TaskCondition.tokens(seqs)
             for path in task.samplePaths(maxCheckpoints: maxCheckpoints) {
                 let a = try path.map(read) ?? task.adapter ?? read(task.adapterPath)
                 let p = try LoRAParameters(adapter: a, config: model.config)
-                let h = try TaskCondition.meanHiddenState(model: model, adapter: a, sequences: toks)
+                let h = try TaskCondition.answerCondition(model: model, adapter: a, shots: seqs)
                 if path == nil { finals.append(samples.count) }
                 samples.append(ICMSample(task: t, parameters: p, condition: h))
             }
@@ -233,7 +233,7 @@ public enum ICMPipeline {
         let h: [Float]
         if let taskShots {
             let seqs = try TrainingData.sequences(taskShots, model: model)
-            h = try TaskCondition.meanHiddenState(model: model, adapter: nil, sequences: TaskCondition.tokens(seqs))
+            h = try TaskCondition.answerCondition(model: model, adapter: nil, shots: seqs)
         } else if let task {
             h = g.tasks[try g.taskIndex(task)].condition
         } else {

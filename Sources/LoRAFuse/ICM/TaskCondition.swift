@@ -3,18 +3,19 @@ import Foundation
 /// The generators' conditions, computed with the inference engine.
 ///
 /// In-context task condition (ICM-LoRA): the last-layer hidden state — after the final RMSNorm,
-/// i.e. what lm_head reads — of base + adapter, averaged over every position of every few-shot
-/// example (prompt and answer tokens). ICM-LoRA averages the decoder's last hidden state over the
-/// decoding steps of ~30 examples; averaging every position of teacher-forced examples is the
-/// same quantity for a causal model without sampling.
+/// i.e. what lm_head reads — of base + adapter, averaged over the answer tokens of every few-shot
+/// example. ICM-LoRA averages the decoder's last hidden state over the decoding steps of ~30
+/// examples, i.e. over the generated answer; teacher-forcing the reference answer is the same
+/// quantity for a causal model without sampling. Averaging every position instead (as an earlier
+/// version did) let the chat template and prompt, shared by every task, dominate the condition.
 ///
 /// Description embedding (SG-LoRA): the same mean hidden state of the base model alone over the
 /// description text's tokens (SG-LoRA uses a separate sentence encoder; the base model is the
 /// encoder we have).
 public enum TaskCondition {
-    /// Mean of "h_final" over all rows of `sequences` (each a token list), run with `adapter`
-    /// applied unmerged (nil: the base model). The model is not changed.
-    public static func meanHiddenState(model: LlamaModel, adapter: LoRAAdapter?, sequences: [[Int]]) throws -> [Float] {
+    /// Mean of "h_final" over the rows of `sequences` (each a token list) from `from[i]` on (nil:
+    /// every row), run with `adapter` applied unmerged (nil: the base model). The model is not changed.
+    public static func meanHiddenState(model: LlamaModel, adapter: LoRAAdapter?, sequences: [[Int]], from: [Int]? = nil) throws -> [Float] {
         guard !sequences.isEmpty, sequences.allSatisfy({ !$0.isEmpty }) else {
             throw ICMError.badInput(what: "task condition", reason: "needs at least one non-empty example")
         }
@@ -22,14 +23,15 @@ public enum TaskCondition {
         let C = model.config.hiddenSize, L = model.config.numHiddenLayers
         var sum = [Double](repeating: 0, count: C)
         var rows = 0
-        for s in sequences {
+        for (i, s) in sequences.enumerated() {
+            let start = min(max(from?[i] ?? 0, 0), s.count - 1)
             let session = try model.makeLlamaSession(maxTokens: s.count, adapters: adapters)
             let rec = ForwardActivations()
             session.activations = rec
             _ = try session.feed(s)
             let h = rec.values["\(L).h_final"]!     // (T, C)
-            for t in 0..<s.count { for j in 0..<C { sum[j] += Double(h[t * C + j]) } }
-            rows += s.count
+            for t in start..<s.count { for j in 0..<C { sum[j] += Double(h[t * C + j]) } }
+            rows += s.count - start
         }
         return sum.map { Float($0 / Double(rows)) }
     }
@@ -37,6 +39,17 @@ public enum TaskCondition {
     /// Token lists of training sequences (prompt ++ answer, as the evaluator feeds them).
     public static func tokens(_ seqs: [TrainingSequence]) -> [[Int]] {
         seqs.map { s in s.tokens + [s.targets.last!] }
+    }
+
+    /// Where each sequence's answer starts in `tokens(seqs)`: |P|, one past the prompt.
+    public static func answerStarts(_ seqs: [TrainingSequence]) -> [Int] {
+        seqs.map { s in (s.targets.firstIndex { $0 >= 0 } ?? 0) + 1 }
+    }
+
+    /// The in-context condition of a task: the mean last hidden state over the answer tokens of
+    /// its shots, with `adapter` applied.
+    public static func answerCondition(model: LlamaModel, adapter: LoRAAdapter?, shots seqs: [TrainingSequence]) throws -> [Float] {
+        try meanHiddenState(model: model, adapter: adapter, sequences: tokens(seqs), from: answerStarts(seqs))
     }
 
     /// SG-LoRA description embedding: base model, plain tokens of the text.

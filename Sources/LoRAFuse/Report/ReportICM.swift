@@ -102,6 +102,8 @@ public struct ReportICMDetails: Codable, Sendable, Equatable {
         public var relative: Double
         /// MSE of the z-scored chunks (what the VAE is trained on).
         public var normalisedMSE: Double
+        /// ‖x̂ − x‖/‖x − P‖ in the z-scored space: the error on what differs from the mean adapter.
+        public var deviation: Double?
     }
 
     /// Shots per task of the row, in all: the generator and the fusion learn from them minus
@@ -120,15 +122,19 @@ public struct ReportICMDetails: Codable, Sendable, Equatable {
     /// Last lines of the generator training (VAE and meta steps) and of the fusion.
     public var log: [String]
     public var reconstruction: [Reconstruction]
-    /// Bytes of the generator (F32): network, and per known task (condition, statistics, latents).
+    /// Bytes of the generator: network (F32), its fixed basis (P F32, U bf16), and per known task
+    /// (condition, statistics, latents; F32).
     public var generatorNetworkBytes: Int
+    public var generatorBasisBytes: Int?
     public var generatorPerTaskBytes: Int
+    /// 1 − the weighted variance of the training samples the basis holds.
+    public var basisResidual: Double?
     /// The adapters it stands for: as F32, and as the files hold them.
     public var adaptersF32Bytes: Int
     public var adaptersStoredBytes: Int
     public var generatorSeconds: Double
 
-    public var generatorBytes: Int { generatorNetworkBytes + generatorPerTaskBytes * shots.count }
+    public var generatorBytes: Int { generatorNetworkBytes + (generatorBasisBytes ?? 0) + generatorPerTaskBytes * shots.count }
 }
 
 extension ReportMethods {
@@ -193,7 +199,7 @@ extension ReportRunner {
         let units = icmUnits(ReportMethods.icm(v.rawValue))
         var details = ReportICMDetails(
             shots: icmShots(v), selectionShots: Self.counts(selection), adaptation: nil, samples: 0, checkpoints: 0, metaSteps: 0,
-            weights: [], gains: [], log: [], reconstruction: [], generatorNetworkBytes: 0, generatorPerTaskBytes: 0,
+            weights: [], gains: [], log: [], reconstruction: [], generatorNetworkBytes: 0, generatorBasisBytes: nil, generatorPerTaskBytes: 0, basisResidual: nil,
             adaptersF32Bytes: adapters.reduce(0) { $0 + $1.parameterCount * 4 },
             adaptersStoredBytes: adapters.reduce(0) { $0 + $1.parameterCount * $1.sourceDType.byteSize }, generatorSeconds: 0)
         if v == .meanInit {
@@ -227,7 +233,7 @@ extension ReportRunner {
         let gen = r.generator
         for (i, a) in adapters.enumerated() {
             let e = gen.reconstructionError(task: i, parameters: try LoRAParameters(adapter: a, config: model.config))
-            details.reconstruction.append(.init(task: taskNames[i], relative: e.relative, normalisedMSE: e.normalisedMSE))
+            details.reconstruction.append(.init(task: taskNames[i], relative: e.relative, normalisedMSE: e.normalisedMSE, deviation: e.deviation))
         }
         details.checkpoints = learn.map { $0.samplePaths(maxCheckpoints: options.maxCheckpoints).count - 1 }.reduce(0, +)
         details.samples = taskNames.count + details.checkpoints
@@ -236,7 +242,8 @@ extension ReportRunner {
         details.weights = r.result.fusion.weights.map(Double.init)
         details.gains = r.result.fusion.logGain.map { Double(exp($0)) }
         details.log = Array(genLog.suffix(12)) + r.result.log.suffix(6)
-        (details.generatorNetworkBytes, details.generatorPerTaskBytes) = gen.storageBytes
+        (details.generatorNetworkBytes, details.generatorBasisBytes, details.generatorPerTaskBytes) = gen.storageBytes
+        details.basisResidual = gen.basisResidual
         details.generatorSeconds = genSeconds
         return (r.adapter, details)
     }

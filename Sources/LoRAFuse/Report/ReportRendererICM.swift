@@ -54,13 +54,14 @@ extension ReportRenderer {
         guard let main = mainICM(r), let d = main.icm else { return [] }
         var out: [String] = []
         let g = r.settings.icm.generator
-        out.append(String(format: "Generator: a conditional Fusion VAE over %d-value chunks, latent %d per chunk, hidden %d, β %g, %d VAE steps, then %d first-order MAML steps (%d inner AdamW steps at %g on half of a task's shots, the outer gradient on the other half). It was trained on %d adapters: the %d finals and %d training checkpoints%@; %.0f s to train.",
-                          g.chunkSize, g.latent, g.hidden, Double(g.beta), g.steps, d.metaSteps, g.innerSteps, Double(g.innerLR),
+        out.append(String(format: "Generator: a conditional Fusion VAE over whole adapters — a fixed basis of the training samples' mean and %d principal directions (holding %.4f of their weighted variance), a latent of %d per adapter, hidden %d, β %g, a %@ prior, %d full-batch VAE steps, then %d first-order MAML steps (%d inner AdamW steps at %g on half of a task's shots, the outer gradient on the other half). It was trained on %d adapters: the %d finals and %d training checkpoints%@; %.0f s to train.",
+                          g.basis, 1 - (d.basisResidual ?? 0), g.latent, g.hidden, Double(g.beta), g.conditionalPrior ? "conditional p(z|c)" : "standard normal",
+                          g.steps, d.metaSteps, g.innerSteps, Double(g.innerLR),
                           d.samples, d.shots.count, d.checkpoints,
                           d.checkpoints == 0 ? " (no --trajectories given: finals only)" : " from \(r.settings.icm.trajectories ?? "the adapters' folders")",
                           d.generatorSeconds))
         let f = r.settings.icm.fusion
-        out.append("Fusion: \(f.steps) Adam steps on the union of the shots (a fresh \(f.tokens)-token minibatch each; weight step \(ReportFormat.short(Double(f.learningRate))) × the start 1/n, projection and gain step \(ReportFormat.short(Double(f.projectionLearningRate)))) learn one latent weight per task, a conflict projection per ordered task pair and gains of the A and B statistics; the decoded adapter then takes up to \(f.adaptSteps) AdamW steps (lr \(ReportFormat.short(Double(f.adaptLR)))) on the same shots, and the step kept is the one with the lowest loss, checked every \(f.selectEvery) steps, on the held-out \(Int((r.settings.icm.selectionFraction * 100).rounded()))% of each task's shots (\((d.selectionShots ?? [:]).values.reduce(0, +)) examples, never used to learn: here step \(d.adaptation?.stepKept ?? 0) of \(d.adaptation?.stepsRun ?? 0)). Learned weights: "
+        out.append("Fusion: \(f.steps) Adam steps on the union of the shots (a fresh \(f.tokens)-token minibatch each; w = e^s·softmax(a), logit step \(ReportFormat.short(Double(f.learningRate))), scale, projection and gain step \(ReportFormat.short(Double(f.projectionLearningRate)))) learn one latent weight per task, a conflict projection per ordered task pair and gains of the A and B statistics; the decoded adapter then takes up to \(f.adaptSteps) AdamW steps (lr \(ReportFormat.short(Double(f.adaptLR)))) on the same shots, and the step kept is the one with the lowest loss, checked every \(f.selectEvery) steps, on the held-out \(Int((r.settings.icm.selectionFraction * 100).rounded()))% of each task's shots (\((d.selectionShots ?? [:]).values.reduce(0, +)) examples, never used to learn: here step \(d.adaptation?.stepKept ?? 0) of \(d.adaptation?.stepsRun ?? 0)). Learned weights: "
                    + zip(r.tasks, d.weights).map { "\($0) \(String(format: "%.3f", $1))" }.joined(separator: ", ")
                    + String(format: "; gains A %.3f, B %.3f.", d.gains.first ?? 1, d.gains.count > 1 ? d.gains[1] : 1))
         if let lt = icmRows(r).first(where: { $0.method.method == ICMVariant.longTail.rawValue }), let ld = lt.icm,
@@ -87,21 +88,26 @@ extension ReportRenderer {
             out.append(s)
         }
         if !d.reconstruction.isEmpty {
-            let rel = d.reconstruction.map(\.relative)
-            out.append(String(format: "Reconstruction: decoding each task's latent mean gives its adapter back with a relative error ‖θ̂−θ‖/‖θ‖ of %.3f on average (%.3f–%.3f over the tasks; table below).",
-                              rel.reduce(0, +) / Double(rel.count), rel.min()!, rel.max()!))
+            let rel = d.reconstruction.map(\.relative), dev = d.reconstruction.compactMap(\.deviation)
+            var s = String(format: "Reconstruction: decoding each task's latent mean gives its adapter back with a relative error ‖θ̂−θ‖/‖θ‖ of %.3f on average (%.3f–%.3f over the tasks; table below)",
+                           rel.reduce(0, +) / Double(rel.count), rel.min()!, rel.max()!)
+            if let mx = dev.max() {
+                s += String(format: "; on the part that differs from the mean adapter, ‖x̂−x‖/‖x−P‖, %.3f on average, at most %.3f (target ≤ 0.10: %@)",
+                            dev.reduce(0, +) / Double(dev.count), mx, mx <= 0.10 ? "met" : "not met")
+            }
+            out.append(s + ".")
         }
         let mb = { (b: Int) in String(format: "%.2f MB", Double(b) / 1e6) }
-        out.append("Storage: the generator takes \(mb(d.generatorBytes)) (network \(mb(d.generatorNetworkBytes)) + \(mb(d.generatorPerTaskBytes)) per task for its condition, statistics and latent mean and variance, F32) against \(mb(d.adaptersStoredBytes)) for the \(d.shots.count) adapters as stored (\(mb(d.adaptersF32Bytes)) as F32): "
+        out.append("Storage: the generator takes \(mb(d.generatorBytes)) (network \(mb(d.generatorNetworkBytes)) F32, basis \(mb(d.generatorBasisBytes ?? 0)) — P in F32 and U in bf16 — and \(mb(d.generatorPerTaskBytes)) per task for its condition, statistics and latent mean and variance, F32) against \(mb(d.adaptersStoredBytes)) for the \(d.shots.count) adapters as stored (\(mb(d.adaptersF32Bytes)) as F32): "
                    + String(format: "%.2f× the stored adapters.", Double(d.generatorBytes) / Double(max(d.adaptersStoredBytes, 1))))
         return out
     }
 
     static func icmReconstructionTable(_ r: ReportResults) -> Table? {
         guard let d = mainICM(r)?.icm, !d.reconstruction.isEmpty else { return nil }
-        var t = Table(header: ["task", "relative error ‖θ̂−θ‖/‖θ‖", "normalised-chunk MSE"], rows: [])
+        var t = Table(header: ["task", "relative error ‖θ̂−θ‖/‖θ‖", "deviation error ‖x̂−x‖/‖x−P‖", "normalised MSE"], rows: [])
         t.numericFrom = 1
-        for e in d.reconstruction { t.rows.append([e.task, num(e.relative), num(e.normalisedMSE, 4)]) }
+        for e in d.reconstruction { t.rows.append([e.task, num(e.relative), e.deviation.map { num($0) } ?? "–", num(e.normalisedMSE, 4)]) }
         return t
     }
 

@@ -7,8 +7,8 @@ import XCTest
 final class ReportICMTests: XCTestCase {
     static func settings(trajectories: String?, selection: Double = 0) -> ReportSettings {
         var g = ICMGeneratorOptions()
-        g.chunkSize = 16; g.hidden = 8; g.latent = 4; g.conditionProj = 4; g.positionDim = 4
-        g.steps = 12; g.batchRows = 8; g.innerSteps = 1; g.metaTokens = 24; g.metaSteps = 2
+        g.chunkSize = 16; g.hidden = 8; g.latent = 4; g.conditionProj = 4; g.basis = 4
+        g.steps = 12; g.innerSteps = 1; g.metaTokens = 24; g.metaSteps = 2
         var f = ICMFusionOptions()
         f.steps = 2; f.adaptSteps = 1; f.tokens = 40
         f.selectEvery = 1
