@@ -56,7 +56,7 @@ final class ICMPipelineTests: XCTestCase {
 
     func testOptionDefaultsAndSeed() {
         var o = ICMPipelineOptions()
-        XCTAssertEqual(o.maxCheckpoints, 4)
+        XCTAssertEqual(o.maxCheckpoints, 20, "the 20 tail checkpoints scripts/train_tails.sh writes per task")
         XCTAssertEqual(o.selectionFraction, 0.25)
         XCTAssertNil(o.shotsPerTask)
         XCTAssertNil(o.generator.metaSteps, "the generator's default: two rounds over the tasks")
