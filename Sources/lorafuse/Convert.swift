@@ -45,7 +45,14 @@ struct AdapterOutputOptions: ParsableArguments {
     func hints() throws -> ModelHints { try model.hints() }
 }
 
-extension AdapterFormat: ExpressibleByArgument {}
+extension AdapterFormat: ExpressibleByArgument {
+    // Only the formats adapters can be written in are output choices.
+    public init?(argument: String) {
+        guard let f = AdapterFormat(rawValue: argument), AdapterFormat.writable.contains(f) else { return nil }
+        self = f
+    }
+    public static var allValueStrings: [String] { writable.map(\.rawValue) }
+}
 
 struct Convert: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -21,6 +21,13 @@ struct Train: ParsableCommand {
         OUT_DIR/checkpoint-<step>/ (or under --checkpoint-dir) (a PEFT adapter + trainer_state.safetensors), keeping the last --keep. \
         --resume continues from a checkpoint (or the newest one in a folder) with the same options, and \
         gives the same result as an uninterrupted run.
+
+        --variant nola (NOLA, Koohpayegani et al. 2024) trains, per module, --nola-basis coefficients \
+        for A = A₀ + Σ αᵢUᵢ and as many for B = Σ βⱼVⱼ, with A₀ (PEFT's initial A), U and V fixed random \
+        matrices regenerated from --seed (each projection's U and V shared by its layers); only the \
+        coefficients and the seed are stored: OUT_DIR/nola_config.json + nola_coefficients.safetensors, \
+        which eval, generate, report and serve load as an adapter and `lorafuse convert OUT_DIR --format \
+        peft` turns into A and B for other tools. It takes a higher --lr than LoRA (see docs/variants.md).
         """
     )
 
@@ -62,6 +69,10 @@ struct Train: ParsableCommand {
     var initFrom: String?
     @Option(name: .long, help: "Resume from a checkpoint-<step> folder, or from the newest checkpoint in a folder.")
     var resume: String?
+    @Option(name: .long, help: "What is trained: lora (A and B), or nola (coefficients of fixed random bases).")
+    var variant = "lora"
+    @Option(name: .customLong("nola-basis"), help: "nola: basis matrices per factor per module (the coefficients trained for each of A and B).")
+    var nolaBasis: Int?
 
     @OptionGroup var compute: ComputeOptions
     @OptionGroup var overwrite: OverwriteOptions
@@ -69,7 +80,17 @@ struct Train: ParsableCommand {
     func validate() throws {
         if DType(name: dtype) == nil { throw ValidationError("--dtype must be f32, bf16 or f16, got \(dtype)") }
         _ = try Projection.parseList(targets)
+        guard TrainingVariants.names.contains(variant) else {
+            throw ValidationError("--variant must be one of \(TrainingVariants.names.joined(separator: ", ")), got \(variant)")
+        }
+        if variant != "nola" && nolaBasis != nil { throw ValidationError("--nola-basis is for --variant nola") }
+        if let k = nolaBasis, !(1...65_536).contains(k) { throw ValidationError("--nola-basis must be in 1…65536, got \(k)") }
+        if variant != "lora" && initFrom != nil {
+            throw ValidationError("--init-from sets A and B; --variant \(variant) trains its own parameters from its initialisation")
+        }
     }
+
+    static let defaultNOLABasis = 256
 
     func run() throws {
         compute.apply()
@@ -94,7 +115,12 @@ struct Train: ParsableCommand {
         let valSeqs = try val.map { try TrainingData.sequences(TaskData.read(path: $0), model: lm) } ?? []
         let total = o.totalSteps(examples: trainSeqs.count)
         o.evalEvery = evalEvery ?? max(1, total / 10)
-        let trainer = try LoRATrainer(model: lm, train: trainSeqs, val: valSeqs, options: o)
+        var variant: (any TrainingVariant)?
+        if self.variant == "nola" {
+            let k = nolaBasis ?? Self.defaultNOLABasis
+            variant = try NOLAVariant(model: lm.config, options: o, basisA: k, basisB: k, baseModel: lm.sourcePath)
+        }
+        let trainer = try LoRATrainer(model: lm, train: trainSeqs, val: valSeqs, options: o, variant: variant)
 
         if let i = initFrom {
             let hints = (try? ModelHints.load(path: model ?? ModelLocator.defaultModelPath())) ?? ModelHints()
@@ -108,7 +134,7 @@ struct Train: ParsableCommand {
         let startStep = trainer.step
         FileHandle.standardError.write(Data(("train: \(trainSeqs.count) examples, \(valSeqs.count) validation, \(total) steps of "
             + "\(batch)×\(gradAccum) sequences, \(trainer.params.modules.count) LoRA modules, "
-            + "\(trainer.params.parameterCount) parameters\n").utf8))
+            + "\(trainer.trainableCount) trained values\(variant.map { " (\($0.name))" } ?? "")\n").utf8))
         let bar = ProgressBar(total: total, label: "train", enabled: !compute.quiet)
         bar.update(trainer.step)
         var lastVal: Double?
@@ -122,14 +148,18 @@ struct Train: ParsableCommand {
             detail += String(format: " %.0f tok/s", Double(tokens) / max(seconds, 1e-9))
             bar.update(row.step, detail: detail)
         }
-        try PEFTAdapter.writeFiles(trainer.adapter(name: (output as NSString).lastPathComponent),
-                                   into: URL(fileURLWithPath: out.runDirectory), dtype: o.dtype, path: output)
+        let name = (output as NSString).lastPathComponent
+        if let v = variant {
+            try v.writeFiles(into: URL(fileURLWithPath: out.runDirectory), name: name, baseModel: lm.sourcePath, path: output)
+        } else {
+            try PEFTAdapter.writeFiles(trainer.adapter(name: name), into: URL(fileURLWithPath: out.runDirectory), dtype: o.dtype, path: output)
+        }
         try out.writeFile("loss.csv", trainer.lossCSV())
         try out.writeFile("loss.svg", trainer.lossChartSVG())
         let done = trainer.step - startStep
         let record = TrainingRecord(options: o, data: data, val: val, model: lm.sourcePath, examples: trainSeqs.count,
                                     log: trainer.log, wallSeconds: Date().timeIntervalSince(started), finished: started,
-                                    initFrom: initFrom)
+                                    initFrom: initFrom, variant: variant.map { ($0.name, trainer.trainableCount, nolaBasis ?? Self.defaultNOLABasis) })
         try out.writeFile(TrainingRecord.fileName, try record.json())
         try out.finish()
         var summary = "trained \(done) steps"

@@ -8,6 +8,13 @@ public enum AdapterFormat: String, Sendable, CaseIterable, Codable {
     case gguf
     /// mlx-lm directory: adapter_config.json + adapters.safetensors.
     case mlx
+    /// NOLA directory (`train --variant nola`): nola_config.json + nola_coefficients.safetensors.
+    /// Read only: A and B are materialised from the seed and the coefficients; `convert` writes
+    /// them out in the other formats.
+    case nola
+
+    /// Formats an adapter can be written in.
+    public static let writable: [AdapterFormat] = [.peft, .gguf, .mlx]
 }
 
 /// Opens and writes adapters in any supported format, detecting the input format from the files:
@@ -21,6 +28,7 @@ public enum AdapterIO {
             throw AdapterIOError.notFound(path: path)
         }
         if isDir.boolValue {
+            if NOLAVariant.isNOLADirectory(path) { return .nola }
             if MLXAdapter.isMLXDirectory(path) { return .mlx }
             let cfg = (path as NSString).appendingPathComponent("adapter_config.json")
             if FileManager.default.fileExists(atPath: cfg) { return .peft }
@@ -41,6 +49,7 @@ public enum AdapterIO {
         case .peft: a = try PEFTAdapter.read(directory: path)
         case .mlx: a = try MLXAdapter.read(directory: path)
         case .gguf: a = try GGUFLoRA.read(path: path, hints: hints)
+        case .nola: a = try NOLAVariant.read(directory: path)
         }
         try AdapterValidation.check(a)
         for w in AdapterValidation.configWarnings(a) { FileHandle.standardError.write(Data("warning: \(w)\n".utf8)) }
@@ -56,6 +65,7 @@ public enum AdapterIO {
         case .peft: try PEFTAdapter.write(adapter, to: path, dtype: dtype, protecting: protecting, force: force)
         case .mlx: try MLXAdapter.write(adapter, to: path, dtype: dtype, protecting: protecting, force: force)
         case .gguf: try GGUFLoRA.write(adapter, to: path, dtype: dtype, hints: hints, protecting: protecting, force: force)
+        case .nola: throw AdapterIOError.notWritable(format: format)
         }
     }
 
@@ -83,6 +93,7 @@ public enum AdapterIO {
     @discardableResult
     public static func convert(input: String, output: String, format: AdapterFormat, dtype: DType? = nil,
                                hints: ModelHints = ModelHints(), force: Bool = false) throws -> ConversionSummary {
+        guard AdapterFormat.writable.contains(format) else { throw AdapterIOError.notWritable(format: format) }
         let inFormat = try detect(path: input)
         try checkOutput(output, format: format, inputs: [input] + [hints.source].compactMap { $0 }, force: force)
         var h = hints
@@ -110,16 +121,19 @@ public enum AdapterIOError: Error, CustomStringConvertible {
     case notFound(path: String)
     case unknownFormat(path: String, found: [String])
     case routedModel(path: String)
+    case notWritable(format: AdapterFormat)
 
     public var description: String {
         switch self {
         case let .notFound(p):
             return "\(p): no such file or directory"
+        case let .notWritable(f):
+            return "adapters cannot be written as \(f.rawValue): a NOLA folder holds coefficients that `lorafuse train --variant nola` learns, not factors any LoRA could be turned into; write peft, gguf or mlx"
         case let .routedModel(p):
             return "\(p) is a routed model (router_config.json): several adapters chosen per token, not one adapter; eval, generate and report take it as --adapter \(p), but it cannot be merged, converted or fused as one"
         case let .unknownFormat(p, found):
             let shown = found.sorted().prefix(8).joined(separator: ", ")
-            return "\(p): not a recognised adapter (expected a PEFT directory with adapter_config.json, an MLX directory with adapters.safetensors, or a GGUF LoRA file; found: \(shown.isEmpty ? "nothing" : shown))"
+            return "\(p): not a recognised adapter (expected a PEFT directory with adapter_config.json, an MLX directory with adapters.safetensors, a NOLA directory with nola_config.json, or a GGUF LoRA file; found: \(shown.isEmpty ? "nothing" : shown))"
         }
     }
 }

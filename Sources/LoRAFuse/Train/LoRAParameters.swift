@@ -66,14 +66,19 @@ public struct LoRAParameters: Sendable {
         for l in 0..<c.numHiddenLayers {
             for t in Projection.allCases where targets.contains(t) {
                 let sh = shapes[LlamaWeights.linearID(layer: l, t)]
-                var rng = SeededRNG(seed: seed, stream: "lora_A.\(l).\(t.rawValue)")
-                let bound = 1 / Float(sh.in).squareRoot()
-                let A = (0..<(rank * sh.in)).map { _ in (2 * rng.nextUniform() - 1) * bound }
+                let A = peftInitA(seed: seed, layer: l, target: t, rank: rank, inFeatures: sh.in)
                 mods.append(TrainableLoRAModule(layer: l, target: t, rank: rank, inFeatures: sh.in, outFeatures: sh.out,
                                                 scale: s, A: A, B: [Float](repeating: 0, count: sh.out * rank)))
             }
         }
         return LoRAParameters(modules: mods, rank: rank, alpha: alpha, rsLoRA: rsLoRA, targets: targets)
+    }
+
+    /// PEFT's initial A of one module (r, in), from its own seeded stream (shared with NOLA's A₀).
+    static func peftInitA(seed: UInt64, layer l: Int, target t: Projection, rank: Int, inFeatures: Int) -> [Float] {
+        var rng = SeededRNG(seed: seed, stream: "lora_A.\(l).\(t.rawValue)")
+        let bound = 1 / Float(inFeatures).squareRoot()
+        return (0..<(rank * inFeatures)).map { _ in (2 * rng.nextUniform() - 1) * bound }
     }
 
     /// Trainable copies of an adapter's factors (for continuing training or checking gradients

@@ -113,12 +113,17 @@ public final class LoRATrainer {
     public let schedule: LRSchedule
     public internal(set) var params: LoRAParameters
     public internal(set) var optimizer: AdamW
+    /// What is trained when it is not A and B themselves (`--variant`); `params` then holds the
+    /// factors of its current parameters.
+    public let variant: (any TrainingVariant)?
+    private var variantOptimizer: ParamAdamW?
     /// Updates done so far.
     public internal(set) var step = 0
     public internal(set) var log: [StepLog] = []
     private var permutations: [Int: [Int]] = [:]
 
-    public init(model: LlamaModel, train: [TrainingSequence], val: [TrainingSequence] = [], options: TrainingOptions) throws {
+    public init(model: LlamaModel, train: [TrainingSequence], val: [TrainingSequence] = [], options: TrainingOptions,
+                variant: (any TrainingVariant)? = nil) throws {
         try options.validate()
         guard !train.isEmpty else { throw TrainError.badData(file: "(train)", reason: "no training examples") }
         engine = LlamaTrainingEngine(model: model)
@@ -130,13 +135,28 @@ public final class LoRATrainer {
         params = LoRAParameters.initialize(config: model.config, rank: options.rank, alpha: options.alpha,
                                            targets: options.targets, rsLoRA: options.rsLoRA, seed: options.seed)
         optimizer = AdamW(like: params, weightDecay: options.weightDecay)
+        self.variant = variant
+        if let v = variant {
+            let f = v.factors()
+            guard f.modules.map(\.name) == params.modules.map(\.name), f.rank == options.rank else {
+                throw TrainError.badOption(option: "variant", reason: "\(v.name) was built for other modules or another rank than this run's --rank/--targets")
+            }
+            params = f
+            variantOptimizer = ParamAdamW(like: v.parameters, weightDecay: options.weightDecay)
+        }
     }
+
+    /// Values trained: the variant's parameters, or every A and B entry.
+    public var trainableCount: Int { variant?.parameters.count ?? params.parameterCount }
 
     /// Starts from an existing adapter's factors instead of PEFT's initialisation (a warm start,
     /// e.g. a long-tailed task from a related task's adapter). Its modules must be exactly the ones
     /// being trained, with the same ranks; B is rescaled when its scale differs from this run's, so
     /// the starting ΔW is the adapter's own. Call before the first step.
     public func warmStart(from adapter: LoRAAdapter) throws {
+        if let v = variant {
+            throw TrainError.badOption(option: "init-from", reason: "a \(v.name) run trains its own parameters, not A and B; start it from its initialisation")
+        }
         precondition(step == 0, "warmStart must come before the first step")
         let given = try LoRAParameters(adapter: adapter, config: engine.model.config)
         let path = adapter.sourcePath ?? adapter.name
@@ -193,9 +213,17 @@ public final class LoRATrainer {
             nll += engine.accumulateGradients(mb, lora: params, into: &grads, gradScale: scale, dropout: dr).nll
             tokens += mb.reduce(0) { $0 + $1.tokens.count }
         }
-        let norm = options.maxGradNorm > 0 ? grads.clip(maxNorm: options.maxGradNorm) : grads.globalNorm
         let lr = schedule.lr(step: k)
-        optimizer.update(&params, grads: grads, lr: lr)
+        let norm: Double
+        if let v = variant {
+            var g = v.parameterGradients(grads)
+            norm = options.maxGradNorm > 0 ? g.clip(maxNorm: options.maxGradNorm) : g.globalNorm
+            variantOptimizer!.update(&v.parameters, grads: g, lr: lr)
+            params = v.factors()
+        } else {
+            norm = options.maxGradNorm > 0 ? grads.clip(maxNorm: options.maxGradNorm) : grads.globalNorm
+            optimizer.update(&params, grads: grads, lr: lr)
+        }
         step = k
         let row = StepLog(step: k, lr: lr, trainLoss: nll / Double(max(answerTokens, 1)), valLoss: nil, gradNorm: norm,
                           tokens: tokens, seconds: Date().timeIntervalSince(start))
@@ -250,19 +278,29 @@ public final class LoRATrainer {
     public func saveCheckpoint(into dir: String) throws -> String {
         let ck = (dir as NSString).appendingPathComponent("checkpoint-\(step)")
         var tensors: [SafetensorsTensor] = []
-        for (i, m) in params.modules.enumerated() {
-            let a = [m.rank, m.inFeatures], b = [m.outFeatures, m.rank]
-            tensors += [SafetensorsTensor(name: "\(m.name).A", shape: a, values: m.A),
-                        SafetensorsTensor(name: "\(m.name).B", shape: b, values: m.B),
-                        SafetensorsTensor(name: "\(m.name).mA", shape: a, values: optimizer.mA[i]),
-                        SafetensorsTensor(name: "\(m.name).vA", shape: a, values: optimizer.vA[i]),
-                        SafetensorsTensor(name: "\(m.name).mB", shape: b, values: optimizer.mB[i]),
-                        SafetensorsTensor(name: "\(m.name).vB", shape: b, values: optimizer.vB[i])]
+        if let v = variant, let opt = variantOptimizer {
+            for n in v.parameters.names {
+                let shape = v.parameters.shapes[n]!
+                tensors += [SafetensorsTensor(name: "\(n)", shape: shape, values: v.parameters[n]),
+                            SafetensorsTensor(name: "\(n).m", shape: shape, values: opt.m[n]),
+                            SafetensorsTensor(name: "\(n).v", shape: shape, values: opt.v[n])]
+            }
+        } else {
+            for (i, m) in params.modules.enumerated() {
+                let a = [m.rank, m.inFeatures], b = [m.outFeatures, m.rank]
+                tensors += [SafetensorsTensor(name: "\(m.name).A", shape: a, values: m.A),
+                            SafetensorsTensor(name: "\(m.name).B", shape: b, values: m.B),
+                            SafetensorsTensor(name: "\(m.name).mA", shape: a, values: optimizer.mA[i]),
+                            SafetensorsTensor(name: "\(m.name).vA", shape: a, values: optimizer.vA[i]),
+                            SafetensorsTensor(name: "\(m.name).mB", shape: b, values: optimizer.mB[i]),
+                            SafetensorsTensor(name: "\(m.name).vB", shape: b, values: optimizer.vB[i])]
+            }
         }
-        let meta = ["format": Self.stateFormat, "step": "\(step)", "optimizer_step": "\(optimizer.step)",
+        var meta = ["format": Self.stateFormat, "step": "\(step)", "optimizer_step": "\(variantOptimizer?.step ?? optimizer.step)",
                     "total_steps": "\(totalSteps)", "seed": "\(options.seed)", "rank": "\(options.rank)",
                     "modules": "\(params.modules.count)",
                     "log": ([StepLog.csvHeader] + log.map(\.csvLine)).joined(separator: "\n")]
+        if let v = variant { meta["variant"] = v.name }
         let target = try OutputGuard.check(ck, kind: .directory, inputs: [], force: true)
         let adapter = adapter()
         try OutputGuard.writeDirectory(target) { tmp in
@@ -324,6 +362,27 @@ public final class LoRATrainer {
         }
         guard let s = Int(try meta("step")), let os = Int(try meta("optimizer_step")) else {
             throw TrainError.badCheckpoint(path: path, field: "step", expected: "an integer", actual: try meta("step"))
+        }
+        let saved = f.metadata["variant"] ?? "lora"
+        guard saved == (variant?.name ?? "lora") else {
+            throw TrainError.badCheckpoint(path: path, field: "variant", expected: variant?.name ?? "lora", actual: saved)
+        }
+        if let v = variant {
+            var p = v.parameters, m = p.zeros(), vv = p.zeros()
+            for n in p.names {
+                func read(_ name: String) throws -> [Float] {
+                    let x = try f.floats(name)
+                    guard x.count == p[n].count else { throw TrainError.badCheckpoint(path: path, field: name, expected: "\(p[n].count) values", actual: "\(x.count)") }
+                    return x
+                }
+                p[n] = try read(n); m[n] = try read("\(n).m"); vv[n] = try read("\(n).v")
+            }
+            v.parameters = p
+            variantOptimizer!.restore(step: os, m: m, v: vv)
+            params = v.factors()
+            step = s
+            log = (try meta("log")).split(separator: "\n").dropFirst().compactMap { StepLog.parse(csvLine: String($0)) }
+            return
         }
         var mA: [[Float]] = [], vA: [[Float]] = [], mB: [[Float]] = [], vB: [[Float]] = []
         for i in params.modules.indices {

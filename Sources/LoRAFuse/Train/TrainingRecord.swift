@@ -26,6 +26,10 @@ public struct TrainingRecord: Codable, Sendable, Equatable {
     public var dtype: String
     /// The adapter the run started from (`--init-from`), when not PEFT's initialisation.
     public var initFrom: String?
+    /// `--variant` when not plain LoRA, the values it trained, and NOLA's basis size.
+    public var variant: String?
+    public var trainedValues: Int?
+    public var nolaBasis: Int?
     public var trainedTokens: Int
     /// Sum of the per-step times (forward, backward, optimizer), without validation passes.
     public var stepSeconds: Double
@@ -38,8 +42,12 @@ public struct TrainingRecord: Codable, Sendable, Equatable {
     public var started: String
 
     public init(options o: TrainingOptions, data: String, val: String?, model: String, examples: Int,
-                log: [StepLog], wallSeconds: Double, finished started: Date, initFrom: String? = nil) {
+                log: [StepLog], wallSeconds: Double, finished started: Date, initFrom: String? = nil,
+                variant: (name: String, values: Int, basis: Int)? = nil) {
         self.initFrom = initFrom
+        self.variant = variant?.name
+        trainedValues = variant?.values
+        nolaBasis = variant?.name == "nola" ? variant?.basis : nil
         baseModel = (model as NSString).lastPathComponent
         self.data = data
         validation = val
