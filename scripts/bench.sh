@@ -13,3 +13,5 @@ swift build -c release --product lorafuse-bench
 # Routing's cost: a routed model over adapters/ against the base and one merged adapter (no
 # external peer: the comparison is the fused answer on the same engine).
 .build/release/lorafuse-bench route
+# Training variants against plain LoRA (PEFT implements none of them): step time, peak RSS, bytes.
+.build/release/lorafuse-bench variants

@@ -46,4 +46,57 @@ final class TrainCLITests: XCTestCase {
         let svg = try String(contentsOfFile: out + "/loss.svg", encoding: .utf8)
         XCTAssertTrue(svg.contains("<polyline") && svg.contains("val loss"))
     }
+
+    /// `train --variant nola` on the real model: the folder holds only the coefficients and the
+    /// config; eval reads it as an adapter with the trainer's final validation loss (with f32
+    /// weights, as the trainer computes: the quantized product moves it by up to a few 1e-2 after
+    /// steps at this lr); convert writes
+    /// it as PEFT; careless flags are refused before the model loads.
+    func testTrainNOLAThenEvalAndConvert() throws {
+        let modelPath = ModelLocator.defaultModelPath()
+        guard FileManager.default.fileExists(atPath: modelPath) else {
+            return XCTFail("SmolLM2 model missing at \(modelPath): run scripts/setup.sh (or `make test`) to fetch it")
+        }
+        let tmp = FileManager.default.temporaryDirectory.appendingPathComponent("lf-nola-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: tmp, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: tmp) }
+        let data = tmp + "/d.jsonl"
+        try """
+        {"prompt": "What is 2 + 3? Reply with the number only.", "answer": "5"}
+        {"prompt": "What is 10 + 4? Reply with the number only.", "answer": "14"}
+        """.write(toFile: data, atomically: true, encoding: .utf8)
+        let out = tmp + "/nola"
+        let r = try run(["train", "--variant", "nola", "--nola-basis", "16", "--data", data, "--val", data, "-o", out,
+                         "--rank", "2", "--targets", "q,v", "--steps", "3", "--batch", "2", "--lr", "1e-2", "--quiet"])
+        XCTAssertEqual(r.code, 0, r.stderr)
+        XCTAssertTrue(r.stderr.contains("\(30 * 2 * 32) trained values (nola)"), r.stderr)
+        let files = Set(try FileManager.default.contentsOfDirectory(atPath: out))
+        XCTAssertTrue(files.isSuperset(of: [NOLAVariant.configFile, NOLAVariant.weightsFile, "training.json", "loss.csv"]), "\(files)")
+        XCTAssertFalse(files.contains(PEFTAdapter.configFile))
+        let record = try String(contentsOfFile: out + "/training.json", encoding: .utf8)
+        XCTAssertTrue(record.contains("\"variant\" : \"nola\"") && record.contains("\"nolaBasis\" : 16"), record)
+        let csv = try String(contentsOfFile: out + "/loss.csv", encoding: .utf8).split(separator: "\n")
+        let val = try XCTUnwrap(StepLog.parse(csvLine: String(csv.last!))?.valLoss)
+        let e = try run(["eval", "--adapter", out, "--data", data, "--no-accuracy", "--json", "--quiet", "--compute", "f32"])
+        XCTAssertEqual(e.code, 0, e.stderr)
+        let json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(e.stdout.utf8)) as? [String: Any], e.stdout)
+        let evalLoss = try XCTUnwrap(json["mean_loss"] as? Double, e.stdout)
+        XCTAssertEqual(evalLoss, val, accuracy: 1e-3, "eval of the NOLA folder vs the trainer's last validation loss")
+        let peft = tmp + "/peft"
+        let c = try run(["convert", out, "--format", "peft", "-o", peft])
+        XCTAssertEqual(c.code, 0, c.stderr)
+        XCTAssertEqual(try PEFTAdapter.read(directory: peft).modules.count, 60)
+        // Refused before any work, with the flag named.
+        for (args, needle) in [(["--variant", "dora"], "--variant must be one of lora, nola"),
+                               (["--nola-basis", "8"], "--nola-basis is for --variant nola"),
+                               (["--variant", "nola", "--init-from", peft], "--init-from sets A and B"),
+                               (["--variant", "nola", "--nola-basis", "0"], "--nola-basis must be in 1…65536")] {
+            let b = try run(["train", "--data", data, "-o", tmp + "/x"] + args)
+            XCTAssertNotEqual(b.code, 0)
+            XCTAssertTrue(b.stderr.contains(needle), "\(args): \(b.stderr)")
+        }
+        let f = try run(["convert", out, "--format", "nola", "-o", tmp + "/y"])
+        XCTAssertNotEqual(f.code, 0)
+        XCTAssertTrue(f.stderr.contains("peft") && f.stderr.contains("gguf"), f.stderr)
+    }
 }
