@@ -21,7 +21,7 @@ struct Fuse: ParsableCommand {
         separately, so B·A holds cross terms w_i w_j B_i A_j between different adapters (and needs equal ranks): \
         that is --composition factors. The default --composition exact applies Σ w_i ΔW_i.
 
-          icm-fusion   ICM-Fusion (docs/icm-fusion.md): a Fusion VAE over the adapters' z-scored parameter chunks \
+          icm-fusion   ICM-Fusion (docs/icm-fusion.md): a Fusion VAE with one latent per whole adapter over a fixed basis of the z-scored adapters \
         (and their checkpoint-<step>/ trajectories), conditioned on each task's mean last-layer hidden state over \
         its shots and meta-learned (first-order MAML); the tasks' latents are fused with learned weights and \
         conflict projections on the union of the shots, decoded, and adapted for --adapt-steps. Options under \

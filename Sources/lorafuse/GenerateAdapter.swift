@@ -82,8 +82,8 @@ struct GenerateAdapter: ParsableCommand {
         commandName: "generate-adapter",
         abstract: "Generate a LoRA from a task condition (ICM-LoRA), a description (SG-LoRA), or fuse adapters (ICM-Fusion).",
         discussion: """
-        A conditional VAE over z-scored parameter chunks is trained on the given adapters and their \
-        checkpoint-<step>/ trajectories (or loaded with --generator). docs/icm-fusion.md maps the papers \
+        A conditional VAE with one latent per whole adapter, over a fixed basis (the mean and principal \
+        directions of the z-scored samples), is trained on the given adapters and their checkpoint-<step>/ trajectories (or loaded with --generator). docs/icm-fusion.md maps the papers \
         to the code.
           icm-lora:   condition = mean last-layer hidden state over --task-shots (with the known task's \
         adapter when --task names one, else the base model); z = 0 (or --temperature noise).

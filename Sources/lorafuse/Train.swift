@@ -119,6 +119,9 @@ struct Train: ParsableCommand {
         o.evalEvery = evalEvery ?? max(1, total / 10)
         var variant: (any TrainingVariant)?
         if self.variant == "nola" {
+            if o.dtype != .f32 {
+                FileHandle.standardError.write(Data("note: NOLA coefficients are stored in F32 (--dtype \(dtype) applies to checkpoints' PEFT adapters): rounding one coefficient moves every entry of its factor\n".utf8))
+            }
             let k = nolaBasis ?? Self.defaultNOLABasis
             variant = try NOLAVariant(model: lm.config, options: o, basisA: k, basisB: k, baseModel: lm.sourcePath)
         }

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The multi-task baseline of docs/variants.md: one adapter trained on the union of every suite
+# task's training split (the trainer shuffles it), with the suite's per-task recipe (rank 8, α 16,
+# all seven projections, batch 8, lr 1e-3, seed 1, bf16) for STEPS steps, validated on the first
+# 10 validation examples of each task; then scored on every task's test split beside the experts.
+#   scripts/train_multitask.sh [OUT_DIR]     (default out/multitask)
+# Environment: LORAFUSE (binary, default .build/release/lorafuse), THREADS (2), STEPS (400),
+# VARIANT (lora; nola trains NOLA at its default lr instead).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LF="${LORAFUSE:-.build/release/lorafuse}"
+THREADS="${THREADS:-2}"
+STEPS="${STEPS:-400}"
+VARIANT="${VARIANT:-lora}"
+OUT="${1:-out/multitask}"
+mkdir -p "$OUT"
+cat tasks/*.train.jsonl > "$OUT/union.train.jsonl"
+for f in tasks/*.val.jsonl; do head -n 10 "$f"; done > "$OUT/union.val.jsonl"
+lr=(--lr 1e-3); [ "$VARIANT" = nola ] && lr=()
+"$LF" train --variant "$VARIANT" --data "$OUT/union.train.jsonl" --val "$OUT/union.val.jsonl" -o "$OUT/adapter" --force \
+  --rank 8 --alpha 16 --targets all --steps "$STEPS" --batch 8 "${lr[@]}" --warmup 10 --seed 1 --dtype bf16 \
+  --eval-every 100 --threads "$THREADS"
+tests=(); for f in tasks/*.test.jsonl; do tests+=("$f"); done
+"$LF" eval --adapter "$OUT/adapter" --data "${tests[@]}" --json --threads "$THREADS" --compute f32 > "$OUT/test.json"
+echo "wrote $OUT/adapter and $OUT/test.json"
