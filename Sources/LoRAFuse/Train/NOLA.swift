@@ -240,10 +240,19 @@ public final class NOLAVariant: TrainingVariant {
     /// module's A or B.
     public var storedBytes: Int { parameters.count * 4 }
 
+    /// The file holds one (num_layers, k) tensor per target and factor, `<target>.nola_A` and
+    /// `<target>.nola_B` (row l: layer l's coefficients): per-module tensors would spend a tenth
+    /// of the file on header names.
     public func writeFiles(into dir: URL, name: String, baseModel: String?, path: String) throws {
         var cfg = config
         cfg.baseModel = baseModel ?? cfg.baseModel
-        let tensors = parameters.names.map { SafetensorsTensor(name: $0, shape: [parameters[$0].count], values: parameters[$0]) }
+        var tensors: [SafetensorsTensor] = []
+        for t in targets {
+            for (suffix, k) in [("nola_A", config.basisA), ("nola_B", config.basisB)] {
+                let rows = (0..<config.layers).flatMap { parameters[self.name($0, t, suffix)] }
+                tensors.append(SafetensorsTensor(name: "\(t.peftName).\(suffix)", shape: [config.layers, k], values: rows))
+            }
+        }
         try SafetensorsWriter.write(tensors: tensors, metadata: ["format": NOLAConfig.currentFormat], dtype: .f32,
                                     to: dir.appendingPathComponent(Self.weightsFile))
         let enc = JSONEncoder()
@@ -271,9 +280,27 @@ public final class NOLAVariant: TrainingVariant {
         guard FileManager.default.fileExists(atPath: wPath) else {
             throw NOLAError.badTensor(path: wPath, tensor: "(file)", reason: "missing: a NOLA folder holds \(configFile) and \(weightsFile)")
         }
+        let v = try cfg.validated(path: cfgPath)
         let f = try SafetensorsFile(path: wPath)
+        let expected = v.targets.flatMap { ["\($0.peftName).nola_A", "\($0.peftName).nola_B"] }
+        if let extra = f.names.first(where: { !expected.contains($0) }) {
+            throw NOLAError.badTensor(path: wPath, tensor: extra, reason: "not a tensor of this config (expected \(expected.joined(separator: ", ")))")
+        }
         var coef = ParamSet()
-        for n in f.names { coef.add(n, shape: [try f.info(n).elementCount], values: try f.floats(n)) }
+        for t in v.targets {
+            for (suffix, k) in [("nola_A", cfg.basisA), ("nola_B", cfg.basisB)] {
+                let n = "\(t.peftName).\(suffix)"
+                guard f.contains(n) else { throw NOLAError.badTensor(path: wPath, tensor: n, reason: "missing") }
+                let shape = try f.info(n).shape
+                guard shape == [cfg.layers, k] else {
+                    throw NOLAError.badTensor(path: wPath, tensor: n, reason: "shape \(shape), expected [num_layers \(cfg.layers), \(suffix == "nola_A" ? "num_basis_A" : "num_basis_B") \(k)]")
+                }
+                let vals = try f.floats(n)
+                for l in 0..<cfg.layers {
+                    coef.add("\(ModuleAddress.projection(layer: l, t).peft).\(suffix)", shape: [k], values: Array(vals[(l * k)..<((l + 1) * k)]))
+                }
+            }
+        }
         return try NOLAVariant(config: cfg, coefficients: coef, path: directory)
     }
 

@@ -125,6 +125,7 @@ final class NOLATests: XCTestCase {
         }
         XCTAssertLessThan(v.storedBytes * 3, back.parameterCount * 4)
         XCTAssertGreaterThan(stored, v.storedBytes)
+        XCTAssertLessThan(stored, v.storedBytes + 4096, "the header and config stay small")
         let peft = dir + "-peft"
         defer { try? FileManager.default.removeItem(atPath: peft) }
         let s = try AdapterIO.convert(input: dir, output: peft, format: .peft)
@@ -179,8 +180,8 @@ final class NOLATests: XCTestCase {
         try expect({ $0.replacingOccurrences(of: "\"num_basis_A\" : 3", with: "\"num_basis_A\" : 0") }, "num_basis_A: expected 1…65536, found 0")
         try expect({ $0.replacingOccurrences(of: "\"num_basis_A\" : 3", with: "\"num_basis_A\" : 60000")
                         .replacingOccurrences(of: "\"rank\" : 4", with: "\"rank\" : 4096") }, "at most 2³⁰ values")
-        try expect({ $0.replacingOccurrences(of: "\"num_basis_B\" : 3", with: "\"num_basis_B\" : 4") }, "has 3 values, num_basis is 4")
-        try expect({ $0.replacingOccurrences(of: "\"num_layers\" : 2", with: "\"num_layers\" : 1") }, "not a module of this config")
+        try expect({ $0.replacingOccurrences(of: "\"num_basis_B\" : 3", with: "\"num_basis_B\" : 4") }, "shape [2, 3], expected [num_layers 2, num_basis_B 4]")
+        try expect({ $0.replacingOccurrences(of: "\"num_layers\" : 2", with: "\"num_layers\" : 1") }, "shape [2, 3], expected [num_layers 1, num_basis_A 3]")
         try expect({ $0.replacingOccurrences(of: "\"q_proj\",", with: "\"qq_proj\",") }, "target_modules")
         try expect({ $0.replacingOccurrences(of: "lorafuse-nola-1", with: "lorafuse-nola-9") }, "format: expected lorafuse-nola-1")
         try expect({ $0.replacingOccurrences(of: "\"rank\" : 4", with: "\"rank\" : \"4\"") }, "rank")
@@ -188,5 +189,11 @@ final class NOLATests: XCTestCase {
         XCTAssertNoThrow(try AdapterIO.read(path: dir))
         try FileManager.default.removeItem(atPath: dir + "/" + NOLAVariant.weightsFile)
         XCTAssertThrowsError(try AdapterIO.read(path: dir)) { e in XCTAssertTrue("\(e)".contains("missing"), "\(e)") }
+        // Coefficients given to the initialiser are checked by module too.
+        var bad = v.parameters
+        bad["base_model.model.model.layers.0.self_attn.q_proj.nola_A"] = [1, .nan, 0]
+        XCTAssertThrowsError(try NOLAVariant(config: v.config, coefficients: bad, path: "p")) { e in
+            XCTAssertTrue("\(e)".contains("value 1 is nan"), "\(e)")
+        }
     }
 }
