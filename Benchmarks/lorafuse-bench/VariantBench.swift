@@ -17,7 +17,7 @@ struct VariantBench: ParsableCommand {
     @Option(help: "Variants to compare with lora, comma-separated.")
     var variants: String = "nola"
     @Option(help: "NOLA basis size (per factor per module).")
-    var nolaBasis: Int = 256
+    var nolaBasis: Int = 512
     @Option(help: "Sequences per step.")
     var batch: Int = 8
     @Option(help: "LoRA rank.")

@@ -91,7 +91,7 @@ struct Train: ParsableCommand {
         }
     }
 
-    static let defaultNOLABasis = 256
+    static let defaultNOLABasis = 512
     static let defaultNOLALearningRate: Float = 3e-3
 
     func run() throws {

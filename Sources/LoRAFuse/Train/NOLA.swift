@@ -17,8 +17,8 @@ import Foundation
 // layers (every layer keeps its own coefficients). The authors regenerate a basis per layer on the
 // GPU in every step; kept per layer here it would take k·Σ(r·in + out·r) floats per layer (2.5 GB
 // for SmolLM2 at k = 256), regenerated it would cost more than the step itself. Shared, it is
-// 83 MB, and a layer's update still lies in a random k-dimensional subspace of its factors. The
-// stored size is the same either way.
+// 83 MB (166 MB at the CLI's default k = 512), and a layer's update still lies in a random
+// k-dimensional subspace of its factors. The stored size is the same either way.
 //
 // With the factors as a GEMM over the coefficients, per projection over its L layers:
 //   A_all (L, r·in) = A₀_all + α (L, k_A) · U (k_A, r·in)
