@@ -57,6 +57,7 @@ struct VariantBench: ParsableCommand {
         let rep = VariantBenchReport(
             date: ISO8601DateFormatter().string(from: Date()), machine: machineDescription(), threads: peerOptions.threads,
             model: (peerOptions.model as NSString).lastPathComponent, blas_core: BLAS.coreName,
+            openblas_coretype_env: ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] ?? "unset",
             load_average_before: before, load_average_after: loadAverage(), task: task, batch: batch, rank: rank,
             nola_basis: nolaBasis, warmup_steps: warmupSteps, steps: steps, variants: names, sides: sides)
         print(rep.markdown)
@@ -126,6 +127,7 @@ struct VariantBenchReport: Codable, BenchReport {
     var threads: Int
     var model: String
     var blas_core: String
+    var openblas_coretype_env: String
     var load_average_before: String
     var load_average_after: String
     var task: String
@@ -140,7 +142,7 @@ struct VariantBenchReport: Codable, BenchReport {
     var markdown: String {
         let f = RatioTable.format
         var s = "\(model) · rank \(rank), all seven projections · batch \(batch) of \(task) · NOLA basis \(nola_basis)"
-        s += " · \(date) · \(machine) · \(threads) threads · OpenBLAS kernels: \(blas_core)\n"
+        s += " · \(date) · \(machine) · \(threads) threads · OpenBLAS kernels: \(blas_core) (OPENBLAS_CORETYPE=\(openblas_coretype_env))\n"
         s += "load average before / after: \(load_average_before) / \(load_average_after)\n\n"
         guard let lora = sides["lora"] else { return s }
         for v in variants where v != "lora" {
