@@ -59,7 +59,7 @@ struct Inspect: ParsableCommand {
         if let dims = hints.baseTensorDims {
             for a in loaded { try AdapterValidation.checkShapes(a, baseDims: dims, baseName: hints.source ?? "the base") }
         }
-        var analysis = AdapterAnalyzer.analyze(loaded, samplesPerModule: samples, seed: seed)
+        let analysis = AdapterAnalyzer.analyze(loaded, samplesPerModule: samples, seed: seed)
         if json {
             struct Out: Encodable { var analysis: AdapterAnalysis; var dtypes: [String: String]; var routers: [RouterSummary] }
             try printJSON(Out(analysis: analysis, dtypes: Dictionary(loaded.map { ($0.name, $0.sourceDType.rawValue) }, uniquingKeysWith: { a, _ in a }),
@@ -70,6 +70,11 @@ struct Inspect: ParsableCommand {
             print("\(r.path): routed model, \(r.method) (\(r.gate) gates), top-\(r.top_k), T=\(r.temperature), placement \(r.placement), \(r.routed_projections) routed projections over \(r.adapters.count) adapters (digests match): \(r.adapters.joined(separator: ", "))")
         }
         for a in loaded { print("\(a.name): dtype \(a.sourceDType.rawValue.lowercased()), \(a.sourcePath ?? "")") }
+        // A NOLA folder reads as the LoRA it stands for; say how little of it is stored.
+        for p in adapters where NOLAVariant.isNOLADirectory(p) {
+            let v = try NOLAVariant.open(directory: p)
+            print("\(p): NOLA, \(v.parameters.count) coefficients stored in F32 (k_A \(v.config.basisA), k_B \(v.config.basisB), seed \(v.config.seed)); the LoRA below is materialised from them")
+        }
         print(AdapterAnalyzer.table(analysis))
         if modules {
             for s in analysis.adapters {

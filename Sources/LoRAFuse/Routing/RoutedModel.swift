@@ -10,7 +10,8 @@ import Foundation
 //                         point at the user's own folders and the digests are checked on load
 //
 // An adapter's digest is the SHA-256 of, for a folder, each of the files its reader reads that
-// exists (adapter_config.json, adapter_model.safetensors, adapters.safetensors, in that order) as
+// exists (adapter_config.json, adapter_model.safetensors, adapters.safetensors, nola_config.json,
+// nola_coefficients.safetensors, in that order) as
 // "name\n<size>\n<bytes>"; for a single file (GGUF), the same over that one file.
 
 public enum RoutedModelError: Error, CustomStringConvertible, Equatable {
@@ -131,7 +132,9 @@ public struct RoutedModel: Sendable {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { return [] }
         if !isDir.boolValue { return [path] }
-        return ["adapter_config.json", "adapter_model.safetensors", "adapters.safetensors"]
+        // NOLA's files come last, so the digests of the other formats are what they always were.
+        return ["adapter_config.json", "adapter_model.safetensors", "adapters.safetensors",
+                NOLAVariant.configFile, NOLAVariant.weightsFile]
             .map { (path as NSString).appendingPathComponent($0) }
             .filter { FileManager.default.fileExists(atPath: $0) }
     }

@@ -112,6 +112,7 @@ public final class LoRATrainer {
     public let totalSteps: Int
     public let schedule: LRSchedule
     public internal(set) var params: LoRAParameters
+    /// AdamW over A and B (empty when a variant trains its own parameters).
     public internal(set) var optimizer: AdamW
     /// What is trained when it is not A and B themselves (`--variant`); `params` then holds the
     /// factors of its current parameters.
@@ -143,6 +144,10 @@ public final class LoRATrainer {
             }
             params = f
             variantOptimizer = ParamAdamW(like: v.parameters, weightDecay: options.weightDecay)
+            // A and B are not optimised themselves: no moments for them (40 MB for SmolLM2 at rank 8).
+            optimizer = AdamW(like: LoRAParameters(modules: [], rank: options.rank, alpha: options.alpha,
+                                                   rsLoRA: options.rsLoRA, targets: options.targets),
+                              weightDecay: options.weightDecay)
         }
     }
 

@@ -169,6 +169,11 @@ final class NOLATests: XCTestCase {
         let dir = ModelFixtures.tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         try v.writeFiles(into: URL(fileURLWithPath: dir), name: "n", baseModel: nil, path: dir)
+        // A routed model referencing this folder notices when its coefficients change.
+        let d0 = try RoutedModel.digest(adapterAt: dir)
+        v.parameters[v.parameters.names[0]][0] = 0.5
+        try v.writeFiles(into: URL(fileURLWithPath: dir), name: "n", baseModel: nil, path: dir)
+        XCTAssertNotEqual(try RoutedModel.digest(adapterAt: dir), d0)
         let cfgPath = dir + "/" + NOLAVariant.configFile
         let good = try String(contentsOfFile: cfgPath, encoding: .utf8)
         func expect(_ edit: (String) -> String, _ needle: String, line: UInt = #line) throws {

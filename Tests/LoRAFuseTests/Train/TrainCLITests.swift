@@ -82,6 +82,9 @@ final class TrainCLITests: XCTestCase {
         let json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(e.stdout.utf8)) as? [String: Any], e.stdout)
         let evalLoss = try XCTUnwrap(json["mean_loss"] as? Double, e.stdout)
         XCTAssertEqual(evalLoss, val, accuracy: 1e-3, "eval of the NOLA folder vs the trainer's last validation loss")
+        let i = try run(["inspect", out])
+        XCTAssertEqual(i.code, 0, i.stderr)
+        XCTAssertTrue(i.stdout.contains("NOLA, \(30 * 2 * 32) coefficients stored in F32 (k_A 16, k_B 16, seed 0)"), i.stdout)
         let peft = tmp + "/peft"
         let c = try run(["convert", out, "--format", "peft", "-o", peft])
         XCTAssertEqual(c.code, 0, c.stderr)
