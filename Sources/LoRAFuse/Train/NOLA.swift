@@ -116,7 +116,9 @@ public final class NOLAVariant: TrainingVariant {
     private var basisB: [Projection: [Float]] = [:]
     /// Per target: A₀ of every layer, (L, r·in).
     private var initA: [Projection: [Float]] = [:]
-    /// Coefficients: `<module>.nola_A` (k_A) and `<module>.nola_B` (k_B) for every module.
+    /// Coefficients, one (L, k) matrix per target and factor, row l for layer l:
+    /// `<target>.nola_A` (L, k_A) and `<target>.nola_B` (L, k_B) — the layout the GEMMs and the
+    /// file both use.
     public var parameters = ParamSet()
 
     /// A fresh NOLA adapter for a model (all β = 0, α = 0: ΔW = 0).
@@ -147,28 +149,25 @@ public final class NOLAVariant: TrainingVariant {
             for l in 0..<config.layers { a0 += LoRAParameters.peftInitA(seed: seed, layer: l, target: t, rank: r, inFeatures: inF) }
             initA[t] = a0
         }
-        for l in 0..<config.layers {
-            for t in targets {
-                let m = ModuleAddress.projection(layer: l, t).peft
-                for (suffix, k) in [("nola_A", config.basisA), ("nola_B", config.basisB)] {
-                    let n = "\(m).\(suffix)"
-                    var vals = [Float](repeating: 0, count: k)
-                    if let c = coefficients {
-                        guard let given = c.values[n] else { throw NOLAError.badTensor(path: path, tensor: n, reason: "missing") }
-                        guard given.count == k else {
-                            throw NOLAError.badTensor(path: path, tensor: n, reason: "has \(given.count) values, num_basis is \(k)")
-                        }
-                        if let i = given.firstIndex(where: { !$0.isFinite }) {
-                            throw NOLAError.badTensor(path: path, tensor: n, reason: "value \(i) is \(given[i])")
-                        }
-                        vals = given
+        for t in targets {
+            for (suffix, k) in [("nola_A", config.basisA), ("nola_B", config.basisB)] {
+                let n = Self.tensorName(t, suffix), count = config.layers * k
+                var vals = [Float](repeating: 0, count: count)
+                if let c = coefficients {
+                    guard let given = c.values[n] else { throw NOLAError.badTensor(path: path, tensor: n, reason: "missing") }
+                    guard given.count == count else {
+                        throw NOLAError.badTensor(path: path, tensor: n, reason: "has \(given.count) values, num_layers × num_basis is \(count)")
                     }
-                    parameters.add(n, shape: [k], values: vals)
+                    if let i = given.firstIndex(where: { !$0.isFinite }) {
+                        throw NOLAError.badTensor(path: path, tensor: n, reason: "value \(i) is \(given[i])")
+                    }
+                    vals = given
                 }
+                parameters.add(n, shape: [config.layers, k], values: vals)
             }
         }
         if let c = coefficients, let extra = c.names.first(where: { parameters.values[$0] == nil }) {
-            throw NOLAError.badTensor(path: path, tensor: extra, reason: "not a module of this config (layers 0..<\(config.layers), \(config.targets.joined(separator: ", ")))")
+            throw NOLAError.badTensor(path: path, tensor: extra, reason: "not a tensor of this config (expected \(parameters.names.joined(separator: ", ")))")
         }
     }
 
@@ -179,9 +178,8 @@ public final class NOLAVariant: TrainingVariant {
         return (0..<(k * size)).map { _ in (2 * rng.nextUniform() - 1) * s }
     }
 
-    private func name(_ l: Int, _ t: Projection, _ suffix: String) -> String {
-        "\(ModuleAddress.projection(layer: l, t).peft).\(suffix)"
-    }
+    /// `q_proj.nola_A`, …: the coefficients of one target and factor, in memory and in the file.
+    static func tensorName(_ t: Projection, _ suffix: String) -> String { "\(t.peftName).\(suffix)" }
 
     public func factors() -> LoRAParameters {
         let r = config.rank, L = config.layers
@@ -189,9 +187,7 @@ public final class NOLAVariant: TrainingVariant {
         var byTarget: [Projection: (A: [Float], B: [Float])] = [:]
         for t in targets {
             let (out, inF) = shapes[t]!
-            // (L, k) coefficient matrices, one row per layer.
-            let alpha = (0..<L).flatMap { parameters[name($0, t, "nola_A")] }
-            let beta = (0..<L).flatMap { parameters[name($0, t, "nola_B")] }
+            let alpha = parameters[Self.tensorName(t, "nola_A")], beta = parameters[Self.tensorName(t, "nola_B")]   // (L, k)
             var A = initA[t]!                                              // (L, r·in)
             BLAS.gemm(transA: false, transB: false, m: L, n: r * inF, k: config.basisA, alpha: 1,
                       a: alpha, lda: config.basisA, b: basisA[t]!, ldb: r * inF, beta: 1, c: &A, ldc: r * inF)
@@ -228,10 +224,8 @@ public final class NOLAVariant: TrainingVariant {
             var dBeta = [Float](repeating: 0, count: L * config.basisB)
             BLAS.gemm(transA: false, transB: true, m: L, n: config.basisB, k: o * r, alpha: 1,
                       a: dB, lda: o * r, b: basisB[t]!, ldb: o * r, beta: 0, c: &dBeta, ldc: config.basisB)
-            for l in 0..<L {
-                out[name(l, t, "nola_A")] = Array(dAlpha[(l * config.basisA)..<((l + 1) * config.basisA)])
-                out[name(l, t, "nola_B")] = Array(dBeta[(l * config.basisB)..<((l + 1) * config.basisB)])
-            }
+            out[Self.tensorName(t, "nola_A")] = dAlpha
+            out[Self.tensorName(t, "nola_B")] = dBeta
         }
         return out
     }
@@ -240,19 +234,12 @@ public final class NOLAVariant: TrainingVariant {
     /// module's A or B.
     public var storedBytes: Int { parameters.count * 4 }
 
-    /// The file holds one (num_layers, k) tensor per target and factor, `<target>.nola_A` and
-    /// `<target>.nola_B` (row l: layer l's coefficients): per-module tensors would spend a tenth
-    /// of the file on header names.
+    /// The file holds `parameters` as they are: one (num_layers, k) tensor per target and factor
+    /// (per-module tensors would spend a tenth of the file on header names).
     public func writeFiles(into dir: URL, name: String, baseModel: String?, path: String) throws {
         var cfg = config
         cfg.baseModel = baseModel ?? cfg.baseModel
-        var tensors: [SafetensorsTensor] = []
-        for t in targets {
-            for (suffix, k) in [("nola_A", config.basisA), ("nola_B", config.basisB)] {
-                let rows = (0..<config.layers).flatMap { parameters[self.name($0, t, suffix)] }
-                tensors.append(SafetensorsTensor(name: "\(t.peftName).\(suffix)", shape: [config.layers, k], values: rows))
-            }
-        }
+        let tensors = parameters.names.map { SafetensorsTensor(name: $0, shape: parameters.shapes[$0]!, values: parameters[$0]) }
         try SafetensorsWriter.write(tensors: tensors, metadata: ["format": NOLAConfig.currentFormat], dtype: .f32,
                                     to: dir.appendingPathComponent(Self.weightsFile))
         let enc = JSONEncoder()
@@ -280,26 +267,23 @@ public final class NOLAVariant: TrainingVariant {
         guard FileManager.default.fileExists(atPath: wPath) else {
             throw NOLAError.badTensor(path: wPath, tensor: "(file)", reason: "missing: a NOLA folder holds \(configFile) and \(weightsFile)")
         }
-        let v = try cfg.validated(path: cfgPath)
+        // The config's own fields first, so a bad one is reported as itself, not as a tensor that
+        // does not match it.
+        _ = try cfg.validated(path: cfgPath)
         let f = try SafetensorsFile(path: wPath)
-        let expected = v.targets.flatMap { ["\($0.peftName).nola_A", "\($0.peftName).nola_B"] }
-        if let extra = f.names.first(where: { !expected.contains($0) }) {
-            throw NOLAError.badTensor(path: wPath, tensor: extra, reason: "not a tensor of this config (expected \(expected.joined(separator: ", ")))")
-        }
+        // Shapes are checked here, where the file's own shape is known; names, counts and
+        // finiteness by the initialiser.
         var coef = ParamSet()
-        for t in v.targets {
-            for (suffix, k) in [("nola_A", cfg.basisA), ("nola_B", cfg.basisB)] {
-                let n = "\(t.peftName).\(suffix)"
-                guard f.contains(n) else { throw NOLAError.badTensor(path: wPath, tensor: n, reason: "missing") }
-                let shape = try f.info(n).shape
+        for n in f.names {
+            let shape = try f.info(n).shape
+            let isA = n.hasSuffix(".nola_A")
+            if isA || n.hasSuffix(".nola_B") {
+                let k = isA ? cfg.basisA : cfg.basisB
                 guard shape == [cfg.layers, k] else {
-                    throw NOLAError.badTensor(path: wPath, tensor: n, reason: "shape \(shape), expected [num_layers \(cfg.layers), \(suffix == "nola_A" ? "num_basis_A" : "num_basis_B") \(k)]")
-                }
-                let vals = try f.floats(n)
-                for l in 0..<cfg.layers {
-                    coef.add("\(ModuleAddress.projection(layer: l, t).peft).\(suffix)", shape: [k], values: Array(vals[(l * k)..<((l + 1) * k)]))
+                    throw NOLAError.badTensor(path: wPath, tensor: n, reason: "shape \(shape), expected [num_layers \(cfg.layers), \(isA ? "num_basis_A" : "num_basis_B") \(k)]")
                 }
             }
+            coef.add(n, shape: shape, values: try f.floats(n))
         }
         return try NOLAVariant(config: cfg, coefficients: coef, path: directory)
     }
