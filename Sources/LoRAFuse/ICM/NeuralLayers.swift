@@ -55,6 +55,8 @@ public struct ParamAdam: Sendable {
     public var lr: Float
     public var beta1: Float = 0.9, beta2: Float = 0.999, eps: Float = 1e-8
     public var maxGradNorm: Double?
+    /// AdamW's decoupled weight decay λ: x·(1 − lr·λ) before the step (0: plain Adam).
+    public var weightDecay: Float = 0
     /// Parameters updated lazily: entries whose gradient is exactly 0 keep their value and
     /// moments. For per-position tables that a mini-batch touches only a few rows of, dense Adam
     /// would keep moving every untouched row along its stale momentum.
@@ -77,9 +79,14 @@ public struct ParamAdam: Sendable {
         for k in p.names {
             var mv = m.values[k]!, vv = v.values[k]!, pv = p.values[k]!
             AdamRule.step(&pv, g.values[k]!, &mv, &vv, t: step, lr: lr, beta1: beta1, beta2: beta2, eps: eps,
-                          skipZeroGradient: lazy.contains(k))
+                          decay: 1 - lr * weightDecay, skipZeroGradient: lazy.contains(k))
             m.values[k] = mv; v.values[k] = vv; p.values[k] = pv
         }
+    }
+
+    /// Restores moments and step (from a checkpoint).
+    mutating func restore(step: Int, m: ParamSet, v: ParamSet) {
+        self.step = step; self.m = m; self.v = v
     }
 }
 

@@ -117,7 +117,8 @@ public final class LoRATrainer {
     /// What is trained when it is not A and B themselves (`--variant`); `params` then holds the
     /// factors of its current parameters.
     public let variant: (any TrainingVariant)?
-    private var variantOptimizer: ParamAdamW?
+    /// AdamW over the variant's parameters (its lr set from the schedule at every step).
+    private var variantOptimizer: ParamAdam?
     /// Updates done so far.
     public internal(set) var step = 0
     public internal(set) var log: [StepLog] = []
@@ -143,7 +144,9 @@ public final class LoRATrainer {
                 throw TrainError.badOption(option: "variant", reason: "\(v.name) was built for other modules or another rank than this run's --rank/--targets")
             }
             params = f
-            variantOptimizer = ParamAdamW(like: v.parameters, weightDecay: options.weightDecay)
+            var opt = ParamAdam(like: v.parameters, lr: options.learningRate)
+            opt.weightDecay = options.weightDecay
+            variantOptimizer = opt
             // A and B are not optimised themselves: no moments for them (40 MB for SmolLM2 at rank 8).
             optimizer = AdamW(like: LoRAParameters(modules: [], rank: options.rank, alpha: options.alpha,
                                                    rsLoRA: options.rsLoRA, targets: options.targets),
@@ -223,7 +226,8 @@ public final class LoRATrainer {
         if let v = variant {
             var g = v.parameterGradients(grads)
             norm = options.maxGradNorm > 0 ? g.clip(maxNorm: options.maxGradNorm) : g.globalNorm
-            variantOptimizer!.update(&v.parameters, grads: g, lr: lr)
+            variantOptimizer!.lr = lr
+            variantOptimizer!.update(&v.parameters, grads: g)
             params = v.factors()
         } else {
             norm = options.maxGradNorm > 0 ? grads.clip(maxNorm: options.maxGradNorm) : grads.globalNorm
@@ -385,10 +389,15 @@ public final class LoRATrainer {
             v.parameters = p
             variantOptimizer!.restore(step: os, m: m, v: vv)
             params = v.factors()
-            step = s
-            log = (try meta("log")).split(separator: "\n").dropFirst().compactMap { StepLog.parse(csvLine: String($0)) }
-            return
+        } else {
+            try restoreFactors(from: f, path: path, optimizerStep: os)
         }
+        step = s
+        log = (try meta("log")).split(separator: "\n").dropFirst().compactMap { StepLog.parse(csvLine: String($0)) }
+    }
+
+    /// Plain LoRA's part of `resume`: A, B and their AdamW moments.
+    private func restoreFactors(from f: SafetensorsFile, path: String, optimizerStep os: Int) throws {
         var mA: [[Float]] = [], vA: [[Float]] = [], mB: [[Float]] = [], vB: [[Float]] = []
         for i in params.modules.indices {
             let m = params.modules[i]
@@ -403,8 +412,6 @@ public final class LoRATrainer {
             mB.append(try read("mB", m.B.count)); vB.append(try read("vB", m.B.count))
         }
         optimizer.restore(step: os, mA: mA, vA: vA, mB: mB, vB: vB)
-        step = s
-        log = (try meta("log")).split(separator: "\n").dropFirst().compactMap { StepLog.parse(csvLine: String($0)) }
     }
 
     // MARK: Outputs

@@ -28,31 +28,6 @@ public enum TrainingVariants {
     public static let names = ["lora", "nola"]
 }
 
-/// AdamW (the same per-element rule as `AdamW`) over a variant's named parameters.
-struct ParamAdamW: Sendable {
-    var weightDecay: Float
-    private(set) var step = 0
-    private(set) var m: ParamSet, v: ParamSet
-
-    init(like p: ParamSet, weightDecay: Float) {
-        self.weightDecay = weightDecay
-        m = p.zeros(); v = p.zeros()
-    }
-
-    mutating func update(_ p: inout ParamSet, grads g: ParamSet, lr: Float) {
-        step += 1
-        for k in p.names {
-            var pv = p[k], mv = m[k], vv = v[k]
-            AdamRule.step(&pv, g[k], &mv, &vv, t: step, lr: lr, decay: 1 - lr * weightDecay)
-            p[k] = pv; m[k] = mv; v[k] = vv
-        }
-    }
-
-    mutating func restore(step: Int, m: ParamSet, v: ParamSet) {
-        self.step = step; self.m = m; self.v = v
-    }
-}
-
 extension ParamSet {
     /// torch.nn.utils.clip_grad_norm_ (as `LoRAGradients.clip`): scale by maxNorm / (norm + 1e-6)
     /// when the norm exceeds maxNorm. Returns the norm before clipping.
