@@ -7,19 +7,27 @@ import XCTest
 final class TrainCLITests: XCTestCase {
     private func run(_ args: [String]) throws -> CLITests.Run { try CLITests.run(args) }
 
-    func testTrainWritesAdapterCurveAndCheckpoints() throws {
+    /// A temporary folder holding a two-example task file, or nil (a failure recorded) when the
+    /// SmolLM2 model these tests train is missing.
+    private func workspace() throws -> (dir: String, data: String)? {
         let modelPath = ModelLocator.defaultModelPath()
         guard FileManager.default.fileExists(atPath: modelPath) else {
-            return XCTFail("SmolLM2 model missing at \(modelPath): run scripts/setup.sh (or `make test`) to fetch it")
+            XCTFail("SmolLM2 model missing at \(modelPath): run scripts/setup.sh (or `make test`) to fetch it")
+            return nil
         }
         let tmp = FileManager.default.temporaryDirectory.appendingPathComponent("lf-train-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: tmp, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: tmp) }
         let data = tmp + "/d.jsonl"
         try """
         {"prompt": "What is 2 + 3? Reply with the number only.", "answer": "5"}
         {"prompt": "What is 10 + 4? Reply with the number only.", "answer": "14"}
         """.write(toFile: data, atomically: true, encoding: .utf8)
+        return (tmp, data)
+    }
+
+    func testTrainWritesAdapterCurveAndCheckpoints() throws {
+        guard let (tmp, data) = try workspace() else { return }
+        defer { try? FileManager.default.removeItem(atPath: tmp) }
         let out = tmp + "/out"
         let r = try run(["train", "--data", data, "--val", data, "-o", out, "--rank", "2", "--targets", "q,v",
                              "--steps", "2", "--batch", "1", "--lr", "1e-3", "--save-every", "1", "--keep", "1",
@@ -53,18 +61,8 @@ final class TrainCLITests: XCTestCase {
     /// steps at this lr); convert writes
     /// it as PEFT; careless flags are refused before the model loads.
     func testTrainNOLAThenEvalAndConvert() throws {
-        let modelPath = ModelLocator.defaultModelPath()
-        guard FileManager.default.fileExists(atPath: modelPath) else {
-            return XCTFail("SmolLM2 model missing at \(modelPath): run scripts/setup.sh (or `make test`) to fetch it")
-        }
-        let tmp = FileManager.default.temporaryDirectory.appendingPathComponent("lf-nola-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: tmp, withIntermediateDirectories: true)
+        guard let (tmp, data) = try workspace() else { return }
         defer { try? FileManager.default.removeItem(atPath: tmp) }
-        let data = tmp + "/d.jsonl"
-        try """
-        {"prompt": "What is 2 + 3? Reply with the number only.", "answer": "5"}
-        {"prompt": "What is 10 + 4? Reply with the number only.", "answer": "14"}
-        """.write(toFile: data, atomically: true, encoding: .utf8)
         let out = tmp + "/nola"
         let r = try run(["train", "--variant", "nola", "--nola-basis", "16", "--data", data, "--val", data, "-o", out,
                          "--rank", "2", "--targets", "q,v", "--steps", "3", "--batch", "2", "--lr", "1e-2", "--quiet"])
