@@ -131,7 +131,7 @@ public final class NOLAVariant: TrainingVariant {
         for t in o.targets { let s = all[LlamaWeights.linearID(layer: 0, t)]; shapes[t] = (s.out, s.in) }
         let cfg = NOLAConfig(rank: o.rank, alpha: o.alpha, rsLoRA: o.rsLoRA, basisA: basisA, basisB: basisB, seed: o.seed,
                              layers: c.numHiddenLayers, targets: o.targets, shapes: shapes, baseModel: baseModel)
-        try self.init(config: cfg, coefficients: nil, path: "(new)")
+        try self.init(config: cfg, coefficients: nil, path: "(the one being trained: --nola-basis \(basisA))")
     }
 
     /// From a config and its coefficients (nil: zeros), everything checked first.

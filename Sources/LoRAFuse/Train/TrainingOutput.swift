@@ -13,6 +13,8 @@ public struct TrainingOutput: Sendable {
     public let runDirectory: String
     /// True when `runDirectory` is a temporary folder to install at `target` when the run ends.
     public let staged: Bool
+    /// True when `prepare` made the output folder itself (it did not exist).
+    public var created = false
 
     public static func prepare(output: String, inputs: [String], resume: String?, force: Bool) throws -> TrainingOutput {
         if let r = resume {
@@ -31,10 +33,11 @@ public struct TrainingOutput: Sendable {
             let tmp = try OutputGuard.makeSibling(of: t, suffix: "tmp", directory: true)
             return TrainingOutput(target: t, runDirectory: tmp, staged: true)
         }
+        let existed = fm.fileExists(atPath: t.path)
         do { try fm.createDirectory(atPath: t.path, withIntermediateDirectories: true) } catch {
             throw OutputGuardError.writeFailed(output: output, reason: "cannot create it: \(error.localizedDescription)")
         }
-        return TrainingOutput(target: t, runDirectory: t.path, staged: false)
+        return TrainingOutput(target: t, runDirectory: t.path, staged: false, created: !existed)
     }
 
     /// Writes one finished file of the run (under a temporary name, renamed).
@@ -48,8 +51,14 @@ public struct TrainingOutput: Sendable {
         if staged { try OutputGuard.install(runDirectory, at: target) }
     }
 
-    /// Removes a staged run folder after a failure (the old output stays as it was).
+    /// After a failure: removes a staged run folder (the old output stays as it was), and an
+    /// output folder this run created that is still empty (one holding checkpoints stays, to
+    /// resume from).
     public func abandon() {
-        if staged { try? FileManager.default.removeItem(atPath: runDirectory) }
+        let fm = FileManager.default
+        if staged { try? fm.removeItem(atPath: runDirectory); return }
+        if created, ((try? fm.contentsOfDirectory(atPath: runDirectory)) ?? ["?"]).isEmpty {
+            try? fm.removeItem(atPath: runDirectory)
+        }
     }
 }

@@ -194,5 +194,22 @@ final class OutputGuardTests: XCTestCase {
         try staged.writeFile("x.txt", "new")
         try staged.finish()
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: tmp + "/a"), ["x.txt"])
+
+        // A run that fails removes the output folder it created while that is still empty (a
+        // failure before the first checkpoint leaves nothing behind); a folder that existed stays,
+        // and one holding checkpoints stays to resume from.
+        let fresh = try TrainingOutput.prepare(output: tmp + "/new", inputs: [], resume: nil, force: false)
+        XCTAssertTrue(fresh.created)
+        fresh.abandon()
+        XCTAssertFalse(FileManager.default.fileExists(atPath: tmp + "/new"))
+        try FileManager.default.createDirectory(atPath: tmp + "/empty", withIntermediateDirectories: true)
+        let existing = try TrainingOutput.prepare(output: tmp + "/empty", inputs: [], resume: nil, force: false)
+        XCTAssertFalse(existing.created)
+        existing.abandon()
+        XCTAssertTrue(FileManager.default.fileExists(atPath: tmp + "/empty"))
+        let busy = try TrainingOutput.prepare(output: tmp + "/busy", inputs: [], resume: nil, force: false)
+        try busy.writeFile("checkpoint-note.txt", "x")
+        busy.abandon()
+        XCTAssertTrue(FileManager.default.fileExists(atPath: tmp + "/busy/checkpoint-note.txt"))
     }
 }
