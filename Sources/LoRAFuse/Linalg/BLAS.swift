@@ -154,6 +154,26 @@ enum LAPACK {
         #endif
     }
 
+    /// Eigen-decomposition of the symmetric n x n matrix `a` (Double; its upper triangle is read,
+    /// overwritten by the orthonormal eigenvectors, column-major, one per column), eigenvalues in
+    /// ascending order into `w`. Returns the LAPACK `info`.
+    static func syev(n: Int, a: UnsafeMutablePointer<Double>, w: UnsafeMutablePointer<Double>) -> Int {
+        #if canImport(Accelerate)
+        var jobz: Int8 = Int8(UInt8(ascii: "V")), uplo: Int8 = Int8(UInt8(ascii: "U"))
+        var nn = __CLPK_integer(n), lda = __CLPK_integer(max(1, n)), info = __CLPK_integer(0)
+        var lwork = __CLPK_integer(-1)
+        var wq: Double = 0
+        dsyev_(&jobz, &uplo, &nn, a, &lda, w, &wq, &lwork, &info)
+        lwork = __CLPK_integer(wq)
+        var work = [Double](repeating: 0, count: max(1, Int(lwork)))
+        dsyev_(&jobz, &uplo, &nn, a, &lda, w, &work, &lwork, &info)
+        return Int(info)
+        #else
+        return Int(LAPACKE_dsyev(LAPACK_COL_MAJOR, Int8(UInt8(ascii: "V")), Int8(UInt8(ascii: "U")), Int32(n), a,
+                                 Int32(max(1, n)), w))
+        #endif
+    }
+
     /// Householder QR of the column-major m x n matrix `a` (overwritten), then the explicit
     /// thin Q (m x k, k = min(m, n)) written back into the first k columns of `a`.
     /// R (k x n, upper triangular) is copied out first into `r` (column-major, ldr = k).

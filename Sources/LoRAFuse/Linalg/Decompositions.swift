@@ -86,6 +86,27 @@ public enum Linalg {
         return result2
     }
 
+    /// Eigen-decomposition of a symmetric n x n matrix (row-major, Double) through `dsyev`:
+    /// a = V diag(values) Vᵀ, values ascending, `vectors` row-major n x n with the eigenvectors as
+    /// its columns. For the small (rank x rank) Gram matrices of LoRA-Pro's gradient adjustment.
+    public static func symmetricEigen(_ a: [Double], n: Int) throws -> (values: [Double], vectors: [Double]) {
+        precondition(a.count == n * n, "symmetricEigen: \(a.count) values for a \(n)x\(n) matrix")
+        if n == 0 { return ([], []) }
+        if a.contains(where: { !$0.isFinite }) {
+            throw LinalgError.invalidArgument("eigen-decomposition input of shape \(n)x\(n) contains NaN or infinity")
+        }
+        var buf = a            // symmetric: row-major and column-major are the same matrix
+        var w = [Double](repeating: 0, count: n)
+        let info = buf.withUnsafeMutableBufferPointer { pa in
+            w.withUnsafeMutableBufferPointer { pw in LAPACK.syev(n: n, a: pa.baseAddress!, w: pw.baseAddress!) }
+        }
+        if info != 0 { throw LinalgError.lapack(routine: "dsyev", info: info, shape: [n, n]) }
+        // Column-major eigenvectors: buf[j·n + i] is component i of vector j, i.e. V[i][j].
+        var v = [Double](repeating: 0, count: n * n)
+        for i in 0..<n { for j in 0..<n { v[i * n + j] = buf[j * n + i] } }
+        return (w, v)
+    }
+
     /// Thin QR: A (m x n) = Q (m x k) · R (k x n), k = min(m, n), through sgeqrf + sorgqr.
     public static func qr(_ a: Matrix) throws -> (Q: Matrix, R: Matrix) {
         let m = a.rows, n = a.cols, k = min(m, n)
