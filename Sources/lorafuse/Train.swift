@@ -28,6 +28,12 @@ struct Train: ParsableCommand {
         coefficients and the seed are stored: OUT_DIR/nola_config.json + nola_coefficients.safetensors, \
         which eval, generate, report and serve load as an adapter and `lorafuse convert OUT_DIR --format \
         peft` turns into A and B for other tools. It takes a higher --lr than LoRA (see docs/variants.md).
+
+        --variant lora-pro (LoRA-Pro, Wang et al. 2025) trains A and B, adjusting their gradients so that \
+        the low-rank step s·(B·dA + dB·A) follows AdamW's full fine-tuning step: AdamW's moments are kept \
+        at full size for the equivalent gradient (2 × out × in F32 values per module: 850 MB for SmolLM2 \
+        with all seven projections, and as much again in each checkpoint), then A and B take an SGD step \
+        along the closed-form adjusted gradients. The output is a plain PEFT adapter. No --weight-decay.
         """
     )
 
@@ -52,7 +58,7 @@ struct Train: ParsableCommand {
     @Option(name: .long, help: "Passes over the data when --steps is not given.") var epochs = 1.0
     @Option(name: .long, help: "Sequences per micro-batch.") var batch = 4
     @Option(name: .customLong("grad-accum"), help: "Micro-batches per optimizer step.") var gradAccum = 1
-    @Option(name: .long, help: "Peak learning rate (default 2e-4; with --variant nola 3e-3, the best of 1e-2, 3e-3 and 3e-2 on add_2digit's validation split).")
+    @Option(name: .long, help: "Peak learning rate (default 2e-4; with --variant nola 3e-3 and lora-pro 1e-3, each the best of three on add_2digit's validation split, see docs/variants.md).")
     var lr: Float?
     @Option(name: .long, help: "Warmup steps (linear from 0).") var warmup = 0
     @Option(name: .customLong("weight-decay"), help: "AdamW decoupled weight decay.") var weightDecay: Float = 0
@@ -70,7 +76,7 @@ struct Train: ParsableCommand {
     var initFrom: String?
     @Option(name: .long, help: "Resume from a checkpoint-<step> folder, or from the newest checkpoint in a folder.")
     var resume: String?
-    @Option(name: .long, help: "What is trained: lora (A and B), or nola (coefficients of fixed random bases).")
+    @Option(name: .long, help: "What is trained: lora (A and B), nola (coefficients of fixed random bases), or lora-pro (A and B along LoRA-Pro's adjusted gradients).")
     var variant = "lora"
     @Option(name: .customLong("nola-basis"), help: "nola: basis matrices per factor per module (the coefficients trained for each of A and B).")
     var nolaBasis: Int?
@@ -86,21 +92,34 @@ struct Train: ParsableCommand {
         }
         if variant != "nola" && nolaBasis != nil { throw ValidationError("--nola-basis is for --variant nola") }
         if let k = nolaBasis, !(1...65_536).contains(k) { throw ValidationError("--nola-basis must be in 1…65536, got \(k)") }
-        if variant != "lora" && initFrom != nil {
+        if variant == "lora-pro" && weightDecay > 0 {
+            throw ValidationError("--weight-decay is not used by --variant lora-pro (SGD along the adjusted gradients, as the authors' code, without decay)")
+        }
+        if variant == "nola" && initFrom != nil {
             throw ValidationError("--init-from sets A and B; --variant \(variant) trains its own parameters from its initialisation")
         }
     }
 
     static let defaultNOLABasis = 512
     static let defaultNOLALearningRate: Float = 3e-3
+    static let defaultLoRAProLearningRate: Float = 1e-3
+
+    var defaultLearningRate: Float {
+        switch variant {
+        case "nola": return Self.defaultNOLALearningRate
+        case "lora-pro": return Self.defaultLoRAProLearningRate
+        default: return TrainingOptions().learningRate
+        }
+    }
 
     func run() throws {
         compute.apply()
         var o = TrainingOptions()
         o.rank = rank; o.alpha = alpha; o.targets = try Projection.parseList(targets); o.rsLoRA = rslora
         o.dropout = dropout; o.steps = steps; o.epochs = epochs; o.batchSize = batch; o.gradAccum = gradAccum
-        o.learningRate = lr ?? (variant == "nola" ? Self.defaultNOLALearningRate : TrainingOptions().learningRate); o.warmup = warmup; o.weightDecay = weightDecay; o.maxGradNorm = maxGradNorm
+        o.learningRate = lr ?? defaultLearningRate; o.warmup = warmup; o.weightDecay = weightDecay; o.maxGradNorm = maxGradNorm
         o.seed = seed; o.saveEvery = saveEvery; o.keep = keep; o.dtype = DType(name: dtype)!
+        if variant == "lora-pro" { o.optimizer = .loraPro }
 
         // Decided before the model loads: a refused output costs nothing.
         let inputs = [model ?? ModelLocator.defaultModelPath(), data] + [val, initFrom].compactMap { $0 }
@@ -139,7 +158,10 @@ struct Train: ParsableCommand {
         let startStep = trainer.step
         FileHandle.standardError.write(Data(("train: \(trainSeqs.count) examples, \(valSeqs.count) validation, \(total) steps of "
             + "\(batch)×\(gradAccum) sequences, \(trainer.params.modules.count) LoRA modules, "
-            + "\(trainer.trainableCount) trained values\(variant.map { " (\($0.name))" } ?? "")\n").utf8))
+            + "\(trainer.trainableCount) trained values\(trainer.variantName == "lora" ? "" : " (\(trainer.variantName))")\n").utf8))
+        if let pro = trainer.loraPro {
+            FileHandle.standardError.write(Data(String(format: "lora-pro: full-size AdamW moments take %.0f MB\n", Double(pro.stateBytes) / 1e6).utf8))
+        }
         let bar = ProgressBar(total: total, label: "train", enabled: !compute.quiet)
         bar.update(trainer.step)
         var lastVal: Double?
@@ -164,7 +186,8 @@ struct Train: ParsableCommand {
         let done = trainer.step - startStep
         let record = TrainingRecord(options: o, data: data, val: val, model: lm.sourcePath, examples: trainSeqs.count,
                                     log: trainer.log, wallSeconds: Date().timeIntervalSince(started), finished: started,
-                                    initFrom: initFrom, variant: variant.map { ($0.name, trainer.trainableCount, nolaBasis ?? Self.defaultNOLABasis) })
+                                    initFrom: initFrom,
+                                    variant: trainer.variantName == "lora" ? nil : (trainer.variantName, trainer.trainableCount, nolaBasis ?? Self.defaultNOLABasis))
         try out.writeFile(TrainingRecord.fileName, try record.json())
         try out.finish()
         var summary = "trained \(done) steps"

@@ -27,6 +27,8 @@ public struct TrainingOptions: Sendable, Equatable {
     public var keep = 2
     /// Storage type of the adapter weights written (checkpoints' optimizer state is always F32).
     public var dtype: DType = .f32
+    /// How A and B are updated from their gradients (`--variant lora-pro` picks LoRA-Pro).
+    public var optimizer: LoRAOptimizerKind = .adamw
 
     public init() {}
 
@@ -56,7 +58,18 @@ public struct TrainingOptions: Sendable, Equatable {
         if steps == nil && !epochs.isFinite { throw bad("epochs", "must be finite, got \(epochs)") }
         if evalEvery < 0 { throw bad("eval-every", "must be ≥ 0, got \(evalEvery)") }
         if saveEvery < 0 { throw bad("save-every", "must be ≥ 0, got \(saveEvery)") }
+        if optimizer == .loraPro && weightDecay > 0 {
+            throw bad("weight-decay", "lora-pro takes SGD steps along its adjusted gradients, as the authors' code does, without weight decay; got \(weightDecay)")
+        }
     }
+}
+
+/// The update rule of A and B.
+public enum LoRAOptimizerKind: String, Sendable, Equatable {
+    /// AdamW on the gradients of A and B.
+    case adamw
+    /// LoRA-Pro (`LoRAPro.swift`): A and B moved so that the low-rank step follows AdamW's full-size step.
+    case loraPro = "lora-pro"
 }
 
 /// One row of the loss curve.
@@ -119,6 +132,8 @@ public final class LoRATrainer {
     public let variant: (any TrainingVariant)?
     /// AdamW over the variant's parameters (its lr set from the schedule at every step).
     private var variantOptimizer: ParamAdam?
+    /// LoRA-Pro's optimizer, when `options.optimizer` is `.loraPro` (A and B are the trained values).
+    public private(set) var loraPro: LoRAProOptimizer?
     /// Updates done so far.
     public internal(set) var step = 0
     public internal(set) var log: [StepLog] = []
@@ -148,10 +163,27 @@ public final class LoRATrainer {
             opt.weightDecay = options.weightDecay
             variantOptimizer = opt
             // A and B are not optimised themselves: no moments for them (40 MB for SmolLM2 at rank 8).
-            optimizer = AdamW(like: LoRAParameters(modules: [], rank: options.rank, alpha: options.alpha,
-                                                   rsLoRA: options.rsLoRA, targets: options.targets),
-                              weightDecay: options.weightDecay)
+            optimizer = Self.noMoments(options)
         }
+        if options.optimizer == .loraPro {
+            if let v = variant {
+                throw TrainError.badOption(option: "variant", reason: "lora-pro optimises A and B; it does not combine with \(v.name)")
+            }
+            loraPro = LoRAProOptimizer(like: params)
+            optimizer = Self.noMoments(options)
+        }
+    }
+
+    /// An AdamW without moments, for runs whose A and B are not updated by AdamW (40 MB saved for
+    /// SmolLM2 at rank 8).
+    private static func noMoments(_ o: TrainingOptions) -> AdamW {
+        AdamW(like: LoRAParameters(modules: [], rank: o.rank, alpha: o.alpha, rsLoRA: o.rsLoRA, targets: o.targets),
+              weightDecay: o.weightDecay)
+    }
+
+    /// What the run trains, as `--variant` and checkpoints name it.
+    public var variantName: String {
+        variant?.name ?? (options.optimizer == .loraPro ? LoRAOptimizerKind.loraPro.rawValue : "lora")
     }
 
     /// Values trained: the variant's parameters, or every A and B entry.
@@ -188,7 +220,7 @@ public final class LoRATrainer {
             let f = g.scale / m.scale
             params.modules[i].B = f == 1 ? g.B : g.B.map { $0 * f }
         }
-        optimizer = AdamW(like: params, weightDecay: options.weightDecay)
+        if loraPro == nil { optimizer = AdamW(like: params, weightDecay: options.weightDecay) }
     }
 
     private func permutation(_ epoch: Int) -> [Int] {
@@ -229,6 +261,11 @@ public final class LoRATrainer {
             variantOptimizer!.lr = lr
             variantOptimizer!.update(&v.parameters, grads: g)
             params = v.factors()
+        } else if let pro = loraPro {
+            // Clipped as DeepSpeed does for the authors: the raw gradients' norm scales the final step.
+            norm = grads.globalNorm
+            let coef = options.maxGradNorm > 0 ? min(1, options.maxGradNorm / (norm + 1e-6)) : 1
+            pro.update(&params, grads: grads, lr: lr, clip: Float(coef))
         } else {
             norm = options.maxGradNorm > 0 ? grads.clip(maxNorm: options.maxGradNorm) : grads.globalNorm
             optimizer.update(&params, grads: grads, lr: lr)
@@ -294,6 +331,14 @@ public final class LoRATrainer {
                             SafetensorsTensor(name: "\(n).m", shape: shape, values: opt.m[n]),
                             SafetensorsTensor(name: "\(n).v", shape: shape, values: opt.v[n])]
             }
+        } else if let pro = loraPro {
+            for (i, m) in params.modules.enumerated() {
+                let full = [m.outFeatures, m.inFeatures]
+                tensors += [SafetensorsTensor(name: "\(m.name).A", shape: [m.rank, m.inFeatures], values: m.A),
+                            SafetensorsTensor(name: "\(m.name).B", shape: [m.outFeatures, m.rank], values: m.B),
+                            SafetensorsTensor(name: "\(m.name).m", shape: full, values: pro.m[i]),
+                            SafetensorsTensor(name: "\(m.name).v", shape: full, values: pro.v[i])]
+            }
         } else {
             for (i, m) in params.modules.enumerated() {
                 let a = [m.rank, m.inFeatures], b = [m.outFeatures, m.rank]
@@ -305,11 +350,11 @@ public final class LoRATrainer {
                             SafetensorsTensor(name: "\(m.name).vB", shape: b, values: optimizer.vB[i])]
             }
         }
-        var meta = ["format": Self.stateFormat, "step": "\(step)", "optimizer_step": "\(variantOptimizer?.step ?? optimizer.step)",
+        var meta = ["format": Self.stateFormat, "step": "\(step)", "optimizer_step": "\(variantOptimizer?.step ?? loraPro?.step ?? optimizer.step)",
                     "total_steps": "\(totalSteps)", "seed": "\(options.seed)", "rank": "\(options.rank)",
                     "modules": "\(params.modules.count)",
                     "log": ([StepLog.csvHeader] + log.map(\.csvLine)).joined(separator: "\n")]
-        if let v = variant { meta["variant"] = v.name }
+        if variantName != "lora" { meta["variant"] = variantName }
         let target = try OutputGuard.check(ck, kind: .directory, inputs: [], force: true)
         let adapter = adapter()
         try OutputGuard.writeDirectory(target) { tmp in
@@ -373,8 +418,8 @@ public final class LoRATrainer {
             throw TrainError.badCheckpoint(path: path, field: "step", expected: "an integer", actual: try meta("step"))
         }
         let saved = f.metadata["variant"] ?? "lora"
-        guard saved == (variant?.name ?? "lora") else {
-            throw TrainError.badCheckpoint(path: path, field: "variant", expected: variant?.name ?? "lora", actual: saved)
+        guard saved == variantName else {
+            throw TrainError.badCheckpoint(path: path, field: "variant", expected: variantName, actual: saved)
         }
         if let v = variant {
             var p = v.parameters, m = p.zeros(), vv = p.zeros()
@@ -396,9 +441,10 @@ public final class LoRATrainer {
         log = (try meta("log")).split(separator: "\n").dropFirst().compactMap { StepLog.parse(csvLine: String($0)) }
     }
 
-    /// Plain LoRA's part of `resume`: A, B and their AdamW moments.
+    /// Plain LoRA's and LoRA-Pro's part of `resume`: A, B and their optimizer's moments.
     private func restoreFactors(from f: SafetensorsFile, path: String, optimizerStep os: Int) throws {
         var mA: [[Float]] = [], vA: [[Float]] = [], mB: [[Float]] = [], vB: [[Float]] = []
+        var mFull: [[Float]] = [], vFull: [[Float]] = []
         for i in params.modules.indices {
             let m = params.modules[i]
             func read(_ suffix: String, _ n: Int) throws -> [Float] {
@@ -408,10 +454,14 @@ public final class LoRATrainer {
             }
             params.modules[i].A = try read("A", m.A.count)
             params.modules[i].B = try read("B", m.B.count)
-            mA.append(try read("mA", m.A.count)); vA.append(try read("vA", m.A.count))
-            mB.append(try read("mB", m.B.count)); vB.append(try read("vB", m.B.count))
+            if loraPro != nil {
+                mFull.append(try read("m", m.outFeatures * m.inFeatures)); vFull.append(try read("v", m.outFeatures * m.inFeatures))
+            } else {
+                mA.append(try read("mA", m.A.count)); vA.append(try read("vA", m.A.count))
+                mB.append(try read("mB", m.B.count)); vB.append(try read("vB", m.B.count))
+            }
         }
-        optimizer.restore(step: os, mA: mA, vA: vA, mB: mB, vB: vB)
+        if let pro = loraPro { pro.restore(step: os, m: mFull, v: vFull) } else { optimizer.restore(step: os, mA: mA, vA: vA, mB: mB, vB: vB) }
     }
 
     // MARK: Outputs

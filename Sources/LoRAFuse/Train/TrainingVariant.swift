@@ -23,9 +23,10 @@ public protocol TrainingVariant: AnyObject {
     func writeFiles(into dir: URL, name: String, baseModel: String?, path: String) throws
 }
 
-/// The variants `lorafuse train --variant` knows, by name.
+/// The variants `lorafuse train --variant` knows, by name. `lora-pro` is not a `TrainingVariant`:
+/// it trains A and B themselves with another update rule (`LoRAOptimizerKind.loraPro`).
 public enum TrainingVariants {
-    public static let names = ["lora", "nola"]
+    public static let names = ["lora", "nola", "lora-pro"]
 }
 
 extension ParamSet {

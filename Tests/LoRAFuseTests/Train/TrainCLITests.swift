@@ -100,4 +100,31 @@ final class TrainCLITests: XCTestCase {
         XCTAssertNotEqual(f.code, 0)
         XCTAssertTrue(f.stderr.contains("peft") && f.stderr.contains("gguf"), f.stderr)
     }
+
+    /// `--variant lora-pro` on SmolLM2: a plain PEFT adapter out, the memory of the full-size
+    /// moments announced, eval agreeing with the trainer, and the flag it does not take refused.
+    func testTrainLoRAProWritesPEFT() throws {
+        guard let (tmp, data) = try workspace() else { return }
+        defer { try? FileManager.default.removeItem(atPath: tmp) }
+        let out = tmp + "/pro"
+        let r = try run(["train", "--variant", "lora-pro", "--data", data, "--val", data, "-o", out,
+                         "--rank", "2", "--targets", "q,v", "--steps", "2", "--batch", "2", "--quiet"])
+        XCTAssertEqual(r.code, 0, r.stderr)
+        XCTAssertTrue(r.stderr.contains("(lora-pro)"), r.stderr)
+        // 30 layers × (576·576 + 192·576) values × 2 moments × 4 bytes.
+        XCTAssertTrue(r.stderr.contains("full-size AdamW moments take 106 MB"), r.stderr)
+        XCTAssertEqual(try PEFTAdapter.read(directory: out).modules.count, 60)
+        let record = try String(contentsOfFile: out + "/training.json", encoding: .utf8)
+        XCTAssertTrue(record.contains("\"variant\" : \"lora-pro\""), record)
+        let csv = try String(contentsOfFile: out + "/loss.csv", encoding: .utf8).split(separator: "\n")
+        let val = try XCTUnwrap(StepLog.parse(csvLine: String(csv.last!))?.valLoss)
+        let e = try run(["eval", "--adapter", out, "--data", data, "--no-accuracy", "--json", "--quiet", "--compute", "f32"])
+        XCTAssertEqual(e.code, 0, e.stderr)
+        let json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(e.stdout.utf8)) as? [String: Any], e.stdout)
+        XCTAssertEqual(try XCTUnwrap(json["mean_loss"] as? Double, e.stdout), val, accuracy: 1e-3)
+        let b = try run(["train", "--data", data, "-o", tmp + "/x", "--variant", "lora-pro", "--weight-decay", "0.1"])
+        XCTAssertNotEqual(b.code, 0)
+        XCTAssertTrue(b.stderr.contains("--weight-decay is not used by --variant lora-pro"), b.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: tmp + "/x"))
+    }
 }
