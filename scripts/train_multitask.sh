@@ -5,7 +5,7 @@
 # 10 validation examples of each task; then scored on every task's test split beside the experts.
 #   scripts/train_multitask.sh [OUT_DIR]     (default out/multitask)
 # Environment: LORAFUSE (binary, default .build/release/lorafuse), THREADS (2), STEPS (400),
-# VARIANT (lora; nola trains NOLA at its default lr instead).
+# VARIANT (lora; another --variant trains at that variant's default lr instead).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LF="${LORAFUSE:-.build/release/lorafuse}"
@@ -16,7 +16,7 @@ OUT="${1:-out/multitask}"
 mkdir -p "$OUT"
 cat tasks/*.train.jsonl > "$OUT/union.train.jsonl"
 for f in tasks/*.val.jsonl; do head -n 10 "$f"; done > "$OUT/union.val.jsonl"
-lr=(--lr 1e-3); [ "$VARIANT" = nola ] && lr=()
+lr=(--lr 1e-3); [ "$VARIANT" != lora ] && lr=()
 "$LF" train --variant "$VARIANT" --data "$OUT/union.train.jsonl" --val "$OUT/union.val.jsonl" -o "$OUT/adapter" --force \
   --rank 8 --alpha 16 --targets all --steps "$STEPS" --batch 8 "${lr[@]}" --warmup 10 --seed 1 --dtype bf16 \
   --eval-every 100 --threads "$THREADS"
