@@ -9,13 +9,13 @@ import LoRAFuse
 struct VariantBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "variants",
-        abstract: "Training variants (nola) against plain LoRA: step time, peak memory, stored bytes.")
+        abstract: "Training variants (nola, lora-pro) against plain LoRA: step time, peak memory, stored bytes.")
 
     @OptionGroup var peerOptions: PeerBenchOptions
     @Option(help: "Training task (JSONL of prompt/answer).")
     var task: String = "tasks/add_2digit.train.jsonl"
     @Option(help: "Variants to compare with lora, comma-separated.")
-    var variants: String = "nola"
+    var variants: String = "nola,lora-pro"
     @Option(help: "NOLA basis size (per factor per module).")
     var nolaBasis: Int = 512
     @Option(help: "Sequences per step.")
@@ -70,11 +70,13 @@ struct VariantBench: ParsableCommand {
         var o = TrainingOptions()
         o.rank = rank; o.alpha = Double(2 * rank); o.targets = Projection.allCases
         o.batchSize = batch; o.steps = warmupSteps + steps; o.learningRate = name == "nola" ? 3e-3 : 1e-3; o.seed = 1
+        if name == "lora-pro" { o.optimizer = .loraPro; o.learningRate = 1e-3 }
         let t0 = Date()
         let variant: (any TrainingVariant)? = name == "nola"
             ? try NOLAVariant(model: lm.config, options: o, basisA: nolaBasis, basisB: nolaBasis, baseModel: lm.sourcePath) : nil
         let trainer = try LoRATrainer(model: lm, train: seqs, options: o, variant: variant)
         var side = VariantSide()
+        side.lr = Double(o.learningRate)
         side.setup_seconds = Date().timeIntervalSince(t0)
         var tokens = 0, secs = 0.0
         for k in 1...(warmupSteps + steps) {
@@ -119,6 +121,7 @@ struct VariantSide: Codable {
     var trained_values = 0
     var stored_bytes = 0
     var stored_bytes_bf16: Int?
+    var lr: Double?
 }
 
 struct VariantBenchReport: Codable, BenchReport {
@@ -159,7 +162,7 @@ struct VariantBenchReport: Codable, BenchReport {
             }
             s += t.text + "\n"
             s += "Train loss of step 1 / step \(o.losses.count): \(v) \(f(o.losses.first, "%.4f")) / \(f(o.losses.last, "%.4f")), "
-            s += "LoRA \(f(lora.losses.first, "%.4f")) / \(f(lora.losses.last, "%.4f")) (lr 3e-3 for NOLA, 1e-3 for LoRA as the suite trains it, no warm-up).\n"
+            s += "LoRA \(f(lora.losses.first, "%.4f")) / \(f(lora.losses.last, "%.4f")) (lr \(f(o.lr, "%g")) for \(v), \(f(lora.lr, "%g")) for LoRA as the suite trains it, no warm-up).\n"
         }
         return s
     }
