@@ -56,9 +56,22 @@ public final class LoRAProOptimizer {
     /// One update of every A and B along LoRA-Pro's adjusted gradients of `grads` (the LoRA
     /// gradients), with SGD learning rate `lr`, the step multiplied by `clip`.
     public func update(_ p: inout LoRAParameters, grads: LoRAGradients, lr: Float, clip: Float = 1) {
+        let d = adjustedGradients(p, grads: grads)
+        let f = lr * clip
+        for i in p.modules.indices {
+            for j in 0..<d.dA[i].count { p.modules[i].A[j] -= f * d.dA[i][j] }
+            for j in 0..<d.dB[i].count { p.modules[i].B[j] -= f * d.dB[i][j] }
+        }
+    }
+
+    /// The directions `update` moves A and B along (before lr and clipping), advancing the
+    /// moments by one step: X = 0 adjustment, AdamW on the equivalent gradient, back to LoRA
+    /// gradients, adjustment with X.
+    public func adjustedGradients(_ p: LoRAParameters, grads: LoRAGradients) -> LoRAGradients {
         step += 1
         let bc1 = 1 - Float(pow(Double(beta1), Double(step)))
         let bc2Sqrt = (1 - Float(pow(Double(beta2), Double(step)))).squareRoot()
+        var out = LoRAGradients(zerosLike: p)
         for i in p.modules.indices {
             let mod = p.modules[i]
             let geo = LoRAProGeometry(A: mod.A, B: mod.B, rank: mod.rank, out: mod.outFeatures, in: mod.inFeatures,
@@ -80,11 +93,9 @@ public final class LoRAProOptimizer {
                 }
             }
             let (hA, hB) = geo.loraGradients(ofFull: scratch)
-            let (dA, dB) = geo.adjusted(gA: hA, gB: hB, sylvester: true)
-            let f = lr * clip
-            for j in 0..<dA.count { p.modules[i].A[j] -= f * dA[j] }
-            for j in 0..<dB.count { p.modules[i].B[j] -= f * dB[j] }
+            (out.dA[i], out.dB[i]) = geo.adjusted(gA: hA, gB: hB, sylvester: true)
         }
+        return out
     }
 
     /// Restores moments and step (from a checkpoint).
