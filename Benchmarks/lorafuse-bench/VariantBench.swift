@@ -70,13 +70,16 @@ struct VariantBench: ParsableCommand {
         var o = TrainingOptions()
         o.rank = rank; o.alpha = Double(2 * rank); o.targets = Projection.allCases
         o.batchSize = batch; o.steps = warmupSteps + steps; o.learningRate = name == "nola" ? 3e-3 : 1e-3; o.seed = 1
-        if name == "lora-pro" { o.optimizer = .loraPro; o.learningRate = 1e-3 }
+        // lora-pro with train's defaults for it: lr 1e-3 and 5 warm-up steps (without them its
+        // first full-size Adam steps blow the loss up).
+        if name == "lora-pro" { o.optimizer = .loraPro; o.learningRate = 1e-3; o.warmup = 5 }
         let t0 = Date()
         let variant: (any TrainingVariant)? = name == "nola"
             ? try NOLAVariant(model: lm.config, options: o, basisA: nolaBasis, basisB: nolaBasis, baseModel: lm.sourcePath) : nil
         let trainer = try LoRATrainer(model: lm, train: seqs, options: o, variant: variant)
         var side = VariantSide()
         side.lr = Double(o.learningRate)
+        side.warmup = o.warmup
         side.setup_seconds = Date().timeIntervalSince(t0)
         var tokens = 0, secs = 0.0
         for k in 1...(warmupSteps + steps) {
@@ -122,6 +125,7 @@ struct VariantSide: Codable {
     var stored_bytes = 0
     var stored_bytes_bf16: Int?
     var lr: Double?
+    var warmup: Int?
 }
 
 struct VariantBenchReport: Codable, BenchReport {
@@ -162,7 +166,7 @@ struct VariantBenchReport: Codable, BenchReport {
             }
             s += t.text + "\n"
             s += "Train loss of step 1 / step \(o.losses.count): \(v) \(f(o.losses.first, "%.4f")) / \(f(o.losses.last, "%.4f")), "
-            s += "LoRA \(f(lora.losses.first, "%.4f")) / \(f(lora.losses.last, "%.4f")) (lr \(f(o.lr, "%g")) for \(v), \(f(lora.lr, "%g")) for LoRA as the suite trains it, no warm-up).\n"
+            s += "LoRA \(f(lora.losses.first, "%.4f")) / \(f(lora.losses.last, "%.4f")) (lr \(f(o.lr, "%g")) for \(v), \(f(lora.lr, "%g")) for LoRA as the suite trains it; warm-up steps \(o.warmup ?? 0) and \(lora.warmup ?? 0)).\n"
         }
         return s
     }
