@@ -35,6 +35,17 @@ struct Train: ParsableCommand {
         with all seven projections, and as much again in each checkpoint), then A and B take an SGD step \
         along the closed-form adjusted gradients. The output is a plain PEFT adapter. No --weight-decay; \
         --warmup defaults to max(5, 3% of the steps), since its first steps are full-size Adam steps.
+
+        --variant flexora (Flexora, Wei et al. 2025) first searches which layers to fine-tune: each \
+        layer's LoRA output is weighted by α = L·softmax(α̂), and --flexora-search-steps steps alternate \
+        one AdamW step of A and B on a training batch with one Adam step of α̂ (--flexora-lr) on a --val \
+        batch. The layers with α > 1 (or the --flexora-layers largest) are kept, and a fresh LoRA is \
+        trained on them only, for --steps steps as a plain run: the output is a plain PEFT adapter \
+        (layers_to_transform names the layers), plus flexora.json (α per layer, the selection, the \
+        search's losses) and flexora.svg. Needs --val. --resume continues the fine-tuning stage on the \
+        checkpoint's layers without searching again.
+
+        --layers trains LoRA on the listed layers only (PEFT's layers_to_transform).
         """
     )
 
@@ -77,10 +88,18 @@ struct Train: ParsableCommand {
     var initFrom: String?
     @Option(name: .long, help: "Resume from a checkpoint-<step> folder, or from the newest checkpoint in a folder.")
     var resume: String?
-    @Option(name: .long, help: "What is trained: lora (A and B), nola (coefficients of fixed random bases), or lora-pro (A and B along LoRA-Pro's adjusted gradients).")
+    @Option(name: .long, help: "What is trained: lora (A and B), nola (coefficients of fixed random bases), lora-pro (A and B along LoRA-Pro's adjusted gradients), or flexora (LoRA on the layers a validation search selects).")
     var variant = "lora"
     @Option(name: .customLong("nola-basis"), help: "nola: basis matrices per factor per module (the coefficients trained for each of A and B).")
     var nolaBasis: Int?
+    @Option(name: .long, help: "Train LoRA on these layers only, comma-separated indices from 0 (default: all).")
+    var layers: String?
+    @Option(name: .customLong("flexora-search-steps"), help: "flexora: search steps before fine-tuning (default: a quarter of the fine-tuning steps, at least 10).")
+    var flexoraSearchSteps: Int?
+    @Option(name: .customLong("flexora-lr"), help: "flexora: Adam learning rate of the layer logits α̂ (default 0.05).")
+    var flexoraLR: Float?
+    @Option(name: .customLong("flexora-layers"), help: "flexora: keep this many layers, those of largest α (default: every layer with α > 1).")
+    var flexoraLayers: Int?
 
     @OptionGroup var compute: ComputeOptions
     @OptionGroup var overwrite: OverwriteOptions
@@ -99,6 +118,30 @@ struct Train: ParsableCommand {
         if variant == "nola" && initFrom != nil {
             throw ValidationError("--init-from sets A and B; --variant \(variant) trains its own parameters from its initialisation")
         }
+        if variant != "flexora" && (flexoraSearchSteps != nil || flexoraLR != nil || flexoraLayers != nil) {
+            throw ValidationError("--flexora-search-steps, --flexora-lr and --flexora-layers are for --variant flexora")
+        }
+        if variant == "flexora" {
+            if val == nil { throw ValidationError("--variant flexora chooses layers on a validation split: give --val") }
+            if layers != nil { throw ValidationError("--variant flexora chooses the layers itself; --layers is for the other variants") }
+            if initFrom != nil { throw ValidationError("--init-from sets every layer's A and B; --variant flexora trains a fresh LoRA on the layers it selects") }
+            if let s = flexoraSearchSteps, s < 1 { throw ValidationError("--flexora-search-steps must be ≥ 1, got \(s)") }
+            if let r = flexoraLR, !(r.isFinite && r > 0) { throw ValidationError("--flexora-lr must be finite and > 0, got \(r)") }
+            if let k = flexoraLayers, k < 1 { throw ValidationError("--flexora-layers must be ≥ 1, got \(k)") }
+        }
+        if variant == "nola" && layers != nil { throw ValidationError("--layers is not taken by --variant nola (its bases cover every layer)") }
+        if let l = layers { _ = try Self.parseLayers(l) }
+    }
+
+    static func parseLayers(_ s: String) throws -> [Int] {
+        let parts = s.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+        var out: [Int] = []
+        for p in parts {
+            guard let i = Int(p), i >= 0 else { throw ValidationError("--layers takes layer indices ≥ 0 separated by commas, got '\(p)' in '\(s)'") }
+            guard !out.contains(i) else { throw ValidationError("--layers names layer \(i) twice") }
+            out.append(i)
+        }
+        return out.sorted()
     }
 
     static let defaultNOLABasis = 512
@@ -121,6 +164,7 @@ struct Train: ParsableCommand {
         o.learningRate = lr ?? defaultLearningRate; o.warmup = warmup ?? 0; o.weightDecay = weightDecay; o.maxGradNorm = maxGradNorm
         o.seed = seed; o.saveEvery = saveEvery; o.keep = keep; o.dtype = DType(name: dtype)!
         if variant == "lora-pro" { o.optimizer = .loraPro }
+        o.layers = try layers.map(Self.parseLayers)
 
         // Decided before the model loads: a refused output costs nothing.
         let inputs = [model ?? ModelLocator.defaultModelPath(), data] + [val, initFrom].compactMap { $0 }
@@ -150,6 +194,21 @@ struct Train: ParsableCommand {
             }
             let k = nolaBasis ?? Self.defaultNOLABasis
             variant = try NOLAVariant(model: lm.config, options: o, basisA: k, basisB: k, baseModel: lm.sourcePath)
+        }
+        var flexora: FlexoraSelection?
+        if self.variant == "flexora" {
+            if let r = resume {
+                // The fine-tuning stage resumes on the layers its checkpoint holds; the search is not redone.
+                let ck = try LoRATrainer.checkpoint(resuming: r)
+                let hints = (try? ModelHints.load(path: model ?? ModelLocator.defaultModelPath())) ?? ModelHints()
+                o.layers = try AdapterIO.read(path: ck, hints: hints).metadata.layersToTransform
+            } else {
+                let sel = try flexoraSearch(lm: lm, train: trainSeqs, val: valSeqs, options: o, total: total)
+                try out.writeFile(FlexoraSelection.fileName, try sel.json())
+                try out.writeFile("flexora.svg", sel.chartSVG())
+                o.layers = sel.selected
+                flexora = sel
+            }
         }
         let trainer = try LoRATrainer(model: lm, train: trainSeqs, val: valSeqs, options: o, variant: variant)
 
@@ -194,7 +253,8 @@ struct Train: ParsableCommand {
         let record = TrainingRecord(options: o, data: data, val: val, model: lm.sourcePath, examples: trainSeqs.count,
                                     log: trainer.log, wallSeconds: Date().timeIntervalSince(started), finished: started,
                                     initFrom: initFrom,
-                                    variant: trainer.variantName == "lora" ? nil : (trainer.variantName, trainer.trainableCount, nolaBasis ?? Self.defaultNOLABasis))
+                                    variant: self.variant == "flexora" ? ("flexora", trainer.trainableCount, 0)
+                                        : trainer.variantName == "lora" ? nil : (trainer.variantName, trainer.trainableCount, nolaBasis ?? Self.defaultNOLABasis))
         try out.writeFile(TrainingRecord.fileName, try record.json())
         try out.finish()
         var summary = "trained \(done) steps"
@@ -205,6 +265,27 @@ struct Train: ParsableCommand {
             summary += String(format: ", final train loss %.4f", last.trainLoss)
             if let v = last.valLoss { summary += String(format: ", val loss %.4f", v) }
         }
+        if let sel = flexora {
+            summary += "; flexora kept layers \(sel.selected.map(String.init).joined(separator: ","))"
+        }
         print(summary + "; adapter written to \(output)")
+    }
+
+    /// Flexora's search stage, with its progress bar and a table of α per layer.
+    func flexoraSearch(lm: LlamaModel, train: [TrainingSequence], val: [TrainingSequence], options o: TrainingOptions,
+                       total: Int) throws -> FlexoraSelection {
+        let fo = FlexoraOptions(searchSteps: flexoraSearchSteps ?? FlexoraOptions.defaultSearchSteps(trainingSteps: total),
+                                learningRate: flexoraLR ?? FlexoraOptions.defaultLearningRate, keep: flexoraLayers)
+        let search = try FlexoraSearch(model: lm, train: train, val: val, training: o, flexora: fo)
+        FileHandle.standardError.write(Data("flexora: searching \(lm.config.numHiddenLayers) layer weights for \(fo.searchSteps) steps (training and validation batches alternating)\n".utf8))
+        let bar = ProgressBar(total: fo.searchSteps, label: "flexora search", enabled: !compute.quiet)
+        let sel = search.run { step, t, v in bar.update(step, detail: String(format: "loss %.4f val batch %.4f", t, v)) }
+        var table = "flexora: α per layer (kept: *)\n"
+        for (l, w) in sel.weights.enumerated() {
+            table += String(format: "  layer %2d  α %.3f", l, w) + (sel.selected.contains(l) ? " *\n" : "\n")
+        }
+        table += "flexora: kept \(sel.selected.count) of \(sel.weights.count) layers (\(sel.rule)): \(sel.selected.map(String.init).joined(separator: ","))\n"
+        FileHandle.standardError.write(Data(table.utf8))
+        return sel
     }
 }

@@ -48,6 +48,9 @@ public struct LoRAParameters: Sendable {
     public var alpha: Double
     public var rsLoRA: Bool
     public var targets: [Projection]
+    /// The layers that carry modules when not all of them do (PEFT's `layers_to_transform`;
+    /// `--layers`, Flexora's selection).
+    public var layers: [Int]?
 
     /// PEFT scaling: α/r, or α/√r with rsLoRA (Kalajdzievski 2023).
     public static func scale(rank: Int, alpha: Double, rsLoRA: Bool) -> Float {
@@ -57,13 +60,15 @@ public struct LoRAParameters: Sendable {
     /// PEFT's default initialisation: A ~ kaiming_uniform_(a=√5), i.e. U(−1/√in, 1/√in)
     /// (gain √(2/(1+a²)) = √(1/3), bound = gain·√3/√fan_in = 1/√fan_in), and B = 0 so the adapter
     /// starts as the identity. Each module draws from its own seeded stream, so the values do not
-    /// depend on which other targets are trained.
+    /// depend on which other targets (or layers) are trained. `layers` (nil: every layer) must lie
+    /// in 0..<numHiddenLayers.
     public static func initialize(config c: LlamaConfig, rank: Int, alpha: Double, targets: [Projection],
-                                  rsLoRA: Bool = false, seed: UInt64) -> LoRAParameters {
+                                  rsLoRA: Bool = false, seed: UInt64, layers: [Int]? = nil) -> LoRAParameters {
         let shapes = LlamaWeights.linearShapes(c)
         let s = scale(rank: rank, alpha: alpha, rsLoRA: rsLoRA)
         var mods: [TrainableLoRAModule] = []
-        for l in 0..<c.numHiddenLayers {
+        let chosen = layers.map(Set.init)
+        for l in 0..<c.numHiddenLayers where chosen?.contains(l) ?? true {
             for t in Projection.allCases where targets.contains(t) {
                 let sh = shapes[LlamaWeights.linearID(layer: l, t)]
                 let A = peftInitA(seed: seed, layer: l, target: t, rank: rank, inFeatures: sh.in)
@@ -71,7 +76,9 @@ public struct LoRAParameters: Sendable {
                                                 scale: s, A: A, B: [Float](repeating: 0, count: sh.out * rank)))
             }
         }
-        return LoRAParameters(modules: mods, rank: rank, alpha: alpha, rsLoRA: rsLoRA, targets: targets)
+        var p = LoRAParameters(modules: mods, rank: rank, alpha: alpha, rsLoRA: rsLoRA, targets: targets)
+        p.layers = chosen.map { $0.sorted() }
+        return p
     }
 
     /// PEFT's initial A of one module (r, in), from its own seeded stream (shared with NOLA's A₀).
@@ -107,6 +114,7 @@ public struct LoRAParameters: Sendable {
         self.alpha = adapter.metadata.alpha
         self.rsLoRA = adapter.metadata.useRSLoRA
         self.targets = Projection.allCases.filter { targets.contains($0) }
+        self.layers = adapter.metadata.layersToTransform
     }
 
     init(modules: [TrainableLoRAModule], rank: Int, alpha: Double, rsLoRA: Bool, targets: [Projection]) {
@@ -128,6 +136,7 @@ public struct LoRAParameters: Sendable {
         meta.useRSLoRA = rsLoRA
         meta.rank = rank
         meta.alpha = alpha
+        meta.layersToTransform = layers
         var mods: [String: LoRAModule] = [:]
         for m in modules {
             mods[m.name] = LoRAModule(A: Matrix(rows: m.rank, cols: m.inFeatures, data: m.A),

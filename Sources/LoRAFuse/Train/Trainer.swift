@@ -5,6 +5,8 @@ public struct TrainingOptions: Sendable, Equatable {
     public var rank = 8
     public var alpha = 16.0
     public var targets: [Projection] = Projection.allCases
+    /// The layers that get LoRA modules (nil: all; PEFT's `layers_to_transform`).
+    public var layers: [Int]?
     public var rsLoRA = false
     /// Dropout on the LoRA branch's input (PEFT's `lora_dropout`).
     public var dropout: Float = 0
@@ -50,6 +52,11 @@ public struct TrainingOptions: Sendable, Equatable {
         if warmup < 0 { throw bad("warmup", "must be ≥ 0, got \(warmup)") }
         if keep < 1 { throw bad("keep", "must be ≥ 1, got \(keep)") }
         if targets.isEmpty { throw bad("targets", "no target modules") }
+        if let l = layers {
+            if l.isEmpty { throw bad("layers", "no layers") }
+            if Set(l).count != l.count { throw bad("layers", "a layer is named twice in \(l)") }
+            if let n = l.first(where: { $0 < 0 }) { throw bad("layers", "must be ≥ 0, got \(n)") }
+        }
         // NaN passes every `<` check above; these would give an `inf` loss or NaN factors.
         if !(alpha.isFinite && alpha > 0) { throw bad("alpha", "must be finite and > 0, got \(alpha)") }
         if !(learningRate.isFinite && learningRate > 0) { throw bad("lr", "must be finite and > 0, got \(learningRate)") }
@@ -142,6 +149,9 @@ public final class LoRATrainer {
     public init(model: LlamaModel, train: [TrainingSequence], val: [TrainingSequence] = [], options: TrainingOptions,
                 variant: (any TrainingVariant)? = nil) throws {
         try options.validate()
+        if let bad = options.layers?.first(where: { $0 >= model.config.numHiddenLayers }) {
+            throw TrainError.badOption(option: "layers", reason: "layer \(bad) is beyond the model's \(model.config.numHiddenLayers) layers (0…\(model.config.numHiddenLayers - 1))")
+        }
         guard !train.isEmpty else { throw TrainError.badData(file: "(train)", reason: "no training examples") }
         engine = LlamaTrainingEngine(model: model)
         self.options = options
@@ -150,7 +160,8 @@ public final class LoRATrainer {
         totalSteps = options.totalSteps(examples: train.count)
         schedule = LRSchedule(peak: options.learningRate, warmup: options.warmup, total: totalSteps)
         params = LoRAParameters.initialize(config: model.config, rank: options.rank, alpha: options.alpha,
-                                           targets: options.targets, rsLoRA: options.rsLoRA, seed: options.seed)
+                                           targets: options.targets, rsLoRA: options.rsLoRA, seed: options.seed,
+                                           layers: options.layers)
         optimizer = AdamW(like: params, weightDecay: options.weightDecay)
         self.variant = variant
         if let v = variant {

@@ -14,6 +14,8 @@ public struct TrainingRecord: Codable, Sendable, Equatable {
     public var alpha: Double
     public var rsLoRA: Bool
     public var targets: [String]
+    /// The layers trained when not all of them (`--layers`, or Flexora's selection).
+    public var layers: [Int]?
     public var dropout: Float
     public var steps: Int
     public var batchSize: Int
@@ -53,6 +55,7 @@ public struct TrainingRecord: Codable, Sendable, Equatable {
         validation = val
         self.examples = examples
         rank = o.rank; alpha = o.alpha; rsLoRA = o.rsLoRA; targets = o.targets.map(\.rawValue); dropout = o.dropout
+        layers = o.layers
         steps = log.last?.step ?? 0
         batchSize = o.batchSize; gradAccum = o.gradAccum; learningRate = o.learningRate; warmup = o.warmup
         weightDecay = o.weightDecay; maxGradNorm = o.maxGradNorm; seed = o.seed; dtype = o.dtype.rawValue.lowercased()

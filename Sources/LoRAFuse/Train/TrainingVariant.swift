@@ -24,9 +24,11 @@ public protocol TrainingVariant: AnyObject {
 }
 
 /// The variants `lorafuse train --variant` knows, by name. `lora-pro` is not a `TrainingVariant`:
-/// it trains A and B themselves with another update rule (`LoRAOptimizerKind.loraPro`).
+/// it trains A and B themselves with another update rule (`LoRAOptimizerKind.loraPro`); `flexora`
+/// is a search stage (`FlexoraSearch`, whose α-weighted LoRA is a `TrainingVariant`) followed by
+/// plain LoRA on the layers it selects.
 public enum TrainingVariants {
-    public static let names = ["lora", "nola", "lora-pro"]
+    public static let names = ["lora", "nola", "lora-pro", "flexora"]
 }
 
 extension ParamSet {
