@@ -10,7 +10,8 @@ let linalgDeps: [Target.Dependency] = [
 
 let package = Package(
     name: "lorafuse",
-    platforms: [.macOS(.v14)],
+    // macOS 15 for the Synchronization module's atomics (the compute pool).
+    platforms: [.macOS(.v15)],
     products: [
         .library(name: "LoRAFuse", targets: ["LoRAFuse"]),
         .executable(name: "lorafuse", targets: ["lorafuse"]),

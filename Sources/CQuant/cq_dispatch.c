@@ -136,8 +136,12 @@ static int fallback(int kernel) {
     }
 }
 
+/* avx512 is not in the automatic order: on the one AVX-512 CPU measured (AMD EPYC, Zen 4, whose
+ * 512-bit operations are double-pumped) its 32-value kernels took 1.3-1.7x avx2's time for one
+ * activation row, the decode case, and the same within noise for 4-8 rows (2026-12-06, 1536x576
+ * Q4_1 and Q8_0). It stays available by LORAFUSE_QUANT_KERNEL=avx512 and tested. */
 static int best_available(void) {
-    static const int order[] = {CQ_KERNEL_AVX512, CQ_KERNEL_AVX2, CQ_KERNEL_NEON};
+    static const int order[] = {CQ_KERNEL_AVX2, CQ_KERNEL_NEON};
     for (size_t i = 0; i < sizeof order / sizeof order[0]; i++)
         if (cq_kernel_available(order[i])) return order[i];
     return CQ_KERNEL_REFERENCE;

@@ -15,8 +15,10 @@
  *   Q4_K, Q5_K, Q6_K  x    x     (avx2)        (reference)
  * A set without a kernel for a type uses the next one down (avx512 -> avx2 -> reference;
  * neon -> reference); cq_effective_kernel says which. The set is chosen once, at the first call,
- * from the CPU (__builtin_cpu_supports on x86: avx512 needs avx512f, avx512bw, avx512vl and
- * avx512vnni; avx2 needs avx2, fma and f16c; NEON is always there on arm64). The environment
+ * from the CPU (__builtin_cpu_supports on x86: avx2 needs avx2, fma and f16c; avx512 needs
+ * avx512f, avx512bw, avx512vl and avx512vnni; NEON is always there on arm64): avx2 on x86, NEON on
+ * arm64, never avx512 by itself (measured slower than avx2 for one activation row on Zen 4; see
+ * best_available in cq_dispatch.c). The environment
  * variable LORAFUSE_QUANT_KERNEL=reference|avx2|avx512|neon forces a set; a set the CPU lacks
  * falls back along avx512 -> avx2 -> reference (neon -> reference), an unknown value is ignored,
  * and cq_kernel_name(CQ_KERNEL_AUTO) tells what was chosen. Every entry point also
@@ -103,6 +105,18 @@ enum {
 };
 
 enum { CQ_OK = 0, CQ_ERR_ARGS = -1 };
+
+/* --- Spinning -------------------------------------------------------------------------------- */
+
+/* A hint for busy-wait loops (x86 PAUSE, arm64 YIELD): the compute pool's workers spin between
+ * the many short jobs of one decode step instead of sleeping and paying a wake-up each time. */
+static inline void cq_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
 
 /* --- Kernel choice ------------------------------------------------------------------------ */
 

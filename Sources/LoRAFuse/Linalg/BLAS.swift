@@ -20,6 +20,9 @@ public enum BLAS {
             for i in 0..<m { for j in 0..<n { c[i * ldc + j] *= beta } }
             return
         }
+        // OpenBLAS splits products of this size over its own threads: the compute pool's spinning
+        // helpers would take turns with them on the same cores.
+        if m * n * k >= 1 << 20 { ComputePool.shared.park() }
         cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
                     Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
     }

@@ -111,6 +111,18 @@ extension LlamaSession {
         /// out = x Wᵀ for all rows, then each group's LoRA on its rows.
         func lin(_ x: UnsafePointer<Float>, _ id: Int, into out: UnsafeMutablePointer<Float>, ld: Int, nIn: Int, accumulate: Bool = false) {
             baseLinear(x, rows: B, id: id, merged: nil, into: out, ld: ld, accumulate: accumulate)
+            groupTerms(x, id, into: out, ld: ld, nIn: nIn)
+        }
+        /// `lin` (no accumulate) for several linears of the same input, base products grouped.
+        func linGroup(_ x: UnsafePointer<Float>, _ targets: [LinearTarget], nIn: Int) {
+            guard groupedBaseProducts(x, rows: B, targets, merged: [:]) else {
+                for t in targets { lin(x, t.id, into: t.out, ld: t.ld, nIn: nIn) }
+                return
+            }
+            for t in targets { groupTerms(x, t.id, into: t.out, ld: t.ld, nIn: nIn) }
+        }
+        /// Each adapter group's LoRA and routed terms on its rows.
+        func groupTerms(_ x: UnsafePointer<Float>, _ id: Int, into out: UnsafeMutablePointer<Float>, ld: Int, nIn: Int) {
             for g in groups {
                 if let factors = g.set.linearFactors[id] {
                     applyLoRA(factors, x + g.rows.lowerBound * nIn, rows: g.rows.count, id: id,
@@ -124,21 +136,21 @@ extension LlamaSession {
         }
         for l in 0..<L {
             rmsNorm(x, weight: model.base.attnNorms[l], eps: c.rmsNormEps, rows: B, cols: C, into: h)      // (B, C)
-            lin(h, LlamaWeights.linearID(layer: l, .q), into: q, ld: H * d, nIn: C)                        // (B, H·d)
-            lin(h, LlamaWeights.linearID(layer: l, .k), into: kNew, ld: kv, nIn: C)                        // (B, Hkv·d)
-            lin(h, LlamaWeights.linearID(layer: l, .v), into: vNew, ld: kv, nIn: C)                        // (B, Hkv·d)
+            linGroup(h, [LinearTarget(id: LlamaWeights.linearID(layer: l, .q), out: q, ld: H * d),         // (B, H·d)
+                         LinearTarget(id: LlamaWeights.linearID(layer: l, .k), out: kNew, ld: kv),         // (B, Hkv·d)
+                         LinearTarget(id: LlamaWeights.linearID(layer: l, .v), out: vNew, ld: kv)], nIn: C) // (B, Hkv·d)
             for (b, s) in members.enumerated() {
                 let p = positions[b]
                 VectorKernels.rope(q + b * H * d, rows: 1, heads: H, headDim: d, start: p, cos: s.rope.cos, sin: s.rope.sin)
                 VectorKernels.rope(kNew + b * kv, rows: 1, heads: Hkv, headDim: d, start: p, cos: s.rope.cos, sin: s.rope.sin)
                 (s.kCache[l].pointer + p * kv).update(from: kNew + b * kv, count: kv)
                 (s.vCache[l].pointer + p * kv).update(from: vNew + b * kv, count: kv)
-                s.attention(q: q + b * H * d, layer: l, rows: 1, start: p, into: attnOut + b * H * d)     // (1, H·d)
             }
+            batchedAttention(members, positions: positions, layer: l, q: q, into: attnOut)               // (B, H·d)
             lin(attnOut, LlamaWeights.linearID(layer: l, .o), into: x, ld: C, nIn: H * d, accumulate: true)   // x += (B, C)
             rmsNorm(x, weight: model.base.ffnNorms[l], eps: c.rmsNormEps, rows: B, cols: C, into: h)
-            lin(h, LlamaWeights.linearID(layer: l, .gate), into: gate, ld: F, nIn: C)                     // (B, F)
-            lin(h, LlamaWeights.linearID(layer: l, .up), into: up, ld: F, nIn: C)                         // (B, F)
+            linGroup(h, [LinearTarget(id: LlamaWeights.linearID(layer: l, .gate), out: gate, ld: F),      // (B, F)
+                         LinearTarget(id: LlamaWeights.linearID(layer: l, .up), out: up, ld: F)], nIn: C)  // (B, F)
             swiglu(gate, up, count: B * F)
             lin(gate, LlamaWeights.linearID(layer: l, .down), into: x, ld: C, nIn: F, accumulate: true)   // x += (B, C)
         }
@@ -148,5 +160,33 @@ extension LlamaSession {
             lin(h, LlamaWeights.lmHeadID(layers: L), into: o.baseAddress!, ld: V, nIn: C)                  // (B, V)
         }
         return logits
+    }
+
+    /// Every member's one-row attention at its own position, the (member, head) pairs spread over
+    /// the compute threads (one BLAS thread each); each pair's values are what the member's own
+    /// `attention` gives them (the same GEMVs and softmax).
+    func batchedAttention(_ members: [LlamaSession], positions: [Int], layer l: Int,
+                          q: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>) {
+        let c = model.config
+        let B = members.count, H = c.numAttentionHeads, d = c.headDim
+        let group = H / c.numKeyValueHeads, kvw = c.numKeyValueHeads * d
+        let scale = 1 / Float(d).squareRoot()
+        let maxS = positions.max()! + 1
+        let work = positions.reduce(0) { $0 + $1 + 1 } * H * d
+        let workers = work >= 1 << 16 ? Parallel.computeThreads : 1
+        let scratch = UnsafeSendableBuffer(base: att.reserve(min(workers, B * H) * maxS))
+        let caches = members.map { (k: UnsafeSendableBuffer(base: $0.kCache[l].pointer), v: UnsafeSendableBuffer(base: $0.vCache[l].pointer)) }
+        BLAS.withThreadCount(1) {
+            Parallel.forEach(count: B * H, workers: workers) { item, worker in
+                let b = item / H, hh = item % H, kvh = hh / group, S = positions[b] + 1
+                let probs = scratch.base + worker * maxS
+                // scores (S) = K_h (S, d) · q_h (d) / √d, softmax, out_h (d) = V_hᵀ (d, S) · p (S)
+                BLAS.gemv(transA: false, m: S, n: d, alpha: scale, a: caches[b].k.base + kvh * d, lda: kvw,
+                          x: q + b * H * d + hh * d, beta: 0, y: probs)
+                VectorKernels.softmaxRow(probs, valid: S, count: S)
+                BLAS.gemv(transA: true, m: S, n: d, alpha: 1, a: caches[b].v.base + kvh * d, lda: kvw,
+                          x: probs, beta: 0, y: out + b * H * d + hh * d)
+            }
+        }
     }
 }

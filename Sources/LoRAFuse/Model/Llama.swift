@@ -307,9 +307,9 @@ public final class LlamaSession: InferenceSession {
             rmsNorm(x, weight: model.base.attnNorms[l], eps: c.rmsNormEps, rows: T, cols: C, into: h)  // (T, C)
             let kv = Hkv * d
             let kRows = kCache[l].pointer + p0 * kv, vRows = vCache[l].pointer + p0 * kv
-            linear(h, rows: T, id: LlamaWeights.linearID(layer: l, .q), into: q, ld: H * d)          // (T, H·d)
-            linear(h, rows: T, id: LlamaWeights.linearID(layer: l, .k), into: kRows, ld: kv)        // (T, Hkv·d) → cache
-            linear(h, rows: T, id: LlamaWeights.linearID(layer: l, .v), into: vRows, ld: kv)        // (T, Hkv·d) → cache
+            linearGroup(h, rows: T, [LinearTarget(id: LlamaWeights.linearID(layer: l, .q), out: q, ld: H * d),   // (T, H·d)
+                                     LinearTarget(id: LlamaWeights.linearID(layer: l, .k), out: kRows, ld: kv),  // (T, Hkv·d) → cache
+                                     LinearTarget(id: LlamaWeights.linearID(layer: l, .v), out: vRows, ld: kv)]) // (T, Hkv·d) → cache
             applyRope(q, rows: T, heads: H, start: p0)
             applyRope(kRows, rows: T, heads: Hkv, start: p0)
             if let rec { rec.save(l, "h_attn", h, T * C); rec.save(l, "q", q, T * H * d) }
@@ -318,8 +318,8 @@ public final class LlamaSession: InferenceSession {
             linear(attnOut, rows: T, id: LlamaWeights.linearID(layer: l, .o), into: x, ld: C, accumulate: true)  // x += (T, C)
 
             rmsNorm(x, weight: model.base.ffnNorms[l], eps: c.rmsNormEps, rows: T, cols: C, into: h)   // (T, C)
-            linear(h, rows: T, id: LlamaWeights.linearID(layer: l, .gate), into: gate, ld: F)      // (T, F)
-            linear(h, rows: T, id: LlamaWeights.linearID(layer: l, .up), into: up, ld: F)          // (T, F)
+            linearGroup(h, rows: T, [LinearTarget(id: LlamaWeights.linearID(layer: l, .gate), out: gate, ld: F),  // (T, F)
+                                     LinearTarget(id: LlamaWeights.linearID(layer: l, .up), out: up, ld: F)])     // (T, F)
             if let rec { rec.save(l, "h_ffn", h, T * C); rec.save(l, "gate", gate, T * F); rec.save(l, "up", up, T * F) }
             swiglu(gate, up, count: T * F)                                                          // gate ← silu(gate)·up
             linear(gate, rows: T, id: LlamaWeights.linearID(layer: l, .down), into: x, ld: C, accumulate: true) // x += (T, C)
@@ -362,10 +362,58 @@ public final class LlamaSession: InferenceSession {
                 ld: Int, accumulate: Bool = false) {
         linearInputObserver?(id, x, rows)
         baseLinear(x, rows: rows, id: id, merged: adapters.mergedLinear[id], into: out, ld: ld, accumulate: accumulate)
+        adapterTerms(x, rows: rows, id: id, into: out, ld: ld)
+    }
+
+    /// The unmerged LoRA and routed terms of linear `id`, added to `out`.
+    private func adapterTerms(_ x: UnsafePointer<Float>, rows: Int, id: Int, into out: UnsafeMutablePointer<Float>, ld: Int) {
         if let factors = adapters.linearFactors[id] { applyLoRA(factors, x, rows: rows, id: id, into: out, ld: ld) }
         if let routed = adapters.routed, let r = routed.linears[id] {
             applyRouted(r, id: id, policy: routed.policy, x, rows: rows, into: out, ld: ld, firstPosition: position)
         }
+    }
+
+    /// One output of `linearGroup`: linear `id` written to `out` (rows, ·) with leading dimension `ld`.
+    struct LinearTarget {
+        let id: Int
+        let out: UnsafeMutablePointer<Float>
+        let ld: Int
+    }
+
+    /// `linear` (no accumulate) of the same input for several linears (q, k, v; gate, up), with
+    /// their base products grouped when `groupedBaseProducts` can; same values either way.
+    func linearGroup(_ x: UnsafePointer<Float>, rows: Int, _ targets: [LinearTarget]) {
+        if let observer = linearInputObserver { for t in targets { observer(t.id, x, rows) } }
+        guard groupedBaseProducts(x, rows: rows, targets, merged: adapters.mergedLinear) else {
+            for t in targets {
+                baseLinear(x, rows: rows, id: t.id, merged: adapters.mergedLinear[t.id], into: t.out, ld: t.ld, accumulate: false)
+                adapterTerms(x, rows: rows, id: t.id, into: t.out, ld: t.ld)
+            }
+            return
+        }
+        for t in targets { adapterTerms(x, rows: rows, id: t.id, into: t.out, ld: t.ld) }
+    }
+
+    /// The base products (bias included, written, not added) of several linears of one input as
+    /// one job on one quantization of x (`QuantizedLinear.matmulGroup`), when their weights are
+    /// quantized in one type, none is replaced by a merged copy, and the rows are few (decoding):
+    /// per step one quantization and one pair of thread synchronisations instead of one per
+    /// linear. False (nothing written) otherwise.
+    func groupedBaseProducts(_ x: UnsafePointer<Float>, rows: Int, _ targets: [LinearTarget], merged: [Int: [Float]]) -> Bool {
+        let lws = targets.map { model.base.linears[$0.id] }
+        guard rows <= QuantizedLinear.kernelRowLimit, targets.count > 1, let first = lws[0].quantized,
+              QuantizedLinear.hasKernel(first.type),
+              targets.allSatisfy({ merged[$0.id] == nil }),
+              lws.allSatisfy({ $0.quantized?.type == first.type && $0.inFeatures == first.cols }) else { return false }
+        QuantizedLinear.matmulGroup(lws.map { $0.quantized! }, x: x, rows: rows, outs: targets.map(\.out),
+                                    lds: targets.map(\.ld), activations: qScratch)
+        for (t, lw) in zip(targets, lws) {
+            guard let bias = lw.bias else { continue }
+            bias.withUnsafeBufferPointer { b in
+                for r in 0..<rows { let o = t.out + r * t.ld; for j in 0..<lw.outFeatures { o[j] += b[j] } }
+            }
+        }
+        return true
     }
 
     /// out (rows, out) = x · Wᵀ + b (or += when `accumulate`) with the base weight, or `merged`
@@ -479,16 +527,33 @@ public final class LlamaSession: InferenceSession {
     func attention(q: UnsafeMutablePointer<Float>, layer: Int, rows T: Int, start p0: Int,
                            into out: UnsafeMutablePointer<Float>) {
         let c = model.config
+        let H = c.numAttentionHeads, d = c.headDim
+        let rec = activations
+        let block = rec == nil ? 128 : T      // one block when recording, so probs are one (T, S) matrix
+        let nBlocks = (T + block - 1) / block
+        // Threads pay off once a layer's attention is more than ~15 µs of work (the compute pool
+        // hands out a job in about a microsecond).
+        let workers = rec == nil && H * T * (p0 + T) * d >= 1 << 16 ? Parallel.computeThreads : 1
+        let scratch = att.reserve(min(workers, H * nBlocks) * min(block, T) * (p0 + T))
+        // OpenBLAS would thread a decode step's GEMVs once the cache passes ~144 positions, and its
+        // threads then spin (sched_yield) for ~0.1 s against the compute pool's: one BLAS thread
+        // per item. Recording (training) keeps OpenBLAS's threads for its one large block.
+        if rec == nil {
+            BLAS.withThreadCount(1) { attentionItems(q: q, layer: layer, rows: T, start: p0, into: out, block: block, workers: workers, scratch: scratch) }
+        } else {
+            attentionItems(q: q, layer: layer, rows: T, start: p0, into: out, block: block, workers: workers, scratch: scratch)
+        }
+    }
+
+    private func attentionItems(q: UnsafeMutablePointer<Float>, layer: Int, rows T: Int, start p0: Int,
+                                into out: UnsafeMutablePointer<Float>, block: Int, workers: Int, scratch: UnsafeMutablePointer<Float>) {
+        let c = model.config
         let H = c.numAttentionHeads, Hkv = c.numKeyValueHeads, d = c.headDim
         let group = H / Hkv, kvw = Hkv * d
         let scale = 1 / Float(d).squareRoot()
         let K = kCache[layer].pointer, Vc = vCache[layer].pointer
         let rec = activations
-        let block = rec == nil ? 128 : T      // one block when recording, so probs are one (T, S) matrix
         let nBlocks = (T + block - 1) / block
-        // Threads pay off once a layer's attention is more than a few dozen microseconds of work.
-        let workers = rec == nil && H * T * (p0 + T) >= 1 << 15 ? Parallel.computeThreads : 1
-        let scratch = att.reserve(min(workers, H * nBlocks) * min(block, T) * (p0 + T))
         // Largest blocks (most keys) first, so the last items handed out are the short ones.
         Parallel.forEach(count: H * nBlocks, workers: workers) { item, worker in
             let hh = item % H, kvh = hh / group

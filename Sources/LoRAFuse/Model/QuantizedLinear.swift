@@ -38,6 +38,40 @@ enum QuantizedLinear {
             if beta == 0 { o.update(from: t, count: nOut) } else { for j in 0..<nOut { o[j] += t[j] } }
         }
     }
+
+    /// Several products of the same input in one pass: `outs[i]` (rows, ws[i].rows) = x · ws[i]ᵀ
+    /// (written, not added) for weights of one type and width (q, k and v; gate and up). The input
+    /// is quantized once and every weight's rows are split over the threads as one job, instead of
+    /// one quantization and one job (with its two synchronisations) per weight. Each output value
+    /// is bit for bit what `matmul` gives it (the kernels' results do not depend on the row split).
+    static func matmulGroup(_ ws: [QuantizedMatrix], x: UnsafePointer<Float>, rows: Int,
+                            outs: [UnsafeMutablePointer<Float>], lds: [Int], activations: ByteBuffer) {
+        precondition(!ws.isEmpty && ws.count == outs.count && ws.count == lds.count)
+        let type = ws[0].type, nIn = ws[0].cols
+        precondition(ws.allSatisfy { $0.type == type && $0.cols == nIn }, "matmulGroup: weights of one type and width")
+        precondition(rows == 1 || zip(ws, lds).allSatisfy { $1 >= $0.rows }, "matmulGroup: ld below the output width")
+        let act = activations.reserve(QuantKernels.activationBytes(type: type, cols: nIn, rows: rows))
+        QuantKernels.quantizeActivations(type: type, x, rows: rows, cols: nIn, into: act)
+        // Row r of the concatenation is row r − starts[i] of weight i.
+        var starts = [0]
+        for w in ws { starts.append(starts.last! + w.rows) }
+        let total = starts.last!
+        let workers = total * nIn * rows >= 1 << 16 ? Parallel.computeThreads : 1
+        let a = UnsafeSendableRaw(pointer: UnsafeRawPointer(act))
+        let dsts = outs.map { UnsafeSendableBuffer(base: $0) }
+        Parallel.forRanges(count: total, workers: workers, granule: 16) { r in
+            for i in 0..<ws.count {
+                let lo = max(r.lowerBound, starts[i]), hi = min(r.upperBound, starts[i + 1])
+                if lo >= hi { continue }
+                let w = ws[i]
+                w.withBytes { p in
+                    QuantKernels.matmul(type: type, weights: p, rowBytes: w.rowBytes, outRows: w.rows, cols: nIn,
+                                        activations: a.pointer, batch: rows, out: dsts[i].base, ldOut: lds[i],
+                                        rows: (lo - starts[i])..<(hi - starts[i]))
+                }
+            }
+        }
+    }
 }
 
 /// A read-only pointer handed to the compute threads.

@@ -57,6 +57,10 @@ public struct Sampler: Sendable {
 
     /// Index of the largest logit (the first one on ties). NaN logits are never chosen unless all are NaN.
     public static func argmax<C: Collection>(_ logits: C) -> Int where C.Element == Float, C.Index == Int {
+        // Callers in other modules get this function unspecialised, where walking a Collection
+        // through its witnesses took as long as a whole decode step of SmolLM2 (49,152 logits);
+        // arrays and slices take the plain loop.
+        if let r = logits.withContiguousStorageIfAvailable({ argmax(buffer: $0) }) { return r }
         var best = logits.startIndex
         var bestValue = -Float.infinity
         var found = false
@@ -67,11 +71,29 @@ public struct Sampler: Sendable {
         return best - logits.startIndex
     }
 
+    /// `argmax` on contiguous storage.
+    public static func argmax(buffer p: UnsafeBufferPointer<Float>) -> Int {
+        var best = 0
+        var bestValue = -Float.infinity
+        var found = false
+        for i in 0..<p.count {
+            let v = p[i]
+            if !found || v > bestValue { if !v.isNaN { best = i; bestValue = v; found = true } }
+        }
+        return best
+    }
+
     /// The tokens top-p sampling may pick, most probable first, with their renormalised probabilities:
     /// the smallest prefix of the tokens sorted by `softmax(logits / temperature)` (descending, ties by
     /// id) whose probability mass reaches `topP`.
     public static func nucleus<C: Collection>(_ logits: C, temperature: Float, topP: Float) -> [(id: Int, p: Double)]
     where C.Element == Float, C.Index == Int {
+        if let r = logits.withContiguousStorageIfAvailable({ nucleus(buffer: $0, temperature: temperature, topP: topP) }) { return r }
+        return Array(logits).withUnsafeBufferPointer { nucleus(buffer: $0, temperature: temperature, topP: topP) }
+    }
+
+    /// `nucleus` on contiguous storage.
+    static func nucleus(buffer logits: UnsafeBufferPointer<Float>, temperature: Float, topP: Float) -> [(id: Int, p: Double)] {
         let base = logits.startIndex
         let t = Double(max(temperature, Float.leastNormalMagnitude))
         var m = -Double.infinity

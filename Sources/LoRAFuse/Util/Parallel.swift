@@ -35,6 +35,8 @@ extension Parallel {
     /// does not hold the rest back), `worker` in 0..<workers names the caller's scratch slot.
     /// BLAS runs single-threaded meanwhile: each worker's GEMMs are small, and two OpenBLAS
     /// thread pools fighting over two cores cost more than they gain.
+    /// The threads are `ComputePool`'s persistent helpers (dispatch's workers when the pool is
+    /// already running a job).
     /// `body` must be safe to run concurrently for distinct items (it writes disjoint memory).
     static func forEach(count: Int, workers: Int, _ body: (_ item: Int, _ worker: Int) -> Void) {
         let w = min(workers, count)
@@ -43,6 +45,8 @@ extension Parallel {
             return
         }
         BLAS.withThreadCount(1) {
+            if ComputePool.shared.run(count: count, workers: w, body) { return }
+            // The pool is busy (another thread's job, or a job inside a job): dispatch's workers.
             withoutActuallyEscaping(body) { body in
                 let shared = SharedWork(body: body, count: count)
                 DispatchQueue.concurrentPerform(iterations: w) { worker in

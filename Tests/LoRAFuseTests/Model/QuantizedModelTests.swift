@@ -147,3 +147,50 @@ final class QuantizedSmolLM2Tests: XCTestCase {
         print("stored vs f32 eval loss: worst relative difference \(worst) over \(names.count) tasks")
     }
 }
+
+/// q, k and v (gate and up) of one input as one grouped job: the same bits as one product each.
+final class GroupedQuantizedProductTests: XCTestCase {
+    func testGroupedProductsEqualSeparateProducts() {
+        var rng = SeededRNG(seed: 11)
+        let nIn = 96
+        let shapes = [40, 16, 16]
+        let ws = shapes.map { rows in
+            QuantizedMatrix(type: .q8_0, rows: rows, cols: nIn,
+                            bytes: Data(GGUFQuant.quantizeQ8_0((0..<(rows * nIn)).map { _ in rng.nextNormal() * 0.3 })))
+        }
+        for rows in [1, 3, 5, QuantizedLinear.kernelRowLimit] {
+            let x = (0..<(rows * nIn)).map { _ in rng.nextNormal() }
+            var separate = shapes.map { [Float](repeating: 0, count: rows * $0) }
+            var grouped = shapes.map { [Float](repeating: .nan, count: rows * $0) }
+            x.withUnsafeBufferPointer { xp in
+                for (i, w) in ws.enumerated() {
+                    separate[i].withUnsafeMutableBufferPointer { o in
+                        QuantizedLinear.matmul(w, x: xp.baseAddress!, rows: rows, into: o.baseAddress!, ld: w.rows, beta: 0,
+                                               activations: ByteBuffer(), partial: FloatBuffer(1))
+                    }
+                }
+                let outs = grouped.indices.map { i in grouped[i].withUnsafeMutableBufferPointer { $0.baseAddress! } }
+                QuantizedLinear.matmulGroup(ws, x: xp.baseAddress!, rows: rows, outs: outs, lds: shapes, activations: ByteBuffer())
+            }
+            XCTAssertEqual(grouped, separate, "rows \(rows)")
+        }
+    }
+
+    func testArgmaxOnSlicesAndGenericCollectionsAgree() {
+        let v: [Float] = [0.5, .nan, 3, -1, 3, 2]
+        XCTAssertEqual(Sampler.argmax(v), 2, "first of the ties, NaN skipped")
+        XCTAssertEqual(Sampler.argmax(v[3...]), 1, "index within the slice")
+        XCTAssertEqual(Sampler.argmax([Float.nan, .nan]), 0)
+        // A collection without contiguous storage takes the generic loop.
+        struct Strided: Collection {
+            let base: [Float]
+            var startIndex: Int { 0 }
+            var endIndex: Int { base.count }
+            func index(after i: Int) -> Int { i + 1 }
+            subscript(i: Int) -> Float { base[i] }
+        }
+        XCTAssertEqual(Sampler.argmax(Strided(base: v)), 2)
+        XCTAssertEqual(Sampler.nucleus(Strided(base: [1, 2, 3]), temperature: 1, topP: 1).map(\.id),
+                       Sampler.nucleus([Float](arrayLiteral: 1, 2, 3), temperature: 1, topP: 1).map(\.id))
+    }
+}
