@@ -9,6 +9,20 @@ cd "$(dirname "$0")/.."
 swift build -c release --product lorafuse-bench
 .build/release/lorafuse-bench fusion "$@"
 .build/release/lorafuse-bench model
+# The quantized engine against llama.cpp on the same GGUF at three types (issue 13). The venv with
+# llama-cpp-python built from source, and the Q8_0/F16 files requantized from the Q4_1 one, come
+# from scripts/setup_llamacpp.sh (~10-25 min the first time; idempotent).
+CACHE="${LORAFUSE_CACHE:-${LORAFUSE_HOME:-$HOME/.cache/lorafuse}}"
+bash scripts/setup_llamacpp.sh
+for type in Q4_1 Q8_0-from-Q4_1 F16-from-Q4_1; do
+  case "$type" in
+    Q4_1) results=Benchmarks/results/model-llamacpp.json ;;
+    Q8_0*) results=Benchmarks/results/model-llamacpp-q8_0.json ;;
+    F16*) results=Benchmarks/results/model-llamacpp-f16.json ;;
+  esac
+  .build/release/lorafuse-bench model --peer llamacpp --python "$CACHE/venvs/llamacpp/bin/python" \
+    --model "$CACHE/models/SmolLM2-135M-Instruct.$type.gguf" --results "$results"
+done
 .build/release/lorafuse-bench train
 # Routing's cost: a routed model over adapters/ against the base and one merged adapter (no
 # external peer: the comparison is the fused answer on the same engine).

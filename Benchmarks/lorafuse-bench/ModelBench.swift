@@ -189,7 +189,9 @@ struct ModelBench: ParsableCommand {
         } ?? ""
         let rep = ModelBenchReport(
             date: ISO8601DateFormatter().string(from: Date()), machine: machineDescription(), threads: threads,
-            model: (peerOptions.model as NSString).lastPathComponent, compute: peerOptions.compute.rawValue, blas_core: BLAS.coreName, load_average_before: loadBefore, load_average_after: loadAverage(),
+            model: (peerOptions.model as NSString).lastPathComponent, compute: peerOptions.compute.rawValue, blas_core: BLAS.coreName,
+            openblas_coretype_env: ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] ?? "unset",
+            quant_kernel: QuantKernels.kernelName, load_average_before: loadBefore, load_average_after: loadAverage(),
             pp_tokens: ppTokens, decode_prompt: decodePrompt, decode_tokens: decodeTokens, task: task,
             eval_examples: evalIds.count, peer: peerVersions, peer_name: self.peer == .torch ? "transformers" : "llama.cpp",
             lorafuse: ours, transformers: peer, lorafuse_eval_with_accuracy: accuracyRun)
@@ -267,6 +269,10 @@ struct ModelBenchReport: Codable, BenchReport {
     /// lorafuse's weights: "stored" (quantized kernels) or "f32"; nil in results older than it.
     var compute: String?
     var blas_core: String?
+    /// The machine's OPENBLAS_CORETYPE ("unset" when it has none) and lorafuse's quantized kernel
+    /// set; nil in results older than them.
+    var openblas_coretype_env: String?
+    var quant_kernel: String?
     var load_average_before: String
     var load_average_after: String
     var pp_tokens: Int
@@ -285,7 +291,8 @@ struct ModelBenchReport: Codable, BenchReport {
         let f = RatioTable.format
         let pn = peer_name ?? "transformers"
         var s = "\(model), lorafuse weights \(compute ?? "f32") (\(pn == "transformers" ? "transformers float32" : pn + " on the same file")) · \(date) · \(machine) · \(threads) threads · \(peer.isEmpty ? "no peer run" : peer)"
-        s += (blas_core.map { " · OpenBLAS kernels: \($0)" } ?? "") + "\n"
+        s += (blas_core.map { " · OpenBLAS kernels: \($0)" } ?? "") + (openblas_coretype_env.map { " (OPENBLAS_CORETYPE=\($0))" } ?? "")
+        s += (quant_kernel.map { " · quantized kernels: \($0)" } ?? "") + "\n"
         s += "load average before / after: \(load_average_before) / \(load_average_after)\n\n"
         let o = lorafuse, p = transformers
         var t = RatioTable(peer: pn)
