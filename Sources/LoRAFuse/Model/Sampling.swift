@@ -92,27 +92,19 @@ public struct Sampler: Sendable {
         return Array(logits).withUnsafeBufferPointer { nucleus(buffer: $0, temperature: temperature, topP: topP) }
     }
 
-    /// `nucleus` on contiguous storage.
+    /// `nucleus` on contiguous storage. Sorting all 49,152 of SmolLM2's probabilities per token
+    /// took half as long as the forward pass, and the kept set is usually a few dozen tokens: the
+    /// descending order is built only as far as the walk needs (`SortedProbabilities`), so the
+    /// result is the same as sorting everything.
     static func nucleus(buffer logits: UnsafeBufferPointer<Float>, temperature: Float, topP: Float) -> [(id: Int, p: Double)] {
-        let base = logits.startIndex
-        let t = Double(max(temperature, Float.leastNormalMagnitude))
-        var m = -Double.infinity
-        for v in logits where !v.isNaN { m = max(m, Double(v)) }
-        var probs: [(id: Int, p: Double)] = []
-        probs.reserveCapacity(logits.count)
-        var z = 0.0
-        for i in logits.indices {
-            let v = logits[i]
-            let e = v.isNaN ? 0 : Foundation.exp((Double(v) - m) / t)
-            probs.append((i - base, e))
-            z += e
-        }
-        probs.sort { $0.p != $1.p ? $0.p > $1.p : $0.id < $1.id }
+        let probs = SortedProbabilities(logits, temperature: temperature)
         var kept: [(id: Int, p: Double)] = []
         var mass = 0.0
         let target = Double(topP)
-        for (id, e) in probs {
-            let p = e / z
+        var rank = 0
+        while let (id, e) = probs.entry(rank) {
+            rank += 1
+            let p = e / probs.z
             if p == 0 && !kept.isEmpty { break }  // the rest has no mass
             kept.append((id, p))
             mass += p
@@ -126,7 +118,34 @@ public struct Sampler: Sendable {
     /// Picks the next token from one row of logits.
     public mutating func sample<C: Collection>(_ logits: C) -> Int where C.Element == Float, C.Index == Int {
         if isGreedy { return Sampler.argmax(logits) }
-        let kept = Sampler.nucleus(logits, temperature: temperature, topP: topP)
+        if topP < 1 {
+            let kept = Sampler.nucleus(logits, temperature: temperature, topP: topP)
+            return draw(kept)
+        }
+        // top_p = 1 (OpenAI's default) keeps nearly every token, so building the kept set would
+        // sort them all; the draw walks the descending order only up to the token it lands on.
+        // It equals the draw over `nucleus`'s set except for the rounding of that set's
+        // renormalisation (its mass is 1 − at most 1e-12): a different token only for a u within
+        // ~1e-12 of a boundary.
+        let u = rng.nextDouble()
+        let pick: Int? = logits.withContiguousStorageIfAvailable { buf in
+            let probs = SortedProbabilities(buf, temperature: temperature)
+            var acc = 0.0, rank = 0, last = 0
+            while let (id, e) = probs.entry(rank) {
+                let p = e / probs.z
+                if p == 0 && rank > 0 { break }
+                acc += p
+                if u < acc { return id }
+                last = id
+                rank += 1
+            }
+            return last
+        }
+        if let pick { return pick }
+        return draw(Sampler.nucleus(logits, temperature: temperature, topP: topP))
+    }
+
+    private mutating func draw(_ kept: [(id: Int, p: Double)]) -> Int {
         let u = rng.nextDouble()
         var acc = 0.0
         for (id, p) in kept {
@@ -134,6 +153,72 @@ public struct Sampler: Sendable {
             if u < acc { return id }
         }
         return kept.last!.id
+    }
+}
+
+/// exp((logit − max) / T) of every token (0 for NaN) and their sum `z` in id order, with the
+/// descending order (ties by id) built on demand: `entry(r)` is the r-th most probable token. The
+/// order is sorted in growing prefixes: all tokens at or above the k-th largest value (found by
+/// selection, O(n)), sorted; k grows ×8 when a walk goes past it. A prefix of the full sort.
+final class SortedProbabilities {
+    let e: [Double]
+    let z: Double
+    private var order: [Int32] = []
+    private var complete = false
+
+    init(_ logits: UnsafeBufferPointer<Float>, temperature: Float) {
+        let t = Double(max(temperature, Float.leastNormalMagnitude))
+        var m = -Double.infinity
+        for v in logits where !v.isNaN { m = max(m, Double(v)) }
+        var e = [Double](repeating: 0, count: logits.count)
+        var z = 0.0
+        for i in 0..<logits.count {
+            let v = logits[i]
+            let x = v.isNaN ? 0 : Foundation.exp((Double(v) - m) / t)
+            e[i] = x
+            z += x
+        }
+        self.e = e
+        self.z = z
+    }
+
+    /// The r-th most probable token and its exp value, nil past the end.
+    func entry(_ r: Int) -> (Int, Double)? {
+        if r >= order.count && !complete { extend(to: max(64, 8 * (r + 1))) }
+        guard r < order.count else { return nil }
+        let id = Int(order[r])
+        return (id, e[id])
+    }
+
+    private func extend(to k: Int) {
+        let n = e.count
+        let ids: [Int32]
+        if k >= n {
+            ids = Array(0..<Int32(n))
+            complete = true
+        } else {
+            let threshold = Self.kthLargest(e, k)
+            ids = (0..<Int32(n)).filter { e[Int($0)] >= threshold }
+        }
+        order = ids.sorted { e[Int($0)] != e[Int($1)] ? e[Int($0)] > e[Int($1)] : $0 < $1 }
+    }
+
+    /// The k-th largest value (1-based) of `values` (Hoare selection on a copy).
+    static func kthLargest(_ values: [Double], _ k: Int) -> Double {
+        var a = values
+        var lo = 0, hi = a.count - 1
+        let target = k - 1   // index in descending order
+        while lo < hi {
+            let pivot = a[lo + (hi - lo) / 2]
+            var i = lo, j = hi
+            while i <= j {
+                while a[i] > pivot { i += 1 }
+                while a[j] < pivot { j -= 1 }
+                if i <= j { a.swapAt(i, j); i += 1; j -= 1 }
+            }
+            if target <= j { hi = j } else if target >= i { lo = i } else { return a[target] }
+        }
+        return a[target]
     }
 }
 

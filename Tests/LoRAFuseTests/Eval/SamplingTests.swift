@@ -184,4 +184,57 @@ final class SamplingTests: XCTestCase {
             XCTAssertEqual($0 as? ChatError, .contextFull(tokens: first.count, maxNewTokens: 8, contextSize: first.count + 4))
         }
     }
+
+    /// The nucleus as first written: every probability sorted (descending, ties by id), then the
+    /// smallest prefix with mass ≥ top_p. The sampler builds the order only as far as it needs.
+    static func naiveNucleus(_ logits: [Float], temperature: Float, topP: Float) -> [(id: Int, p: Double)] {
+        let t = Double(max(temperature, Float.leastNormalMagnitude))
+        let m = logits.filter { !$0.isNaN }.map(Double.init).max() ?? -Double.infinity
+        var probs: [(id: Int, p: Double)] = []
+        var z = 0.0
+        for (i, v) in logits.enumerated() {
+            let e = v.isNaN ? 0 : Foundation.exp((Double(v) - m) / t)
+            probs.append((i, e))
+            z += e
+        }
+        probs.sort { $0.p != $1.p ? $0.p > $1.p : $0.id < $1.id }
+        var kept: [(id: Int, p: Double)] = [], mass = 0.0
+        for (id, e) in probs {
+            let p = e / z
+            if p == 0 && !kept.isEmpty { break }
+            kept.append((id, p))
+            mass += p
+            if mass >= Double(topP) - 1e-12 { break }
+        }
+        return kept.map { ($0.id, $0.p / mass) }
+    }
+
+    func testPartialOrderEqualsTheFullSort() throws {
+        var rng = SeededRNG(seed: 5)
+        for trial in 0..<8 {
+            // A vocabulary-sized row with ties (values rounded to 1/8) and a NaN.
+            let n = trial < 3 ? 49_152 : 300
+            var row = (0..<n).map { _ in (rng.nextNormal() * (trial % 3 == 0 ? 1 : 4) * 8).rounded() / 8 }
+            row[7] = .nan
+            for (t, p) in [(Float(1), Float(0.9)), (0.7, 0.5), (1.5, 0.99), (1, 1), (0.2, 0.95)] {
+                let want = Self.naiveNucleus(row, temperature: t, topP: p)
+                let got = Sampler.nucleus(row, temperature: t, topP: p)
+                XCTAssertEqual(got.map(\.id), want.map(\.id), "trial \(trial) T \(t) top_p \(p)")
+                XCTAssertEqual(got.map(\.p), want.map(\.p), "trial \(trial) T \(t) top_p \(p)")
+            }
+            // top_p = 1 walks the order without building the kept set: the same draws as walking
+            // the naive set with the same seed.
+            var fast = try Sampler(temperature: 1, topP: 1, seed: UInt64(trial))
+            var rngRef = SeededRNG(seed: UInt64(trial))
+            let kept = Self.naiveNucleus(row, temperature: 1, topP: 1)
+            for _ in 0..<20 {
+                let u = rngRef.nextDouble()
+                var acc = 0.0, want = kept.last!.id
+                for (id, p) in kept { acc += p; if u < acc { want = id; break } }
+                XCTAssertEqual(fast.sample(row), want, "trial \(trial)")
+            }
+        }
+        XCTAssertEqual(SortedProbabilities.kthLargest([3, 1, 4, 1, 5, 9, 2, 6], 3), 5)
+        XCTAssertEqual(SortedProbabilities.kthLargest([2, 2, 2, 2], 4), 2)
+    }
 }
