@@ -126,6 +126,18 @@ struct ModelBench: ParsableCommand {
         ours.decode_seconds = runs.map(\.0).min()!
         ours.decode_tokens_per_s = Double(decodeTokens) / ours.decode_seconds
         ours.decode_ids = runs[0].1
+        // The same decode drawing each token (temperature 1, top_p 1: OpenAI's defaults and what
+        // `serve` does unless asked otherwise), so the sampler's own cost is on record.
+        func sampledDecode(_ steps: Int) throws -> Double {
+            dec.reset()
+            var sampler = try Sampler(temperature: 1, topP: 1, seed: 0)
+            var next = sampler.sample(try dec.feed(promptIds, lastOnly: true).row(0))
+            let t = Date()
+            for _ in 0..<steps { next = sampler.sample(try dec.feed([next], lastOnly: true).row(0)) }
+            return Date().timeIntervalSince(t)
+        }
+        FileHandle.standardError.write(Data("lorafuse: sampled decode…\n".utf8))
+        ours.sampled_decode_tokens_per_s = Double(decodeTokens) / (try (0..<repeats).map { _ in try sampledDecode(decodeTokens) }.min()!)
 
         // Eval loss pass.
         FileHandle.standardError.write(Data("lorafuse: eval loss pass…\n".utf8))
@@ -213,6 +225,8 @@ struct SideResult: Codable {
     var decode_tokens_per_s = 0.0
     var decode_ids: [Int] = []
     var decode_method: String? = "LlamaSession.feed of one token at a time (KV cache), greedy argmax"
+    /// lorafuse only: the decode with Sampler(temperature: 1, topP: 1) instead of argmax.
+    var sampled_decode_tokens_per_s: Double?
     var eval_method: String? = "Evaluator, accuracy off: common prompt prefix fed once, truncate(to:) per example, head on answer rows only"
     var eval_seconds = 0.0
     var eval_examples_per_s = 0.0
@@ -223,7 +237,7 @@ struct SideResult: Codable {
     var batched_peak_rss_mb: Double?
 
     enum CodingKeys: String, CodingKey {
-        case load_seconds, pp_seconds, pp_tokens_per_s, decode_seconds, decode_tokens_per_s, decode_ids, decode_method,
+        case load_seconds, pp_seconds, pp_tokens_per_s, decode_seconds, decode_tokens_per_s, decode_ids, decode_method, sampled_decode_tokens_per_s,
              eval_method, eval_seconds, eval_examples_per_s, eval_tokens_per_s, eval_loss, peak_rss_mb, batched, batched_peak_rss_mb
     }
 
@@ -236,6 +250,7 @@ struct SideResult: Codable {
         load_seconds = try v(.load_seconds, 0); pp_seconds = try v(.pp_seconds, 0); pp_tokens_per_s = try v(.pp_tokens_per_s, 0)
         decode_seconds = try v(.decode_seconds, 0); decode_tokens_per_s = try v(.decode_tokens_per_s, 0)
         decode_ids = try v(.decode_ids, []); decode_method = try c.decodeIfPresent(String.self, forKey: .decode_method)
+        sampled_decode_tokens_per_s = try c.decodeIfPresent(Double.self, forKey: .sampled_decode_tokens_per_s)
         eval_method = try c.decodeIfPresent(String.self, forKey: .eval_method)
         eval_seconds = try v(.eval_seconds, 0); eval_examples_per_s = try v(.eval_examples_per_s, 0)
         eval_tokens_per_s = try v(.eval_tokens_per_s, 0); eval_loss = try v(.eval_loss, 0); peak_rss_mb = try v(.peak_rss_mb, 0)
@@ -298,6 +313,9 @@ struct ModelBenchReport: Codable, BenchReport {
         var t = RatioTable(peer: pn)
         t.row("prompt processing, \(pp_tokens) tokens (tokens/s)", o.pp_tokens_per_s, p?.pp_tokens_per_s, "%.1f")
         t.row("decode, \(decode_tokens) tokens after \(decode_prompt) (tokens/s)", o.decode_tokens_per_s, p?.decode_tokens_per_s, "%.2f")
+        if let sd = o.sampled_decode_tokens_per_s {
+            t.row("decode sampled at temperature 1, top_p 1 (tokens/s; lorafuse only)", sd, nil, "%.2f")
+        }
         t.row("eval loss pass, \(eval_examples) examples (examples/s)", o.eval_examples_per_s, p?.eval_examples_per_s, "%.2f")
         t.row("eval loss pass (tokens/s)", o.eval_tokens_per_s, p?.eval_tokens_per_s, "%.1f")
         for b in o.batched {
