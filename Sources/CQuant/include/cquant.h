@@ -165,7 +165,9 @@ int cq_quantize_row(int kernel, int form, const float *x, int n, void *out);
  * row b of Aq as cq_quantize_activations wrote it. Nothing else of `out` is written, so threads
  * may split [0, nOut) and share `out`. Each weight row is unpacked once per group of up to four
  * activation rows, and the rows are walked in chunks that stay in L1 while every group of
- * activations passes over them, so B rows cost much less than B single-row calls. */
+ * activations passes over them. Measured on Zen 4 (avx2, 1536x576 Q4_1/Q8_0, 2026-12-06): 4 rows
+ * cost 2.9-3.3 single-row calls, 8 rows 5.0-6.5: the unpacking is shared, the per-row integer
+ * and float work is not. */
 int cq_matmul(int type, const void *W, size_t rowBytes, int nOut, int nIn, const void *Aq, int B,
               float *out, int ldOut, int rowBegin, int rowEnd);
 int cq_matmul_ex(int kernel, int type, const void *W, size_t rowBytes, int nOut, int nIn,
