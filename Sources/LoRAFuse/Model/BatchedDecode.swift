@@ -180,12 +180,9 @@ extension LlamaSession {
             Parallel.forEach(count: B * H, workers: workers) { item, worker in
                 let b = item / H, hh = item % H, kvh = hh / group, S = positions[b] + 1
                 let probs = scratch.base + worker * maxS
-                // scores (S) = K_h (S, d) · q_h (d) / √d, softmax, out_h (d) = V_hᵀ (d, S) · p (S)
-                BLAS.gemv(transA: false, m: S, n: d, alpha: scale, a: caches[b].k.base + kvh * d, lda: kvw,
-                          x: q + b * H * d + hh * d, beta: 0, y: probs)
-                VectorKernels.softmaxRow(probs, valid: S, count: S)
-                BLAS.gemv(transA: true, m: S, n: d, alpha: 1, a: caches[b].v.base + kvh * d, lda: kvw,
-                          x: probs, beta: 0, y: out + b * H * d + hh * d)
+                Self.oneQueryProbabilities(q + b * H * d + hh * d, keys: caches[b].k.base + kvh * d, ld: kvw, S: S, d: d,
+                                           scale: scale, into: probs)
+                Self.oneQueryOutput(probs, values: caches[b].v.base + kvh * d, ld: kvw, S: S, d: d, into: out + b * H * d + hh * d)
             }
         }
     }

@@ -383,15 +383,14 @@ public final class LlamaSession: InferenceSession {
     /// `linear` (no accumulate) of the same input for several linears (q, k, v; gate, up), with
     /// their base products grouped when `groupedBaseProducts` can; same values either way.
     func linearGroup(_ x: UnsafePointer<Float>, rows: Int, _ targets: [LinearTarget]) {
-        if let observer = linearInputObserver { for t in targets { observer(t.id, x, rows) } }
         guard groupedBaseProducts(x, rows: rows, targets, merged: adapters.mergedLinear) else {
-            for t in targets {
-                baseLinear(x, rows: rows, id: t.id, merged: adapters.mergedLinear[t.id], into: t.out, ld: t.ld, accumulate: false)
-                adapterTerms(x, rows: rows, id: t.id, into: t.out, ld: t.ld)
-            }
+            for t in targets { linear(x, rows: rows, id: t.id, into: t.out, ld: t.ld) }
             return
         }
-        for t in targets { adapterTerms(x, rows: rows, id: t.id, into: t.out, ld: t.ld) }
+        for t in targets {
+            linearInputObserver?(t.id, x, rows)   // it reads x only: after the base products is as good
+            adapterTerms(x, rows: rows, id: t.id, into: t.out, ld: t.ld)
+        }
     }
 
     /// The base products (bias included, written, not added) of several linears of one input as
@@ -527,7 +526,10 @@ public final class LlamaSession: InferenceSession {
     func attention(q: UnsafeMutablePointer<Float>, layer: Int, rows T: Int, start p0: Int,
                            into out: UnsafeMutablePointer<Float>) {
         let c = model.config
-        let H = c.numAttentionHeads, d = c.headDim
+        let H = c.numAttentionHeads, Hkv = c.numKeyValueHeads, d = c.headDim
+        let group = H / Hkv, kvw = Hkv * d
+        let scale = 1 / Float(d).squareRoot()
+        let K = kCache[layer].pointer, Vc = vCache[layer].pointer
         let rec = activations
         let block = rec == nil ? 128 : T      // one block when recording, so probs are one (T, S) matrix
         let nBlocks = (T + block - 1) / block
@@ -535,54 +537,50 @@ public final class LlamaSession: InferenceSession {
         // hands out a job in about a microsecond).
         let workers = rec == nil && H * T * (p0 + T) * d >= 1 << 16 ? Parallel.computeThreads : 1
         let scratch = att.reserve(min(workers, H * nBlocks) * min(block, T) * (p0 + T))
+        // Largest blocks (most keys) first, so the last items handed out are the short ones.
+        let items = {
+            Parallel.forEach(count: H * nBlocks, workers: workers) { item, worker in
+                let hh = item % H, kvh = hh / group
+                let b0 = (nBlocks - 1 - item / H) * block
+                let b1 = min(b0 + block, T), nb = b1 - b0, S = p0 + b1
+                let probs = scratch + worker * min(block, T) * (p0 + T)
+                let qh = q + b0 * H * d + hh * d, oh = out + b0 * H * d + hh * d
+                if nb == 1 {
+                    Self.oneQueryProbabilities(qh, keys: K + kvh * d, ld: kvw, S: S, d: d, scale: scale, into: probs)
+                } else {
+                    BLAS.gemm(transA: false, transB: true, m: nb, n: S, k: d, alpha: scale,
+                              a: qh, lda: H * d, b: K + kvh * d, ldb: kvw, beta: 0, c: probs, ldc: S)   // (nb, S)
+                    for t in 0..<nb {                                  // causal: keys 0...p0+b0+t
+                        VectorKernels.softmaxRow(probs + t * S, valid: p0 + b0 + t + 1, count: S)
+                    }
+                }
+                if let rec { rec.save(layer, "probs\(hh)", probs, nb * S) }
+                if nb == 1 {
+                    Self.oneQueryOutput(probs, values: Vc + kvh * d, ld: kvw, S: S, d: d, into: oh)
+                } else {
+                    BLAS.gemm(transA: false, transB: false, m: nb, n: d, k: S, alpha: 1,
+                              a: probs, lda: S, b: Vc + kvh * d, ldb: kvw, beta: 0, c: oh, ldc: H * d)  // (nb, d)
+                }
+            }
+        }
         // OpenBLAS would thread a decode step's GEMVs once the cache passes ~144 positions, and its
         // threads then spin (sched_yield) for ~0.1 s against the compute pool's: one BLAS thread
         // per item. Recording (training) keeps OpenBLAS's threads for its one large block.
-        if rec == nil {
-            BLAS.withThreadCount(1) { attentionItems(q: q, layer: layer, rows: T, start: p0, into: out, block: block, workers: workers, scratch: scratch) }
-        } else {
-            attentionItems(q: q, layer: layer, rows: T, start: p0, into: out, block: block, workers: workers, scratch: scratch)
-        }
+        if rec == nil { BLAS.withThreadCount(1, items) } else { items() }
     }
 
-    private func attentionItems(q: UnsafeMutablePointer<Float>, layer: Int, rows T: Int, start p0: Int,
-                                into out: UnsafeMutablePointer<Float>, block: Int, workers: Int, scratch: UnsafeMutablePointer<Float>) {
-        let c = model.config
-        let H = c.numAttentionHeads, Hkv = c.numKeyValueHeads, d = c.headDim
-        let group = H / Hkv, kvw = Hkv * d
-        let scale = 1 / Float(d).squareRoot()
-        let K = kCache[layer].pointer, Vc = vCache[layer].pointer
-        let rec = activations
-        let nBlocks = (T + block - 1) / block
-        // Largest blocks (most keys) first, so the last items handed out are the short ones.
-        Parallel.forEach(count: H * nBlocks, workers: workers) { item, worker in
-            let hh = item % H, kvh = hh / group
-            let b0 = (nBlocks - 1 - item / H) * block
-            let b1 = min(b0 + block, T), nb = b1 - b0, S = p0 + b1
-            let probs = scratch + worker * min(block, T) * (p0 + T)
-            if nb == 1 {
-                // Decoding: scores (S) = K_h (S, d) · q_h (d), a GEMV over the cache.
-                BLAS.gemv(transA: false, m: S, n: d, alpha: scale, a: K + kvh * d, lda: kvw,
-                          x: q + b0 * H * d + hh * d, beta: 0, y: probs)
-            } else {
-                BLAS.gemm(transA: false, transB: true, m: nb, n: S, k: d, alpha: scale,
-                          a: q + b0 * H * d + hh * d, lda: H * d, b: K + kvh * d, ldb: kvw,
-                          beta: 0, c: probs, ldc: S)                                       // (nb, S)
-            }
-            for t in 0..<nb {                                  // causal: keys 0...p0+b0+t
-                VectorKernels.softmaxRow(probs + t * S, valid: p0 + b0 + t + 1, count: S)
-            }
-            if let rec { rec.save(layer, "probs\(hh)", probs, nb * S) }
-            if nb == 1 {
-                // out_h (d) = V_hᵀ (d, S) · p (S)
-                BLAS.gemv(transA: true, m: S, n: d, alpha: 1, a: Vc + kvh * d, lda: kvw,
-                          x: probs, beta: 0, y: out + b0 * H * d + hh * d)
-            } else {
-                BLAS.gemm(transA: false, transB: false, m: nb, n: d, k: S, alpha: 1,
-                          a: probs, lda: S, b: Vc + kvh * d, ldb: kvw,
-                          beta: 0, c: out + b0 * H * d + hh * d, ldc: H * d)              // (nb, d)
-            }
-        }
+    /// One query against S cached keys: p (S) = softmax(K_h (S, d) · q_h (d) / √d), a GEMV over
+    /// the cache (`ld` apart) and the softmax over all S (the query is the newest position).
+    static func oneQueryProbabilities(_ q: UnsafePointer<Float>, keys: UnsafePointer<Float>, ld: Int, S: Int, d: Int,
+                                      scale: Float, into probs: UnsafeMutablePointer<Float>) {
+        BLAS.gemv(transA: false, m: S, n: d, alpha: scale, a: keys, lda: ld, x: q, beta: 0, y: probs)
+        VectorKernels.softmaxRow(probs, valid: S, count: S)
+    }
+
+    /// out_h (d) = V_hᵀ (d, S) · p (S).
+    static func oneQueryOutput(_ probs: UnsafePointer<Float>, values: UnsafePointer<Float>, ld: Int, S: Int, d: Int,
+                               into out: UnsafeMutablePointer<Float>) {
+        BLAS.gemv(transA: true, m: S, n: d, alpha: 1, a: values, lda: ld, x: probs, beta: 0, y: out)
     }
 
     /// gate ← silu(gate) ⊙ up, silu(g) = g / (1 + e^(−g)).

@@ -57,18 +57,7 @@ public struct Sampler: Sendable {
 
     /// Index of the largest logit (the first one on ties). NaN logits are never chosen unless all are NaN.
     public static func argmax<C: Collection>(_ logits: C) -> Int where C.Element == Float, C.Index == Int {
-        // Callers in other modules get this function unspecialised, where walking a Collection
-        // through its witnesses took as long as a whole decode step of SmolLM2 (49,152 logits);
-        // arrays and slices take the plain loop.
-        if let r = logits.withContiguousStorageIfAvailable({ argmax(buffer: $0) }) { return r }
-        var best = logits.startIndex
-        var bestValue = -Float.infinity
-        var found = false
-        for i in logits.indices {
-            let v = logits[i]
-            if !found || v > bestValue { if !v.isNaN { best = i; bestValue = v; found = true } }
-        }
-        return best - logits.startIndex
+        withBuffer(logits) { argmax(buffer: $0) }
     }
 
     /// `argmax` on contiguous storage.
@@ -83,13 +72,22 @@ public struct Sampler: Sendable {
         return best
     }
 
+    /// `body` on the logits as contiguous storage (indices from 0), copying only a collection that
+    /// has none. Callers in other modules get the generic functions here unspecialised, where
+    /// walking a Collection through its witnesses took as long as a whole decode step of SmolLM2
+    /// (49,152 logits); arrays and slices go straight to the plain loops.
+    static func withBuffer<C: Collection, R>(_ logits: C, _ body: (UnsafeBufferPointer<Float>) -> R) -> R
+    where C.Element == Float {
+        if let r = logits.withContiguousStorageIfAvailable(body) { return r }
+        return Array(logits).withUnsafeBufferPointer(body)
+    }
+
     /// The tokens top-p sampling may pick, most probable first, with their renormalised probabilities:
     /// the smallest prefix of the tokens sorted by `softmax(logits / temperature)` (descending, ties by
     /// id) whose probability mass reaches `topP`.
     public static func nucleus<C: Collection>(_ logits: C, temperature: Float, topP: Float) -> [(id: Int, p: Double)]
     where C.Element == Float, C.Index == Int {
-        if let r = logits.withContiguousStorageIfAvailable({ nucleus(buffer: $0, temperature: temperature, topP: topP) }) { return r }
-        return Array(logits).withUnsafeBufferPointer { nucleus(buffer: $0, temperature: temperature, topP: topP) }
+        withBuffer(logits) { nucleus(buffer: $0, temperature: temperature, topP: topP) }
     }
 
     /// `nucleus` on contiguous storage. Sorting all 49,152 of SmolLM2's probabilities per token
@@ -118,22 +116,28 @@ public struct Sampler: Sendable {
     /// Picks the next token from one row of logits.
     public mutating func sample<C: Collection>(_ logits: C) -> Int where C.Element == Float, C.Index == Int {
         if isGreedy { return Sampler.argmax(logits) }
+        let u = rng.nextDouble()
         if topP < 1 {
+            // Walk the renormalised kept set.
             let kept = Sampler.nucleus(logits, temperature: temperature, topP: topP)
-            return draw(kept)
+            var acc = 0.0
+            for (id, p) in kept {
+                acc += p
+                if u < acc { return id }
+            }
+            return kept.last!.id
         }
         // top_p = 1 (OpenAI's default) keeps nearly every token, so building the kept set would
         // sort them all; the draw walks the descending order only up to the token it lands on.
         // It equals the draw over `nucleus`'s set except for the rounding of that set's
         // renormalisation (its mass is 1 − at most 1e-12): a different token only for a u within
         // ~1e-12 of a boundary.
-        let u = rng.nextDouble()
-        let pick: Int? = logits.withContiguousStorageIfAvailable { buf in
+        return Sampler.withBuffer(logits) { buf in
             let probs = SortedProbabilities(buf, temperature: temperature)
             var acc = 0.0, rank = 0, last = 0
             while let (id, e) = probs.entry(rank) {
                 let p = e / probs.z
-                if p == 0 && rank > 0 { break }
+                if p == 0 && rank > 0 { break }   // the rest has no mass
                 acc += p
                 if u < acc { return id }
                 last = id
@@ -141,18 +145,6 @@ public struct Sampler: Sendable {
             }
             return last
         }
-        if let pick { return pick }
-        return draw(Sampler.nucleus(logits, temperature: temperature, topP: topP))
-    }
-
-    private mutating func draw(_ kept: [(id: Int, p: Double)]) -> Int {
-        let u = rng.nextDouble()
-        var acc = 0.0
-        for (id, p) in kept {
-            acc += p
-            if u < acc { return id }
-        }
-        return kept.last!.id
     }
 }
 
