@@ -163,7 +163,7 @@ extension LlamaSession {
     }
 
     /// Every member's one-row attention at its own position, the (member, head) pairs spread over
-    /// the compute threads (one BLAS thread each); each pair's values are what the member's own
+    /// the compute threads; each pair's values are what the member's own
     /// `attention` gives them (the same GEMVs and softmax).
     func batchedAttention(_ members: [LlamaSession], positions: [Int], layer l: Int,
                           q: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>) {
@@ -176,14 +176,12 @@ extension LlamaSession {
         let workers = work >= 1 << 16 ? Parallel.computeThreads : 1
         let scratch = UnsafeSendableBuffer(base: att.reserve(min(workers, B * H) * maxS))
         let caches = members.map { (k: UnsafeSendableBuffer(base: $0.kCache[l].pointer), v: UnsafeSendableBuffer(base: $0.vCache[l].pointer)) }
-        BLAS.withThreadCount(1) {
-            Parallel.forEach(count: B * H, workers: workers) { item, worker in
+        Parallel.forEach(count: B * H, workers: workers) { item, worker in
                 let b = item / H, hh = item % H, kvh = hh / group, S = positions[b] + 1
                 let probs = scratch.base + worker * maxS
                 Self.oneQueryProbabilities(q + b * H * d + hh * d, keys: caches[b].k.base + kvh * d, ld: kvw, S: S, d: d,
                                            scale: scale, into: probs)
                 Self.oneQueryOutput(probs, values: caches[b].v.base + kvh * d, ld: kvw, S: S, d: d, into: out + b * H * d + hh * d)
-            }
         }
     }
 }

@@ -538,8 +538,7 @@ public final class LlamaSession: InferenceSession {
         let workers = rec == nil && H * T * (p0 + T) * d >= 1 << 16 ? Parallel.computeThreads : 1
         let scratch = att.reserve(min(workers, H * nBlocks) * min(block, T) * (p0 + T))
         // Largest blocks (most keys) first, so the last items handed out are the short ones.
-        let items = {
-            Parallel.forEach(count: H * nBlocks, workers: workers) { item, worker in
+        Parallel.forEach(count: H * nBlocks, workers: workers) { item, worker in
                 let hh = item % H, kvh = hh / group
                 let b0 = (nBlocks - 1 - item / H) * block
                 let b1 = min(b0 + block, T), nb = b1 - b0, S = p0 + b1
@@ -561,26 +560,42 @@ public final class LlamaSession: InferenceSession {
                     BLAS.gemm(transA: false, transB: false, m: nb, n: d, k: S, alpha: 1,
                               a: probs, lda: S, b: Vc + kvh * d, ldb: kvw, beta: 0, c: oh, ldc: H * d)  // (nb, d)
                 }
-            }
         }
-        // OpenBLAS would thread a decode step's GEMVs once the cache passes ~144 positions, and its
-        // threads then spin (sched_yield) for ~0.1 s against the compute pool's: one BLAS thread
-        // per item. Recording (training) keeps OpenBLAS's threads for its one large block.
-        if rec == nil { BLAS.withThreadCount(1, items) } else { items() }
     }
 
-    /// One query against S cached keys: p (S) = softmax(K_h (S, d) · q_h (d) / √d), a GEMV over
-    /// the cache (`ld` apart) and the softmax over all S (the query is the newest position).
+    // One query (decoding) in plain loops, not BLAS GEMVs: OpenBLAS threads a GEMV once the cache
+    // passes ~144 positions, and its threads then spin (sched_yield) against the compute pool's;
+    // limiting it with openblas_set_num_threads around every layer is a process-wide setting that
+    // another thread's running BLAS call would see change under it.
+
+    /// p (S) = softmax(K_h (S, d) · q_h (d) / √d) over the S cached keys (`ld` apart; the query is
+    /// the newest position, so none is masked).
     static func oneQueryProbabilities(_ q: UnsafePointer<Float>, keys: UnsafePointer<Float>, ld: Int, S: Int, d: Int,
                                       scale: Float, into probs: UnsafeMutablePointer<Float>) {
-        BLAS.gemv(transA: false, m: S, n: d, alpha: scale, a: keys, lda: ld, x: q, beta: 0, y: probs)
+        for s in 0..<S { probs[s] = scale * VectorKernels.dot(keys + s * ld, q, count: d) }
         VectorKernels.softmaxRow(probs, valid: S, count: S)
     }
 
     /// out_h (d) = V_hᵀ (d, S) · p (S).
     static func oneQueryOutput(_ probs: UnsafePointer<Float>, values: UnsafePointer<Float>, ld: Int, S: Int, d: Int,
                                into out: UnsafeMutablePointer<Float>) {
-        BLAS.gemv(transA: true, m: S, n: d, alpha: 1, a: values, lda: ld, x: probs, beta: 0, y: out)
+        // 16 columns at a time in registers (head dims are multiples of 16 in practice): a plain
+        // `out[j] += …` loop is not vectorised, the compiler cannot rule out out aliasing values.
+        var j0 = 0
+        while j0 + 16 <= d {
+            var acc = SIMD16<Float>(repeating: 0)
+            for s in 0..<S {
+                let v = UnsafeRawPointer(values + s * ld + j0).loadUnaligned(as: SIMD16<Float>.self)
+                acc += probs[s] * v
+            }
+            UnsafeMutableRawPointer(out + j0).storeBytes(of: acc, as: SIMD16<Float>.self)
+            j0 += 16
+        }
+        for j in j0..<d {
+            var acc: Float = 0
+            for s in 0..<S { acc += probs[s] * values[s * ld + j] }
+            out[j] = acc
+        }
     }
 
     /// gate ← silu(gate) ⊙ up, silu(g) = g / (1 + e^(−g)).
