@@ -210,7 +210,7 @@ public final class AdapterRegistry: @unchecked Sendable {
             if let n = fusionNames[key], let e = entries[n] {
                 entry = e
             } else {
-                let name = "fusion-" + String(format: "%016llx", Digest.fnv(Array(key.utf8)))
+                let name = Self.fusionName(key: key)
                 if let other = entries[name] {
                     // Two recipes with one 64-bit digest: refuse rather than serve the wrong weights.
                     _ = other
@@ -258,7 +258,7 @@ public final class AdapterRegistry: @unchecked Sendable {
                 entry.bytes = 0
                 entry.inUse -= 1
                 throw ServeError.busy("the adapter memory budget (\(budgetBytes) bytes) is held by adapters in use; retry later",
-                                      code: "adapter_memory_full")
+                                      code: Self.budgetFullCode)
             }
             return AdapterLease(name: entry.name, set: set, registry: self)
         }
@@ -307,6 +307,23 @@ public final class AdapterRegistry: @unchecked Sendable {
     // MARK: Internals
 
     private var residentBytesLocked: Int { entries.values.reduce(0) { $0 + ($1.set != nil ? $1.bytes : 0) } }
+
+    /// The `error.code` of the 429 when the budget is held by sets in use.
+    public static let budgetFullCode = "adapter_memory_full"
+
+    static func fusionName(key: String) -> String { "fusion-" + String(format: "%016llx", Digest.fnv(Array(key.utf8))) }
+
+    /// The name a response reports for `choice` (what `acquire` would lease), without loading.
+    public func responseName(for choice: ModelChoice) -> String {
+        switch choice {
+        case .named(let name): return name
+        case let .combination(adapters, merge):
+            let key = Self.recipeKey(adapters, merge)
+            lock.lock()
+            defer { lock.unlock() }
+            return fusionNames[key] ?? Self.fusionName(key: key)
+        }
+    }
 
     static func recipeKey(_ adapters: [AdapterChoice], _ merge: MergeSpec?) -> String {
         (merge?.method ?? "stack") + "|" + (merge?.canonical ?? "") + "|"

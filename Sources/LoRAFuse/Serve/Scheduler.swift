@@ -78,6 +78,13 @@ public typealias DecodeStep = @Sendable (_ sessions: [LlamaSession], _ tokens: [
 /// Finished and cancelled sequences leave between iterations, freeing their place and their
 /// adapter lease.
 ///
+/// A request whose adapter does not fit the registry's memory budget because the resident sets
+/// are held by other requests waits instead of getting a 429 (S-LoRA's adapter paging): it is
+/// queued without its adapter, which is loaded off the scheduler thread once a finished request
+/// has released one, and it runs when loaded. Requests whose adapters are in memory are
+/// admitted past it meanwhile. Only when nothing of this engine holds an adapter and it still
+/// does not fit (pinned sets fill the budget) does it end with the 429.
+///
 /// Every sequence's tokens depend only on its own prompt, adapters, chunking and sampler (the
 /// prompt chunks do not depend on other requests), so a request gives the same tokens alone or
 /// among others, as long as `decode` computes each row as that sequence alone would.
@@ -97,6 +104,11 @@ public final class ServeEngine: @unchecked Sendable {
     private var state: State = .idle
     private var thread: Thread?
     private var drainWaiters: [CheckedContinuation<Void, Never>] = []
+    /// Leases released by sequences that left (a waiting sequence whose adapter did not fit
+    /// retries after this changes).
+    private var releases = 0
+    /// An adapter is being acquired off the scheduler thread for a waiting sequence.
+    private var acquiring = false
 
     private enum State { case idle, running, draining, stopped }
 
@@ -240,19 +252,27 @@ public final class ServeEngine: @unchecked Sendable {
         guard !full else {
             throw ServeError.busy("too many requests: \(limits.maxBatch) running and \(limits.maxQueue) waiting; retry later")
         }
-        let lease = try registry.acquire(request.choice)
+        // The adapter is loaded now, so that a bad adapter or recipe is the request's error; only
+        // a full budget defers it to admission.
+        var lease: AdapterLease?
+        do {
+            lease = try registry.acquire(request.choice)
+        } catch let e as ServeError where e.code == AdapterRegistry.budgetFullCode {
+            lease = nil
+        }
+        let modelName = lease?.name ?? registry.responseName(for: request.choice)
 
         var continuation: AsyncThrowingStream<ServeEvent, any Error>.Continuation!
         let events = AsyncThrowingStream<ServeEvent, any Error>(bufferingPolicy: .unbounded) { continuation = $0 }
         lock.lock()
         let id = nextID
         nextID += 1
-        let seq = Sequence(id: id, prompt: ids, maxNew: maxNew, lease: lease, sampler: sampler,
+        let seq = Sequence(id: id, prompt: ids, maxNew: maxNew, choice: request.choice, name: modelName, lease: lease, sampler: sampler,
                            stopIds: tok.stopIds, stopStrings: p.stop, decoder: tok.makeStreamingDecoder(skipSpecial: true),
                            continuation: continuation)
         if waiting.count + running.count >= limits.maxQueue + limits.maxBatch {
             lock.unlock()
-            lease.release()
+            lease?.release()
             throw ServeError.busy("too many requests: \(limits.maxBatch) running and \(limits.maxQueue) waiting; retry later")
         }
         waiting.append(seq)
@@ -262,9 +282,9 @@ public final class ServeEngine: @unchecked Sendable {
         continuation.onTermination = { [weak self] reason in
             if case .cancelled = reason { self?.cancel(id) }
         }
-        obs?.admitted(model: lease.name, promptTokens: ids.count)
+        obs?.admitted(model: modelName, promptTokens: ids.count)
         if autoStart { start() }
-        return ServeStream(id: id, model: lease.name, promptTokens: ids.count, events: events)
+        return ServeStream(id: id, model: modelName, promptTokens: ids.count, events: events)
     }
 
     /// Frees the request's sequence at the next iteration (a client that went away).
@@ -277,11 +297,18 @@ public final class ServeEngine: @unchecked Sendable {
 
     // MARK: The loop
 
-    final class Sequence {
+    /// Touched by the scheduler thread, and by the adapter acquisition only under the engine's lock.
+    final class Sequence: @unchecked Sendable {
         let id: Int
         let prompt: [Int]
         let maxNew: Int
-        let lease: AdapterLease
+        let choice: ModelChoice
+        /// The name responses report (the lease's, known before it is taken).
+        let name: String
+        /// nil while waiting for room in the adapter budget.
+        var lease: AdapterLease?
+        /// `releases` when the adapter last did not fit.
+        var triedAt = -1
         var sampler: RequestSampler
         let stopIds: Set<Int>
         let stopStrings: [String]
@@ -298,11 +325,14 @@ public final class ServeEngine: @unchecked Sendable {
         let submitted = Date()
         var lastToken: Date?
 
-        init(id: Int, prompt: [Int], maxNew: Int, lease: AdapterLease, sampler: RequestSampler, stopIds: Set<Int>,
-             stopStrings: [String], decoder: StreamingDecoder, continuation: AsyncThrowingStream<ServeEvent, any Error>.Continuation) {
+        init(id: Int, prompt: [Int], maxNew: Int, choice: ModelChoice, name: String, lease: AdapterLease?, sampler: RequestSampler,
+             stopIds: Set<Int>, stopStrings: [String], decoder: StreamingDecoder,
+             continuation: AsyncThrowingStream<ServeEvent, any Error>.Continuation) {
             self.id = id
             self.prompt = prompt
             self.maxNew = maxNew
+            self.choice = choice
+            self.name = name
             self.lease = lease
             self.sampler = sampler
             self.stopIds = stopIds
@@ -322,9 +352,10 @@ public final class ServeEngine: @unchecked Sendable {
                 running.removeAll { cancelled.contains($0.id) }
                 cancelled.removeAll()
             }
-            while running.count < limits.maxBatch && !waiting.isEmpty { running.append(waiting.removeFirst()) }
+            admitLocked()
             if running.isEmpty {
-                if state == .draining || state == .stopped {
+                // Waiting sequences without their adapter yet: the acquisition wakes us.
+                if waiting.isEmpty && (state == .draining || state == .stopped) {
                     state = .stopped
                     let waiters = drainWaiters
                     drainWaiters = []
@@ -344,8 +375,48 @@ public final class ServeEngine: @unchecked Sendable {
             iterate(batch, observer: obs, waiting: waitingCount)
 
             lock.lock()
+            let before = running.count
             running.removeAll { $0.done }
+            if running.count < before { releases += 1 }
             lock.unlock()
+        }
+    }
+
+    /// Moves waiting sequences that hold their adapter into the running batch, in order of
+    /// arrival, and starts acquiring the adapter of the first one still without it (lock held).
+    private func admitLocked() {
+        var i = 0
+        while running.count < limits.maxBatch && i < waiting.count {
+            if waiting[i].lease != nil { running.append(waiting.remove(at: i)) } else { i += 1 }
+        }
+        guard !acquiring, running.count < limits.maxBatch,
+              let s = waiting.first(where: { $0.lease == nil && $0.triedAt != releases }) else { return }
+        acquiring = true
+        s.triedAt = releases
+        // Reading an adapter (or building a fusion) takes milliseconds to seconds: not on the
+        // thread that decodes everyone else's tokens.
+        DispatchQueue.global().async { [self] in
+            let result = Result { try registry.acquire(s.choice) }
+            lock.lock()
+            defer { lock.broadcast(); lock.unlock() }
+            acquiring = false
+            switch result {
+            case .success(let lease):
+                if s.done || cancelled.contains(s.id) { lease.release() } else { s.lease = lease }
+            case .failure(let e as ServeError) where e.code == AdapterRegistry.budgetFullCode:
+                // Still full: the next release retries it (at once if one came meanwhile). With no
+                // adapter held by any of our sequences, nothing of ours will ever make room.
+                let holders = running.contains { !$0.done } || waiting.contains { $0.lease != nil }
+                if !holders {
+                    fail(s, e)
+                    waiting.removeAll { $0 === s }
+                } else if releases != s.triedAt {
+                    s.triedAt = -1
+                }
+            case .failure(let e):
+                fail(s, e)
+                waiting.removeAll { $0 === s }
+            }
         }
     }
 
@@ -358,7 +429,7 @@ public final class ServeEngine: @unchecked Sendable {
             do {
                 if s.session == nil {
                     s.session = try model.makeLlamaSession(maxTokens: min(s.prompt.count + s.maxNew, limits.contextLength),
-                                                           adapters: s.lease.set)
+                                                           adapters: s.lease!.set)
                 }
                 let n = min(budget, s.prompt.count - s.fed)
                 let chunk = Array(s.prompt[s.fed..<(s.fed + n)])
@@ -367,7 +438,7 @@ public final class ServeEngine: @unchecked Sendable {
                 budget -= n
                 if s.fed == s.prompt.count {
                     let t = s.sampler.sample(logits.row(0))
-                    obs?.firstToken(model: s.lease.name, seconds: Date().timeIntervalSince(s.submitted))
+                    obs?.firstToken(model: s.name, seconds: Date().timeIntervalSince(s.submitted))
                     s.lastToken = Date()
                     accept(t, s, observer: obs)
                 }
@@ -474,8 +545,8 @@ public final class ServeEngine: @unchecked Sendable {
         s.continuation.yield(.finished(reason, Usage(promptTokens: s.prompt.count, completionTokens: s.generated.count)))
         s.continuation.finish()
         s.session = nil
-        s.lease.release()
-        obs?.finished(model: s.lease.name, completionTokens: s.generated.count, reason: reason.rawValue)
+        s.lease?.release()
+        obs?.finished(model: s.name, completionTokens: s.generated.count, reason: reason.rawValue)
     }
 
     private func fail(_ s: Sequence, _ error: any Error) {
@@ -483,7 +554,7 @@ public final class ServeEngine: @unchecked Sendable {
         s.done = true
         s.continuation.finish(throwing: ServeError.wrap(error))
         s.session = nil
-        s.lease.release()
+        s.lease?.release()
     }
 
     /// Ends a cancelled sequence (its client has gone; nothing more is sent).
@@ -492,7 +563,7 @@ public final class ServeEngine: @unchecked Sendable {
         s.done = true
         s.continuation.finish(throwing: error)
         s.session = nil
-        s.lease.release()
+        s.lease?.release()
     }
 }
 

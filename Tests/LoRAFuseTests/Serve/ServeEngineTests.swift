@@ -180,6 +180,55 @@ final class ServeEngineTests: XCTestCase {
         reg.release(lc)
     }
 
+    /// S-LoRA's paging: more concurrent adapters than the budget holds wait for room (their
+    /// adapters loaded as others finish) instead of getting 429, and give their tokens alone.
+    func testRequestsBeyondTheAdapterBudgetWaitForRoom() async throws {
+        let model = ServeFixtures.model()
+        let (_, reg, engine, _) = try setup(budget: ServeFixtures.adapterBytes(model), autoStart: false)
+        let reqs = names.enumerated().map { i, n in completion("prompt \(i)", .named(n), max: 6) }
+        let streams = try reqs.map { try engine.submit($0) }          // one loads; two wait without a 429
+        XCTAssertEqual(streams.map(\.model), names)
+        engine.start()
+        var got: [[Int]] = Array(repeating: [], count: reqs.count)
+        try await withThrowingTaskGroup(of: (Int, [Int]).self) { g in
+            for (i, s) in streams.enumerated() { g.addTask { (i, try await s.collect().tokens) } }
+            for try await (i, t) in g { got[i] = t }
+        }
+        XCTAssertGreaterThanOrEqual(reg.counters.evictions, 2, "each waiting adapter replaced a finished one")
+        XCTAssertLessThanOrEqual(reg.residentBytes, ServeFixtures.adapterBytes(model))
+        let (_, _, solo, _) = try setup()
+        for (i, r) in reqs.enumerated() {
+            let alone = try await solo.submit(r).collect()
+            XCTAssertEqual(got[i], alone.tokens, "request \(i)")
+        }
+        await engine.drain()
+        await solo.drain()
+    }
+
+    /// When pinned sets fill the budget, a waiting request can never fit: it ends with the 429.
+    func testRequestThatCanNeverFitTheBudgetGets429() async throws {
+        let model = ServeFixtures.model()
+        let one = ServeFixtures.adapterBytes(model)
+        let dir = try ServeFixtures.adapterDirectory(model, names: ["p", "a"])
+        let reg = AdapterRegistry(model: model, baseName: "tiny", budgetBytes: one)
+        try reg.register(name: "p", path: dir + "/p", pinned: true)
+        try reg.register(name: "a", path: dir + "/a")
+        reg.release(try reg.acquire(.named("p")))
+        let engine = ServeEngine(registry: reg, limits: ServeLimits(maxBatch: 4, contextLength: 64, maxTokensCap: 8))
+        let stream = try engine.submit(completion("x", .named("a"), max: 4))
+        do {
+            _ = try await stream.collect()
+            XCTFail("expected the budget's 429")
+        } catch let e as ServeError {
+            XCTAssertEqual(e.status, 429)
+            XCTAssertEqual(e.code, AdapterRegistry.budgetFullCode)
+        }
+        // The base still runs.
+        let base = try await engine.submit(completion("x", .named("tiny"), max: 3)).collect()
+        XCTAssertEqual(base.tokens.count, 3)
+        await engine.drain()
+    }
+
     func testMergeCacheBuildsOnceByDigest() throws {
         let (_, reg, _, _) = try setup()
         let ties = MergeSpec(method: "ties", parameters: FusionParameters(density: 0.5), canonical: "density=0.5")
