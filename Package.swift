@@ -66,7 +66,9 @@ let package = Package(
         ),
         .executableTarget(
             name: "lorafuse-bench",
-            dependencies: ["LoRAFuse", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            // The serve benchmark's client is AsyncHTTPClient, already built for the tests.
+            dependencies: ["LoRAFuse", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                           .product(name: "AsyncHTTPClient", package: "async-http-client")],
             path: "Benchmarks/lorafuse-bench"
         ),
         .testTarget(

@@ -7,6 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 swift build -c release --product lorafuse-bench
+swift build -c release --product lorafuse
 .build/release/lorafuse-bench fusion "$@"
 .build/release/lorafuse-bench model
 # The quantized engine against llama.cpp on the same GGUF at three types (issue 13). The venv with
@@ -29,3 +30,8 @@ done
 .build/release/lorafuse-bench route
 # Training variants against plain LoRA (PEFT implements none of them): step time, peak RSS, bytes.
 .build/release/lorafuse-bench variants
+# Serving (issue 15): lorafuse serve against llama.cpp's own server on the same GGUF and GGUF LoRA
+# files, 64 concurrent requests over 1-64 adapters, and 1,000 adapters under a budget of 32.
+# llama-server is built from the same vendored llama.cpp by scripts/setup_llama_server.sh.
+bash scripts/setup_llama_server.sh
+.build/release/lorafuse-bench serve --llama-server "$CACHE/bin/llama-server"

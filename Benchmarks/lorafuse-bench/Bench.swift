@@ -9,7 +9,7 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lorafuse-bench",
         abstract: "lorafuse benchmarks against their peers.",
-        subcommands: [FusionBench.self, FusionOne.self, VectorBench.self, ModelBench.self, TrainBench.self, VariantBench.self, RouteBench.self]
+        subcommands: [FusionBench.self, FusionOne.self, VectorBench.self, ModelBench.self, TrainBench.self, VariantBench.self, RouteBench.self, ServeBench.self]
     )
 }
 

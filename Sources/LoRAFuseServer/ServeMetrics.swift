@@ -4,12 +4,16 @@ import Prometheus
 
 /// The server's Prometheus metrics: requests and errors, tokens in and out, time to first token
 /// and per-token latency, queue depth, batch size, requests per model (base, adapter, fusion) and
-/// adapter residency. Its own registry (no global bootstrap), emitted by `GET /metrics`.
+/// adapter residency, loads, evictions and fusions built. Its own registry (no global bootstrap), emitted by `GET /metrics`.
 public final class ServeMetrics: ServeObserver, @unchecked Sendable {
     public let registry = PrometheusCollectorRegistry()
     private let promptTokens, completionTokens: Counter
     private let ttft, interToken, batchSize: ValueHistogram
     private let queueDepth, running, adaptersResident, adapterBytes, adaptersRegistered: Gauge
+    private let adapterLoads, adapterEvictions, fusionsBuilt: Counter
+    /// The registry's counters when last rendered (the Prometheus counters advance by the difference).
+    private var seen = (loads: 0, fusions: 0, evictions: 0)
+    private let lock = NSLock()
 
     public init() {
         promptTokens = registry.makeCounter(descriptor: d("lorafuse_prompt_tokens_total", "Prompt tokens of admitted requests."))
@@ -22,6 +26,9 @@ public final class ServeMetrics: ServeObserver, @unchecked Sendable {
         adaptersRegistered = registry.makeGauge(descriptor: d("lorafuse_adapters_registered", "Adapters and cached fusions known by name."))
         adaptersResident = registry.makeGauge(descriptor: d("lorafuse_adapters_resident", "Adapter sets in memory."))
         adapterBytes = registry.makeGauge(descriptor: d("lorafuse_adapter_resident_bytes", "Bytes of the adapter sets in memory."))
+        adapterLoads = registry.makeCounter(descriptor: d("lorafuse_adapter_loads_total", "Adapter sets read from disk (again after an eviction)."))
+        adapterEvictions = registry.makeCounter(descriptor: d("lorafuse_adapter_evictions_total", "Adapter sets evicted to fit the memory budget."))
+        fusionsBuilt = registry.makeCounter(descriptor: d("lorafuse_fusions_built_total", "Per-request fusions built (cache misses)."))
     }
 
     public func request(endpoint: String, status: Int) {
@@ -51,6 +58,13 @@ public final class ServeMetrics: ServeObserver, @unchecked Sendable {
         adapterBytes.set(Double(infos.reduce(0) { $0 + ($1.resident ? $1.bytes : 0) }))
         queueDepth.set(Double(engine.queueDepth))
         running.set(Double(engine.runningCount))
+        let c = engine.registry.counters
+        lock.lock()
+        adapterLoads.increment(by: Int64(max(0, c.loads - seen.loads)))
+        adapterEvictions.increment(by: Int64(max(0, c.evictions - seen.evictions)))
+        fusionsBuilt.increment(by: Int64(max(0, c.fusions - seen.fusions)))
+        seen = c
+        lock.unlock()
         return registry.emitToString()
     }
 }
