@@ -18,13 +18,29 @@ public enum BatchedDecodeError: Error, CustomStringConvertible, Equatable {
     case mismatchedCounts(sessions: Int, tokens: Int)
     case duplicateSession(index: Int)
     case otherModel(index: Int)
+    case emptyInput(index: Int)
 
     public var description: String {
         switch self {
         case let .mismatchedCounts(s, t): return "decode step: \(s) sessions but \(t) tokens"
         case let .duplicateSession(i): return "decode step: session \(i) appears twice in one step"
         case let .otherModel(i): return "decode step: session \(i) belongs to another model"
+        case let .emptyInput(i): return "decode step: input \(i) has no tokens"
         }
+    }
+}
+
+/// One sequence's part of a batched step: the tokens to feed its session (one when decoding, a
+/// prompt chunk when prefilling) and whether the logits of the last one are wanted.
+public struct StepInput {
+    public var session: LlamaSession
+    public var tokens: [Int]
+    public var wantsLogits: Bool
+
+    public init(session: LlamaSession, tokens: [Int], wantsLogits: Bool = true) {
+        self.session = session
+        self.tokens = tokens
+        self.wantsLogits = wantsLogits
     }
 }
 
@@ -33,67 +49,102 @@ extension LlamaModel {
     /// token logits, (B, V), row b for session b. Equal (up to float summation order) to calling
     /// `sessions[b].feed([tokens[b]])` one by one. Nothing changes if any check fails.
     public func decodeStep(_ sessions: [LlamaSession], tokens: [Int]) throws -> Matrix {
-        let B = sessions.count, V = vocabSize
-        guard tokens.count == B else { throw BatchedDecodeError.mismatchedCounts(sessions: B, tokens: tokens.count) }
+        guard tokens.count == sessions.count else {
+            throw BatchedDecodeError.mismatchedCounts(sessions: sessions.count, tokens: tokens.count)
+        }
+        return try step(zip(sessions, tokens).map { StepInput(session: $0, tokens: [$1]) })
+    }
+
+    /// Feeds every input's tokens to its session in one batched forward (continuous batching with
+    /// chunked prefill: decoding sequences' next tokens and prompt chunks of others share each
+    /// base product) and returns the logits of the last token of each input that wants them,
+    /// (count wanting, V), in input order. Each input's values equal (up to float summation order,
+    /// and on quantized weights the 8-bit kernels' rounding below 33 rows against dequantized
+    /// sgemm above) its own `feed`. Nothing changes if any check fails.
+    public func step(_ inputs: [StepInput]) throws -> Matrix {
+        let V = vocabSize
         var seen = Set<ObjectIdentifier>()
-        for (i, s) in sessions.enumerated() {
+        for (i, input) in inputs.enumerated() {
+            let s = input.session
             guard s.model === self else { throw BatchedDecodeError.otherModel(index: i) }
             guard seen.insert(ObjectIdentifier(s)).inserted else { throw BatchedDecodeError.duplicateSession(index: i) }
-            guard s.position + 1 <= s.maxTokens else { throw ModelError.contextFull(maxTokens: s.maxTokens, requested: s.position + 1) }
-            guard tokens[i] >= 0 && tokens[i] < V else { throw ModelError.tokenOutOfRange(token: tokens[i], vocabSize: V) }
+            guard !input.tokens.isEmpty else { throw BatchedDecodeError.emptyInput(index: i) }
+            guard s.position + input.tokens.count <= s.maxTokens else {
+                throw ModelError.contextFull(maxTokens: s.maxTokens, requested: s.position + input.tokens.count)
+            }
+            for t in input.tokens where t < 0 || t >= V { throw ModelError.tokenOutOfRange(token: t, vocabSize: V) }
         }
-        var out = Matrix(rows: B, cols: V)
-        if B == 0 { return out }
-        // Batchable rows grouped by adapter set; merged sets (and a lone batchable row) one by one.
-        var batch = sessions.indices.filter { !sessions[$0].adapters.changesBaseWeights && sessions[$0].activations == nil
-            && sessions[$0].routingTrace == nil && sessions[$0].linearInputObserver == nil }
+        let wanting = inputs.indices.filter { inputs[$0].wantsLogits }
+        var out = Matrix(rows: wanting.count, cols: V)
+        if inputs.isEmpty { return out }
+        let outRow = Dictionary(uniqueKeysWithValues: wanting.enumerated().map { ($1, $0) })
+        // Batchable inputs grouped by adapter set; merged sets (and a lone batchable input) alone.
+        var batch = inputs.indices.filter {
+            let s = inputs[$0].session
+            return !s.adapters.changesBaseWeights && s.activations == nil && s.routingTrace == nil && s.linearInputObserver == nil
+        }
         if batch.count == 1 { batch = [] }
         let inBatch = Set(batch)
         var order: [Int] = []
-        var groups: [(rows: Range<Int>, set: AdapterSet)] = []
+        var groups: [(members: Range<Int>, set: AdapterSet)] = []
         var byIdentity: [ObjectIdentifier: [Int]] = [:], firstSeen: [ObjectIdentifier] = []
         for i in batch {
-            let key = ObjectIdentifier(sessions[i].adapters.identity)
+            let key = ObjectIdentifier(inputs[i].session.adapters.identity)
             if byIdentity[key] == nil { firstSeen.append(key) }
             byIdentity[key, default: []].append(i)
         }
         for key in firstSeen {
             let members = byIdentity[key]!
-            groups.append((order.count..<(order.count + members.count), sessions[members[0]].adapters))
+            groups.append((order.count..<(order.count + members.count), inputs[members[0]].session.adapters))
             order += members
         }
         if !order.isEmpty {
-            let logits = sessions[order[0]].batchedForward(order.map { sessions[$0] }, tokens: order.map { tokens[$0] }, groups: groups)
-            for (row, i) in order.enumerated() {
-                out.data.replaceSubrange((i * V)..<((i + 1) * V), with: logits[(row * V)..<((row + 1) * V)])
+            let members = order.map { inputs[$0] }
+            let logits = members[0].session.batchedForward(members, groups: groups)
+            var k = 0
+            for i in order where inputs[i].wantsLogits {
+                let r = outRow[i]!
+                out.data.replaceSubrange((r * V)..<((r + 1) * V), with: logits[(k * V)..<((k + 1) * V)])
+                k += 1
             }
-            for i in order { sessions[i].position += 1 }
+            for i in order { inputs[i].session.position += inputs[i].tokens.count }
         }
-        for i in sessions.indices where !inBatch.contains(i) {
-            let l = try sessions[i].feed([tokens[i]])
-            out.data.replaceSubrange((i * V)..<((i + 1) * V), with: l.data)
+        for i in inputs.indices where !inBatch.contains(i) {
+            let l = try inputs[i].session.feed(inputs[i].tokens, lastOnly: true)
+            if let r = outRow[i] { out.data.replaceSubrange((r * V)..<((r + 1) * V), with: l.data) }
         }
         return out
     }
 }
 
 extension LlamaSession {
-    /// The batched forward of `decodeStep` on this session's scratch buffers; `members[row]` owns
-    /// row `row` (its cache, position and RoPE table), `groups` cover 0..<B contiguously.
-    func batchedForward(_ members: [LlamaSession], tokens: [Int], groups: [(rows: Range<Int>, set: AdapterSet)]) -> [Float] {
+    /// The batched forward of `step` on this session's scratch buffers: member m owns the rows
+    /// of its tokens (its cache, positions and RoPE table), members in order; `groups` cover the
+    /// members contiguously. Returns the logits (K, V) of the last row of each member that wants
+    /// them, in member order.
+    func batchedForward(_ members: [StepInput], groups memberGroups: [(members: Range<Int>, set: AdapterSet)]) -> [Float] {
         let c = model.config
-        let B = members.count, C = c.hiddenSize, L = c.numHiddenLayers, V = c.vocabSize
+        let C = c.hiddenSize, L = c.numHiddenLayers, V = c.vocabSize
         let H = c.numAttentionHeads, Hkv = c.numKeyValueHeads, d = c.headDim, F = c.intermediateSize
         let kv = Hkv * d
-        let x = self.x.reserve(B * C), h = self.h.reserve(B * C)
-        let q = self.q.reserve(B * H * d), attnOut = self.attnOut.reserve(B * H * d)
-        let gate = self.gate.reserve(B * F), up = self.up.reserve(B * F)
-        let kvBuf = kvRows.reserve(2 * B * kv)         // new k and v rows before they go to each cache
-        let kNew = kvBuf, vNew = kvBuf + B * kv
-        let positions = members.map(\.position)
+        // Row offsets: member m's tokens are rows offsets[m] ..< offsets[m + 1].
+        var offsets = [0]
+        for m in members { offsets.append(offsets.last! + m.tokens.count) }
+        let R = offsets.last!
+        let tokens = members.flatMap(\.tokens)
+        let groups = memberGroups.map { (rows: offsets[$0.members.lowerBound]..<offsets[$0.members.upperBound], set: $0.set) }
+        let x = self.x.reserve(R * C), h = self.h.reserve(R * C)
+        let q = self.q.reserve(R * H * d), attnOut = self.attnOut.reserve(R * H * d)
+        let gate = self.gate.reserve(R * F), up = self.up.reserve(R * F)
+        let kvBuf = kvRows.reserve(2 * R * kv)         // new k and v rows before they go to each cache
+        let kNew = kvBuf, vNew = kvBuf + R * kv
+        let sessions = members.map(\.session)
+        let positions = sessions.map(\.position)
+        let single = members.indices.filter { members[$0].tokens.count == 1 }
+        let multi = members.indices.filter { members[$0].tokens.count > 1 }
 
-        // x (B, C): each row's embedding, plus embedding LoRA per group.
-        for (b, tok) in tokens.enumerated() { model.base.embedRow(tok, into: x + b * C, width: C) }
+        // x (R, C): each row's embedding, plus embedding LoRA per group.
+        for (r, tok) in tokens.enumerated() { model.base.embedRow(tok, into: x + r * C, width: C) }
         for g in groups where !g.set.embedFactors.isEmpty {
             let col = loraTmp.reserve(max(g.set.maxRank, 1))
             for f in g.set.embedFactors {
@@ -108,22 +159,24 @@ extension LlamaSession {
                 }
             }
         }
-        /// out = x Wᵀ for all rows, then each group's LoRA on its rows.
-        func lin(_ x: UnsafePointer<Float>, _ id: Int, into out: UnsafeMutablePointer<Float>, ld: Int, nIn: Int, accumulate: Bool = false) {
-            baseLinear(x, rows: B, id: id, merged: nil, into: out, ld: ld, accumulate: accumulate)
-            groupTerms(x, id, into: out, ld: ld, nIn: nIn)
+        /// out = x Wᵀ for `rows` rows, then each group's LoRA on its rows.
+        func lin(_ x: UnsafePointer<Float>, _ id: Int, into out: UnsafeMutablePointer<Float>, ld: Int, nIn: Int,
+                 accumulate: Bool = false, rows: Int = R, over: [(rows: Range<Int>, set: AdapterSet)]? = nil) {
+            baseLinear(x, rows: rows, id: id, merged: nil, into: out, ld: ld, accumulate: accumulate)
+            groupTerms(x, id, into: out, ld: ld, nIn: nIn, groups: over ?? groups)
         }
         /// `lin` (no accumulate) for several linears of the same input, base products grouped.
         func linGroup(_ x: UnsafePointer<Float>, _ targets: [LinearTarget], nIn: Int) {
-            guard groupedBaseProducts(x, rows: B, targets, merged: [:]) else {
+            guard groupedBaseProducts(x, rows: R, targets, merged: [:]) else {
                 for t in targets { lin(x, t.id, into: t.out, ld: t.ld, nIn: nIn) }
                 return
             }
-            for t in targets { groupTerms(x, t.id, into: t.out, ld: t.ld, nIn: nIn) }
+            for t in targets { groupTerms(x, t.id, into: t.out, ld: t.ld, nIn: nIn, groups: groups) }
         }
         /// Each adapter group's LoRA and routed terms on its rows.
-        func groupTerms(_ x: UnsafePointer<Float>, _ id: Int, into out: UnsafeMutablePointer<Float>, ld: Int, nIn: Int) {
-            for g in groups {
+        func groupTerms(_ x: UnsafePointer<Float>, _ id: Int, into out: UnsafeMutablePointer<Float>, ld: Int, nIn: Int,
+                        groups: [(rows: Range<Int>, set: AdapterSet)]) {
+            for g in groups where !g.rows.isEmpty {
                 if let factors = g.set.linearFactors[id] {
                     applyLoRA(factors, x + g.rows.lowerBound * nIn, rows: g.rows.count, id: id,
                               into: out + g.rows.lowerBound * ld, ld: ld)
@@ -135,29 +188,51 @@ extension LlamaSession {
             }
         }
         for l in 0..<L {
-            rmsNorm(x, weight: model.base.attnNorms[l], eps: c.rmsNormEps, rows: B, cols: C, into: h)      // (B, C)
-            linGroup(h, [LinearTarget(id: LlamaWeights.linearID(layer: l, .q), out: q, ld: H * d),         // (B, H·d)
-                         LinearTarget(id: LlamaWeights.linearID(layer: l, .k), out: kNew, ld: kv),         // (B, Hkv·d)
-                         LinearTarget(id: LlamaWeights.linearID(layer: l, .v), out: vNew, ld: kv)], nIn: C) // (B, Hkv·d)
-            for (b, s) in members.enumerated() {
-                let p = positions[b]
-                VectorKernels.rope(q + b * H * d, rows: 1, heads: H, headDim: d, start: p, cos: s.rope.cos, sin: s.rope.sin)
-                VectorKernels.rope(kNew + b * kv, rows: 1, heads: Hkv, headDim: d, start: p, cos: s.rope.cos, sin: s.rope.sin)
-                (s.kCache[l].pointer + p * kv).update(from: kNew + b * kv, count: kv)
-                (s.vCache[l].pointer + p * kv).update(from: vNew + b * kv, count: kv)
+            rmsNorm(x, weight: model.base.attnNorms[l], eps: c.rmsNormEps, rows: R, cols: C, into: h)      // (R, C)
+            linGroup(h, [LinearTarget(id: LlamaWeights.linearID(layer: l, .q), out: q, ld: H * d),         // (R, H·d)
+                         LinearTarget(id: LlamaWeights.linearID(layer: l, .k), out: kNew, ld: kv),         // (R, Hkv·d)
+                         LinearTarget(id: LlamaWeights.linearID(layer: l, .v), out: vNew, ld: kv)], nIn: C) // (R, Hkv·d)
+            for (m, s) in sessions.enumerated() {
+                let p = positions[m], r0 = offsets[m], n = offsets[m + 1] - r0
+                VectorKernels.rope(q + r0 * H * d, rows: n, heads: H, headDim: d, start: p, cos: s.rope.cos, sin: s.rope.sin)
+                VectorKernels.rope(kNew + r0 * kv, rows: n, heads: Hkv, headDim: d, start: p, cos: s.rope.cos, sin: s.rope.sin)
+                (s.kCache[l].pointer + p * kv).update(from: kNew + r0 * kv, count: n * kv)
+                (s.vCache[l].pointer + p * kv).update(from: vNew + r0 * kv, count: n * kv)
             }
-            batchedAttention(members, positions: positions, layer: l, q: q, into: attnOut)               // (B, H·d)
-            lin(attnOut, LlamaWeights.linearID(layer: l, .o), into: x, ld: C, nIn: H * d, accumulate: true)   // x += (B, C)
-            rmsNorm(x, weight: model.base.ffnNorms[l], eps: c.rmsNormEps, rows: B, cols: C, into: h)
-            linGroup(h, [LinearTarget(id: LlamaWeights.linearID(layer: l, .gate), out: gate, ld: F),      // (B, F)
-                         LinearTarget(id: LlamaWeights.linearID(layer: l, .up), out: up, ld: F)], nIn: C)  // (B, F)
-            swiglu(gate, up, count: B * F)
-            lin(gate, LlamaWeights.linearID(layer: l, .down), into: x, ld: C, nIn: F, accumulate: true)   // x += (B, C)
+            // One query per decoding member, spread over the pool; a prompt chunk with its own causal attention.
+            if !single.isEmpty {
+                batchedAttention(single.map { sessions[$0] }, positions: single.map { positions[$0] },
+                                 rows: single.map { offsets[$0] }, layer: l, q: q, into: attnOut)                // (1, H·d) each
+            }
+            for m in multi {
+                sessions[m].attention(q: q + offsets[m] * H * d, layer: l, rows: members[m].tokens.count, start: positions[m],
+                                      into: attnOut + offsets[m] * H * d)                                        // (n, H·d)
+            }
+            lin(attnOut, LlamaWeights.linearID(layer: l, .o), into: x, ld: C, nIn: H * d, accumulate: true)   // x += (R, C)
+            rmsNorm(x, weight: model.base.ffnNorms[l], eps: c.rmsNormEps, rows: R, cols: C, into: h)
+            linGroup(h, [LinearTarget(id: LlamaWeights.linearID(layer: l, .gate), out: gate, ld: F),      // (R, F)
+                         LinearTarget(id: LlamaWeights.linearID(layer: l, .up), out: up, ld: F)], nIn: C)  // (R, F)
+            swiglu(gate, up, count: R * F)
+            lin(gate, LlamaWeights.linearID(layer: l, .down), into: x, ld: C, nIn: F, accumulate: true)   // x += (R, C)
         }
-        rmsNorm(x, weight: model.base.finalNorm, eps: c.rmsNormEps, rows: B, cols: C, into: h)
-        var logits = [Float](repeating: 0, count: B * V)
+        // The head only on the last row of each member that wants logits: (K, C) → (K, V).
+        let wanting = members.indices.filter { members[$0].wantsLogits }
+        let K = wanting.count
+        if K == 0 { return [] }
+        for (k, m) in wanting.enumerated() {
+            rmsNorm(x + (offsets[m + 1] - 1) * C, weight: model.base.finalNorm, eps: c.rmsNormEps, rows: 1, cols: C, into: h + k * C)
+        }
+        // Head rows keep member order, so each group's wanting members are contiguous there too.
+        var headGroups: [(rows: Range<Int>, set: AdapterSet)] = []
+        var k0 = 0
+        for g in memberGroups {
+            let n = g.members.filter { members[$0].wantsLogits }.count
+            headGroups.append((k0..<(k0 + n), g.set))
+            k0 += n
+        }
+        var logits = [Float](repeating: 0, count: K * V)
         logits.withUnsafeMutableBufferPointer { o in
-            lin(h, LlamaWeights.lmHeadID(layers: L), into: o.baseAddress!, ld: V, nIn: C)                  // (B, V)
+            lin(h, LlamaWeights.lmHeadID(layers: L), into: o.baseAddress!, ld: V, nIn: C, rows: K, over: headGroups)   // (K, V)
         }
         return logits
     }
@@ -165,7 +240,7 @@ extension LlamaSession {
     /// Every member's one-row attention at its own position, the (member, head) pairs spread over
     /// the compute threads; each pair's values are what the member's own
     /// `attention` gives them (the same GEMVs and softmax).
-    func batchedAttention(_ members: [LlamaSession], positions: [Int], layer l: Int,
+    func batchedAttention(_ members: [LlamaSession], positions: [Int], rows: [Int], layer l: Int,
                           q: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>) {
         let c = model.config
         let B = members.count, H = c.numAttentionHeads, d = c.headDim
@@ -179,9 +254,10 @@ extension LlamaSession {
         Parallel.forEach(count: B * H, workers: workers) { item, worker in
                 let b = item / H, hh = item % H, kvh = hh / group, S = positions[b] + 1
                 let probs = scratch.base + worker * maxS
-                Self.oneQueryProbabilities(q + b * H * d + hh * d, keys: caches[b].k.base + kvh * d, ld: kvw, S: S, d: d,
+                let r = rows[b]
+                Self.oneQueryProbabilities(q + r * H * d + hh * d, keys: caches[b].k.base + kvh * d, ld: kvw, S: S, d: d,
                                            scale: scale, into: probs)
-                Self.oneQueryOutput(probs, values: caches[b].v.base + kvh * d, ld: kvw, S: S, d: d, into: out + b * H * d + hh * d)
+                Self.oneQueryOutput(probs, values: caches[b].v.base + kvh * d, ld: kvw, S: S, d: d, into: out + r * H * d + hh * d)
         }
     }
 }

@@ -67,14 +67,16 @@ public protocol ServeObserver: AnyObject, Sendable {
     func step(batch: Int, running: Int, waiting: Int)
 }
 
-/// One forward step for several sequences: feeds `tokens[b]` to `sessions[b]` and returns the
-/// next-token logits (B, V).
-public typealias DecodeStep = @Sendable (_ sessions: [LlamaSession], _ tokens: [Int]) throws -> Matrix
+/// One forward step for several sequences: feeds each input's tokens (a decoding sequence's next
+/// token, or a chunk of a prompt) to its session and returns the logits of the last token of each
+/// input that wants them, in input order (`LlamaModel.step`).
+public typealias DecodeStep = @Sendable (_ inputs: [StepInput]) throws -> Matrix
 
 /// Continuous batching over one model: a thread loops over iterations, each of which admits
-/// waiting sequences up to `maxBatch`, feeds up to `prefillChunk` prompt tokens of the sequences
-/// still reading their prompts, then runs one decode step for every sequence that has a token to
-/// feed, samples each sequence's next token with its own sampler, and streams the text out.
+/// waiting sequences up to `maxBatch`, then runs one batched step holding every decoding
+/// sequence's next token and up to `prefillChunk` prompt tokens of the sequences still reading
+/// their prompts (chunked prefill), samples each sequence's next token with its own sampler, and
+/// streams the text out.
 /// Finished and cancelled sequences leave between iterations, freeing their place and their
 /// adapter lease.
 ///
@@ -85,9 +87,12 @@ public typealias DecodeStep = @Sendable (_ sessions: [LlamaSession], _ tokens: [
 /// admitted past it meanwhile. Only when nothing of this engine holds an adapter and it still
 /// does not fit (pinned sets fill the budget) does it end with the 429.
 ///
-/// Every sequence's tokens depend only on its own prompt, adapters, chunking and sampler (the
-/// prompt chunks do not depend on other requests), so a request gives the same tokens alone or
-/// among others, as long as `decode` computes each row as that sequence alone would.
+/// Every sequence's tokens depend only on its own prompt, adapters and sampler, so a request
+/// gives the same tokens alone or among others as long as `decode` computes each row as that
+/// sequence alone would: on Float32 weights it does (tested); on quantized weights a step of more
+/// than `QuantizedLinear.kernelRowLimit` rows runs on dequantized tiles and sgemm instead of the
+/// 8-bit kernels, so a greedy completion can differ from the one alone where two tokens were
+/// nearly tied.
 public final class ServeEngine: @unchecked Sendable {
     public let registry: AdapterRegistry
     public let limits: ServeLimits
@@ -128,19 +133,19 @@ public final class ServeEngine: @unchecked Sendable {
         self.limits = l
         self.observer = observer
         let model = registry.model
-        self.decode = decode ?? { sessions, tokens in try model.decodeStep(sessions, tokens: tokens) }
+        self.decode = decode ?? { inputs in try model.step(inputs) }
     }
 
-    /// Each session fed alone: what a batched decode step equals up to float summation order.
-    public static let sequentialDecode: DecodeStep = { sessions, tokens in
-        guard let first = sessions.first else { return Matrix(rows: 0, cols: 0) }
-        let V = first.model.vocabSize
-        var out = Matrix(rows: sessions.count, cols: V)
-        for (b, s) in sessions.enumerated() {
-            let row = try s.feed([tokens[b]])
-            out.data.replaceSubrange((b * V)..<((b + 1) * V), with: row.data)
+    /// Each input fed to its session alone: what a batched step equals up to float summation order.
+    public static let sequentialDecode: DecodeStep = { inputs in
+        guard let first = inputs.first else { return Matrix(rows: 0, cols: 0) }
+        let V = first.session.model.vocabSize
+        var rows: [Float] = []
+        for input in inputs {
+            let l = try input.session.feed(input.tokens, lastOnly: true)
+            if input.wantsLogits { rows += l.data }
         }
-        return out
+        return Matrix(rows: rows.count / V, cols: V, data: rows)
     }
 
     public func setObserver(_ o: (any ServeObserver)?) {
@@ -420,10 +425,17 @@ public final class ServeEngine: @unchecked Sendable {
         }
     }
 
-    /// One iteration over the running sequences: prompt chunks, then one decode step.
+    /// One iteration over the running sequences: one batched step holding every decoding
+    /// sequence's next token and up to `prefillChunk` prompt tokens of the sequences still reading
+    /// their prompts (oldest first), so prompts share the base products with the decoding rows
+    /// and with each other instead of each running its own forward.
     private func iterate(_ batch: [Sequence], observer obs: (any ServeObserver)?, waiting: Int) {
-        let decoding = batch.filter { $0.pending != nil && !$0.done }
-        // Prompt chunks, oldest sequences first, `prefillChunk` tokens in all.
+        var inputs: [StepInput] = [], owners: [(seq: Sequence, prefill: Int)] = []
+        for s in batch where s.pending != nil && !s.done {
+            inputs.append(StepInput(session: s.session!, tokens: [s.pending!]))
+            owners.append((s, 0))
+        }
+        let decodingCount = inputs.count
         var budget = limits.prefillChunk
         for s in batch where s.pending == nil && !s.done && budget > 0 {
             do {
@@ -431,37 +443,38 @@ public final class ServeEngine: @unchecked Sendable {
                     s.session = try model.makeLlamaSession(maxTokens: min(s.prompt.count + s.maxNew, limits.contextLength),
                                                            adapters: s.lease!.set)
                 }
-                let n = min(budget, s.prompt.count - s.fed)
-                let chunk = Array(s.prompt[s.fed..<(s.fed + n)])
-                let logits = try s.session!.feed(chunk, logitsFrom: n - 1)
-                s.fed += n
-                budget -= n
-                if s.fed == s.prompt.count {
-                    let t = s.sampler.sample(logits.row(0))
-                    obs?.firstToken(model: s.name, seconds: Date().timeIntervalSince(s.submitted))
-                    s.lastToken = Date()
-                    accept(t, s, observer: obs)
-                }
             } catch {
                 fail(s, error)
+                continue
             }
+            let n = min(budget, s.prompt.count - s.fed)
+            inputs.append(StepInput(session: s.session!, tokens: Array(s.prompt[s.fed..<(s.fed + n)]),
+                                    wantsLogits: s.fed + n == s.prompt.count))
+            owners.append((s, n))
+            budget -= n
         }
-        // One decode step for every sequence that has a token to feed.
-        let live = decoding.filter { !$0.done }
-        if !live.isEmpty {
-            obs?.step(batch: live.count, running: batch.count, waiting: waiting)
+        if !inputs.isEmpty {
+            if decodingCount > 0 { obs?.step(batch: decodingCount, running: batch.count, waiting: waiting) }
             do {
-                let logits = try decode(live.map { $0.session! }, live.map { $0.pending! })
+                let logits = try decode(inputs)
                 let now = Date()
-                for (b, s) in live.enumerated() {
-                    s.pending = nil
-                    let t = s.sampler.sample(logits.row(b))
-                    if let last = s.lastToken { obs?.nextToken(seconds: now.timeIntervalSince(last)) }
+                var row = 0
+                for (i, (s, n)) in owners.enumerated() {
+                    if n > 0 { s.fed += n }
+                    guard inputs[i].wantsLogits else { continue }
+                    let t = s.sampler.sample(logits.row(row))
+                    row += 1
+                    if n > 0 {
+                        obs?.firstToken(model: s.name, seconds: now.timeIntervalSince(s.submitted))
+                    } else {
+                        s.pending = nil
+                        if let last = s.lastToken { obs?.nextToken(seconds: now.timeIntervalSince(last)) }
+                    }
                     s.lastToken = now
                     accept(t, s, observer: obs)
                 }
             } catch {
-                for s in live { fail(s, error) }
+                for (s, _) in owners { fail(s, error) }
             }
         }
         if let timeout = limits.timeout {

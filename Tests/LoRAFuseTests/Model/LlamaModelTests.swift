@@ -451,27 +451,30 @@ extension AdaptedLlama: CausalLMLogits {}
 
 /// `decodeStep`: many sequences, different adapters and positions, one batched forward.
 final class BatchedDecodeTests: XCTestCase {
+    /// A random adapter on q, v and down (and the embedding) of `m`.
+    static func adapter(_ m: LlamaModel, _ name: String, embedding: Bool = false, rng: inout SeededRNG) -> LoRAAdapter {
+        var mods: [String: LoRAModule] = [:]
+        for l in 0..<m.config.numHiddenLayers {
+            for p in [Projection.q, .v, .down] {
+                let lw = m.base.linears[LlamaWeights.linearID(layer: l, p)]
+                mods[ModuleAddress.projection(layer: l, p).peft] = LoRAModule(
+                    A: .randomNormal(3, lw.inFeatures, std: 0.3, rng: &rng), B: .randomNormal(lw.outFeatures, 3, std: 0.3, rng: &rng), scale: 1)
+            }
+        }
+        if embedding {
+            mods[ModuleAddress.embedding.peft] = LoRAModule(A: .randomNormal(2, m.vocabSize, std: 0.3, rng: &rng),
+                                                            B: .randomNormal(m.config.hiddenSize, 2, std: 0.3, rng: &rng), scale: 1, kind: .embedding)
+        }
+        return LoRAAdapter(name: name, modules: mods)
+    }
+
     func testBatchedStepEqualsEachSequenceAlone() throws {
         for quantized in [false, true] {
             let m = quantized ? QuantizedModelTests.twins().quantized : QuantizedModelTests.twins().f32
             var rng = SeededRNG(seed: 5)
-            func adapter(_ name: String, embedding: Bool = false) -> LoRAAdapter {
-                var mods: [String: LoRAModule] = [:]
-                for l in 0..<m.config.numHiddenLayers {
-                    for p in [Projection.q, .v, .down] {
-                        let lw = m.base.linears[LlamaWeights.linearID(layer: l, p)]
-                        mods[ModuleAddress.projection(layer: l, p).peft] = LoRAModule(
-                            A: .randomNormal(3, lw.inFeatures, std: 0.3, rng: &rng), B: .randomNormal(lw.outFeatures, 3, std: 0.3, rng: &rng), scale: 1)
-                    }
-                }
-                if embedding {
-                    mods[ModuleAddress.embedding.peft] = LoRAModule(A: .randomNormal(2, m.vocabSize, std: 0.3, rng: &rng),
-                                                                    B: .randomNormal(m.config.hiddenSize, 2, std: 0.3, rng: &rng), scale: 1, kind: .embedding)
-                }
-                return LoRAAdapter(name: name, modules: mods)
-            }
-            let a = try m.prepare([(adapter("a"), 1)]), b = try m.prepare([(adapter("b", embedding: true), 0.7)])
-            let merged = try m.prepare([(adapter("c"), 1)], mode: .merged)
+            let a = try m.prepare([(Self.adapter(m, "a", rng: &rng), 1)])
+            let b = try m.prepare([(Self.adapter(m, "b", embedding: true, rng: &rng), 0.7)])
+            let merged = try m.prepare([(Self.adapter(m, "c", rng: &rng), 1)], mode: .merged)
             // Seven sequences: two share `a`, one base, one merged; prompts of different lengths.
             let sets: [AdapterSet] = [a, .none, b, a, merged, b, .none]
             let prompts: [[Int]] = (0..<sets.count).map { i in (0..<(3 + i)).map { (7 * $0 + 11 * i) % 64 } }
@@ -495,6 +498,59 @@ final class BatchedDecodeTests: XCTestCase {
                 XCTAssertEqual(sessions[i].position, prompts[i].count + 3)
                 let d = zip(got[i], want[i]).map { abs($0 - $1) }.max()!
                 XCTAssertLessThan(d, 1e-4, "sequence \(i), quantized=\(quantized)")
+            }
+        }
+    }
+
+    /// Chunked prefill: prompt chunks (with and without logits) and decode tokens of sequences on
+    /// different adapters in the same steps, each input's logits as its session alone gives them.
+    /// On quantized weights the steps stay within the 8-bit kernels' row limit, as alone.
+    func testMixedStepsOfPromptChunksAndDecodeTokensEqualEachAlone() throws {
+        for quantized in [false, true] {
+            let m = quantized ? QuantizedModelTests.twins().quantized : QuantizedModelTests.twins().f32
+            var rng = SeededRNG(seed: 9)
+            let a = try m.prepare([(Self.adapter(m, "a", rng: &rng), 1)])
+            let b = try m.prepare([(Self.adapter(m, "b", embedding: true, rng: &rng), 0.7)])
+            let merged = try m.prepare([(Self.adapter(m, "c", rng: &rng), 1)], mode: .merged)
+            let sets: [AdapterSet] = [a, .none, b, a, merged]
+            let lengths = quantized ? [4, 7, 3, 8, 5] : [9, 14, 3, 20, 5]
+            let prompts = lengths.enumerated().map { i, n in (0..<n).map { (5 * $0 + 13 * i + 1) % 64 } }
+            let split = lengths[3] / 2                      // sequence 3 reads its prompt in two chunks
+            let next = [[3, 4], [5, 6], [7, 8], [9, 10], [11, 12]]
+            // Alone: the logits after each prompt and after each next token.
+            var want: [[Float]] = []
+            for (i, set) in sets.enumerated() {
+                let s = try m.makeLlamaSession(maxTokens: 32, adapters: set)
+                var rows = try s.feed(prompts[i], lastOnly: true).data
+                for t in next[i] { rows += try s.feed([t]).data }
+                want.append(rows)
+            }
+            let ss = try sets.map { try m.makeLlamaSession(maxTokens: 32, adapters: $0) }
+            var got = [[Float]](repeating: [], count: sets.count)
+            func run(_ inputs: [(Int, [Int], Bool)]) throws {
+                let l = try m.step(inputs.map { StepInput(session: ss[$0.0], tokens: $0.1, wantsLogits: $0.2) })
+                let wanting = inputs.filter(\.2)
+                XCTAssertEqual(l.rows, wanting.count)
+                for (r, w) in wanting.enumerated() { got[w.0] += Array(l.data[(r * m.vocabSize)..<((r + 1) * m.vocabSize)]) }
+            }
+            // Step 1: whole prompts, and the first half of sequence 3's (no logits).
+            try run([(0, prompts[0], true), (1, prompts[1], true), (2, prompts[2], true),
+                     (3, Array(prompts[3][..<split]), false), (4, prompts[4], true)])
+            // Step 2: four decode tokens and the rest of sequence 3's prompt.
+            try run([(0, [next[0][0]], true), (3, Array(prompts[3][split...]), true), (1, [next[1][0]], true),
+                     (2, [next[2][0]], true), (4, [next[4][0]], true)])
+            // Step 3: sequence 3 catches up alone; then everyone's last token.
+            try run([(3, [next[3][0]], true)])
+            try run([(0, [next[0][1]], true), (1, [next[1][1]], true), (2, [next[2][1]], true), (3, [next[3][1]], true),
+                     (4, [next[4][1]], true)])
+            for i in sets.indices {
+                XCTAssertEqual(ss[i].position, prompts[i].count + 2)
+                XCTAssertEqual(got[i].count, want[i].count, "sequence \(i)")
+                let d = zip(got[i], want[i]).map { abs($0 - $1) }.max() ?? .infinity
+                XCTAssertLessThan(d, 1e-4, "sequence \(i), quantized=\(quantized)")
+            }
+            XCTAssertThrowsError(try m.step([StepInput(session: ss[0], tokens: [])])) {
+                XCTAssertEqual($0 as? BatchedDecodeError, .emptyInput(index: 0))
             }
         }
     }

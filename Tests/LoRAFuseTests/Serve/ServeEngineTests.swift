@@ -102,7 +102,7 @@ final class ServeEngineTests: XCTestCase {
     }
 
     func testCancellationFreesTheSequenceAndLease() async throws {
-        let slow: DecodeStep = { s, t in Thread.sleep(forTimeInterval: 0.005); return try ServeEngine.sequentialDecode(s, t) }
+        let slow: DecodeStep = { inputs in Thread.sleep(forTimeInterval: 0.005); return try ServeEngine.sequentialDecode(inputs) }
         let (_, reg, engine, _) = try setup(limits: ServeLimits(maxBatch: 1, contextLength: 256, maxTokensCap: 200), decode: slow)
         let a = try engine.submit(completion("one", .named("alpha"), max: 200))
         let b = try engine.submit(completion("two", .named("beta"), max: 200))
@@ -123,7 +123,7 @@ final class ServeEngineTests: XCTestCase {
     }
 
     func testQueueFullIs429AndLimitsAre400() async throws {
-        let slow: DecodeStep = { s, t in Thread.sleep(forTimeInterval: 0.005); return try ServeEngine.sequentialDecode(s, t) }
+        let slow: DecodeStep = { inputs in Thread.sleep(forTimeInterval: 0.005); return try ServeEngine.sequentialDecode(inputs) }
         let (_, _, engine, _) = try setup(limits: ServeLimits(maxBatch: 1, maxQueue: 1, contextLength: 64, maxTokensCap: 40), decode: slow)
         let a = try engine.submit(completion("one", .named("tiny"), max: 40))
         let b = try engine.submit(completion("two", .named("tiny"), max: 40))

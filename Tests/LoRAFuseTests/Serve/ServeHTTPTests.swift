@@ -193,7 +193,7 @@ final class ServeHTTPTests: XCTestCase {
     }
 
     func testErrorStatuses() async throws {
-        let slow: DecodeStep = { s, t in Thread.sleep(forTimeInterval: 0.01); return try ServeEngine.sequentialDecode(s, t) }
+        let slow: DecodeStep = { inputs in Thread.sleep(forTimeInterval: 0.01); return try ServeEngine.sequentialDecode(inputs) }
         let h = try await start(limits: ServeLimits(maxBatch: 1, maxQueue: 0, contextLength: 64, maxTokensCap: 40), apiKey: "sekret",
                                 maxBody: 2048, decode: slow)
         let k = "sekret"
@@ -243,7 +243,7 @@ final class ServeHTTPTests: XCTestCase {
     }
 
     func testShutdownLetsRunningRequestsFinish() async throws {
-        let slow: DecodeStep = { s, t in Thread.sleep(forTimeInterval: 0.005); return try ServeEngine.sequentialDecode(s, t) }
+        let slow: DecodeStep = { inputs in Thread.sleep(forTimeInterval: 0.005); return try ServeEngine.sequentialDecode(inputs) }
         let h = try await start(decode: slow)
         let running = Task { try await h.request(.POST, "/v1/completions", json: #"{"model":"alpha","prompt":"p","max_tokens":40,"temperature":0}"#) }
         try await Task.sleep(nanoseconds: 50_000_000)
