@@ -33,6 +33,8 @@ struct ServeBench: ParsableCommand {
     var llamaServer: String?
     @Flag(help: "Run lorafuse only (no results written).")
     var skipPeer = false
+    @Flag(help: "Skip lorafuse serving the requests one at a time.")
+    var skipSequential = false
     @Option(help: "Concurrent requests per run.")
     var requests = 64
     @Option(name: .customLong("max-tokens"), help: "Completion tokens per request (greedy).")
@@ -45,6 +47,8 @@ struct ServeBench: ParsableCommand {
     var resident = 32
     @Option(name: .customLong("max-batch"), help: "Sequences decoded together: lorafuse's --max-batch, llama-server's --parallel.")
     var maxBatch = 32
+    @Option(name: .customLong("prefill-chunk"), help: "lorafuse serve's --prefill-chunk (default: its own default).")
+    var prefillChunk: Int?
     @Option(help: "Threads for each server.")
     var threads = 2
     @Option(help: "LoRA rank of the generated adapters.")
@@ -123,6 +127,7 @@ struct ServeBench: ParsableCommand {
     private func measureAll(client: HTTPClient, dir: String, names: [String], peerBin: String, lorafuseBin: String,
                             loadBefore: String) async throws {
         let prompts = Self.prompts
+        let chunkArgs = prefillChunk.map { ["--prefill-chunk", String($0)] } ?? []
 
         // Request i: adapter (i mod D), prompt (i mod prompts).
         func bodies(_ d: Int, llama: Bool, adapters: [Int]? = nil) -> [Data] {
@@ -153,7 +158,7 @@ struct ServeBench: ParsableCommand {
             let srv = try ServerProcess.start(name: "lorafuse", exe: lorafuseBin,
                                               args: ["serve", "--model", model, "--adapters", dir, "--port", String(port),
                                                      "--max-batch", String(maxBatch), "--max-queue", String(requests),
-                                                     "--threads", String(threads), "--max-tokens", String(max(maxTokens, 16))],
+                                                     "--threads", String(threads), "--max-tokens", String(max(maxTokens, 16))] + chunkArgs,
                                               port: port, log: work + "/lorafuse.log")
             defer { srv.stop() }
             try await srv.waitHealthy(client)
@@ -164,7 +169,7 @@ struct ServeBench: ParsableCommand {
             }
         }
         // lorafuse, one request at a time.
-        do {
+        if !skipSequential {
             let srv = try ServerProcess.start(name: "lorafuse-sequential", exe: lorafuseBin,
                                               args: ["serve", "--model", model, "--adapters", dir, "--port", String(port),
                                                      "--max-batch", "1", "--max-queue", String(requests),
@@ -209,7 +214,7 @@ struct ServeBench: ParsableCommand {
                                               args: ["serve", "--model", model, "--adapters", dir, "--port", String(port),
                                                      "--max-batch", String(maxBatch), "--max-queue", String(requests),
                                                      "--threads", String(threads), "--max-tokens", String(max(maxTokens, 16)),
-                                                     "--memory-budget", String(budgetMB)],
+                                                     "--memory-budget", String(budgetMB)] + chunkArgs,
                                               port: port, log: work + "/lorafuse-paging.log")
             defer { srv.stop() }
             try await srv.waitHealthy(client)
@@ -229,7 +234,7 @@ struct ServeBench: ParsableCommand {
             model: (model as NSString).lastPathComponent, blas_core: BLAS.coreName,
             openblas_coretype_env: ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] ?? "unset",
             quant_kernel: QuantKernels.kernelName, load_average_before: loadBefore, load_average_after: loadAverage(),
-            requests: requests, max_tokens: maxTokens, max_batch: maxBatch, rank: rank,
+            requests: requests, max_tokens: maxTokens, max_batch: maxBatch, prefill_chunk: prefillChunk ?? ServeLimits().prefillChunk, rank: rank,
             peer: skipPeer ? "" : peerVersion.trimmingCharacters(in: .whitespacesAndNewlines),
             runs: runs, paging: paging)
         print(rep.markdown)
@@ -495,6 +500,7 @@ struct ServeBenchReport: BenchReport {
     var requests: Int
     var max_tokens: Int
     var max_batch: Int
+    var prefill_chunk: Int
     var rank: Int
     var peer: String
     var runs: [ServeRun]
@@ -505,7 +511,7 @@ struct ServeBenchReport: BenchReport {
     var markdown: String {
         func f(_ x: Double?, _ fmt: String = "%.1f") -> String { x.map { $0.isFinite ? String(format: fmt, $0) : "—" } ?? "—" }
         var s = "\(model) · \(date) · \(machine) · \(threads) threads per server · OpenBLAS kernels: \(blas_core) (OPENBLAS_CORETYPE=\(openblas_coretype_env)) · quant kernels \(quant_kernel)\n"
-        s += "load average before \(load_average_before), after \(load_average_after) · \(requests) concurrent streaming chat requests, \(max_tokens) tokens each (greedy), rank-\(rank) adapters on q_proj/v_proj · batch width \(max_batch) (lorafuse --max-batch, llama-server --parallel)"
+        s += "load average before \(load_average_before), after \(load_average_after) · \(requests) concurrent streaming chat requests, \(max_tokens) tokens each (greedy), rank-\(rank) adapters on q_proj/v_proj · batch width \(max_batch) (lorafuse --max-batch, llama-server --parallel) · lorafuse --prefill-chunk \(prefill_chunk)"
         s += peer.isEmpty ? "\n\n" : " · peer: \(peer)\n\n"
         s += "| distinct adapters | lorafuse tok/s | llama-server tok/s | ratio | lorafuse one at a time tok/s | TTFT p50 / p99 s (lorafuse) | TTFT p50 / p99 s (llama-server) | latency p99 s (lorafuse / llama-server) | errors |\n"
         s += "|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"

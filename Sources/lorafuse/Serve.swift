@@ -37,7 +37,10 @@ struct Serve: ParsableCommand {
     var port = 8080
 
     @Option(name: .customLong("max-batch"), help: "Sequences decoded together; more wait in a queue.")
-    var maxBatch = 8
+    var maxBatch = ServeLimits().maxBatch
+
+    @Option(name: .customLong("prefill-chunk"), help: "Prompt tokens per step, over all sequences still reading their prompts (batched with the decoding tokens; larger: earlier first tokens, slower steps meanwhile).")
+    var prefillChunk = ServeLimits().prefillChunk
 
     @Option(name: .customLong("max-queue"), help: "Requests waiting beyond --max-batch before new ones get 429.")
     var maxQueue = 64
@@ -66,6 +69,7 @@ struct Serve: ParsableCommand {
 
     func validate() throws {
         if maxBatch < 1 { throw ValidationError("--max-batch must be at least 1, got \(maxBatch)") }
+        if prefillChunk < 1 { throw ValidationError("--prefill-chunk must be at least 1, got \(prefillChunk)") }
         if maxQueue < 0 { throw ValidationError("--max-queue must be at least 0, got \(maxQueue)") }
         if memoryBudget < 0 { throw ValidationError("--memory-budget must be at least 0, got \(memoryBudget)") }
         if !(0...65535).contains(port) { throw ValidationError("--port must be in 0...65535, got \(port)") }
@@ -98,7 +102,7 @@ struct Serve: ParsableCommand {
             }
         }
         let limits = ServeLimits(maxBatch: maxBatch, maxQueue: maxQueue, contextLength: context ?? min(2048, lm.contextLength),
-                                 maxTokensCap: maxTokens, timeout: timeout)
+                                 maxTokensCap: maxTokens, prefillChunk: prefillChunk, timeout: timeout)
         let engine = ServeEngine(registry: registry, limits: limits)
         let key = apiKey ?? ProcessInfo.processInfo.environment["LORAFUSE_API_KEY"].flatMap { $0.isEmpty ? nil : $0 }
         let options = ServerOptions(host: host, port: port, apiKey: key, maxBodyBytes: maxBody, adaptersRoot: root)
