@@ -49,6 +49,8 @@ struct ServeBench: ParsableCommand {
     var maxBatch = 32
     @Option(name: .customLong("prefill-chunk"), help: "lorafuse serve's --prefill-chunk (default: its own default).")
     var prefillChunk: Int?
+    @Option(help: "lorafuse serve's weights: stored (the GGUF's quantized blocks, its default) or f32 (dequantized at load).")
+    var compute: WeightCompute = .stored
     @Option(help: "Threads for each server.")
     var threads = 2
     @Option(help: "LoRA rank of the generated adapters.")
@@ -127,7 +129,7 @@ struct ServeBench: ParsableCommand {
     private func measureAll(client: HTTPClient, dir: String, names: [String], peerBin: String, lorafuseBin: String,
                             loadBefore: String) async throws {
         let prompts = Self.prompts
-        let chunkArgs = prefillChunk.map { ["--prefill-chunk", String($0)] } ?? []
+        let chunkArgs = (prefillChunk.map { ["--prefill-chunk", String($0)] } ?? []) + ["--compute", compute.rawValue]
 
         // Request i: adapter (i mod D), prompt (i mod prompts).
         func bodies(_ d: Int, llama: Bool, adapters: [Int]? = nil) -> [Data] {
@@ -173,7 +175,7 @@ struct ServeBench: ParsableCommand {
             let srv = try ServerProcess.start(name: "lorafuse-sequential", exe: lorafuseBin,
                                               args: ["serve", "--model", model, "--adapters", dir, "--port", String(port),
                                                      "--max-batch", "1", "--max-queue", String(requests),
-                                                     "--threads", String(threads), "--max-tokens", String(max(maxTokens, 16))],
+                                                     "--threads", String(threads), "--max-tokens", String(max(maxTokens, 16))] + chunkArgs,
                                               port: port, log: work + "/lorafuse-sequential.log")
             defer { srv.stop() }
             try await srv.waitHealthy(client)
@@ -234,7 +236,7 @@ struct ServeBench: ParsableCommand {
             model: (model as NSString).lastPathComponent, blas_core: BLAS.coreName,
             openblas_coretype_env: ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] ?? "unset",
             quant_kernel: QuantKernels.kernelName, load_average_before: loadBefore, load_average_after: loadAverage(),
-            requests: requests, max_tokens: maxTokens, max_batch: maxBatch, prefill_chunk: prefillChunk ?? ServeLimits().prefillChunk, rank: rank,
+            requests: requests, max_tokens: maxTokens, max_batch: maxBatch, prefill_chunk: prefillChunk ?? ServeLimits().prefillChunk, compute: compute.rawValue, rank: rank,
             peer: skipPeer ? "" : peerVersion.trimmingCharacters(in: .whitespacesAndNewlines),
             runs: runs, paging: paging)
         print(rep.markdown)
@@ -329,7 +331,15 @@ struct ServeBench: ParsableCommand {
 
     /// Sends every body at once to `url`/v1/chat/completions (streaming) and times each from
     /// the outside: first content chunk, last byte, and the usage chunk's completion tokens.
-    static func workload(_ client: HTTPClient, url: String, bodies: [Data]) async throws -> (Double, [Outcome]) {
+    ///
+    /// Each workload opens its own connections: a pooled connection left idle between runs may
+    /// have been closed by the server (llama-server closes idle keep-alive connections after a few seconds), and reusing it fails
+    /// the request ("I/O on closed channel"), which is the client's fault, not the server's.
+    static func workload(_ shared: HTTPClient, url: String, bodies: [Data]) async throws -> (Double, [Outcome]) {
+        var config = HTTPClient.Configuration()
+        config.connectionPool = .init(idleTimeout: .seconds(1), concurrentHTTP1ConnectionsPerHostSoftLimit: bodies.count + 8)
+        config.timeout = .init(connect: .seconds(10), read: .seconds(900))
+        let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)
         let t0 = Date()
         var outs = [Outcome?](repeating: nil, count: bodies.count)
         await withTaskGroup(of: (Int, Outcome).self) { g in
@@ -338,7 +348,9 @@ struct ServeBench: ParsableCommand {
             }
             for await (i, o) in g { outs[i] = o }
         }
-        return (Date().timeIntervalSince(t0), outs.map { $0! })
+        let wall = Date().timeIntervalSince(t0)
+        try? await client.shutdown()
+        return (wall, outs.map { $0! })
     }
 
     static func one(_ client: HTTPClient, url: String, body: Data) async -> Outcome {
@@ -501,6 +513,7 @@ struct ServeBenchReport: BenchReport {
     var max_tokens: Int
     var max_batch: Int
     var prefill_chunk: Int
+    var compute: String
     var rank: Int
     var peer: String
     var runs: [ServeRun]
@@ -511,7 +524,7 @@ struct ServeBenchReport: BenchReport {
     var markdown: String {
         func f(_ x: Double?, _ fmt: String = "%.1f") -> String { x.map { $0.isFinite ? String(format: fmt, $0) : "—" } ?? "—" }
         var s = "\(model) · \(date) · \(machine) · \(threads) threads per server · OpenBLAS kernels: \(blas_core) (OPENBLAS_CORETYPE=\(openblas_coretype_env)) · quant kernels \(quant_kernel)\n"
-        s += "load average before \(load_average_before), after \(load_average_after) · \(requests) concurrent streaming chat requests, \(max_tokens) tokens each (greedy), rank-\(rank) adapters on q_proj/v_proj · batch width \(max_batch) (lorafuse --max-batch, llama-server --parallel) · lorafuse --prefill-chunk \(prefill_chunk)"
+        s += "load average before \(load_average_before), after \(load_average_after) · \(requests) concurrent streaming chat requests, \(max_tokens) tokens each (greedy), rank-\(rank) adapters on q_proj/v_proj · batch width \(max_batch) (lorafuse --max-batch, llama-server --parallel) · lorafuse --prefill-chunk \(prefill_chunk), --compute \(compute)"
         s += peer.isEmpty ? "\n\n" : " · peer: \(peer)\n\n"
         s += "| distinct adapters | lorafuse tok/s | llama-server tok/s | ratio | lorafuse one at a time tok/s | TTFT p50 / p99 s (lorafuse) | TTFT p50 / p99 s (llama-server) | latency p99 s (lorafuse / llama-server) | errors |\n"
         s += "|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"

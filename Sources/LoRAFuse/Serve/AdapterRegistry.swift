@@ -53,6 +53,8 @@ public final class AdapterRegistry: @unchecked Sendable {
         var pinned: Bool
         var set: AdapterSet?
         var bytes = 0
+        /// Bytes when last loaded, kept after an eviction (to tell whether it would fit again).
+        var lastBytes = 0
         var inUse = 0
         var loading = false
         var lastUse: UInt64 = 0
@@ -81,6 +83,8 @@ public final class AdapterRegistry: @unchecked Sendable {
     private var entries: [String: Entry] = [:]
     private var fusionNames: [String: String] = [:]     // recipe key → entry name
     private var clock: UInt64 = 0
+    /// Bytes of the last set loaded: the size guess for one never loaded.
+    private var lastLoadedBytes = 0
     private var stats = (loads: 0, fusions: 0, evictions: 0)
 
     public init(model: LlamaModel, baseName: String, hints: ModelHints = ModelHints(), budgetBytes: Int = 0, maxFusions: Int = 32) {
@@ -179,7 +183,12 @@ public final class AdapterRegistry: @unchecked Sendable {
     /// The adapter set for a request's choice, held until `release`: loaded, fused or reused.
     /// 404 for an unknown name, 400 for an adapter that does not fit the model or a bad merge,
     /// 429 when the budget is taken by sets in use.
-    public func acquire(_ choice: ModelChoice) throws -> AdapterLease {
+    ///
+    /// With `deferIfFull`, a set that is not resident and would not fit beside the sets in use and
+    /// pinned (by its size when last loaded, else the last set loaded) is refused with the 429
+    /// before it is read, instead of being read and then dropped: the scheduler queues the request
+    /// and acquires it later without the estimate.
+    public func acquire(_ choice: ModelChoice, deferIfFull: Bool = false) throws -> AdapterLease {
         let entry: Entry
         lock.lock()
         switch choice {
@@ -224,6 +233,14 @@ public final class AdapterRegistry: @unchecked Sendable {
                 forgetOldFusions(keeping: e)
             }
         }
+        if deferIfFull && budgetBytes > 0 && entry.set == nil && !entry.loading {
+            let estimate = entry.lastBytes > 0 ? entry.lastBytes : lastLoadedBytes
+            let held = entries.values.reduce(0) { $0 + ($1.set != nil && ($1.inUse > 0 || $1.pinned) ? $1.bytes : 0) }
+            if estimate > 0 && held + estimate > budgetBytes {
+                lock.unlock()
+                throw Self.budgetFull(budgetBytes)
+            }
+        }
         clock += 1
         entry.lastUse = clock
         entry.inUse += 1
@@ -252,13 +269,14 @@ public final class AdapterRegistry: @unchecked Sendable {
         case .success(let (set, bytes)):
             entry.set = set
             entry.bytes = bytes
+            entry.lastBytes = bytes
+            lastLoadedBytes = bytes
             evict(toFit: entry)
             if budgetBytes > 0 && residentBytesLocked > budgetBytes {
                 entry.set = nil
                 entry.bytes = 0
                 entry.inUse -= 1
-                throw ServeError.busy("the adapter memory budget (\(budgetBytes) bytes) is held by adapters in use; retry later",
-                                      code: Self.budgetFullCode)
+                throw Self.budgetFull(budgetBytes)
             }
             return AdapterLease(name: entry.name, set: set, registry: self)
         }
@@ -310,6 +328,10 @@ public final class AdapterRegistry: @unchecked Sendable {
 
     /// The `error.code` of the 429 when the budget is held by sets in use.
     public static let budgetFullCode = "adapter_memory_full"
+
+    static func budgetFull(_ budget: Int) -> ServeError {
+        ServeError.busy("the adapter memory budget (\(budget) bytes) is held by adapters in use; retry later", code: budgetFullCode)
+    }
 
     static func fusionName(key: String) -> String { "fusion-" + String(format: "%016llx", Digest.fnv(Array(key.utf8))) }
 

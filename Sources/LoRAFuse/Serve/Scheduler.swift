@@ -265,7 +265,7 @@ public final class ServeEngine: @unchecked Sendable {
         // a full budget defers it to admission.
         var lease: AdapterLease?
         do {
-            lease = try registry.acquire(request.choice)
+            lease = try registry.acquire(request.choice, deferIfFull: true)
         } catch let e as ServeError where e.code == AdapterRegistry.budgetFullCode {
             lease = nil
         }

@@ -188,6 +188,7 @@ final class ServeEngineTests: XCTestCase {
         let reqs = names.enumerated().map { i, n in completion("prompt \(i)", .named(n), max: 6) }
         let streams = try reqs.map { try engine.submit($0) }          // one loads; two wait without a 429
         XCTAssertEqual(streams.map(\.model), names)
+        XCTAssertEqual(reg.counters.loads, 1, "the waiting ones are not read only to be dropped")
         engine.start()
         var got: [[Int]] = Array(repeating: [], count: reqs.count)
         try await withThrowingTaskGroup(of: (Int, [Int]).self) { g in
@@ -195,6 +196,7 @@ final class ServeEngineTests: XCTestCase {
             for try await (i, t) in g { got[i] = t }
         }
         XCTAssertGreaterThanOrEqual(reg.counters.evictions, 2, "each waiting adapter replaced a finished one")
+        XCTAssertEqual(reg.counters.loads, 3, "each adapter read once")
         XCTAssertLessThanOrEqual(reg.residentBytes, ServeFixtures.adapterBytes(model))
         let (_, _, solo, _) = try setup()
         for (i, r) in reqs.enumerated() {
