@@ -428,6 +428,9 @@ final class ServerProcess: @unchecked Sendable {
     }
 
     static func start(name: String, exe: String, args: [String], port: Int, log: String) throws -> ServerProcess {
+        if portTaken(port) {
+            throw ValidationError("port \(port) on 127.0.0.1 is already in use (a server from an earlier run?): stop it or pass --port")
+        }
         try FileManager.default.createDirectory(atPath: (log as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
         FileManager.default.createFile(atPath: log, contents: nil)
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
@@ -440,8 +443,11 @@ final class ServerProcess: @unchecked Sendable {
         return ServerProcess(name: name, process: p, url: "http://127.0.0.1:\(port)")
     }
 
-    /// Polls GET /health until 200 (llama-server answers 503 while it loads).
+    /// Polls GET /health until 200 (llama-server answers 503 while it loads). Only once this
+    /// process has had a moment to bind: a server left running on the port (an earlier run killed
+    /// halfway) would otherwise answer for it; this one then exits on the taken port.
     func waitHealthy(_ client: HTTPClient, timeout: Double = 180) async throws {
+        try await Task.sleep(nanoseconds: 300_000_000)
         let t0 = Date()
         while Date().timeIntervalSince(t0) < timeout {
             guard process.isRunning else { throw ValidationError("\(name) exited with \(process.terminationStatus) before it was healthy (see its log)") }
@@ -451,6 +457,25 @@ final class ServerProcess: @unchecked Sendable {
             try await Task.sleep(nanoseconds: 200_000_000)
         }
         throw ValidationError("\(name) was not healthy after \(Int(timeout)) s")
+    }
+
+    /// Whether something accepts connections on 127.0.0.1:port.
+    static func portTaken(_ port: Int) -> Bool {
+        #if os(Linux)
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        #else
+        let fd = socket(AF_INET, SOCK_STREAM, 0)
+        #endif
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let r = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        return r == 0
     }
 
     /// The server's peak resident set (VmHWM), in MB.
