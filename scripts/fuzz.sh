@@ -2,7 +2,8 @@
 # Builds a libFuzzer binary over lorafuse's readers with swiftc -sanitize=fuzzer,address and runs
 # each reader as its own target for SECONDS (default 60), niced:
 #   scripts/fuzz.sh [--out FILE] [SECONDS] [TARGET...]
-#   targets: gguf (GGUF + GGUF LoRA), json (JSON + MLX config), safetensors; default all three.
+#   targets: gguf (GGUF + GGUF LoRA), json (JSON + MLX config), safetensors, request (the
+#   server's chat/completion body parser); default all four.
 # Per target: corpus in .build/fuzz/corpus-TARGET (seeded from the committed fixtures, kept between
 # runs; delete it to start from the seeds), log in .build/fuzz/TARGET.log, crash/timeout/oom inputs as .build/fuzz/TARGET-crash-*.
 # A summary (command, machine, and per target executions, exec/s, corpus, cov/ft, crashes, hangs)
@@ -19,7 +20,7 @@ if [[ "${1:-}" == "--out" ]]; then summary="$2"; shift 2; fi
 secs="${1:-60}"
 [[ $# -gt 0 ]] && shift
 targets=("$@")
-[[ ${#targets[@]} -eq 0 ]] && targets=(gguf json safetensors)
+[[ ${#targets[@]} -eq 0 ]] && targets=(gguf json safetensors request)
 niceness="${FUZZ_NICE:-10}"
 out=.build/fuzz
 mkdir -p "$out" "$(dirname "$summary")"
@@ -28,11 +29,24 @@ mkdir -p "$out" "$(dirname "$summary")"
 mapfile -t srcs < <(find Sources/LoRAFuse -name '*.swift' | grep -v -e FusionPlan.swift | sort)
 # Rebuilt only when a source is newer than the binary (a build takes minutes on 2 cores); the
 # linker's many "Cannot export local symbol" warnings go to build.log, shown only on failure.
+# The CQuant C target (quantized kernels) is compiled here as SwiftPM would, with a module map
+# for `import CQuant`; its objects are linked in.
 build_note="reused (no source newer than it)"
-if [[ ! -x "$out/reader-fuzz" || -n "$(find "${srcs[@]}" Fuzz/ReaderFuzz.swift -newer "$out/reader-fuzz" | head -1)" ]]; then
+if [[ ! -x "$out/reader-fuzz" || -n "$(find "${srcs[@]}" Sources/CQuant Fuzz/ReaderFuzz.swift -newer "$out/reader-fuzz" | head -1)" ]]; then
     build_start=$(date +%s)
+    mkdir -p "$out/cquant"
+    here="$(pwd)"
+    printf 'module CQuant {\n  header "%s/Sources/CQuant/include/cquant.h"\n  header "%s/Sources/CQuant/include/cquant_dequant.h"\n  export *\n}\n' \
+        "$here" "$here" > "$out/cquant/module.modulemap"
+    objs=()
+    for c in Sources/CQuant/*.c; do
+        o="$out/cquant/$(basename "$c" .c).o"
+        nice -n "$niceness" clang -O2 -fPIC -I Sources/CQuant/include -c "$c" -o "$o" >> "$out/build.log" 2>&1 || { cat "$out/build.log" >&2; exit 1; }
+        objs+=("$o")
+    done
     if ! nice -n "$niceness" swiftc -O -sanitize=fuzzer,address -parse-as-library -module-name LoRAFuseFuzz \
-        -I Sources/CBLAS -I Sources/CLAPACKE "${srcs[@]}" Fuzz/ReaderFuzz.swift -o "$out/reader-fuzz" > "$out/build.log" 2>&1; then
+        -I Sources/CBLAS -I Sources/CLAPACKE -I "$out/cquant" "${srcs[@]}" Fuzz/ReaderFuzz.swift "${objs[@]}" -lm \
+        -o "$out/reader-fuzz" > "$out/build.log" 2>&1; then
         grep -v 'Cannot export local symbol' "$out/build.log" >&2; exit 1
     fi
     build_note="built in $(( $(date +%s) - build_start )) s"
@@ -50,6 +64,13 @@ mapfile -t json_seeds < <(find Tests/LoRAFuseTests/Fixtures -name adapter_config
 seed json '\x01' "${json_seeds[@]}"
 mapfile -t st_seeds < <(find Tests/LoRAFuseTests/Fixtures -name '*.safetensors' -size -64k | sort | head -8)
 seed safetensors '\x02' "${st_seeds[@]}"
+# Request bodies: what OpenAI's clients and lorafuse's own fields look like.
+reqdir="$out/request-seeds"
+mkdir -p "$reqdir"
+printf '%s' '{"model":"alpha","messages":[{"role":"system","content":"s"},{"role":"user","content":[{"type":"text","text":"hi"}]}],"max_tokens":8,"temperature":0.7,"top_p":0.9,"seed":3,"stop":["a","b"],"stream":true,"stream_options":{"include_usage":true}}' > "$reqdir/chat.json"
+printf '%s' '{"model":"tiny","prompt":["abc"],"max_completion_tokens":4,"top_k":5,"presence_penalty":0.5,"frequency_penalty":-1,"n":1,"logprobs":false,"adapters":[{"name":"alpha","weight":0.5},{"name":"beta"}],"merge":{"method":"ties","density":0.5,"rank":4}}' > "$reqdir/completion.json"
+printf '%s' '{"model":"m","messages":[{"role":"developer","content":null}],"seed":18446744073709551615,"tools":[],"adapters":null}' > "$reqdir/edge.json"
+seed request '\x03' "$reqdir"/*.json
 
 # The safetensors target writes each input to a scratch file (the reader maps files): on tmpfs
 # that runs about 6x faster than on /tmp's disk.
@@ -64,9 +85,9 @@ cpu=$(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')
     echo "- machine: $(nproc) cores, $cpu, $(free -g | awk '/^Mem:/ {print $2}') GB RAM, $(uname -sr); load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "- code: commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$( [[ -n "$(git status --porcelain -- Sources Fuzz 2>/dev/null)" ]] && echo ' with uncommitted changes in Sources/ or Fuzz/')"
     echo "- toolchain: $(swiftc --version 2>&1 | head -1)"
-    echo "- binary: \`swiftc -O -sanitize=fuzzer,address\` over Sources/LoRAFuse (without FusionPlan.swift) + Fuzz/ReaderFuzz.swift, $build_note"
+    echo "- binary: \`swiftc -O -sanitize=fuzzer,address\` over Sources/LoRAFuse (without FusionPlan.swift) + Fuzz/ReaderFuzz.swift, CQuant's C files by \`clang -O2\`, $build_note"
     echo "- each target: \`TMPDIR=$scratch LORAFUSE_FUZZ_READER=TARGET nice -n $niceness .build/fuzz/reader-fuzz -max_total_time=$secs -max_len=65536 -timeout=5 -print_final_stats=1 -artifact_prefix=.build/fuzz/TARGET- .build/fuzz/corpus-TARGET\`"
-    echo "- seeds: the committed fixtures (gguf: Fixtures/gguf/*.gguf and interop/*.gguf; json: the first 8 adapter_config.json; safetensors: the first 8 *.safetensors under 64 KB)"
+    echo "- seeds: the committed fixtures (gguf: Fixtures/gguf/*.gguf and interop/*.gguf; json: the first 8 adapter_config.json; safetensors: the first 8 *.safetensors under 64 KB); request: 3 bodies written by the script"
     echo
     echo "| target | readers | seconds | executions | exec/s | corpus at start | final corpus (inputs/bytes) | cov | ft | crashes | hangs (>5 s) | OOMs | peak RSS |"
     echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
@@ -78,7 +99,8 @@ for t in "${targets[@]}"; do
         gguf) readers="GGUFFile, floats of 8 tensors, GGUFLoRA.read" ;;
         json) readers="JSONValue.parse, MLXAdapter.parseConfig" ;;
         safetensors) readers="SafetensorsFile, matrix of 8 tensors" ;;
-        *) echo "unknown target $t (gguf, json, safetensors)" >&2; exit 2 ;;
+        request) readers="RequestParser.parse as chat and as completion" ;;
+        *) echo "unknown target $t (gguf, json, safetensors, request)" >&2; exit 2 ;;
     esac
     rm -f "$out/$t"-crash-* "$out/$t"-timeout-* "$out/$t"-oom-* "$out/$t"-leak-*
     log="$out/$t.log"

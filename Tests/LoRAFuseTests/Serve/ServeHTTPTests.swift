@@ -253,4 +253,75 @@ final class ServeHTTPTests: XCTestCase {
         XCTAssertEqual(((r.json["usage"] as? [String: Any])?["completion_tokens"]) as? Int, 40)
         try await h.client.shutdown()
     }
+
+    /// A seeded fuzz of the JSON endpoints: valid chat/completion/adapter bodies with fields
+    /// replaced by values of every JSON type (and out-of-range numbers), fields dropped or added,
+    /// and byte-level damage (truncation, flipped and inserted bytes). Every answer must be a 200
+    /// (a JSON completion, or an event stream ending in [DONE]) or OpenAI's error object with a
+    /// 4xx status, never a 5xx or a dropped connection, and the server must still serve after.
+    func testFuzzedRequestBodiesGetA200OrA4xxErrorObject() async throws {
+        let h = try await start(maxBody: 1 << 16)
+        var rng = SeededRNG(seed: 2026)
+        let values: [Any] = [NSNull(), true, false, 0, -1, 1, 2, 1e300, -1e300, 0.5, 3.7, Int.max, Int.min, "", "x",
+                             "alpha", "tiny", "ties", String(repeating: "é", count: 300), [] as [Any], [1, 2], ["a"],
+                             [[:] as [String: Any]], [:] as [String: Any], ["method": "ties"], ["name": "alpha", "weight": "w"]]
+        func pick<T>(_ a: [T]) -> T { a[Int(rng.next() % UInt64(a.count))] }
+        let bases: [(String, [String: Any])] = [
+            ("/v1/chat/completions", ["model": "alpha", "messages": [["role": "user", "content": "hi"]], "max_tokens": 4]),
+            ("/v1/chat/completions", ["model": "tiny", "messages": [["role": "system", "content": "s"], ["role": "user", "content": "q"]],
+                                      "max_tokens": 3, "stream": true, "temperature": 0.7, "seed": 3, "stop": ["a"]]),
+            ("/v1/completions", ["model": "beta", "prompt": "abc", "max_tokens": 4, "top_p": 0.9, "top_k": 5]),
+            ("/v1/completions", ["model": "tiny", "prompt": "x", "max_tokens": 2,
+                                 "adapters": [["name": "alpha", "weight": 0.5], ["name": "gamma"]], "merge": ["method": "ties", "density": 0.5]]),
+            ("/v1/adapters", ["name": "fz", "path": "alpha"]),
+        ]
+        let keys = ["model", "messages", "prompt", "max_tokens", "stream", "temperature", "top_p", "top_k", "seed", "stop",
+                    "n", "logprobs", "tools", "adapters", "merge", "stream_options", "presence_penalty", "name", "path", "pinned"]
+        var statuses: [Int: Int] = [:]
+        for i in 0..<400 {
+            let (path, base) = pick(bases)
+            var body = base
+            for _ in 0..<(1 + Int(rng.next() % 3)) {
+                switch rng.next() % 4 {
+                case 0: body[pick(keys)] = pick(values)                      // a field of another type or range
+                case 1: if !body.isEmpty { body[pick(Array(body.keys))] = nil }   // a field dropped
+                case 2: if var m = body["messages"] as? [[String: Any]], !m.isEmpty {
+                            m[0][pick(["role", "content"])] = pick(values); body["messages"] = m
+                        }
+                default: if var a = body["adapters"] as? [[String: Any]] {
+                            a[0][pick(["name", "weight"])] = pick(values); body["adapters"] = a
+                        }
+                }
+            }
+            body["max_tokens"] = body["max_tokens"].map { v in (v as? Int).map { min(max($0, -5), 8) } ?? v }   // keep runs short
+            var bytes = [UInt8]((try? JSONSerialization.data(withJSONObject: body)) ?? Data("{}".utf8))
+            switch rng.next() % 5 {                                          // byte-level damage on 3 of 5
+            case 0: bytes = Array(bytes.prefix(Int(rng.next() % UInt64(bytes.count + 1))))
+            case 1: for _ in 0..<3 where !bytes.isEmpty { bytes[Int(rng.next() % UInt64(bytes.count))] = UInt8(truncatingIfNeeded: rng.next()) }
+            case 2: bytes.insert(UInt8(truncatingIfNeeded: rng.next()), at: Int(rng.next() % UInt64(bytes.count + 1)))
+            default: break
+            }
+            let text = String(decoding: bytes, as: UTF8.self)
+            let r = try await h.request(.POST, path, json: text)
+            statuses[r.status, default: 0] += 1
+            if r.status == 200 {
+                if r.body.hasPrefix("data: ") {
+                    XCTAssertTrue(r.body.hasSuffix("data: [DONE]\n\n"), "request \(i): \(text) → \(r.body.suffix(200))")
+                } else {
+                    XCTAssertFalse(r.json.isEmpty, "request \(i): \(text) → \(r.body.prefix(200))")
+                }
+            } else {
+                XCTAssertTrue([400, 404, 409, 413, 429].contains(r.status), "request \(i): \(text) → \(r.status) \(r.body.prefix(300))")
+                XCTAssertNotNil(r.error["message"] as? String, "request \(i): \(text) → \(r.body.prefix(300))")
+                XCTAssertNotNil(r.error["type"] as? String, "request \(i): \(text)")
+            }
+            if path == "/v1/adapters" && r.status == 200 { _ = try await h.request(.DELETE, "/v1/adapters/fz") }
+        }
+        print("fuzzed request statuses: \(statuses.sorted { $0.key < $1.key })")
+        XCTAssertGreaterThan(statuses[200] ?? 0, 20, "some requests stay valid")
+        XCTAssertGreaterThan(statuses[400] ?? 0, 50, "most damage is refused as a bad request")
+        let health = try await h.request(.GET, "/health")
+        XCTAssertEqual(health.status, 200)
+        try await h.stop()
+    }
 }
