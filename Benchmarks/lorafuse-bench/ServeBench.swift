@@ -432,7 +432,7 @@ final class ServerProcess: @unchecked Sendable {
             throw ValidationError("port \(port) on 127.0.0.1 is already in use (a server from an earlier run?): stop it or pass --port")
         }
         try FileManager.default.createDirectory(atPath: (log as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-        FileManager.default.createFile(atPath: log, contents: nil)
+        _ = FileManager.default.createFile(atPath: log, contents: nil)
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
         let p = Process()
         p.executableURL = URL(fileURLWithPath: exe)
