@@ -161,7 +161,7 @@ struct ServeBench: ParsableCommand {
                                               args: ["serve", "--model", model, "--adapters", dir, "--port", String(port),
                                                      "--max-batch", String(maxBatch), "--max-queue", String(requests),
                                                      "--threads", String(threads), "--max-tokens", String(max(maxTokens, 16))] + chunkArgs,
-                                              port: port, log: work + "/lorafuse.log")
+                                              port: port, log: work + "/logs/lorafuse.log")
             defer { srv.stop() }
             try await srv.waitHealthy(client)
             _ = try await Self.workload(client, url: srv.url, bodies: [bodies(1, llama: false)[0]])   // warm-up
@@ -176,7 +176,7 @@ struct ServeBench: ParsableCommand {
                                               args: ["serve", "--model", model, "--adapters", dir, "--port", String(port),
                                                      "--max-batch", "1", "--max-queue", String(requests),
                                                      "--threads", String(threads), "--max-tokens", String(max(maxTokens, 16))] + chunkArgs,
-                                              port: port, log: work + "/lorafuse-sequential.log")
+                                              port: port, log: work + "/logs/lorafuse-sequential.log")
             defer { srv.stop() }
             try await srv.waitHealthy(client)
             _ = try await Self.workload(client, url: srv.url, bodies: [bodies(1, llama: false)[0]])
@@ -193,11 +193,11 @@ struct ServeBench: ParsableCommand {
                         "--lora-init-without-apply", "--no-webui"]
             for i in 0..<maxD { args += ["--lora", dir + "/" + names[i] + ".gguf"] }
             let srv = try ServerProcess.start(name: "llama-server", exe: peerBin, args: args, port: port + 1,
-                                              log: work + "/llama-server.log")
+                                              log: work + "/logs/llama-server.log")
             defer { srv.stop() }
             try await srv.waitHealthy(client)
             peerVersion = (try? runProcess(peerBin, ["--version"])).map { String(decoding: $0, as: UTF8.self) } ?? ""
-            if peerVersion.isEmpty { peerVersion = Self.versionLine(work + "/llama-server.log") }
+            if peerVersion.isEmpty { peerVersion = Self.versionLine(work + "/logs/llama-server.log") }
             _ = try await Self.workload(client, url: srv.url, bodies: [bodies(1, llama: true)[0]])
             for d in counts {
                 FileHandle.standardError.write(Data("llama-server --parallel \(maxBatch): \(requests) requests over \(d) adapter(s)…\n".utf8))
@@ -217,7 +217,7 @@ struct ServeBench: ParsableCommand {
                                                      "--max-batch", String(maxBatch), "--max-queue", String(requests),
                                                      "--threads", String(threads), "--max-tokens", String(max(maxTokens, 16)),
                                                      "--memory-budget", String(budgetMB)] + chunkArgs,
-                                              port: port, log: work + "/lorafuse-paging.log")
+                                              port: port, log: work + "/logs/lorafuse-paging.log")
             defer { srv.stop() }
             try await srv.waitHealthy(client)
             _ = try await Self.workload(client, url: srv.url, bodies: [bodies(1, llama: false)[0]])
@@ -265,7 +265,14 @@ struct ServeBench: ParsableCommand {
            (0..<count).allSatisfy({ fm.fileExists(atPath: dir + "/" + Self.adapterName($0) + ".gguf") }) {
             return dir
         }
-        try? fm.removeItem(atPath: dir)
+        // Only a folder this benchmark made (it has the manifest) is replaced; anything else at
+        // that path is the user's.
+        if fm.fileExists(atPath: dir) {
+            guard fm.fileExists(atPath: manifestPath) else {
+                throw ValidationError("\(dir) exists and was not written by lorafuse-bench serve: pass another --work")
+            }
+            try fm.removeItem(atPath: dir)
+        }
         try fm.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let hints = try ModelHints.load(path: model)
         let lm = try LlamaModel.load(path: model)
