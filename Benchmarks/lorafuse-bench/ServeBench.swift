@@ -113,10 +113,8 @@ struct ServeBench: ParsableCommand {
         let names = (0..<needed).map(Self.adapterName)
         let loadBefore = loadAverage()
 
-        var config = HTTPClient.Configuration()
-        config.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: max(requests, 8) + 8)
-        config.timeout = .init(connect: .seconds(10), read: .seconds(900))
-        let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)
+        // Health checks and /metrics only; each workload opens its own connections (`workload`).
+        let client = HTTPClient(eventLoopGroupProvider: .singleton)
         do {
             try await measureAll(client: client, dir: dir, names: names, peerBin: peerBin, lorafuseBin: lorafuseBin, loadBefore: loadBefore)
         } catch {
@@ -164,10 +162,10 @@ struct ServeBench: ParsableCommand {
                                               port: port, log: work + "/logs/lorafuse.log")
             defer { srv.stop() }
             try await srv.waitHealthy(client)
-            _ = try await Self.workload(client, url: srv.url, bodies: [bodies(1, llama: false)[0]])   // warm-up
+            _ = try await Self.workload(url: srv.url, bodies: [bodies(1, llama: false)[0]])   // warm-up
             for d in counts {
                 FileHandle.standardError.write(Data("lorafuse serve --max-batch \(maxBatch): \(requests) requests over \(d) adapter(s)…\n".utf8))
-                record(try await Self.measure("lorafuse", d, srv, client, bodies(d, llama: false)))
+                record(try await Self.measure("lorafuse", d, srv, bodies(d, llama: false)))
             }
         }
         // lorafuse, one request at a time.
@@ -179,10 +177,10 @@ struct ServeBench: ParsableCommand {
                                               port: port, log: work + "/logs/lorafuse-sequential.log")
             defer { srv.stop() }
             try await srv.waitHealthy(client)
-            _ = try await Self.workload(client, url: srv.url, bodies: [bodies(1, llama: false)[0]])
+            _ = try await Self.workload(url: srv.url, bodies: [bodies(1, llama: false)[0]])
             for d in counts where d == counts.min() || d == 16 || d == maxD {
                 FileHandle.standardError.write(Data("lorafuse serve --max-batch 1: \(requests) requests over \(d) adapter(s)…\n".utf8))
-                record(try await Self.measure("lorafuse-sequential", d, srv, client, bodies(d, llama: false)))
+                record(try await Self.measure("lorafuse-sequential", d, srv, bodies(d, llama: false)))
             }
         }
         // llama-server with every adapter of the largest D given at start.
@@ -198,10 +196,10 @@ struct ServeBench: ParsableCommand {
             try await srv.waitHealthy(client)
             peerVersion = (try? runProcess(peerBin, ["--version"])).map { String(decoding: $0, as: UTF8.self) } ?? ""
             if peerVersion.isEmpty { peerVersion = Self.versionLine(work + "/logs/llama-server.log") }
-            _ = try await Self.workload(client, url: srv.url, bodies: [bodies(1, llama: true)[0]])
+            _ = try await Self.workload(url: srv.url, bodies: [bodies(1, llama: true)[0]])
             for d in counts {
                 FileHandle.standardError.write(Data("llama-server --parallel \(maxBatch): \(requests) requests over \(d) adapter(s)…\n".utf8))
-                record(try await Self.measure("llama-server", d, srv, client, bodies(d, llama: true)))
+                record(try await Self.measure("llama-server", d, srv, bodies(d, llama: true)))
             }
         }
         // Paging: every adapter registered, a budget for `resident` of them, each request its own adapter.
@@ -220,9 +218,9 @@ struct ServeBench: ParsableCommand {
                                               port: port, log: work + "/logs/lorafuse-paging.log")
             defer { srv.stop() }
             try await srv.waitHealthy(client)
-            _ = try await Self.workload(client, url: srv.url, bodies: [bodies(1, llama: false)[0]])
+            _ = try await Self.workload(url: srv.url, bodies: [bodies(1, llama: false)[0]])
             FileHandle.standardError.write(Data("lorafuse serve, \(registered) registered, budget \(budgetMB) MB (\(held) adapters): \(requests) requests on \(Set(picks).count) adapters…\n".utf8))
-            let r = try await Self.measure("lorafuse-paging", Set(picks).count, srv, client, bodies(1, llama: false, adapters: picks))
+            let r = try await Self.measure("lorafuse-paging", Set(picks).count, srv, bodies(1, llama: false, adapters: picks))
             record(r)
             let metrics = try await Self.get(client, srv.url + "/metrics")
             paging = PagingRun(registered: registered, budget_mb: budgetMB, adapters_held: held, adapter_bytes: one,
@@ -315,8 +313,8 @@ struct ServeBench: ParsableCommand {
         var error: String?
     }
 
-    static func measure(_ server: String, _ d: Int, _ srv: ServerProcess, _ client: HTTPClient, _ bodies: [Data]) async throws -> ServeRun {
-        let (wall, outs) = try await workload(client, url: srv.url, bodies: bodies)
+    static func measure(_ server: String, _ d: Int, _ srv: ServerProcess, _ bodies: [Data]) async throws -> ServeRun {
+        let (wall, outs) = try await workload(url: srv.url, bodies: bodies)
         let ok = outs.filter { $0.error == nil }
         let tokens = ok.reduce(0) { $0 + $1.tokens }
         let ttfts = ok.compactMap(\.ttft).sorted(), lats = ok.map(\.latency).sorted()
@@ -342,7 +340,7 @@ struct ServeBench: ParsableCommand {
     /// Each workload opens its own connections: a pooled connection left idle between runs may
     /// have been closed by the server (llama-server closes idle keep-alive connections after a few seconds), and reusing it fails
     /// the request ("I/O on closed channel"), which is the client's fault, not the server's.
-    static func workload(_ shared: HTTPClient, url: String, bodies: [Data]) async throws -> (Double, [Outcome]) {
+    static func workload(url: String, bodies: [Data]) async throws -> (Double, [Outcome]) {
         var config = HTTPClient.Configuration()
         config.connectionPool = .init(idleTimeout: .seconds(1), concurrentHTTP1ConnectionsPerHostSoftLimit: bodies.count + 8)
         config.timeout = .init(connect: .seconds(10), read: .seconds(900))
