@@ -335,6 +335,24 @@ public final class AdapterRegistry: @unchecked Sendable {
 
     static func fusionName(key: String) -> String { "fusion-" + String(format: "%016llx", Digest.fnv(Array(key.utf8))) }
 
+    /// Whether `choice`'s set, by its size when last loaded (else the last set's), exceeds the budget even with every
+    /// unpinned set evicted (pinned sets fill it): waiting for releases would never help.
+    public func cannotEverFit(_ choice: ModelChoice) -> Bool {
+        guard budgetBytes > 0 else { return false }
+        lock.lock()
+        defer { lock.unlock() }
+        let name: String?
+        switch choice {
+        case .named(let n): name = n
+        case let .combination(adapters, merge): name = fusionNames[Self.recipeKey(adapters, merge)]
+        }
+        guard let n = name, let e = entries[n] else { return false }
+        let estimate = e.lastBytes > 0 ? e.lastBytes : lastLoadedBytes
+        guard estimate > 0 else { return false }
+        let pinned = entries.values.reduce(0) { $0 + ($1 !== e && $1.pinned && $1.set != nil ? $1.bytes : 0) }
+        return pinned + estimate > budgetBytes
+    }
+
     /// The name a response reports for `choice` (what `acquire` would lease), without loading.
     public func responseName(for choice: ModelChoice) -> String {
         switch choice {

@@ -372,7 +372,14 @@ public final class ServeEngine: @unchecked Sendable {
                     for w in waiters { w.resume() }
                     return
                 }
-                lock.wait()
+                if waiting.isEmpty || acquiring {
+                    lock.wait()
+                } else {
+                    // Requests waiting for adapter memory that none of ours holds: something else
+                    // does (a lease taken outside the engine), so retry on a timer.
+                    _ = lock.wait(until: Date().addingTimeInterval(0.05))
+                    for s in waiting where s.lease == nil { s.triedAt = -1 }
+                }
                 lock.unlock()
                 continue
             }
@@ -405,7 +412,7 @@ public final class ServeEngine: @unchecked Sendable {
         // Reading an adapter (or building a fusion) takes milliseconds to seconds: not on the
         // thread that decodes everyone else's tokens.
         DispatchQueue.global().async { [self] in
-            let result = Result { try registry.acquire(s.choice) }
+            let result = Result { try registry.acquire(s.choice, deferIfFull: true) }
             lock.lock()
             defer { lock.broadcast(); lock.unlock() }
             acquiring = false
@@ -413,10 +420,10 @@ public final class ServeEngine: @unchecked Sendable {
             case .success(let lease):
                 if s.done || cancelled.contains(s.id) { lease.release() } else { s.lease = lease }
             case .failure(let e as ServeError) where e.code == AdapterRegistry.budgetFullCode:
-                // Still full: the next release retries it (at once if one came meanwhile). With no
-                // adapter held by any of our sequences, nothing of ours will ever make room.
-                let holders = running.contains { !$0.done } || waiting.contains { $0.lease != nil }
-                if !holders {
+                // Still full: the next release retries it (at once if one came meanwhile; a
+                // finishing sequence releases its lease before the loop counts the release). Only
+                // when pinned sets alone leave no room will waiting never help.
+                if registry.cannotEverFit(s.choice) {
                     fail(s, e)
                     waiting.removeAll { $0 === s }
                 } else if releases != s.triedAt {
