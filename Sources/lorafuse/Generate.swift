@@ -77,10 +77,15 @@ struct Generate: ParsableCommand {
                 throw ValidationError("the prompt has \(ids.count) tokens; --context \(context) leaves no room to generate")
             }
             generator.maxTokens = min(maxTokens, context - ids.count)
-            let session = try lm.makeSession(maxTokens: ids.count + generator.maxTokens)
+            // A per-request (sequence) router picks the adapters from the prompt.
+            let chosen = try lm.routedForPrompt(ids)?.model ?? lm
+            let session = try chosen.makeSession(maxTokens: ids.count + generator.maxTokens)
             _ = try generator.generate(session: session, prompt: ids, onText: writeOut)
             writeOut("\n")
             return
+        }
+        if lm.adapters.perRequestRouter != nil {
+            throw ValidationError("\(adapter.first?.path ?? "the routed model") routes per request from the prompt; give the prompt with --prompt (the chat loop keeps one conversation on one set of adapters)")
         }
         try runChat(lm, generator, context: context)
     }

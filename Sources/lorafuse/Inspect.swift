@@ -49,7 +49,7 @@ struct Inspect: ParsableCommand {
                 let r = try RoutedModel.load(directory: p, hints: hints)
                 routers.append(RouterSummary(path: p, method: r.config.method, top_k: r.config.topK, temperature: r.config.temperature,
                                              placement: r.config.placement.rawValue, gate: r.config.gate.rawValue,
-                                             adapters: r.adapters.map(\.name), routed_projections: r.gates.count))
+                                             adapters: r.adapters.map(\.name), routed_projections: r.config.gate == .sequence ? 0 : r.gates.count))
                 read += r.adapters
             } else {
                 read.append(try AdapterIO.read(path: p, hints: hints))
@@ -67,7 +67,10 @@ struct Inspect: ParsableCommand {
             return
         }
         for r in routers {
-            print("\(r.path): routed model, \(r.method) (\(r.gate) gates), top-\(r.top_k), T=\(r.temperature), placement \(r.placement), \(r.routed_projections) routed projections over \(r.adapters.count) adapters (digests match): \(r.adapters.joined(separator: ", "))")
+            let how = r.gate == GateKind.sequence.rawValue
+                ? "one choice per request (classifier on the prompt's mean hidden state), top-\(r.top_k)"
+                : "\(r.gate) gates, top-\(r.top_k), T=\(r.temperature), placement \(r.placement), \(r.routed_projections) routed projections"
+            print("\(r.path): routed model, \(r.method) (\(how)) over \(r.adapters.count) adapters (digests match): \(r.adapters.joined(separator: ", "))")
         }
         for a in loaded { print("\(a.name): dtype \(a.sourceDType.rawValue.lowercased()), \(a.sourcePath ?? "")") }
         // A NOLA folder reads as the LoRA it stands for; say how little of it is stored.

@@ -11,13 +11,17 @@ struct Route: ParsableCommand {
         All adapters' A are stacked into one GEMM per projection; each B runs only over the tokens that kept it.
 
         Methods (--method):
+          sequence one choice per request: a linear classifier on the prompt's mean last hidden state (one base \
+        pass over the prompt) picks the adapter (--top-k > 1: the top-k merged linearly by their probabilities), \
+        fitted on the shots' prompts. The baseline servers use today; token routing should beat it.
           arrow    training-free (Arrow): each adapter's gate row is the top right singular vector of its ΔW \
         (from the factors); score |cos(row, x)|. Needs no --shots.
           hidden   training-free (mergekit-moe's hidden gates): row i = the normalised mean input of the projection \
         over adapter i's shots through the base model, minus the mean over all adapters; score row · x.
-          meteora  MeteoRA's supervised routing: a linear gate (N × in) per projection, trained by AdamW to name \
-        the adapter of each token of its shots (run with that adapter applied); --balance adds a Switch \
-        load-balance term. MeteoRA's LM-loss term is not implemented yet.
+          meteora  MeteoRA: a linear gate (N × in) per projection, trained by Adam through the routed forward on \
+        --lm-weight × the LM cross-entropy of the shots' answers plus --gate-weight × the cross-entropy of each \
+        token's gate against its shot's adapter (MeteoRA's supervised routing, λ = 50 in its code); --balance \
+        adds a Switch load-balance term.
 
         --shots gives one .jsonl per adapter, in the same order: its examples label that adapter's task. \
         Writes ROUTED_DIR with router_config.json, router.safetensors and, with --copy-adapters, the adapters; \
@@ -32,14 +36,14 @@ struct Route: ParsableCommand {
     @Argument(help: "Adapters to route between (PEFT directories, GGUF LoRA files or mlx-lm directories).")
     var adapters: [String]
 
-    @Option(name: .long, parsing: .upToNextOption, help: "Examples, one .jsonl per adapter in the same order (hidden, meteora).")
+    @Option(name: .long, parsing: .upToNextOption, help: "Examples, one .jsonl per adapter in the same order (hidden, meteora, sequence).")
     var shots: [String] = []
 
     @Option(name: .customLong("shots-per-task"), help: "Use the first N examples of each --shots file.")
     var shotsPerTask = 16
 
-    @Option(name: .customLong("top-k"), help: "Adapters kept per token at each projection.")
-    var topK = 2
+    @Option(name: .customLong("top-k"), help: "Adapters kept per token at each projection (sequence: per request, merged linearly). Default 2, sequence 1.")
+    var topK: Int?
 
     @Option(name: .long, help: "Softmax temperature over the kept scores.")
     var temperature: Float = 1
@@ -47,10 +51,14 @@ struct Route: ParsableCommand {
     @Option(name: .long, help: "Projections that get gates: all, attention (q, k, v, o) or mlp (gate, up, down). Adapter modules elsewhere are not applied.")
     var placement = "all"
 
-    @Option(name: .long, help: "meteora: optimizer steps (each runs one shot of every adapter's task).") var steps = 64
-    @Option(name: .long, help: "meteora: AdamW learning rate of the gates.") var lr: Float = 5e-3
+    @Option(name: .long, help: "meteora: optimizer steps (each runs one shot of every adapter's task).") var steps = RouteOptions(method: .meteora).steps
+    @Option(name: .long, help: "meteora: Adam learning rate of the gates.") var lr: Float = RouteOptions(method: .meteora).learningRate
     @Option(name: .long, help: "meteora: weight of the Switch load-balance term (0: off).") var balance: Float = 0
     @Option(name: .long, help: "Seed of the shot order (meteora).") var seed: UInt64 = 0
+    @Option(name: .customLong("lm-weight"), help: "meteora: weight of the routed model's LM cross-entropy on the shots' answers (0: the supervised gate loss alone).")
+    var lmWeight: Float = RouteOptions(method: .meteora).lmWeight
+    @Option(name: .customLong("gate-weight"), help: "meteora: weight λ of the gate cross-entropy against each shot's adapter (MeteoRA: 50).")
+    var gateWeight: Float = RouteOptions(method: .meteora).gateWeight
     @Option(name: .long, help: "meteora: tokens that carry the gate loss: all (MeteoRA: every token) or answer (only the rows that predict the answer; measured worse on the suite, mean loss 1.33 vs 1.08).")
     var supervise = "all"
 
@@ -78,12 +86,14 @@ struct Route: ParsableCommand {
         }
         var o = RouteOptions(method: m)
         o.supervise = sup
-        o.topK = topK
+        o.topK = topK ?? m.defaultTopK
         o.temperature = temperature
         o.placement = p
         o.steps = steps
         o.learningRate = lr
         o.balance = balance
+        o.lmWeight = lmWeight
+        o.gateWeight = gateWeight
         o.seed = seed
         o.shotsPerTask = shotsPerTask
         return o
@@ -133,12 +143,14 @@ struct Route: ParsableCommand {
             try routed.write(into: url.path, finalPath: target.path, sources: adapters, copyAdapters: copyAdapters)
         }
         // The summary: how often each adapter's own shots send their tokens to it (top-1, all routed projections).
-        var line = String(format: "%@: %d adapters, %d routed projections, top-%d, T=%g (%.1f s)", o.method.rawValue,
-                          read.count, routed.gates.count, o.topK, Double(o.temperature), Date().timeIntervalSince(start))
+        let what = o.method == .sequence ? "one choice per request" : "\(routed.gates.count) routed projections"
+        var line = String(format: "%@: %d adapters, %@, top-%d, T=%g (%.1f s)", o.method.rawValue,
+                          read.count, what, o.topK, Double(o.temperature), Date().timeIntervalSince(start))
         if !tasks.isEmpty {
             let set = try loaded.prepare(routed: routed)
             let own = try RoutingSummary.ownTopOne(model: loaded, set: set, tasks: tasks, shotsPerTask: o.shotsPerTask)
-            line += "\n" + zip(read, own).map { String(format: "  %@: own adapter top-1 on %.0f%% of its shots' answer tokens", $0.name, 100 * $1) }.joined(separator: "\n")
+            let unit = o.method == .sequence ? "prompts" : "answer tokens"
+            line += "\n" + zip(read, own).map { String(format: "  %@: own adapter top-1 on %.0f%% of its shots' %@", $0.name, 100 * $1, unit) }.joined(separator: "\n")
         }
         print(line + "\nrouted model written to \(output)")
     }

@@ -170,6 +170,9 @@ public struct EvalProgress: Sendable {
 /// - early stop (`EvalOptions.earlyStop`): decoding also ends once the output can no longer equal the
 ///   answer after trimming (`canStillMatch`), which does not change `correct`.
 ///
+/// A per-request (`sequence`) router chooses each example's adapters from its prompt tokens
+/// (`CausalLM.routedForPrompt`) before the loss pass; one session is kept per choice.
+///
 /// `evaluate` runs every example on one session: the longest common prefix of all prompts (the chat
 /// template's system message and user-turn header, at most all but one token of the shortest prompt)
 /// is fed once, and each example cuts the session back to it (`truncate(to:)`) and feeds only the
@@ -243,7 +246,7 @@ public struct Evaluator {
     /// Scores one example on a fresh session. `task` only labels errors.
     public func score(_ example: EvalExample, task: String = "") throws -> ExampleScore {
         let (p, a) = try exampleTokens(example, file: task.isEmpty ? "(example)" : task)
-        let session = try model.makeSession(maxTokens: capacity(p, a))
+        let session = try (try model.routedForPrompt(p)?.model ?? model).makeSession(maxTokens: capacity(p, a))
         return try score(example, p: p, a: a, session: session, cached: 0, task: task)
     }
 
@@ -364,21 +367,33 @@ public struct Evaluator {
         // header) is fed once and every example starts by cutting the session back to it.
         let ids = try tasks.map { t in try t.examples.map { try exampleTokens($0, file: t.path ?? t.name) } }
         let all = ids.joined()
-        var session: (any InferenceSession)?
-        var shared = 0
+        var shared = 0, prefix: [Int] = [], maxTokens = 1
         if let first = all.first {
             shared = all.map(\.p.count).min()! - 1            // each example keeps ≥ 1 prompt token of its own
             for e in all.dropFirst() {
                 shared = min(shared, zip(first.p, e.p).prefix { $0 == $1 }.count)
             }
-            let s = try model.makeSession(maxTokens: all.map { capacity($0.p, $0.a) }.max()!)
-            if shared > 0 { _ = try s.feed(Array(first.p[..<shared]), logitsFrom: shared - 1) }
-            session = s
+            prefix = Array(first.p[..<shared])
+            maxTokens = all.map { capacity($0.p, $0.a) }.max()!
+        }
+        // A per-request router picks the adapters from each prompt: one session per choice, each
+        // with the common prefix fed once; otherwise one session for everything.
+        var sessions: [String: any InferenceSession] = [:]
+        func session(for p: [Int]) throws -> any InferenceSession {
+            let routed = try model.routedForPrompt(p)
+            let key = routed?.key ?? ""
+            if let s = sessions[key] { return s }
+            let s = try (routed?.model ?? model).makeSession(maxTokens: maxTokens)
+            if shared > 0 { _ = try s.feed(prefix, logitsFrom: shared - 1) }
+            // Top-k merges make a new choice per prompt; keep the KV caches held bounded.
+            if sessions.count >= 16 { sessions.removeAll() }
+            sessions[key] = s
+            return s
         }
         for (ti, task) in tasks.enumerated() {
             var nll = 0.0, tokens = 0, correct = 0
             for (i, ex) in task.examples.enumerated() {
-                let s = try score(ex, p: ids[ti][i].p, a: ids[ti][i].a, session: session!, cached: shared, task: task.name)
+                let s = try score(ex, p: ids[ti][i].p, a: ids[ti][i].a, session: try session(for: ids[ti][i].p), cached: shared, task: task.name)
                 nll += s.nll
                 tokens += s.tokens
                 if s.correct == true { correct += 1 }

@@ -14,6 +14,7 @@ public enum LoRARuntimeError: Error, CustomStringConvertible, Equatable {
     case unknownModule(adapter: String, module: String)
     case shapeMismatch(adapter: String, module: String, expected: [Int], actual: [Int])
     case unsupportedTensor(adapter: String, tensor: String, reason: String)
+    case unresolvedSequenceRouter
 
     public var description: String {
         switch self {
@@ -23,6 +24,8 @@ public enum LoRARuntimeError: Error, CustomStringConvertible, Equatable {
             return "adapter '\(adapter)': module '\(module)' has ΔW shape \(actual), the model's weight is \(expected)"
         case let .unsupportedTensor(adapter, tensor, reason):
             return "adapter '\(adapter)': tensor '\(tensor)' is not supported at run time: \(reason)"
+        case .unresolvedSequenceRouter:
+            return "a per-request (sequence) router picks its adapters from the prompt: resolve it with the prompt (SequenceRouting.resolve) before making a session"
         }
     }
 }
@@ -58,6 +61,10 @@ public struct AdapterSet: Sendable {
     let maxRank: Int
     /// Experts gated per token (a routed model, Routing/), applied beside the factors above.
     let routed: RoutedLayers?
+    /// A per-request router (`route --method sequence`): the set stands for "the adapters its
+    /// classifier picks for the prompt"; `SequenceRouting.resolve` gives the set to run. Sessions
+    /// refuse an unresolved one.
+    var sequence: SequenceRouting? = nil
     /// Which preparation this set came from: sequences whose sets share it can share LoRA GEMMs
     /// in a batch.
     let identity = Identity()
@@ -70,7 +77,10 @@ public struct AdapterSet: Sendable {
     public var isEmpty: Bool { adapters.isEmpty }
 
     /// Whether adapters are chosen per token by gates (a routed model).
-    public var isRouted: Bool { routed != nil }
+    public var isRouted: Bool { routed != nil || sequence != nil }
+
+    /// The per-request router of a `sequence` routed model (nil for every other set).
+    public var perRequestRouter: SequenceRouting? { sequence }
 
     /// The routing policy of a routed set.
     public var routingPolicy: RoutingPolicy? { routed?.policy }
@@ -227,6 +237,14 @@ public final class AdaptedLlama: CausalLM, @unchecked Sendable {
 
     public func makeSession(maxTokens: Int) throws -> any InferenceSession {
         try model.makeLlamaSession(maxTokens: maxTokens, adapters: adapters)
+    }
+
+    /// A per-request router's choice for `prompt`, as a model with the chosen adapters (nil when
+    /// the adapters do not depend on the prompt).
+    public func routedForPrompt(_ prompt: [Int]) throws -> (key: String, model: any CausalLM)? {
+        guard let seq = adapters.sequence else { return nil }
+        let r = try seq.resolve(model: model, prompt: prompt)
+        return (r.key, AdaptedLlama(model: model, adapters: r.set))
     }
 
     public func makeLlamaSession(maxTokens: Int) throws -> LlamaSession {

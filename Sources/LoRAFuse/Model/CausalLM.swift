@@ -28,10 +28,15 @@ public protocol CausalLM: AnyObject {
     var contextLength: Int { get }
     /// A new sequence able to hold up to `maxTokens` tokens.
     func makeSession(maxTokens: Int) throws -> any InferenceSession
+    /// When the model's adapters are chosen per request from the prompt (a `sequence` router):
+    /// the model with the adapters chosen for `prompt`, and a key naming that choice (equal keys,
+    /// equal models). nil when the adapters do not depend on the prompt.
+    func routedForPrompt(_ prompt: [Int]) throws -> (key: String, model: any CausalLM)?
 }
 
 extension CausalLM {
     public var contextLength: Int { Int.max }
+    public func routedForPrompt(_ prompt: [Int]) throws -> (key: String, model: any CausalLM)? { nil }
 }
 
 extension InferenceSession {

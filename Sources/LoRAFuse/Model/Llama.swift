@@ -229,6 +229,7 @@ public final class LlamaSession: InferenceSession {
     init(model: LlamaModel, maxTokens: Int, adapters: AdapterSet) throws {
         let c = model.config
         guard maxTokens > 0 else { throw ModelError.contextFull(maxTokens: maxTokens, requested: 0) }
+        guard adapters.sequence == nil else { throw LoRARuntimeError.unresolvedSequenceRouter }
         precondition(adapters.modelID == nil || adapters.modelID == ObjectIdentifier(model),
                      "an AdapterSet is prepared for one model; prepare it again for this one")
         self.model = model
@@ -245,6 +246,7 @@ public final class LlamaSession: InferenceSession {
     public func reset(adapters: AdapterSet) {
         precondition(adapters.modelID == nil || adapters.modelID == ObjectIdentifier(model),
                      "an AdapterSet is prepared for one model; prepare it again for this one")
+        precondition(adapters.sequence == nil, LoRARuntimeError.unresolvedSequenceRouter.description)
         self.adapters = adapters
         position = 0
     }

@@ -19,9 +19,10 @@ extension ReportMethods {
     }
 
     static let routedSummary: [String: String] = [
-        "meteora": "per-token top-2 gates, MeteoRA's supervised gate loss on the shots",
+        "meteora": "per-token top-2 gates, MeteoRA: LM loss through the routed model + 50 × supervised gate loss, on the shots",
         "arrow": "per-token top-2 gates, Arrow prototypes (training-free)",
         "hidden": "per-token top-2 gates, mean hidden state per task (mergekit-moe, training-free)",
+        "sequence": "one adapter per request, classifier on the prompt's mean hidden state",
     ]
 }
 
@@ -58,7 +59,8 @@ extension ReportRunner {
         var key = cacheKey(m, adapters: inputs.adapters.map(\.name))
         key.learned = ["shots": shots.map(Digest.task).joined(separator: ","), "shotsPerTask": String(options.shotsPerTask),
                        "steps": String(options.steps), "lr": String(options.learningRate), "topK": String(options.topK),
-                       "temperature": String(options.temperature), "supervise": options.supervise.rawValue]
+                       "temperature": String(options.temperature), "supervise": options.supervise.rawValue,
+                       "lmWeight": String(options.lmWeight), "gateWeight": String(options.gateWeight), "balance": String(options.balance)]
         var entry = try loadCache(m.id, key: key)
         let missing = test.filter { entry.tasks[$0.name]?.digest != Digest.task($0) }
         if !missing.isEmpty || entry.routing == nil {
@@ -80,7 +82,9 @@ extension ReportRunner {
             var top: [String: Double] = [:], byLayer: [String: [Double]] = [:]
             for ((t, i), trace) in zip(own, traces) {
                 top[t.name] = trace.topOneFraction(of: i)
-                byLayer[t.name] = trace.meanWeightPerLayer(layers: model.config.numHiddenLayers).map { $0[i] }
+                if method != .sequence {   // a per-request choice has no per-layer weights
+                    byLayer[t.name] = trace.meanWeightPerLayer(layers: model.config.numHiddenLayers).map { $0[i] }
+                }
                 tick(t.examples.count, "\(m.id) · gate trace \(t.name)")
             }
             entry.routing = ReportRouting(topK: options.topK, temperature: options.temperature, ownTopOne: top, ownWeightByLayer: byLayer)
@@ -96,7 +100,7 @@ extension ReportRunner {
 }
 
 extension ReportRenderer {
-    static let routingParagraph = "Own top-1: of the answer rows of a task's held-out examples and all routed projections, the share whose largest gate weight is on the task's own adapter (1/N is chance). The heatmaps show, per task and layer, the mean gate weight on the task's own adapter."
+    static let routingParagraph = "Own top-1: of the answer rows of a task's held-out examples and all routed projections, the share whose largest gate weight is on the task's own adapter (1/N is chance); for route-sequence, the share of the task's prompts sent to its own adapter. The heatmaps show, per task and layer, the mean gate weight on the task's own adapter."
 
     /// Routed rows: mean loss against the best fused row and the experts, and own top-1 per task.
     static func routingTable(_ r: ReportResults) -> Table? {

@@ -16,6 +16,8 @@ import Foundation
 public enum GateKind: String, Sendable, Codable, CaseIterable {
     case linear
     case arrow
+    /// One choice per request from the prompt (SequenceRouter.swift); no per-token gates.
+    case sequence
 }
 
 /// The top-k and temperature every routed projection of one model uses.
@@ -86,6 +88,14 @@ public final class RoutingTrace {
         rows[id, default: 0] += counted
     }
 
+    /// A per-request router's choice for one whole sequence: counted as one top-1 under the
+    /// pseudo-projection −1 (no per-layer weights).
+    public func recordChoice(_ expert: Int) {
+        var top = topOne[-1] ?? [Int](repeating: 0, count: experts)
+        top[expert] += 1
+        topOne[-1] = top
+    }
+
     /// Mean gate weight of each expert per layer (averaged over the layer's routed projections),
     /// (layers, N); layers without routed projections are zero rows.
     public func meanWeightPerLayer(layers: Int) -> [[Double]] {
@@ -148,40 +158,67 @@ extension RoutedLinear {
     }
 }
 
-extension LlamaSession {
-    /// out (rows, out) += Σ_i g_i(x) s_i (x A_iᵀ) B_iᵀ over each row's kept experts.
-    /// `firstPosition` is the position of row 0 (for the trace).
-    func applyRouted(_ r: RoutedLinear, id: Int, policy: RoutingPolicy, _ x: UnsafePointer<Float>, rows: Int,
-                     into out: UnsafeMutablePointer<Float>, ld: Int, firstPosition: Int) {
-        let N = r.experts, S = r.totalRank, nIn = r.inFeatures, nOut = r.outFeatures
-        let maxR = (0..<N).map(r.rank).max() ?? 1
-        let buf = routeTmp.reserve(rows * S + rows * N + rows * maxR + rows * nOut)
-        let za = buf, w = buf + rows * S, z = w + rows * N, y = z + rows * maxR
-        r.stackedA.withUnsafeBufferPointer { a in
+extension RoutedLinear {
+    /// The experts' factors at linear `id` stacked for the routed forward; nil when no expert has
+    /// a LoRA there.
+    static func stacking(_ perExpert: [[Int: LoRAFactors]], id: Int, linear lw: LinearWeights, gate: [Float],
+                         kind: GateKind) -> RoutedLinear? {
+        let N = perExpert.count
+        var stacked: [Float] = [], offsets = [0], Bs: [[Float]] = [], coefs: [Float] = []
+        for i in 0..<N {
+            if let f = perExpert[i][id] {
+                stacked += f.A
+                Bs.append(f.B)
+                coefs.append(f.coef)
+                offsets.append(offsets.last! + f.rank)
+            } else {
+                Bs.append([])
+                coefs.append(0)
+                offsets.append(offsets.last!)
+            }
+        }
+        guard offsets.last! > 0 else { return nil }
+        return RoutedLinear(experts: N, inFeatures: lw.inFeatures, outFeatures: lw.outFeatures,
+                            stackedA: stacked, offsets: offsets, B: Bs, coef: coefs, gate: gate, kind: kind)
+    }
+
+    /// Scratch floats `forward` needs for `rows` rows.
+    func scratchCount(rows: Int) -> Int {
+        let maxR = (0..<experts).map(rank).max() ?? 1
+        return rows * totalRank + rows * experts + rows * maxR + rows * outFeatures
+    }
+
+    /// out (rows, out) += Σ_i g_i(x) s_i (x A_iᵀ) B_iᵀ over each row's kept experts, with the
+    /// gate `gate` (N, in) — the stored one at inference, the one being trained by the training
+    /// engine. Leaves za (rows, ΣR) = x · stackedAᵀ and w (rows, N) = the gate weights at the
+    /// front of `scratch` (the training engine's backward reads them; the trace reads w).
+    func forward(_ x: UnsafePointer<Float>, rows: Int, gate: UnsafePointer<Float>, policy: RoutingPolicy,
+                 scratch: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>, ld: Int) {
+        let N = experts, S = totalRank, nIn = inFeatures, nOut = outFeatures
+        let maxR = (0..<N).map(rank).max() ?? 1
+        let za = scratch, w = scratch + rows * S, z = w + rows * N, y = z + rows * maxR
+        stackedA.withUnsafeBufferPointer { a in
             // (rows, ΣR) = x · stackedAᵀ: every expert's down-projection in one GEMM.
             BLAS.gemm(transA: false, transB: true, m: rows, n: S, k: nIn, alpha: 1,
                       a: x, lda: nIn, b: a.baseAddress!, ldb: nIn, beta: 0, c: za, ldc: S)
         }
-        r.gate.withUnsafeBufferPointer { g in
-            // (rows, N) = x · gateᵀ
-            BLAS.gemm(transA: false, transB: true, m: rows, n: N, k: nIn, alpha: 1,
-                      a: x, lda: nIn, b: g.baseAddress!, ldb: nIn, beta: 0, c: w, ldc: N)
-        }
-        r.gateWeights(x, rows: rows, scores: w, policy: policy)
-        routingTrace?.record(id: id, weights: w, rows: rows, firstPosition: firstPosition)
+        // (rows, N) = x · gateᵀ
+        BLAS.gemm(transA: false, transB: true, m: rows, n: N, k: nIn, alpha: 1,
+                  a: x, lda: nIn, b: gate, ldb: nIn, beta: 0, c: w, ldc: N)
+        gateWeights(x, rows: rows, scores: w, policy: policy)
         var chosen = [Int]()
         chosen.reserveCapacity(rows)
-        for i in 0..<N where r.present(i) {
-            let ri = r.rank(i), off = r.offsets[i]
+        for i in 0..<N where present(i) {
+            let ri = rank(i), off = offsets[i]
             chosen.removeAll(keepingCapacity: true)
             for t in 0..<rows where w[t * N + i] > 0 { chosen.append(t) }
             if chosen.isEmpty { continue }
             // Z (n, r_i) = g_i · s_i · (x A_iᵀ) for the rows that kept expert i.
             for (j, t) in chosen.enumerated() {
-                let c = w[t * N + i] * r.coef[i]
+                let c = w[t * N + i] * coef[i]
                 for q in 0..<ri { z[j * ri + q] = c * za[t * S + off + q] }
             }
-            r.B[i].withUnsafeBufferPointer { b in
+            B[i].withUnsafeBufferPointer { b in
                 if chosen.count == rows {
                     // Every row kept it: (rows, out) += Z · B_iᵀ in place.
                     BLAS.gemm(transA: false, transB: true, m: rows, n: nOut, k: ri, alpha: 1,
@@ -197,5 +234,18 @@ extension LlamaSession {
                 }
             }
         }
+    }
+}
+
+extension LlamaSession {
+    /// out (rows, out) += Σ_i g_i(x) s_i (x A_iᵀ) B_iᵀ over each row's kept experts.
+    /// `firstPosition` is the position of row 0 (for the trace).
+    func applyRouted(_ r: RoutedLinear, id: Int, policy: RoutingPolicy, _ x: UnsafePointer<Float>, rows: Int,
+                     into out: UnsafeMutablePointer<Float>, ld: Int, firstPosition: Int) {
+        let buf = routeTmp.reserve(r.scratchCount(rows: rows))
+        r.gate.withUnsafeBufferPointer { g in
+            r.forward(x, rows: rows, gate: g.baseAddress!, policy: policy, scratch: buf, into: out, ld: ld)
+        }
+        routingTrace?.record(id: id, weights: buf + rows * r.totalRank, rows: rows, firstPosition: firstPosition)
     }
 }

@@ -190,6 +190,16 @@ public struct RoutedModel: Sendable {
         let reader = try SafetensorsFile(path: gatesPath)
         var gates: [String: Matrix] = [:]
         for t in reader.names {
+            if config.gate == .sequence {
+                // One classifier (N, hidden + 1) and nothing else.
+                guard t == SequenceRouter.tensorName + ".gate" else { throw RoutedModelError.unknownGate(path: gatesPath, tensor: t) }
+                let m = try reader.finiteMatrix(t)
+                guard m.rows == adapters.count, m.cols == config.base.hiddenSize + 1 else {
+                    throw RoutedModelError.gateShape(path: gatesPath, tensor: t, expected: [adapters.count, config.base.hiddenSize + 1], actual: m.shape)
+                }
+                gates[SequenceRouter.tensorName] = m
+                continue
+            }
             guard t.hasSuffix(".gate"), case .projection? = ModuleAddress(hf: String(t.dropLast(5))) else {
                 throw RoutedModelError.unknownGate(path: gatesPath, tensor: t)
             }
@@ -287,6 +297,24 @@ extension LlamaModel {
             throw RoutedModelError.otherBase(dir: routed.sourcePath ?? "(\(routed.config.method) router)", expected: want.summary, actual: here.summary)
         }
         let N = routed.adapters.count
+        if routed.config.gate == .sequence {
+            guard let g = routed.gates[SequenceRouter.tensorName], routed.gates.count == 1 else {
+                throw RoutedModelError.badConfig(path: routed.sourcePath ?? RouterConfig.gatesFileName, field: "gate",
+                                                 reason: "is 'sequence' but router.safetensors does not hold exactly '\(SequenceRouter.tensorName).gate'")
+            }
+            guard g.rows == N, g.cols == config.hiddenSize + 1 else {
+                throw RoutedModelError.gateShape(path: RouterConfig.gatesFileName, tensor: SequenceRouter.tensorName + ".gate",
+                                                 expected: [N, config.hiddenSize + 1], actual: g.shape)
+            }
+            let router = SequenceRouter(experts: N, hiddenSize: config.hiddenSize, table: g.data, topK: routed.config.topK,
+                                        temperature: routed.config.temperature)
+            let single = try routed.adapters.map { try prepare([($0, 1)], mode: .unmerged) }
+            var set = AdapterSet(adapters: routed.adapters.map { AdapterWeight(name: $0.name, weight: 1) }, mode: .unmerged,
+                                 modelID: ObjectIdentifier(self), linearFactors: [:], embedFactors: [], mergedLinear: [:],
+                                 mergedEmbed: nil, maxRank: single.map(\.maxRank).max() ?? 0, routed: nil)
+            set.sequence = SequenceRouting(router: router, adapters: routed.adapters, single: single)
+            return set
+        }
         let perExpert = try expertFactors(routed.adapters)
         var linears: [Int: RoutedLinear] = [:]
         for (module, g) in routed.gates {
@@ -298,22 +326,10 @@ extension LlamaModel {
                 throw RoutedModelError.gateShape(path: RouterConfig.gatesFileName, tensor: module + ".gate",
                                                  expected: [N, lw.inFeatures], actual: g.shape)
             }
-            var stacked: [Float] = [], offsets = [0], Bs: [[Float]] = [], coefs: [Float] = []
-            for i in 0..<N {
-                if let f = perExpert[i][id] {
-                    stacked += f.A
-                    Bs.append(f.B)
-                    coefs.append(f.coef)
-                    offsets.append(offsets.last! + f.rank)
-                } else {
-                    Bs.append([])
-                    coefs.append(0)
-                    offsets.append(offsets.last!)
-                }
+            guard let r = RoutedLinear.stacking(perExpert, id: id, linear: lw, gate: g.data, kind: routed.config.gate) else {
+                continue   // no expert touches this projection
             }
-            guard offsets.last! > 0 else { continue }   // no expert touches this projection
-            linears[id] = RoutedLinear(experts: N, inFeatures: lw.inFeatures, outFeatures: lw.outFeatures,
-                                       stackedA: stacked, offsets: offsets, B: Bs, coef: coefs, gate: g.data, kind: routed.config.gate)
+            linears[id] = r
         }
         let maxRank = perExpert.flatMap(\.values).map(\.rank).max() ?? 0
         return AdapterSet(adapters: routed.adapters.map { AdapterWeight(name: $0.name, weight: 1) }, mode: .unmerged,

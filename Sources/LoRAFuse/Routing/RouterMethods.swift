@@ -5,22 +5,31 @@ import Foundation
 // arrow    training-free (Arrow, arXiv 2405.11157): per projection, expert i's gate row is the
 //          top right singular vector of its ΔW = s B A, from the factors (productSVD: QR of both
 //          factors and an r × r SVD, never the dense ΔW); score |cos(row, x)|.
+// sequence one choice per request (SequenceRouter.swift): a linear classifier on the prompt's mean
+//          last hidden state through the base model, fitted on the shots' prompts; the top-k
+//          adapters merged linearly (k = 1 by default: one adapter per request).
 // hidden   training-free (mergekit-moe "hidden" gates): row i = normalise(mean_i − mean), mean_i
 //          the mean input of that projection over task i's shots run through the base model,
 //          mean the mean of the mean_i; score row · x.
-// meteora  MeteoRA's supervised routing loss (arXiv 2405.13053): each shot is run with its own
-//          adapter applied, and every projection's gate G (N, in) learns, by AdamW on the
-//          cross-entropy of softmax(G x) against the shot's task over every token, to name the
-//          adapter the token belongs to; plus an optional Switch load-balance term
+// meteora  MeteoRA (arXiv 2405.13053): every projection's gate G (N, in) is trained by Adam
+//          through the routed forward (RoutedTraining.swift) on the LM cross-entropy of the
+//          shots' answers plus λ × the cross-entropy of softmax(G x) against the shot's task
+//          (MeteoRA's supervised routing; λ = 50 in its code); plus an optional Switch load-balance term
 //          α · N · Σ_i f_i P_i (f_i: share of tokens whose top-1 is i, P_i: mean gate probability).
-//          MeteoRA adds the LM loss of the routed model (weight 1 beside 50 for this term);
-//          lorafuse does not yet backpropagate through the routed forward, so that term is absent.
 
 public enum RouteMethod: String, CaseIterable, Sendable {
-    case meteora, arrow, hidden
+    case meteora, arrow, hidden, sequence
 
     public var needsShots: Bool { self != .arrow }
-    public var gateKind: GateKind { self == .arrow ? .arrow : .linear }
+    public var gateKind: GateKind {
+        switch self {
+        case .arrow: return .arrow
+        case .sequence: return .sequence
+        case .meteora, .hidden: return .linear
+        }
+    }
+    /// Adapters kept per token (per request for `sequence`) unless --top-k says otherwise.
+    public var defaultTopK: Int { self == .sequence ? 1 : 2 }
 }
 
 public struct RouteOptions: Sendable, Equatable {
@@ -38,8 +47,15 @@ public struct RouteOptions: Sendable, Equatable {
     public var shotsPerTask = 16
     /// meteora: which tokens carry the gate loss.
     public var supervise: GateSupervision = .all
+    /// meteora: weight of the LM cross-entropy of the routed model on the shots' answers.
+    public var lmWeight: Float = 1
+    /// meteora: weight λ of the gate cross-entropy against the task label.
+    public var gateWeight: Float = 50
 
-    public init(method: RouteMethod) { self.method = method }
+    public init(method: RouteMethod) {
+        self.method = method
+        topK = method.defaultTopK
+    }
 }
 
 /// Which tokens of a shot teach the supervised gates its task.
@@ -85,6 +101,11 @@ public enum RouterBuilder {
         guard o.steps >= 1 else { throw RouteError.badOption(option: "--steps", reason: "must be at least 1") }
         guard o.shotsPerTask >= 1 else { throw RouteError.badOption(option: "--shots-per-task", reason: "must be at least 1") }
         guard o.balance.isFinite && o.balance >= 0 else { throw RouteError.badOption(option: "--balance", reason: "must be ≥ 0") }
+        guard o.lmWeight.isFinite && o.lmWeight >= 0 else { throw RouteError.badOption(option: "--lm-weight", reason: "must be ≥ 0") }
+        guard o.gateWeight.isFinite && o.gateWeight >= 0 else { throw RouteError.badOption(option: "--gate-weight", reason: "must be ≥ 0") }
+        guard o.method != .meteora || o.lmWeight + o.gateWeight + o.balance > 0 else {
+            throw RouteError.badOption(option: "--lm-weight/--gate-weight", reason: "with both 0 (and no --balance) the gates have nothing to learn")
+        }
         if o.method.needsShots && shots == 0 { throw RouteError.noShots(method: o.method.rawValue) }
         if shots != 0 && shots != adapters { throw RouteError.shotsCount(adapters: adapters, files: shots) }
     }
@@ -105,7 +126,7 @@ public enum RouterBuilder {
                 if factors.contains(where: { $0[id] != nil }) { routedIDs.append(id) }
             }
         }
-        guard !routedIDs.isEmpty else { throw RouteError.nothingToRoute(placement: o.placement.rawValue) }
+        guard !routedIDs.isEmpty || o.method == .sequence else { throw RouteError.nothingToRoute(placement: o.placement.rawValue) }
         var sequences: [[TrainingSequence]] = []
         for t in shots {
             let seqs = try TrainingData.sequences(EvalTask(name: t.name, path: t.path, examples: Array(t.examples.prefix(o.shotsPerTask))), model: model)
@@ -114,7 +135,14 @@ public enum RouterBuilder {
         }
         let gates: [Int: [Float]]
         var training: [String: String] = [:]
+        var named: [String: Matrix] = [:]
         switch o.method {
+        case .sequence:
+            let router = try sequenceRouter(model: model, sequences: sequences, options: o, progress: progress)
+            named[SequenceRouter.tensorName] = Matrix(rows: N, cols: model.config.hiddenSize + 1, data: router.table)
+            gates = [:]
+            routedIDs = []
+            training = ["shots_per_task": String(o.shotsPerTask), "classifier": "logistic regression on the mean last hidden state of the prompt, 300 full-batch Adam steps, lr 0.05, L2 1e-3"]
         case .arrow:
             gates = try arrowGates(model: model, factors: factors, ids: routedIDs, progress: progress)
         case .hidden:
@@ -124,9 +152,9 @@ public enum RouterBuilder {
             gates = try meteoraGates(model: model, adapters: adapters, sequences: sequences, ids: routedIDs, options: o, progress: progress)
             training = ["steps": String(o.steps), "lr": String(o.learningRate), "seed": String(o.seed), "supervise": o.supervise.rawValue,
                         "balance": String(o.balance), "shots_per_task": String(o.shotsPerTask),
-                        "loss": "gate cross-entropy against the task label (no LM term)"]
+                        "lm_weight": String(o.lmWeight), "gate_weight": String(o.gateWeight),
+                        "loss": "lm_weight × LM cross-entropy of the routed model + gate_weight × gate cross-entropy against the task label"]
         }
-        var named: [String: Matrix] = [:]
         for id in routedIDs {
             let (l, p) = (id / Projection.allCases.count, Projection.allCases[id % Projection.allCases.count])
             let name = ModuleAddress.projection(layer: l, p).hf
@@ -137,6 +165,27 @@ public enum RouterBuilder {
                                   adapters: adapters.map { RouterAdapterEntry(name: $0.name, path: $0.sourcePath ?? $0.name, sha256: "") },
                                   training: training)
         return RoutedModel(config: config, adapters: adapters, gates: named)
+    }
+
+    // MARK: sequence
+
+    /// The per-request classifier, fitted on the shots' prompts (prompt = the tokens up to the
+    /// row that predicts the first answer token).
+    static func sequenceRouter(model: LlamaModel, sequences: [[TrainingSequence]], options o: RouteOptions,
+                               progress: ((Int, Int) -> Void)?) throws -> SequenceRouter {
+        var features: [[Float]] = [], labels: [Int] = []
+        let total = sequences.reduce(0) { $0 + $1.count }
+        for (i, seqs) in sequences.enumerated() {
+            for s in seqs {
+                let last = s.targets.firstIndex { $0 >= 0 } ?? (s.tokens.count - 1)
+                features.append(try SequenceRouter.feature(model: model, prompt: Array(s.tokens[...last])))
+                labels.append(i)
+                progress?(features.count, total + 1)
+            }
+        }
+        let r = SequenceRouter.fit(features: features, labels: labels, experts: sequences.count, topK: o.topK, temperature: o.temperature)
+        progress?(total + 1, total + 1)
+        return r
     }
 
     // MARK: arrow
@@ -217,93 +266,40 @@ public enum RouterBuilder {
     static func meteoraGates(model: LlamaModel, adapters: [LoRAAdapter], sequences: [[TrainingSequence]], ids: [Int],
                              options o: RouteOptions, progress: ((Int, Int) -> Void)?) throws -> [Int: [Float]] {
         let N = adapters.count
-        let wanted = Set(ids)
-        let sets = try adapters.map { try model.prepare([($0, 1)], mode: .unmerged) }
-        var gates: [Int: [Float]] = [:], grads: [Int: [Float]] = [:], m: [Int: [Float]] = [:], v: [Int: [Float]] = [:]
-        for id in ids {
-            let n = N * model.base.linears[id].inFeatures
-            gates[id] = [Float](repeating: 0, count: n)
-            grads[id] = [Float](repeating: 0, count: n)
-            m[id] = [Float](repeating: 0, count: n)
-            v[id] = [Float](repeating: 0, count: n)
-        }
-        let maxT = sequences.flatMap { $0 }.map(\.tokens.count).max() ?? 1
-        let session = try model.makeLlamaSession(maxTokens: maxT)
-        var label = 0, tokens = 0, firstRow = 0
-        session.linearInputObserver = { id, x, rows in
-            guard wanted.contains(id) else { return }
-            let nIn = model.base.linears[id].inFeatures
-            // D (rows, N) = x · Gᵀ, then softmax per row; D ← dLoss/dlogits.
-            var D = [Float](repeating: 0, count: rows * N)
-            gates[id]!.withUnsafeBufferPointer { g in
-                D.withUnsafeMutableBufferPointer { d in
-                    BLAS.gemm(transA: false, transB: true, m: rows, n: N, k: nIn, alpha: 1, a: x, lda: nIn,
-                              b: g.baseAddress!, ldb: nIn, beta: 0, c: d.baseAddress!, ldc: N)
-                }
-            }
-            var topShare = [Float](repeating: 0, count: N)
-            for t in 0..<rows {
-                var mx = -Float.infinity
-                for i in 0..<N { mx = max(mx, D[t * N + i]) }
-                var z: Float = 0, best = 0
-                for i in 0..<N { D[t * N + i] = expf(D[t * N + i] - mx); z += D[t * N + i] }
-                for i in 0..<N { D[t * N + i] /= z; if D[t * N + i] > D[t * N + best] { best = i } }
-                if t >= firstRow { topShare[best] += 1 / Float(max(rows - firstRow, 1)) }
-            }
-            // Per token: dCE/dlogit_i = p_i − [i = label]; the balance term adds α N p_i (f_i − Σ_k f_k p_k)
-            // (f held fixed, as Switch does: the top-1 share has no gradient).
-            for t in 0..<rows where t < firstRow {
-                for i in 0..<N { D[t * N + i] = 0 }
-            }
-            for t in firstRow..<max(rows, firstRow) {
-                var fp: Float = 0
-                if o.balance > 0 { for k in 0..<N { fp += topShare[k] * D[t * N + k] } }
-                for i in 0..<N {
-                    let p = D[t * N + i]
-                    var d = p - (i == label ? 1 : 0)
-                    if o.balance > 0 { d += o.balance * Float(N) * p * (topShare[i] - fp) }
-                    D[t * N + i] = d
-                }
-            }
-            // dG (N, in) += Dᵀ · x
-            grads[id]!.withUnsafeMutableBufferPointer { g in
-                D.withUnsafeBufferPointer { d in
-                    BLAS.gemm(transA: true, transB: false, m: N, n: nIn, k: rows, alpha: 1, a: d.baseAddress!, lda: N,
-                              b: x, ldb: nIn, beta: 1, c: g.baseAddress!, ldc: nIn)
-                }
-            }
+        let routing = try TrainableRouting(model: model, adapters: adapters, ids: ids,
+                                           policy: RoutingPolicy(topK: o.topK, temperature: o.temperature))
+        let engine = LlamaTrainingEngine(model: model)
+        var m: [Int: [Float]] = [:], v: [Int: [Float]] = [:]
+        for id in routing.ids {
+            m[id] = [Float](repeating: 0, count: routing.gates[id]!.count)
+            v[id] = m[id]
         }
         var rng = SeededRNG(seed: o.seed)
         var orders = sequences.map { Array($0.indices) }
         var cursor = [Int](repeating: 0, count: N)
         let b1: Float = 0.9, b2: Float = 0.999, eps: Float = 1e-8
         for step in 1...o.steps {
-            tokens = 0
+            // One shot of every task per step, packed into one routed forward/backward.
+            var batch: [TrainingSequence] = []
             for i in 0..<N {
                 if cursor[i] % orders[i].count == 0 { orders[i].shuffle(using: &rng) }
-                let s = sequences[i][orders[i][cursor[i] % orders[i].count]]
+                batch.append(sequences[i][orders[i][cursor[i] % orders[i].count]])
                 cursor[i] += 1
-                label = i
-                firstRow = o.supervise == .answer ? (s.targets.firstIndex { $0 >= 0 } ?? 0) : 0
-                session.reset(adapters: sets[i])
-                _ = try session.feed(s.tokens, lastOnly: true)
-                tokens += s.tokens.count - firstRow
             }
-            // AdamW (no weight decay) on the token-mean gradient, bias-corrected.
+            let r = engine.routedLossAndGradients(batch, labels: Array(0..<N), routing: routing, lmWeight: o.lmWeight,
+                                                  gateWeight: o.gateWeight, balance: o.balance, supervise: o.supervise)
+            // Adam (no weight decay), bias-corrected.
             let c1 = 1 - powf(b1, Float(step)), c2 = 1 - powf(b2, Float(step))
-            let inv = 1 / Float(tokens)
-            for id in ids {
-                gates[id]!.withUnsafeMutableBufferPointer { g in
-                    grads[id]!.withUnsafeMutableBufferPointer { gr in
-                        m[id]!.withUnsafeMutableBufferPointer { mm in
-                            v[id]!.withUnsafeMutableBufferPointer { vv in
-                                for j in 0..<g.count {
-                                    let d = gr[j] * inv
-                                    mm[j] = b1 * mm[j] + (1 - b1) * d
-                                    vv[j] = b2 * vv[j] + (1 - b2) * d * d
-                                    g[j] -= o.learningRate * (mm[j] / c1) / ((vv[j] / c2).squareRoot() + eps)
-                                    gr[j] = 0
-                                }
+            for id in routing.ids {
+                guard let gr = r.grads[id] else { continue }
+                routing.gates[id]!.withUnsafeMutableBufferPointer { g in
+                    m[id]!.withUnsafeMutableBufferPointer { mm in
+                        v[id]!.withUnsafeMutableBufferPointer { vv in
+                            for j in 0..<g.count {
+                                let d = gr[j]
+                                mm[j] = b1 * mm[j] + (1 - b1) * d
+                                vv[j] = b2 * vv[j] + (1 - b2) * d * d
+                                g[j] -= o.learningRate * (mm[j] / c1) / ((vv[j] / c2).squareRoot() + eps)
                             }
                         }
                     }
@@ -311,6 +307,8 @@ public enum RouterBuilder {
             }
             progress?(step, o.steps)
         }
+        var gates = routing.gates
+        for id in ids where gates[id] == nil { gates[id] = [Float](repeating: 0, count: N * model.base.linears[id].inFeatures) }
         return gates
     }
 }

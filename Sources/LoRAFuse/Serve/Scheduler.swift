@@ -451,8 +451,11 @@ public final class ServeEngine: @unchecked Sendable {
         for s in batch where s.pending == nil && !s.done && budget > 0 {
             do {
                 if s.session == nil {
+                    var set = s.lease!.set
+                    // A per-request router chooses from the prompt: one base pass over it here.
+                    if let seq = set.perRequestRouter { set = try seq.resolve(model: model, prompt: s.prompt).set }
                     s.session = try model.makeLlamaSession(maxTokens: min(s.prompt.count + s.maxNew, limits.contextLength),
-                                                           adapters: s.lease!.set)
+                                                           adapters: set)
                 }
             } catch {
                 fail(s, error)

@@ -199,6 +199,50 @@ public final class LlamaTrainingEngine {
         return (r.nll / Double(max(n, 1)), g)
     }
 
+    // MARK: Routed experts
+
+    /// The routed pass the running forward/backward applies beside the LoRA (nil: none).
+    private var routedPass: RoutedTrainingPass?
+
+    /// One routed step's losses and gate gradients.
+    public struct RoutedStep {
+        /// Mean cross-entropy over the batch's answer tokens, and their count.
+        public var lmLoss: Double
+        public var lmTokens: Int
+        /// Mean gate cross-entropy over (routed projection, labelled row) pairs.
+        public var gateLoss: Double
+        /// Gradients of `lmWeight · lmLoss + gateWeight · gateLoss` by routed linear id (N, in).
+        public var grads: [Int: [Float]]
+    }
+
+    /// Forward (and, with `wantGrad`, backward) of the base model with `routing`'s experts gated
+    /// per token at its projections. `labels[i]` is sequence i's task (the expert its rows should
+    /// choose; −1: no gate loss on it); `supervise` picks which rows carry the gate loss.
+    public func routedLossAndGradients(_ batch: [TrainingSequence], labels: [Int], routing: TrainableRouting,
+                                       lmWeight: Float, gateWeight: Float, balance: Float = 0,
+                                       supervise: GateSupervision = .all, wantGrad: Bool = true) -> RoutedStep {
+        precondition(labels.count == batch.count, "one label per sequence")
+        var rowLabel: [Int] = []
+        for (s, y) in zip(batch, labels) {
+            let first = supervise == .answer ? (s.targets.firstIndex { $0 >= 0 } ?? s.tokens.count) : 0
+            for t in 0..<s.tokens.count { rowLabel.append(t >= first ? y : -1) }
+        }
+        let pass = RoutedTrainingPass(routing: routing, rowLabel: rowLabel, gateWeight: gateWeight,
+                                      balance: wantGrad ? balance : 0)
+        routedPass = pass
+        defer { routedPass = nil }
+        let none = LoRAParameters(modules: [], rank: 1, alpha: 1, rsLoRA: false, targets: [])
+        var noDropout: Dropout? = nil
+        let tape = forward(batch, lora: none, dropout: &noDropout)
+        let n = tape.targetsSel.count
+        let r = lossAndLogitGrads(tape, gradScale: lmWeight / Float(max(n, 1)), wantGrad: wantGrad)
+        if wantGrad {
+            var unused = LoRAGradients(zerosLike: none)
+            backward(tape, dHSel: r.dH!, lora: none, grads: &unused)
+        }
+        return RoutedStep(lmLoss: r.nll / Double(max(n, 1)), lmTokens: n, gateLoss: pass.meanCrossEntropy, grads: pass.grads)
+    }
+
     // MARK: Forward
 
     private func moduleIndex(_ lora: LoRAParameters) -> [Int: Int] {
@@ -292,6 +336,7 @@ public final class LlamaTrainingEngine {
             BLAS.gemm(transA: false, transB: true, m: rows, n: nOut, k: nIn, alpha: 1, a: x, lda: nIn,
                       b: w.baseAddress!, ldb: nIn, beta: beta, c: out, ldc: nOut)              // (rows, out)
         }
+        routedPass?.forward(id: id, x, rows: rows, into: out)                                  // out += routed experts
         guard let mi = mods[id] else { return }
         let m = lora.modules[mi]
         var xd = x
@@ -474,6 +519,7 @@ public final class LlamaTrainingEngine {
             BLAS.gemm(transA: false, transB: false, m: rows, n: nIn, k: nOut, alpha: 1, a: dY, lda: nOut,
                       b: w.baseAddress!, ldb: nIn, beta: overwrite ? 0 : 1, c: dX, ldc: nIn)     // (rows, in)
         }
+        routedPass?.backward(id: id, dY: dY, x: x, rows: rows, dX: dX)                        // gates' grads, dX +=
         guard let mi = mods[id] else { return }
         let m = lora.modules[mi], r = m.rank, s = m.scale
         let u = tape.loraU[mi]!

@@ -24,15 +24,22 @@ final class CLITests: XCTestCase {
 
     func run(_ args: [String]) throws -> Run { try Self.run(args) }
 
-    /// Runs the binary with `args` and collects its exit code and output (shared with other CLI tests).
-    static func run(_ args: [String]) throws -> Run {
+    /// Runs the binary with `args` (and `stdin` as its standard input) and collects its exit code
+    /// and output (shared with other CLI tests).
+    static func run(_ args: [String], stdin: String? = nil) throws -> Run {
         let p = Process()
         p.executableURL = binary
         p.arguments = args
         let out = Pipe(), err = Pipe()
         p.standardOutput = out
         p.standardError = err
+        let input = Pipe()
+        if stdin != nil { p.standardInput = input }
         try p.run()
+        if let stdin {
+            input.fileHandleForWriting.write(Data(stdin.utf8))
+            try input.fileHandleForWriting.close()
+        }
         let o = out.fileHandleForReading.readDataToEndOfFile()
         let e = err.fileHandleForReading.readDataToEndOfFile()
         p.waitUntilExit()

@@ -45,7 +45,7 @@ final class RouteCLITests: XCTestCase {
         XCTAssertTrue(ev.stdout.contains("\"mean_loss\""), ev.stdout)
         let ins = try CLITests.run(["inspect", out])
         XCTAssertEqual(ins.code, 0, ins.stderr)
-        XCTAssertTrue(ins.stdout.contains("routed model, arrow (arrow gates), top-2"), ins.stdout)
+        XCTAssertTrue(ins.stdout.contains("routed model, arrow (arrow gates, top-2"), ins.stdout)
 
         // Careless uses.
         let k = try CLITests.run(["route", "--method", "arrow"] + ads + ["--top-k", "3", "-o", dir + "/k"])
@@ -64,5 +64,53 @@ final class RouteCLITests: XCTestCase {
         let both = try CLITests.run(["eval", "--adapter", out, "--adapter", ads[0], "--data", data, "--no-accuracy"])
         XCTAssertNotEqual(both.code, 0)
         XCTAssertTrue(both.stderr.contains("cannot be combined with other --adapter"), both.stderr)
+    }
+
+    /// The per-request router and MeteoRA's LM-loss training through the CLI on SmolLM2: the
+    /// sequence router sends each task's prompts to its adapter, eval and generate --prompt run the
+    /// chosen adapter, the chat loop is refused with the reason; meteora trains its gates through
+    /// the routed forward.
+    func testSequenceRouterAndMeteoraLMTraining() throws {
+        let model = ModelLocator.defaultModelPath()
+        guard FileManager.default.fileExists(atPath: model) else {
+            struct MissingModel: Error, CustomStringConvertible { var description: String }
+            throw MissingModel(description: "SmolLM2 model missing at \(model): run scripts/setup.sh (or `make test`)")
+        }
+        let dir = try tmpDir()
+        let names = ["add_2digit", "uppercase"]
+        let ads = names.map { Self.repo.appendingPathComponent("adapters/\($0)").path }
+        let shots = names.map { Self.repo.appendingPathComponent("tasks/\($0).train.jsonl").path }
+        let out = dir + "/seq"
+        let r = try CLITests.run(["route", "--method", "sequence"] + ads + ["--shots"] + shots + ["--shots-per-task", "4", "-o", out, "--quiet"])
+        XCTAssertEqual(r.code, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("sequence: 2 adapters, one choice per request, top-1"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("add_2digit: own adapter top-1 on 100% of its shots' prompts"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("uppercase: own adapter top-1 on 100% of its shots' prompts"), r.stdout)
+        // eval of one task through the router equals eval with that task's adapter.
+        let data = dir + "/add.jsonl"
+        try "{\"prompt\": \"What is 12 + 30? Reply with the number only.\", \"answer\": \"42\"}\n".write(toFile: data, atomically: true, encoding: .utf8)
+        let viaRouter = try CLITests.run(["eval", "--adapter", out, "--data", data, "--json", "--quiet"])
+        let direct = try CLITests.run(["eval", "--adapter", ads[0], "--data", data, "--json", "--quiet"])
+        XCTAssertEqual(viaRouter.code, 0, viaRouter.stderr)
+        XCTAssertEqual(viaRouter.stdout, direct.stdout)
+        let gen = try CLITests.run(["generate", "--adapter", out, "--prompt", "What is 12 + 30? Reply with the number only.", "--max-tokens", "4"])
+        let genDirect = try CLITests.run(["generate", "--adapter", ads[0], "--prompt", "What is 12 + 30? Reply with the number only.", "--max-tokens", "4"])
+        XCTAssertEqual(gen.code, 0, gen.stderr)
+        XCTAssertEqual(gen.stdout, genDirect.stdout)
+        let chat = try CLITests.run(["generate", "--adapter", out, "--chat"], stdin: "hello\n")
+        XCTAssertNotEqual(chat.code, 0)
+        XCTAssertTrue(chat.stderr.contains("routes per request from the prompt"), chat.stderr)
+        let ins = try CLITests.run(["inspect", out])
+        XCTAssertTrue(ins.stdout.contains("routed model, sequence (one choice per request"), ins.stdout)
+
+        let m = try CLITests.run(["route", "--method", "meteora"] + ads + ["--shots"] + shots
+                                 + ["--shots-per-task", "2", "--steps", "2", "-o", dir + "/met", "--quiet"])
+        XCTAssertEqual(m.code, 0, m.stderr)
+        let cfg = try String(contentsOfFile: dir + "/met/router_config.json", encoding: .utf8)
+        XCTAssertTrue(cfg.contains("\"lm_weight\" : \"1.0\""), cfg)
+        let zero = try CLITests.run(["route", "--method", "meteora"] + ads + ["--shots"] + shots
+                                    + ["--lm-weight", "0", "--gate-weight", "0", "-o", dir + "/z"])
+        XCTAssertNotEqual(zero.code, 0)
+        XCTAssertTrue(zero.stderr.contains("nothing to learn"), zero.stderr)
     }
 }

@@ -36,4 +36,35 @@ final class ServeRoutedTests: XCTestCase {
         XCTAssertEqual(r.tokens, expected.tokens)
         await engine.drain()
     }
+
+    /// A per-request (sequence) router served by name: the scheduler resolves it from the prompt,
+    /// giving the tokens of its chosen adapter alone.
+    func testSequenceRouterIsResolvedPerRequest() async throws {
+        let model = ServeFixtures.model()
+        let dir = try ServeFixtures.adapterDirectory(model, names: ["alpha", "beta"])
+        let ads = try ["alpha", "beta"].map { n -> LoRAAdapter in var a = try AdapterIO.read(path: dir + "/" + n); a.name = n; return a }
+        // A classifier whose bias picks beta whatever the prompt.
+        let C = model.config.hiddenSize
+        var table = [Float](repeating: 0, count: 2 * (C + 1))
+        table[2 * (C + 1) - 1] = 5
+        let cfg = RouterConfig(method: "sequence", gate: .sequence, topK: 1, temperature: 1, placement: .all,
+                               base: RouterBase(config: model.config, name: nil),
+                               adapters: ads.map { RouterAdapterEntry(name: $0.name, path: $0.name, sha256: "") }, training: [:])
+        let routed = RoutedModel(config: cfg, adapters: ads, gates: [SequenceRouter.tensorName: Matrix(rows: 2, cols: C + 1, data: table)])
+        let out = dir + "/per-request"
+        try OutputGuard.buildDirectory(out, inputs: [], force: false) { tmp in
+            try routed.write(into: tmp, finalPath: out, sources: [dir + "/alpha", dir + "/beta"], copyAdapters: false)
+        }
+        let reg = AdapterRegistry(model: model, baseName: "tiny", budgetBytes: 0)
+        XCTAssertEqual(try reg.registerDirectory(dir).sorted(), ["alpha", "beta", "per-request"])
+        let engine = ServeEngine(registry: reg, limits: ServeLimits(maxBatch: 8, contextLength: 256, maxTokensCap: 64, prefillChunk: 512))
+        let beta = model.with(try model.prepare([(ads[1], 1)]))
+        var gen = Generator(model: beta, sampler: try Sampler(temperature: 0, topP: 1, seed: 0), maxTokens: 12)
+        let expected = try gen.generate(session: try beta.makeSession(maxTokens: 64), prompt: model.tokenizer.encodeRawPrompt("route me"))
+        let req = GenerationRequest(kind: .completion, model: "per-request", input: .text("route me"), choice: .named("per-request"),
+                                    sampling: SamplingParameters(maxTokens: 12, temperature: 0, topP: 1, seed: 0, stop: []))
+        let r = try await engine.submit(req).collect()
+        XCTAssertEqual(r.tokens, expected.tokens)
+        await engine.drain()
+    }
 }
