@@ -59,6 +59,8 @@ struct Route: ParsableCommand {
     var lmWeight: Float = RouteOptions(method: .meteora).lmWeight
     @Option(name: .customLong("gate-weight"), help: "meteora: weight λ of the gate cross-entropy against each shot's adapter (MeteoRA: 50).")
     var gateWeight: Float = RouteOptions(method: .meteora).gateWeight
+    @Option(name: .long, help: "meteora: weight of the mean routing entropy (LoRA-Mixer's entropy shaping; with --balance its specialization loss, usable with --gate-weight 0 when shots carry no task label).")
+    var entropy: Float = 0
     @Option(name: .long, help: "meteora: tokens that carry the gate loss: all (MeteoRA: every token) or answer (only the rows that predict the answer; measured worse on the suite, mean loss 1.33 vs 1.08).")
     var supervise = "all"
 
@@ -94,6 +96,7 @@ struct Route: ParsableCommand {
         o.balance = balance
         o.lmWeight = lmWeight
         o.gateWeight = gateWeight
+        o.entropy = entropy
         o.seed = seed
         o.shotsPerTask = shotsPerTask
         return o

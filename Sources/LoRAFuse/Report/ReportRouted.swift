@@ -60,7 +60,8 @@ extension ReportRunner {
         key.learned = ["shots": shots.map(Digest.task).joined(separator: ","), "shotsPerTask": String(options.shotsPerTask),
                        "steps": String(options.steps), "lr": String(options.learningRate), "topK": String(options.topK),
                        "temperature": String(options.temperature), "supervise": options.supervise.rawValue,
-                       "lmWeight": String(options.lmWeight), "gateWeight": String(options.gateWeight), "balance": String(options.balance)]
+                       "lmWeight": String(options.lmWeight), "gateWeight": String(options.gateWeight), "balance": String(options.balance),
+                       "entropy": String(options.entropy)]
         var entry = try loadCache(m.id, key: key)
         let missing = test.filter { entry.tasks[$0.name]?.digest != Digest.task($0) }
         if !missing.isEmpty || entry.routing == nil {

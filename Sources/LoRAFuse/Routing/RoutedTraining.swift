@@ -15,7 +15,10 @@ import Foundation
 // adds weight/count · (p − onehot) to dl. The weight is MeteoRA's λ (50 in its code). The
 // optional Switch load-balance term, per projection α · N · Σ_i f_i P_i over the labelled rows
 // (f_i: share whose top-1 of p is i, held fixed; P_i: mean p_i), averaged over projections, adds
-// α N / (R · projections) · p_i (f_i − Σ_k f_k p_k) to each row's dl.
+// α N / (R · projections) · p_i (f_i − Σ_k f_k p_k) to each row's dl. The optional entropy
+// term (LoRA-Mixer's entropy shaping, with the balance term its "specialization loss"), β times
+// the mean over the same (projection, row) pairs of H(p) = −Σ p_i log p_i, adds
+// β/count · (−p_j (log p_j + H)) to dl_j: it sharpens each token's routing without task labels.
 
 /// Gates being trained over frozen experts: the experts stacked per projection as the routed
 /// forward reads them, and one (N, in) linear gate per routed projection.
@@ -58,6 +61,7 @@ final class RoutedTrainingPass {
     let rowLabel: [Int]
     let gateWeight: Float
     let balance: Float
+    let entropy: Float
     private var scratch: [Int: TrainBuffer] = [:]   // id → za (rows, ΣR), w (rows, N), …
     private var probs: [Int: TrainBuffer] = [:]     // id → softmax of x Gᵀ over present experts (rows, N)
     /// Gradients of the gates, by id.
@@ -65,15 +69,21 @@ final class RoutedTrainingPass {
     /// Σ cross-entropy over (projection, labelled row) pairs, and their count.
     private(set) var ceSum = 0.0
     private(set) var ceCount = 0
+    /// Σ H(p) over the same pairs.
+    private(set) var entropySum = 0.0
 
     private var projections = 0                     // routed projections with labelled rows
 
-    init(routing: TrainableRouting, rowLabel: [Int], gateWeight: Float, balance: Float = 0) {
+    init(routing: TrainableRouting, rowLabel: [Int], gateWeight: Float, balance: Float = 0, entropy: Float = 0) {
         self.routing = routing
         self.rowLabel = rowLabel
         self.gateWeight = gateWeight
         self.balance = balance
+        self.entropy = entropy
     }
+
+    /// Mean routing entropy of the forward pass.
+    var meanEntropy: Double { entropySum / Double(max(ceCount, 1)) }
 
     /// Mean gate cross-entropy of the forward pass.
     var meanCrossEntropy: Double { ceSum / Double(max(ceCount, 1)) }
@@ -87,7 +97,7 @@ final class RoutedTrainingPass {
             r.forward(x, rows: rows, gate: g.baseAddress!, policy: routing.policy, scratch: buf.p, into: out, ld: r.outFeatures)
         }
         scratch[id] = buf
-        guard gateWeight > 0 || balance > 0 else { return }
+        guard gateWeight > 0 || balance > 0 || entropy > 0 else { return }
         let p = TrainBuffer(rows * N)
         gate.withUnsafeBufferPointer { g in
             BLAS.gemm(transA: false, transB: true, m: rows, n: N, k: nIn, alpha: 1, a: x, lda: nIn,
@@ -103,6 +113,7 @@ final class RoutedTrainingPass {
             for i in 0..<N { row[i] = r.present(i) ? expf(row[i] - m) : 0; z += row[i] }
             for i in 0..<N { row[i] /= z }
             ceSum -= Foundation.log(Double(max(row[y], .leastNormalMagnitude)))
+            for i in 0..<N where row[i] > 0 { entropySum -= Double(row[i]) * Foundation.log(Double(row[i])) }
             ceCount += 1
         }
         if rowLabel.prefix(rows).contains(where: { $0 >= 0 }) { projections += 1 }
@@ -182,14 +193,17 @@ final class RoutedTrainingPass {
                 for i in 0..<N { f[i] /= Float(max(R, 1)) }
             }
             let bScale = balance * Float(N) / Float(max(R, 1) * max(projections, 1))
+            let eScale = entropy / Float(ceCount)
             for t in 0..<rows {
                 let y = rowLabel[t]
                 guard y >= 0, r.present(y) else { continue }
                 let pr = p.p + t * N, d = dl.p + t * N
-                var fp: Float = 0
+                var fp: Float = 0, H: Float = 0
                 for k in 0..<N { fp += f[k] * pr[k] }
+                if entropy > 0 { for k in 0..<N where pr[k] > 0 { H -= pr[k] * logf(pr[k]) } }
                 for i in 0..<N where r.present(i) {
                     d[i] += scale * (pr[i] - (i == y ? 1 : 0)) + bScale * pr[i] * (f[i] - fp)
+                    if entropy > 0 && pr[i] > 0 { d[i] -= eScale * pr[i] * (logf(pr[i]) + H) }
                 }
             }
         }

@@ -51,6 +51,8 @@ public struct RouteOptions: Sendable, Equatable {
     public var lmWeight: Float = 1
     /// meteora: weight λ of the gate cross-entropy against the task label.
     public var gateWeight: Float = 50
+    /// meteora: weight of the routing entropy (LoRA-Mixer's entropy shaping; 0: off).
+    public var entropy: Float = 0
 
     public init(method: RouteMethod) {
         self.method = method
@@ -103,7 +105,8 @@ public enum RouterBuilder {
         guard o.balance.isFinite && o.balance >= 0 else { throw RouteError.badOption(option: "--balance", reason: "must be ≥ 0") }
         guard o.lmWeight.isFinite && o.lmWeight >= 0 else { throw RouteError.badOption(option: "--lm-weight", reason: "must be ≥ 0") }
         guard o.gateWeight.isFinite && o.gateWeight >= 0 else { throw RouteError.badOption(option: "--gate-weight", reason: "must be ≥ 0") }
-        guard o.method != .meteora || o.lmWeight + o.gateWeight + o.balance > 0 else {
+        guard o.entropy.isFinite && o.entropy >= 0 else { throw RouteError.badOption(option: "--entropy", reason: "must be ≥ 0") }
+        guard o.method != .meteora || o.lmWeight + o.gateWeight + o.balance + o.entropy > 0 else {
             throw RouteError.badOption(option: "--lm-weight/--gate-weight", reason: "with both 0 (and no --balance) the gates have nothing to learn")
         }
         if o.method.needsShots && shots == 0 { throw RouteError.noShots(method: o.method.rawValue) }
@@ -152,7 +155,7 @@ public enum RouterBuilder {
             gates = try meteoraGates(model: model, adapters: adapters, sequences: sequences, ids: routedIDs, options: o, progress: progress)
             training = ["steps": String(o.steps), "lr": String(o.learningRate), "seed": String(o.seed), "supervise": o.supervise.rawValue,
                         "balance": String(o.balance), "shots_per_task": String(o.shotsPerTask),
-                        "lm_weight": String(o.lmWeight), "gate_weight": String(o.gateWeight),
+                        "lm_weight": String(o.lmWeight), "gate_weight": String(o.gateWeight), "entropy": String(o.entropy),
                         "loss": "lm_weight × LM cross-entropy of the routed model + gate_weight × gate cross-entropy against the task label"]
         }
         for id in routedIDs {
@@ -287,7 +290,8 @@ public enum RouterBuilder {
                 cursor[i] += 1
             }
             let r = engine.routedLossAndGradients(batch, labels: Array(0..<N), routing: routing, lmWeight: o.lmWeight,
-                                                  gateWeight: o.gateWeight, balance: o.balance, supervise: o.supervise)
+                                                  gateWeight: o.gateWeight, balance: o.balance, entropy: o.entropy,
+                                                  supervise: o.supervise)
             // Adam (no weight decay), bias-corrected.
             let c1 = 1 - powf(b1, Float(step)), c2 = 1 - powf(b2, Float(step))
             for id in routing.ids {

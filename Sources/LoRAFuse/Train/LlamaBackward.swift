@@ -211,6 +211,8 @@ public final class LlamaTrainingEngine {
         public var lmTokens: Int
         /// Mean gate cross-entropy over (routed projection, labelled row) pairs.
         public var gateLoss: Double
+        /// Mean entropy of the gate distributions over the same pairs.
+        public var entropy: Double
         /// Gradients of `lmWeight · lmLoss + gateWeight · gateLoss` by routed linear id (N, in).
         public var grads: [Int: [Float]]
     }
@@ -219,7 +221,7 @@ public final class LlamaTrainingEngine {
     /// per token at its projections. `labels[i]` is sequence i's task (the expert its rows should
     /// choose; −1: no gate loss on it); `supervise` picks which rows carry the gate loss.
     public func routedLossAndGradients(_ batch: [TrainingSequence], labels: [Int], routing: TrainableRouting,
-                                       lmWeight: Float, gateWeight: Float, balance: Float = 0,
+                                       lmWeight: Float, gateWeight: Float, balance: Float = 0, entropy: Float = 0,
                                        supervise: GateSupervision = .all, wantGrad: Bool = true) -> RoutedStep {
         precondition(labels.count == batch.count, "one label per sequence")
         var rowLabel: [Int] = []
@@ -228,7 +230,7 @@ public final class LlamaTrainingEngine {
             for t in 0..<s.tokens.count { rowLabel.append(t >= first ? y : -1) }
         }
         let pass = RoutedTrainingPass(routing: routing, rowLabel: rowLabel, gateWeight: gateWeight,
-                                      balance: wantGrad ? balance : 0)
+                                      balance: wantGrad ? balance : 0, entropy: entropy)
         routedPass = pass
         defer { routedPass = nil }
         let none = LoRAParameters(modules: [], rank: 1, alpha: 1, rsLoRA: false, targets: [])
@@ -240,7 +242,8 @@ public final class LlamaTrainingEngine {
             var unused = LoRAGradients(zerosLike: none)
             backward(tape, dHSel: r.dH!, lora: none, grads: &unused)
         }
-        return RoutedStep(lmLoss: r.nll / Double(max(n, 1)), lmTokens: n, gateLoss: pass.meanCrossEntropy, grads: pass.grads)
+        return RoutedStep(lmLoss: r.nll / Double(max(n, 1)), lmTokens: n, gateLoss: pass.meanCrossEntropy,
+                          entropy: pass.meanEntropy, grads: pass.grads)
     }
 
     // MARK: Forward

@@ -49,18 +49,20 @@ final class RoutedTrainingTests: XCTestCase {
         XCTAssertGreaterThan(abs(base.nll / Double(base.tokens) - r.lmLoss), 1e-3)
     }
 
-    /// ∂(lmWeight·LM + gateWeight·gate CE)/∂G against central differences on the largest
+    /// ∂(LM + gateWeight·gate CE + entropy·H)/∂G against central differences on the largest
     /// coordinates of every gate, for top-k < N and top-k = N.
     func testGateGradientsMatchFiniteDifferences() throws {
-        for (topK, T, gw) in [(2, Float(0.7), Float(0.6)), (3, Float(1.3), Float(0)), (1, Float(1), Float(2))] {
+        for (topK, T, gw, ent) in [(2, Float(0.7), Float(0.6), Float(0)), (3, Float(1.3), Float(0), Float(0.8)),
+                                   (1, Float(1), Float(2), Float(0)), (2, Float(1), Float(0.3), Float(0.5))] {
             let (m, ads, ids, gates) = Self.setUp(topK: topK, temperature: T)
             let routing = try TrainableRouting(model: m, adapters: ads, ids: ids, policy: RoutingPolicy(topK: topK, temperature: T), initial: gates)
             let engine = LlamaTrainingEngine(model: m)
             let batch = TrainFixtures.batch(), labels = [2, 0]
-            let g = engine.routedLossAndGradients(batch, labels: labels, routing: routing, lmWeight: 1, gateWeight: gw).grads
+            let g = engine.routedLossAndGradients(batch, labels: labels, routing: routing, lmWeight: 1, gateWeight: gw, entropy: ent).grads
             func loss() -> Double {
-                let r = engine.routedLossAndGradients(batch, labels: labels, routing: routing, lmWeight: 1, gateWeight: gw, wantGrad: false)
-                return r.lmLoss + Double(gw) * r.gateLoss
+                let r = engine.routedLossAndGradients(batch, labels: labels, routing: routing, lmWeight: 1, gateWeight: gw,
+                                                      entropy: ent, wantGrad: false)
+                return r.lmLoss + Double(gw) * r.gateLoss + Double(ent) * r.entropy
             }
             let eps: Float = 3e-3
             var checked = 0, nonzero = 0
@@ -74,7 +76,7 @@ final class RoutedTrainingTests: XCTestCase {
                     routing.gates[id]![j] = orig
                     let fd = (lp - lm) / Double(2 * eps)
                     XCTAssertEqual(fd, Double(gr[j]), accuracy: 3e-2 * abs(Double(gr[j])) + 3e-4,
-                                   "top-\(topK) T=\(T) λ=\(gw) gate \(id)[\(j)]: fd \(fd) vs backward \(gr[j])")
+                                   "top-\(topK) T=\(T) λ=\(gw) β=\(ent) gate \(id)[\(j)]: fd \(fd) vs backward \(gr[j])")
                     checked += 1
                     if abs(gr[j]) > 1e-3 { nonzero += 1 }
                 }
