@@ -8,6 +8,15 @@ import LoRAFuse
 /// The adapters are read first, so a bad adapter fails before the model is loaded; the model's
 /// head counts are the hints a GGUF LoRA needs to undo llama.cpp's q/k row permutation.
 func loadModel(modelPath: String?, compute: WeightCompute, adapters specs: [AdapterSpec]) throws -> AdaptedLlama {
+    // The same adapter twice would be applied twice (at the sum of its weights) without saying so.
+    var seen: [String: String] = [:]
+    for s in specs {
+        let key = OutputGuard.resolve(s.path)
+        if let first = seen[key] {
+            throw AdapterSpec.Problem(description: "\(s.path) is given twice (also as \(first)); give it once, with its weight as PATH:WEIGHT")
+        }
+        seen[key] = s.path
+    }
     let path = try modelFile(modelPath)
     let hints = (try? ModelHints.load(path: path)) ?? ModelHints()
     if let routed = specs.first(where: { RoutedModel.isRoutedDirectory($0.path) }) {

@@ -83,7 +83,7 @@ struct Report: ParsableCommand {
     @Flag(name: .customLong("no-accuracy"), help: "Skip greedy decoding (loss only).")
     var noAccuracy = false
 
-    @Flag(name: .customLong("no-routing"), help: "Skip the routed rows (route-arrow always, route-hidden and route-meteora with --shots; lorafuse route documents them).")
+    @Flag(name: .customLong("no-routing"), help: "Skip the routed rows (route-arrow always, route-hidden, route-meteora and route-sequence with --shots; lorafuse route documents them).")
     var noRouting = false
 
     @Flag(name: .customLong("no-icm"), help: "Skip the ICM-Fusion rows (they run by default with --shots).")

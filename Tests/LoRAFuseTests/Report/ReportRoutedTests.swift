@@ -12,7 +12,7 @@ final class ReportRoutedTests: XCTestCase {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let settings = ReportSettings(testPerTask: 2, accuracy: false, rank: 2, shotsPerTask: 2, shotsCurve: [])
         let methods = [ReportMethods.experts, ReportMethods.staticMethod("linear", rank: 2),
-                       ReportMethods.routed("route-arrow"), ReportMethods.routed("route-hidden")]
+                       ReportMethods.routed("route-arrow"), ReportMethods.routed("route-hidden"), ReportMethods.routed("route-sequence")]
         let runner = try ReportRunner(model: model, inputs: inputs, settings: settings, methods: methods, directory: dir)
         var last: ReportProgress?
         let r = try runner.run { last = $0 }
@@ -31,8 +31,15 @@ final class ReportRoutedTests: XCTestCase {
         XCTAssertTrue(g.ownTopOne.values.allSatisfy { (0...1).contains($0) })
         XCTAssertEqual(g.ownWeightByLayer[ReportFixtures.taskNames[0]]?.count, model.config.numHiddenLayers)
         XCTAssertNotNil(r.rows.first { $0.method.id == "route-hidden" }?.routing)
+        // The per-request router: own top-1 is the share of prompts sent to the task's adapter, and
+        // there is no per-layer weight to draw.
+        let seq = try XCTUnwrap(r.rows.first { $0.method.id == "route-sequence" }?.routing)
+        XCTAssertEqual(Set(seq.ownTopOne.keys), Set(ReportFixtures.taskNames))
+        XCTAssertTrue(seq.ownTopOne.values.allSatisfy { (0...1).contains($0) })
+        XCTAssertTrue(seq.ownWeightByLayer.isEmpty)
 
         let charts = Dictionary(uniqueKeysWithValues: ReportRenderer.charts(r).map { ($0.file, $0.svg) })
+        XCTAssertNil(charts["gates-route-sequence.svg"])
         let hm = try XCTUnwrap(charts["gates-route-arrow.svg"])
         XCTAssertEqual(ReportFixtures.cellValue(hm, row: 0, col: 1)!, g.ownWeightByLayer[ReportFixtures.taskNames[0]]![1], accuracy: 1e-9)
         let md = ReportRenderer.markdown(r)

@@ -15,12 +15,17 @@ final class RouteCLITests: XCTestCase {
         return d
     }
 
-    func testRouteThenEvalAndInspectTheRoutedFolder() throws {
+    /// These tests run the real SmolLM2; say how to get it when it is missing.
+    private func requireModel() throws {
         let model = ModelLocator.defaultModelPath()
         guard FileManager.default.fileExists(atPath: model) else {
             struct MissingModel: Error, CustomStringConvertible { var description: String }
             throw MissingModel(description: "SmolLM2 model missing at \(model): run scripts/setup.sh (or `make test`)")
         }
+    }
+
+    func testRouteThenEvalAndInspectTheRoutedFolder() throws {
+        try requireModel()
         let dir = try tmpDir()
         let ads = ["add_2digit", "uppercase"].map { Self.repo.appendingPathComponent("adapters/\($0)").path }
         let shots = ["add_2digit", "uppercase"].map { Self.repo.appendingPathComponent("tasks/\($0).train.jsonl").path }
@@ -61,6 +66,9 @@ final class RouteCLITests: XCTestCase {
         let merged = try CLITests.run(["merge", out, ads[0], "--method", "linear", "-o", dir + "/m"])
         XCTAssertNotEqual(merged.code, 0)
         XCTAssertTrue(merged.stderr.contains("is a routed model"), merged.stderr)
+        let dup = try CLITests.run(["eval", "--adapter", ads[0], "--adapter", ads[0] + "/:0.5", "--data", data, "--no-accuracy"])
+        XCTAssertNotEqual(dup.code, 0)
+        XCTAssertTrue(dup.stderr.contains("is given twice"), dup.stderr)
         let both = try CLITests.run(["eval", "--adapter", out, "--adapter", ads[0], "--data", data, "--no-accuracy"])
         XCTAssertNotEqual(both.code, 0)
         XCTAssertTrue(both.stderr.contains("cannot be combined with other --adapter"), both.stderr)
@@ -71,11 +79,7 @@ final class RouteCLITests: XCTestCase {
     /// chosen adapter, the chat loop is refused with the reason; meteora trains its gates through
     /// the routed forward.
     func testSequenceRouterAndMeteoraLMTraining() throws {
-        let model = ModelLocator.defaultModelPath()
-        guard FileManager.default.fileExists(atPath: model) else {
-            struct MissingModel: Error, CustomStringConvertible { var description: String }
-            throw MissingModel(description: "SmolLM2 model missing at \(model): run scripts/setup.sh (or `make test`)")
-        }
+        try requireModel()
         let dir = try tmpDir()
         let names = ["add_2digit", "uppercase"]
         let ads = names.map { Self.repo.appendingPathComponent("adapters/\($0)").path }
