@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The README's main job after set-up and the release build, in a few minutes: inspect three of the
 # task suite's own adapters (adapters/, trained by lorafuse: `make adapters`), fuse them with
-# static methods and one learned method (aTLAS on 16 shots per task), score every fusion on the
-# tasks' held-out examples with the embedded SmolLM2-135M-Instruct, export one to llama.cpp and
+# static methods and one learned method (aTLAS on 16 shots per task), route between them (a
+# per-request classifier and Arrow's training-free token gates), score every fusion and router on
+# the tasks' held-out examples with the embedded SmolLM2-135M-Instruct, export one to llama.cpp and
 # mlx-lm, generate with it, and end with a small report page on those three tasks. The full suite
 # report (every method on 14 tasks, about an hour) is `make report` (scripts/report.sh).
 set -euo pipefail
@@ -35,6 +36,14 @@ echo; echo "== lorafuse fuse --method atlas: coefficients learned from 16 shots 
 SHOTS=(); for t in "${TASKS[@]}"; do SHOTS+=("tasks/$t.train.jsonl"); done
 $LF fuse --method atlas "${ADS[@]}" --shots "${SHOTS[@]}" --shots-per-task 16 --steps 8 --seed 0 -o "$OUT/atlas" --quiet
 $LF eval --adapter "$OUT/atlas" --data "${DATA[@]}" --quiet
+
+echo; echo "== lorafuse route: keep the three adapters and route between them instead of fusing"
+echo "   sequence: one adapter per prompt, chosen by a classifier fitted on the 16 shots per task"
+$LF route --method sequence "${ADS[@]}" --shots "${SHOTS[@]}" --shots-per-task 16 -o "$OUT/routed-sequence" --quiet
+$LF eval --adapter "$OUT/routed-sequence" --data "${DATA[@]}" --quiet
+echo "   arrow: per-token top-2 gates from each adapter's top singular vector (training-free)"
+$LF route --method arrow "${ADS[@]}" -o "$OUT/routed-arrow" --quiet
+$LF eval --adapter "$OUT/routed-arrow" --data "${DATA[@]}" --quiet
 
 echo; echo "== lorafuse convert: the svd fusion to llama.cpp's GGUF LoRA and to mlx-lm"
 M="${LORAFUSE_HOME:-$HOME/.cache/lorafuse}/models/SmolLM2-135M-Instruct.Q4_1.gguf"

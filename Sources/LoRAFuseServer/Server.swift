@@ -141,8 +141,10 @@ public enum ServerRoutes {
                 let choice: [String: Any] = kind == .chat
                     ? ["index": 0, "message": ["role": "assistant", "content": r.text], "logprobs": NSNull(), "finish_reason": r.reason.rawValue]
                     : ["index": 0, "text": r.text, "logprobs": NSNull(), "finish_reason": r.reason.rawValue]
-                return json(["id": id, "object": kind == .chat ? "chat.completion" : "text_completion", "created": created,
-                             "model": stream.model, "choices": [choice], "usage": usage])
+                var o: [String: Any] = ["id": id, "object": kind == .chat ? "chat.completion" : "text_completion", "created": created,
+                                        "model": stream.model, "choices": [choice], "usage": usage]
+                if parsed.returnRouting { o["lorafuse"] = ["routing": routingJSON(r.routing)] }
+                return json(o)
             } catch {
                 return ServerRoutes.error(ServeError.wrap(error), metrics, endpoint)
             }
@@ -150,8 +152,10 @@ public enum ServerRoutes {
         var headers = HTTPFields()
         headers[.contentType] = "text/event-stream"
         headers[.cacheControl] = "no-cache"
-        let includeUsage = parsed.includeUsage
+        let includeUsage = parsed.includeUsage, returnRouting = parsed.returnRouting
         let body = ResponseBody { writer in
+            // Routing entries wait for the chunk that carries their tokens' text.
+            var routes: [(token: Int, adapter: String)] = []
             func send(_ object: [String: Any]) async throws {
                 try await writer.write(ByteBuffer(string: "data: " + encode(object) + "\n\n"))
             }
@@ -161,6 +165,10 @@ public enum ServerRoutes {
                 var o: [String: Any] = ["id": id, "object": kind == .chat ? "chat.completion.chunk" : "text_completion",
                                         "created": created, "model": stream.model, "choices": [c]]
                 if includeUsage { o["usage"] = NSNull() }
+                if returnRouting && !routes.isEmpty {
+                    o["lorafuse"] = ["routing": routingJSON(routes)]
+                    routes = []
+                }
                 return o
             }
             do {
@@ -170,6 +178,8 @@ public enum ServerRoutes {
                     case let .delta(text, _):
                         guard !text.isEmpty else { continue }
                         try await send(chunk(["content": text], text: text, finish: nil))
+                    case let .routing(token, adapter):
+                        routes.append((token, adapter))
                     case let .finished(reason, usage):
                         try await send(chunk([:], text: "", finish: reason))
                         if includeUsage {
@@ -190,6 +200,11 @@ public enum ServerRoutes {
     }
 
     // MARK: Helpers
+
+    /// `lorafuse.routing`: one {"token_id", "adapter"} per generated token, in order.
+    static func routingJSON(_ r: [(token: Int, adapter: String)]) -> [[String: Any]] {
+        r.map { ["token_id": $0.token, "adapter": $0.adapter] }
+    }
 
     static func readBody(_ request: Request, _ options: ServerOptions) async throws -> ByteBuffer {
         if let len = request.headers[.contentLength].flatMap({ Int($0) }), len > options.maxBodyBytes {

@@ -141,6 +141,7 @@ extension LlamaSession {
         let sessions = members.map(\.session)
         let positions = sessions.map(\.position)
         let single = members.indices.filter { members[$0].tokens.count == 1 }
+        let tracing = sessions.contains { $0.tokenRouting != nil }
         let multi = members.indices.filter { members[$0].tokens.count > 1 }
 
         // x (R, C): each row's embedding, plus embedding LoRA per group.
@@ -182,8 +183,14 @@ extension LlamaSession {
                               into: out + g.rows.lowerBound * ld, ld: ld)
                 }
                 if let routed = g.set.routed, let r = routed.linears[id] {
-                    applyRouted(r, id: id, policy: routed.policy, x + g.rows.lowerBound * nIn, rows: g.rows.count,
-                                into: out + g.rows.lowerBound * ld, ld: ld, firstPosition: 0)
+                    let w = applyRouted(r, id: id, policy: routed.policy, x + g.rows.lowerBound * nIn, rows: g.rows.count,
+                                        into: out + g.rows.lowerBound * ld, ld: ld, firstPosition: 0)
+                    // Each member's last row, to its own per-token routing record.
+                    if tracing {
+                        for m in members.indices where offsets[m] >= g.rows.lowerBound && offsets[m + 1] <= g.rows.upperBound {
+                            if let rec = sessions[m].tokenRouting { rec.add(w + (offsets[m + 1] - 1 - g.rows.lowerBound) * r.experts) }
+                        }
+                    }
                 }
             }
         }

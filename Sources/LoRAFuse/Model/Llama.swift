@@ -205,6 +205,8 @@ public final class LlamaSession: InferenceSession {
     public var activations: ForwardActivations?
     /// When set with routed adapters, gate weights are added to it (Routing/RoutedLayers.swift).
     public var routingTrace: RoutingTrace?
+    /// Per-token routing of the last row fed (see `TokenRouting`), when set.
+    public var tokenRouting: TokenRouting?
     /// When set, called with (linear id, input (rows, in), rows) before every linear: how the
     /// training-free and supervised gates see each projection's inputs.
     public var linearInputObserver: ((Int, UnsafePointer<Float>, Int) -> Void)?
@@ -371,7 +373,8 @@ public final class LlamaSession: InferenceSession {
     private func adapterTerms(_ x: UnsafePointer<Float>, rows: Int, id: Int, into out: UnsafeMutablePointer<Float>, ld: Int) {
         if let factors = adapters.linearFactors[id] { applyLoRA(factors, x, rows: rows, id: id, into: out, ld: ld) }
         if let routed = adapters.routed, let r = routed.linears[id] {
-            applyRouted(r, id: id, policy: routed.policy, x, rows: rows, into: out, ld: ld, firstPosition: position)
+            let w = applyRouted(r, id: id, policy: routed.policy, x, rows: rows, into: out, ld: ld, firstPosition: position)
+            if rows > 0, let rec = tokenRouting { rec.add(w + (rows - 1) * r.experts) }
         }
     }
 

@@ -120,6 +120,25 @@ public final class RoutingTrace {
     }
 }
 
+/// What the gates chose for the last row a session fed: the gate weights of that row summed over
+/// every routed projection (serve's per-token top-1 adapter, `lorafuse: {"routing": true}`).
+/// Cleared by whoever reads it, before each step.
+public final class TokenRouting: @unchecked Sendable {
+    public let experts: Int
+    public private(set) var sums: [Double]
+    public init(experts: Int) {
+        self.experts = experts
+        sums = [Double](repeating: 0, count: experts)
+    }
+    public func clear() { for i in sums.indices { sums[i] = 0 } }
+    func add(_ w: UnsafePointer<Float>) { for i in 0..<experts { sums[i] += Double(w[i]) } }
+    /// The expert with the largest summed weight (nil before any routed projection ran).
+    public var top: Int? {
+        guard sums.contains(where: { $0 > 0 }) else { return nil }
+        return sums.indices.max { sums[$0] < sums[$1] || (sums[$0] == sums[$1] && $0 > $1) }
+    }
+}
+
 extension RoutedLinear {
     /// weights (rows, N) ← the gate weights of each row: softmax over the kept top-k scores, 0 for
     /// the others. `scores` holds x · gateᵀ on entry (arrow: before taking |·| / ‖x‖).
@@ -240,12 +259,15 @@ extension RoutedLinear {
 extension LlamaSession {
     /// out (rows, out) += Σ_i g_i(x) s_i (x A_iᵀ) B_iᵀ over each row's kept experts.
     /// `firstPosition` is the position of row 0 (for the trace).
+    /// Returns the gate weights (rows, N), valid until the next routed call on this session.
+    @discardableResult
     func applyRouted(_ r: RoutedLinear, id: Int, policy: RoutingPolicy, _ x: UnsafePointer<Float>, rows: Int,
-                     into out: UnsafeMutablePointer<Float>, ld: Int, firstPosition: Int) {
+                     into out: UnsafeMutablePointer<Float>, ld: Int, firstPosition: Int) -> UnsafeMutablePointer<Float> {
         let buf = routeTmp.reserve(r.scratchCount(rows: rows))
         r.gate.withUnsafeBufferPointer { g in
             r.forward(x, rows: rows, gate: g.baseAddress!, policy: policy, scratch: buf, into: out, ld: ld)
         }
         routingTrace?.record(id: id, weights: buf + rows * r.totalRank, rows: rows, firstPosition: firstPosition)
+        return buf + rows * r.totalRank
     }
 }

@@ -50,6 +50,9 @@ public enum ServeEvent: Sendable, Equatable {
     /// New text (possibly empty while a multi-byte character or a possible stop string is held
     /// back) and the token ids it came from.
     case delta(text: String, tokens: [Int])
+    /// With `lorafuse: {"routing": true}`: the adapter behind the generated token `token`, sent
+    /// before the delta that carries it.
+    case routing(token: Int, adapter: String)
     case finished(FinishReason, Usage)
 }
 
@@ -279,6 +282,7 @@ public final class ServeEngine: @unchecked Sendable {
         let seq = Sequence(id: id, prompt: ids, maxNew: maxNew, choice: request.choice, name: modelName, lease: lease, sampler: sampler,
                            stopIds: tok.stopIds, stopStrings: p.stop, decoder: tok.makeStreamingDecoder(skipSpecial: true),
                            continuation: continuation)
+        if request.returnRouting { seq.routeFixed = modelName }
         if waiting.count + running.count >= limits.maxQueue + limits.maxBatch {
             lock.unlock()
             lease?.release()
@@ -331,6 +335,10 @@ public final class ServeEngine: @unchecked Sendable {
                                         // merge into a character already sent)
         var emitted = 0                 // scalars of `text` already sent
         var done = false
+        /// `lorafuse.routing`: the names the gates choose among (routed set), or the one name every
+        /// token reports (plain adapter, per-request choice); and the next token's adapter.
+        var routeNames: [String]?
+        var routeFixed: String?
         let submitted = Date()
         var lastToken: Date?
 
@@ -453,9 +461,17 @@ public final class ServeEngine: @unchecked Sendable {
                 if s.session == nil {
                     var set = s.lease!.set
                     // A per-request router chooses from the prompt: one base pass over it here.
-                    if let seq = set.perRequestRouter { set = try seq.resolve(model: model, prompt: s.prompt).set }
+                    if let seq = set.perRequestRouter {
+                        let r = try seq.resolve(model: model, prompt: s.prompt)
+                        if s.routeFixed != nil { s.routeFixed = r.choice.map { set.adapters[$0.index].name }.joined(separator: "+") }
+                        set = r.set
+                    }
                     s.session = try model.makeLlamaSession(maxTokens: min(s.prompt.count + s.maxNew, limits.contextLength),
                                                            adapters: set)
+                    if s.routeFixed != nil, let routed = set.routed {
+                        s.session!.tokenRouting = TokenRouting(experts: routed.expertNames.count)
+                        s.routeNames = routed.expertNames
+                    }
                 }
             } catch {
                 fail(s, error)
@@ -469,6 +485,7 @@ public final class ServeEngine: @unchecked Sendable {
         }
         if !inputs.isEmpty {
             if decodingCount > 0 { obs?.step(batch: decodingCount, running: batch.count, waiting: waiting) }
+            for (s, _) in owners { s.session?.tokenRouting?.clear() }
             do {
                 let logits = try decode(inputs)
                 let now = Date()
@@ -504,6 +521,11 @@ public final class ServeEngine: @unchecked Sendable {
             s.text += s.decoder.flush().unicodeScalars
             finish(s, .stop, observer: obs)
             return
+        }
+        if let fixed = s.routeFixed {
+            // The row that predicted t: its gates' top-1 (routed), else the one name.
+            let top = s.session?.tokenRouting?.top
+            s.continuation.yield(.routing(token: t, adapter: top.flatMap { i in s.routeNames.map { $0[i] } } ?? fixed))
         }
         s.generated.append(t)
         s.text += s.decoder.push(t).unicodeScalars
@@ -595,16 +617,20 @@ public final class ServeEngine: @unchecked Sendable {
 }
 
 extension ServeStream {
-    /// Waits for the whole completion: its text, tokens, finish reason and usage.
-    public func collect() async throws -> (text: String, tokens: [Int], reason: FinishReason, usage: Usage) {
-        var text = "", tokens: [Int] = []
+    /// Waits for the whole completion: its text, tokens, finish reason and usage, and with
+    /// `lorafuse.routing` each generated token's adapter.
+    public func collect() async throws -> (text: String, tokens: [Int], reason: FinishReason, usage: Usage,
+                                           routing: [(token: Int, adapter: String)]) {
+        var text = "", tokens: [Int] = [], routing: [(token: Int, adapter: String)] = []
         for try await e in events {
             switch e {
             case let .delta(t, ids):
                 text += t
                 tokens += ids
+            case let .routing(t, a):
+                routing.append((t, a))
             case let .finished(r, u):
-                return (text, tokens, r, u)
+                return (text, tokens, r, u, routing)
             }
         }
         throw CancellationError()

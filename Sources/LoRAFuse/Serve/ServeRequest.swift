@@ -79,6 +79,10 @@ public struct GenerationRequest: Sendable, Equatable {
     public var stream: Bool
     /// `stream_options.include_usage`: a last chunk with the usage and no choices.
     public var includeUsage: Bool
+    /// lorafuse extension `lorafuse: {"routing": true}`: report, per generated token, the adapter
+    /// the gates weighted most (a routed model), the adapter a per-request router chose, or the
+    /// requested model itself.
+    public var returnRouting = false
 
     public init(kind: Kind, model: String, input: PromptInput, choice: ModelChoice,
                 sampling: SamplingParameters = SamplingParameters(), stream: Bool = false, includeUsage: Bool = false) {
@@ -206,8 +210,19 @@ public enum RequestParser {
         var includeUsage = false
         if let o = d["stream_options"] as? [String: Any], let b = o["include_usage"] as? Bool { includeUsage = b }
         let choice = try modelChoice(d, model: model)
-        return GenerationRequest(kind: kind, model: model, input: input, choice: choice, sampling: s,
-                                 stream: stream, includeUsage: includeUsage)
+        var r = GenerationRequest(kind: kind, model: model, input: input, choice: choice, sampling: s,
+                                  stream: stream, includeUsage: includeUsage)
+        if let raw = d["lorafuse"], !(raw is NSNull) {
+            guard let o = raw as? [String: Any] else { throw ServeError.invalid("lorafuse must be an object", param: "lorafuse") }
+            for key in o.keys where key != "routing" {
+                throw ServeError.invalid("lorafuse.\(key) is not a lorafuse option (known: routing)", param: "lorafuse.\(key)")
+            }
+            if let v = o["routing"], !(v is NSNull) {
+                guard isJSONBool(v), let b = v as? Bool else { throw ServeError.invalid("lorafuse.routing must be a boolean", param: "lorafuse.routing") }
+                r.returnRouting = b
+            }
+        }
+        return r
     }
 
     /// `adapters: [{"name", "weight"}]` with an optional `merge: {"method", …}`, else `model`.

@@ -192,8 +192,42 @@ final class ServeHTTPTests: XCTestCase {
         try await h.stop()
     }
 
+    /// `lorafuse: {"routing": true}`: one {token_id, adapter} per generated token, in the response
+    /// or spread over the stream's chunks (a plain adapter reports itself; routed models are
+    /// checked in ServeRoutedTests).
+    func testRoutingExtensionReportsEachTokensAdapter() async throws {
+        let h = try await start()
+        let body = chat("beta", "which adapter", max: 9, extra: #","temperature":0,"lorafuse":{"routing":true}"#)
+        let plain = try await h.request(.POST, "/v1/chat/completions", json: body)
+        XCTAssertEqual(plain.status, 200, plain.body)
+        let routing = (plain.json["lorafuse"] as? [String: Any])?["routing"] as? [[String: Any]] ?? []
+        let n = (plain.json["usage"] as? [String: Any])?["completion_tokens"] as? Int
+        XCTAssertEqual(routing.count, n)
+        XCTAssertTrue(routing.allSatisfy { $0["adapter"] as? String == "beta" && $0["token_id"] is Int }, plain.body)
+        let streamed = try await h.stream("/v1/chat/completions", json: String(body.dropLast()) + #","stream":true}"#)
+        var ids: [Int] = []
+        for e in streamed.events.dropLast() {
+            let o = try JSONSerialization.jsonObject(with: Data(e.utf8)) as! [String: Any]
+            for r in (o["lorafuse"] as? [String: Any])?["routing"] as? [[String: Any]] ?? [] { ids.append(r["token_id"] as! Int) }
+        }
+        XCTAssertEqual(ids, routing.map { $0["token_id"] as! Int })
+        // Without the extension the response has no lorafuse field.
+        let none = try await h.request(.POST, "/v1/chat/completions", json: chat("beta", "which adapter", max: 3))
+        XCTAssertNil(none.json["lorafuse"])
+        try await h.stop()
+    }
+
     func testErrorStatuses() async throws {
-        let slow: DecodeStep = { inputs in Thread.sleep(forTimeInterval: 0.01); return try ServeEngine.sequentialDecode(inputs) }
+        // The decode step marks that a request is running, so the 429 check below starts only once
+        // the long request holds the one place (under load its HTTP round trip can lose the race
+        // to the first short request, which then makes the long one the 429).
+        final class Flag: @unchecked Sendable {
+            private let lock = NSLock(); private var value = false
+            func set() { lock.lock(); value = true; lock.unlock() }
+            var isSet: Bool { lock.lock(); defer { lock.unlock() }; return value }
+        }
+        let started = Flag()
+        let slow: DecodeStep = { inputs in started.set(); Thread.sleep(forTimeInterval: 0.01); return try ServeEngine.sequentialDecode(inputs) }
         let h = try await start(limits: ServeLimits(maxBatch: 1, maxQueue: 0, contextLength: 64, maxTokensCap: 40), apiKey: "sekret",
                                 maxBody: 2048, decode: slow)
         let k = "sekret"
@@ -219,6 +253,11 @@ final class ServeHTTPTests: XCTestCase {
         check(try await h.request(.POST, "/v1/completions",
                                   json: #"{"model":"x","prompt":"p","adapters":[{"name":"alpha"}],"merge":{"method":"ties","gamma":0.2}}"#, key: k),
               400, "invalid_request_error", param: "merge")
+        for (extra, param) in [(#","lorafuse":5"#, "lorafuse"), (#","lorafuse":{"routing":"yes"}"#, "lorafuse.routing"),
+                               (#","lorafuse":{"gates":true}"#, "lorafuse.gates")] {
+            check(try await h.request(.POST, "/v1/chat/completions", json: chat("alpha", "hi", extra: extra), key: k),
+                  400, "invalid_request_error", param: param)
+        }
         check(try await h.request(.POST, "/v1/completions", json: #"{"model":"tiny","prompt":"p","max_tokens":41}"#, key: k),
               400, "invalid_request_error", param: "max_tokens")
         check(try await h.request(.POST, "/v1/completions", json: #"{"model":"tiny","prompt":"\#(String(repeating: "w", count: 80))"}"#, key: k),
@@ -227,6 +266,7 @@ final class ServeHTTPTests: XCTestCase {
               413, "invalid_request_error")
         // One running, none may wait: the second concurrent request gets 429, and the server keeps serving.
         let long = Task { try await h.request(.POST, "/v1/completions", json: #"{"model":"tiny","prompt":"p","max_tokens":40}"#, key: k) }
+        for _ in 0..<500 where !started.isSet { try await Task.sleep(nanoseconds: 2_000_000) }
         var busy: Reply?
         for _ in 0..<100 {
             try await Task.sleep(nanoseconds: 10_000_000)

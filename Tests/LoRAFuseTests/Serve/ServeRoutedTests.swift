@@ -34,6 +34,26 @@ final class ServeRoutedTests: XCTestCase {
         async let plainRun = plainStream.collect()
         let (r, _) = try await (routedRun, plainRun)
         XCTAssertEqual(r.tokens, expected.tokens)
+        XCTAssertTrue(r.routing.isEmpty, "routing is reported only when asked")
+
+        // lorafuse.routing: each token's top-1 adapter, as a direct session's gates give it.
+        var asked = req("mix")
+        asked.returnRouting = true
+        let withRouting = try await engine.submit(asked).collect()
+        XCTAssertEqual(withRouting.tokens, expected.tokens)
+        XCTAssertEqual(withRouting.routing.map { $0.token }, withRouting.tokens)
+        let set = try model.prepare(routed: try RoutedModel.load(directory: out))
+        let session = try model.makeLlamaSession(maxTokens: 64, adapters: set)
+        session.tokenRouting = TokenRouting(experts: 2)
+        var want: [String] = []
+        var next = model.tokenizer.encodeRawPrompt("route me")
+        for t in withRouting.tokens {
+            session.tokenRouting!.clear()
+            _ = try session.feed(next, lastOnly: true)
+            want.append(["alpha", "beta"][session.tokenRouting!.top!])
+            next = [t]
+        }
+        XCTAssertEqual(withRouting.routing.map { $0.adapter }, want)
         await engine.drain()
     }
 
@@ -65,6 +85,10 @@ final class ServeRoutedTests: XCTestCase {
                                     sampling: SamplingParameters(maxTokens: 12, temperature: 0, topP: 1, seed: 0, stop: []))
         let r = try await engine.submit(req).collect()
         XCTAssertEqual(r.tokens, expected.tokens)
+        var asked = req
+        asked.returnRouting = true
+        let reported = try await engine.submit(asked).collect()
+        XCTAssertEqual(reported.routing.map { $0.adapter }, [String](repeating: "beta", count: reported.tokens.count))
         await engine.drain()
     }
 }
