@@ -26,7 +26,7 @@ public enum TaskCondition {
         for (i, s) in sequences.enumerated() {
             let start = min(max(from?[i] ?? 0, 0), s.count - 1)
             let session = try model.makeLlamaSession(maxTokens: s.count, adapters: adapters)
-            let rec = ForwardActivations()
+            let rec = ForwardActivations(finalOnly: true)
             session.activations = rec
             _ = try session.feed(s)
             let h = rec.values["\(L).h_final"]!     // (T, C)

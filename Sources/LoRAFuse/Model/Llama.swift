@@ -118,7 +118,10 @@ public struct LlamaWeights: Sendable {
 /// training) and for debugging. Keys are "<layer>.<name>"; values are copies, row-major.
 public final class ForwardActivations {
     public private(set) var values: [String: [Float]] = [:]
-    public init() {}
+    /// Keep only "<layers>.h_final" (the last hidden state, what lm_head reads): the forward then
+    /// keeps its fast paths (threaded, blocked attention) and copies nothing per layer.
+    public let finalOnly: Bool
+    public init(finalOnly: Bool = false) { self.finalOnly = finalOnly }
     func save(_ layer: Int, _ name: String, _ p: UnsafePointer<Float>, _ count: Int) {
         values["\(layer).\(name)"] = Array(UnsafeBufferPointer(start: p, count: count))
     }
@@ -303,7 +306,7 @@ public final class LlamaSession: InferenceSession {
         let q = self.q.reserve(T * H * d), attnOut = self.attnOut.reserve(T * H * d)
         let gate = self.gate.reserve(T * F), up = self.up.reserve(T * F)
         _ = loraTmp.reserve(T * max(adapters.maxRank, 1))
-        let rec = activations
+        let rec = activations?.finalOnly == true ? nil : activations
 
         embed(tokens, into: x)                                          // (T, C)
         for l in 0..<L {
@@ -330,7 +333,7 @@ public final class LlamaSession: InferenceSession {
         }
         let n = T - first
         rmsNorm(x + first * C, weight: model.base.finalNorm, eps: c.rmsNormEps, rows: n, cols: C, into: h)  // (n, C)
-        if let rec { rec.save(L, "h_final", h, n * C) }
+        if let all = activations { all.save(L, "h_final", h, n * C) }
         linear(h, rows: n, id: LlamaWeights.lmHeadID(layers: L), into: logits, ld: c.vocabSize)   // (n, V)
     }
 
@@ -535,7 +538,7 @@ public final class LlamaSession: InferenceSession {
         let group = H / Hkv, kvw = Hkv * d
         let scale = 1 / Float(d).squareRoot()
         let K = kCache[layer].pointer, Vc = vCache[layer].pointer
-        let rec = activations
+        let rec = activations?.finalOnly == true ? nil : activations
         let block = rec == nil ? 128 : T      // one block when recording, so probs are one (T, S) matrix
         let nBlocks = (T + block - 1) / block
         // Threads pay off once a layer's attention is more than ~15 µs of work (the compute pool

@@ -149,6 +149,26 @@ final class LlamaModelTests: XCTestCase {
         XCTAssertEqual(acts.values["0.probs0"]?[1] ?? -1, 0, "causal mask: token 0 does not see token 1")
     }
 
+    /// `finalOnly` keeps just the last hidden state, equal to the full recording's, also past
+    /// the 128-row attention blocks and the threaded path the full recording turns off.
+    func testFinalOnlyActivationsEqualTheFullRecording() throws {
+        let m = randomModel(qwen: false)
+        var rng = SeededRNG(seed: 5)
+        let tokens = (0..<150).map { _ in Int(rng.next() % 50) }
+        var got: [ForwardActivations] = []
+        for finalOnly in [false, true] {
+            let s = try m.makeLlamaSession(maxTokens: 160)
+            let acts = ForwardActivations(finalOnly: finalOnly)
+            s.activations = acts
+            _ = try s.feed(tokens)
+            got.append(acts)
+        }
+        XCTAssertEqual(got[1].values.keys.sorted(), ["2.h_final"])
+        let full = try XCTUnwrap(got[0].values["2.h_final"]), only = try XCTUnwrap(got[1].values["2.h_final"])
+        XCTAssertEqual(full.count, 150 * 24)
+        XCTAssertLessThan(zip(full, only).map { abs($0 - $1) }.max()!, 1e-4)
+    }
+
     func testUnmergedAndMergedLoRAAgreeWithReference() throws {
         for qwen in [false, true] {
             let m = randomModel(qwen: qwen)
