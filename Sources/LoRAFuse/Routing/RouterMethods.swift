@@ -106,6 +106,9 @@ public enum RouterBuilder {
         guard o.lmWeight.isFinite && o.lmWeight >= 0 else { throw RouteError.badOption(option: "--lm-weight", reason: "must be ≥ 0") }
         guard o.gateWeight.isFinite && o.gateWeight >= 0 else { throw RouteError.badOption(option: "--gate-weight", reason: "must be ≥ 0") }
         guard o.entropy.isFinite && o.entropy >= 0 else { throw RouteError.badOption(option: "--entropy", reason: "must be ≥ 0") }
+        guard o.method != .sequence || o.placement == .all else {
+            throw RouteError.badOption(option: "--placement", reason: "sequence picks the adapters per request; it has no per-projection gates to place")
+        }
         guard o.method != .meteora || o.lmWeight + o.gateWeight + o.balance + o.entropy > 0 else {
             throw RouteError.badOption(option: "--lm-weight/--gate-weight", reason: "with both 0 (and no --balance) the gates have nothing to learn")
         }

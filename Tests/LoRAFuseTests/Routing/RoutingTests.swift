@@ -277,6 +277,16 @@ final class RoutingTests: XCTestCase {
         XCTAssertThrowsError(try RouterBuilder.validate(o, adapters: 3, shots: 3)) { XCTAssertEqual($0 as? RouteError, .topK(k: 4, adapters: 3)) }
         XCTAssertThrowsError(try RouterBuilder.validate(RouteOptions(method: .arrow), adapters: 1, shots: 0)) { XCTAssertEqual($0 as? RouteError, .tooFewAdapters) }
         XCTAssertNoThrow(try RouterBuilder.validate(RouteOptions(method: .arrow), adapters: 2, shots: 0))
+        var seq = RouteOptions(method: .sequence)
+        seq.placement = .mlp
+        XCTAssertThrowsError(try RouterBuilder.validate(seq, adapters: 2, shots: 2)) {
+            XCTAssertEqual($0 as? RouteError, .badOption(option: "--placement", reason: "sequence picks the adapters per request; it has no per-projection gates to place"))
+        }
+        var e = RouteOptions(method: .meteora)
+        (e.lmWeight, e.gateWeight) = (0, 0)
+        XCTAssertThrowsError(try RouterBuilder.validate(e, adapters: 2, shots: 2))
+        e.entropy = 0.1   // the entropy term alone is something to learn
+        XCTAssertNoThrow(try RouterBuilder.validate(e, adapters: 2, shots: 2))
         // Embedding LoRAs cannot be routed; the error names the adapter and module.
         let m = QuantizedModelTests.twins().f32
         var a = Self.adapter(m, "emb", seed: 1)
