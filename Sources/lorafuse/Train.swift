@@ -45,6 +45,15 @@ struct Train: ParsableCommand {
         search's losses) and flexora.svg. Needs --val. --resume continues the fine-tuning stage on the \
         checkpoint's layers without searching again.
 
+        --variant flylora (FlyLoRA, Zou et al. 2025) freezes a sparse random A (⌊in·k/r⌋ non-zeros per \
+        row, N(0, 1/r²)) that acts as a router: per token only the --top-k ranks of largest |x·Aᵀ + d| pass \
+        to B, the only trained factor; the bias d moves by --bias-rate towards even use of the ranks after \
+        every step. Defaults as the authors' run: --rank 32, --top-k 8, --alpha 64, --bias-rate 0.001. \
+        The output is a PEFT folder as the authors' PEFT fork writes it (top_k and bias_u in the config, \
+        lora_topk_bias tensors); eval, generate, report and serve apply it unmerged; `fuse --method \
+        linear` averages FlyLoRA adapters that share A (same --seed, --rank, --targets). Stock PEFT, \
+        llama.cpp and mlx-lm would apply every rank to every token, so convert refuses it.
+
         --layers trains LoRA on the listed layers only (PEFT's layers_to_transform).
         """
     )
@@ -62,8 +71,8 @@ struct Train: ParsableCommand {
     @Option(name: [.short, .customLong("output")], help: "Output adapter directory.")
     var output: String
 
-    @Option(name: .long, help: "LoRA rank.") var rank = 8
-    @Option(name: .long, help: "LoRA alpha.") var alpha = 16.0
+    @Option(name: .long, help: "LoRA rank (default 8; with --variant flylora 32).") var rank: Int?
+    @Option(name: .long, help: "LoRA alpha (default 16; with --variant flylora 64).") var alpha: Double?
     @Option(name: .long, help: "Target projections, comma-separated, of q,k,v,o,gate,up,down (or all).")
     var targets = "q,k,v,o,gate,up,down"
     @Option(name: .long, help: "Optimizer steps (default: from --epochs).") var steps: Int?
@@ -88,10 +97,14 @@ struct Train: ParsableCommand {
     var initFrom: String?
     @Option(name: .long, help: "Resume from a checkpoint-<step> folder, or from the newest checkpoint in a folder.")
     var resume: String?
-    @Option(name: .long, help: "What is trained: lora (A and B), nola (coefficients of fixed random bases), lora-pro (A and B along LoRA-Pro's adjusted gradients), or flexora (LoRA on the layers a validation search selects).")
+    @Option(name: .long, help: "What is trained: lora (A and B), nola (coefficients of fixed random bases), lora-pro (A and B along LoRA-Pro's adjusted gradients), flexora (LoRA on the layers a validation search selects), or flylora (B only, over a frozen sparse random A that picks --top-k ranks per token).")
     var variant = "lora"
     @Option(name: .customLong("nola-basis"), help: "nola: basis matrices per factor per module (the coefficients trained for each of A and B).")
     var nolaBasis: Int?
+    @Option(name: .customLong("top-k"), help: "flylora: ranks each token keeps, of --rank (default 8).")
+    var topK: Int?
+    @Option(name: .customLong("bias-rate"), help: "flylora: step of the balancing bias after each update, d += rate·sign(mean use − use) per rank (default 0.001; 0: off).")
+    var biasRate: Double?
     @Option(name: .long, help: "Train LoRA on these layers only, comma-separated indices from 0 (default: all).")
     var layers: String?
     @Option(name: .customLong("flexora-search-steps"), help: "flexora: search steps before fine-tuning (default: a quarter of the fine-tuning steps, at least 10).")
@@ -129,6 +142,14 @@ struct Train: ParsableCommand {
             if let r = flexoraLR, !(r.isFinite && r > 0) { throw ValidationError("--flexora-lr must be finite and > 0, got \(r)") }
             if let k = flexoraLayers, k < 1 { throw ValidationError("--flexora-layers must be ≥ 1, got \(k)") }
         }
+        if variant != "flylora" && (topK != nil || biasRate != nil) { throw ValidationError("--top-k and --bias-rate are for --variant flylora") }
+        if variant == "flylora" {
+            let r = rank ?? FlyLoRADefaults.rank, k = topK ?? FlyLoRADefaults.topK
+            guard k >= 1 && k < r else { throw ValidationError("--top-k must be in 1…\(r - 1) (FlyLoRA keeps k of the --rank \(r) ranks per token), got \(k)") }
+            if let b = biasRate, !(b.isFinite && b >= 0) { throw ValidationError("--bias-rate must be finite and ≥ 0, got \(b)") }
+            if initFrom != nil { throw ValidationError("--init-from sets A and B; --variant flylora trains B over its own frozen random A") }
+        }
+        if let r = rank, r < 1 { throw ValidationError("--rank must be ≥ 1, got \(r)") }
         if variant == "nola" && layers != nil { throw ValidationError("--layers is not taken by --variant nola (its bases cover every layer)") }
         if let l = layers { _ = try Self.parseLayers(l) }
     }
@@ -159,7 +180,10 @@ struct Train: ParsableCommand {
     func run() throws {
         compute.apply()
         var o = TrainingOptions()
-        o.rank = rank; o.alpha = alpha; o.targets = try Projection.parseList(targets); o.rsLoRA = rslora
+        let fly = variant == "flylora"
+        o.rank = rank ?? (fly ? FlyLoRADefaults.rank : o.rank)
+        o.alpha = alpha ?? (fly ? FlyLoRADefaults.alpha : o.alpha)
+        o.targets = try Projection.parseList(targets); o.rsLoRA = rslora
         o.dropout = dropout; o.steps = steps; o.epochs = epochs; o.batchSize = batch; o.gradAccum = gradAccum
         o.learningRate = lr ?? defaultLearningRate; o.warmup = warmup ?? 0; o.weightDecay = weightDecay; o.maxGradNorm = maxGradNorm
         o.seed = seed; o.saveEvery = saveEvery; o.keep = keep; o.dtype = DType(name: dtype)!
@@ -194,6 +218,10 @@ struct Train: ParsableCommand {
             }
             let k = nolaBasis ?? Self.defaultNOLABasis
             variant = try NOLAVariant(model: lm.config, options: o, basisA: k, basisB: k, baseModel: lm.sourcePath)
+        }
+        if self.variant == "flylora" {
+            variant = try FlyLoRAVariant(config: lm.config, options: o, topK: topK ?? FlyLoRADefaults.topK,
+                                         biasRate: biasRate ?? FlyLoRADefaults.biasRate)
         }
         var flexora: FlexoraSelection?
         if self.variant == "flexora" {

@@ -13,13 +13,18 @@ public struct LoRAModule: Sendable {
     /// The adapter's scaling for this module: α/r, or α/√r with rsLoRA.
     public var scale: Float
     public var kind: LoRAModuleKind
+    /// FlyLoRA's per-token choice of ranks (nil: every rank, a plain LoRA). A gated module's
+    /// update depends on the token, so `delta()` is not what it applies: see `RankGate`.
+    public var rankGate: RankGate?
 
-    public init(A: Matrix, B: Matrix, scale: Float, kind: LoRAModuleKind = .linear) {
+    public init(A: Matrix, B: Matrix, scale: Float, kind: LoRAModuleKind = .linear, rankGate: RankGate? = nil) {
         precondition(A.rows == B.cols, "LoRA rank mismatch: A is \(A.shape), B is \(B.shape)")
+        precondition(rankGate.map { $0.rank == A.rows } ?? true, "rank gate of \(rankGate?.rank ?? 0) ranks on a rank-\(A.rows) module")
         self.A = A
         self.B = B
         self.scale = scale
         self.kind = kind
+        self.rankGate = rankGate
     }
 
     public var rank: Int { A.rows }
@@ -47,7 +52,7 @@ public struct LoRAModule: Sendable {
 
     /// The same update with the scale folded into B, so that ΔW = B·A.
     public func foldingScale() -> LoRAModule {
-        LoRAModule(A: A, B: B.scaled(by: scale), scale: 1, kind: kind)
+        LoRAModule(A: A, B: B.scaled(by: scale), scale: 1, kind: kind, rankGate: rankGate)
     }
 }
 
@@ -112,6 +117,10 @@ public struct AdapterMetadata: Sendable {
     public var extraTensorShapes: [String: [Int]] = [:]
     /// Remaining JSON of the source config, as serialized JSON text per key.
     public var peftExtra: [String: String] = [:]
+    /// FlyLoRA's config (the authors' PEFT fork): ranks kept per token (`top_k`) and the rate of
+    /// the balancing bias's update (`bias_u`). nil for a plain LoRA.
+    public var topK: Int? = nil
+    public var biasRate: Double? = nil
 
     public init() {}
 }

@@ -29,6 +29,8 @@ public struct AdapterSummary: Sendable, Codable, Equatable {
     /// ‖τ‖_F of the whole task vector (all modules), √(Σ_m ‖ΔW_m‖²).
     public var taskVectorNorm: Double
     public var modules: [ModuleAnalysis]
+    /// FlyLoRA: ranks kept per token (nil for a plain LoRA); ‖ΔW‖ above is then of every rank.
+    public var topK: Int? = nil
 }
 
 /// Similarity of two adapters' whole task vectors (all modules concatenated).
@@ -97,7 +99,8 @@ public enum AdapterAnalyzer {
         return AdapterSummary(name: a.name, path: a.sourcePath, baseModel: a.metadata.baseModel,
                               useRSLoRA: a.metadata.useRSLoRA, configRank: a.metadata.rank, configAlpha: a.metadata.alpha,
                               moduleCount: modules.count, parameters: a.parameterCount,
-                              taskVectorNorm: sq.squareRoot(), modules: modules)
+                              taskVectorNorm: sq.squareRoot(), modules: modules,
+                              topK: a.modules.values.compactMap { $0.rankGate?.topK }.first)
     }
 
     /// Cosine and sign-conflict rate of two adapters. Sampled entries depend only on the seed and
@@ -174,6 +177,9 @@ public enum AdapterAnalyzer {
         for a in r.adapters {
             lines.append("\(a.name): \(a.moduleCount) modules, \(a.parameters) parameters, ‖τ‖_F = \(f(a.taskVectorNorm))"
                          + (a.useRSLoRA ? " (rsLoRA)" : ""))
+            if let k = a.topK {
+                lines.append("  FlyLoRA: each token keeps the \(k) ranks of largest |x·Aᵀ + d| (frozen sparse A, balancing bias d); ‖ΔW‖ counts every rank, so it overstates what one token gets. Runs unmerged; not convertible to plain PEFT, GGUF or MLX.")
+            }
             lines.append("  " + ["module", "kind", "rank", "alpha", "scale", "ΔW shape", "params", "‖ΔW‖_F"]
                 .joined(separator: "\t"))
             for m in a.modules {

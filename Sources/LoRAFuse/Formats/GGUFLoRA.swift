@@ -283,6 +283,7 @@ public enum GGUFLoRA {
     }
 
     static func pairs(_ adapter: LoRAAdapter, hints: ModelHints, path: String) throws -> (Float, [Pair]) {
+        try adapter.requireDense("a GGUF LoRA (llama.cpp applies every rank to every token)")
         if adapter.metadata.fanInFanOut {
             throw GGUFLoRAError.unsupported(path: path, what: "fan_in_fan_out adapters (GPT-2 Conv1D layers) have no GGUF LoRA mapping")
         }

@@ -141,6 +141,7 @@ public enum MLXAdapter {
 
     /// The config and tensors `write` puts on disk.
     static func prepare(_ adapter: LoRAAdapter, path: String) throws -> (JSONValue, [SafetensorsTensor]) {
+        try adapter.requireDense("an mlx-lm adapter (mlx-lm applies every rank to every token)")
         if adapter.metadata.fanInFanOut {
             throw MLXAdapterError.unsupported(path: path, what: "fan_in_fan_out adapters (GPT-2 Conv1D layers) are not written as MLX adapters")
         }

@@ -72,7 +72,11 @@ public enum PEFTAdapter {
         "peft_type", "r", "lora_alpha", "use_rslora", "fan_in_fan_out", "target_modules", "layers_to_transform",
         "bias", "use_dora", "lora_bias", "modules_to_save", "rank_pattern", "alpha_pattern",
         "base_model_name_or_path", "task_type", "lora_dropout", "init_lora_weights", "inference_mode",
+        "top_k", "bias_u",
     ]
+
+    /// FlyLoRA's balancing bias d (r) of a module, as the authors' PEFT fork saves it.
+    static let topKBiasMarker = ".lora_topk_bias"
 
     // MARK: reading
 
@@ -108,7 +112,15 @@ public enum PEFTAdapter {
         var aKeys: [String: String] = [:], bKeys: [String: String] = [:]
         var kinds: [String: LoRAModuleKind] = [:]
         var extraNames: [String] = []
+        var biasKeys: [String: String] = [:]
         for key in file.names {
+            if let range = key.range(of: topKBiasMarker, options: .backwards) {
+                let rest = key[range.upperBound...]
+                if rest.isEmpty || (rest.hasPrefix(".") && !rest.dropFirst().contains(".")) {
+                    biasKeys[String(key[..<range.lowerBound])] = key
+                    continue
+                }
+            }
             if key.contains("lora_magnitude_vector") {
                 throw PEFTError.unsupportedOption(path: directory, option: "use_dora", value: "true (tensor '\(key)')",
                                                   reason: "DoRA's magnitude vector makes ΔW depend on the base weight; it is not a plain LoRA")
@@ -146,7 +158,29 @@ public enum PEFTAdapter {
                 throw PEFTError.rankMismatch(path: directory, module: module, configRank: r, tensorRank: A.rows)
             }
             let scale = meta.useRSLoRA ? alpha / Double(r).squareRoot() : alpha / Double(r)
-            modules[module] = LoRAModule(A: A, B: B, scale: Float(scale), kind: kind)
+            var gate: RankGate?
+            if let k = meta.topK, k < r {
+                guard kind == .linear else {
+                    throw PEFTError.invalidConfig(path: directory, field: "top_k", reason: "module '\(module)' is an embedding LoRA; FlyLoRA's rank selection is for linear modules")
+                }
+                var d = [Float](repeating: 0, count: r)
+                if let bk = biasKeys[module] {
+                    let info = try file.info(bk)
+                    guard info.shape.reduce(1, *) == r, info.shape.count <= 2 else {
+                        throw PEFTError.invalidConfig(path: directory, field: bk, reason: "shape \(info.shape), expected [\(r)] (one bias per rank)")
+                    }
+                    d = try file.finiteMatrix(bk).data
+                }
+                gate = RankGate(topK: k, bias: d)
+            }
+            modules[module] = LoRAModule(A: A, B: B, scale: Float(scale), kind: kind, rankGate: gate)
+        }
+        if meta.topK == nil, let stray = biasKeys.values.sorted().first {
+            throw PEFTError.invalidConfig(path: directory, field: "top_k",
+                                          reason: "tensor '\(stray)' is FlyLoRA's balancing bias, but the config has no top_k (how many ranks each token keeps)")
+        }
+        if let stray = biasKeys.keys.sorted().first(where: { modules[$0] == nil }) {
+            throw PEFTError.invalidConfig(path: directory, field: biasKeys[stray]!, reason: "a balancing bias for module '\(stray)', which has no lora_A/lora_B")
         }
 
         var metadata = meta
@@ -266,6 +300,14 @@ public enum PEFTAdapter {
         }
         if let v = config["base_model_name_or_path"], !v.isNull { meta.baseModel = v.stringValue }
         if let v = config["task_type"], !v.isNull { meta.taskType = v.stringValue }
+        if let v = config["top_k"], !v.isNull {
+            guard let k = v.intValue, k >= 1 else { throw bad("top_k", "must be a positive integer (ranks kept per token), got \(v.serialized())") }
+            meta.topK = k
+        }
+        if let v = config["bias_u"], !v.isNull {
+            guard let u = v.doubleValue, u.isFinite, u >= 0 else { throw bad("bias_u", "must be a finite number ≥ 0, got \(v.serialized())") }
+            meta.biasRate = u
+        }
         for (k, v) in members where !handledKeys.contains(k) {
             meta.peftExtra[k] = v.serialized()
         }
@@ -404,6 +446,10 @@ public enum PEFTAdapter {
             case .linear:
                 tensors.append(SafetensorsTensor(name: n + ".lora_A.weight", matrix: m.A))   // (r, in)
                 tensors.append(SafetensorsTensor(name: n + ".lora_B.weight", matrix: m.B))   // (out, r)
+                if let g = m.rankGate {
+                    try SafetensorsFile.checkFinite(g.bias, tensor: n + topKBiasMarker, path: path)
+                    tensors.append(SafetensorsTensor(name: n + topKBiasMarker, shape: [g.rank], values: g.bias))  // (r)
+                }
             case .embedding:
                 tensors.append(SafetensorsTensor(name: n + ".lora_embedding_A", matrix: m.A))  // (r, num_embeddings)
                 tensors.append(SafetensorsTensor(name: n + ".lora_embedding_B", matrix: m.B))  // (dim, r)
@@ -448,6 +494,19 @@ public enum PEFTAdapter {
             "loftq_config": .object([]),
             "auto_mapping": .null,
         ]
+        // FlyLoRA, as the authors' PEFT fork configures it. Every gated module keeps the same k.
+        let gated = names.compactMap { n in adapter.modules[n]!.rankGate.map { (n, $0.topK) } }
+        if let (first, k) = gated.first {
+            if let (other, k2) = gated.first(where: { $0.1 != k }) {
+                throw PEFTError.invalidConfig(path: path, field: "top_k", reason: "module '\(first)' keeps \(k) ranks per token, '\(other)' \(k2); one top_k is written for all")
+            }
+            if let plain = names.first(where: { adapter.modules[$0]!.rankGate == nil && adapter.modules[$0]!.rank > k }) {
+                throw PEFTError.invalidConfig(path: path, field: "top_k", reason: "module '\(plain)' keeps all its ranks, but top_k \(k) would apply to it too")
+            }
+            fields["top_k"] = .int(k)
+            fields["bias_u"] = .double(meta.biasRate ?? FlyLoRADefaults.biasRate)
+            fields["init_lora_weights"] = .string("sparse")
+        }
         for (k, text) in meta.peftExtra where !handledKeys.contains(k) {
             guard let v = try? JSONValue.parse(text) else {
                 throw PEFTError.invalidConfig(path: path, field: k, reason: "peftExtra value is not JSON: \(text)")

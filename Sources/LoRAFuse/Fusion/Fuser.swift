@@ -30,6 +30,9 @@ public enum Fuser {
         guard adapters.count == weights.count else {
             throw FusionError.weightCount(adapters: adapters.count, weights: weights.count)
         }
+        if adapters.contains(where: \.isRankGated) {
+            return try fuseRankGated(adapters, weights: weights, method: method, name: name)
+        }
         let start = Date()
         var names = Set<String>()
         for a in adapters { names.formUnion(a.modules.keys) }

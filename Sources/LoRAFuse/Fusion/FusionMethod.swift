@@ -106,6 +106,8 @@ public enum FusionError: Error, CustomStringConvertible {
     /// A parameter is set that the method does not read; `accepted` is what it does read.
     case unexpectedParameter(method: String, parameter: String, accepted: [String])
     case nonFinite(module: String, adapter: String)
+    /// FlyLoRA adapters that cannot be averaged on one A.
+    case rankGatedMismatch(adapter1: String, adapter2: String, module: String, reason: String)
 
     public var description: String {
         func s(_ shape: [Int]) -> String { shape.map(String.init).joined(separator: "x") }
@@ -131,6 +133,8 @@ public enum FusionError: Error, CustomStringConvertible {
             return text
         case let .nonFinite(m, a):
             return "module \(m) of adapter '\(a)' contains NaN or infinite values"
+        case let .rankGatedMismatch(a1, a2, m, r):
+            return "FlyLoRA adapters '\(a1)' and '\(a2)' cannot be fused: module \(m): \(r)"
         }
     }
 }

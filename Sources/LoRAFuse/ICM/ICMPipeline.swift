@@ -117,6 +117,7 @@ public enum ICMPipeline {
         }
         var loaded = try adapters.map { p in
             var a = try AdapterIO.read(path: p, hints: hints)
+            try a.requireDense("ICM-Fusion (it encodes each adapter's ΔW)")
             a.name = taskName(adapterPath: p)
             return a
         }

@@ -36,6 +36,8 @@ struct LoRAFactors: Sendable {
     var B: [Float]     // (out, r)  — embedding: (C, r)
     var rank: Int
     var coef: Float    // adapter weight × scale
+    /// FlyLoRA: the ranks kept per token (nil: all).
+    var gate: RankGate? = nil
 }
 
 /// Adapters prepared for one model, handed to a session as a value: the model itself never holds
@@ -122,6 +124,7 @@ extension LlamaModel {
     /// to the looked-up row, as PEFT does; with tied embeddings it does not change lm_head.
     public func prepare(_ adapters: [(LoRAAdapter, Float)], mode: LoRAMode = .unmerged) throws -> AdapterSet {
         if adapters.isEmpty { return .none }
+        if mode == .merged { for (a, _) in adapters { try a.requireDense("merged mode (--merge)") } }
         let C = config.hiddenSize, V = config.vocabSize
         var plan: [(Target, LoRAFactors)] = []
         for (adapter, weight) in adapters {
@@ -145,7 +148,7 @@ extension LlamaModel {
                     throw LoRARuntimeError.shapeMismatch(adapter: adapter.name, module: name, expected: expected,
                                                          actual: m.kind == .embedding && !isEmbedding ? [m.A.cols, m.B.rows] : m.deltaShape)
                 }
-                plan.append((tgt, LoRAFactors(A: m.A.data, B: m.B.data, rank: m.rank, coef: weight * m.scale)))
+                plan.append((tgt, LoRAFactors(A: m.A.data, B: m.B.data, rank: m.rank, coef: weight * m.scale, gate: m.rankGate)))
             }
         }
         var linearFactors: [Int: [LoRAFactors]] = [:], embedFactors: [LoRAFactors] = []

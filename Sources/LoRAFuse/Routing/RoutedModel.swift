@@ -343,6 +343,7 @@ extension LlamaModel {
     /// `prepare(routed:)`.
     func expertFactors(_ adapters: [LoRAAdapter]) throws -> [[Int: LoRAFactors]] {
         try adapters.map { a in
+            try a.requireDense("routing it as one expert")
             for m in a.moduleNames where a.modules[m]!.kind == .embedding {
                 throw RoutedModelError.embeddingNotRoutable(adapter: a.name, module: m)
             }

@@ -98,7 +98,9 @@ public final class LlamaTrainingEngine {
         var probs: [TrainBuffer] = []            // per sequence: (H, T, T)
         var loraX: [Int: TrainBuffer] = [:]      // module index → dropped input x_d (N, in), only with dropout
         var loraMask: [Int: TrainBuffer] = [:]   // module index → keep/(1−p) (N, in)
-        var loraU: [Int: TrainBuffer] = [:]      // module index → u = x_d Aᵀ (N, r)
+        var loraU: [Int: TrainBuffer] = [:]      // module index → u = x_d Aᵀ (N, r), unkept ranks zeroed (FlyLoRA)
+        var loraKeep: [Int: TrainBuffer] = [:]   // module index → 1 for kept ranks, 0 otherwise (N, r), FlyLoRA only
+        var rankCounts: [Int: [Int]] = [:]       // module index → tokens that kept each rank (r), FlyLoRA only
         /// Rows the buffers hold.
         let capacity: Int
         init(N: Int, c: LlamaConfig) {
@@ -117,7 +119,7 @@ public final class LlamaTrainingEngine {
         /// dropout (probabilities, LoRA inputs and masks) is dropped.
         func reuse(N: Int) {
             precondition(N <= capacity)
-            probs = []; loraX = [:]; loraMask = [:]; loraU = [:]
+            probs = []; loraX = [:]; loraMask = [:]; loraU = [:]; loraKeep = [:]; rankCounts = [:]
             if invAttn.count != N { invAttn = [Float](repeating: 0, count: N); invFfn = invAttn }
         }
     }
@@ -361,6 +363,13 @@ public final class LlamaTrainingEngine {
             BLAS.gemm(transA: false, transB: true, m: rows, n: m.rank, k: nIn, alpha: 1, a: xd, lda: nIn,
                       b: a.baseAddress!, ldb: nIn, beta: 0, c: u.p, ldc: m.rank)                 // u (rows, r)
         }
+        if let gate = m.rankGate {
+            let keep = TrainBuffer(rows * m.rank)
+            var counts = [Int](repeating: 0, count: m.rank)
+            counts.withUnsafeMutableBufferPointer { gate.select(u.p, rows: rows, keep: keep.p, counts: $0.baseAddress!) }
+            tape.loraKeep[mi] = keep                                                          // u ⊙= keep (rows, r)
+            tape.rankCounts[mi] = counts
+        }
         m.B.withUnsafeBufferPointer { b in
             BLAS.gemm(transA: false, transB: true, m: rows, n: nOut, k: m.rank, alpha: m.scale, a: u.p, lda: m.rank,
                       b: b.baseAddress!, ldb: m.rank, beta: 1, c: out, ldc: nOut)               // out += s·u Bᵀ
@@ -536,10 +545,14 @@ public final class LlamaTrainingEngine {
             BLAS.gemm(transA: false, transB: false, m: rows, n: r, k: nOut, alpha: 1, a: dY, lda: nOut,
                       b: b.baseAddress!, ldb: r, beta: 0, c: g.p, ldc: r)                      // g (rows, r)
         }
-        grads.dA[mi].withUnsafeMutableBufferPointer { dA in
+        if let keep = tape.loraKeep[mi] {
+            for i in 0..<(rows * r) { g.p[i] *= keep.p[i] }                                  // unkept ranks pass nothing back
+            if let c = tape.rankCounts[mi] { grads.addRankCounts(c, module: mi) }
+        }
+        if m.trainsA { grads.dA[mi].withUnsafeMutableBufferPointer { dA in
             BLAS.gemm(transA: true, transB: false, m: r, n: nIn, k: rows, alpha: s, a: g.p, lda: r,
                       b: xd, ldb: nIn, beta: 1, c: dA.baseAddress!, ldc: nIn)                  // dA (r, in)
-        }
+        } }
         m.A.withUnsafeBufferPointer { a in
             if let mask = tape.loraMask[mi] {
                 let tmp = TrainBuffer(rows * nIn)

@@ -34,6 +34,10 @@ public struct TrainableLoRAModule: Sendable {
     public var scale: Float
     public var A: [Float]      // (r, in)
     public var B: [Float]      // (out, r)
+    /// FlyLoRA: the ranks each token keeps (nil: all).
+    public var rankGate: RankGate? = nil
+    /// False when A is fixed (FlyLoRA's router): the backward pass skips dA.
+    public var trainsA = true
 
     /// PEFT module name, e.g. `base_model.model.model.layers.3.self_attn.q_proj`.
     public var name: String { ModuleAddress.projection(layer: layer, target).peft }
@@ -106,7 +110,7 @@ public struct LoRAParameters: Sendable {
             }
             targets.insert(t)
             mods.append(TrainableLoRAModule(layer: l, target: t, rank: m.rank, inFeatures: sh.in, outFeatures: sh.out,
-                                            scale: m.scale, A: m.A.data, B: m.B.data))
+                                            scale: m.scale, A: m.A.data, B: m.B.data, rankGate: m.rankGate))
         }
         mods.sort { ($0.layer, $0.target.index) < ($1.layer, $1.target.index) }
         self.modules = mods
@@ -140,7 +144,8 @@ public struct LoRAParameters: Sendable {
         var mods: [String: LoRAModule] = [:]
         for m in modules {
             mods[m.name] = LoRAModule(A: Matrix(rows: m.rank, cols: m.inFeatures, data: m.A),
-                                      B: Matrix(rows: m.outFeatures, cols: m.rank, data: m.B), scale: m.scale)
+                                      B: Matrix(rows: m.outFeatures, cols: m.rank, data: m.B), scale: m.scale,
+                                      rankGate: m.rankGate)
         }
         return LoRAAdapter(name: name, modules: mods, metadata: meta)
     }
@@ -150,10 +155,18 @@ public struct LoRAParameters: Sendable {
 public struct LoRAGradients: Sendable {
     public var dA: [[Float]]   // per module (r, in)
     public var dB: [[Float]]   // per module (out, r)
+    /// FlyLoRA: per module, the tokens of the accumulated batches that kept each rank (empty for
+    /// modules without a rank gate). Not a gradient: the balancing bias's update reads it.
+    public var rankCounts: [[Int]]
 
     public init(zerosLike p: LoRAParameters) {
         dA = p.modules.map { [Float](repeating: 0, count: $0.A.count) }
         dB = p.modules.map { [Float](repeating: 0, count: $0.B.count) }
+        rankCounts = p.modules.map { $0.rankGate == nil ? [] : [Int](repeating: 0, count: $0.rank) }
+    }
+
+    mutating func addRankCounts(_ c: [Int], module i: Int) {
+        if rankCounts[i].isEmpty { rankCounts[i] = c } else { for j in c.indices { rankCounts[i][j] += c[j] } }
     }
 
     /// √(Σ g²) over every gradient, accumulated in Double.
@@ -171,5 +184,6 @@ public struct LoRAGradients: Sendable {
     public mutating func zero() {
         for i in dA.indices { for j in dA[i].indices { dA[i][j] = 0 } }
         for i in dB.indices { for j in dB[i].indices { dB[i][j] = 0 } }
+        for i in rankCounts.indices { for j in rankCounts[i].indices { rankCounts[i][j] = 0 } }
     }
 }

@@ -267,6 +267,7 @@ public final class LoRATrainer {
         let lr = schedule.lr(step: k)
         let norm: Double
         if let v = variant {
+            v.observe(grads)
             var g = v.parameterGradients(grads)
             norm = options.maxGradNorm > 0 ? g.clip(maxNorm: options.maxGradNorm) : g.globalNorm
             variantOptimizer!.lr = lr
@@ -342,6 +343,8 @@ public final class LoRATrainer {
                             SafetensorsTensor(name: "\(n).m", shape: shape, values: opt.m[n]),
                             SafetensorsTensor(name: "\(n).v", shape: shape, values: opt.v[n])]
             }
+            let aux = v.auxiliaryState
+            for n in aux.names { tensors.append(SafetensorsTensor(name: "aux.\(n)", shape: aux.shapes[n]!, values: aux[n])) }
         } else if let pro = loraPro {
             for (i, m) in params.modules.enumerated() {
                 let full = [m.outFeatures, m.inFeatures]
@@ -443,6 +446,13 @@ public final class LoRATrainer {
                 p[n] = try read(n); m[n] = try read("\(n).m"); vv[n] = try read("\(n).v")
             }
             v.parameters = p
+            var aux = v.auxiliaryState
+            for n in aux.names {
+                let x = try f.floats("aux.\(n)")
+                guard x.count == aux[n].count else { throw TrainError.badCheckpoint(path: path, field: "aux.\(n)", expected: "\(aux[n].count) values", actual: "\(x.count)") }
+                aux[n] = x
+            }
+            v.auxiliaryState = aux
             variantOptimizer!.restore(step: os, m: m, v: vv)
             params = v.factors()
         } else {

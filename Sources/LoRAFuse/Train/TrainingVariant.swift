@@ -21,6 +21,20 @@ public protocol TrainingVariant: AnyObject {
     /// Writes the variant's own files into the existing folder `dir`; `eval`, `generate`,
     /// `report`, `serve` and `convert` read that folder as an adapter.
     func writeFiles(into dir: URL, name: String, baseModel: String?, path: String) throws
+    /// Called after each step's gradients are summed and before the update (FlyLoRA's balancing
+    /// bias reads the ranks the step's tokens kept).
+    func observe(_ grads: LoRAGradients)
+    /// Values that change during training without the optimizer (FlyLoRA's bias): checkpoints
+    /// save and restore them beside `parameters`.
+    var auxiliaryState: ParamSet { get set }
+}
+
+extension TrainingVariant {
+    public func observe(_ grads: LoRAGradients) {}
+    public var auxiliaryState: ParamSet {
+        get { ParamSet() }
+        set {}
+    }
 }
 
 /// The variants `lorafuse train --variant` knows, by name. `lora-pro` is not a `TrainingVariant`:
@@ -28,7 +42,7 @@ public protocol TrainingVariant: AnyObject {
 /// is a search stage (`FlexoraSearch`, whose α-weighted LoRA is a `TrainingVariant`) followed by
 /// plain LoRA on the layers it selects.
 public enum TrainingVariants {
-    public static let names = ["lora", "nola", "lora-pro", "flexora"]
+    public static let names = ["lora", "nola", "lora-pro", "flexora", "flylora"]
 }
 
 extension ParamSet {

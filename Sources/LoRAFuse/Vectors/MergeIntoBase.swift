@@ -173,6 +173,7 @@ public enum MergeIntoBase {
     @discardableResult
     public static func merge(base: String, adapters: [(adapter: LoRAAdapter, weight: Float)], output: String,
                              options: Options = Options()) throws -> MergeIntoBaseReport {
+        for (a, _) in adapters { try a.requireDense("merging into the base weights") }
         let gguf = isGGUF(base)
         let format = options.format ?? (gguf ? .gguf : .hf)
         if !gguf && format == .gguf {

@@ -495,10 +495,14 @@ final class BatchedDecodeTests: XCTestCase {
             let a = try m.prepare([(Self.adapter(m, "a", rng: &rng), 1)])
             let b = try m.prepare([(Self.adapter(m, "b", embedding: true, rng: &rng), 0.7)])
             let merged = try m.prepare([(Self.adapter(m, "c", rng: &rng), 1)], mode: .merged)
-            // Seven sequences: two share `a`, one base, one merged; prompts of different lengths.
-            let sets: [AdapterSet] = [a, .none, b, a, merged, b, .none]
+            // FlyLoRA: each row keeps its own top-1 of 3 ranks inside the shared LoRA GEMMs.
+            var gatedAdapter = Self.adapter(m, "g", rng: &rng)
+            for n in gatedAdapter.moduleNames { gatedAdapter.modules[n]!.rankGate = RankGate(topK: 1, bias: [0.1, 0, -0.1]) }
+            let gated = try m.prepare([(gatedAdapter, 1)])
+            // Nine sequences: two share `a`, two share `gated`, one base, one merged; prompts of different lengths.
+            let sets: [AdapterSet] = [a, .none, b, a, merged, b, .none, gated, gated]
             let prompts: [[Int]] = (0..<sets.count).map { i in (0..<(3 + i)).map { (7 * $0 + 11 * i) % 64 } }
-            let steps = [[5, 9, 1], [2, 2, 2], [63, 0, 4], [8, 1, 30], [12, 13, 14], [40, 41, 42], [6, 6, 6]]
+            let steps = [[5, 9, 1], [2, 2, 2], [63, 0, 4], [8, 1, 30], [12, 13, 14], [40, 41, 42], [6, 6, 6], [3, 50, 7], [21, 22, 23]]
             // Reference: each alone, prompt then the steps one token at a time.
             var want: [[Float]] = []
             for (i, set) in sets.enumerated() {

@@ -101,6 +101,55 @@ final class TrainCLITests: XCTestCase {
         XCTAssertTrue(f.stderr.contains("peft") && f.stderr.contains("gguf"), f.stderr)
     }
 
+    /// `train --variant flylora` on SmolLM2: a PEFT folder as the authors' fork writes it; eval
+    /// agrees with the trainer; inspect says what it is; two runs from one seed average under
+    /// `merge --method linear`; what needs a dense ΔW refuses it by name; careless flags refused.
+    func testTrainFlyLoRAThenEvalMergeAndRefusals() throws {
+        guard let (tmp, data) = try workspace() else { return }
+        defer { try? FileManager.default.removeItem(atPath: tmp) }
+        func train(_ out: String, _ extra: [String] = []) throws -> CLITests.Run {
+            try run(["train", "--variant", "flylora", "--data", data, "--val", data, "-o", out, "--rank", "4", "--top-k", "2",
+                     "--targets", "q,v", "--steps", "2", "--batch", "2", "--lr", "1e-2", "--quiet"] + extra)
+        }
+        let out = tmp + "/fly"
+        let r = try train(out)
+        XCTAssertEqual(r.code, 0, r.stderr)
+        XCTAssertTrue(r.stderr.contains("\(30 * 4 * (576 + 192)) trained values (flylora)"), r.stderr)
+        let cfg = try String(contentsOfFile: out + "/adapter_config.json", encoding: .utf8)
+        XCTAssertTrue(cfg.contains("\"top_k\": 2") && cfg.contains("\"bias_u\": 0.001"), cfg)
+        let csv = try String(contentsOfFile: out + "/loss.csv", encoding: .utf8).split(separator: "\n")
+        let val = try XCTUnwrap(StepLog.parse(csvLine: String(csv.last!))?.valLoss)
+        let e = try run(["eval", "--adapter", out, "--data", data, "--no-accuracy", "--json", "--quiet", "--compute", "f32"])
+        XCTAssertEqual(e.code, 0, e.stderr)
+        let json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(e.stdout.utf8)) as? [String: Any], e.stdout)
+        XCTAssertEqual(try XCTUnwrap(json["mean_loss"] as? Double, e.stdout), val, accuracy: 1e-3)
+        let i = try run(["inspect", out])
+        XCTAssertTrue(i.stdout.contains("FlyLoRA: each token keeps the 2 ranks"), i.stdout)
+
+        let other = tmp + "/fly2"
+        XCTAssertEqual(try train(other, ["--lr", "2e-2"]).code, 0)
+        let avg = tmp + "/avg"
+        let m = try run(["merge", out + ":0.5", other + ":0.5", "--method", "linear", "-o", avg])
+        XCTAssertEqual(m.code, 0, m.stderr)
+        XCTAssertEqual(try PEFTAdapter.read(directory: avg).modules.values.first?.rankGate?.topK, 2)
+        for (args, needle) in [(["merge", out, other, "--method", "ties", "-o", tmp + "/t"], "fusion by 'ties'"),
+                               (["convert", out, "--format", "gguf", "-o", tmp + "/f.gguf"], "a GGUF LoRA"),
+                               (["merge-into-base", "--adapter", out, "-o", tmp + "/m.gguf"], "merging into the base weights")] {
+            let b = try run(args)
+            XCTAssertNotEqual(b.code, 0, "\(args)")
+            XCTAssertTrue(b.stderr.contains(needle) && b.stderr.contains("FlyLoRA adapter"), "\(args): \(b.stderr)")
+        }
+        for (args, needle) in [(["--variant", "flylora", "--rank", "4", "--top-k", "4"], "--top-k must be in 1…3"),
+                               (["--variant", "flylora", "--top-k", "32"], "--top-k must be in 1…31"),
+                               (["--top-k", "2"], "--top-k and --bias-rate are for --variant flylora"),
+                               (["--variant", "flylora", "--bias-rate", "-1"], "--bias-rate must be finite and ≥ 0")] {
+            let b = try run(["train", "--data", data, "-o", tmp + "/x"] + args)
+            XCTAssertNotEqual(b.code, 0)
+            XCTAssertTrue(b.stderr.contains(needle), "\(args): \(b.stderr)")
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: tmp + "/x"))
+    }
+
     /// `--variant lora-pro` on SmolLM2: a plain PEFT adapter out, the memory of the full-size
     /// moments announced, eval agreeing with the trainer, and the flag it does not take refused.
     func testTrainLoRAProWritesPEFT() throws {

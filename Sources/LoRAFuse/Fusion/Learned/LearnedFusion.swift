@@ -49,6 +49,7 @@ public enum LearnedFusion {
                             shots: [EvalTask], val: [EvalTask], options: LearnedFusionOptions,
                             progress: (@Sendable (_ step: Int, _ total: Int, _ loss: Double) -> Void)?) throws -> LearnedFusionResult {
         try options.validate(method: method)
+        for a in adapters { try a.requireDense("learned fusion (\(method.rawValue))") }
         let problem = try LearnedProblem(adapters: adapters, model: model, shots: shots, val: val,
                                          shotsPerTask: options.shotsPerTask, valPerTask: options.valPerTask)
         return try run(method: method, problem: problem, options: options, progress: progress)

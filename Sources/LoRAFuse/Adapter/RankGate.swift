@@ -1,0 +1,106 @@
+import Foundation
+
+// FlyLoRA (Zou et al., NeurIPS 2025, "FlyLoRA: Boosting Task Decoupling and Parameter Efficiency
+// via Implicit Rank-Wise Mixture-of-Experts"): each rank of a LoRA module is an expert and the
+// frozen, sparse, random A is the router. Per token, with u = x Aᵀ (r values) and a balancing
+// bias d (r values, not trained by the optimizer):
+//
+//     keep  = the k ranks of largest |u_j + d_j|          (ties: the lower rank)
+//     y    += s · Σ_{j ∈ keep} u_j B[:, j]                (d only chooses; it is not added)
+//
+// as the authors' `flylora.py`. Their modified PEFT layer takes top-k of the signed u + d instead
+// and updates d in every forward, inference included; we follow the paper and `flylora.py`
+// (magnitude, d updated only while training). The top-k choice has no gradient.
+
+/// Per-token top-k selection of a LoRA module's ranks (FlyLoRA). `bias` has one entry per rank.
+public struct RankGate: Sendable, Equatable {
+    /// Ranks kept per token (k < r).
+    public var topK: Int
+    /// The balancing bias d (r), added to u before the magnitudes are ranked.
+    public var bias: [Float]
+
+    public init(topK: Int, bias: [Float]) {
+        precondition(topK >= 1 && topK < bias.count, "top-k \(topK) of \(bias.count) ranks")
+        self.topK = topK
+        self.bias = bias
+    }
+
+    public var rank: Int { bias.count }
+
+    /// Zeroes, in each of `rows` rows of `u` (rows, r, leading dimension r), the ranks not kept.
+    /// `keep` (rows, r), when given, receives 1 for a kept rank and 0 otherwise; `counts` (r),
+    /// when given, is incremented for every kept rank.
+    public func select(_ u: UnsafeMutablePointer<Float>, rows: Int, keep: UnsafeMutablePointer<Float>? = nil,
+                       counts: UnsafeMutablePointer<Int>? = nil) {
+        let r = bias.count, k = topK
+        bias.withUnsafeBufferPointer { d in
+            withUnsafeTemporaryAllocation(of: Int.self, capacity: k) { chosen in
+                withUnsafeTemporaryAllocation(of: Bool.self, capacity: r) { on in
+                    for t in 0..<rows {
+                        let row = u + t * r
+                        func score(_ j: Int) -> Float { abs(row[j] + d[j]) }
+                        // Insertion into a list of k sorted by score: r is small (8–64), k smaller.
+                        var n = 0
+                        for j in 0..<r {
+                            let s = score(j)
+                            if n == k && !(s > score(chosen[k - 1])) { continue }
+                            var p = min(n, k - 1)
+                            while p > 0 && s > score(chosen[p - 1]) {
+                                chosen[p] = chosen[p - 1]
+                                p -= 1
+                            }
+                            chosen[p] = j
+                            n = min(n + 1, k)
+                        }
+                        for j in 0..<r { on[j] = false }
+                        for i in 0..<k {
+                            on[chosen[i]] = true
+                            counts?[chosen[i]] += 1
+                        }
+                        for j in 0..<r {
+                            if !on[j] { row[j] = 0 }
+                            keep?[t * r + j] = on[j] ? 1 : 0
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The sign-based balancing update of d after a training step, d_j += rate · sign(c̄ − c_j),
+    /// where c_j counts the tokens that kept rank j and c̄ is their mean (FlyLoRA, after
+    /// DeepSeek's auxiliary-loss-free balancing): ranks chosen less than average become likelier.
+    public mutating func balance(counts: [Int], rate: Float) {
+        precondition(counts.count == bias.count, "one count per rank")
+        let mean = Float(counts.reduce(0, +)) / Float(max(counts.count, 1))
+        for j in bias.indices {
+            let c = Float(counts[j])
+            bias[j] += rate * (c < mean ? 1 : c > mean ? -1 : 0)
+        }
+    }
+}
+
+/// An adapter whose modules choose ranks per token cannot be turned into a dense ΔW: operations
+/// that need one refuse it by name.
+public enum RankGateError: Error, CustomStringConvertible, Equatable {
+    case notDense(adapter: String, module: String, operation: String)
+
+    public var description: String {
+        switch self {
+        case let .notDense(a, m, op):
+            return "adapter '\(a)' is a FlyLoRA adapter (module '\(m)' keeps the top-k of its ranks per token): \(op) needs a plain LoRA, whose update is the same for every token. FlyLoRA adapters run unmerged in eval, generate, report and serve, and fuse with `linear` when they share A (same --seed, --rank, --targets)"
+        }
+    }
+}
+
+extension LoRAAdapter {
+    /// Whether any module selects ranks per token (FlyLoRA).
+    public var isRankGated: Bool { modules.values.contains { $0.rankGate != nil } }
+
+    /// Throws `RankGateError.notDense` naming `operation` when a module selects ranks per token.
+    public func requireDense(_ operation: String) throws {
+        if let m = moduleNames.first(where: { modules[$0]!.rankGate != nil }) {
+            throw RankGateError.notDense(adapter: name, module: m, operation: operation)
+        }
+    }
+}
