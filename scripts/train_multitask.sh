@@ -5,7 +5,9 @@
 # 10 validation examples of each task; then scored on every task's test split beside the experts.
 #   scripts/train_multitask.sh [OUT_DIR]     (default out/multitask)
 # Environment: LORAFUSE (binary, default .build/release/lorafuse), THREADS (2), STEPS (400),
-# VARIANT (lora; another --variant trains at that variant's default lr instead).
+# VARIANT (lora; another --variant trains at that variant's default lr instead), EXTRA (more
+# `train` flags, later ones win: e.g. "--rank 16 --alpha 32 --top-k 4 --lr 1e-3" for flylora at
+# LoRA's trained-value count).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LF="${LORAFUSE:-.build/release/lorafuse}"
@@ -19,7 +21,7 @@ for f in tasks/*.val.jsonl; do head -n 10 "$f"; done > "$OUT/union.val.jsonl"
 lr=(--lr 1e-3); [ "$VARIANT" != lora ] && lr=()
 "$LF" train --variant "$VARIANT" --data "$OUT/union.train.jsonl" --val "$OUT/union.val.jsonl" -o "$OUT/adapter" --force \
   --rank 8 --alpha 16 --targets all --steps "$STEPS" --batch 8 "${lr[@]}" --warmup 10 --seed 1 --dtype bf16 \
-  --eval-every 100 --threads "$THREADS"
+  --eval-every 100 --threads "$THREADS" ${EXTRA:-}
 tests=(); for f in tasks/*.test.jsonl; do tests+=("$f"); done
 "$LF" eval --adapter "$OUT/adapter" --data "${tests[@]}" --json --threads "$THREADS" --compute f32 > "$OUT/test.json"
 echo "wrote $OUT/adapter and $OUT/test.json"

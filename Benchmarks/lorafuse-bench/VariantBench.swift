@@ -9,15 +9,19 @@ import LoRAFuse
 struct VariantBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "variants",
-        abstract: "Training variants (nola, lora-pro) against plain LoRA: step time, peak memory, stored bytes.")
+        abstract: "Training variants (nola, lora-pro, flylora, smora) against plain LoRA: step time, peak memory, stored bytes.")
 
     @OptionGroup var peerOptions: PeerBenchOptions
     @Option(help: "Training task (JSONL of prompt/answer).")
     var task: String = "tasks/add_2digit.train.jsonl"
     @Option(help: "Variants to compare with lora, comma-separated.")
-    var variants: String = "nola,lora-pro"
+    var variants: String = "nola,lora-pro,flylora,smora"
     @Option(help: "NOLA basis size (per factor per module).")
     var nolaBasis: Int = 512
+    @Option(help: "FlyLoRA rank (default 2 × --rank: B alone then holds about as many values as LoRA's A and B).")
+    var flyloraRank: Int?
+    @Option(help: "FlyLoRA ranks kept per token (default a quarter of its rank, as the authors' 8 of 32).")
+    var flyloraTopK: Int?
     @Option(help: "Sequences per step.")
     var batch: Int = 8
     @Option(help: "LoRA rank.")
@@ -38,7 +42,13 @@ struct VariantBench: ParsableCommand {
         if steps < 1 || warmupSteps < 0 || batch < 1 || rank < 1 || nolaBasis < 1 {
             throw ValidationError("--steps, --batch, --rank and --nola-basis must be ≥ 1, --warmup-steps ≥ 0")
         }
+        guard flyTopK >= 1 && flyTopK < flyRank else {
+            throw ValidationError("--flylora-top-k must be in 1…\(flyRank - 1) (of --flylora-rank \(flyRank)), got \(flyTopK)")
+        }
     }
+
+    var flyRank: Int { flyloraRank ?? 2 * rank }
+    var flyTopK: Int { flyloraTopK ?? max(1, flyRank / 4) }
 
     func run() throws {
         if let v = only { return try child(v) }
@@ -48,6 +58,7 @@ struct VariantBench: ParsableCommand {
         for n in names {
             FileHandle.standardError.write(Data("variant \(n): \(warmupSteps) + \(steps) steps, batch \(batch)…\n".utf8))
             var args = ["variants", "--only", n, "--task", task, "--nola-basis", "\(nolaBasis)", "--batch", "\(batch)",
+                        "--flylora-rank", "\(flyRank)", "--flylora-top-k", "\(flyTopK)",
                         "--rank", "\(rank)", "--warmup-steps", "\(warmupSteps)", "--steps", "\(steps)",
                         "--model", peerOptions.model, "--threads", "\(peerOptions.threads)", "--compute", peerOptions.compute.rawValue]
             if peerOptions.skipPeer { args.append("--skip-peer") }
@@ -59,7 +70,7 @@ struct VariantBench: ParsableCommand {
             model: (peerOptions.model as NSString).lastPathComponent, blas_core: BLAS.coreName,
             openblas_coretype_env: ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] ?? "unset",
             load_average_before: before, load_average_after: loadAverage(), task: task, batch: batch, rank: rank,
-            nola_basis: nolaBasis, warmup_steps: warmupSteps, steps: steps, variants: names, sides: sides)
+            nola_basis: nolaBasis, flylora_rank: flyRank, flylora_top_k: flyTopK, warmup_steps: warmupSteps, steps: steps, variants: names, sides: sides)
         print(rep.markdown)
         if !peerOptions.skipPeer { try rep.write(to: results) }
     }
@@ -73,9 +84,16 @@ struct VariantBench: ParsableCommand {
         // lora-pro with train's defaults for it: lr 1e-3 and 5 warm-up steps (without them its
         // first full-size Adam steps blow the loss up).
         if name == "lora-pro" { o.optimizer = .loraPro; o.learningRate = 1e-3; o.warmup = 5 }
+        if name == "flylora" { o.rank = flyRank; o.alpha = Double(2 * flyRank) }
+        // SMoRA at LoRA's rank, keeping a quarter of the ranks per token.
         let t0 = Date()
-        let variant: (any TrainingVariant)? = name == "nola"
-            ? try NOLAVariant(model: lm.config, options: o, basisA: nolaBasis, basisB: nolaBasis, baseModel: lm.sourcePath) : nil
+        let variant: (any TrainingVariant)?
+        switch name {
+        case "nola": variant = try NOLAVariant(model: lm.config, options: o, basisA: nolaBasis, basisB: nolaBasis, baseModel: lm.sourcePath)
+        case "flylora": variant = try FlyLoRAVariant(config: lm.config, options: o, topK: flyTopK, biasRate: FlyLoRADefaults.biasRate)
+        case "smora": variant = try SMoRAVariant(config: lm.config, options: o, topK: max(1, rank / 4), biasRate: SMoRADefaults.biasRate)
+        default: variant = nil
+        }
         let trainer = try LoRATrainer(model: lm, train: seqs, options: o, variant: variant)
         var side = VariantSide()
         side.lr = Double(o.learningRate)
@@ -141,6 +159,8 @@ struct VariantBenchReport: Codable, BenchReport {
     var batch: Int
     var rank: Int
     var nola_basis: Int
+    var flylora_rank: Int?
+    var flylora_top_k: Int?
     var warmup_steps: Int
     var steps: Int
     var variants: [String]
@@ -149,6 +169,7 @@ struct VariantBenchReport: Codable, BenchReport {
     var markdown: String {
         let f = RatioTable.format
         var s = "\(model) · rank \(rank), all seven projections · batch \(batch) of \(task) · NOLA basis \(nola_basis)"
+        if let r = flylora_rank, let k = flylora_top_k { s += " · FlyLoRA rank \(r), top-\(k)" }
         s += " · \(date) · \(machine) · \(threads) threads · OpenBLAS kernels: \(blas_core) (OPENBLAS_CORETYPE=\(openblas_coretype_env))\n"
         s += "load average before / after: \(load_average_before) / \(load_average_after)\n\n"
         guard let lora = sides["lora"] else { return s }

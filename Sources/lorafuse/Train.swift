@@ -54,6 +54,12 @@ struct Train: ParsableCommand {
         linear` averages FlyLoRA adapters that share A (same --seed, --rank, --targets). Stock PEFT, \
         llama.cpp and mlx-lm would apply every rank to every token, so convert refuses it.
 
+        --variant smora (SMoRA, Zhao et al. 2025) makes every rank an expert of a trained router: per \
+        token the --top-k ranks of largest x·W_gᵀ + d are kept, each weighted by the softmax of its \
+        router logit over the kept ones; A, B and W_g are trained, d balances as for flylora. Defaults \
+        --rank 16 --top-k 4 --alpha 32 --bias-rate 0.001. PEFT-style folder (lora_router.weight and \
+        lora_topk_bias per module), applied unmerged; no fusion, no convert.
+
         --layers trains LoRA on the listed layers only (PEFT's layers_to_transform).
         """
     )
@@ -71,8 +77,8 @@ struct Train: ParsableCommand {
     @Option(name: [.short, .customLong("output")], help: "Output adapter directory.")
     var output: String
 
-    @Option(name: .long, help: "LoRA rank (default 8; with --variant flylora 32).") var rank: Int?
-    @Option(name: .long, help: "LoRA alpha (default 16; with --variant flylora 64).") var alpha: Double?
+    @Option(name: .long, help: "LoRA rank (default 8; with --variant flylora 32, smora 16).") var rank: Int?
+    @Option(name: .long, help: "LoRA alpha (default 16; with --variant flylora 64, smora 32).") var alpha: Double?
     @Option(name: .long, help: "Target projections, comma-separated, of q,k,v,o,gate,up,down (or all).")
     var targets = "q,k,v,o,gate,up,down"
     @Option(name: .long, help: "Optimizer steps (default: from --epochs).") var steps: Int?
@@ -97,13 +103,13 @@ struct Train: ParsableCommand {
     var initFrom: String?
     @Option(name: .long, help: "Resume from a checkpoint-<step> folder, or from the newest checkpoint in a folder.")
     var resume: String?
-    @Option(name: .long, help: "What is trained: lora (A and B), nola (coefficients of fixed random bases), lora-pro (A and B along LoRA-Pro's adjusted gradients), flexora (LoRA on the layers a validation search selects), or flylora (B only, over a frozen sparse random A that picks --top-k ranks per token).")
+    @Option(name: .long, help: "What is trained: lora (A and B), nola (coefficients of fixed random bases), lora-pro (A and B along LoRA-Pro's adjusted gradients), flexora (LoRA on the layers a validation search selects), flylora (B only, over a frozen sparse random A that picks --top-k ranks per token), or smora (A, B and a router that picks --top-k ranks per token).")
     var variant = "lora"
     @Option(name: .customLong("nola-basis"), help: "nola: basis matrices per factor per module (the coefficients trained for each of A and B).")
     var nolaBasis: Int?
-    @Option(name: .customLong("top-k"), help: "flylora: ranks each token keeps, of --rank (default 8).")
+    @Option(name: .customLong("top-k"), help: "flylora, smora: ranks each token keeps, of --rank (default 8 for flylora, 4 for smora).")
     var topK: Int?
-    @Option(name: .customLong("bias-rate"), help: "flylora: step of the balancing bias after each update, d += rate·sign(mean use − use) per rank (default 0.001; 0: off).")
+    @Option(name: .customLong("bias-rate"), help: "flylora, smora: step of the balancing bias after each update, d += rate·sign(mean use − use) per rank (default 0.001; 0: off).")
     var biasRate: Double?
     @Option(name: .long, help: "Train LoRA on these layers only, comma-separated indices from 0 (default: all).")
     var layers: String?
@@ -142,12 +148,14 @@ struct Train: ParsableCommand {
             if let r = flexoraLR, !(r.isFinite && r > 0) { throw ValidationError("--flexora-lr must be finite and > 0, got \(r)") }
             if let k = flexoraLayers, k < 1 { throw ValidationError("--flexora-layers must be ≥ 1, got \(k)") }
         }
-        if variant != "flylora" && (topK != nil || biasRate != nil) { throw ValidationError("--top-k and --bias-rate are for --variant flylora") }
-        if variant == "flylora" {
-            let r = rank ?? FlyLoRADefaults.rank, k = topK ?? FlyLoRADefaults.topK
-            guard k >= 1 && k < r else { throw ValidationError("--top-k must be in 1…\(r - 1) (FlyLoRA keeps k of the --rank \(r) ranks per token), got \(k)") }
+        let gated = variant == "flylora" || variant == "smora"
+        if !gated && (topK != nil || biasRate != nil) { throw ValidationError("--top-k and --bias-rate are for --variant flylora and smora") }
+        if gated {
+            let fly = variant == "flylora"
+            let r = rank ?? (fly ? FlyLoRADefaults.rank : SMoRADefaults.rank), k = topK ?? (fly ? FlyLoRADefaults.topK : SMoRADefaults.topK)
+            guard k >= 1 && k < r else { throw ValidationError("--top-k must be in 1…\(r - 1) (\(fly ? "FlyLoRA" : "SMoRA") keeps k of the --rank \(r) ranks per token), got \(k)") }
             if let b = biasRate, !(b.isFinite && b >= 0) { throw ValidationError("--bias-rate must be finite and ≥ 0, got \(b)") }
-            if initFrom != nil { throw ValidationError("--init-from sets A and B; --variant flylora trains B over its own frozen random A") }
+            if initFrom != nil { throw ValidationError("--init-from sets A and B; --variant \(variant) trains from its own initialisation") }
         }
         if let r = rank, r < 1 { throw ValidationError("--rank must be ≥ 1, got \(r)") }
         if variant == "nola" && layers != nil { throw ValidationError("--layers is not taken by --variant nola (its bases cover every layer)") }
@@ -180,9 +188,11 @@ struct Train: ParsableCommand {
     func run() throws {
         compute.apply()
         var o = TrainingOptions()
-        let fly = variant == "flylora"
-        o.rank = rank ?? (fly ? FlyLoRADefaults.rank : o.rank)
-        o.alpha = alpha ?? (fly ? FlyLoRADefaults.alpha : o.alpha)
+        switch variant {
+        case "flylora": o.rank = rank ?? FlyLoRADefaults.rank; o.alpha = alpha ?? FlyLoRADefaults.alpha
+        case "smora": o.rank = rank ?? SMoRADefaults.rank; o.alpha = alpha ?? SMoRADefaults.alpha
+        default: o.rank = rank ?? o.rank; o.alpha = alpha ?? o.alpha
+        }
         o.targets = try Projection.parseList(targets); o.rsLoRA = rslora
         o.dropout = dropout; o.steps = steps; o.epochs = epochs; o.batchSize = batch; o.gradAccum = gradAccum
         o.learningRate = lr ?? defaultLearningRate; o.warmup = warmup ?? 0; o.weightDecay = weightDecay; o.maxGradNorm = maxGradNorm
@@ -222,6 +232,10 @@ struct Train: ParsableCommand {
         if self.variant == "flylora" {
             variant = try FlyLoRAVariant(config: lm.config, options: o, topK: topK ?? FlyLoRADefaults.topK,
                                          biasRate: biasRate ?? FlyLoRADefaults.biasRate)
+        }
+        if self.variant == "smora" {
+            variant = try SMoRAVariant(config: lm.config, options: o, topK: topK ?? SMoRADefaults.topK,
+                                       biasRate: biasRate ?? SMoRADefaults.biasRate)
         }
         var flexora: FlexoraSelection?
         if self.variant == "flexora" {

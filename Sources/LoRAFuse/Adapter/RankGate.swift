@@ -12,54 +12,86 @@ import Foundation
 // and updates d in every forward, inference included; we follow the paper and `flylora.py`
 // (magnitude, d updated only while training). The top-k choice has no gradient.
 
-/// Per-token top-k selection of a LoRA module's ranks (FlyLoRA). `bias` has one entry per rank.
+/// Per-token top-k selection of a LoRA module's ranks: FlyLoRA (scores |u + d| from the frozen A
+/// itself, kept ranks pass unchanged) or SMoRA (scores x W_gᵀ + d from a trained router, kept ranks
+/// weighted by the softmax of their router logits). `bias` has one entry per rank.
 public struct RankGate: Sendable, Equatable {
     /// Ranks kept per token (k < r).
     public var topK: Int
-    /// The balancing bias d (r), added to u before the magnitudes are ranked.
+    /// The balancing bias d (r), added to the scores before they are ranked; never to the output.
     public var bias: [Float]
+    /// SMoRA's router W_g (r, in), row-major; nil for FlyLoRA.
+    public var router: [Float]?
 
-    public init(topK: Int, bias: [Float]) {
+    public init(topK: Int, bias: [Float], router: [Float]? = nil) {
         precondition(topK >= 1 && topK < bias.count, "top-k \(topK) of \(bias.count) ranks")
+        precondition(router.map { $0.count % bias.count == 0 && !$0.isEmpty } ?? true, "router of \(router?.count ?? 0) values for \(bias.count) ranks")
         self.topK = topK
         self.bias = bias
+        self.router = router
     }
 
     public var rank: Int { bias.count }
 
-    /// Zeroes, in each of `rows` rows of `u` (rows, r, leading dimension r), the ranks not kept.
-    /// `keep` (rows, r), when given, receives 1 for a kept rank and 0 otherwise; `counts` (r),
-    /// when given, is incremented for every kept rank.
-    public func select(_ u: UnsafeMutablePointer<Float>, rows: Int, keep: UnsafeMutablePointer<Float>? = nil,
-                       counts: UnsafeMutablePointer<Int>? = nil) {
+    /// What chooses the ranks, for messages.
+    public var kindName: String { router == nil ? "FlyLoRA" : "SMoRA" }
+
+    /// Applies the gate to each of `rows` rows of `u` (rows, r, leading dimension r): unkept ranks
+    /// become 0, kept ones are multiplied by their weight (FlyLoRA 1, SMoRA the softmax over the
+    /// kept ranks of the router logits x W_gᵀ). `x` (rows, in) is the module's input, needed with a
+    /// router. `weights` (rows, r), when given, receives each rank's weight (0 for unkept);
+    /// `counts` (r), when given, is incremented for every kept rank.
+    public func select(_ u: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>? = nil, rows: Int,
+                       weights: UnsafeMutablePointer<Float>? = nil, counts: UnsafeMutablePointer<Int>? = nil) {
         let r = bias.count, k = topK
+        var logits: [Float] = []
+        if let w = router {
+            precondition(x != nil, "a router gate needs the module's input")
+            let nIn = w.count / r
+            logits = [Float](repeating: 0, count: rows * r)
+            w.withUnsafeBufferPointer { wp in
+                logits.withUnsafeMutableBufferPointer { lp in
+                    BLAS.gemm(transA: false, transB: true, m: rows, n: r, k: nIn, alpha: 1, a: x!, lda: nIn,
+                              b: wp.baseAddress!, ldb: nIn, beta: 0, c: lp.baseAddress!, ldc: r)    // l (rows, r)
+                }
+            }
+        }
+        let routed = router != nil
         bias.withUnsafeBufferPointer { d in
-            withUnsafeTemporaryAllocation(of: Int.self, capacity: k) { chosen in
-                withUnsafeTemporaryAllocation(of: Bool.self, capacity: r) { on in
-                    for t in 0..<rows {
-                        let row = u + t * r
-                        func score(_ j: Int) -> Float { abs(row[j] + d[j]) }
-                        // Insertion into a list of k sorted by score: r is small (8–64), k smaller.
-                        var n = 0
-                        for j in 0..<r {
-                            let s = score(j)
-                            if n == k && !(s > score(chosen[k - 1])) { continue }
-                            var p = min(n, k - 1)
-                            while p > 0 && s > score(chosen[p - 1]) {
-                                chosen[p] = chosen[p - 1]
-                                p -= 1
+            logits.withUnsafeBufferPointer { lg in
+                withUnsafeTemporaryAllocation(of: Int.self, capacity: k) { chosen in
+                    withUnsafeTemporaryAllocation(of: Float.self, capacity: r) { wt in
+                        for t in 0..<rows {
+                            let row = u + t * r
+                            func score(_ j: Int) -> Float { routed ? lg[t * r + j] + d[j] : abs(row[j] + d[j]) }
+                            // Insertion into a list of k sorted by score: r is small (8–64), k smaller.
+                            var n = 0
+                            for j in 0..<r {
+                                let s = score(j)
+                                if n == k && !(s > score(chosen[k - 1])) { continue }
+                                var p = min(n, k - 1)
+                                while p > 0 && s > score(chosen[p - 1]) {
+                                    chosen[p] = chosen[p - 1]
+                                    p -= 1
+                                }
+                                chosen[p] = j
+                                n = min(n + 1, k)
                             }
-                            chosen[p] = j
-                            n = min(n + 1, k)
-                        }
-                        for j in 0..<r { on[j] = false }
-                        for i in 0..<k {
-                            on[chosen[i]] = true
-                            counts?[chosen[i]] += 1
-                        }
-                        for j in 0..<r {
-                            if !on[j] { row[j] = 0 }
-                            keep?[t * r + j] = on[j] ? 1 : 0
+                            for j in 0..<r { wt[j] = 0 }
+                            if routed {
+                                var m = -Float.infinity
+                                for i in 0..<k { m = max(m, lg[t * r + chosen[i]]) }
+                                var z: Float = 0
+                                for i in 0..<k { let e = expf(lg[t * r + chosen[i]] - m); wt[chosen[i]] = e; z += e }
+                                for i in 0..<k { wt[chosen[i]] /= z }
+                            } else {
+                                for i in 0..<k { wt[chosen[i]] = 1 }
+                            }
+                            for i in 0..<k { counts?[chosen[i]] += 1 }
+                            for j in 0..<r {
+                                row[j] *= wt[j]
+                                weights?[t * r + j] = wt[j]
+                            }
                         }
                     }
                 }
@@ -88,7 +120,7 @@ public enum RankGateError: Error, CustomStringConvertible, Equatable {
     public var description: String {
         switch self {
         case let .notDense(a, m, op):
-            return "adapter '\(a)' is a FlyLoRA adapter (module '\(m)' keeps the top-k of its ranks per token): \(op) needs a plain LoRA, whose update is the same for every token. FlyLoRA adapters run unmerged in eval, generate, report and serve, and fuse with `linear` when they share A (same --seed, --rank, --targets)"
+            return "adapter '\(a)' is a FlyLoRA or SMoRA adapter (module '\(m)' keeps the top-k of its ranks per token): \(op) needs a plain LoRA, whose update is the same for every token. These adapters run unmerged in eval, generate, report and serve; FlyLoRA adapters fuse with `linear` when they share A (same --seed, --rank, --targets)"
         }
     }
 }

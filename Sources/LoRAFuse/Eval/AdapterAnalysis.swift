@@ -31,6 +31,8 @@ public struct AdapterSummary: Sendable, Codable, Equatable {
     public var modules: [ModuleAnalysis]
     /// FlyLoRA: ranks kept per token (nil for a plain LoRA); ‖ΔW‖ above is then of every rank.
     public var topK: Int? = nil
+    /// "FlyLoRA" or "SMoRA" when `topK` is set.
+    public var gateKind: String? = nil
 }
 
 /// Similarity of two adapters' whole task vectors (all modules concatenated).
@@ -100,7 +102,8 @@ public enum AdapterAnalyzer {
                               useRSLoRA: a.metadata.useRSLoRA, configRank: a.metadata.rank, configAlpha: a.metadata.alpha,
                               moduleCount: modules.count, parameters: a.parameterCount,
                               taskVectorNorm: sq.squareRoot(), modules: modules,
-                              topK: a.modules.values.compactMap { $0.rankGate?.topK }.first)
+                              topK: a.modules.values.compactMap { $0.rankGate?.topK }.first,
+                              gateKind: a.modules.values.compactMap { $0.rankGate?.kindName }.first)
     }
 
     /// Cosine and sign-conflict rate of two adapters. Sampled entries depend only on the seed and
@@ -178,7 +181,11 @@ public enum AdapterAnalyzer {
             lines.append("\(a.name): \(a.moduleCount) modules, \(a.parameters) parameters, ‖τ‖_F = \(f(a.taskVectorNorm))"
                          + (a.useRSLoRA ? " (rsLoRA)" : ""))
             if let k = a.topK {
-                lines.append("  FlyLoRA: each token keeps the \(k) ranks of largest |x·Aᵀ + d| (frozen sparse A, balancing bias d); ‖ΔW‖ counts every rank, so it overstates what one token gets. Runs unmerged; not convertible to plain PEFT, GGUF or MLX.")
+                if a.gateKind == "SMoRA" {
+                    lines.append("  SMoRA: each token keeps the \(k) ranks of largest x·W_gᵀ + d (trained router W_g, balancing bias d), weighted by the softmax of their router logits; ‖ΔW‖ counts every rank at weight 1. Runs unmerged; not convertible to plain PEFT, GGUF or MLX.")
+                } else {
+                    lines.append("  FlyLoRA: each token keeps the \(k) ranks of largest |x·Aᵀ + d| (frozen sparse A, balancing bias d); ‖ΔW‖ counts every rank, so it overstates what one token gets. Runs unmerged; not convertible to plain PEFT, GGUF or MLX.")
+                }
             }
             lines.append("  " + ["module", "kind", "rank", "alpha", "scale", "ΔW shape", "params", "‖ΔW‖_F"]
                 .joined(separator: "\t"))

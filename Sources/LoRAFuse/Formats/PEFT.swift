@@ -77,6 +77,8 @@ public enum PEFTAdapter {
 
     /// FlyLoRA's balancing bias d (r) of a module, as the authors' PEFT fork saves it.
     static let topKBiasMarker = ".lora_topk_bias"
+    /// SMoRA's router W_g (r, in) of a module: `<module>.lora_router.weight`.
+    static let routerMarker = ".lora_router"
 
     // MARK: reading
 
@@ -112,8 +114,15 @@ public enum PEFTAdapter {
         var aKeys: [String: String] = [:], bKeys: [String: String] = [:]
         var kinds: [String: LoRAModuleKind] = [:]
         var extraNames: [String] = []
-        var biasKeys: [String: String] = [:]
+        var biasKeys: [String: String] = [:], routerKeys: [String: String] = [:]
         for key in file.names {
+            if let range = key.range(of: routerMarker + ".", options: .backwards) {
+                let parts = key[range.upperBound...].split(separator: ".", omittingEmptySubsequences: false)
+                if parts.last == "weight" && parts.count <= 2 {
+                    routerKeys[String(key[..<range.lowerBound])] = key
+                    continue
+                }
+            }
             if let range = key.range(of: topKBiasMarker, options: .backwards) {
                 let rest = key[range.upperBound...]
                 if rest.isEmpty || (rest.hasPrefix(".") && !rest.dropFirst().contains(".")) {
@@ -171,9 +180,22 @@ public enum PEFTAdapter {
                     }
                     d = try file.finiteMatrix(bk).data
                 }
-                gate = RankGate(topK: k, bias: d)
+                var router: [Float]?
+                if let rk = routerKeys[module] {
+                    let info = try file.info(rk)
+                    guard info.shape == [r, A.cols] else {
+                        throw PEFTError.invalidConfig(path: directory, field: rk, reason: "shape \(info.shape), expected [\(r), \(A.cols)] (a router row per rank over the module's input)")
+                    }
+                    router = try file.finiteMatrix(rk).data
+                }
+                gate = RankGate(topK: k, bias: d, router: router)
             }
             modules[module] = LoRAModule(A: A, B: B, scale: Float(scale), kind: kind, rankGate: gate)
+        }
+        if let stray = routerKeys.keys.sorted().first(where: { modules[$0]?.rankGate?.router == nil }) {
+            throw PEFTError.invalidConfig(path: directory, field: routerKeys[stray]!,
+                                          reason: modules[stray] == nil ? "a router for module '\(stray)', which has no lora_A/lora_B"
+                                              : "SMoRA's rank router, but the config's top_k does not make module '\(stray)' choose ranks (top_k missing or ≥ its rank)")
         }
         if meta.topK == nil, let stray = biasKeys.values.sorted().first {
             throw PEFTError.invalidConfig(path: directory, field: "top_k",
@@ -449,6 +471,10 @@ public enum PEFTAdapter {
                 if let g = m.rankGate {
                     try SafetensorsFile.checkFinite(g.bias, tensor: n + topKBiasMarker, path: path)
                     tensors.append(SafetensorsTensor(name: n + topKBiasMarker, shape: [g.rank], values: g.bias))  // (r)
+                    if let w = g.router {
+                        try SafetensorsFile.checkFinite(w, tensor: n + routerMarker, path: path)
+                        tensors.append(SafetensorsTensor(name: n + routerMarker + ".weight", shape: [g.rank, m.inFeatures], values: w))  // (r, in)
+                    }
                 }
             case .embedding:
                 tensors.append(SafetensorsTensor(name: n + ".lora_embedding_A", matrix: m.A))  // (r, num_embeddings)
@@ -505,7 +531,8 @@ public enum PEFTAdapter {
             }
             fields["top_k"] = .int(k)
             fields["bias_u"] = .double(meta.biasRate ?? FlyLoRADefaults.biasRate)
-            fields["init_lora_weights"] = .string("sparse")
+            // FlyLoRA's A is the authors' "sparse" initialisation; SMoRA's is PEFT's own.
+            if names.allSatisfy({ adapter.modules[$0]!.rankGate?.router == nil }) { fields["init_lora_weights"] = .string("sparse") }
         }
         for (k, text) in meta.peftExtra where !handledKeys.contains(k) {
             guard let v = try? JSONValue.parse(text) else {

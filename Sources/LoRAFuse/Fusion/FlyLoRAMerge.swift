@@ -24,6 +24,9 @@ extension Fuser {
         }
         let ref = adapters[0]
         for a in adapters {
+            if let m = a.moduleNames.first(where: { a.modules[$0]!.rankGate?.router != nil }) {
+                throw RankGateError.notDense(adapter: a.name, module: m, operation: "fusion (an SMoRA router is trained per adapter; averaging routers has no meaning the method defines)")
+            }
             if let m = a.moduleNames.first(where: { a.modules[$0]!.rankGate == nil }) {
                 throw RankGateError.notDense(adapter: a.name, module: m, operation: "fusing it with FlyLoRA adapters (every input must be FlyLoRA)")
             }

@@ -458,7 +458,7 @@ public final class LlamaSession: InferenceSession {
                 BLAS.gemm(transA: false, transB: true, m: rows, n: f.rank, k: nIn, alpha: 1,
                           a: x, lda: nIn, b: a.baseAddress!, ldb: nIn, beta: 0, c: tmp, ldc: f.rank)
             }
-            f.gate?.select(tmp, rows: rows)                                           // FlyLoRA: top-k ranks per row
+            f.gate?.select(tmp, x: x, rows: rows)                                         // FlyLoRA: top-k ranks per row
             f.B.withUnsafeBufferPointer { b in
                 // (rows, out) += coef · tmp · Bᵀ
                 BLAS.gemm(transA: false, transB: true, m: rows, n: nOut, k: f.rank, alpha: f.coef,

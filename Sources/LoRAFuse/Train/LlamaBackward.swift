@@ -99,7 +99,8 @@ public final class LlamaTrainingEngine {
         var loraX: [Int: TrainBuffer] = [:]      // module index → dropped input x_d (N, in), only with dropout
         var loraMask: [Int: TrainBuffer] = [:]   // module index → keep/(1−p) (N, in)
         var loraU: [Int: TrainBuffer] = [:]      // module index → u = x_d Aᵀ (N, r), unkept ranks zeroed (FlyLoRA)
-        var loraKeep: [Int: TrainBuffer] = [:]   // module index → 1 for kept ranks, 0 otherwise (N, r), FlyLoRA only
+        var loraKeep: [Int: TrainBuffer] = [:]   // module index → each rank's gate weight, 0 if unkept (N, r): FlyLoRA, SMoRA
+        var loraURaw: [Int: TrainBuffer] = [:]   // module index → u before the gate (N, r), SMoRA only
         var rankCounts: [Int: [Int]] = [:]       // module index → tokens that kept each rank (r), FlyLoRA only
         /// Rows the buffers hold.
         let capacity: Int
@@ -119,7 +120,7 @@ public final class LlamaTrainingEngine {
         /// dropout (probabilities, LoRA inputs and masks) is dropped.
         func reuse(N: Int) {
             precondition(N <= capacity)
-            probs = []; loraX = [:]; loraMask = [:]; loraU = [:]; loraKeep = [:]; rankCounts = [:]
+            probs = []; loraX = [:]; loraMask = [:]; loraU = [:]; loraKeep = [:]; loraURaw = [:]; rankCounts = [:]
             if invAttn.count != N { invAttn = [Float](repeating: 0, count: N); invFfn = invAttn }
         }
     }
@@ -366,8 +367,14 @@ public final class LlamaTrainingEngine {
         if let gate = m.rankGate {
             let keep = TrainBuffer(rows * m.rank)
             var counts = [Int](repeating: 0, count: m.rank)
-            counts.withUnsafeMutableBufferPointer { gate.select(u.p, rows: rows, keep: keep.p, counts: $0.baseAddress!) }
-            tape.loraKeep[mi] = keep                                                          // u ⊙= keep (rows, r)
+            if gate.router != nil {
+                let raw = TrainBuffer(rows * m.rank)
+                raw.p.update(from: u.p, count: rows * m.rank)
+                tape.loraURaw[mi] = raw
+            }
+            // SMoRA's router reads the undropped x, as at inference.
+            counts.withUnsafeMutableBufferPointer { gate.select(u.p, x: x, rows: rows, weights: keep.p, counts: $0.baseAddress!) }
+            tape.loraKeep[mi] = keep                                                          // u ⊙= gate weights (rows, r)
             tape.rankCounts[mi] = counts
         }
         m.B.withUnsafeBufferPointer { b in
@@ -546,6 +553,22 @@ public final class LlamaTrainingEngine {
                       b: b.baseAddress!, ldb: r, beta: 0, c: g.p, ldc: r)                      // g (rows, r)
         }
         if let keep = tape.loraKeep[mi] {
+            if let raw = tape.loraURaw[mi], let W = m.rankGate?.router {
+                // SMoRA: weight_j = softmax over kept logits; d weight_j = s·g_j·raw_j, then
+                // dl_j = w_j (d w_j − Σ_k w_k d w_k) for kept j; dW_g += dlᵀ x, dX += dl W_g.
+                let dl = TrainBuffer(rows * r)
+                for t in 0..<rows {
+                    let w = keep.p + t * r, gr = g.p + t * r, ur = raw.p + t * r, d = dl.p + t * r
+                    var sum: Float = 0
+                    for j in 0..<r where w[j] > 0 { sum += w[j] * s * gr[j] * ur[j] }
+                    for j in 0..<r { d[j] = w[j] > 0 ? w[j] * (s * gr[j] * ur[j] - sum) : 0 }
+                }
+                grads.addRouterGradient(dl.p, x: x, rows: rows, module: mi, inFeatures: nIn)
+                W.withUnsafeBufferPointer { wp in
+                    BLAS.gemm(transA: false, transB: false, m: rows, n: nIn, k: r, alpha: 1, a: dl.p, lda: r,
+                              b: wp.baseAddress!, ldb: nIn, beta: 1, c: dX, ldc: nIn)           // dX += dl W_g
+                }
+            }
             for i in 0..<(rows * r) { g.p[i] *= keep.p[i] }                                  // unkept ranks pass nothing back
             if let c = tape.rankCounts[mi] { grads.addRankCounts(c, module: mi) }
         }

@@ -158,11 +158,23 @@ public struct LoRAGradients: Sendable {
     /// FlyLoRA: per module, the tokens of the accumulated batches that kept each rank (empty for
     /// modules without a rank gate). Not a gradient: the balancing bias's update reads it.
     public var rankCounts: [[Int]]
+    /// SMoRA: per module, ∂L/∂W_g of its router (r, in); empty for modules without one.
+    public var dRouter: [[Float]]
 
     public init(zerosLike p: LoRAParameters) {
         dA = p.modules.map { [Float](repeating: 0, count: $0.A.count) }
         dB = p.modules.map { [Float](repeating: 0, count: $0.B.count) }
         rankCounts = p.modules.map { $0.rankGate == nil ? [] : [Int](repeating: 0, count: $0.rank) }
+        dRouter = p.modules.map { [Float](repeating: 0, count: $0.rankGate?.router?.count ?? 0) }
+    }
+
+    /// dW_g (r, in) += dlᵀ (r, rows) · x (rows, in).
+    mutating func addRouterGradient(_ dl: UnsafePointer<Float>, x: UnsafePointer<Float>, rows: Int, module i: Int, inFeatures nIn: Int) {
+        let r = dRouter[i].count / nIn
+        dRouter[i].withUnsafeMutableBufferPointer { d in
+            BLAS.gemm(transA: true, transB: false, m: r, n: nIn, k: rows, alpha: 1, a: dl, lda: r,
+                      b: x, ldb: nIn, beta: 1, c: d.baseAddress!, ldc: nIn)
+        }
     }
 
     mutating func addRankCounts(_ c: [Int], module i: Int) {
@@ -172,18 +184,20 @@ public struct LoRAGradients: Sendable {
     /// √(Σ g²) over every gradient, accumulated in Double.
     public var globalNorm: Double {
         var s = 0.0
-        for g in dA + dB { for v in g { s += Double(v) * Double(v) } }
+        for g in dA + dB + dRouter { for v in g { s += Double(v) * Double(v) } }
         return s.squareRoot()
     }
 
     public mutating func scale(by f: Float) {
         for i in dA.indices { for j in dA[i].indices { dA[i][j] *= f } }
         for i in dB.indices { for j in dB[i].indices { dB[i][j] *= f } }
+        for i in dRouter.indices { for j in dRouter[i].indices { dRouter[i][j] *= f } }
     }
 
     public mutating func zero() {
         for i in dA.indices { for j in dA[i].indices { dA[i][j] = 0 } }
         for i in dB.indices { for j in dB[i].indices { dB[i][j] = 0 } }
         for i in rankCounts.indices { for j in rankCounts[i].indices { rankCounts[i][j] = 0 } }
+        for i in dRouter.indices { for j in dRouter[i].indices { dRouter[i][j] = 0 } }
     }
 }

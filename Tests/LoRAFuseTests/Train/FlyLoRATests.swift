@@ -35,7 +35,7 @@ final class FlyLoRATests: XCTestCase {
         var counts = [Int](repeating: 0, count: 4)
         u.withUnsafeMutableBufferPointer { up in
             keep.withUnsafeMutableBufferPointer { kp in
-                counts.withUnsafeMutableBufferPointer { gate.select(up.baseAddress!, rows: 2, keep: kp.baseAddress!, counts: $0.baseAddress!) }
+                counts.withUnsafeMutableBufferPointer { gate.select(up.baseAddress!, rows: 2, weights: kp.baseAddress!, counts: $0.baseAddress!) }
             }
         }
         XCTAssertEqual(u, [1.0, -3.0, 0, 0, 0.5, 0.5, 0, 0])
@@ -202,7 +202,7 @@ final class FlyLoRATests: XCTestCase {
         let a1 = v1.adapter(name: "one", baseModel: nil), a2 = v2.adapter(name: "two", baseModel: nil)
         func refuses(_ what: String, _ body: () throws -> Void) {
             XCTAssertThrowsError(try body(), what) { e in
-                XCTAssertTrue("\(e)".contains("FlyLoRA adapter") && "\(e)".contains("'one'"), "\(what): \(e)")
+                XCTAssertTrue("\(e)".contains("FlyLoRA or SMoRA adapter") && "\(e)".contains("'one'"), "\(what): \(e)")
             }
         }
         refuses("merged") { _ = try model.prepare([(a1, 1)], mode: .merged) }

@@ -137,7 +137,7 @@ final class TrainCLITests: XCTestCase {
                                (["merge-into-base", "--adapter", out, "-o", tmp + "/m.gguf"], "merging into the base weights")] {
             let b = try run(args)
             XCTAssertNotEqual(b.code, 0, "\(args)")
-            XCTAssertTrue(b.stderr.contains(needle) && b.stderr.contains("FlyLoRA adapter"), "\(args): \(b.stderr)")
+            XCTAssertTrue(b.stderr.contains(needle) && b.stderr.contains("FlyLoRA or SMoRA adapter"), "\(args): \(b.stderr)")
         }
         for (args, needle) in [(["--variant", "flylora", "--rank", "4", "--top-k", "4"], "--top-k must be in 1…3"),
                                (["--variant", "flylora", "--top-k", "32"], "--top-k must be in 1…31"),
@@ -148,6 +148,32 @@ final class TrainCLITests: XCTestCase {
             XCTAssertTrue(b.stderr.contains(needle), "\(args): \(b.stderr)")
         }
         XCTAssertFalse(FileManager.default.fileExists(atPath: tmp + "/x"))
+    }
+
+    /// `train --variant smora` on SmolLM2: eval agrees with the trainer, inspect names it, and
+    /// fusion and conversion refuse it.
+    func testTrainSMoRAThenEvalAndRefusals() throws {
+        guard let (tmp, data) = try workspace() else { return }
+        defer { try? FileManager.default.removeItem(atPath: tmp) }
+        let out = tmp + "/smora"
+        let r = try run(["train", "--variant", "smora", "--data", data, "--val", data, "-o", out, "--rank", "4", "--top-k", "2",
+                         "--targets", "q,v", "--steps", "2", "--batch", "2", "--lr", "1e-2", "--quiet"])
+        XCTAssertEqual(r.code, 0, r.stderr)
+        // A, B and the router: 30 layers × 4 × ((576 + 576 + 576) + (576 + 192 + 576)).
+        XCTAssertTrue(r.stderr.contains("\(30 * 4 * (1728 + 1344)) trained values (smora)"), r.stderr)
+        let csv = try String(contentsOfFile: out + "/loss.csv", encoding: .utf8).split(separator: "\n")
+        let val = try XCTUnwrap(StepLog.parse(csvLine: String(csv.last!))?.valLoss)
+        let e = try run(["eval", "--adapter", out, "--data", data, "--no-accuracy", "--json", "--quiet", "--compute", "f32"])
+        XCTAssertEqual(e.code, 0, e.stderr)
+        let json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(e.stdout.utf8)) as? [String: Any], e.stdout)
+        XCTAssertEqual(try XCTUnwrap(json["mean_loss"] as? Double, e.stdout), val, accuracy: 1e-3)
+        XCTAssertTrue(try run(["inspect", out]).stdout.contains("SMoRA: each token keeps the 2 ranks"))
+        for (args, needle) in [(["merge", out, out, "--method", "linear", "-o", tmp + "/m"], "SMoRA router"),
+                               (["convert", out, "--format", "mlx", "-o", tmp + "/mlx"], "an mlx-lm adapter")] {
+            let b = try run(args)
+            XCTAssertNotEqual(b.code, 0, "\(args)")
+            XCTAssertTrue(b.stderr.contains(needle), "\(args): \(b.stderr)")
+        }
     }
 
     /// `--variant lora-pro` on SmolLM2: a plain PEFT adapter out, the memory of the full-size
