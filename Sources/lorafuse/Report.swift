@@ -40,6 +40,9 @@ struct Report: ParsableCommand {
     @Option(name: .long, parsing: .upToNextOption, help: "Validation files, or directories of NAME.val.jsonl files (learned methods).")
     var val: [String] = []
 
+    @Option(name: .long, parsing: .upToNextOption,
+            help: "Adapters trained on the union of the tasks (multi-task LoRA, FlyLoRA, SMoRA…): each a row of the \"Trained as multi-task\" section, named after its folder.")
+    var trained: [String] = []
     @Option(name: [.short, .customLong("output")], help: "Output directory (created; its cache/ is reused on reruns).")
     var output: String
 
@@ -191,8 +194,17 @@ struct Report: ParsableCommand {
                 throw ValidationError("unknown method '\(n)' in --methods; known: base, experts, \((FusionMethods.names + ReportMethods.learnedNames + ReportMethods.icmNames + ReportMethods.routedNames).joined(separator: ", "))")
             }
         }
-        if out.isEmpty { throw ValidationError("--methods is empty") }
+        if out.isEmpty && trained.isEmpty { throw ValidationError("--methods is empty") }
+        for p in trained {
+            let m = ReportMethods.trained(Self.trainedName(p))
+            if out.contains(where: { $0.id == m.id }) { throw ValidationError("--trained names '\(m.method)' twice (rows are named after the folders)") }
+            out.append(m)
+        }
         return out
+    }
+
+    static func trainedName(_ path: String) -> String {
+        URL(fileURLWithPath: path).standardizedFileURL.lastPathComponent
     }
 
     func icmSettings() -> ReportICMSettings {
@@ -211,12 +223,18 @@ struct Report: ParsableCommand {
         let hints = (try? ModelHints.load(path: modelPath)) ?? ModelHints()
         let adapterPaths = try ReportInputs.adapterPaths(adapters)
         // The report folder is reused (its cache), so it may exist; it must not be an input.
-        try OutputGuard.check(output, kind: .directory, inputs: [modelPath] + adapters + test + shots + val, force: true)
+        try OutputGuard.check(output, kind: .directory, inputs: [modelPath] + adapters + test + shots + val + trained, force: true)
         let loaded = try adapterPaths.map { try AdapterIO.read(path: $0, hints: hints) }
+        let trainedAdapters = try trained.map { p -> LoRAAdapter in
+            var a = try AdapterIO.read(path: p, hints: hints)
+            a.name = Self.trainedName(p)
+            return a
+        }
         var inputs = ReportInputs(adapters: loaded,
                                   test: try TaskData.read(paths: try ReportInputs.taskFiles(test, suffix: ".test.jsonl")),
                                   shots: try TaskData.read(paths: try ReportInputs.taskFiles(shots, suffix: ".train.jsonl")),
-                                  val: try TaskData.read(paths: try ReportInputs.taskFiles(val, suffix: ".val.jsonl")))
+                                  val: try TaskData.read(paths: try ReportInputs.taskFiles(val, suffix: ".val.jsonl")),
+                                  trained: trainedAdapters)
         if let t = tasks {
             inputs = try inputs.restricted(to: t.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
         }

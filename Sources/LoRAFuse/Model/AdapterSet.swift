@@ -124,7 +124,7 @@ extension LlamaModel {
     /// to the looked-up row, as PEFT does; with tied embeddings it does not change lm_head.
     public func prepare(_ adapters: [(LoRAAdapter, Float)], mode: LoRAMode = .unmerged) throws -> AdapterSet {
         if adapters.isEmpty { return .none }
-        if mode == .merged { for (a, _) in adapters { try a.requireDense("merged mode (--merge)") } }
+        if mode == .merged { for (a, _) in adapters { try a.requireDense("merged mode (W + s·B·A written into a copy of the weights)") } }
         let C = config.hiddenSize, V = config.vocabSize
         var plan: [(Target, LoRAFactors)] = []
         for (adapter, weight) in adapters {

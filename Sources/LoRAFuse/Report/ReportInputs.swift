@@ -14,6 +14,8 @@ public enum ReportError: Error, CustomStringConvertible, Equatable {
     case missingAdapter(task: String)
     /// Two adapters (or two test tasks) with one name: rows, caches and tables are keyed by it.
     case duplicateName(kind: String, name: String)
+    /// A `trained` row whose adapter is not among `ReportInputs.trained`.
+    case missingTrainedAdapter(row: String, name: String)
 
     public var description: String {
         switch self {
@@ -39,6 +41,8 @@ public enum ReportError: Error, CustomStringConvertible, Equatable {
             return "report: ICM-Fusion needs an adapter for every task, and none is named \(task)"
         case let .duplicateName(kind, name):
             return "report: two \(kind) are named '\(name)' (the report keys \(kind) by name); rename one of them"
+        case let .missingTrainedAdapter(row, name):
+            return "report: row '\(row)' scores the trained adapter '\(name)', which is not among the --trained adapters"
         case let .cacheUnreadable(file, detail):
             return "report: cache file \(file) is unreadable (\(detail)); delete it or rerun with --force"
         }
@@ -52,12 +56,16 @@ public struct ReportInputs: Sendable {
     public var test: [EvalTask]
     public var shots: [EvalTask]
     public var val: [EvalTask]
+    /// Adapters trained on the union of the tasks (`--trained`), each a row of its own.
+    public var trained: [LoRAAdapter] = []
 
-    public init(adapters: [LoRAAdapter], test: [EvalTask], shots: [EvalTask] = [], val: [EvalTask] = []) {
+    public init(adapters: [LoRAAdapter], test: [EvalTask], shots: [EvalTask] = [], val: [EvalTask] = [],
+                trained: [LoRAAdapter] = []) {
         self.adapters = adapters
         self.test = test
         self.shots = shots
         self.val = val
+        self.trained = trained
     }
 
     /// Keeps only the named tasks (and the adapters named after them), in the given order.
@@ -66,7 +74,7 @@ public struct ReportInputs: Sendable {
         for n in names where !known.contains(n) { throw ReportError.unknownTask(n, known: known) }
         func pick(_ ts: [EvalTask]) -> [EvalTask] { names.compactMap { n in ts.first { $0.name == n } } }
         return ReportInputs(adapters: names.compactMap { n in adapters.first { $0.name == n } },
-                            test: pick(test), shots: pick(shots), val: pick(val))
+                            test: pick(test), shots: pick(shots), val: pick(val), trained: trained)
     }
 
     /// The first `k` examples of each task (all when it has fewer).

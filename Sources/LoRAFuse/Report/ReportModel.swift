@@ -16,6 +16,9 @@ public enum ReportFamily: String, Codable, Sendable, CaseIterable {
     /// No fusion: every adapter kept, chosen per token by gates (Routing/; training-free or fitted
     /// on the same shots as the learned rows).
     case routed
+    /// One adapter trained on the union of the tasks' training data (multi-task LoRA or a mixture
+    /// variant: `report --trained DIR`), the answer when every task's data is at hand.
+    case trained
 }
 
 /// How the adapters are weighted in a static fusion.
@@ -64,6 +67,7 @@ public struct ReportMethod: Codable, Sendable, Equatable {
         case .learned: return "fitted from 1/n"
         case .icm: return ICMVariant(rawValue: method)?.summary ?? method
         case .routed: return ReportMethods.routedSummary[method] ?? method
+        case .trained: return "one adapter trained on every task (\(method))"
         case .static:
             var parts: [String] = []
             switch weighting ?? .mean {
@@ -127,6 +131,11 @@ public enum ReportMethods {
 
     public static let base = ReportMethod(id: "base", family: .base, method: "base")
     public static let experts = ReportMethod(id: "experts", family: .expert, method: "experts")
+
+    /// The row of a `--trained` adapter named `name` (its folder's name).
+    public static func trained(_ name: String) -> ReportMethod {
+        ReportMethod(id: "trained-" + name, family: .trained, method: name)
+    }
 }
 
 /// Settings of one report run (all of them recorded in results.json).

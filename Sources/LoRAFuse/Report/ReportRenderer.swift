@@ -12,11 +12,11 @@ public enum ReportRenderer {
     }
 
     static let familyColor: [ReportFamily: String] = [.base: "#7f7f7f", .expert: "#2ca02c", .static: "#1f77b4", .learned: "#d62728",
-                                                      .icm: "#9467bd", .routed: "#ff7f0e"]
+                                                      .icm: "#9467bd", .routed: "#ff7f0e", .trained: "#8c564b"]
     /// Learned curves avoid the blue and green of the static and expert reference lines.
     static let learnedPalette = ["#d62728", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
     static let familyName: [ReportFamily: String] = [.base: "base", .expert: "experts", .static: "static", .learned: "learned",
-                                                     .icm: "ICM", .routed: "routed"]
+                                                     .icm: "ICM", .routed: "routed", .trained: "trained on all tasks"]
 
     /// Writes every file into `directory` (created if needed); returns the paths written.
     @discardableResult
@@ -443,6 +443,9 @@ public enum ReportRenderer {
             for p in icmParagraphs(r) { s += "<p>\(escapeHTML(p))</p>\n" }
             if let rt = icmReconstructionTable(r) { s += htmlTable(rt) }
         }
+        if let tt = trainedTable(r) {
+            s += "<h2 id=\"trained\">Trained as multi-task</h2>\n" + htmlTable(tt) + "<p>\(escapeHTML(trainedParagraph))</p>\n"
+        }
         if let rt = routingTable(r) {
             s += "<h2 id=\"routing\">Routing</h2>\n" + htmlTable(rt) + "<p>\(escapeHTML(routingParagraph))</p>\n"
             for f in charts.keys.filter({ $0.hasPrefix("gates-") }).sorted() { s += figure(f) }
@@ -523,6 +526,9 @@ public enum ReportRenderer {
             s += "\n## ICM-Fusion\n\n" + image("icm.svg") + markdownTable(icm) + "\n"
             for p in icmParagraphs(r) { s += escapeMarkdown(p) + "\n\n" }
             if let rt = icmReconstructionTable(r) { s += markdownTable(rt) }
+        }
+        if let tt = trainedTable(r) {
+            s += "\n## Trained as multi-task\n\n" + markdownTable(tt) + "\n" + escapeMarkdown(trainedParagraph) + "\n\n"
         }
         if let rt = routingTable(r) {
             s += "\n## Routing\n\n" + markdownTable(rt) + "\n" + escapeMarkdown(routingParagraph) + "\n\n"

@@ -124,6 +124,31 @@ extension ReportRenderer {
         return t
     }
 
+    static let trainedParagraph = "Each row is one adapter trained on the union of the tasks' training data (given with --trained: multi-task LoRA, or a mixture such as FlyLoRA or SMoRA), scored on the same held-out examples as every other row. It is the answer when the data of every task is at hand; fusion and routing are the answers when only the adapters are."
+
+    /// `--trained` rows against the experts, the best fused row and the best routed row.
+    static func trainedTable(_ r: ReportResults) -> Table? {
+        let trained = r.rows.filter { $0.method.family == .trained }
+        guard !trained.isEmpty else { return nil }
+        func best(_ families: [ReportFamily]) -> ReportRow? {
+            r.rows.filter { families.contains($0.method.family) && $0.meanLoss != nil }.min { $0.meanLoss! < $1.meanLoss! }
+        }
+        let fused = best([.static, .learned, .icm]), routed = best([.routed])
+        let experts = r.rows.first { $0.method.family == .expert }
+        var t = Table(header: ["method", "mean loss", "mean acc.", "Δ vs experts", "Δ vs best fused" + (fused.map { " (\($0.method.id))" } ?? ""),
+                               "Δ vs best routed" + (routed.map { " (\($0.method.id))" } ?? "")] + r.tasks, rows: [])
+        t.numericFrom = 1
+        for row in trained {
+            var dE: Double?
+            if let e = experts, let m = row.meanLoss(over: Array(e.tasks.keys)), let em = e.meanLoss { dE = m - em }
+            let dF = row.meanLoss.flatMap { m in fused?.meanLoss.map { m - $0 } }
+            let dR = row.meanLoss.flatMap { m in routed?.meanLoss.map { m - $0 } }
+            t.rows.append([row.method.id, num(row.meanLoss, 4), num(row.meanAccuracy, 3), signed(dE), signed(dF), signed(dR)]
+                          + r.tasks.map { num(row.tasks[$0]?.loss, 3) })
+        }
+        return t
+    }
+
     static func routingCharts(_ r: ReportResults) -> [Chart] {
         var out: [Chart] = []
         for row in r.rows where row.method.family == .routed {

@@ -41,6 +41,11 @@ public final class ReportRunner {
         self.force = force
         test = ReportInputs.firstExamples(inputs.test, settings.testPerTask)
         for a in inputs.adapters { adapterDigests[a.name] = Digest.adapter(a) }
+        for a in inputs.trained { adapterDigests[Self.trainedKey(a.name)] = Digest.adapter(a) }
+        if let d = AdapterNames.duplicates(inputs.trained.map(\.name)).first { throw ReportError.duplicateName(kind: "trained adapters", name: d) }
+        for m in methods where m.family == .trained && !inputs.trained.contains(where: { $0.name == m.method }) {
+            throw ReportError.missingTrainedAdapter(row: m.id, name: m.method)
+        }
         // The same file computed on its stored blocks or in Float32 gives other numbers.
         modelDigest = Digest.file(model.sourcePath) + (model.base.holdsQuantizedWeights ? "+stored" : "+f32")
         codeVersion = Digest.executable()
@@ -65,6 +70,8 @@ public final class ReportRunner {
                 units += examples + icmUnits(m)
             case .routed:
                 units += routedUnits(m)
+            case .trained:
+                units += examples
             }
         }
         if settings.expertMatrix { units += examples * max(0, inputs.adapters.count - 1) }
@@ -98,6 +105,8 @@ public final class ReportRunner {
                 rows.append(try icmRow(m))
             case .routed:
                 rows.append(try routedRow(m))
+            case .trained:
+                rows.append(try trainedRow(m))
             }
             warnings += rows.last!.warnings.map { "\(m.id): \($0)" }
         }
@@ -156,6 +165,19 @@ public final class ReportRunner {
         return ReportRow(method: m, tasks: results, order: taskNames, evalSeconds: entry.evalSeconds)
     }
 
+    /// The digest key of a `--trained` adapter (its name may equal a task's).
+    static func trainedKey(_ name: String) -> String { "trained/" + name }
+
+    /// A `--trained` adapter on every task.
+    func trainedRow(_ m: ReportMethod) throws -> ReportRow {
+        let a = inputs.trained.first { $0.name == m.method }!
+        var entry = try loadCache(m.id, key: cacheKey(m, adapters: [Self.trainedKey(a.name)]))
+        let missing = test.filter { entry.tasks[$0.name]?.digest != Digest.task($0) }
+        if !missing.isEmpty { try evaluate(a, on: missing, entry: &entry, cacheID: m.id, label: m.id) }
+        skipCached(except: missing, label: m.id)
+        return ReportRow(method: m, tasks: entry.results(for: test), order: taskNames, evalSeconds: entry.evalSeconds)
+    }
+
     func evaluateRow(_ m: ReportMethod, cacheID: String, adapter: LoRAAdapter?) throws -> ReportRow {
         let key = cacheKey(m, adapters: adapter.map { [$0.name] } ?? [])
         var entry = try loadCache(cacheID, key: key)
@@ -208,7 +230,8 @@ public final class ReportRunner {
     func evaluate(_ adapter: LoRAAdapter?, on tasks: [EvalTask], entry: inout CacheEntry, cacheID: String,
                           label: String, accuracy: Bool? = nil,
                           digest: ((EvalTask) -> String)? = nil) throws {
-        let mode = LoRAMode(rawValue: settings.adapterMode) ?? .merged
+        // FlyLoRA / SMoRA adapters choose ranks per token: they have no merged form.
+        let mode = adapter?.isRankGated == true ? .unmerged : LoRAMode(rawValue: settings.adapterMode) ?? .merged
         let adapters = try adapter.map { try model.prepare([($0, 1)], mode: mode) } ?? .none
         try evaluate(set: adapters, on: tasks, entry: &entry, cacheID: cacheID, label: label, accuracy: accuracy, digest: digest)
     }

@@ -23,13 +23,17 @@ final class ReportCLITests: XCTestCase {
         XCTAssertEqual(twice.code, 1)
         XCTAssertTrue(twice.stderr.contains("twice"), twice.stderr)
 
+        let trainedTwice = try run(["report", "--adapters", "a", "--test", "t", "-o", "out", "--trained", "x/union", "y/union"])
+        XCTAssertEqual(trainedTwice.code, 1)
+        XCTAssertTrue(trainedTwice.stderr.contains("--trained names 'union' twice"), trainedTwice.stderr)
+
         let missing = try run(["report", "--test", "t", "-o", "out"])
         XCTAssertEqual(missing.code, 1)
         XCTAssertTrue(missing.stderr.contains("--adapters"), missing.stderr)
 
         let help = try run(["report", "--help"])
         XCTAssertEqual(help.code, 0)
-        for option in ["--test-per-task", "--shots-curve", "--no-shots-curve", "--expert-matrix", "--force", "--methods", "--tasks", "--steps"] {
+        for option in ["--test-per-task", "--shots-curve", "--no-shots-curve", "--expert-matrix", "--force", "--methods", "--tasks", "--steps", "--trained"] {
             XCTAssertTrue(help.stdout.contains(option), option)
         }
     }

@@ -327,4 +327,41 @@ final class ReportTests: XCTestCase {
         XCTAssertEqual(try ReportInputs.adapterPaths([ads + "/y"]), [ads + "/y"])
         XCTAssertThrowsError(try ReportInputs.adapterPaths([ads + "/checkpoints"]))
     }
+
+    /// `--trained` rows: a FlyLoRA adapter trained "on every task" scored on every task, unmerged
+    /// (it has no merged form), equal to evaluating it directly; its section in the Markdown; its
+    /// cache keyed by the adapter's content; a row without its adapter refused.
+    func testTrainedRowsScoreEveryTaskAndHaveTheirSection() throws {
+        let model = ReportFixtures.model()
+        var inputs = ReportFixtures.inputs(model)
+        var fly = ReportFixtures.adapter(model, name: "union-fly", seed: 7, rank: 3)
+        for n in fly.moduleNames { fly.modules[n]!.rankGate = RankGate(topK: 1, bias: [0, 0.1, 0]) }
+        inputs.trained = [fly]
+        let dir = ReportFixtures.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let settings = ReportSettings(testPerTask: 2, accuracy: false, rank: 2)
+        let methods = [ReportMethods.experts, ReportMethods.staticMethod("linear", rank: 2, seed: 0), ReportMethods.trained("union-fly")]
+        let runner = try ReportRunner(model: model, inputs: inputs, settings: settings, methods: methods, directory: dir)
+        let r = try runner.run()
+        let row = try XCTUnwrap(r.rows.first { $0.method.id == "trained-union-fly" })
+        XCTAssertEqual(row.method.family, .trained)
+        let direct = Evaluator(model: try model.with([(fly, 1)]), options: EvalOptions(computeAccuracy: false))
+        for t in ReportInputs.firstExamples(inputs.test, 2) {
+            XCTAssertEqual(try XCTUnwrap(row.tasks[t.name]).loss, try direct.evaluate(t).loss, accuracy: 1e-9, t.name)
+        }
+        let md = ReportRenderer.markdown(r)
+        XCTAssertTrue(md.contains("## Trained as multi-task") && md.contains("trained-union-fly"), md)
+        let again = try ReportRunner(model: model, inputs: inputs, settings: settings, methods: methods, directory: dir)
+        _ = try again.run()
+        XCTAssertEqual(again.evaluationsRun, 0)
+        fly.modules[fly.moduleNames[0]]!.rankGate = RankGate(topK: 2, bias: [0, 0.1, 0])
+        inputs.trained = [fly]
+        let changed = try ReportRunner(model: model, inputs: inputs, settings: settings, methods: methods, directory: dir)
+        _ = try changed.run()
+        XCTAssertEqual(changed.evaluationsRun, 3, "only the trained row reruns")
+        inputs.trained = []
+        XCTAssertThrowsError(try ReportRunner(model: model, inputs: inputs, settings: settings, methods: methods, directory: dir)) { e in
+            XCTAssertTrue("\(e)".contains("not among the --trained adapters"), "\(e)")
+        }
+    }
 }
