@@ -22,22 +22,18 @@ public enum FlyLoRADefaults {
     public static let biasRate = 0.001
 }
 
-public final class FlyLoRAVariant: TrainingVariant {
+public final class FlyLoRAVariant: RankGatedVariant {
     public let name = "flylora"
     public var parameters = ParamSet()
     public let topK: Int
     public let biasRate: Double
     private let template: LoRAParameters           // A and the module layout; B and d come from the state
-    private var bias: [[Float]]                     // per module (r)
+    var biases: [[Float]]
+    var moduleNames: [String] { template.modules.map(\.name) }
 
     /// `options` give the rank, α, targets, layers and seed (of A), as for LoRA.
     public init(config c: LlamaConfig, options o: TrainingOptions, topK: Int, biasRate: Double) throws {
-        guard topK >= 1 && topK < o.rank else {
-            throw TrainError.badOption(option: "top-k", reason: "FlyLoRA keeps k of the r ranks per token: need 1 ≤ k < --rank (\(o.rank)), got \(topK)")
-        }
-        guard biasRate.isFinite && biasRate >= 0 else {
-            throw TrainError.badOption(option: "bias-rate", reason: "must be finite and ≥ 0, got \(biasRate)")
-        }
+        try Self.validate(topK: topK, rank: o.rank, biasRate: biasRate, kind: "FlyLoRA")
         self.topK = topK
         self.biasRate = biasRate
         var p = LoRAParameters.initialize(config: c, rank: o.rank, alpha: o.alpha, targets: o.targets, rsLoRA: o.rsLoRA,
@@ -50,7 +46,7 @@ public final class FlyLoRAVariant: TrainingVariant {
             parameters.add(Self.tensorName(m.name), shape: [m.outFeatures, m.rank], values: m.B)
         }
         template = p
-        bias = p.modules.map { [Float](repeating: 0, count: $0.rank) }
+        biases = p.modules.map { [Float](repeating: 0, count: $0.rank) }
     }
 
     static func tensorName(_ module: String) -> String { "\(module).lora_B" }
@@ -72,7 +68,7 @@ public final class FlyLoRAVariant: TrainingVariant {
         var p = template
         for i in p.modules.indices {
             p.modules[i].B = parameters[Self.tensorName(p.modules[i].name)]
-            p.modules[i].rankGate = RankGate(topK: topK, bias: bias[i])
+            p.modules[i].rankGate = RankGate(topK: topK, bias: biases[i])
         }
         return p
     }
@@ -83,38 +79,5 @@ public final class FlyLoRAVariant: TrainingVariant {
         return out
     }
 
-    public func observe(_ grads: LoRAGradients) {
-        guard biasRate > 0 else { return }
-        for i in bias.indices where !grads.rankCounts[i].isEmpty {
-            var g = RankGate(topK: topK, bias: bias[i])
-            g.balance(counts: grads.rankCounts[i], rate: Float(biasRate))
-            bias[i] = g.bias
-        }
-    }
-
-    public var auxiliaryState: ParamSet {
-        get {
-            var s = ParamSet()
-            for (i, m) in template.modules.enumerated() { s.add("\(m.name).lora_topk_bias", shape: [m.rank], values: bias[i]) }
-            return s
-        }
-        set {
-            for (i, m) in template.modules.enumerated() { bias[i] = newValue["\(m.name).lora_topk_bias"] }
-        }
-    }
-
-    /// B and d are what training changes; A is stored too (PEFT's layout; the authors' fork does
-    /// the same), so the files hold r·(in + out + 1) values per module.
     public var storedBytes: Int { template.modules.reduce(0) { $0 + 4 * $1.rank * ($1.inFeatures + $1.outFeatures + 1) } }
-
-    public func adapter(name: String, baseModel: String?) -> LoRAAdapter {
-        var a = factors().adapter(name: name, baseModel: baseModel)
-        a.metadata.topK = topK
-        a.metadata.biasRate = biasRate
-        return a
-    }
-
-    public func writeFiles(into dir: URL, name: String, baseModel: String?, path: String) throws {
-        try PEFTAdapter.writeFiles(adapter(name: name, baseModel: baseModel), into: dir, dtype: .f32, path: path)
-    }
 }

@@ -23,21 +23,17 @@ public enum SMoRADefaults {
     public static let biasRate = 0.001
 }
 
-public final class SMoRAVariant: TrainingVariant {
+public final class SMoRAVariant: RankGatedVariant {
     public let name = "smora"
     public var parameters = ParamSet()
     public let topK: Int
     public let biasRate: Double
     private let template: LoRAParameters
-    private var bias: [[Float]]
+    var biases: [[Float]]
+    var moduleNames: [String] { template.modules.map(\.name) }
 
     public init(config c: LlamaConfig, options o: TrainingOptions, topK: Int, biasRate: Double) throws {
-        guard topK >= 1 && topK < o.rank else {
-            throw TrainError.badOption(option: "top-k", reason: "SMoRA keeps k of the r ranks per token: need 1 ≤ k < --rank (\(o.rank)), got \(topK)")
-        }
-        guard biasRate.isFinite && biasRate >= 0 else {
-            throw TrainError.badOption(option: "bias-rate", reason: "must be finite and ≥ 0, got \(biasRate)")
-        }
+        try Self.validate(topK: topK, rank: o.rank, biasRate: biasRate, kind: "SMoRA")
         self.topK = topK
         self.biasRate = biasRate
         let p = LoRAParameters.initialize(config: c, rank: o.rank, alpha: o.alpha, targets: o.targets, rsLoRA: o.rsLoRA,
@@ -51,7 +47,7 @@ public final class SMoRAVariant: TrainingVariant {
                            values: (0..<(m.rank * m.inFeatures)).map { _ in (2 * rng.nextUniform() - 1) * bound })
         }
         template = p
-        bias = p.modules.map { [Float](repeating: 0, count: $0.rank) }
+        biases = p.modules.map { [Float](repeating: 0, count: $0.rank) }
     }
 
     public func factors() -> LoRAParameters {
@@ -60,7 +56,7 @@ public final class SMoRAVariant: TrainingVariant {
             let n = p.modules[i].name
             p.modules[i].A = parameters["\(n).lora_A"]
             p.modules[i].B = parameters["\(n).lora_B"]
-            p.modules[i].rankGate = RankGate(topK: topK, bias: bias[i], router: parameters["\(n).lora_router"])
+            p.modules[i].rankGate = RankGate(topK: topK, bias: biases[i], router: parameters["\(n).lora_router"])
         }
         return p
     }
@@ -75,36 +71,5 @@ public final class SMoRAVariant: TrainingVariant {
         return out
     }
 
-    public func observe(_ grads: LoRAGradients) {
-        guard biasRate > 0 else { return }
-        for i in bias.indices where !grads.rankCounts[i].isEmpty {
-            var g = RankGate(topK: topK, bias: bias[i])
-            g.balance(counts: grads.rankCounts[i], rate: Float(biasRate))
-            bias[i] = g.bias
-        }
-    }
-
-    public var auxiliaryState: ParamSet {
-        get {
-            var s = ParamSet()
-            for (i, m) in template.modules.enumerated() { s.add("\(m.name).lora_topk_bias", shape: [m.rank], values: bias[i]) }
-            return s
-        }
-        set {
-            for (i, m) in template.modules.enumerated() { bias[i] = newValue["\(m.name).lora_topk_bias"] }
-        }
-    }
-
     public var storedBytes: Int { template.modules.reduce(0) { $0 + 4 * $1.rank * (2 * $1.inFeatures + $1.outFeatures + 1) } }
-
-    public func adapter(name: String, baseModel: String?) -> LoRAAdapter {
-        var a = factors().adapter(name: name, baseModel: baseModel)
-        a.metadata.topK = topK
-        a.metadata.biasRate = biasRate
-        return a
-    }
-
-    public func writeFiles(into dir: URL, name: String, baseModel: String?, path: String) throws {
-        try PEFTAdapter.writeFiles(adapter(name: name, baseModel: baseModel), into: dir, dtype: .f32, path: path)
-    }
 }

@@ -56,3 +56,59 @@ extension ParamSet {
         return n
     }
 }
+
+/// A variant whose modules choose ranks per token (FlyLoRA, SMoRA): the balancing bias of every
+/// module is updated by rule after each step from the ranks its tokens kept, checkpointed beside
+/// the parameters, and written with the adapter (`lora_topk_bias`, `top_k`, `bias_u`).
+protocol RankGatedVariant: TrainingVariant {
+    var topK: Int { get }
+    var biasRate: Double { get }
+    /// Module names, in `factors()` order.
+    var moduleNames: [String] { get }
+    /// Per module, the balancing bias d (r).
+    var biases: [[Float]] { get set }
+}
+
+extension RankGatedVariant {
+    /// Checks k and the bias rate before anything is allocated (`kind` names the method).
+    static func validate(topK: Int, rank: Int, biasRate: Double, kind: String) throws {
+        guard topK >= 1 && topK < rank else {
+            throw TrainError.badOption(option: "top-k", reason: "\(kind) keeps k of the r ranks per token: need 1 ≤ k < --rank (\(rank)), got \(topK)")
+        }
+        guard biasRate.isFinite && biasRate >= 0 else {
+            throw TrainError.badOption(option: "bias-rate", reason: "must be finite and ≥ 0, got \(biasRate)")
+        }
+    }
+
+    public func observe(_ grads: LoRAGradients) {
+        guard biasRate > 0 else { return }
+        for i in biases.indices where !grads.rankCounts[i].isEmpty {
+            var g = RankGate(topK: topK, bias: biases[i])
+            g.balance(counts: grads.rankCounts[i], rate: Float(biasRate))
+            biases[i] = g.bias
+        }
+    }
+
+    public var auxiliaryState: ParamSet {
+        get {
+            var s = ParamSet()
+            for (n, d) in zip(moduleNames, biases) { s.add("\(n).lora_topk_bias", shape: [d.count], values: d) }
+            return s
+        }
+        set {
+            for (i, n) in moduleNames.enumerated() { biases[i] = newValue["\(n).lora_topk_bias"] }
+        }
+    }
+
+    /// The adapter as trained so far, with the gate's config for the writer.
+    public func adapter(name: String, baseModel: String?) -> LoRAAdapter {
+        var a = factors().adapter(name: name, baseModel: baseModel)
+        a.metadata.topK = topK
+        a.metadata.biasRate = biasRate
+        return a
+    }
+
+    public func writeFiles(into dir: URL, name: String, baseModel: String?, path: String) throws {
+        try PEFTAdapter.writeFiles(adapter(name: name, baseModel: baseModel), into: dir, dtype: .f32, path: path)
+    }
+}

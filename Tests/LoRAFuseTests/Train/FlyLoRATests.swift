@@ -7,15 +7,10 @@ import XCTest
 /// takes it.
 final class FlyLoRATests: XCTestCase {
     private func options(steps: Int, rank: Int = 6, seed: UInt64 = 4) -> TrainingOptions {
-        var o = TrainingOptions()
-        o.rank = rank; o.alpha = Double(2 * rank); o.steps = steps; o.batchSize = 2; o.gradAccum = 2
-        o.learningRate = 3e-2; o.warmup = 2; o.seed = seed
-        return o
+        TrainFixtures.variantOptions(steps: steps, rank: rank, seed: seed)
     }
 
-    private func data(_ shift: Int = 0) -> [TrainingSequence] {
-        (0..<6).map { i in TrainingSequence(prompt: [10 + i, 20 + i, 1], answer: [20 + i + shift, 10 + i, 2]) }
-    }
+    private func data(_ shift: Int = 0) -> [TrainingSequence] { TrainFixtures.copyData(shift: shift) }
 
     private func randomState(_ v: FlyLoRAVariant, seed: UInt64 = 3) {
         var rng = SeededRNG(seed: seed)
@@ -79,57 +74,25 @@ final class FlyLoRATests: XCTestCase {
         let v = try FlyLoRAVariant(config: model.config, options: options(steps: 1), topK: 2, biasRate: 0.01)
         randomState(v)
         let adapter = v.adapter(name: "fly", baseModel: nil)
-        func inferenceLoss(_ a: LoRAAdapter) throws -> Double {
-            let adapted = try model.with([(a, 1)])
-            var nll = 0.0, n = 0
-            for s in TrainFixtures.batch() {
-                let logits = try adapted.logits(tokens: s.tokens)
-                let rows = s.targets.indices.filter { s.targets[$0] >= 0 }
-                let r = Evaluator.negativeLogLikelihoods(logits, rows: rows.first!..<(rows.last! + 1), targets: rows.map { s.targets[$0] })
-                nll += r.reduce(0, +); n += r.count
-            }
-            return nll / Double(n)
-        }
         let r = LlamaTrainingEngine(model: model).loss(TrainFixtures.batch(), lora: v.factors())
-        let inference = try inferenceLoss(adapter)
+        let inference = try TrainFixtures.inferenceLoss(model, adapter, TrainFixtures.batch())
         XCTAssertEqual(r.nll / Double(r.tokens), inference, accuracy: 1e-5)
         var dense = adapter
         for n in dense.moduleNames { dense.modules[n]!.rankGate = nil }
-        XCTAssertGreaterThan(abs(try inferenceLoss(dense) - inference), 1e-3, "every rank applied must differ from top-2")
+        XCTAssertGreaterThan(abs(try TrainFixtures.inferenceLoss(model, dense, TrainFixtures.batch()) - inference), 1e-3, "every rank applied must differ from top-2")
     }
 
     /// dB against central differences of the mean loss on every module's largest coordinate;
     /// A gets no trained gradient.
     func testBGradientsMatchFiniteDifferences() throws {
         let model = TrainFixtures.model()
-        let engine = LlamaTrainingEngine(model: model)
         let v = try FlyLoRAVariant(config: model.config, options: options(steps: 1), topK: 3, biasRate: 0.01)
         randomState(v, seed: 8)
         let batch = TrainFixtures.batch()
-        let (_, grads) = engine.meanLossAndGradients(batch, lora: v.factors())
-        let g = v.parameterGradients(grads)
-        XCTAssertEqual(g.names, v.parameters.names)
+        let grads = LlamaTrainingEngine(model: model).meanLossAndGradients(batch, lora: v.factors()).grads
+        XCTAssertEqual(v.parameterGradients(grads).names, v.parameters.names)
         XCTAssertTrue(grads.rankCounts.allSatisfy { $0.reduce(0, +) == 3 * batch.reduce(0) { $0 + $1.tokens.count } })
-        func loss() -> Double { let r = engine.loss(batch, lora: v.factors()); return r.nll / Double(r.tokens) }
-        // The loss is piecewise smooth: moving B of one layer moves the next layers' inputs, and a
-        // token's top-k there may flip inside ±eps. Such a coordinate shows as a kink (the two
-        // one-sided slopes disagree); it is skipped, and most coordinates must be checked.
-        let eps: Float = 1e-3
-        let l0 = loss()
-        var checked = 0, kinks = 0
-        for n in g.names {
-            let j = g[n].indices.max { abs(g[n][$0]) < abs(g[n][$1]) }!
-            let orig = v.parameters[n][j]
-            v.parameters[n][j] = orig + eps; let lp = loss()
-            v.parameters[n][j] = orig - eps; let lm = loss()
-            v.parameters[n][j] = orig
-            let right = (lp - l0) / Double(eps), left = (l0 - lm) / Double(eps)
-            if abs(right - left) > 0.2 * max(abs(right), abs(left)) + 1e-2 { kinks += 1; continue }
-            let fd = (lp - lm) / Double(2 * eps)
-            XCTAssertLessThanOrEqual(abs(fd - Double(g[n][j])), 3e-2 * abs(Double(g[n][j])) + 1e-3, "\(n)[\(j)]: fd \(fd) vs \(g[n][j])")
-            checked += 1
-        }
-        XCTAssertGreaterThanOrEqual(checked, model.config.numHiddenLayers * 7 * 3 / 4, "\(kinks) kinks")
+        TrainFixtures.checkVariantGradients(v, model: model, batch: batch)
     }
 
     private func trained(seed: UInt64 = 4, shift: Int = 0, steps: Int = 20) throws -> (FlyLoRAVariant, LoRATrainer) {
@@ -167,14 +130,7 @@ final class FlyLoRATests: XCTestCase {
             XCTAssertEqual(back.modules[n]?.rankGate, m.rankGate, n)
             XCTAssertEqual(back.modules[n]?.B.data, m.B.data, n)
         }
-        let adapted = try model.with([(back, 1)])
-        var nll = 0.0, n = 0
-        for s in data() {
-            let logits = try adapted.logits(tokens: s.tokens)
-            let r = Evaluator.negativeLogLikelihoods(logits, rows: 2..<5, targets: Array(s.targets[2...]))
-            nll += r.reduce(0, +); n += r.count
-        }
-        XCTAssertEqual(nll / Double(n), after, accuracy: 1e-4)
+        XCTAssertEqual(try TrainFixtures.inferenceLoss(model, back, data()), after, accuracy: 1e-4)
     }
 
     /// A bias tensor without top_k, or of the wrong size, is named.

@@ -28,6 +28,65 @@ enum TrainFixtures {
         return p
     }
 
+    /// A short, fast run's options for the variants' tests (α = 2r, lr 3e-2).
+    static func variantOptions(steps: Int, rank: Int = 6, seed: UInt64 = 4) -> TrainingOptions {
+        var o = TrainingOptions()
+        o.rank = rank; o.alpha = Double(2 * rank); o.steps = steps; o.batchSize = 2; o.gradAccum = 2
+        o.learningRate = 3e-2; o.warmup = 2; o.seed = seed
+        return o
+    }
+
+    /// Six copy-like sequences (prompt a, b, 1 → answer b + shift, a, 2) a variant learns quickly.
+    static func copyData(shift: Int = 0) -> [TrainingSequence] {
+        (0..<6).map { i in TrainingSequence(prompt: [10 + i, 20 + i, 1], answer: [20 + i + shift, 10 + i, 2]) }
+    }
+
+    /// Mean answer-token loss of `seqs` through the inference engine with `adapter` applied
+    /// (unmerged): what the training engine's `loss` must equal.
+    static func inferenceLoss(_ model: LlamaModel, _ adapter: LoRAAdapter, _ seqs: [TrainingSequence]) throws -> Double {
+        let adapted = try model.with([(adapter, 1)])
+        var nll = 0.0, n = 0
+        for s in seqs {
+            let logits = try adapted.logits(tokens: s.tokens)
+            let rows = s.targets.indices.filter { s.targets[$0] >= 0 }
+            let r = Evaluator.negativeLogLikelihoods(logits, rows: rows.first!..<(rows.last! + 1), targets: rows.map { s.targets[$0] })
+            nll += r.reduce(0, +); n += r.count
+        }
+        return nll / Double(n)
+    }
+
+    /// Central differences of a variant's mean loss on each parameter's largest gradient
+    /// coordinate. The loss of a top-k variant is piecewise smooth (moving one layer moves the
+    /// next layers' inputs, and a token's choice may flip inside ±eps): such a coordinate shows
+    /// as a kink — the one-sided slopes disagree — and is skipped; at least three quarters must
+    /// be checked. Returns the checked count.
+    @discardableResult
+    static func checkVariantGradients(_ v: any TrainingVariant, model: LlamaModel, batch: [TrainingSequence],
+                                      dropout: Float = 0, file: StaticString = #filePath, line: UInt = #line) -> Int {
+        let engine = LlamaTrainingEngine(model: model)
+        func drop() -> LlamaTrainingEngine.Dropout? { dropout > 0 ? .init(p: dropout, rng: SeededRNG(seed: 77)) : nil }
+        let g = v.parameterGradients(engine.meanLossAndGradients(batch, lora: v.factors(), dropout: drop()).grads)
+        func loss() -> Double { engine.meanLossAndGradients(batch, lora: v.factors(), dropout: drop()).loss }
+        let eps: Float = 1e-3
+        let l0 = loss()
+        var checked = 0, kinks = 0
+        for n in g.names {
+            let j = g[n].indices.max { abs(g[n][$0]) < abs(g[n][$1]) }!
+            let orig = v.parameters[n][j]
+            v.parameters[n][j] = orig + eps; let lp = loss()
+            v.parameters[n][j] = orig - eps; let lm = loss()
+            v.parameters[n][j] = orig
+            let right = (lp - l0) / Double(eps), left = (l0 - lm) / Double(eps)
+            if abs(right - left) > 0.2 * max(abs(right), abs(left)) + 1e-2 { kinks += 1; continue }
+            let fd = (lp - lm) / Double(2 * eps)
+            XCTAssertLessThanOrEqual(abs(fd - Double(g[n][j])), 3e-2 * abs(Double(g[n][j])) + 1e-3,
+                                     "dropout \(dropout) \(n)[\(j)]: fd \(fd) vs \(g[n][j])", file: file, line: line)
+            checked += 1
+        }
+        XCTAssertGreaterThanOrEqual(checked, g.names.count * 3 / 4, "\(kinks) kinks", file: file, line: line)
+        return checked
+    }
+
     /// Two sequences of different lengths; the first positions carry no loss.
     static func batch(vocab: Int = 50) -> [TrainingSequence] {
         [TrainingSequence(prompt: [3, 17, 8, 41, 22], answer: [9, 30, 12, 2]),

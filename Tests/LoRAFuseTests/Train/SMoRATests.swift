@@ -6,15 +6,10 @@ import XCTest
 /// router, training, the folder, and what refuses it.
 final class SMoRATests: XCTestCase {
     private func options(steps: Int, rank: Int = 6, seed: UInt64 = 4) -> TrainingOptions {
-        var o = TrainingOptions()
-        o.rank = rank; o.alpha = Double(2 * rank); o.steps = steps; o.batchSize = 2; o.gradAccum = 2
-        o.learningRate = 3e-2; o.warmup = 2; o.seed = seed
-        return o
+        TrainFixtures.variantOptions(steps: steps, rank: rank, seed: seed)
     }
 
-    private func data() -> [TrainingSequence] {
-        (0..<6).map { i in TrainingSequence(prompt: [10 + i, 20 + i, 1], answer: [20 + i, 10 + i, 2]) }
-    }
+    private func data(_ shift: Int = 0) -> [TrainingSequence] { TrainFixtures.copyData(shift: shift) }
 
     /// Router logits + bias choose; the kept ranks get the softmax of their logits (the bias is
     /// not in it); everything else is zeroed.
@@ -51,16 +46,9 @@ final class SMoRATests: XCTestCase {
         let model = TrainFixtures.model()
         let v = try SMoRAVariant(config: model.config, options: options(steps: 1), topK: 2, biasRate: 0.01)
         randomState(v)
-        let adapted = try model.with([(v.adapter(name: "s", baseModel: nil), 1)])
-        var nll = 0.0, n = 0
-        for s in TrainFixtures.batch() {
-            let logits = try adapted.logits(tokens: s.tokens)
-            let rows = s.targets.indices.filter { s.targets[$0] >= 0 }
-            let r = Evaluator.negativeLogLikelihoods(logits, rows: rows.first!..<(rows.last! + 1), targets: rows.map { s.targets[$0] })
-            nll += r.reduce(0, +); n += r.count
-        }
         let r = LlamaTrainingEngine(model: model).loss(TrainFixtures.batch(), lora: v.factors())
-        XCTAssertEqual(r.nll / Double(r.tokens), nll / Double(n), accuracy: 1e-5)
+        XCTAssertEqual(r.nll / Double(r.tokens), try TrainFixtures.inferenceLoss(model, v.adapter(name: "s", baseModel: nil), TrainFixtures.batch()),
+                       accuracy: 1e-5)
     }
 
     /// A, B and the router against central differences (kinks where a top-k flips skipped, at
@@ -68,34 +56,10 @@ final class SMoRATests: XCTestCase {
     func testGradientsMatchFiniteDifferences() throws {
         for dropout: Float in [0, 0.3] {
             let model = TrainFixtures.model()
-            let engine = LlamaTrainingEngine(model: model)
             let v = try SMoRAVariant(config: model.config, options: options(steps: 1), topK: 3, biasRate: 0.01)
             randomState(v, seed: 8)
-            let batch = TrainFixtures.batch()
-            func drop() -> LlamaTrainingEngine.Dropout? { dropout > 0 ? .init(p: dropout, rng: SeededRNG(seed: 77)) : nil }
-            let (_, grads) = engine.meanLossAndGradients(batch, lora: v.factors(), dropout: drop())
-            let g = v.parameterGradients(grads)
-            func loss() -> Double {
-                let (l, _) = engine.meanLossAndGradients(batch, lora: v.factors(), dropout: drop())
-                return l
-            }
-            let eps: Float = 1e-3
-            let l0 = loss()
-            var checked = 0, kinks = 0
-            for n in g.names {
-                let j = g[n].indices.max { abs(g[n][$0]) < abs(g[n][$1]) }!
-                let orig = v.parameters[n][j]
-                v.parameters[n][j] = orig + eps; let lp = loss()
-                v.parameters[n][j] = orig - eps; let lm = loss()
-                v.parameters[n][j] = orig
-                let right = (lp - l0) / Double(eps), left = (l0 - lm) / Double(eps)
-                if abs(right - left) > 0.2 * max(abs(right), abs(left)) + 1e-2 { kinks += 1; continue }
-                let fd = (lp - lm) / Double(2 * eps)
-                XCTAssertLessThanOrEqual(abs(fd - Double(g[n][j])), 3e-2 * abs(Double(g[n][j])) + 1e-3,
-                                         "dropout \(dropout) \(n)[\(j)]: fd \(fd) vs \(g[n][j])")
-                checked += 1
-            }
-            XCTAssertGreaterThanOrEqual(checked, g.names.count * 3 / 4, "\(kinks) kinks")
+            TrainFixtures.checkVariantGradients(v, model: model, batch: TrainFixtures.batch(), dropout: dropout)
+            let g = v.parameterGradients(LlamaTrainingEngine(model: model).meanLossAndGradients(TrainFixtures.batch(), lora: v.factors()).grads)
             XCTAssertTrue(g.names.contains { $0.hasSuffix("lora_router") && g[$0].contains { $0 != 0 } })
         }
     }
@@ -123,14 +87,7 @@ final class SMoRATests: XCTestCase {
         XCTAssertTrue(st.names.contains("base_model.model.model.layers.1.mlp.down_proj.lora_router.weight"))
         let back = try AdapterIO.read(path: dir)
         for (n, m) in v.adapter(name: "s", baseModel: nil).modules { XCTAssertEqual(back.modules[n]?.rankGate, m.rankGate, n) }
-        let adapted = try model.with([(back, 1)])
-        var nll = 0.0, n = 0
-        for s in data() {
-            let logits = try adapted.logits(tokens: s.tokens)
-            let r = Evaluator.negativeLogLikelihoods(logits, rows: 2..<5, targets: Array(s.targets[2...]))
-            nll += r.reduce(0, +); n += r.count
-        }
-        XCTAssertEqual(nll / Double(n), after, accuracy: 1e-4)
+        XCTAssertEqual(try TrainFixtures.inferenceLoss(model, back, data()), after, accuracy: 1e-4)
         XCTAssertThrowsError(try Fuser.fuse([back, back], weights: [0.5, 0.5], method: LinearFusion())) { e in
             XCTAssertTrue("\(e)".contains("SMoRA router"), "\(e)")
         }

@@ -25,6 +25,17 @@ final class TrainCLITests: XCTestCase {
         return (tmp, data)
     }
 
+    /// `eval --compute f32` of the trained folder gives the trainer's last validation loss (the
+    /// validation data is `data` itself in these tests).
+    private func assertEvalMatchesTrainer(_ out: String, _ data: String, file: StaticString = #filePath, line: UInt = #line) throws {
+        let csv = try String(contentsOfFile: out + "/loss.csv", encoding: .utf8).split(separator: "\n")
+        let val = try XCTUnwrap(StepLog.parse(csvLine: String(csv.last!))?.valLoss, file: file, line: line)
+        let e = try run(["eval", "--adapter", out, "--data", data, "--no-accuracy", "--json", "--quiet", "--compute", "f32"])
+        XCTAssertEqual(e.code, 0, e.stderr, file: file, line: line)
+        let json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(e.stdout.utf8)) as? [String: Any], e.stdout, file: file, line: line)
+        XCTAssertEqual(try XCTUnwrap(json["mean_loss"] as? Double, e.stdout, file: file, line: line), val, accuracy: 1e-3, file: file, line: line)
+    }
+
     func testTrainWritesAdapterCurveAndCheckpoints() throws {
         guard let (tmp, data) = try workspace() else { return }
         defer { try? FileManager.default.removeItem(atPath: tmp) }
@@ -117,12 +128,7 @@ final class TrainCLITests: XCTestCase {
         XCTAssertTrue(r.stderr.contains("\(30 * 4 * (576 + 192)) trained values (flylora)"), r.stderr)
         let cfg = try String(contentsOfFile: out + "/adapter_config.json", encoding: .utf8)
         XCTAssertTrue(cfg.contains("\"top_k\": 2") && cfg.contains("\"bias_u\": 0.001"), cfg)
-        let csv = try String(contentsOfFile: out + "/loss.csv", encoding: .utf8).split(separator: "\n")
-        let val = try XCTUnwrap(StepLog.parse(csvLine: String(csv.last!))?.valLoss)
-        let e = try run(["eval", "--adapter", out, "--data", data, "--no-accuracy", "--json", "--quiet", "--compute", "f32"])
-        XCTAssertEqual(e.code, 0, e.stderr)
-        let json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(e.stdout.utf8)) as? [String: Any], e.stdout)
-        XCTAssertEqual(try XCTUnwrap(json["mean_loss"] as? Double, e.stdout), val, accuracy: 1e-3)
+        try assertEvalMatchesTrainer(out, data)
         let i = try run(["inspect", out])
         XCTAssertTrue(i.stdout.contains("FlyLoRA: each token keeps the 2 ranks"), i.stdout)
 
@@ -161,12 +167,7 @@ final class TrainCLITests: XCTestCase {
         XCTAssertEqual(r.code, 0, r.stderr)
         // A, B and the router: 30 layers × 4 × ((576 + 576 + 576) + (576 + 192 + 576)).
         XCTAssertTrue(r.stderr.contains("\(30 * 4 * (1728 + 1344)) trained values (smora)"), r.stderr)
-        let csv = try String(contentsOfFile: out + "/loss.csv", encoding: .utf8).split(separator: "\n")
-        let val = try XCTUnwrap(StepLog.parse(csvLine: String(csv.last!))?.valLoss)
-        let e = try run(["eval", "--adapter", out, "--data", data, "--no-accuracy", "--json", "--quiet", "--compute", "f32"])
-        XCTAssertEqual(e.code, 0, e.stderr)
-        let json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(e.stdout.utf8)) as? [String: Any], e.stdout)
-        XCTAssertEqual(try XCTUnwrap(json["mean_loss"] as? Double, e.stdout), val, accuracy: 1e-3)
+        try assertEvalMatchesTrainer(out, data)
         XCTAssertTrue(try run(["inspect", out]).stdout.contains("SMoRA: each token keeps the 2 ranks"))
         for (args, needle) in [(["merge", out, out, "--method", "linear", "-o", tmp + "/m"], "SMoRA router"),
                                (["convert", out, "--format", "mlx", "-o", tmp + "/mlx"], "an mlx-lm adapter")] {
@@ -191,12 +192,7 @@ final class TrainCLITests: XCTestCase {
         XCTAssertEqual(try PEFTAdapter.read(directory: out).modules.count, 60)
         let record = try String(contentsOfFile: out + "/training.json", encoding: .utf8)
         XCTAssertTrue(record.contains("\"variant\" : \"lora-pro\""), record)
-        let csv = try String(contentsOfFile: out + "/loss.csv", encoding: .utf8).split(separator: "\n")
-        let val = try XCTUnwrap(StepLog.parse(csvLine: String(csv.last!))?.valLoss)
-        let e = try run(["eval", "--adapter", out, "--data", data, "--no-accuracy", "--json", "--quiet", "--compute", "f32"])
-        XCTAssertEqual(e.code, 0, e.stderr)
-        let json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(e.stdout.utf8)) as? [String: Any], e.stdout)
-        XCTAssertEqual(try XCTUnwrap(json["mean_loss"] as? Double, e.stdout), val, accuracy: 1e-3)
+        try assertEvalMatchesTrainer(out, data)
         let b = try run(["train", "--data", data, "-o", tmp + "/x", "--variant", "lora-pro", "--weight-decay", "0.1"])
         XCTAssertNotEqual(b.code, 0)
         XCTAssertTrue(b.stderr.contains("--weight-decay is not used by --variant lora-pro"), b.stderr)
