@@ -32,6 +32,7 @@ extension ReportRunner {
         var coefficients: ReportCoefficients?
         var icm: ReportICMDetails?
         var routing: ReportRouting?
+        var rankUsage: ReportRankUsage?
 
         func results(for tasks: [EvalTask]) -> [String: TaskEvalResult] {
             var out: [String: TaskEvalResult] = [:]

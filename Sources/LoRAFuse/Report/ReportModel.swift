@@ -247,6 +247,8 @@ public struct ReportRow: Codable, Sendable, Equatable {
     public var icm: ReportICMDetails?
     /// Routed rows: what the gates did on the held-out answers.
     public var routing: ReportRouting?
+    /// Rank-gated `--trained` rows (FlyLoRA, SMoRA): how each task's tokens spread over the ranks.
+    public var rankUsage: ReportRankUsage?
     public var warnings: [String]
 
     public init(method: ReportMethod, tasks: [String: TaskEvalResult], order: [String], shots: Int? = nil,

@@ -268,6 +268,7 @@ public enum ReportRenderer {
                                           legend: families.map { (familyColor[$0]!, familyName[$0]!) }, format: "%.3f", width: 900).render()))
         if let c = icmChart(r) { out.append(c) }
         out += routingCharts(r)
+        out += rankUsageCharts(r)
         if !r.shotsCurves.isEmpty {
             let shots = Array(Set(r.shotsCurves.values.flatMap { $0.map(\.shots) })).sorted()
             var series: [SVGLineChart.Series] = []
@@ -445,6 +446,7 @@ public enum ReportRenderer {
         }
         if let tt = trainedTable(r) {
             s += "<h2 id=\"trained\">Trained as multi-task</h2>\n" + htmlTable(tt) + "<p>\(escapeHTML(trainedParagraph))</p>\n"
+            for f in charts.keys.filter({ $0.hasPrefix("ranks-") }).sorted() { s += figure(f) }
         }
         if let rt = routingTable(r) {
             s += "<h2 id=\"routing\">Routing</h2>\n" + htmlTable(rt) + "<p>\(escapeHTML(routingParagraph))</p>\n"
@@ -529,6 +531,7 @@ public enum ReportRenderer {
         }
         if let tt = trainedTable(r) {
             s += "\n## Trained as multi-task\n\n" + markdownTable(tt) + "\n" + escapeMarkdown(trainedParagraph) + "\n\n"
+            s += charts.keys.filter { $0.hasPrefix("ranks-") }.sorted().map(image).joined()
         }
         if let rt = routingTable(r) {
             s += "\n## Routing\n\n" + markdownTable(rt) + "\n" + escapeMarkdown(routingParagraph) + "\n\n"

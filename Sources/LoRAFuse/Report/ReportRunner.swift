@@ -165,6 +165,9 @@ public final class ReportRunner {
         return ReportRow(method: m, tasks: results, order: taskNames, evalSeconds: entry.evalSeconds)
     }
 
+    /// Held-out examples per task whose answer rows count towards a rank-gated row's rank usage.
+    static let rankUsageExamples = 16
+
     /// The digest key of a `--trained` adapter (its name may equal a task's).
     static func trainedKey(_ name: String) -> String { "trained/" + name }
 
@@ -174,8 +177,14 @@ public final class ReportRunner {
         var entry = try loadCache(m.id, key: cacheKey(m, adapters: [Self.trainedKey(a.name)]))
         let missing = test.filter { entry.tasks[$0.name]?.digest != Digest.task($0) }
         if !missing.isEmpty { try evaluate(a, on: missing, entry: &entry, cacheID: m.id, label: m.id) }
+        if a.isRankGated && (!missing.isEmpty || entry.rankUsage == nil) {
+            entry.rankUsage = try ReportRankUsage.measure(model: model, adapter: a, tasks: test, perTask: Self.rankUsageExamples)
+            try saveCache(m.id, entry)
+        }
         skipCached(except: missing, label: m.id)
-        return ReportRow(method: m, tasks: entry.results(for: test), order: taskNames, evalSeconds: entry.evalSeconds)
+        var row = ReportRow(method: m, tasks: entry.results(for: test), order: taskNames, evalSeconds: entry.evalSeconds)
+        row.rankUsage = entry.rankUsage
+        return row
     }
 
     func evaluateRow(_ m: ReportMethod, cacheID: String, adapter: LoRAAdapter?) throws -> ReportRow {

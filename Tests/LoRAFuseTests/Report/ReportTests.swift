@@ -351,6 +351,22 @@ final class ReportTests: XCTestCase {
         }
         let md = ReportRenderer.markdown(r)
         XCTAssertTrue(md.contains("## Trained as multi-task") && md.contains("trained-union-fly"), md)
+        // Rank use: top-1 of 3 ranks, every task's sorted load sums to 1 per module; overlap is a
+        // symmetric cosine with 1 on the diagonal; both drawn.
+        let u = try XCTUnwrap(row.rankUsage)
+        XCTAssertEqual(u.topK, 1)
+        XCTAssertEqual(u.ranks, 3)
+        for p in u.loadProfile {
+            XCTAssertEqual(p.reduce(0, +), 1, accuracy: 1e-9)
+            XCTAssertEqual(p, p.sorted(by: >))
+        }
+        for i in u.overlap.indices {
+            XCTAssertEqual(u.overlap[i][i], 1, accuracy: 1e-9)
+            for j in u.overlap.indices { XCTAssertEqual(u.overlap[i][j], u.overlap[j][i], accuracy: 1e-12) }
+        }
+        let files = try ReportRenderer.write(r, to: dir)
+        XCTAssertTrue(files.contains { $0.hasSuffix("ranks-load-trained-union-fly.svg") }, "\(files)")
+        XCTAssertTrue(files.contains { $0.hasSuffix("ranks-overlap-trained-union-fly.svg") }, "\(files)")
         let again = try ReportRunner(model: model, inputs: inputs, settings: settings, methods: methods, directory: dir)
         _ = try again.run()
         XCTAssertEqual(again.evaluationsRun, 0)

@@ -1,0 +1,101 @@
+import Foundation
+
+/// How a rank-gated adapter (FlyLoRA, SMoRA) trained on every task spreads each task's tokens over
+/// its ranks — the "router load per expert per task" of a mixture. Counted on the answer rows of
+/// the held-out examples (the rows whose next token is scored), at every gated module.
+///
+/// - `loadProfile[task]`: per module the share of the task's kept ranks that went to each rank,
+///   sorted from most to least used, averaged over modules (rank j of one module is unrelated to
+///   rank j of another, so only the sorted profile averages): flat at 1/r is perfectly balanced,
+///   a steep head means a few ranks carry the task.
+/// - `overlap[a][b]`: cosine similarity of two tasks' usage vectors (every module's r counts,
+///   concatenated): 1 when they use the same ranks in the same proportions, lower the more the
+///   mixture keeps them apart (FlyLoRA's "task decoupling").
+public struct ReportRankUsage: Codable, Sendable, Equatable {
+    public var tasks: [String]
+    public var topK: Int
+    public var ranks: Int
+    public var loadProfile: [[Double]]
+    public var overlap: [[Double]]
+
+    /// Counts on the first `perTask` held-out examples of each task.
+    static func measure(model: LlamaModel, adapter: LoRAAdapter, tasks: [EvalTask], perTask: Int) throws -> ReportRankUsage? {
+        let set = try model.prepare([(adapter, 1)])
+        let gated = set.linearFactors.compactMap { id, fs in fs.count == 1 && fs[0].gate != nil ? (id, fs[0]) : nil }.sorted { $0.0 < $1.0 }
+        guard let first = gated.first?.1.gate else { return nil }
+        let r = gated.map { $0.1.rank }.max()!
+        var usage: [[Double]] = []
+        for t in tasks {
+            let seqs = try TrainingData.sequences(EvalTask(name: t.name, path: t.path, examples: Array(t.examples.prefix(perTask))), model: model)
+            var counts = [Int: [Int]]()
+            for (id, f) in gated { counts[id] = [Int](repeating: 0, count: f.rank) }
+            let session = try model.makeLlamaSession(maxTokens: max(seqs.map(\.tokens.count).max() ?? 1, 1), adapters: set)
+            var from = 0
+            session.linearInputObserver = { id, x, rows in
+                guard let f = gated.first(where: { $0.0 == id })?.1, rows > from else { return }
+                let n = rows - from, nIn = f.A.count / f.rank
+                var u = [Float](repeating: 0, count: n * f.rank)
+                f.A.withUnsafeBufferPointer { a in
+                    u.withUnsafeMutableBufferPointer { up in
+                        BLAS.gemm(transA: false, transB: true, m: n, n: f.rank, k: nIn, alpha: 1, a: x + from * nIn, lda: nIn,
+                                  b: a.baseAddress!, ldb: nIn, beta: 0, c: up.baseAddress!, ldc: f.rank)
+                        counts[id]!.withUnsafeMutableBufferPointer { c in
+                            f.gate!.select(up.baseAddress!, x: x + from * nIn, rows: n, counts: c.baseAddress!)
+                        }
+                    }
+                }
+            }
+            for s in seqs {
+                session.reset()
+                from = s.targets.firstIndex { $0 >= 0 } ?? s.tokens.count
+                _ = try session.feed(s.tokens, lastOnly: true)
+            }
+            usage.append(gated.flatMap { id, _ in counts[id]!.map(Double.init) })
+        }
+        // Sorted load profile, averaged over modules.
+        var profiles: [[Double]] = []
+        for u in usage {
+            var sum = [Double](repeating: 0, count: r)
+            var off = 0, modules = 0
+            for (_, f) in gated {
+                let c = Array(u[off..<(off + f.rank)]); off += f.rank
+                let total = c.reduce(0, +)
+                guard total > 0 else { continue }
+                for (j, v) in c.sorted(by: >).enumerated() { sum[j] += v / total }
+                modules += 1
+            }
+            profiles.append(sum.map { $0 / Double(max(modules, 1)) })
+        }
+        func cosine(_ a: [Double], _ b: [Double]) -> Double {
+            var ab = 0.0, aa = 0.0, bb = 0.0
+            for i in a.indices { ab += a[i] * b[i]; aa += a[i] * a[i]; bb += b[i] * b[i] }
+            return aa > 0 && bb > 0 ? ab / (aa * bb).squareRoot() : 0
+        }
+        return ReportRankUsage(tasks: tasks.map(\.name), topK: first.topK, ranks: r, loadProfile: profiles,
+                               overlap: usage.map { a in usage.map { cosine(a, $0) } })
+    }
+}
+
+extension ReportRenderer {
+    /// Two heatmaps per rank-gated `--trained` row: the sorted load per task and the overlap of
+    /// rank use between tasks.
+    static func rankUsageCharts(_ r: ReportResults) -> [Chart] {
+        var out: [Chart] = []
+        for row in r.rows where row.method.family == .trained {
+            guard let u = row.rankUsage else { continue }
+            let load: [[Double?]] = u.loadProfile.map { $0.map { Optional($0) } }
+            out.append(Chart(file: "ranks-load-\(fileSafe(row.method.id)).svg",
+                             caption: "\(row.method.id): share of each task's kept ranks per rank, most used first (mean over modules; \(u.topK) of \(u.ranks) kept per token, so an even load is \(ReportFormat.short(Double(u.topK) / Double(u.ranks)))… per rank of the kept)",
+                             svg: SVGHeatmap(title: "\(row.method.id): load per rank, sorted (mean over modules)", rowLabels: u.tasks,
+                                             columnLabels: (1...u.ranks).map { "#\($0)" }, values: load, scale: SVGHeatmap.autoScale(load),
+                                             format: "%.2f", legend: "share of kept ranks", cellWidth: u.ranks > 16 ? 30 : 40, cellHeight: 22).render()))
+            let ov: [[Double?]] = u.overlap.map { $0.map { Optional($0) } }
+            out.append(Chart(file: "ranks-overlap-\(fileSafe(row.method.id)).svg",
+                             caption: "\(row.method.id): cosine similarity of two tasks' rank use over every module (1: the same ranks in the same proportions)",
+                             svg: SVGHeatmap(title: "\(row.method.id): overlap of rank use between tasks", rowLabels: u.tasks,
+                                             columnLabels: u.tasks, values: offDiagonal(ov), scale: SVGHeatmap.autoScale(offDiagonal(ov)),
+                                             format: "%.2f", legend: "cosine of rank-use vectors", cellWidth: 40, cellHeight: 22).render()))
+        }
+        return out
+    }
+}
