@@ -195,16 +195,24 @@ struct Report: ParsableCommand {
             }
         }
         if out.isEmpty && trained.isEmpty { throw ValidationError("--methods is empty") }
-        for p in trained {
-            let m = ReportMethods.trained(Self.trainedName(p))
+        for name in Self.trainedNames(trained) {
+            let m = ReportMethods.trained(name)
             if out.contains(where: { $0.id == m.id }) { throw ValidationError("--trained names '\(m.method)' twice (rows are named after the folders)") }
             out.append(m)
         }
         return out
     }
 
-    static func trainedName(_ path: String) -> String {
-        URL(fileURLWithPath: path).standardizedFileURL.lastPathComponent
+    /// Row names of the `--trained` folders: the last path component, or as many trailing
+    /// components as make them distinct (`out/multitask-flylora/adapter` and
+    /// `out/multitask-smora/adapter` become `multitask-flylora/adapter` and `multitask-smora/adapter`).
+    static func trainedNames(_ paths: [String]) -> [String] {
+        let comps = paths.map { URL(fileURLWithPath: $0).standardizedFileURL.pathComponents }
+        for depth in 1...max(1, comps.map(\.count).max() ?? 1) {
+            let names = comps.map { $0.suffix(depth).joined(separator: "/") }
+            if Set(names).count == names.count { return names }
+        }
+        return comps.map { $0.joined(separator: "/") }
     }
 
     func icmSettings() -> ReportICMSettings {
@@ -225,9 +233,9 @@ struct Report: ParsableCommand {
         // The report folder is reused (its cache), so it may exist; it must not be an input.
         try OutputGuard.check(output, kind: .directory, inputs: [modelPath] + adapters + test + shots + val + trained, force: true)
         let loaded = try adapterPaths.map { try AdapterIO.read(path: $0, hints: hints) }
-        let trainedAdapters = try trained.map { p -> LoRAAdapter in
+        let trainedAdapters = try zip(trained, Self.trainedNames(trained)).map { p, name -> LoRAAdapter in
             var a = try AdapterIO.read(path: p, hints: hints)
-            a.name = Self.trainedName(p)
+            a.name = name
             return a
         }
         var inputs = ReportInputs(adapters: loaded,

@@ -85,7 +85,7 @@ extension ReportRenderer {
             guard let u = row.rankUsage else { continue }
             let load: [[Double?]] = u.loadProfile.map { $0.map { Optional($0) } }
             out.append(Chart(file: "ranks-load-\(fileSafe(row.method.id)).svg",
-                             caption: "\(row.method.id): share of each task's kept ranks per rank, most used first (mean over modules; \(u.topK) of \(u.ranks) kept per token, so an even load is \(ReportFormat.short(Double(u.topK) / Double(u.ranks)))… per rank of the kept)",
+                             caption: "\(row.method.id): share of each task's rank choices per rank, most used first (mean over modules; \(u.topK) of \(u.ranks) ranks kept per token; an even load is 1/\(u.ranks) = \(ReportFormat.short(1 / Double(u.ranks))) per rank)",
                              svg: SVGHeatmap(title: "\(row.method.id): load per rank, sorted (mean over modules)", rowLabels: u.tasks,
                                              columnLabels: (1...u.ranks).map { "#\($0)" }, values: load, scale: SVGHeatmap.autoScale(load),
                                              format: "%.2f", legend: "share of kept ranks", cellWidth: u.ranks > 16 ? 30 : 40, cellHeight: 22).render()))
