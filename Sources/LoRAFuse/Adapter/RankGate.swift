@@ -43,55 +43,59 @@ public struct RankGate: Sendable, Equatable {
     /// `counts` (r), when given, is incremented for every kept rank.
     public func select(_ u: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>? = nil, rows: Int,
                        weights: UnsafeMutablePointer<Float>? = nil, counts: UnsafeMutablePointer<Int>? = nil) {
-        let r = bias.count, k = topK
-        var logits: [Float] = []
-        if let w = router {
-            precondition(x != nil, "a router gate needs the module's input")
-            let nIn = w.count / r
-            logits = [Float](repeating: 0, count: rows * r)
-            w.withUnsafeBufferPointer { wp in
-                logits.withUnsafeMutableBufferPointer { lp in
+        let r = bias.count
+        // Router logits live in temporary storage: this runs once per projection per decoded token,
+        // and a heap array there showed up as allocator traffic in the serve path.
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: router == nil ? 0 : rows * r) { lp in
+            if let w = router {
+                precondition(x != nil, "a router gate needs the module's input")
+                let nIn = w.count / r
+                w.withUnsafeBufferPointer { wp in
                     BLAS.gemm(transA: false, transB: true, m: rows, n: r, k: nIn, alpha: 1, a: x!, lda: nIn,
                               b: wp.baseAddress!, ldb: nIn, beta: 0, c: lp.baseAddress!, ldc: r)    // l (rows, r)
                 }
             }
+            choose(u, logits: router == nil ? nil : UnsafePointer(lp.baseAddress!), rows: rows, weights: weights, counts: counts)
         }
-        let routed = router != nil
+    }
+
+    private func choose(_ u: UnsafeMutablePointer<Float>, logits lg: UnsafePointer<Float>?, rows: Int,
+                        weights: UnsafeMutablePointer<Float>?, counts: UnsafeMutablePointer<Int>?) {
+        let r = bias.count, k = topK
+        let routed = lg != nil
         bias.withUnsafeBufferPointer { d in
-            logits.withUnsafeBufferPointer { lg in
-                withUnsafeTemporaryAllocation(of: Int.self, capacity: k) { chosen in
-                    withUnsafeTemporaryAllocation(of: Float.self, capacity: r) { wt in
-                        for t in 0..<rows {
-                            let row = u + t * r
-                            func score(_ j: Int) -> Float { routed ? lg[t * r + j] + d[j] : abs(row[j] + d[j]) }
-                            // Insertion into a list of k sorted by score: r is small (8–64), k smaller.
-                            var n = 0
-                            for j in 0..<r {
-                                let s = score(j)
-                                if n == k && !(s > score(chosen[k - 1])) { continue }
-                                var p = min(n, k - 1)
-                                while p > 0 && s > score(chosen[p - 1]) {
-                                    chosen[p] = chosen[p - 1]
-                                    p -= 1
-                                }
-                                chosen[p] = j
-                                n = min(n + 1, k)
+            withUnsafeTemporaryAllocation(of: Int.self, capacity: k) { chosen in
+                withUnsafeTemporaryAllocation(of: Float.self, capacity: r) { wt in
+                    for t in 0..<rows {
+                        let row = u + t * r
+                        func score(_ j: Int) -> Float { routed ? lg![t * r + j] + d[j] : abs(row[j] + d[j]) }
+                        // Insertion into a list of k sorted by score: r is small (8–64), k smaller.
+                        var n = 0
+                        for j in 0..<r {
+                            let s = score(j)
+                            if n == k && !(s > score(chosen[k - 1])) { continue }
+                            var p = min(n, k - 1)
+                            while p > 0 && s > score(chosen[p - 1]) {
+                                chosen[p] = chosen[p - 1]
+                                p -= 1
                             }
-                            for j in 0..<r { wt[j] = 0 }
-                            if routed {
-                                var m = -Float.infinity
-                                for i in 0..<k { m = max(m, lg[t * r + chosen[i]]) }
-                                var z: Float = 0
-                                for i in 0..<k { let e = expf(lg[t * r + chosen[i]] - m); wt[chosen[i]] = e; z += e }
-                                for i in 0..<k { wt[chosen[i]] /= z }
-                            } else {
-                                for i in 0..<k { wt[chosen[i]] = 1 }
-                            }
-                            for i in 0..<k { counts?[chosen[i]] += 1 }
-                            for j in 0..<r {
-                                row[j] *= wt[j]
-                                weights?[t * r + j] = wt[j]
-                            }
+                            chosen[p] = j
+                            n = min(n + 1, k)
+                        }
+                        for j in 0..<r { wt[j] = 0 }
+                        if routed {
+                            var m = -Float.infinity
+                            for i in 0..<k { m = max(m, lg![t * r + chosen[i]]) }
+                            var z: Float = 0
+                            for i in 0..<k { let e = expf(lg![t * r + chosen[i]] - m); wt[chosen[i]] = e; z += e }
+                            for i in 0..<k { wt[chosen[i]] /= z }
+                        } else {
+                            for i in 0..<k { wt[chosen[i]] = 1 }
+                        }
+                        for i in 0..<k { counts?[chosen[i]] += 1 }
+                        for j in 0..<r {
+                            row[j] *= wt[j]
+                            weights?[t * r + j] = wt[j]
                         }
                     }
                 }
@@ -103,6 +107,11 @@ public struct RankGate: Sendable, Equatable {
     /// where c_j counts the tokens that kept rank j and c̄ is their mean (FlyLoRA, after
     /// DeepSeek's auxiliary-loss-free balancing): ranks chosen less than average become likelier.
     public mutating func balance(counts: [Int], rate: Float) {
+        Self.balance(&bias, counts: counts, rate: rate)
+    }
+
+    /// The same update on a bare bias vector (the trainers keep d apart from any gate).
+    public static func balance(_ bias: inout [Float], counts: [Int], rate: Float) {
         precondition(counts.count == bias.count, "one count per rank")
         let mean = Float(counts.reduce(0, +)) / Float(max(counts.count, 1))
         for j in bias.indices {

@@ -83,9 +83,7 @@ extension RankGatedVariant {
     public func observe(_ grads: LoRAGradients) {
         guard biasRate > 0 else { return }
         for i in biases.indices where !grads.rankCounts[i].isEmpty {
-            var g = RankGate(topK: topK, bias: biases[i])
-            g.balance(counts: grads.rankCounts[i], rate: Float(biasRate))
-            biases[i] = g.bias
+            RankGate.balance(&biases[i], counts: grads.rankCounts[i], rate: Float(biasRate))
         }
     }
 
