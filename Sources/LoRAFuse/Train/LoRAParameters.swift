@@ -162,7 +162,8 @@ public struct LoRAGradients: Sendable {
     public var dRouter: [[Float]]
 
     public init(zerosLike p: LoRAParameters) {
-        dA = p.modules.map { [Float](repeating: 0, count: $0.A.count) }
+        // A frozen (FlyLoRA) has no gradient: an empty array rather than a zero one never read.
+        dA = p.modules.map { [Float](repeating: 0, count: $0.trainsA ? $0.A.count : 0) }
         dB = p.modules.map { [Float](repeating: 0, count: $0.B.count) }
         rankCounts = p.modules.map { $0.rankGate == nil ? [] : [Int](repeating: 0, count: $0.rank) }
         dRouter = p.modules.map { [Float](repeating: 0, count: $0.rankGate?.router?.count ?? 0) }
