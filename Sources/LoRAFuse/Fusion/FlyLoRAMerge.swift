@@ -62,7 +62,6 @@ extension Fuser {
             reports.append(ModuleFusionReport(module: n, rank: m0.rank, adapters: adapters.count, retainedEnergy: nil))
         }
         var meta = ref.metadata
-        meta.rank = ref.metadata.rank
         meta.alpha = Double(meta.rank)     // scale folded into B: s = α/r = 1
         meta.useRSLoRA = false
         meta.rankPattern = [:]
