@@ -24,6 +24,10 @@ public struct ReportRankUsage: Codable, Sendable, Equatable {
         let gated = set.linearFactors.compactMap { id, fs in fs.count == 1 && fs[0].gate != nil ? (id, fs[0]) : nil }.sorted { $0.0 < $1.0 }
         guard let first = gated.first?.1.gate else { return nil }
         let r = gated.map { $0.1.rank }.max()!
+        let byID = Dictionary(uniqueKeysWithValues: gated)
+        // u = x Aᵀ is recomputed here rather than taken from the forward: the observer sees only the
+        // module's input, and this runs on 16 short examples per task, so one buffer reused suffices.
+        var u = [Float]()
         var usage: [[Double]] = []
         for t in tasks {
             let seqs = try TrainingData.sequences(EvalTask(name: t.name, path: t.path, examples: Array(t.examples.prefix(perTask))), model: model)
@@ -32,9 +36,9 @@ public struct ReportRankUsage: Codable, Sendable, Equatable {
             let session = try model.makeLlamaSession(maxTokens: max(seqs.map(\.tokens.count).max() ?? 1, 1), adapters: set)
             var from = 0
             session.linearInputObserver = { id, x, rows in
-                guard let f = gated.first(where: { $0.0 == id })?.1, rows > from else { return }
+                guard let f = byID[id], rows > from else { return }
                 let n = rows - from, nIn = f.A.count / f.rank
-                var u = [Float](repeating: 0, count: n * f.rank)
+                if u.count < n * f.rank { u = [Float](repeating: 0, count: n * f.rank) }
                 f.A.withUnsafeBufferPointer { a in
                     u.withUnsafeMutableBufferPointer { up in
                         BLAS.gemm(transA: false, transB: true, m: n, n: f.rank, k: nIn, alpha: 1, a: x + from * nIn, lda: nIn,
