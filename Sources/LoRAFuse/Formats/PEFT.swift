@@ -80,6 +80,24 @@ public enum PEFTAdapter {
     /// SMoRA's router W_g (r, in) of a module: `<module>.lora_router.weight`.
     static let routerMarker = ".lora_router"
 
+    /// The module of a gate tensor `<module><marker>[.<adapter name>][.weight]` (PEFT may keep the
+    /// adapter's name in the key, as for lora_A), or nil when `key` is not one.
+    static func gateModule(_ key: String, marker: String, weight: Bool) -> String? {
+        guard let range = key.range(of: marker, options: .backwards) else { return nil }
+        let rest = key[range.upperBound...]
+        var parts: [Substring] = []
+        if !rest.isEmpty {
+            guard rest.hasPrefix(".") else { return nil }
+            parts = rest.dropFirst().split(separator: ".", omittingEmptySubsequences: false)
+        }
+        if weight {
+            guard parts.last == "weight" else { return nil }
+            parts.removeLast()
+        }
+        guard parts.count <= 1, !parts.contains(where: \.isEmpty) else { return nil }
+        return String(key[..<range.lowerBound])
+    }
+
     // MARK: reading
 
     public static func read(directory: String) throws -> LoRAAdapter {
@@ -116,19 +134,13 @@ public enum PEFTAdapter {
         var extraNames: [String] = []
         var biasKeys: [String: String] = [:], routerKeys: [String: String] = [:]
         for key in file.names {
-            if let range = key.range(of: routerMarker + ".", options: .backwards) {
-                let parts = key[range.upperBound...].split(separator: ".", omittingEmptySubsequences: false)
-                if parts.last == "weight" && parts.count <= 2 {
-                    routerKeys[String(key[..<range.lowerBound])] = key
-                    continue
-                }
+            if let module = gateModule(key, marker: routerMarker, weight: true) {
+                routerKeys[module] = key
+                continue
             }
-            if let range = key.range(of: topKBiasMarker, options: .backwards) {
-                let rest = key[range.upperBound...]
-                if rest.isEmpty || (rest.hasPrefix(".") && !rest.dropFirst().contains(".")) {
-                    biasKeys[String(key[..<range.lowerBound])] = key
-                    continue
-                }
+            if let module = gateModule(key, marker: topKBiasMarker, weight: false) {
+                biasKeys[module] = key
+                continue
             }
             if key.contains("lora_magnitude_vector") {
                 throw PEFTError.unsupportedOption(path: directory, option: "use_dora", value: "true (tensor '\(key)')",
