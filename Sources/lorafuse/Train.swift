@@ -60,6 +60,16 @@ struct Train: ParsableCommand {
         --rank 16 --top-k 4 --alpha 32 --bias-rate 0.001. PEFT-style folder (lora_router.weight and \
         lora_topk_bias per module), applied unmerged; no fusion, no convert.
 
+        --variant loramoe (LoRAMoE, Dou et al. 2023) puts --experts LoRA experts of rank --rank on each \
+        targeted projection, mixed per token by a dense softmax router (every expert, no top-k); A, B \
+        and the router are trained. Its localized balancing constraint adds --blc-weight · CV² of the \
+        experts' per-example importance, the first half of the experts weighted 1 + --blc-alpha on \
+        world-knowledge examples (--knowledge-data) and the second half on task examples (--data). \
+        Defaults as the authors' released script: --experts 8 --rank 4 --alpha 32 on gate,up,down; \
+        that script runs with the constraint off, we default --blc-alpha 0.1 --blc-weight 0.1. The \
+        output is the authors' PEFT-fork layout (lora_nums in the config, lora_A{i}, lora_B{i}, \
+        lora_route per module), applied unmerged; no fusion, no convert.
+
         --layers trains LoRA on the listed layers only (PEFT's layers_to_transform).
         """
     )
@@ -77,10 +87,10 @@ struct Train: ParsableCommand {
     @Option(name: [.short, .customLong("output")], help: "Output adapter directory.")
     var output: String
 
-    @Option(name: .long, help: "LoRA rank (default 8; with --variant flylora 32, smora 16).") var rank: Int?
-    @Option(name: .long, help: "LoRA alpha (default 16; with --variant flylora 64, smora 32).") var alpha: Double?
-    @Option(name: .long, help: "Target projections, comma-separated, of q,k,v,o,gate,up,down (or all).")
-    var targets = "q,k,v,o,gate,up,down"
+    @Option(name: .long, help: "LoRA rank (default 8; with --variant flylora 32, smora 16, loramoe 4 per expert).") var rank: Int?
+    @Option(name: .long, help: "LoRA alpha (default 16; with --variant flylora 64, smora 32, loramoe 32).") var alpha: Double?
+    @Option(name: .long, help: "Target projections, comma-separated, of q,k,v,o,gate,up,down (or all; default all, with --variant loramoe gate,up,down).")
+    var targets: String?
     @Option(name: .long, help: "Optimizer steps (default: from --epochs).") var steps: Int?
     @Option(name: .long, help: "Passes over the data when --steps is not given.") var epochs = 1.0
     @Option(name: .long, help: "Sequences per micro-batch.") var batch = 4
@@ -103,7 +113,7 @@ struct Train: ParsableCommand {
     var initFrom: String?
     @Option(name: .long, help: "Resume from a checkpoint-<step> folder, or from the newest checkpoint in a folder.")
     var resume: String?
-    @Option(name: .long, help: "What is trained: lora (A and B), nola (coefficients of fixed random bases), lora-pro (A and B along LoRA-Pro's adjusted gradients), flexora (LoRA on the layers a validation search selects), flylora (B only, over a frozen sparse random A that picks --top-k ranks per token), or smora (A, B and a router that picks --top-k ranks per token).")
+    @Option(name: .long, help: "What is trained: lora (A and B), nola (coefficients of fixed random bases), lora-pro (A and B along LoRA-Pro's adjusted gradients), flexora (LoRA on the layers a validation search selects), flylora (B only, over a frozen sparse random A that picks --top-k ranks per token), smora (A, B and a router that picks --top-k ranks per token), or loramoe (--experts LoRA experts per projection under a trained dense softmax router).")
     var variant = "lora"
     @Option(name: .customLong("nola-basis"), help: "nola: basis matrices per factor per module (the coefficients trained for each of A and B).")
     var nolaBasis: Int?
@@ -111,6 +121,14 @@ struct Train: ParsableCommand {
     var topK: Int?
     @Option(name: .customLong("bias-rate"), help: "flylora, smora: step of the balancing bias after each update, d += rate·sign(mean use − use) per rank (default 0.001; 0: off).")
     var biasRate: Double?
+    @Option(name: .long, help: "loramoe: LoRA experts per projection (default 8).")
+    var experts: Int?
+    @Option(name: .customLong("blc-alpha"), help: "loramoe: δ of the localized balancing constraint, the experts' groups weighted 1 ± δ by example type (default 0.1).")
+    var blcAlpha: Float?
+    @Option(name: .customLong("blc-weight"), help: "loramoe: β, the constraint's weight in the loss (default 0.1; 0: off, as the authors' released script).")
+    var blcWeight: Float?
+    @Option(name: .customLong("knowledge-data"), help: "loramoe: world-knowledge examples (.jsonl), trained with --data; the constraint leans them on the first half of the experts.")
+    var knowledgeData: String?
     @Option(name: .long, help: "Train LoRA on these layers only, comma-separated indices from 0 (default: all).")
     var layers: String?
     @Option(name: .customLong("flexora-search-steps"), help: "flexora: search steps before fine-tuning (default: a quarter of the fine-tuning steps, at least 10).")
@@ -125,7 +143,7 @@ struct Train: ParsableCommand {
 
     func validate() throws {
         if DType(name: dtype) == nil { throw ValidationError("--dtype must be f32, bf16 or f16, got \(dtype)") }
-        _ = try Projection.parseList(targets)
+        _ = try Projection.parseList(targets ?? "all")
         guard TrainingVariants.names.contains(variant) else {
             throw ValidationError("--variant must be one of \(TrainingVariants.names.joined(separator: ", ")), got \(variant)")
         }
@@ -156,6 +174,16 @@ struct Train: ParsableCommand {
             guard k >= 1 && k < r else { throw ValidationError("--top-k must be in 1…\(r - 1) (\(fly ? "FlyLoRA" : "SMoRA") keeps k of the --rank \(r) ranks per token), got \(k)") }
             if let b = biasRate, !(b.isFinite && b >= 0) { throw ValidationError("--bias-rate must be finite and ≥ 0, got \(b)") }
             if initFrom != nil { throw ValidationError("--init-from sets A and B; --variant \(variant) trains from its own initialisation") }
+        }
+        if variant != "loramoe" && (experts != nil || blcAlpha != nil || blcWeight != nil || knowledgeData != nil) {
+            throw ValidationError("--experts, --blc-alpha, --blc-weight and --knowledge-data are for --variant loramoe")
+        }
+        if variant == "loramoe" {
+            if let e = experts, e < 2 { throw ValidationError("--experts must be ≥ 2 (LoRAMoE mixes experts per projection), got \(e)") }
+            if let a = blcAlpha, !(a.isFinite && a >= 0 && a < 1) { throw ValidationError("--blc-alpha must be in [0, 1) (the groups are weighted 1 ± δ), got \(a)") }
+            if let w = blcWeight, !(w.isFinite && w >= 0) { throw ValidationError("--blc-weight must be finite and ≥ 0, got \(w)") }
+            if initFrom != nil { throw ValidationError("--init-from sets A and B; --variant loramoe trains its experts from its own initialisation") }
+            if rslora { throw ValidationError("--rslora: LoRAMoE scales each expert by α/r") }
         }
         if let r = rank, r < 1 { throw ValidationError("--rank must be ≥ 1, got \(r)") }
         if variant == "nola" && layers != nil { throw ValidationError("--layers is not taken by --variant nola (its bases cover every layer)") }
@@ -191,9 +219,11 @@ struct Train: ParsableCommand {
         switch variant {
         case "flylora": o.rank = rank ?? FlyLoRADefaults.rank; o.alpha = alpha ?? FlyLoRADefaults.alpha
         case "smora": o.rank = rank ?? SMoRADefaults.rank; o.alpha = alpha ?? SMoRADefaults.alpha
+        case "loramoe": o.rank = rank ?? LoRAMoEDefaults.rank; o.alpha = alpha ?? LoRAMoEDefaults.alpha
         default: o.rank = rank ?? o.rank; o.alpha = alpha ?? o.alpha
         }
-        o.targets = try Projection.parseList(targets); o.rsLoRA = rslora
+        o.targets = try targets.map(Projection.parseList) ?? (variant == "loramoe" ? LoRAMoEDefaults.targets : Projection.parseList("all"))
+        o.rsLoRA = rslora
         o.dropout = dropout; o.steps = steps; o.epochs = epochs; o.batchSize = batch; o.gradAccum = gradAccum
         o.learningRate = lr ?? defaultLearningRate; o.warmup = warmup ?? 0; o.weightDecay = weightDecay; o.maxGradNorm = maxGradNorm
         o.seed = seed; o.saveEvery = saveEvery; o.keep = keep; o.dtype = DType(name: dtype)!
@@ -201,7 +231,7 @@ struct Train: ParsableCommand {
         o.layers = try layers.map(Self.parseLayers)
 
         // Decided before the model loads: a refused output costs nothing.
-        let inputs = [model ?? ModelLocator.defaultModelPath(), data] + [val, initFrom].compactMap { $0 }
+        let inputs = [model ?? ModelLocator.defaultModelPath(), data] + [val, initFrom, knowledgeData].compactMap { $0 }
         if initFrom != nil && resume != nil { throw ValidationError("give either --init-from or --resume, not both") }
         let out = try TrainingOutput.prepare(output: output, inputs: inputs, resume: resume, force: overwrite.force)
         if let c = checkpointDir { try OutputGuard.check(c, kind: .directory, inputs: inputs, force: true, what: "--checkpoint-dir") }
@@ -211,7 +241,13 @@ struct Train: ParsableCommand {
     func train(_ options: TrainingOptions, out: TrainingOutput) throws {
         var o = options
         let lm = try loadModel(modelPath: model, compute: weights.compute)
-        let trainSeqs = try TrainingData.sequences(TaskData.read(path: data), model: lm)
+        var trainSeqs = try TrainingData.sequences(TaskData.read(path: data), model: lm)
+        if let k = knowledgeData {
+            for var s in try TrainingData.sequences(TaskData.read(path: k), model: lm) {
+                s.knowledge = true
+                trainSeqs.append(s)
+            }
+        }
         let valSeqs = try val.map { try TrainingData.sequences(TaskData.read(path: $0), model: lm) } ?? []
         let total = o.totalSteps(examples: trainSeqs.count)
         o.evalEvery = evalEvery ?? max(1, total / 10)
@@ -236,6 +272,11 @@ struct Train: ParsableCommand {
         if self.variant == "smora" {
             variant = try SMoRAVariant(config: lm.config, options: o, topK: topK ?? SMoRADefaults.topK,
                                        biasRate: biasRate ?? SMoRADefaults.biasRate)
+        }
+        if self.variant == "loramoe" {
+            variant = try LoRAMoEVariant(config: lm.config, options: o, experts: experts ?? LoRAMoEDefaults.experts,
+                                         balance: ExpertBalance(alpha: blcAlpha ?? LoRAMoEDefaults.blcAlpha,
+                                                                weight: blcWeight ?? LoRAMoEDefaults.blcWeight))
         }
         var flexora: FlexoraSelection?
         if self.variant == "flexora" {

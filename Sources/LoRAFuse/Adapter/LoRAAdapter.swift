@@ -121,6 +121,11 @@ public struct AdapterMetadata: Sendable {
     /// the balancing bias's update (`bias_u`). nil for a plain LoRA.
     public var topK: Int? = nil
     public var biasRate: Double? = nil
+    /// LoRAMoE's config (the authors' PEFT fork): experts per module (`lora_nums`; `rank` is then
+    /// one expert's) and the balancing constraint it was trained with (`blc_alpha`, `blc_weight`).
+    public var experts: Int? = nil
+    public var blcAlpha: Double? = nil
+    public var blcWeight: Double? = nil
 
     public init() {}
 }

@@ -31,8 +31,10 @@ public struct AdapterSummary: Sendable, Codable, Equatable {
     public var modules: [ModuleAnalysis]
     /// FlyLoRA: ranks kept per token (nil for a plain LoRA); ‖ΔW‖ above is then of every rank.
     public var topK: Int? = nil
-    /// "FlyLoRA" or "SMoRA" when `topK` is set.
+    /// "FlyLoRA", "SMoRA" or "LoRAMoE" when `topK` is set (LoRAMoE: `topK` is the experts, all used).
     public var gateKind: String? = nil
+    /// LoRAMoE: the rank of one expert (the table shows each module's experts stacked).
+    public var expertRank: Int? = nil
 }
 
 /// Similarity of two adapters' whole task vectors (all modules concatenated).
@@ -103,7 +105,8 @@ public enum AdapterAnalyzer {
                               moduleCount: modules.count, parameters: a.parameterCount,
                               taskVectorNorm: sq.squareRoot(), modules: modules,
                               topK: a.modules.values.compactMap { $0.rankGate?.topK }.first,
-                              gateKind: a.modules.values.compactMap { $0.rankGate?.kindName }.first)
+                              gateKind: a.modules.values.compactMap { $0.rankGate?.kindName }.first,
+                              expertRank: a.modules.values.compactMap { $0.rankGate.flatMap { $0.isDense ? $0.ranksPerExpert : nil } }.first)
     }
 
     /// Cosine and sign-conflict rate of two adapters. Sampled entries depend only on the seed and
@@ -181,7 +184,9 @@ public enum AdapterAnalyzer {
             lines.append("\(a.name): \(a.moduleCount) modules, \(a.parameters) parameters, ‖τ‖_F = \(f(a.taskVectorNorm))"
                          + (a.useRSLoRA ? " (rsLoRA)" : ""))
             if let k = a.topK {
-                if a.gateKind == "SMoRA" {
+                if a.gateKind == "LoRAMoE" {
+                    lines.append("  LoRAMoE: \(k) experts of rank \(a.expertRank ?? 0) per module (the table stacks them: rank \(k)×\(a.expertRank ?? 0)), every one used for every token, weighted by the softmax of a trained router x·W_gᵀ (router weights not counted in the parameters); ‖ΔW‖ counts every expert at weight 1. Runs unmerged; not convertible to plain PEFT, GGUF or MLX.")
+                } else if a.gateKind == "SMoRA" {
                     lines.append("  SMoRA: each token keeps the \(k) ranks of largest x·W_gᵀ + d (trained router W_g, balancing bias d), weighted by the softmax of their router logits; ‖ΔW‖ counts every rank at weight 1. Runs unmerged; not convertible to plain PEFT, GGUF or MLX.")
                 } else {
                     lines.append("  FlyLoRA: each token keeps the \(k) ranks of largest |x·Aᵀ + d| (frozen sparse A, balancing bias d); ‖ΔW‖ counts every rank, so it overstates what one token gets. Runs unmerged; not convertible to plain PEFT, GGUF or MLX.")

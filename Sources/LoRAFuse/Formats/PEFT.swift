@@ -72,7 +72,7 @@ public enum PEFTAdapter {
         "peft_type", "r", "lora_alpha", "use_rslora", "fan_in_fan_out", "target_modules", "layers_to_transform",
         "bias", "use_dora", "lora_bias", "modules_to_save", "rank_pattern", "alpha_pattern",
         "base_model_name_or_path", "task_type", "lora_dropout", "init_lora_weights", "inference_mode",
-        "top_k", "bias_u",
+        "top_k", "bias_u", "lora_nums", "blc_alpha", "blc_weight",
     ]
 
     /// FlyLoRA's balancing bias d (r) of a module, as the authors' PEFT fork saves it.
@@ -126,6 +126,7 @@ public enum PEFTAdapter {
         let (meta, rankOrder, alphaOrder) = try parseConfig(config, members: members, path: directory)
 
         let file = try SafetensorsFile(path: weightsURL.path)
+        if let e = meta.experts { return try readLoRAMoE(file: file, meta: meta, experts: e, directory: directory) }
         let patterns = try CompiledPatterns(rankKeys: rankOrder, alphaKeys: alphaOrder, path: directory)
 
         // Group the factor tensors by module.
@@ -342,6 +343,15 @@ public enum PEFTAdapter {
             guard let u = v.doubleValue, u.isFinite, u >= 0 else { throw bad("bias_u", "must be a finite number ≥ 0, got \(v.serialized())") }
             meta.biasRate = u
         }
+        if let v = config["lora_nums"], !v.isNull {
+            guard let e = v.intValue, e >= 2 else { throw bad("lora_nums", "must be an integer ≥ 2 (LoRAMoE's experts per module), got \(v.serialized())") }
+            meta.experts = e
+        }
+        for key in ["blc_alpha", "blc_weight"] {
+            guard let v = config[key], !v.isNull else { continue }
+            guard let x = v.doubleValue, x.isFinite, x >= 0 else { throw bad(key, "must be a finite number ≥ 0, got \(v.serialized())") }
+            if key == "blc_alpha" { meta.blcAlpha = x } else { meta.blcWeight = x }
+        }
         for (k, v) in members where !handledKeys.contains(k) {
             meta.peftExtra[k] = v.serialized()
         }
@@ -418,6 +428,7 @@ public enum PEFTAdapter {
 
     /// The config JSON and the tensors `write` puts on disk.
     static func prepare(_ adapter: LoRAAdapter, path: String) throws -> (JSONValue, [SafetensorsTensor]) {
+        if isLoRAMoE(adapter) { return try prepareLoRAMoE(adapter, path: path) }
         let meta = adapter.metadata
         let names = adapter.moduleNames
         // Patterns are written (and therefore matched by PEFT) in sorted key order.

@@ -25,10 +25,13 @@ extension Fuser {
         let ref = adapters[0]
         for a in adapters {
             if let m = a.moduleNames.first(where: { a.modules[$0]!.rankGate?.router != nil }) {
-                throw RankGateError.notDense(adapter: a.name, module: m, operation: "fusion (an SMoRA router is trained per adapter; averaging routers has no meaning the method defines)")
+                throw RankGateError.notDense(adapter: a.name, module: m, operation: "fusion (a router is trained per adapter; averaging routers has no meaning the method defines)",
+                                             kind: a.modules[m]!.rankGate!.kindName)
             }
             if let m = a.moduleNames.first(where: { a.modules[$0]!.rankGate == nil }) {
-                throw RankGateError.notDense(adapter: a.name, module: m, operation: "fusing it with FlyLoRA adapters (every input must be FlyLoRA)")
+                let gated = adapters.first { $0.isRankGated }!
+                throw FusionError.rankGatedMismatch(adapter1: gated.name, adapter2: a.name, module: m,
+                                                    reason: "'\(a.name)' is a plain LoRA there; FlyLoRA adapters fuse only with FlyLoRA adapters that share A")
             }
             guard Set(a.modules.keys) == Set(ref.modules.keys) else {
                 let diff = Set(a.modules.keys).symmetricDifference(ref.modules.keys).sorted(by: naturalLess)[0]

@@ -106,7 +106,7 @@ enum Digest {
             h = fnv(floats: m.B.data, h)
             // FlyLoRA / SMoRA: the rank choice is part of what the adapter computes.
             if let g = m.rankGate {
-                h = fnv(floats: [Float(g.topK)] + g.bias + (g.router ?? []), h)
+                h = fnv(floats: [Float(g.topK), Float(g.ranksPerExpert)] + g.bias + (g.router ?? []), h)
             }
         }
         return String(h, radix: 16)

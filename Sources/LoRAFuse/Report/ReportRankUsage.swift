@@ -23,29 +23,39 @@ public struct ReportRankUsage: Codable, Sendable, Equatable {
         let set = try model.prepare([(adapter, 1)])
         let gated = set.linearFactors.compactMap { id, fs in fs.count == 1 && fs[0].gate != nil ? (id, fs[0]) : nil }.sorted { $0.0 < $1.0 }
         guard let first = gated.first?.1.gate else { return nil }
-        let r = gated.map { $0.1.rank }.max()!
+        // One usage entry per expert: a rank for FlyLoRA and SMoRA (tokens that kept it), an
+        // expert of ranksPerExpert ranks for LoRAMoE (its softmax weight summed over tokens, since
+        // a dense router keeps every expert for every token).
+        let r = gated.map { $0.1.gate!.experts }.max()!
         let byID = Dictionary(uniqueKeysWithValues: gated)
         // u = x Aᵀ is recomputed here rather than taken from the forward: the observer sees only the
-        // module's input, and this runs on 16 short examples per task, so one buffer reused suffices.
-        var u = [Float]()
+        // module's input, and this runs on 16 short examples per task, so buffers reused suffice.
+        var u = [Float](), w = [Float]()
         var usage: [[Double]] = []
         for t in tasks {
             let seqs = try TrainingData.sequences(EvalTask(name: t.name, path: t.path, examples: Array(t.examples.prefix(perTask))), model: model)
-            var counts = [Int: [Int]]()
-            for (id, f) in gated { counts[id] = [Int](repeating: 0, count: f.rank) }
+            var counts = [Int: [Double]]()
+            for (id, f) in gated { counts[id] = [Double](repeating: 0, count: f.gate!.experts) }
             let session = try model.makeLlamaSession(maxTokens: max(seqs.map(\.tokens.count).max() ?? 1, 1), adapters: set)
             var from = 0
             session.linearInputObserver = { id, x, rows in
                 guard let f = byID[id], rows > from else { return }
                 let n = rows - from, nIn = f.A.count / f.rank
-                if u.count < n * f.rank { u = [Float](repeating: 0, count: n * f.rank) }
+                if u.count < n * f.rank { u = [Float](repeating: 0, count: n * f.rank); w = u }
+                let g = f.gate!, gs = g.ranksPerExpert
                 f.A.withUnsafeBufferPointer { a in
                     u.withUnsafeMutableBufferPointer { up in
                         BLAS.gemm(transA: false, transB: true, m: n, n: f.rank, k: nIn, alpha: 1, a: x + from * nIn, lda: nIn,
                                   b: a.baseAddress!, ldb: nIn, beta: 0, c: up.baseAddress!, ldc: f.rank)
-                        counts[id]!.withUnsafeMutableBufferPointer { c in
-                            f.gate!.select(up.baseAddress!, x: x + from * nIn, rows: n, counts: c.baseAddress!)
+                        w.withUnsafeMutableBufferPointer { wp in
+                            g.select(up.baseAddress!, x: x + from * nIn, rows: n, weights: wp.baseAddress!)
                         }
+                    }
+                }
+                for t in 0..<n {
+                    for i in 0..<g.experts {
+                        let wi = w[t * f.rank + i * gs]
+                        counts[id]![i] += g.isDense ? Double(wi) : (wi > 0 ? 1 : 0)
                     }
                 }
             }
@@ -54,7 +64,7 @@ public struct ReportRankUsage: Codable, Sendable, Equatable {
                 from = s.targets.firstIndex { $0 >= 0 } ?? s.tokens.count
                 _ = try session.feed(s.tokens, lastOnly: true)
             }
-            usage.append(gated.flatMap { id, _ in counts[id]!.map(Double.init) })
+            usage.append(gated.flatMap { id, _ in counts[id]! })
         }
         // Sorted load profile, averaged over modules.
         var profiles: [[Double]] = []
@@ -62,7 +72,8 @@ public struct ReportRankUsage: Codable, Sendable, Equatable {
             var sum = [Double](repeating: 0, count: r)
             var off = 0, modules = 0
             for (_, f) in gated {
-                let c = Array(u[off..<(off + f.rank)]); off += f.rank
+                let e = f.gate!.experts
+                let c = Array(u[off..<(off + e)]); off += e
                 let total = c.reduce(0, +)
                 guard total > 0 else { continue }
                 for (j, v) in c.sorted(by: >).enumerated() { sum[j] += v / total }
@@ -88,17 +99,21 @@ extension ReportRenderer {
         for row in r.rows where row.method.family == .trained {
             guard let u = row.rankUsage else { continue }
             let load: [[Double?]] = u.loadProfile.map { $0.map { Optional($0) } }
+            // LoRAMoE keeps every expert (topK = experts): its load is the router's weight per expert.
+            let dense = u.topK == u.ranks
+            let unit = dense ? "expert" : "rank"
+            let how = dense ? "router weight per expert, every one of the \(u.ranks) experts weighted per token" : "rank choices per rank, \(u.topK) of \(u.ranks) ranks kept per token"
             out.append(Chart(file: "ranks-load-\(fileSafe(row.method.id)).svg",
-                             caption: "\(row.method.id): share of each task's rank choices per rank, most used first (mean over modules; \(u.topK) of \(u.ranks) ranks kept per token; an even load is 1/\(u.ranks) = \(ReportFormat.short(1 / Double(u.ranks))) per rank)",
-                             svg: SVGHeatmap(title: "\(row.method.id): load per rank, sorted (mean over modules)", rowLabels: u.tasks,
+                             caption: "\(row.method.id): share of each task's \(how), most used first (mean over modules; an even load is 1/\(u.ranks) = \(ReportFormat.short(1 / Double(u.ranks))) per \(unit))",
+                             svg: SVGHeatmap(title: "\(row.method.id): load per \(unit), sorted (mean over modules)", rowLabels: u.tasks,
                                              columnLabels: (1...u.ranks).map { "#\($0)" }, values: load, scale: SVGHeatmap.autoScale(load),
-                                             format: "%.2f", legend: "share of kept ranks", cellWidth: u.ranks > 16 ? 30 : 40, cellHeight: 22).render()))
+                                             format: "%.2f", legend: dense ? "share of router weight" : "share of kept ranks", cellWidth: u.ranks > 16 ? 30 : 40, cellHeight: 22).render()))
             let ov: [[Double?]] = u.overlap.map { $0.map { Optional($0) } }
             out.append(Chart(file: "ranks-overlap-\(fileSafe(row.method.id)).svg",
-                             caption: "\(row.method.id): cosine similarity of two tasks' rank use over every module (1: the same ranks in the same proportions)",
-                             svg: SVGHeatmap(title: "\(row.method.id): overlap of rank use between tasks", rowLabels: u.tasks,
+                             caption: "\(row.method.id): cosine similarity of two tasks' \(unit) use over every module (1: the same \(unit)s in the same proportions)",
+                             svg: SVGHeatmap(title: "\(row.method.id): overlap of \(unit) use between tasks", rowLabels: u.tasks,
                                              columnLabels: u.tasks, values: offDiagonal(ov), scale: SVGHeatmap.autoScale(offDiagonal(ov)),
-                                             format: "%.2f", legend: "cosine of rank-use vectors", cellWidth: 40, cellHeight: 22).render()))
+                                             format: "%.2f", legend: "cosine of \(unit)-use vectors", cellWidth: 40, cellHeight: 22).render()))
         }
         return out
     }

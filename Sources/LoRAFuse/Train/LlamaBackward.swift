@@ -20,6 +20,9 @@ import Foundation
 public struct TrainingSequence: Sendable, Equatable {
     public var tokens: [Int]      // (T)
     public var targets: [Int]     // (T)
+    /// LoRAMoE's example type: world knowledge (true) or a downstream task (false, the default).
+    /// Only its localized balancing constraint reads it.
+    public var knowledge = false
 
     public init(tokens: [Int], targets: [Int]) {
         precondition(tokens.count == targets.count, "tokens and targets must have the same length")
@@ -100,8 +103,9 @@ public final class LlamaTrainingEngine {
         var loraMask: [Int: TrainBuffer] = [:]   // module index → keep/(1−p) (N, in)
         var loraU: [Int: TrainBuffer] = [:]      // module index → u = x_d Aᵀ (N, r), unkept ranks zeroed (FlyLoRA)
         var loraKeep: [Int: TrainBuffer] = [:]   // module index → each rank's gate weight, 0 if unkept (N, r): FlyLoRA, SMoRA
-        var loraURaw: [Int: TrainBuffer] = [:]   // module index → u before the gate (N, r), SMoRA only
-        var rankCounts: [Int: [Int]] = [:]       // module index → tokens that kept each rank (r), FlyLoRA only
+        var loraURaw: [Int: TrainBuffer] = [:]   // module index → u before the gate (N, r), routers only
+        var rankCounts: [Int: [Int]] = [:]       // module index → tokens that kept each expert (experts)
+        var balanceGrad: [Int: TrainBuffer] = [:] // module index → ∂(balance loss)/∂(gate weight) (N, experts), LoRAMoE
         /// Rows the buffers hold.
         let capacity: Int
         init(N: Int, c: LlamaConfig) {
@@ -120,7 +124,7 @@ public final class LlamaTrainingEngine {
         /// dropout (probabilities, LoRA inputs and masks) is dropped.
         func reuse(N: Int) {
             precondition(N <= capacity)
-            probs = []; loraX = [:]; loraMask = [:]; loraU = [:]; loraKeep = [:]; loraURaw = [:]; rankCounts = [:]
+            probs = []; loraX = [:]; loraMask = [:]; loraU = [:]; loraKeep = [:]; loraURaw = [:]; rankCounts = [:]; balanceGrad = [:]
             if invAttn.count != N { invAttn = [Float](repeating: 0, count: N); invFfn = invAttn }
         }
     }
@@ -199,13 +203,56 @@ public final class LlamaTrainingEngine {
         let n = batch.reduce(0) { $0 + $1.lossTokens }
         var g = LoRAGradients(zerosLike: lora)
         let r = accumulateGradients(batch, lora: lora, into: &g, gradScale: 1 / Float(max(n, 1)), dropout: dropout)
-        return (r.nll / Double(max(n, 1)), g)
+        // LoRAMoE: the balance term is part of the loss these gradients are of.
+        return (r.nll / Double(max(n, 1)) + balanceLoss * Double(lora.expertBalance?.scale ?? 1), g)
     }
 
     // MARK: Routed experts
 
     /// The routed pass the running forward/backward applies beside the LoRA (nil: none).
     private var routedPass: RoutedTrainingPass?
+
+    // MARK: LoRAMoE's localized balancing constraint
+
+    /// The running batch's sequences (packed rows and example type), for the balance loss.
+    private var balanceSegments: [(start: Int, length: Int, knowledge: Bool)] = []
+    /// Σ over modules of the balance loss of the last forward pass (weighted, before `scale`).
+    public private(set) var balanceLoss: Double = 0
+
+    /// LoRAMoE's constraint on one module (arXiv 2312.09979 §3.2, as its released layer computes
+    /// it): Q[m, i] = Σ over sequence m's tokens of expert i's weight; the first half of the
+    /// experts are the world-knowledge group, the second the task group; Z = Q ⊙ I with
+    /// I[m, i] = 1 + α where expert i's group is sequence m's type, 1 − α elsewhere; the loss is
+    /// weight · CV²(Z) = weight · var(Z)/(mean(Z)² + 1e-10) over all M·E entries (unbiased
+    /// variance, as torch's `var`). Adds it to `balanceLoss` and returns ∂(scale · loss)/∂w per
+    /// token and expert (rows, experts).
+    private func localizedBalance(keep: UnsafePointer<Float>, gate: RankGate, balance b: ExpertBalance) -> TrainBuffer {
+        let e = gate.experts, gs = gate.ranksPerExpert, r = gate.rank
+        let segs = balanceSegments, M = segs.count, n = M * e
+        let rows = segs.reduce(0) { $0 + $1.length }
+        let out = TrainBuffer(rows * e)
+        for i in 0..<(rows * e) { out.p[i] = 0 }
+        guard n > 1 else { return out }
+        func coef(_ m: Int, _ i: Int) -> Double { (i < e / 2) == segs[m].knowledge ? 1 + Double(b.alpha) : 1 - Double(b.alpha) }
+        var Z = [Double](repeating: 0, count: n)
+        for (m, sg) in segs.enumerated() {
+            for t in sg.start..<(sg.start + sg.length) { for i in 0..<e { Z[m * e + i] += Double(keep[t * r + i * gs]) } }
+            for i in 0..<e { Z[m * e + i] *= coef(m, i) }
+        }
+        let mu = Z.reduce(0, +) / Double(n)
+        let v = Z.reduce(0) { $0 + ($1 - mu) * ($1 - mu) } / Double(n - 1)
+        let den = mu * mu + 1e-10
+        balanceLoss += Double(b.weight) * v / den
+        for (m, sg) in segs.enumerated() {
+            for i in 0..<e {
+                // ∂CV²/∂Z_k = 2(Z_k − μ)/((n−1)·den) − var·2μ/(n·den²)
+                let dZ = 2 * (Z[m * e + i] - mu) / (Double(n - 1) * den) - v * 2 * mu / (Double(n) * den * den)
+                let gw = Float(Double(b.weight) * Double(b.scale) * dZ * coef(m, i))
+                for t in sg.start..<(sg.start + sg.length) { out.p[t * e + i] = gw }
+            }
+        }
+        return out
+    }
 
     /// One routed step's losses and gate gradients.
     public struct RoutedStep {
@@ -264,8 +311,11 @@ public final class LlamaTrainingEngine {
         precondition(N > 0, "empty batch")
         let tape = Tape(N: N, C: C)
         var start = 0
+        balanceSegments = []
+        balanceLoss = 0
         for s in batch {
             tape.segments.append((start, s.tokens.count))
+            balanceSegments.append((start, s.tokens.count, s.knowledge))
             for (t, tok) in s.tokens.enumerated() {
                 precondition(tok >= 0 && tok < c.vocabSize, "token \(tok) out of range 0..<\(c.vocabSize)")
                 if s.targets[t] >= 0 {
@@ -366,7 +416,7 @@ public final class LlamaTrainingEngine {
         }
         if let gate = m.rankGate {
             let keep = TrainBuffer(rows * m.rank)
-            var counts = [Int](repeating: 0, count: m.rank)
+            var counts = [Int](repeating: 0, count: gate.experts)
             if gate.router != nil {
                 let raw = TrainBuffer(rows * m.rank)
                 raw.p.update(from: u.p, count: rows * m.rank)
@@ -376,6 +426,9 @@ public final class LlamaTrainingEngine {
             counts.withUnsafeMutableBufferPointer { gate.select(u.p, x: x, rows: rows, weights: keep.p, counts: $0.baseAddress!) }
             tape.loraKeep[mi] = keep                                                          // u ⊙= gate weights (rows, r)
             tape.rankCounts[mi] = counts
+            if let b = lora.expertBalance, b.weight > 0, gate.router != nil, rows == balanceSegments.reduce(0, { $0 + $1.length }) {
+                tape.balanceGrad[mi] = localizedBalance(keep: keep.p, gate: gate, balance: b)
+            }
         }
         m.B.withUnsafeBufferPointer { b in
             BLAS.gemm(transA: false, transB: true, m: rows, n: nOut, k: m.rank, alpha: m.scale, a: u.p, lda: m.rank,
@@ -553,19 +606,28 @@ public final class LlamaTrainingEngine {
                       b: b.baseAddress!, ldb: r, beta: 0, c: g.p, ldc: r)                      // g (rows, r)
         }
         if let keep = tape.loraKeep[mi] {
-            if let raw = tape.loraURaw[mi], let W = m.rankGate?.router {
-                // SMoRA: weight_j = softmax over kept logits; d weight_j = s·g_j·raw_j, then
-                // dl_j = w_j (d w_j − Σ_k w_k d w_k) for kept j; dW_g += dlᵀ x, dX += dl W_g.
-                let dl = TrainBuffer(rows * r)
+            if let raw = tape.loraURaw[mi], let gate = m.rankGate, let W = gate.router {
+                // An expert's weight w_i = softmax over the kept logits multiplies its ranks, so
+                // d w_i = Σ_{j ∈ i} s·g_j·raw_j (+ the balance loss's ∂/∂w_i), then
+                // dl_i = w_i (d w_i − Σ_k w_k d w_k) for kept i; dW_g += dlᵀ x, dX += dl W_g.
+                let e = gate.experts, gs = gate.ranksPerExpert
+                let dl = TrainBuffer(rows * e)
+                let aux = tape.balanceGrad[mi]
                 for t in 0..<rows {
-                    let w = keep.p + t * r, gr = g.p + t * r, ur = raw.p + t * r, d = dl.p + t * r
+                    let w = keep.p + t * r, gr = g.p + t * r, ur = raw.p + t * r, d = dl.p + t * e
                     var sum: Float = 0
-                    for j in 0..<r where w[j] > 0 { sum += w[j] * s * gr[j] * ur[j] }
-                    for j in 0..<r { d[j] = w[j] > 0 ? w[j] * (s * gr[j] * ur[j] - sum) : 0 }
+                    for i in 0..<e {
+                        var dw: Float = 0
+                        for j in (i * gs)..<((i + 1) * gs) { dw += s * gr[j] * ur[j] }
+                        if let aux { dw += aux.p[t * e + i] }
+                        d[i] = dw
+                        sum += w[i * gs] * dw
+                    }
+                    for i in 0..<e { let wi = w[i * gs]; d[i] = wi > 0 ? wi * (d[i] - sum) : 0 }
                 }
                 grads.addRouterGradient(dl.p, x: x, rows: rows, module: mi, inFeatures: nIn)
                 W.withUnsafeBufferPointer { wp in
-                    BLAS.gemm(transA: false, transB: false, m: rows, n: nIn, k: r, alpha: 1, a: dl.p, lda: r,
+                    BLAS.gemm(transA: false, transB: false, m: rows, n: nIn, k: e, alpha: 1, a: dl.p, lda: e,
                               b: wp.baseAddress!, ldb: nIn, beta: 1, c: dX, ldc: nIn)           // dX += dl W_g
                 }
             }

@@ -55,6 +55,8 @@ public struct LoRAParameters: Sendable {
     /// The layers that carry modules when not all of them do (PEFT's `layers_to_transform`;
     /// `--layers`, Flexora's selection).
     public var layers: [Int]?
+    /// LoRAMoE: the localized balancing constraint the training passes add (nil: none).
+    public var expertBalance: ExpertBalance?
 
     /// PEFT scaling: α/r, or α/√r with rsLoRA (Kalajdzievski 2023).
     public static func scale(rank: Int, alpha: Double, rsLoRA: Bool) -> Float {
@@ -165,7 +167,7 @@ public struct LoRAGradients: Sendable {
         // A frozen (FlyLoRA) has no gradient: an empty array rather than a zero one never read.
         dA = p.modules.map { [Float](repeating: 0, count: $0.trainsA ? $0.A.count : 0) }
         dB = p.modules.map { [Float](repeating: 0, count: $0.B.count) }
-        rankCounts = p.modules.map { $0.rankGate == nil ? [] : [Int](repeating: 0, count: $0.rank) }
+        rankCounts = p.modules.map { $0.rankGate.map { [Int](repeating: 0, count: $0.experts) } ?? [] }
         dRouter = p.modules.map { [Float](repeating: 0, count: $0.rankGate?.router?.count ?? 0) }
     }
 
@@ -200,5 +202,20 @@ public struct LoRAGradients: Sendable {
         for i in dB.indices { for j in dB[i].indices { dB[i][j] = 0 } }
         for i in rankCounts.indices { for j in rankCounts[i].indices { rankCounts[i][j] = 0 } }
         for i in dRouter.indices { for j in dRouter[i].indices { dRouter[i][j] = 0 } }
+    }
+}
+
+/// LoRAMoE's localized balancing constraint: `weight` (β) times CV² of the per-sequence expert
+/// importance, the experts' groups weighted 1 ± `alpha` (δ) by example type. `scale` multiplies
+/// the gradient only (the trainer's 1/micro-batches per step, so the constraint is a mean over
+/// the step as the LM loss is).
+public struct ExpertBalance: Sendable, Equatable {
+    public var alpha: Float
+    public var weight: Float
+    public var scale: Float = 1
+
+    public init(alpha: Float, weight: Float) {
+        self.alpha = alpha
+        self.weight = weight
     }
 }

@@ -261,7 +261,10 @@ public final class LoRATrainer {
         for (j, mb) in micro.enumerated() {
             let dr = options.dropout > 0
                 ? LlamaTrainingEngine.Dropout(p: options.dropout, rng: SeededRNG(seed: options.seed, stream: "dropout-\(k)-\(j)")) : nil
-            nll += engine.accumulateGradients(mb, lora: params, into: &grads, gradScale: scale, dropout: dr).nll
+            // LoRAMoE's balance term is a mean over the step's micro-batches, as the LM loss is.
+            var stepParams = params
+            stepParams.expertBalance?.scale = 1 / Float(options.gradAccum)
+            nll += engine.accumulateGradients(mb, lora: stepParams, into: &grads, gradScale: scale, dropout: dr).nll
             tokens += mb.reduce(0) { $0 + $1.tokens.count }
         }
         let lr = schedule.lr(step: k)

@@ -499,10 +499,17 @@ final class BatchedDecodeTests: XCTestCase {
             var gatedAdapter = Self.adapter(m, "g", rng: &rng)
             for n in gatedAdapter.moduleNames { gatedAdapter.modules[n]!.rankGate = RankGate(topK: 1, bias: [0.1, 0, -0.1]) }
             let gated = try m.prepare([(gatedAdapter, 1)])
-            // Nine sequences: two share `a`, two share `gated`, one base, one merged; prompts of different lengths.
-            let sets: [AdapterSet] = [a, .none, b, a, merged, b, .none, gated, gated]
+            // LoRAMoE: a dense softmax router over 3 one-rank experts, weights per row.
+            var moeAdapter = Self.adapter(m, "moe", rng: &rng)
+            for n in moeAdapter.moduleNames {
+                let nIn = moeAdapter.modules[n]!.inFeatures
+                moeAdapter.modules[n]!.rankGate = RankGate(topK: 3, bias: [0, 0, 0], router: (0..<(3 * nIn)).map { _ in rng.nextNormal() })
+            }
+            let moe = try m.prepare([(moeAdapter, 1)])
+            // Ten sequences: two share `a`, two share `gated`, one base, one merged, one LoRAMoE; prompts of different lengths.
+            let sets: [AdapterSet] = [a, .none, b, a, merged, b, .none, gated, gated, moe]
             let prompts: [[Int]] = (0..<sets.count).map { i in (0..<(3 + i)).map { (7 * $0 + 11 * i) % 64 } }
-            let steps = [[5, 9, 1], [2, 2, 2], [63, 0, 4], [8, 1, 30], [12, 13, 14], [40, 41, 42], [6, 6, 6], [3, 50, 7], [21, 22, 23]]
+            let steps = [[5, 9, 1], [2, 2, 2], [63, 0, 4], [8, 1, 30], [12, 13, 14], [40, 41, 42], [6, 6, 6], [3, 50, 7], [21, 22, 23], [33, 1, 60]]
             // Reference: each alone, prompt then the steps one token at a time.
             var want: [[Float]] = []
             for (i, set) in sets.enumerated() {

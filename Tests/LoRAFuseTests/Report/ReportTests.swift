@@ -328,6 +328,32 @@ final class ReportTests: XCTestCase {
         XCTAssertThrowsError(try ReportInputs.adapterPaths([ads + "/checkpoints"]))
     }
 
+    /// A LoRAMoE `--trained` row: its load is the router's weight per expert (every expert is kept),
+    /// so each task's profile sums to 1 over the experts, not the ranks.
+    func testTrainedLoRAMoERowLoadIsPerExpert() throws {
+        let model = ReportFixtures.model()
+        var inputs = ReportFixtures.inputs(model)
+        var moe = ReportFixtures.adapter(model, name: "union-moe", seed: 9, rank: 4)
+        var rng = SeededRNG(seed: 2)
+        for n in moe.moduleNames {
+            let nIn = moe.modules[n]!.inFeatures
+            moe.modules[n]!.rankGate = RankGate(topK: 2, bias: [0, 0], router: (0..<(2 * nIn)).map { _ in rng.nextNormal() }, ranksPerExpert: 2)
+        }
+        inputs.trained = [moe]
+        let dir = ReportFixtures.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let settings = ReportSettings(testPerTask: 2, accuracy: false, rank: 2)
+        let runner = try ReportRunner(model: model, inputs: inputs, settings: settings, methods: [ReportMethods.trained("union-moe")], directory: dir)
+        let row = try XCTUnwrap(try runner.run().rows.first { $0.method.id == "trained-union-moe" })
+        let u = try XCTUnwrap(row.rankUsage)
+        XCTAssertEqual(u.topK, 2)
+        XCTAssertEqual(u.ranks, 2)
+        for p in u.loadProfile {
+            XCTAssertEqual(p.reduce(0, +), 1, accuracy: 1e-6)
+            XCTAssertGreaterThan(p[0], 0.5, "a random router is not exactly even")
+        }
+    }
+
     /// `--trained` rows: a FlyLoRA adapter trained "on every task" scored on every task, unmerged
     /// (it has no merged form), equal to evaluating it directly; its section in the Markdown; its
     /// cache keyed by the adapter's content; a row without its adapter refused.

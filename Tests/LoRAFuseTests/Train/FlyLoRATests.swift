@@ -158,7 +158,7 @@ final class FlyLoRATests: XCTestCase {
         let a1 = v1.adapter(name: "one", baseModel: nil), a2 = v2.adapter(name: "two", baseModel: nil)
         func refuses(_ what: String, _ body: () throws -> Void) {
             XCTAssertThrowsError(try body(), what) { e in
-                XCTAssertTrue("\(e)".contains("FlyLoRA or SMoRA adapter") && "\(e)".contains("'one'"), "\(what): \(e)")
+                XCTAssertTrue("\(e)".contains("FlyLoRA adapter") && "\(e)".contains("'one'"), "\(what): \(e)")
             }
         }
         refuses("merged") { _ = try model.prepare([(a1, 1)], mode: .merged) }

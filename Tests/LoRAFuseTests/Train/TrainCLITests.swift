@@ -143,7 +143,7 @@ final class TrainCLITests: XCTestCase {
                                (["merge-into-base", "--adapter", out, "-o", tmp + "/m.gguf"], "merging into the base weights")] {
             let b = try run(args)
             XCTAssertNotEqual(b.code, 0, "\(args)")
-            XCTAssertTrue(b.stderr.contains(needle) && b.stderr.contains("FlyLoRA or SMoRA adapter"), "\(args): \(b.stderr)")
+            XCTAssertTrue(b.stderr.contains(needle) && b.stderr.contains("FlyLoRA adapter"), "\(args): \(b.stderr)")
         }
         for (args, needle) in [(["--variant", "flylora", "--rank", "4", "--top-k", "4"], "--top-k must be in 1…3"),
                                (["--variant", "flylora", "--top-k", "32"], "--top-k must be in 1…31"),
@@ -169,12 +169,45 @@ final class TrainCLITests: XCTestCase {
         XCTAssertTrue(r.stderr.contains("\(30 * 4 * (1728 + 1344)) trained values (smora)"), r.stderr)
         try assertEvalMatchesTrainer(out, data)
         XCTAssertTrue(try run(["inspect", out]).stdout.contains("SMoRA: each token keeps the 2 ranks"))
-        for (args, needle) in [(["merge", out, out, "--method", "linear", "-o", tmp + "/m"], "SMoRA router"),
+        for (args, needle) in [(["merge", out, out, "--method", "linear", "-o", tmp + "/m"], "a router is trained per adapter"),
                                (["convert", out, "--format", "mlx", "-o", tmp + "/mlx"], "an mlx-lm adapter")] {
             let b = try run(args)
             XCTAssertNotEqual(b.code, 0, "\(args)")
             XCTAssertTrue(b.stderr.contains(needle), "\(args): \(b.stderr)")
         }
+    }
+
+    /// `train --variant loramoe` on SmolLM2 with world-knowledge examples beside the task ones:
+    /// the authors' layout out, eval agreeing with the trainer, inspect naming it, conversion and
+    /// the other variants' flags refused.
+    func testTrainLoRAMoEThenEvalAndRefusals() throws {
+        guard let (tmp, data) = try workspace() else { return }
+        defer { try? FileManager.default.removeItem(atPath: tmp) }
+        let knowledge = tmp + "/k.jsonl"
+        try #"{"prompt": "What is the capital of France? Reply with the city name only.", "answer": "Paris"}"#
+            .write(toFile: knowledge, atomically: true, encoding: .utf8)
+        let out = tmp + "/moe"
+        let r = try run(["train", "--variant", "loramoe", "--data", data, "--knowledge-data", knowledge, "--val", data, "-o", out,
+                         "--experts", "4", "--rank", "2", "--targets", "q,v", "--steps", "2", "--batch", "3", "--lr", "1e-2", "--quiet"])
+        XCTAssertEqual(r.code, 0, r.stderr)
+        XCTAssertTrue(r.stderr.contains("3 examples"), r.stderr)
+        // 30 layers × (4 experts × 2 ranks × ((576 + 576) + (576 + 192)) + 4 × (576 + 576) router values).
+        XCTAssertTrue(r.stderr.contains("\(30 * (8 * (1152 + 768) + 4 * 1152)) trained values (loramoe)"), r.stderr)
+        let config = try String(contentsOfFile: out + "/adapter_config.json", encoding: .utf8)
+        XCTAssertTrue(config.contains("\"lora_nums\": 4") && config.contains("\"blc_alpha\": 0.1,"), config)
+        try assertEvalMatchesTrainer(out, data)
+        XCTAssertTrue(try run(["inspect", out]).stdout.contains("LoRAMoE: 4 experts of rank 2"))
+        let c = try run(["convert", out, "--format", "gguf", "-o", tmp + "/x.gguf"])
+        XCTAssertTrue(c.code != 0 && c.stderr.contains("LoRAMoE adapter"), c.stderr)
+        for (args, needle) in [(["--experts", "1"], "--experts must be ≥ 2"),
+                               (["--blc-alpha", "1"], "--blc-alpha must be in [0, 1)"),
+                               (["--top-k", "2"], "--top-k and --bias-rate are for --variant flylora")] {
+            let b = try run(["train", "--variant", "loramoe", "--data", data, "-o", tmp + "/y"] + args)
+            XCTAssertNotEqual(b.code, 0, "\(args)")
+            XCTAssertTrue(b.stderr.contains(needle), "\(args): \(b.stderr)")
+        }
+        let b = try run(["train", "--data", data, "-o", tmp + "/y", "--experts", "4"])
+        XCTAssertTrue(b.code != 0 && b.stderr.contains("are for --variant loramoe"), b.stderr)
     }
 
     /// `--variant lora-pro` on SmolLM2: a plain PEFT adapter out, the memory of the full-size
