@@ -68,7 +68,7 @@ struct LoRAFuseCommand: ParsableCommand {
         version: "0.1.0",
         subcommands: [Inspect.self, Merge.self, Convert.self, Generate.self, Eval.self, Tasks.self, Train.self, Route.self,
                       Vector.self, ExtractLoRA.self, MergeIntoBaseCommand.self, Fuse.self, Report.self,
-                      GenerateAdapter.self, Serve.self]
+                      GenerateAdapter.self, Serve.self, Continual.self]
     )
 }
 

@@ -17,6 +17,9 @@ public struct ReportRankUsage: Codable, Sendable, Equatable {
     public var ranks: Int
     public var loadProfile: [[Double]]
     public var overlap: [[Double]]
+    /// LoRAMoE (a dense router): per task, the share of its router weight that went to the first
+    /// half of the experts, the world-knowledge group of the balancing constraint (0.5: no lean).
+    public var firstHalfShare: [Double]? = nil
 
     /// Counts on the first `perTask` held-out examples of each task.
     static func measure(model: LlamaModel, adapter: LoRAAdapter, tasks: [EvalTask], perTask: Int) throws -> ReportRankUsage? {
@@ -86,8 +89,20 @@ public struct ReportRankUsage: Codable, Sendable, Equatable {
             for i in a.indices { ab += a[i] * b[i]; aa += a[i] * a[i]; bb += b[i] * b[i] }
             return aa > 0 && bb > 0 ? ab / (aa * bb).squareRoot() : 0
         }
+        var share: [Double]?
+        if first.isDense {
+            share = usage.map { u in
+                var off = 0, head = 0.0, total = 0.0
+                for (_, f) in gated {
+                    let e = f.gate!.experts
+                    for i in 0..<e { total += u[off + i]; if i < e / 2 { head += u[off + i] } }
+                    off += e
+                }
+                return total > 0 ? head / total : 0
+            }
+        }
         return ReportRankUsage(tasks: tasks.map(\.name), topK: first.topK, ranks: r, loadProfile: profiles,
-                               overlap: usage.map { a in usage.map { cosine(a, $0) } })
+                               overlap: usage.map { a in usage.map { cosine(a, $0) } }, firstHalfShare: share)
     }
 }
 
@@ -116,5 +131,17 @@ extension ReportRenderer {
                                              format: "%.2f", legend: "cosine of \(unit)-use vectors", cellWidth: 40, cellHeight: 22).render()))
         }
         return out
+    }
+}
+
+extension ReportRenderer {
+    /// One sentence per LoRAMoE `--trained` row: how much of each task's router weight the
+    /// world-knowledge half of the experts took.
+    static func expertGroupParagraphs(_ r: ReportResults) -> [String] {
+        r.rows.filter { $0.method.family == .trained }.compactMap { row in
+            guard let u = row.rankUsage, let share = u.firstHalfShare else { return nil }
+            let parts = zip(u.tasks, share).map { "\($0) \(String(format: "%.2f", $1))" }.joined(separator: ", ")
+            return "\(row.method.id) (LoRAMoE, \(u.ranks) experts): share of each task's router weight on the first \(u.ranks / 2) experts, the world-knowledge group of its balancing constraint (0.50: no lean): \(parts)."
+        }
     }
 }

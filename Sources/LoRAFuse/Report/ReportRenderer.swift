@@ -446,6 +446,7 @@ public enum ReportRenderer {
         }
         if let tt = trainedTable(r) {
             s += "<h2 id=\"trained\">Trained as multi-task</h2>\n" + htmlTable(tt) + "<p>\(escapeHTML(trainedParagraph))</p>\n"
+            for p in expertGroupParagraphs(r) { s += "<p>\(escapeHTML(p))</p>\n" }
             for f in charts.keys.filter({ $0.hasPrefix("ranks-") }).sorted() { s += figure(f) }
         }
         if let rt = routingTable(r) {
@@ -531,6 +532,7 @@ public enum ReportRenderer {
         }
         if let tt = trainedTable(r) {
             s += "\n## Trained as multi-task\n\n" + markdownTable(tt) + "\n" + escapeMarkdown(trainedParagraph) + "\n\n"
+            for p in expertGroupParagraphs(r) { s += escapeMarkdown(p) + "\n\n" }
             s += charts.keys.filter { $0.hasPrefix("ranks-") }.sorted().map(image).joined()
         }
         if let rt = routingTable(r) {

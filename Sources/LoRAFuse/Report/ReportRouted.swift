@@ -124,7 +124,7 @@ extension ReportRenderer {
         return t
     }
 
-    static let trainedParagraph = "Each row is one adapter trained on the union of the tasks' training data (given with --trained: multi-task LoRA, or a mixture such as FlyLoRA or SMoRA), scored on the same held-out examples as every other row. It is the answer when the data of every task is at hand; fusion and routing are the answers when only the adapters are."
+    static let trainedParagraph = "Each row is one adapter trained on the union of the tasks' training data (given with --trained: multi-task LoRA, or a mixture such as FlyLoRA, SMoRA or LoRAMoE), scored on the same held-out examples as every other row. It is the answer when the data of every task is at hand; fusion and routing are the answers when only the adapters are."
 
     /// `--trained` rows against the experts, the best fused row and the best routed row.
     static func trainedTable(_ r: ReportResults) -> Table? {

@@ -352,6 +352,10 @@ final class ReportTests: XCTestCase {
             XCTAssertEqual(p.reduce(0, +), 1, accuracy: 1e-6)
             XCTAssertGreaterThan(p[0], 0.5, "a random router is not exactly even")
         }
+        let share = try XCTUnwrap(u.firstHalfShare)
+        XCTAssertEqual(share.count, u.tasks.count)
+        for v in share { XCTAssertTrue(v > 0 && v < 1, "\(share)") }
+        XCTAssertTrue(ReportRenderer.markdown(try runner.run()).contains("world-knowledge group"))
     }
 
     /// `--trained` rows: a FlyLoRA adapter trained "on every task" scored on every task, unmerged

@@ -210,6 +210,33 @@ final class TrainCLITests: XCTestCase {
         XCTAssertTrue(b.code != 0 && b.stderr.contains("are for --variant loramoe"), b.stderr)
     }
 
+    /// `continual` on SmolLM2: two tasks in turn, a plain PEFT adapter of rank 2 × --rank, the
+    /// matrix in continual.json and .md; a missing held-out file and an existing output refused.
+    func testContinualWritesAdapterAndMatrix() throws {
+        guard let (tmp, data) = try workspace() else { return }
+        defer { try? FileManager.default.removeItem(atPath: tmp) }
+        let a = tmp + "/add.train.jsonl", b = tmp + "/caps.train.jsonl"
+        try FileManager.default.copyItem(atPath: data, toPath: a)
+        try FileManager.default.copyItem(atPath: data, toPath: tmp + "/add.test.jsonl")
+        try #"{"prompt": "Uppercase: cat", "answer": "CAT"}"#.write(toFile: b, atomically: true, encoding: .utf8)
+        let out = tmp + "/cont"
+        let missing = try run(["continual", a, b, "-o", out])
+        XCTAssertTrue(missing.code != 0 && missing.stderr.contains("caps.test.jsonl"), missing.stderr)
+        try FileManager.default.copyItem(atPath: b, toPath: tmp + "/caps.test.jsonl")
+        let r = try run(["continual", a, b, "-o", out, "--rank", "1", "--targets", "q,v", "--steps", "2", "--batch", "2", "--quiet"])
+        XCTAssertEqual(r.code, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("| after \\ loss on | add | caps | mean |"), r.stdout)
+        let ad = try PEFTAdapter.read(directory: out)
+        XCTAssertEqual(ad.modules.count, 60)
+        XCTAssertEqual(ad.modules.values.first?.rank, 2)
+        let json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/continual.json"))) as? [String: Any])
+        XCTAssertEqual((json["loss"] as? [[Double]])?.count, 2)
+        XCTAssertEqual(json["method"] as? String, "ranks")
+        XCTAssertTrue(FileManager.default.fileExists(atPath: out + "/continual.md"))
+        let again = try run(["continual", a, b, "-o", out, "--steps", "1"])
+        XCTAssertTrue(again.code != 0 && again.stderr.contains("--force"), again.stderr)
+    }
+
     /// `--variant lora-pro` on SmolLM2: a plain PEFT adapter out, the memory of the full-size
     /// moments announced, eval agreeing with the trainer, and the flag it does not take refused.
     func testTrainLoRAProWritesPEFT() throws {
