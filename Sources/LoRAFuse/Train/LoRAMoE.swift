@@ -76,26 +76,15 @@ public final class LoRAMoEVariant: TrainingVariant {
     }
 
     public func factors() -> LoRAParameters {
-        var p = template
-        for i in p.modules.indices {
-            let n = p.modules[i].name
-            p.modules[i].A = parameters["\(n).lora_A"]
-            p.modules[i].B = parameters["\(n).lora_B"]
-            p.modules[i].rankGate = RankGate(topK: experts, bias: [Float](repeating: 0, count: experts),
-                                             router: parameters["\(n).lora_route"], ranksPerExpert: expertRank)
+        var p = RoutedFactors.factors(template, parameters, routerKey: "lora_route") { _, w in
+            RankGate(topK: experts, bias: [Float](repeating: 0, count: experts), router: w, ranksPerExpert: expertRank)
         }
         p.expertBalance = balance
         return p
     }
 
     public func parameterGradients(_ g: LoRAGradients) -> ParamSet {
-        var out = parameters.zeros()
-        for (i, m) in template.modules.enumerated() {
-            out["\(m.name).lora_A"] = g.dA[i]
-            out["\(m.name).lora_B"] = g.dB[i]
-            out["\(m.name).lora_route"] = g.dRouter[i]
-        }
-        return out
+        RoutedFactors.gradients(g, template, parameters, routerKey: "lora_route")
     }
 
     public var storedBytes: Int { template.modules.reduce(0) { $0 + 4 * ($1.rank * ($1.inFeatures + $1.outFeatures) + experts * $1.inFeatures) } }

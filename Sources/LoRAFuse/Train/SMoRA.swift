@@ -51,24 +51,11 @@ public final class SMoRAVariant: RankGatedVariant {
     }
 
     public func factors() -> LoRAParameters {
-        var p = template
-        for i in p.modules.indices {
-            let n = p.modules[i].name
-            p.modules[i].A = parameters["\(n).lora_A"]
-            p.modules[i].B = parameters["\(n).lora_B"]
-            p.modules[i].rankGate = RankGate(topK: topK, bias: biases[i], router: parameters["\(n).lora_router"])
-        }
-        return p
+        RoutedFactors.factors(template, parameters, routerKey: "lora_router") { i, w in RankGate(topK: topK, bias: biases[i], router: w) }
     }
 
     public func parameterGradients(_ g: LoRAGradients) -> ParamSet {
-        var out = parameters.zeros()
-        for (i, m) in template.modules.enumerated() {
-            out["\(m.name).lora_A"] = g.dA[i]
-            out["\(m.name).lora_B"] = g.dB[i]
-            out["\(m.name).lora_router"] = g.dRouter[i]
-        }
-        return out
+        RoutedFactors.gradients(g, template, parameters, routerKey: "lora_router")
     }
 
     public var storedBytes: Int { template.modules.reduce(0) { $0 + 4 * $1.rank * (2 * $1.inFeatures + $1.outFeatures + 1) } }

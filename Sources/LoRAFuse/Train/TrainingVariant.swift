@@ -110,3 +110,30 @@ extension RankGatedVariant {
         try PEFTAdapter.writeFiles(adapter(name: name, baseModel: baseModel), into: dir, dtype: .f32, path: path)
     }
 }
+
+/// SMoRA and LoRAMoE train A, B and a router per module, stored as `<module>.lora_A`, `.lora_B`
+/// and `<module>.<routerKey>`: the factors from those values and the gradients back to them.
+enum RoutedFactors {
+    /// `template` with A, B from `parameters` and each module's gate from `gate(index, router)`.
+    static func factors(_ template: LoRAParameters, _ parameters: ParamSet, routerKey: String,
+                        gate: (Int, [Float]) -> RankGate) -> LoRAParameters {
+        var p = template
+        for i in p.modules.indices {
+            let n = p.modules[i].name
+            p.modules[i].A = parameters["\(n).lora_A"]
+            p.modules[i].B = parameters["\(n).lora_B"]
+            p.modules[i].rankGate = gate(i, parameters["\(n).\(routerKey)"])
+        }
+        return p
+    }
+
+    static func gradients(_ g: LoRAGradients, _ template: LoRAParameters, _ parameters: ParamSet, routerKey: String) -> ParamSet {
+        var out = parameters.zeros()
+        for (i, m) in template.modules.enumerated() {
+            out["\(m.name).lora_A"] = g.dA[i]
+            out["\(m.name).lora_B"] = g.dB[i]
+            out["\(m.name).\(routerKey)"] = g.dRouter[i]
+        }
+        return out
+    }
+}
