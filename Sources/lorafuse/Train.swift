@@ -127,7 +127,7 @@ struct Train: ParsableCommand {
     var blcAlpha: Float?
     @Option(name: .customLong("blc-weight"), help: "loramoe: β, the constraint's weight in the loss (default 0.1; 0: off, as the authors' released script).")
     var blcWeight: Float?
-    @Option(name: .customLong("knowledge-data"), help: "loramoe: world-knowledge examples (.jsonl), trained with --data; the constraint leans them on the first half of the experts.")
+    @Option(name: .customLong("knowledge-data"), help: "loramoe: world-knowledge examples (.jsonl), trained with --data; the constraint weights the first half of the experts 1 + δ for them, the second half for --data examples.")
     var knowledgeData: String?
     @Option(name: .long, help: "Train LoRA on these layers only, comma-separated indices from 0 (default: all).")
     var layers: String?
