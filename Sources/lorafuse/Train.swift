@@ -70,6 +70,8 @@ struct Train: ParsableCommand {
         output is the authors' PEFT-fork layout (lora_nums in the config, lora_A{i}, lora_B{i}, \
         lora_route per module), applied unmerged; no fusion, no convert.
 
+        --variant mixlora (MixLoRA, Li et al. 2024) turns each layer's FFN into --experts experts,         each the frozen FFN with its own LoRA of rank --rank on gate, up and down, and trains a router         that sends every token to --top-k of them (softmax, top-k, renormalised, as Mixtral); the         attention projections get a plain LoRA. The loss adds --aux-loss × the Switch load-balance         term over all layers' router choices (and --z-loss × the router z-loss, off by default).         Defaults: --experts 8 --top-k 2 --rank 8 --alpha 16 --aux-loss 0.01 on every projection. The         output is the authors' layout (peft_type MIXLORA; mixlora.layers.N.gate / experts.E.*         tensors) in safetensors, applied unmerged; no fusion, no convert.
+
         --layers trains LoRA on the listed layers only (PEFT's layers_to_transform).
         """
     )
@@ -87,7 +89,7 @@ struct Train: ParsableCommand {
     @Option(name: [.short, .customLong("output")], help: "Output adapter directory.")
     var output: String
 
-    @Option(name: .long, help: "LoRA rank (default 8; with --variant flylora 32, smora 16, loramoe 4 per expert).") var rank: Int?
+    @Option(name: .long, help: "LoRA rank (default 8; with --variant flylora 32, smora 16, loramoe 4 per expert; mixlora 8 per expert).") var rank: Int?
     @Option(name: .long, help: "LoRA alpha (default 16; with --variant flylora 64, smora 32, loramoe 32).") var alpha: Double?
     @Option(name: .long, help: "Target projections, comma-separated, of q,k,v,o,gate,up,down (or all; default all, with --variant loramoe gate,up,down).")
     var targets: String?
@@ -113,16 +115,20 @@ struct Train: ParsableCommand {
     var initFrom: String?
     @Option(name: .long, help: "Resume from a checkpoint-<step> folder, or from the newest checkpoint in a folder.")
     var resume: String?
-    @Option(name: .long, help: "What is trained: lora (A and B), nola (coefficients of fixed random bases), lora-pro (A and B along LoRA-Pro's adjusted gradients), flexora (LoRA on the layers a validation search selects), flylora (B only, over a frozen sparse random A that picks --top-k ranks per token), smora (A, B and a router that picks --top-k ranks per token), or loramoe (--experts LoRA experts per projection under a trained dense softmax router).")
+    @Option(name: .long, help: "What is trained: lora (A and B), nola (coefficients of fixed random bases), lora-pro (A and B along LoRA-Pro's adjusted gradients), flexora (LoRA on the layers a validation search selects), flylora (B only, over a frozen sparse random A that picks --top-k ranks per token), smora (A, B and a router that picks --top-k ranks per token), loramoe (--experts LoRA experts per projection under a trained dense softmax router), or mixlora (--experts LoRA-adapted copies of each FFN, --top-k per token by a trained router, plus attention LoRA).")
     var variant = "lora"
     @Option(name: .customLong("nola-basis"), help: "nola: basis matrices per factor per module (the coefficients trained for each of A and B).")
     var nolaBasis: Int?
-    @Option(name: .customLong("top-k"), help: "flylora, smora: ranks each token keeps, of --rank (default 8 for flylora, 4 for smora).")
+    @Option(name: .customLong("top-k"), help: "flylora, smora: ranks each token keeps, of --rank (default 8 for flylora, 4 for smora); mixlora: experts per token (default 2).")
     var topK: Int?
     @Option(name: .customLong("bias-rate"), help: "flylora, smora: step of the balancing bias after each update, d += rate·sign(mean use − use) per rank (default 0.001; 0: off).")
     var biasRate: Double?
-    @Option(name: .long, help: "loramoe: LoRA experts per projection (default 8).")
+    @Option(name: .long, help: "loramoe: LoRA experts per projection; mixlora: experts per layer's FFN (default 8 for both).")
     var experts: Int?
+    @Option(name: .customLong("aux-loss"), help: "mixlora: coefficient of the load-balance loss over the routers' choices (default 0.01; 0: off).")
+    var auxLoss: Float?
+    @Option(name: .customLong("z-loss"), help: "mixlora: coefficient of the router z-loss, mean logsumexp(logits)² (default 0: off).")
+    var zLoss: Float?
     @Option(name: .customLong("blc-alpha"), help: "loramoe: δ of the localized balancing constraint, the experts' groups weighted 1 ± δ by example type (default 0.1).")
     var blcAlpha: Float?
     @Option(name: .customLong("blc-weight"), help: "loramoe: β, the constraint's weight in the loss (default 0.1; 0: off, as the authors' released script).")
@@ -167,7 +173,8 @@ struct Train: ParsableCommand {
             if let k = flexoraLayers, k < 1 { throw ValidationError("--flexora-layers must be ≥ 1, got \(k)") }
         }
         let gated = variant == "flylora" || variant == "smora"
-        if !gated && (topK != nil || biasRate != nil) { throw ValidationError("--top-k and --bias-rate are for --variant flylora and smora") }
+        if !gated && variant != "mixlora" && topK != nil { throw ValidationError("--top-k is for --variant flylora, smora and mixlora") }
+        if !gated && biasRate != nil { throw ValidationError("--bias-rate is for --variant flylora and smora") }
         if gated {
             let fly = variant == "flylora"
             let r = rank ?? (fly ? FlyLoRADefaults.rank : SMoRADefaults.rank), k = topK ?? (fly ? FlyLoRADefaults.topK : SMoRADefaults.topK)
@@ -175,8 +182,20 @@ struct Train: ParsableCommand {
             if let b = biasRate, !(b.isFinite && b >= 0) { throw ValidationError("--bias-rate must be finite and ≥ 0, got \(b)") }
             if initFrom != nil { throw ValidationError("--init-from sets A and B; --variant \(variant) trains from its own initialisation") }
         }
-        if variant != "loramoe" && (experts != nil || blcAlpha != nil || blcWeight != nil || knowledgeData != nil) {
-            throw ValidationError("--experts, --blc-alpha, --blc-weight and --knowledge-data are for --variant loramoe")
+        if variant != "loramoe" && variant != "mixlora" && experts != nil { throw ValidationError("--experts is for --variant loramoe and mixlora") }
+        if variant != "loramoe" && (blcAlpha != nil || blcWeight != nil || knowledgeData != nil) {
+            throw ValidationError("--blc-alpha, --blc-weight and --knowledge-data are for --variant loramoe")
+        }
+        if variant != "mixlora" && (auxLoss != nil || zLoss != nil) { throw ValidationError("--aux-loss and --z-loss are for --variant mixlora") }
+        if variant == "mixlora" {
+            let e = experts ?? MixLoRADefaults.experts, k = topK ?? MixLoRADefaults.topK
+            if e < 2 { throw ValidationError("--experts must be ≥ 2 (MixLoRA routes among experts), got \(e)") }
+            if k < 1 || k > e { throw ValidationError("--top-k must be in 1…\(e) (experts per token, of --experts \(e)), got \(k)") }
+            for (n, v) in [("--aux-loss", auxLoss), ("--z-loss", zLoss)] {
+                if let v, !(v.isFinite && v >= 0) { throw ValidationError("\(n) must be finite and ≥ 0, got \(v)") }
+            }
+            if initFrom != nil { throw ValidationError("--init-from sets A and B; --variant mixlora trains its experts from its own initialisation") }
+            if rslora { throw ValidationError("--rslora: MixLoRA scales each expert by α/r") }
         }
         if variant == "loramoe" {
             if let e = experts, e < 2 { throw ValidationError("--experts must be ≥ 2 (LoRAMoE mixes experts per projection), got \(e)") }
@@ -220,6 +239,7 @@ struct Train: ParsableCommand {
         case "flylora": o.rank = rank ?? FlyLoRADefaults.rank; o.alpha = alpha ?? FlyLoRADefaults.alpha
         case "smora": o.rank = rank ?? SMoRADefaults.rank; o.alpha = alpha ?? SMoRADefaults.alpha
         case "loramoe": o.rank = rank ?? LoRAMoEDefaults.rank; o.alpha = alpha ?? LoRAMoEDefaults.alpha
+        case "mixlora": o.rank = rank ?? MixLoRADefaults.rank; o.alpha = alpha ?? MixLoRADefaults.alpha
         default: o.rank = rank ?? o.rank; o.alpha = alpha ?? o.alpha
         }
         o.targets = try targets.map(Projection.parseList) ?? (variant == "loramoe" ? LoRAMoEDefaults.targets : Projection.parseList("all"))
@@ -277,6 +297,11 @@ struct Train: ParsableCommand {
             variant = try LoRAMoEVariant(config: lm.config, options: o, experts: experts ?? LoRAMoEDefaults.experts,
                                          balance: ExpertBalance(alpha: blcAlpha ?? LoRAMoEDefaults.blcAlpha,
                                                                 weight: blcWeight ?? LoRAMoEDefaults.blcWeight))
+        }
+        if self.variant == "mixlora" {
+            variant = try MixLoRAVariant(config: lm.config, options: o, experts: experts ?? MixLoRADefaults.experts,
+                                         topK: topK ?? MixLoRADefaults.topK,
+                                         loss: MixtureLoss(aux: auxLoss ?? MixLoRADefaults.auxLoss, z: zLoss ?? MixLoRADefaults.zLoss))
         }
         var flexora: FlexoraSelection?
         if self.variant == "flexora" {

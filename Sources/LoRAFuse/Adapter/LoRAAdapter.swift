@@ -126,6 +126,9 @@ public struct AdapterMetadata: Sendable {
     public var experts: Int? = nil
     public var blcAlpha: Double? = nil
     public var blcWeight: Double? = nil
+    /// MixLoRA's config (the authors' `mixlora` package): the load-balance coefficient it was
+    /// trained with (`router_aux_loss_coef`); `experts` and `topK` hold num_experts and top_k.
+    public var routerAuxLoss: Double? = nil
 
     public init() {}
 }

@@ -26,8 +26,13 @@ public struct RankGate: Sendable, Equatable {
     public var router: [Float]?
     /// Consecutive ranks that form one expert and share its weight (1: each rank is an expert).
     public var ranksPerExpert: Int
+    /// MixLoRA: the module is one projection of a layer whose FFN is a mixture of whole-FFN experts
+    /// (`Train/MixLoRA.swift`). Its expert blocks are not gated one projection at a time: the
+    /// layer's router (E, hidden), the same on each of its mixture modules, picks the experts
+    /// per token for gate, up and down together (`MixtureFFN`); `select` is never called on it.
+    public var wholeFFN: Bool = false
 
-    public init(topK: Int, bias: [Float], router: [Float]? = nil, ranksPerExpert: Int = 1) {
+    public init(topK: Int, bias: [Float], router: [Float]? = nil, ranksPerExpert: Int = 1, wholeFFN: Bool = false) {
         precondition(ranksPerExpert >= 1 && (router != nil || ranksPerExpert == 1), "FlyLoRA's gate is per rank")
         precondition(topK >= 1 && (topK < bias.count || (router != nil && topK == bias.count)), "top-k \(topK) of \(bias.count) experts")
         precondition(router.map { $0.count % bias.count == 0 && !$0.isEmpty } ?? true, "router of \(router?.count ?? 0) values for \(bias.count) experts")
@@ -35,6 +40,7 @@ public struct RankGate: Sendable, Equatable {
         self.bias = bias
         self.router = router
         self.ranksPerExpert = ranksPerExpert
+        self.wholeFFN = wholeFFN
     }
 
     /// Ranks of the module the gate applies to.
@@ -45,7 +51,9 @@ public struct RankGate: Sendable, Equatable {
     public var isDense: Bool { topK == bias.count }
 
     /// What chooses the ranks, for messages.
-    public var kindName: String { router == nil ? "FlyLoRA" : isDense || ranksPerExpert > 1 ? "LoRAMoE" : "SMoRA" }
+    public var kindName: String {
+        wholeFFN ? "MixLoRA" : router == nil ? "FlyLoRA" : isDense || ranksPerExpert > 1 ? "LoRAMoE" : "SMoRA"
+    }
 
     /// Applies the gate to each of `rows` rows of `u` (rows, r, leading dimension r): ranks of unkept
     /// experts become 0, kept ones are multiplied by their expert's weight (FlyLoRA 1, else the softmax over the
@@ -54,6 +62,7 @@ public struct RankGate: Sendable, Equatable {
     /// `counts` (experts), when given, is incremented for every kept expert.
     public func select(_ u: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>? = nil, rows: Int,
                        weights: UnsafeMutablePointer<Float>? = nil, counts: UnsafeMutablePointer<Int>? = nil) {
+        precondition(!wholeFFN, "a MixLoRA module is applied by its layer's MixtureFFN")
         let e = bias.count
         // Router logits live in temporary storage: this runs once per projection per decoded token,
         // and a heap array there showed up as allocator traffic in the serve path.
@@ -140,13 +149,13 @@ public struct RankGate: Sendable, Equatable {
 /// An adapter whose modules choose ranks per token cannot be turned into a dense ΔW: operations
 /// that need one refuse it by name.
 public enum RankGateError: Error, CustomStringConvertible, Equatable {
-    /// `kind` names the mixture (`RankGate.kindName`): FlyLoRA, SMoRA or LoRAMoE.
+    /// `kind` names the mixture (`RankGate.kindName`): FlyLoRA, SMoRA, LoRAMoE or MixLoRA.
     case notDense(adapter: String, module: String, operation: String, kind: String)
 
     public var description: String {
         switch self {
         case let .notDense(a, m, op, kind):
-            return "adapter '\(a)' is a \(kind) adapter (module '\(m)' weights its ranks per token): \(op) needs a plain LoRA, whose update is the same for every token. FlyLoRA, SMoRA and LoRAMoE adapters run unmerged in eval, generate, report and serve; FlyLoRA adapters fuse with `linear` when they share A (same --seed, --rank, --targets)"
+            return "adapter '\(a)' is a \(kind) adapter (module '\(m)' weights its ranks per token): \(op) needs a plain LoRA, whose update is the same for every token. FlyLoRA, SMoRA, LoRAMoE and MixLoRA adapters run unmerged in eval, generate, report and serve; FlyLoRA adapters fuse with `linear` when they share A (same --seed, --rank, --targets)"
         }
     }
 }

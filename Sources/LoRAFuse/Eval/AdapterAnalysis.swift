@@ -31,10 +31,12 @@ public struct AdapterSummary: Sendable, Codable, Equatable {
     public var modules: [ModuleAnalysis]
     /// FlyLoRA: ranks kept per token (nil for a plain LoRA); ‖ΔW‖ above is then of every rank.
     public var topK: Int? = nil
-    /// "FlyLoRA", "SMoRA" or "LoRAMoE" when `topK` is set (LoRAMoE: `topK` is the experts, all used).
+    /// "FlyLoRA", "SMoRA", "LoRAMoE" or "MixLoRA" when `topK` is set (LoRAMoE: `topK` is the experts, all used).
     public var gateKind: String? = nil
-    /// LoRAMoE: the rank of one expert (the table shows each module's experts stacked).
+    /// LoRAMoE, MixLoRA: the rank of one expert (the table shows each module's experts stacked).
     public var expertRank: Int? = nil
+    /// Experts a gate chooses among (MixLoRA: per layer).
+    public var experts: Int? = nil
 }
 
 /// Similarity of two adapters' whole task vectors (all modules concatenated).
@@ -106,7 +108,8 @@ public enum AdapterAnalyzer {
                               taskVectorNorm: sq.squareRoot(), modules: modules,
                               topK: a.modules.values.compactMap { $0.rankGate?.topK }.first,
                               gateKind: a.modules.values.compactMap { $0.rankGate?.kindName }.first,
-                              expertRank: a.modules.values.compactMap { $0.rankGate.flatMap { $0.isDense ? $0.ranksPerExpert : nil } }.first)
+                              expertRank: a.modules.values.compactMap { $0.rankGate.flatMap { $0.isDense || $0.wholeFFN ? $0.ranksPerExpert : nil } }.first,
+                              experts: a.modules.values.compactMap { $0.rankGate?.experts }.first)
     }
 
     /// Cosine and sign-conflict rate of two adapters. Sampled entries depend only on the seed and
@@ -184,7 +187,10 @@ public enum AdapterAnalyzer {
             lines.append("\(a.name): \(a.moduleCount) modules, \(a.parameters) parameters, ‖τ‖_F = \(f(a.taskVectorNorm))"
                          + (a.useRSLoRA ? " (rsLoRA)" : ""))
             if let k = a.topK {
-                if a.gateKind == "LoRAMoE" {
+                if a.gateKind == "MixLoRA" {
+                    let e = a.experts ?? 0, r = a.expertRank ?? 0
+                    lines.append("  MixLoRA: each layer's FFN is \(e) experts, each the frozen FFN with its own rank-\(r) LoRA on gate, up and down (the table stacks them: rank \(e)×\(r)); a trained router per layer sends every token to \(k) of them, weighted by the renormalised softmax (router weights not counted in the parameters); ‖ΔW‖ counts every expert at weight 1. Runs unmerged; not convertible to plain PEFT, GGUF or MLX.")
+                } else if a.gateKind == "LoRAMoE" {
                     lines.append("  LoRAMoE: \(k) experts of rank \(a.expertRank ?? 0) per module (the table stacks them: rank \(k)×\(a.expertRank ?? 0)), every one used for every token, weighted by the softmax of a trained router x·W_gᵀ (router weights not counted in the parameters); ‖ΔW‖ counts every expert at weight 1. Runs unmerged; not convertible to plain PEFT, GGUF or MLX.")
                 } else if a.gateKind == "SMoRA" {
                     lines.append("  SMoRA: each token keeps the \(k) ranks of largest x·W_gᵀ + d (trained router W_g, balancing bias d), weighted by the softmax of their router logits; ‖ΔW‖ counts every rank at weight 1. Runs unmerged; not convertible to plain PEFT, GGUF or MLX.")

@@ -123,6 +123,9 @@ public enum PEFTAdapter {
         guard let members = config.objectMembers else {
             throw PEFTError.invalidConfig(path: directory, field: "(file)", reason: "not a JSON object")
         }
+        if config["peft_type"]?.stringValue?.uppercased() == "MIXLORA" {
+            return try readMixLoRA(file: try SafetensorsFile(path: weightsURL.path), config: config, directory: directory)
+        }
         let (meta, rankOrder, alphaOrder) = try parseConfig(config, members: members, path: directory)
 
         let file = try SafetensorsFile(path: weightsURL.path)
@@ -428,6 +431,7 @@ public enum PEFTAdapter {
 
     /// The config JSON and the tensors `write` puts on disk.
     static func prepare(_ adapter: LoRAAdapter, path: String) throws -> (JSONValue, [SafetensorsTensor]) {
+        if isMixLoRA(adapter) { return try prepareMixLoRA(adapter, path: path) }
         if isLoRAMoE(adapter) { return try prepareLoRAMoE(adapter, path: path) }
         let meta = adapter.metadata
         let names = adapter.moduleNames

@@ -63,6 +63,9 @@ public struct AdapterSet: Sendable {
     let maxRank: Int
     /// Experts gated per token (a routed model, Routing/), applied beside the factors above.
     let routed: RoutedLayers?
+    /// MixLoRA: per layer, its FFN as a mixture of whole-FFN experts (`MixtureFFN`); that layer's
+    /// gate, up and down then have no entries in `linearFactors`.
+    var mixtures: [Int: MixtureFFN] = [:]
     /// A per-request router (`route --method sequence`): the set stands for "the adapters its
     /// classifier picks for the prompt"; `SequenceRouting.resolve` gives the set to run. Sessions
     /// refuse an unresolved one.
@@ -127,6 +130,7 @@ extension LlamaModel {
         if mode == .merged { for (a, _) in adapters { try a.requireDense("merged mode (W + s·B·A written into a copy of the weights)") } }
         let C = config.hiddenSize, V = config.vocabSize
         var plan: [(Target, LoRAFactors)] = []
+        var mixParts: [(adapter: String, module: String, id: Int, gate: RankGate, factors: LoRAFactors)] = []
         for (adapter, weight) in adapters {
             for t in adapter.extraTensors.keys.sorted() where !t.hasSuffix(".base_layer.weight") {
                 throw LoRARuntimeError.unsupportedTensor(adapter: adapter.name, tensor: t,
@@ -148,9 +152,14 @@ extension LlamaModel {
                     throw LoRARuntimeError.shapeMismatch(adapter: adapter.name, module: name, expected: expected,
                                                          actual: m.kind == .embedding && !isEmbedding ? [m.A.cols, m.B.rows] : m.deltaShape)
                 }
+                if let g = m.rankGate, g.wholeFFN, case .linear(let id) = tgt {
+                    mixParts.append((adapter.name, name, id, g, LoRAFactors(A: m.A.data, B: m.B.data, rank: m.rank, coef: weight * m.scale)))
+                    continue
+                }
                 plan.append((tgt, LoRAFactors(A: m.A.data, B: m.B.data, rank: m.rank, coef: weight * m.scale, gate: m.rankGate)))
             }
         }
+        let mixtures = try mixtureLayers(mixParts, adapterCount: adapters.count)
         var linearFactors: [Int: [LoRAFactors]] = [:], embedFactors: [LoRAFactors] = []
         var mergedLinear: [Int: [Float]] = [:], mergedEmbed: [Float]?
         var maxRank = 0
@@ -198,7 +207,43 @@ extension LlamaModel {
         }
         return AdapterSet(adapters: adapters.map { AdapterWeight(name: $0.0.name, weight: $0.1) }, mode: mode,
                           modelID: ObjectIdentifier(self), linearFactors: linearFactors, embedFactors: embedFactors,
-                          mergedLinear: mergedLinear, mergedEmbed: mergedEmbed, maxRank: maxRank, routed: nil)
+                          mergedLinear: mergedLinear, mergedEmbed: mergedEmbed, maxRank: maxRank, routed: nil,
+                          mixtures: mixtures)
+    }
+
+    /// MixLoRA modules grouped into one `MixtureFFN` per layer. A MixLoRA adapter must be alone
+    /// in its set: the experts replace the layer's FFN, so another adapter's down_proj LoRA would
+    /// have no single FFN to act on.
+    private func mixtureLayers(_ parts: [(adapter: String, module: String, id: Int, gate: RankGate, factors: LoRAFactors)],
+                               adapterCount: Int) throws -> [Int: MixtureFFN] {
+        guard let first = parts.first else { return [:] }
+        if adapterCount > 1 {
+            throw RankGateError.notDense(adapter: first.adapter, module: first.module,
+                                        operation: "applying it together with other adapters", kind: "MixLoRA")
+        }
+        let P = Projection.allCases.count, C = config.hiddenSize
+        var byLayer: [Int: [Projection: (String, RankGate, LoRAFactors)]] = [:]
+        for p in parts {
+            let proj = Projection.allCases[p.id % P]
+            guard p.id / P < layerCount, [.gate, .up, .down].contains(proj) else {
+                throw LoRARuntimeError.unknownModule(adapter: p.adapter, module: p.module + " (MixLoRA experts sit on mlp.gate_proj, up_proj, down_proj)")
+            }
+            byLayer[p.id / P, default: [:]][proj] = (p.module, p.gate, p.factors)
+        }
+        var out: [Int: MixtureFFN] = [:]
+        for (l, mods) in byLayer {
+            let ref = mods.values.min { $0.0 < $1.0 }!
+            for (module, g, _) in mods.values {
+                guard g.router?.count == g.experts * C, g.experts == ref.1.experts, g.topK == ref.1.topK,
+                      g.ranksPerExpert == ref.1.ranksPerExpert, g.router == ref.1.router else {
+                    throw LoRARuntimeError.shapeMismatch(adapter: first.adapter, module: module + " (MixLoRA router)",
+                                                         expected: [ref.1.experts, C], actual: [g.experts, (g.router?.count ?? 0) / max(g.experts, 1)])
+                }
+            }
+            out[l] = MixtureFFN(experts: ref.1.experts, topK: ref.1.topK, rank: ref.1.ranksPerExpert, router: ref.1.router!,
+                                gate: mods[.gate]?.2, up: mods[.up]?.2, down: mods[.down]?.2)
+        }
+        return out
     }
 
     /// This model with `adapters` applied, as a `CausalLM` for the evaluator, generator and chat.

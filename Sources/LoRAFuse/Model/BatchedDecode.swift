@@ -219,6 +219,15 @@ extension LlamaSession {
             rmsNorm(x, weight: model.base.ffnNorms[l], eps: c.rmsNormEps, rows: R, cols: C, into: h)
             linGroup(h, [LinearTarget(id: LlamaWeights.linearID(layer: l, .gate), out: gate, ld: F),      // (R, F)
                          LinearTarget(id: LlamaWeights.linearID(layer: l, .up), out: up, ld: F)], nIn: C)  // (R, F)
+            // MixLoRA groups: their experts' FFN added here; their gate rows zeroed so the shared
+            // down product below adds nothing for them (silu(0) = 0) but W_down's bias.
+            for g in groups where !g.rows.isEmpty {
+                guard let mix = g.set.mixtures[l] else { continue }
+                let r0 = g.rows.lowerBound, n = g.rows.count
+                mixtureFFN(mix, layer: l, h: h + r0 * C, gateBase: gate + r0 * F, upBase: up + r0 * F, rows: n,
+                           into: x + r0 * C, downBias: false)
+                (gate + r0 * F).update(repeating: 0, count: n * F)
+            }
             swiglu(gate, up, count: R * F)
             lin(gate, LlamaWeights.linearID(layer: l, .down), into: x, ld: C, nIn: F, accumulate: true)   // x += (R, C)
         }

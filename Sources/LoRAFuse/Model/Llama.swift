@@ -222,6 +222,7 @@ public final class LlamaSession: InferenceSession {
     let rope: RopeTable         // (maxTokens, d/2)
     let x = FloatBuffer(1), h = FloatBuffer(1), q = FloatBuffer(1), att = FloatBuffer(1)
     let attnOut = FloatBuffer(1), gate = FloatBuffer(1), up = FloatBuffer(1), loraTmp = FloatBuffer(1)
+    let mixTmp = FloatBuffer(1)        // MixLoRA's routing and per-expert rows (MixtureFFN.swift)
     // Quantized weights: a dequantized tile (prompts), the quantized activations and a partial
     // result (decoding).
     let qTile = FloatBuffer(1), qPartial = FloatBuffer(1)
@@ -328,6 +329,10 @@ public final class LlamaSession: InferenceSession {
             linearGroup(h, rows: T, [LinearTarget(id: LlamaWeights.linearID(layer: l, .gate), out: gate, ld: F),  // (T, F)
                                      LinearTarget(id: LlamaWeights.linearID(layer: l, .up), out: up, ld: F)])     // (T, F)
             if let rec { rec.save(l, "h_ffn", h, T * C); rec.save(l, "gate", gate, T * F); rec.save(l, "up", up, T * F) }
+            if let mix = adapters.mixtures[l] {
+                mixtureFFN(mix, layer: l, h: h, gateBase: gate, upBase: up, rows: T, into: x, downBias: true)  // x += (T, C)
+                continue
+            }
             swiglu(gate, up, count: T * F)                                                          // gate ← silu(gate)·up
             linear(gate, rows: T, id: LlamaWeights.linearID(layer: l, .down), into: x, ld: C, accumulate: true) // x += (T, C)
         }

@@ -74,7 +74,7 @@ public final class LlamaTrainingEngine {
     }
 
     /// W (out, in) of linear `id` as Float32.
-    private func floatWeight(_ id: Int) -> [Float] {
+    func floatWeight(_ id: Int) -> [Float] {
         let lw = model.base.linears[id]
         return lw.quantized.map(floats) ?? lw.weight
     }
@@ -106,6 +106,10 @@ public final class LlamaTrainingEngine {
         var loraURaw: [Int: TrainBuffer] = [:]   // module index → u before the gate (N, r), routers only
         var rankCounts: [Int: [Int]] = [:]       // module index → tokens that kept each expert (experts)
         var balanceGrad: [Int: TrainBuffer] = [:] // module index → ∂(balance loss)/∂(gate weight) (N, experts), LoRAMoE
+        var mixLogits: TrainBuffer?              // MixLoRA: router logits (N, E), softmax (N, E),
+        var mixProbs: TrainBuffer?               //   kept experts (N, k) and their weights (N, k)
+        var mixChosen: [Int] = []
+        var mixWeights: TrainBuffer?
         /// Rows the buffers hold.
         let capacity: Int
         init(N: Int, c: LlamaConfig) {
@@ -125,6 +129,7 @@ public final class LlamaTrainingEngine {
         func reuse(N: Int) {
             precondition(N <= capacity)
             probs = []; loraX = [:]; loraMask = [:]; loraU = [:]; loraKeep = [:]; loraURaw = [:]; rankCounts = [:]; balanceGrad = [:]
+            mixLogits = nil; mixProbs = nil; mixChosen = []; mixWeights = nil
             if invAttn.count != N { invAttn = [Float](repeating: 0, count: N); invFfn = invAttn }
         }
     }
@@ -132,6 +137,8 @@ public final class LlamaTrainingEngine {
     /// Layer tapes kept between calls: a SmolLM2 step's are ~400 MB, and allocating them afresh
     /// every step cost page faults and zeroing (~7 % of a step in profiles).
     private var tapeCache: [LayerTape] = []
+    /// MixLoRA's per-expert buffers, kept between calls for the same reason.
+    var mixtureScratchCache: MixtureScratch?
 
     private func layerTape(_ l: Int, rows N: Int) -> LayerTape {
         if l < tapeCache.count && tapeCache[l].capacity >= N {
@@ -152,6 +159,11 @@ public final class LlamaTrainingEngine {
         var rowsSel: [Int] = []        // their packed row indices
         var targetsSel: [Int] = []
         var segments: [(start: Int, length: Int)] = []
+        /// MixLoRA: ∂aux/∂p_e per row (E; empty: no aux loss), the z-loss factor, and the
+        /// (row, slot) choices of each expert over all its layers.
+        var mixAuxDP: [Float] = []
+        var mixZ: Float = 0
+        var mixCounts: [Int] = []
         init(N: Int, C: Int) { xFinal = TrainBuffer(N * C); invFinal = [Float](repeating: 0, count: N); hSel = TrainBuffer(1) }
     }
 
@@ -204,7 +216,7 @@ public final class LlamaTrainingEngine {
         var g = LoRAGradients(zerosLike: lora)
         let r = accumulateGradients(batch, lora: lora, into: &g, gradScale: 1 / Float(max(n, 1)), dropout: dropout)
         // LoRAMoE: the balance term is part of the loss these gradients are of.
-        return (r.nll / Double(max(n, 1)) + balanceLoss * Double(lora.expertBalance?.scale ?? 1), g)
+        return (r.nll / Double(max(n, 1)) + balanceLoss * Double(lora.expertBalance?.scale ?? lora.mixtureLoss?.scale ?? 1), g)
     }
 
     // MARK: Routed experts
@@ -217,7 +229,7 @@ public final class LlamaTrainingEngine {
     /// The running batch's sequences (packed rows and example type), for the balance loss.
     private var balanceSegments: [(start: Int, length: Int, knowledge: Bool)] = []
     /// Σ over modules of the balance loss of the last forward pass (weighted, before `scale`).
-    public private(set) var balanceLoss: Double = 0
+    public internal(set) var balanceLoss: Double = 0
 
     /// LoRAMoE's constraint on one module (arXiv 2312.09979 §3.2, as its released layer computes
     /// it): Q[m, i] = Σ over sequence m's tokens of expert i's weight; the first half of the
@@ -298,9 +310,11 @@ public final class LlamaTrainingEngine {
 
     // MARK: Forward
 
+    /// Linear id → module index of the modules applied one projection at a time (MixLoRA's
+    /// experts are applied by their layer's mixture instead).
     private func moduleIndex(_ lora: LoRAParameters) -> [Int: Int] {
         var m: [Int: Int] = [:]
-        for (i, mod) in lora.modules.enumerated() { m[mod.linearID] = i }
+        for (i, mod) in lora.modules.enumerated() where mod.rankGate?.wholeFFN != true { m[mod.linearID] = i }
         return m
     }
 
@@ -327,6 +341,8 @@ public final class LlamaTrainingEngine {
         }
         ensureRope(batch.map(\.tokens.count).max()!)
         let mods = moduleIndex(lora)
+        let mixes = mixtureModules(lora)
+        let mixScratch = mixes.isEmpty ? nil : mixtureScratch(rows: N, rank: mixes.values.first!.rank)
 
         let x = TrainBuffer(N * C)                                          // residual stream (N, C)
         embedTable().withUnsafeBufferPointer { e in
@@ -352,6 +368,12 @@ public final class LlamaTrainingEngine {
             rmsNormForward(lt.xMid.p, model.base.ffnNorms[l], rows: N, cols: C, out: lt.hFfn.p, inv: &lt.invFfn)
             linearForward(lt.hFfn.p, rows: N, layer: l, .gate, into: lt.gate.p, mods: mods, lora: lora, tape: lt, dropout: &dropout)  // (N, F)
             linearForward(lt.hFfn.p, rows: N, layer: l, .up, into: lt.up.p, mods: mods, lora: lora, tape: lt, dropout: &dropout)      // (N, F)
+            if let mix = mixes[l] {
+                x.p.update(from: lt.xMid.p, count: N * C)
+                mixtureForward(mix, layer: l, lt: lt, rows: N, lora: lora, into: x.p, scratch: mixScratch!)  // x += (N, C)
+                tape.layers.append(lt)
+                continue
+            }
             Parallel.forRanges(count: N * F, workers: elementwiseWorkers(N * F), granule: 64) { r in
                 VectorKernels.swiglu(gate: lt.gate.p + r.lowerBound, up: lt.up.p + r.lowerBound,
                                      out: lt.act.p + r.lowerBound, count: r.count)            // silu(g)·u
@@ -360,6 +382,9 @@ public final class LlamaTrainingEngine {
             linearForward(lt.act.p, rows: N, layer: l, .down, into: x.p, accumulate: true, mods: mods, lora: lora,
                           tape: lt, dropout: &dropout)                                          // x += (N, C)
             tape.layers.append(lt)
+        }
+        if let ml = lora.mixtureLoss, let any = mixes.values.first {
+            mixtureAuxiliary(tape, layers: mixes.keys.sorted(), loss: ml, experts: any.experts, topK: any.topK, rows: N)
         }
         tape.xFinal.p.update(from: x.p, count: N * C)
         let n = tape.rowsSel.count
@@ -532,6 +557,8 @@ public final class LlamaTrainingEngine {
         let d = c.headDim, F = c.intermediateSize, Hd = H * d, kv = Hkv * d
         let N = tape.segments.reduce(0) { $0 + $1.length }
         let mods = moduleIndex(lora)
+        let mixes = mixtureModules(lora)
+        let mixScratch = mixes.isEmpty ? nil : mixtureScratch(rows: N, rank: mixes.values.first!.rank)
 
         // Final norm backward, answer rows only: dx (N, C).
         let dx = TrainBuffer(N * C)
@@ -546,18 +573,23 @@ public final class LlamaTrainingEngine {
         let dAttn = TrainBuffer(N * Hd), dq = TrainBuffer(N * Hd), dk = TrainBuffer(N * kv), dv = TrainBuffer(N * kv)
         for l in stride(from: L - 1, through: 0, by: -1) {
             let lt = tape.layers[l]
-            // MLP: x_out = x_mid + down(act); act = silu(g)·u.
-            linearBackward(dY: dx.p, rows: N, layer: l, .down, x: lt.act.p, dX: dAct.p, overwrite: true,
-                           mods: mods, lora: lora, tape: lt, grads: &grads)                    // dAct (N, F)
-            Parallel.forRanges(count: N * F, workers: elementwiseWorkers(N * F), granule: 64) { r in
-                let o = r.lowerBound
-                VectorKernels.swigluBackward(gate: lt.gate.p + o, up: lt.up.p + o, dAct: dAct.p + o,
-                                             dGate: dGate.p + o, dUp: dUp.p + o, count: r.count)
+            if let mix = mixes[l] {
+                mixtureBackward(mix, layer: l, tape: tape, lt: lt, dy: dx.p, rows: N, dh: dh.p, lora: lora, grads: &grads,
+                                scratch: mixScratch!)                                           // dh (N, C)
+            } else {
+                // MLP: x_out = x_mid + down(act); act = silu(g)·u.
+                linearBackward(dY: dx.p, rows: N, layer: l, .down, x: lt.act.p, dX: dAct.p, overwrite: true,
+                               mods: mods, lora: lora, tape: lt, grads: &grads)                    // dAct (N, F)
+                Parallel.forRanges(count: N * F, workers: elementwiseWorkers(N * F), granule: 64) { r in
+                    let o = r.lowerBound
+                    VectorKernels.swigluBackward(gate: lt.gate.p + o, up: lt.up.p + o, dAct: dAct.p + o,
+                                                 dGate: dGate.p + o, dUp: dUp.p + o, count: r.count)
+                }
+                linearBackward(dY: dGate.p, rows: N, layer: l, .gate, x: lt.hFfn.p, dX: dh.p, overwrite: true,
+                               mods: mods, lora: lora, tape: lt, grads: &grads)                    // dh (N, C)
+                linearBackward(dY: dUp.p, rows: N, layer: l, .up, x: lt.hFfn.p, dX: dh.p, overwrite: false,
+                               mods: mods, lora: lora, tape: lt, grads: &grads)
             }
-            linearBackward(dY: dGate.p, rows: N, layer: l, .gate, x: lt.hFfn.p, dX: dh.p, overwrite: true,
-                           mods: mods, lora: lora, tape: lt, grads: &grads)                    // dh (N, C)
-            linearBackward(dY: dUp.p, rows: N, layer: l, .up, x: lt.hFfn.p, dX: dh.p, overwrite: false,
-                           mods: mods, lora: lora, tape: lt, grads: &grads)
             rmsNormBackward(x: lt.xMid.p, g: model.base.ffnNorms[l], inv: lt.invFfn, dy: dh.p, dx: dx.p, rows: N, cols: C)  // dx += (N, C)
 
             // Attention: x_mid = x_in + o(attn).
@@ -581,7 +613,7 @@ public final class LlamaTrainingEngine {
 
     /// dX = dY W (frozen W, (out, in)), written or added; LoRA: dB += s·dYᵀu, g = dY B,
     /// dA += s·gᵀ x_d, dX += s·(g A) ⊙ mask.
-    private func linearBackward(dY: UnsafePointer<Float>, rows: Int, layer: Int, _ slot: Projection,
+    func linearBackward(dY: UnsafePointer<Float>, rows: Int, layer: Int, _ slot: Projection,
                                 x: UnsafePointer<Float>, dX: UnsafeMutablePointer<Float>, overwrite: Bool,
                                 mods: [Int: Int], lora: LoRAParameters, tape: LayerTape, grads: inout LoRAGradients) {
         let id = LlamaWeights.linearID(layer: layer, slot)

@@ -57,6 +57,8 @@ public struct LoRAParameters: Sendable {
     public var layers: [Int]?
     /// LoRAMoE: the localized balancing constraint the training passes add (nil: none).
     public var expertBalance: ExpertBalance?
+    /// MixLoRA's auxiliary load-balance and z-loss coefficients (nil: not a MixLoRA run).
+    public var mixtureLoss: MixtureLoss?
 
     /// PEFT scaling: α/r, or α/√r with rsLoRA (Kalajdzievski 2023).
     public static func scale(rank: Int, alpha: Double, rsLoRA: Bool) -> Float {

@@ -264,6 +264,7 @@ public final class LoRATrainer {
             // LoRAMoE's balance term is a mean over the step's micro-batches, as the LM loss is.
             var stepParams = params
             stepParams.expertBalance?.scale = 1 / Float(options.gradAccum)
+            stepParams.mixtureLoss?.scale = 1 / Float(options.gradAccum)
             nll += engine.accumulateGradients(mb, lora: stepParams, into: &grads, gradScale: scale, dropout: dr).nll
             tokens += mb.reduce(0) { $0 + $1.tokens.count }
         }

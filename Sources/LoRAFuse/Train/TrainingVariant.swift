@@ -42,7 +42,7 @@ extension TrainingVariant {
 /// is a search stage (`FlexoraSearch`, whose α-weighted LoRA is a `TrainingVariant`) followed by
 /// plain LoRA on the layers it selects.
 public enum TrainingVariants {
-    public static let names = ["lora", "nola", "lora-pro", "flexora", "flylora", "smora", "loramoe"]
+    public static let names = ["lora", "nola", "lora-pro", "flexora", "flylora", "smora", "loramoe", "mixlora"]
 }
 
 extension ParamSet {

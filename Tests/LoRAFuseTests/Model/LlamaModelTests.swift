@@ -506,18 +506,25 @@ final class BatchedDecodeTests: XCTestCase {
                 moeAdapter.modules[n]!.rankGate = RankGate(topK: 3, bias: [0, 0, 0], router: (0..<(3 * nIn)).map { _ in rng.nextNormal() })
             }
             let moe = try m.prepare([(moeAdapter, 1)])
-            // Ten sequences: two share `a`, two share `gated`, one base, one merged, one LoRAMoE; prompts of different lengths.
-            let sets: [AdapterSet] = [a, .none, b, a, merged, b, .none, gated, gated, moe]
+            // MixLoRA: each row's top-2 of 3 whole-FFN experts, and a q LoRA (two sequences share it).
+            var o = TrainFixtures.variantOptions(steps: 1, rank: 2)
+            o.targets = [.q, .gate, .up, .down]
+            let mv = try MixLoRAVariant(config: m.config, options: o, experts: 3, topK: 2, loss: MixtureLoss(aux: 0, z: 0))
+            for n in mv.parameters.names { mv.parameters[n] = mv.parameters[n].map { _ in rng.nextNormal() * 0.3 } }
+            let mix = try m.prepare([(mv.adapter(name: "mix", baseModel: nil), 1)])
+            // Twelve sequences: two share `a`, two share `gated`, two `mix`, one base, one merged, one LoRAMoE; prompts of different lengths.
+            let sets: [AdapterSet] = [a, .none, b, a, merged, b, .none, gated, gated, moe, mix, mix]
             let prompts: [[Int]] = (0..<sets.count).map { i in (0..<(3 + i)).map { (7 * $0 + 11 * i) % 64 } }
-            let steps = [[5, 9, 1], [2, 2, 2], [63, 0, 4], [8, 1, 30], [12, 13, 14], [40, 41, 42], [6, 6, 6], [3, 50, 7], [21, 22, 23], [33, 1, 60]]
+            let steps = [[5, 9, 1], [2, 2, 2], [63, 0, 4], [8, 1, 30], [12, 13, 14], [40, 41, 42], [6, 6, 6], [3, 50, 7], [21, 22, 23], [33, 1, 60],
+                         [17, 4, 9], [58, 2, 31]]
             // Reference: each alone, prompt then the steps one token at a time.
             var want: [[Float]] = []
             for (i, set) in sets.enumerated() {
-                let s = try m.makeLlamaSession(maxTokens: 16, adapters: set)
+                let s = try m.makeLlamaSession(maxTokens: 20, adapters: set)
                 _ = try s.feed(prompts[i])
                 want.append(try steps[i].flatMap { try s.feed([$0]).data })
             }
-            let sessions = try sets.map { try m.makeLlamaSession(maxTokens: 16, adapters: $0) }
+            let sessions = try sets.map { try m.makeLlamaSession(maxTokens: 20, adapters: $0) }
             for (i, s) in sessions.enumerated() { _ = try s.feed(prompts[i]) }
             var got = [[Float]](repeating: [], count: sets.count)
             for k in 0..<3 {
