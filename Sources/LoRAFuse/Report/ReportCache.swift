@@ -107,6 +107,7 @@ enum Digest {
             // FlyLoRA / SMoRA: the rank choice is part of what the adapter computes.
             if let g = m.rankGate {
                 h = fnv(floats: [Float(g.topK), Float(g.ranksPerExpert)] + g.bias + (g.router ?? []), h)
+                if g.wholeFFN { h = fnv(Array("mixlora".utf8), h) }
             }
         }
         return String(h, radix: 16)

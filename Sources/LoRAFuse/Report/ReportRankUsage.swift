@@ -20,10 +20,14 @@ public struct ReportRankUsage: Codable, Sendable, Equatable {
     /// LoRAMoE (a dense router): per task, the share of its router weight that went to the first
     /// half of the experts, the world-knowledge group of the balancing constraint (0.5: no lean).
     public var firstHalfShare: [Double]? = nil
+    /// MixLoRA: the counts are of whole-FFN experts chosen per token at each layer's router
+    /// (a "module" above is then a layer).
+    public var ffnExperts: Bool? = nil
 
     /// Counts on the first `perTask` held-out examples of each task.
     static func measure(model: LlamaModel, adapter: LoRAAdapter, tasks: [EvalTask], perTask: Int) throws -> ReportRankUsage? {
         let set = try model.prepare([(adapter, 1)])
+        if !set.mixtures.isEmpty { return try measureMixture(model: model, set: set, tasks: tasks, perTask: perTask) }
         let gated = set.linearFactors.compactMap { id, fs in fs.count == 1 && fs[0].gate != nil ? (id, fs[0]) : nil }.sorted { $0.0 < $1.0 }
         guard let first = gated.first?.1.gate else { return nil }
         // One usage entry per expert: a rank for FlyLoRA and SMoRA (tokens that kept it), an
@@ -84,11 +88,6 @@ public struct ReportRankUsage: Codable, Sendable, Equatable {
             }
             profiles.append(sum.map { $0 / Double(max(modules, 1)) })
         }
-        func cosine(_ a: [Double], _ b: [Double]) -> Double {
-            var ab = 0.0, aa = 0.0, bb = 0.0
-            for i in a.indices { ab += a[i] * b[i]; aa += a[i] * a[i]; bb += b[i] * b[i] }
-            return aa > 0 && bb > 0 ? ab / (aa * bb).squareRoot() : 0
-        }
         var share: [Double]?
         if first.isDense {
             share = usage.map { u in
@@ -102,7 +101,67 @@ public struct ReportRankUsage: Codable, Sendable, Equatable {
             }
         }
         return ReportRankUsage(tasks: tasks.map(\.name), topK: first.topK, ranks: r, loadProfile: profiles,
-                               overlap: usage.map { a in usage.map { cosine(a, $0) } }, firstHalfShare: share)
+                               overlap: usage.map { a in usage.map { Self.cosine(a, $0) } }, firstHalfShare: share)
+    }
+
+    static func cosine(_ a: [Double], _ b: [Double]) -> Double {
+        var ab = 0.0, aa = 0.0, bb = 0.0
+        for i in a.indices { ab += a[i] * b[i]; aa += a[i] * a[i]; bb += b[i] * b[i] }
+        return aa > 0 && bb > 0 ? ab / (aa * bb).squareRoot() : 0
+    }
+
+    /// MixLoRA: per layer, the tokens each whole-FFN expert was chosen for, read from the layer's
+    /// router on the FFN input (the gate projection's input, which the observer sees).
+    static func measureMixture(model: LlamaModel, set: AdapterSet, tasks: [EvalTask], perTask: Int) throws -> ReportRankUsage {
+        let layers = set.mixtures.keys.sorted()
+        let byGateID = Dictionary(uniqueKeysWithValues: layers.map { (LlamaWeights.linearID(layer: $0, .gate), $0) })
+        let first = set.mixtures[layers[0]]!, E = first.experts, k = first.topK, C = model.config.hiddenSize
+        var usage: [[Double]] = []
+        var logits = [Float](), w = [Float](repeating: 0, count: k), chosen = [Int](repeating: 0, count: k)
+        for t in tasks {
+            let seqs = try TrainingData.sequences(EvalTask(name: t.name, path: t.path, examples: Array(t.examples.prefix(perTask))), model: model)
+            var counts = [Int: [Double]]()
+            for l in layers { counts[l] = [Double](repeating: 0, count: E) }
+            let session = try model.makeLlamaSession(maxTokens: max(seqs.map(\.tokens.count).max() ?? 1, 1), adapters: set)
+            var from = 0
+            session.linearInputObserver = { id, x, rows in
+                guard let l = byGateID[id], rows > from, let mix = set.mixtures[l] else { return }
+                let n = rows - from
+                if logits.count < n * E { logits = [Float](repeating: 0, count: n * E) }
+                logits.withUnsafeMutableBufferPointer { lp in
+                    mix.router.withUnsafeBufferPointer { wr in
+                        BLAS.gemm(transA: false, transB: true, m: n, n: E, k: C, alpha: 1, a: x + from * C, lda: C,
+                                  b: wr.baseAddress!, ldb: C, beta: 0, c: lp.baseAddress!, ldc: E)
+                    }
+                    for r in 0..<n {
+                        chosen.withUnsafeMutableBufferPointer { ch in
+                            w.withUnsafeMutableBufferPointer { MixtureFFN.route(lp.baseAddress! + r * E, experts: E, topK: k, chosen: ch.baseAddress!, weights: $0.baseAddress!) }
+                        }
+                        for e in chosen { counts[l]![e] += 1 }
+                    }
+                }
+            }
+            for s in seqs {
+                session.reset()
+                from = s.targets.firstIndex { $0 >= 0 } ?? s.tokens.count
+                _ = try session.feed(s.tokens, lastOnly: true)
+            }
+            usage.append(layers.flatMap { counts[$0]! })
+        }
+        let profiles: [[Double]] = usage.map { u in
+            var sum = [Double](repeating: 0, count: E), n = 0
+            for i in layers.indices {
+                let c = Array(u[(i * E)..<((i + 1) * E)]), total = c.reduce(0, +)
+                guard total > 0 else { continue }
+                for (j, v) in c.sorted(by: >).enumerated() { sum[j] += v / total }
+                n += 1
+            }
+            return sum.map { $0 / Double(max(n, 1)) }
+        }
+        var r = ReportRankUsage(tasks: tasks.map(\.name), topK: k, ranks: E, loadProfile: profiles,
+                                overlap: usage.map { a in usage.map { cosine(a, $0) } })
+        r.ffnExperts = true
+        return r
     }
 }
 
@@ -115,14 +174,15 @@ extension ReportRenderer {
             guard let u = row.rankUsage else { continue }
             let load: [[Double?]] = u.loadProfile.map { $0.map { Optional($0) } }
             // LoRAMoE keeps every expert (topK = experts): its load is the router's weight per expert.
-            let dense = u.topK == u.ranks
-            let unit = dense ? "expert" : "rank"
-            let how = dense ? "router weight per expert, every one of the \(u.ranks) experts weighted per token" : "rank choices per rank, \(u.topK) of \(u.ranks) ranks kept per token"
+            let dense = u.topK == u.ranks && u.ffnExperts != true, ffn = u.ffnExperts == true
+            let unit = dense || ffn ? "expert" : "rank"
+            let how = ffn ? "expert choices per whole-FFN expert, \(u.topK) of \(u.ranks) experts per token at each layer"
+                : dense ? "router weight per expert, every one of the \(u.ranks) experts weighted per token" : "rank choices per rank, \(u.topK) of \(u.ranks) ranks kept per token"
             out.append(Chart(file: "ranks-load-\(fileSafe(row.method.id)).svg",
-                             caption: "\(row.method.id): share of each task's \(how), most used first (mean over modules; an even load is 1/\(u.ranks) = \(ReportFormat.short(1 / Double(u.ranks))) per \(unit))",
+                             caption: "\(row.method.id): share of each task's \(how), most used first (mean over \(ffn ? "layers" : "modules"); an even load is 1/\(u.ranks) = \(ReportFormat.short(1 / Double(u.ranks))) per \(unit))",
                              svg: SVGHeatmap(title: "\(row.method.id): load per \(unit), sorted (mean over modules)", rowLabels: u.tasks,
                                              columnLabels: (1...u.ranks).map { "#\($0)" }, values: load, scale: SVGHeatmap.autoScale(load),
-                                             format: "%.2f", legend: dense ? "share of router weight" : "share of kept ranks", cellWidth: u.ranks > 16 ? 30 : 40, cellHeight: 22).render()))
+                                             format: "%.2f", legend: dense ? "share of router weight" : ffn ? "share of expert choices" : "share of kept ranks", cellWidth: u.ranks > 16 ? 30 : 40, cellHeight: 22).render()))
             let ov: [[Double?]] = u.overlap.map { $0.map { Optional($0) } }
             out.append(Chart(file: "ranks-overlap-\(fileSafe(row.method.id)).svg",
                              caption: "\(row.method.id): cosine similarity of two tasks' \(unit) use over every module (1: the same \(unit)s in the same proportions)",

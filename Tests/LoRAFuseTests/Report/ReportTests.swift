@@ -358,6 +358,33 @@ final class ReportTests: XCTestCase {
         XCTAssertTrue(ReportRenderer.markdown(try runner.run()).contains("world-knowledge group"))
     }
 
+    /// A MixLoRA `--trained` row: its load is the count of whole-FFN experts chosen per token at
+    /// each layer's router (k of E per token), and the chart says so.
+    func testTrainedMixLoRARowLoadIsPerFFNExpert() throws {
+        let model = ReportFixtures.model()
+        var inputs = ReportFixtures.inputs(model)
+        var o = TrainingOptions()
+        o.rank = 2; o.alpha = 4; o.targets = [.q, .gate, .up, .down]
+        let v = try MixLoRAVariant(config: model.config, options: o, experts: 3, topK: 1, loss: MixtureLoss(aux: 0, z: 0))
+        var rng = SeededRNG(seed: 4)
+        for n in v.parameters.names { v.parameters[n] = v.parameters[n].map { _ in rng.nextNormal() * 0.5 } }
+        inputs.trained = [v.adapter(name: "union-mix", baseModel: nil)]
+        let dir = ReportFixtures.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let settings = ReportSettings(testPerTask: 2, accuracy: false, rank: 2)
+        let runner = try ReportRunner(model: model, inputs: inputs, settings: settings, methods: [ReportMethods.trained("union-mix")], directory: dir)
+        let results = try runner.run()
+        let row = try XCTUnwrap(results.rows.first { $0.method.id == "trained-union-mix" })
+        XCTAssertNotNil(row.meanLoss)
+        let u = try XCTUnwrap(row.rankUsage)
+        XCTAssertEqual(u.topK, 1)
+        XCTAssertEqual(u.ranks, 3)
+        XCTAssertEqual(u.ffnExperts, true)
+        for p in u.loadProfile { XCTAssertEqual(p.reduce(0, +), 1, accuracy: 1e-6) }
+        XCTAssertNil(u.firstHalfShare)
+        XCTAssertTrue(ReportRenderer.rankUsageCharts(results).contains { $0.caption.contains("whole-FFN expert") })
+    }
+
     /// `--trained` rows: a FlyLoRA adapter trained "on every task" scored on every task, unmerged
     /// (it has no merged form), equal to evaluating it directly; its section in the Markdown; its
     /// cache keyed by the adapter's content; a row without its adapter refused.
