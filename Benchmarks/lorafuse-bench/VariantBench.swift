@@ -9,13 +9,13 @@ import LoRAFuse
 struct VariantBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "variants",
-        abstract: "Training variants (nola, lora-pro, flylora, smora) against plain LoRA: step time, peak memory, stored bytes.")
+        abstract: "Training variants (nola, lora-pro, flylora, smora, loramoe, mixlora) against plain LoRA: step time, peak memory, stored bytes.")
 
     @OptionGroup var peerOptions: PeerBenchOptions
     @Option(help: "Training task (JSONL of prompt/answer).")
     var task: String = "tasks/add_2digit.train.jsonl"
     @Option(help: "Variants to compare with lora, comma-separated.")
-    var variants: String = "nola,lora-pro,flylora,smora"
+    var variants: String = "nola,lora-pro,flylora,smora,loramoe,mixlora"
     @Option(help: "NOLA basis size (per factor per module).")
     var nolaBasis: Int = 512
     @Option(help: "FlyLoRA rank (default 2 × --rank: B alone then holds about as many values as LoRA's A and B).")
@@ -92,6 +92,16 @@ struct VariantBench: ParsableCommand {
         case "nola": variant = try NOLAVariant(model: lm.config, options: o, basisA: nolaBasis, basisB: nolaBasis, baseModel: lm.sourcePath)
         case "flylora": variant = try FlyLoRAVariant(config: lm.config, options: o, topK: flyTopK, biasRate: FlyLoRADefaults.biasRate)
         case "smora": variant = try SMoRAVariant(config: lm.config, options: o, topK: max(1, rank / 4), biasRate: SMoRADefaults.biasRate)
+        // The mixtures with 4 experts of half LoRA's rank (LoRAMoE on gate, up, down as its
+        // authors place it; MixLoRA's experts on the FFN, 2 per token, plus attention LoRA).
+        case "loramoe":
+            o.rank = max(1, rank / 2); o.alpha = Double(2 * o.rank); o.targets = LoRAMoEDefaults.targets
+            variant = try LoRAMoEVariant(config: lm.config, options: o, experts: 4,
+                                         balance: ExpertBalance(alpha: LoRAMoEDefaults.blcAlpha, weight: LoRAMoEDefaults.blcWeight))
+        case "mixlora":
+            o.rank = max(1, rank / 2); o.alpha = Double(2 * o.rank)
+            variant = try MixLoRAVariant(config: lm.config, options: o, experts: 4, topK: 2,
+                                         loss: MixtureLoss(aux: MixLoRADefaults.auxLoss, z: 0))
         default: variant = nil
         }
         let trainer = try LoRATrainer(model: lm, train: seqs, options: o, variant: variant)
