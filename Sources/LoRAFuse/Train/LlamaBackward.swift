@@ -203,7 +203,9 @@ public final class LlamaTrainingEngine {
     public func accumulateGradients(_ batch: [TrainingSequence], lora: LoRAParameters, into grads: inout LoRAGradients,
                                     gradScale: Float, dropout: Dropout? = nil) -> (nll: Double, tokens: Int) {
         var dropout = dropout
+        auxiliaryWanted = true
         let tape = forward(batch, lora: lora, dropout: &dropout)
+        auxiliaryWanted = false
         let r = lossAndLogitGrads(tape, gradScale: gradScale, wantGrad: true)
         backward(tape, dHSel: r.dH!, lora: lora, grads: &grads)
         return (r.nll, tape.targetsSel.count)
@@ -228,8 +230,12 @@ public final class LlamaTrainingEngine {
 
     /// The running batch's sequences (packed rows and example type), for the balance loss.
     private var balanceSegments: [(start: Int, length: Int, knowledge: Bool)] = []
-    /// Σ over modules of the balance loss of the last forward pass (weighted, before `scale`).
+    /// Σ of the auxiliary losses (LoRAMoE's balance constraint, MixLoRA's load-balance and
+    /// z-loss) of the last forward pass that fed a backward (weighted, before `scale`); 0 after a
+    /// loss-only pass, which skips them: evaluation reports the LM loss alone.
     public internal(set) var balanceLoss: Double = 0
+    /// Whether the running forward feeds a backward (the auxiliary losses are computed only then).
+    private var auxiliaryWanted = false
 
     /// LoRAMoE's constraint on one module (arXiv 2312.09979 §3.2, as its released layer computes
     /// it): Q[m, i] = Σ over sequence m's tokens of expert i's weight; the first half of the
@@ -383,7 +389,7 @@ public final class LlamaTrainingEngine {
                           tape: lt, dropout: &dropout)                                          // x += (N, C)
             tape.layers.append(lt)
         }
-        if let ml = lora.mixtureLoss, let any = mixes.values.first {
+        if auxiliaryWanted, let ml = lora.mixtureLoss, let any = mixes.values.first {
             mixtureAuxiliary(tape, layers: mixes.keys.sorted(), loss: ml, experts: any.experts, topK: any.topK, rows: N)
         }
         tape.xFinal.p.update(from: x.p, count: N * C)
@@ -451,7 +457,8 @@ public final class LlamaTrainingEngine {
             counts.withUnsafeMutableBufferPointer { gate.select(u.p, x: x, rows: rows, weights: keep.p, counts: $0.baseAddress!) }
             tape.loraKeep[mi] = keep                                                          // u ⊙= gate weights (rows, r)
             tape.rankCounts[mi] = counts
-            if let b = lora.expertBalance, b.weight > 0, gate.router != nil, rows == balanceSegments.reduce(0, { $0 + $1.length }) {
+            if auxiliaryWanted, let b = lora.expertBalance, b.weight > 0, gate.router != nil,
+               rows == balanceSegments.reduce(0, { $0 + $1.length }) {
                 tape.balanceGrad[mi] = localizedBalance(keep: keep.p, gate: gate, balance: b)
             }
         }

@@ -92,9 +92,13 @@ final class MixLoRATests: XCTestCase {
         let v = try MixLoRAVariant(config: model.config, options: options(steps: 1), experts: E, topK: k, loss: MixtureLoss(aux: 0.3, z: 0.05))
         for n in v.parameters.names where n.hasSuffix(".gate") { v.parameters[n] = v.parameters[n].map { _ in 0 } }
         let engine = LlamaTrainingEngine(model: model)
-        _ = engine.loss(TrainFixtures.batch(), lora: v.factors())
-        let lnE = log(Double(E))
-        XCTAssertEqual(engine.balanceLoss, 0.3 * Double(k) + 0.05 * lnE * lnE, accuracy: 1e-5)
+        let (loss, _) = engine.meanLossAndGradients(TrainFixtures.batch(), lora: v.factors())
+        let lnE = log(Double(E)), want = 0.3 * Double(k) + 0.05 * lnE * lnE
+        XCTAssertEqual(engine.balanceLoss, want, accuracy: 1e-5)
+        // The returned loss includes it; a loss-only pass (evaluation) leaves it out.
+        let r = engine.loss(TrainFixtures.batch(), lora: v.factors())
+        XCTAssertEqual(loss, r.nll / Double(r.tokens) + want, accuracy: 1e-5)
+        XCTAssertEqual(engine.balanceLoss, 0)
     }
 
     /// A, B and the routers against central differences, both auxiliary losses on and strong,
