@@ -186,6 +186,9 @@ struct Train: ParsableCommand {
         if variant != "loramoe" && (blcAlpha != nil || blcWeight != nil || knowledgeData != nil) {
             throw ValidationError("--blc-alpha, --blc-weight and --knowledge-data are for --variant loramoe")
         }
+        if let k = knowledgeData, URL(fileURLWithPath: k).standardizedFileURL.path == URL(fileURLWithPath: data).standardizedFileURL.path {
+            throw ValidationError("--knowledge-data \(k) is the --data file: its examples would be trained twice, once as each type; give the world-knowledge examples in a file of their own")
+        }
         if variant != "mixlora" && (auxLoss != nil || zLoss != nil) { throw ValidationError("--aux-loss and --z-loss are for --variant mixlora") }
         if variant == "mixlora" {
             let e = experts ?? MixLoRADefaults.experts, k = topK ?? MixLoRADefaults.topK

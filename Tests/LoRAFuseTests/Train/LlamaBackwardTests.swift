@@ -55,6 +55,46 @@ enum TrainFixtures {
         return nll / Double(n)
     }
 
+    /// Trains `make()` for `options.steps` steps on `data` with a checkpoint at `options.saveEvery`,
+    /// checks the final validation loss is below 0.7 × the first step's, then resumes a second
+    /// `make()` from that checkpoint and checks it ends with the same values (and auxiliary state).
+    /// Returns the first variant and its final validation loss.
+    static func trainAndResume<V: TrainingVariant>(_ make: () throws -> V, model: LlamaModel, options o: TrainingOptions,
+                                                   data: [TrainingSequence], file: StaticString = #filePath,
+                                                   line: UInt = #line) throws -> (V, Double) {
+        let ck = ModelFixtures.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: ck) }
+        let v = try make()
+        let t = try LoRATrainer(model: model, train: data, val: data, options: o, variant: v)
+        try t.run(checkpointDir: ck)
+        let first = t.log.first!.trainLoss, after = t.log.last!.valLoss!
+        XCTAssertLessThan(after, 0.7 * first, "loss \(first) → \(after)", file: file, line: line)
+        let again = try make()
+        let t2 = try LoRATrainer(model: model, train: data, val: data, options: o, variant: again)
+        try t2.resume(from: ck + "/checkpoint-\(o.saveEvery)")
+        try t2.run()
+        XCTAssertEqual(again.parameters, v.parameters, "resumed run", file: file, line: line)
+        XCTAssertEqual(again.auxiliaryState, v.auxiliaryState, "resumed run", file: file, line: line)
+        return (v, after)
+    }
+
+    /// Writes `v`'s files into a new folder (the caller removes it) and reads it back, checking
+    /// every module's factors, scale and gate against `expected` (the variant's adapter).
+    static func writeAndRead(_ v: any TrainingVariant, expected: LoRAAdapter, file: StaticString = #filePath,
+                             line: UInt = #line) throws -> (dir: String, back: LoRAAdapter) {
+        let dir = ModelFixtures.tempDir()
+        try v.writeFiles(into: URL(fileURLWithPath: dir), name: expected.name, baseModel: nil, path: dir)
+        let back = try AdapterIO.read(path: dir)
+        XCTAssertEqual(back.modules.count, expected.modules.count, file: file, line: line)
+        for (n, m) in expected.modules {
+            XCTAssertEqual(back.modules[n]?.rankGate, m.rankGate, n, file: file, line: line)
+            XCTAssertEqual(back.modules[n]?.A, m.A, n, file: file, line: line)
+            XCTAssertEqual(back.modules[n]?.B, m.B, n, file: file, line: line)
+            XCTAssertEqual(back.modules[n]?.scale ?? .nan, m.scale, accuracy: 1e-6, n, file: file, line: line)
+        }
+        return (dir, back)
+    }
+
     /// Central differences of a variant's mean loss on each parameter's largest gradient
     /// coordinate. The loss of a top-k variant is piecewise smooth (moving one layer moves the
     /// next layers' inputs, and a token's choice may flip inside ±eps): such a coordinate shows

@@ -147,7 +147,8 @@ final class TrainCLITests: XCTestCase {
         }
         for (args, needle) in [(["--variant", "flylora", "--rank", "4", "--top-k", "4"], "--top-k must be in 1…3"),
                                (["--variant", "flylora", "--top-k", "32"], "--top-k must be in 1…31"),
-                               (["--top-k", "2"], "--top-k and --bias-rate are for --variant flylora"),
+                               (["--top-k", "2"], "--top-k is for --variant flylora, smora and mixlora"),
+                               (["--bias-rate", "0.1"], "--bias-rate is for --variant flylora and smora"),
                                (["--variant", "flylora", "--bias-rate", "-1"], "--bias-rate must be finite and ≥ 0")] {
             let b = try run(["train", "--data", data, "-o", tmp + "/x"] + args)
             XCTAssertNotEqual(b.code, 0)
@@ -201,13 +202,45 @@ final class TrainCLITests: XCTestCase {
         XCTAssertTrue(c.code != 0 && c.stderr.contains("LoRAMoE adapter"), c.stderr)
         for (args, needle) in [(["--experts", "1"], "--experts must be ≥ 2"),
                                (["--blc-alpha", "1"], "--blc-alpha must be in [0, 1)"),
-                               (["--top-k", "2"], "--top-k and --bias-rate are for --variant flylora")] {
+                               (["--top-k", "2"], "--top-k is for --variant flylora, smora and mixlora")] {
             let b = try run(["train", "--variant", "loramoe", "--data", data, "-o", tmp + "/y"] + args)
             XCTAssertNotEqual(b.code, 0, "\(args)")
             XCTAssertTrue(b.stderr.contains(needle), "\(args): \(b.stderr)")
         }
         let b = try run(["train", "--data", data, "-o", tmp + "/y", "--experts", "4"])
-        XCTAssertTrue(b.code != 0 && b.stderr.contains("are for --variant loramoe"), b.stderr)
+        XCTAssertTrue(b.code != 0 && b.stderr.contains("--experts is for --variant loramoe and mixlora"), b.stderr)
+        let same = try run(["train", "--variant", "loramoe", "--data", data, "--knowledge-data", data, "-o", tmp + "/y"])
+        XCTAssertTrue(same.code != 0 && same.stderr.contains("is the --data file"), same.stderr)
+    }
+
+    /// `train --variant mixlora` on SmolLM2: the authors' layout, eval at the trainer's loss,
+    /// inspect's line, convert refused by name, and the options it refuses.
+    func testTrainMixLoRAThenEvalAndRefusals() throws {
+        guard let (tmp, data) = try workspace() else { return }
+        defer { try? FileManager.default.removeItem(atPath: tmp) }
+        let out = tmp + "/mix"
+        let r = try run(["train", "--variant", "mixlora", "--data", data, "--val", data, "-o", out,
+                         "--experts", "3", "--top-k", "2", "--rank", "2", "--targets", "q,gate", "--steps", "2", "--batch", "3", "--lr", "1e-2", "--quiet"])
+        XCTAssertEqual(r.code, 0, r.stderr)
+        // 30 layers × (q: 2 × (576 + 576) + gate: 3 experts × 2 ranks × (576 + 1536) + router 3 × 576).
+        let perLayer: Int = 2 * 1152 + 6 * 2112 + 3 * 576
+        XCTAssertTrue(r.stderr.contains("\(30 * perLayer) trained values (mixlora)"), r.stderr)
+        let config = try String(contentsOfFile: out + "/adapter_config.json", encoding: .utf8)
+        XCTAssertTrue(config.contains("\"peft_type\": \"MIXLORA\"") && config.contains("\"num_experts\": 3"), config)
+        try assertEvalMatchesTrainer(out, data)
+        XCTAssertTrue(try run(["inspect", out]).stdout.contains("MixLoRA: each layer's FFN is 3 experts"))
+        let c = try run(["convert", out, "--format", "gguf", "-o", tmp + "/x.gguf"])
+        XCTAssertTrue(c.code != 0 && c.stderr.contains("MixLoRA adapter"), c.stderr)
+        for (args, needle) in [(["--experts", "1"], "--experts must be ≥ 2"),
+                               (["--top-k", "9"], "--top-k must be in 1…8"),
+                               (["--aux-loss", "-1"], "--aux-loss must be finite and ≥ 0"),
+                               (["--targets", "q,v", "--steps", "1"], "include at least one of gate, up, down")] {
+            let b = try run(["train", "--variant", "mixlora", "--data", data, "-o", tmp + "/y"] + args)
+            XCTAssertNotEqual(b.code, 0, "\(args)")
+            XCTAssertTrue(b.stderr.contains(needle), "\(args): \(b.stderr)")
+        }
+        let b = try run(["train", "--data", data, "-o", tmp + "/y", "--z-loss", "0.1"])
+        XCTAssertTrue(b.code != 0 && b.stderr.contains("are for --variant mixlora"), b.stderr)
     }
 
     /// `continual` on SmolLM2: two tasks in turn, a plain PEFT adapter of rank 2 × --rank, the
