@@ -95,6 +95,22 @@ enum TrainFixtures {
         return (dir, back)
     }
 
+    /// For each (from, to, needle): the folder's adapter_config.json with `from` replaced by `to`
+    /// (each edit on the original text) is refused by the reader with a message containing `needle`.
+    static func assertConfigEditsRefused(_ dir: String, _ edits: [(String, String, String)], file: StaticString = #filePath,
+                                         line: UInt = #line) throws {
+        let cfgPath = dir + "/adapter_config.json"
+        let cfg = try String(contentsOfFile: cfgPath, encoding: .utf8)
+        for (from, to, needle) in edits {
+            XCTAssertTrue(cfg.contains(from), "\(from) in \(cfg)", file: file, line: line)
+            try cfg.replacingOccurrences(of: from, with: to).write(toFile: cfgPath, atomically: true, encoding: .utf8)
+            XCTAssertThrowsError(try AdapterIO.read(path: dir), file: file, line: line) { e in
+                XCTAssertTrue("\(e)".contains(needle), "\(from) → \(to): \(e)", file: file, line: line)
+            }
+        }
+        try cfg.write(toFile: cfgPath, atomically: true, encoding: .utf8)
+    }
+
     /// Central differences of a variant's mean loss on each parameter's largest gradient
     /// coordinate. The loss of a top-k variant is piecewise smooth (moving one layer moves the
     /// next layers' inputs, and a token's choice may flip inside ±eps): such a coordinate shows
