@@ -36,6 +36,20 @@ enum TrainFixtures {
         return o
     }
 
+    /// Every parameter of `v` drawn N(0, std²) from `seed`: B ≠ 0 and routers off zero, so every
+    /// gradient path of a variant is exercised.
+    static func randomize(_ v: any TrainingVariant, seed: UInt64 = 3, std: Float = 0.5) {
+        var rng = SeededRNG(seed: seed)
+        for n in v.parameters.names { v.parameters[n] = v.parameters[n].map { _ in rng.nextNormal() * std } }
+    }
+
+    /// `variantOptions` on q, v and the FFN: the mixtures' experts and an attention module.
+    static func mixtureOptions(steps: Int, rank: Int = 2) -> TrainingOptions {
+        var o = variantOptions(steps: steps, rank: rank)
+        o.targets = [.q, .v, .gate, .up, .down]
+        return o
+    }
+
     /// Six copy-like sequences (prompt a, b, 1 → answer b + shift, a, 2) a variant learns quickly.
     static func copyData(shift: Int = 0) -> [TrainingSequence] {
         (0..<6).map { i in TrainingSequence(prompt: [10 + i, 20 + i, 1], answer: [20 + i + shift, 10 + i, 2]) }

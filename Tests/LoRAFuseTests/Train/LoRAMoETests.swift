@@ -5,16 +5,7 @@ import XCTest
 /// LoRAMoE (`train --variant loramoe`): the dense expert gate, the localized balancing
 /// constraint's value and gradients, training, the authors' folder layout, and what refuses it.
 final class LoRAMoETests: XCTestCase {
-    private func options(steps: Int, rank: Int = 2) -> TrainingOptions {
-        var o = TrainFixtures.variantOptions(steps: steps, rank: rank)
-        o.targets = [.q, .v, .gate, .up, .down]
-        return o
-    }
-
-    private func randomState(_ v: LoRAMoEVariant, seed: UInt64 = 3) {
-        var rng = SeededRNG(seed: seed)
-        for n in v.parameters.names { v.parameters[n] = v.parameters[n].map { _ in rng.nextNormal() * 0.5 } }
-    }
+    private func options(steps: Int, rank: Int = 2) -> TrainingOptions { TrainFixtures.mixtureOptions(steps: steps, rank: rank) }
 
     /// Every expert is kept; its ranks are multiplied by the softmax of the router's logits.
     func testDenseGateWeightsExpertGroups() {
@@ -37,7 +28,7 @@ final class LoRAMoETests: XCTestCase {
     func testTrainingForwardMatchesInference() throws {
         let model = TrainFixtures.model()
         let v = try LoRAMoEVariant(config: model.config, options: options(steps: 1), experts: 3, balance: ExpertBalance(alpha: 0.1, weight: 0))
-        randomState(v)
+        TrainFixtures.randomize(v)
         let r = LlamaTrainingEngine(model: model).loss(TrainFixtures.batch(), lora: v.factors())
         XCTAssertEqual(r.nll / Double(r.tokens), try TrainFixtures.inferenceLoss(model, v.adapter(name: "m", baseModel: nil), TrainFixtures.batch()),
                        accuracy: 1e-5)
@@ -79,7 +70,7 @@ final class LoRAMoETests: XCTestCase {
         for dropout: Float in [0, 0.3] {
             let model = TrainFixtures.model()
             let v = try LoRAMoEVariant(config: model.config, options: options(steps: 1), experts: 4, balance: ExpertBalance(alpha: 0.3, weight: 2))
-            randomState(v, seed: 8)
+            TrainFixtures.randomize(v, seed: 8)
             TrainFixtures.checkVariantGradients(v, model: model, batch: batch, dropout: dropout)
             let g = v.parameterGradients(LlamaTrainingEngine(model: model).meanLossAndGradients(batch, lora: v.factors()).grads)
             XCTAssertTrue(g.names.contains { $0.hasSuffix("lora_route") && g[$0].contains { $0 != 0 } })
@@ -123,7 +114,7 @@ final class LoRAMoETests: XCTestCase {
     func testReaderNamesBadFields() throws {
         let model = TrainFixtures.model()
         let v = try LoRAMoEVariant(config: model.config, options: options(steps: 1), experts: 2, balance: ExpertBalance(alpha: 0, weight: 0))
-        randomState(v)
+        TrainFixtures.randomize(v)
         let (dir, _) = try TrainFixtures.writeAndRead(v, expected: v.adapter(name: "m", baseModel: nil))
         defer { try? FileManager.default.removeItem(atPath: dir) }
         try TrainFixtures.assertConfigEditsRefused(dir, [("\"lora_nums\": 2", "\"lora_nums\": 3", "lora_route"),

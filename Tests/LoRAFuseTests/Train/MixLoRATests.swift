@@ -5,16 +5,7 @@ import XCTest
 /// MixLoRA (`train --variant mixlora`): Mixtral routing, the mixture FFN against plain LoRA, the
 /// auxiliary losses' value and gradients, training, the authors' file layout, and refusals.
 final class MixLoRATests: XCTestCase {
-    private func options(steps: Int, rank: Int = 2) -> TrainingOptions {
-        var o = TrainFixtures.variantOptions(steps: steps, rank: rank)
-        o.targets = [.q, .v, .gate, .up, .down]
-        return o
-    }
-
-    private func randomState(_ v: MixLoRAVariant, seed: UInt64 = 3, std: Float = 0.5) {
-        var rng = SeededRNG(seed: seed)
-        for n in v.parameters.names { v.parameters[n] = v.parameters[n].map { _ in rng.nextNormal() * std } }
-    }
+    private func options(steps: Int, rank: Int = 2) -> TrainingOptions { TrainFixtures.mixtureOptions(steps: steps, rank: rank) }
 
     /// Top-k of the softmax (ties to the lower index), renormalised over the kept experts.
     func testRouteIsMixtralTopK() {
@@ -42,7 +33,7 @@ final class MixLoRATests: XCTestCase {
         let model = TrainFixtures.model()
         let E = 3, r = 2
         let v = try MixLoRAVariant(config: model.config, options: options(steps: 1, rank: r), experts: E, topK: 2, loss: MixtureLoss(aux: 0, z: 0))
-        randomState(v)
+        TrainFixtures.randomize(v)
         for n in v.parameters.names where n.hasSuffix("_proj.lora_A") || n.hasSuffix("_proj.lora_B") {
             let isFFN = ["gate_proj", "up_proj", "down_proj"].contains { n.contains($0) }
             guard isFFN else { continue }
@@ -77,7 +68,7 @@ final class MixLoRATests: XCTestCase {
         for qwen in [false, true] {
             let model = TrainFixtures.model(qwen: qwen)
             let v = try MixLoRAVariant(config: model.config, options: options(steps: 1), experts: 4, topK: 2, loss: MixtureLoss(aux: 0.01, z: 0))
-            randomState(v)
+            TrainFixtures.randomize(v)
             let r = LlamaTrainingEngine(model: model).loss(TrainFixtures.batch(), lora: v.factors())
             XCTAssertEqual(r.nll / Double(r.tokens), try TrainFixtures.inferenceLoss(model, v.adapter(name: "m", baseModel: nil), TrainFixtures.batch()),
                            accuracy: 1e-5, "qwen \(qwen)")
@@ -107,7 +98,7 @@ final class MixLoRATests: XCTestCase {
         for dropout: Float in [0, 0.3] {
             let model = TrainFixtures.model()
             let v = try MixLoRAVariant(config: model.config, options: options(steps: 1), experts: 4, topK: 2, loss: MixtureLoss(aux: 0.5, z: 0.2))
-            randomState(v, seed: 8)
+            TrainFixtures.randomize(v, seed: 8)
             TrainFixtures.checkVariantGradients(v, model: model, batch: TrainFixtures.batch(), dropout: dropout)
         }
         let model = TrainFixtures.model()
@@ -167,7 +158,7 @@ final class MixLoRATests: XCTestCase {
     func testReaderNamesBadFields() throws {
         let model = TrainFixtures.model()
         let v = try MixLoRAVariant(config: model.config, options: options(steps: 1), experts: 2, topK: 1, loss: MixtureLoss(aux: 0, z: 0))
-        randomState(v)
+        TrainFixtures.randomize(v)
         let (dir, _) = try TrainFixtures.writeAndRead(v, expected: v.adapter(name: "m", baseModel: nil))
         defer { try? FileManager.default.removeItem(atPath: dir) }
         try TrainFixtures.assertConfigEditsRefused(dir, [("\"num_experts\": 2", "\"num_experts\": 3", "gate.weight"),

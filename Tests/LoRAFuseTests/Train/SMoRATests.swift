@@ -36,16 +36,11 @@ final class SMoRATests: XCTestCase {
         XCTAssertEqual(counts, [1, 0, 1])
     }
 
-    private func randomState(_ v: SMoRAVariant, seed: UInt64 = 3) {
-        var rng = SeededRNG(seed: seed)
-        for n in v.parameters.names { v.parameters[n] = v.parameters[n].map { _ in rng.nextNormal() * 0.5 } }
-    }
-
     /// The training forward gives the inference engine's loss.
     func testTrainingForwardMatchesInference() throws {
         let model = TrainFixtures.model()
         let v = try SMoRAVariant(config: model.config, options: options(steps: 1), topK: 2, biasRate: 0.01)
-        randomState(v)
+        TrainFixtures.randomize(v)
         let r = LlamaTrainingEngine(model: model).loss(TrainFixtures.batch(), lora: v.factors())
         XCTAssertEqual(r.nll / Double(r.tokens), try TrainFixtures.inferenceLoss(model, v.adapter(name: "s", baseModel: nil), TrainFixtures.batch()),
                        accuracy: 1e-5)
@@ -57,7 +52,7 @@ final class SMoRATests: XCTestCase {
         for dropout: Float in [0, 0.3] {
             let model = TrainFixtures.model()
             let v = try SMoRAVariant(config: model.config, options: options(steps: 1), topK: 3, biasRate: 0.01)
-            randomState(v, seed: 8)
+            TrainFixtures.randomize(v, seed: 8)
             TrainFixtures.checkVariantGradients(v, model: model, batch: TrainFixtures.batch(), dropout: dropout)
             let g = v.parameterGradients(LlamaTrainingEngine(model: model).meanLossAndGradients(TrainFixtures.batch(), lora: v.factors()).grads)
             XCTAssertTrue(g.names.contains { $0.hasSuffix("lora_router") && g[$0].contains { $0 != 0 } })
