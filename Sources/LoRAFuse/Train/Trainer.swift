@@ -92,16 +92,21 @@ public struct StepLog: Sendable, Equatable {
     /// Input tokens processed by the step (forward + backward).
     public var tokens: Int
     public var seconds: Double
+    /// The step's auxiliary loss (LoRAMoE's balancing constraint, MixLoRA's load-balance and
+    /// z-loss), a mean over its micro-batches; nil for variants without one. Not in `trainLoss`.
+    public var auxLoss: Double? = nil
 
-    static let csvHeader = "step,lr,train_loss,val_loss,grad_norm,tokens,seconds"
+    static let csvHeader = "step,lr,train_loss,val_loss,grad_norm,tokens,seconds,aux_loss"
     var csvLine: String {
-        "\(step),\(lr),\(trainLoss),\(valLoss.map { "\($0)" } ?? ""),\(gradNorm),\(tokens),\(String(format: "%.4f", seconds))"
+        "\(step),\(lr),\(trainLoss),\(valLoss.map { "\($0)" } ?? ""),\(gradNorm),\(tokens),\(String(format: "%.4f", seconds)),\(auxLoss.map { "\($0)" } ?? "")"
     }
+    /// A line of the current header, or of the 7-column one written before `aux_loss`.
     static func parse(csvLine s: String) -> StepLog? {
         let f = s.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
-        guard f.count == 7, let st = Int(f[0]), let lr = Float(f[1]), let tl = Double(f[2]), let gn = Double(f[4]),
+        guard f.count == 7 || f.count == 8, let st = Int(f[0]), let lr = Float(f[1]), let tl = Double(f[2]), let gn = Double(f[4]),
               let tk = Int(f[5]), let sec = Double(f[6]) else { return nil }
-        return StepLog(step: st, lr: lr, trainLoss: tl, valLoss: Double(f[3]), gradNorm: gn, tokens: tk, seconds: sec)
+        return StepLog(step: st, lr: lr, trainLoss: tl, valLoss: Double(f[3]), gradNorm: gn, tokens: tk, seconds: sec,
+                       auxLoss: f.count == 8 ? Double(f[7]) : nil)
     }
 }
 
@@ -257,7 +262,8 @@ public final class LoRATrainer {
         let answerTokens = micro.joined().reduce(0) { $0 + $1.lossTokens }
         let scale = 1 / Float(max(answerTokens, 1))
         var grads = LoRAGradients(zerosLike: params)
-        var nll = 0.0, tokens = 0
+        var nll = 0.0, tokens = 0, aux = 0.0
+        let hasAux = params.expertBalance != nil || params.mixtureLoss != nil
         for (j, mb) in micro.enumerated() {
             let dr = options.dropout > 0
                 ? LlamaTrainingEngine.Dropout(p: options.dropout, rng: SeededRNG(seed: options.seed, stream: "dropout-\(k)-\(j)")) : nil
@@ -266,6 +272,7 @@ public final class LoRATrainer {
             stepParams.expertBalance?.scale = 1 / Float(options.gradAccum)
             stepParams.mixtureLoss?.scale = 1 / Float(options.gradAccum)
             nll += engine.accumulateGradients(mb, lora: stepParams, into: &grads, gradScale: scale, dropout: dr).nll
+            aux += engine.balanceLoss / Double(options.gradAccum)
             tokens += mb.reduce(0) { $0 + $1.tokens.count }
         }
         let lr = schedule.lr(step: k)
@@ -288,7 +295,7 @@ public final class LoRATrainer {
         }
         step = k
         let row = StepLog(step: k, lr: lr, trainLoss: nll / Double(max(answerTokens, 1)), valLoss: nil, gradNorm: norm,
-                          tokens: tokens, seconds: Date().timeIntervalSince(start))
+                          tokens: tokens, seconds: Date().timeIntervalSince(start), auxLoss: hasAux ? aux : nil)
         log.append(row)
         return row
     }

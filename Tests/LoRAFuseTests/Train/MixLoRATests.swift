@@ -143,6 +143,24 @@ final class MixLoRATests: XCTestCase {
         XCTAssertThrowsError(try model.prepare([(back, 1), (other, 1)])) { e in XCTAssertTrue("\(e)".contains("MixLoRA"), "\(e)") }
     }
 
+    /// The trainer logs the auxiliary loss beside the LM loss (loss.csv's aux_loss column, which
+    /// reads back); a plain LoRA run leaves it empty, and the 7-column lines of older runs still parse.
+    func testTrainerLogsTheAuxiliaryLoss() throws {
+        let model = TrainFixtures.model()
+        let o = options(steps: 2)
+        let v = try MixLoRAVariant(config: model.config, options: o, experts: 3, topK: 1, loss: MixtureLoss(aux: 0.5, z: 0))
+        let t = try LoRATrainer(model: model, train: TrainFixtures.copyData(), options: o, variant: v)
+        let row = t.trainStep()
+        let aux = try XCTUnwrap(row.auxLoss)
+        XCTAssertGreaterThanOrEqual(aux, 0.5 - 1e-6, "coef·E·Σ f·P ≥ coef (equality when balanced)")
+        XCTAssertEqual(StepLog.parse(csvLine: row.csvLine)?.auxLoss, row.auxLoss)
+        let plain = try LoRATrainer(model: model, train: TrainFixtures.copyData(), options: o)
+        let p = plain.trainStep()
+        XCTAssertNil(p.auxLoss)
+        XCTAssertTrue(p.csvLine.hasSuffix(","))
+        XCTAssertEqual(StepLog.parse(csvLine: "3,0.001,1.5,,0.2,40,0.5")?.trainLoss, 1.5)
+    }
+
     /// The options a MixLoRA run cannot take are refused by name.
     func testVariantRefusesBadOptions() throws {
         let c = TrainFixtures.model().config
