@@ -13,7 +13,11 @@ struct Continual: ParsableCommand {
 
         --method ranks (default) gives every task its own block of --rank fresh ranks and freezes the \
         blocks of earlier tasks (a rank-wise mixture grown per task, as the MoRA-style continual \
-        methods; every block stays active for every token). --method lora trains one LoRA of the same \
+        methods); every block is active for every token unless --top-k K self-activates the ranks: \
+        per token only the K ranks of largest |x·a_j| among the blocks activated so far pass (each \
+        rank scored by its own A row, no router), so a later task's ranks can stay silent on an \
+        earlier task's inputs; the adapter is then a rank-gated folder (FlyLoRA's layout, applied \
+        unmerged by eval, generate, report and serve). --method lora trains one LoRA of the same \
         final rank (tasks × --rank) on each task in turn, all of its ranks each time: the sequential \
         baseline. Training once on the union is `lorafuse train` on the concatenated files. The \
         output is a plain PEFT adapter (rank tasks × --rank), continual.json (the matrix, the base \
@@ -37,6 +41,8 @@ struct Continual: ParsableCommand {
     var model: String?
     @OptionGroup var weights: WeightComputeOptions
     @Option(name: .long, help: "Ranks per task (the adapter ends with tasks × rank).") var rank = 8
+    @Option(name: .customLong("top-k"), help: "--method ranks: self-activation, the ranks each token keeps among the blocks activated so far (default: every rank).")
+    var topK: Int?
     @Option(name: .long, help: "LoRA alpha of one task's block (scale α/rank).") var alpha = 16.0
     @Option(name: .long, help: "Target projections, comma-separated, of q,k,v,o,gate,up,down (or all).") var targets = "all"
     @Option(name: .long, help: "Optimizer steps per task.") var steps = 100
@@ -59,6 +65,12 @@ struct Continual: ParsableCommand {
         if batch < 1 { throw ValidationError("--batch must be ≥ 1, got \(batch)") }
         if !(lr.isFinite && lr > 0) { throw ValidationError("--lr must be finite and > 0, got \(lr)") }
         if testExamples < 0 { throw ValidationError("--test-examples must be ≥ 0, got \(testExamples)") }
+        if let k = topK {
+            if method != .ranks { throw ValidationError("--top-k self-activates the task blocks of --method ranks; --method lora has none") }
+            if k < 1 || k >= tasks.count * rank {
+                throw ValidationError("--top-k must be in 1…\(tasks.count * rank - 1) (ranks kept per token, of \(tasks.count) tasks × --rank \(rank)), got \(k)")
+            }
+        }
     }
 
     /// NAME.train.jsonl → NAME.test.jsonl beside it.
@@ -91,7 +103,7 @@ struct Continual: ParsableCommand {
         o.steps = steps; o.batchSize = batch; o.learningRate = lr; o.warmup = warmup; o.seed = seed
         FileHandle.standardError.write(Data("continual (\(method.rawValue)): \(list.count) tasks × \(steps) steps, rank \(rank) per task, the adapter ends at rank \(list.count * rank)\n".utf8))
         let bar = ProgressBar(total: list.count * steps, label: "continual", enabled: !compute.quiet)
-        let (factors, result) = try ContinualTraining.run(model: lm, tasks: list, method: method, options: o) { t, row in
+        let (factors, result) = try ContinualTraining.run(model: lm, tasks: list, method: method, options: o, topK: topK) { t, row in
             bar.update(t * steps + row.step, detail: String(format: "%@ loss %.4f", list[t].name, row.trainLoss))
         }
         let name = (output as NSString).lastPathComponent

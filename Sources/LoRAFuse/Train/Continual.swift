@@ -6,10 +6,14 @@ import Foundation
 //
 // - `ranks`: a mixture of ranks grown task by task, in the manner of the MoRA-style continual
 //   methods (Little by Little; rank-wise experts): task t gets its own block of r fresh ranks
-//   (A rows, B columns t·r…(t+1)·r), trained alone; the blocks of earlier tasks are frozen. Every
-//   block stays active for every token (no self-activation gate: that is not built), so the
-//   final adapter is a plain LoRA of rank T·r that PEFT, llama.cpp and mlx-lm load. Each block is
-//   scaled α/r, so a block means the same after later ones join.
+//   (A rows, B columns t·r…(t+1)·r), trained alone; the blocks of earlier tasks are frozen. Each
+//   block is scaled α/r, so a block means the same after later ones join. Without `topK` every
+//   block is active for every token and the final adapter is a plain LoRA of rank T·r that PEFT,
+//   llama.cpp and mlx-lm load. With `topK` the ranks are self-activated: per token only the k
+//   ranks of largest |x·a_j| among the blocks activated so far pass (no router: each rank's own A
+//   row scores it, FlyLoRA's selection with a trained A), so a new task's ranks can stay silent on
+//   an earlier task's inputs; the adapter is then rank-gated (a FlyLoRA-layout folder, applied
+//   unmerged) and, while task t trains, holds only the blocks 0…t.
 // - `lora`: the baseline, one LoRA of rank T·r (the same final size) whose every rank is trained
 //   on each task in turn, starting from where the previous task left it.
 //
@@ -26,11 +30,14 @@ final class RankSliceVariant: TrainingVariant {
     var parameters = ParamSet()
     private let start: LoRAParameters
     private let trainable: Range<Int>
+    /// Self-activation: ranks kept per token (nil or ≥ the rank: every rank).
+    private let topK: Int?
 
-    init(start: LoRAParameters, trainable: Range<Int>) {
+    init(start: LoRAParameters, trainable: Range<Int>, topK: Int? = nil) {
         precondition(trainable.lowerBound >= 0 && trainable.upperBound <= start.rank && !trainable.isEmpty)
         self.start = start
         self.trainable = trainable
+        self.topK = topK
         for m in start.modules {
             parameters.add("\(m.name).lora_A", shape: [trainable.count, m.inFeatures],
                            values: Array(m.A[(trainable.lowerBound * m.inFeatures)..<(trainable.upperBound * m.inFeatures)]))  // (k, in)
@@ -48,6 +55,7 @@ final class RankSliceVariant: TrainingVariant {
             for o in 0..<m.outFeatures {
                 p.modules[i].B.replaceSubrange((o * m.rank + lo)..<(o * m.rank + lo + k), with: b[(o * k)..<((o + 1) * k)])
             }
+            if let k = topK, k < m.rank { p.modules[i].rankGate = RankGate(topK: k, bias: [Float](repeating: 0, count: m.rank)) }
         }
         return p
     }
@@ -90,6 +98,8 @@ public struct ContinualResult: Codable, Sendable, Equatable {
     public var tasks: [String]
     public var rankPerTask: Int
     public var stepsPerTask: Int
+    /// Self-activation: ranks kept per token (nil: every rank of every block).
+    public var topK: Int? = nil
     /// Loss of the base model (no adapter) on each task.
     public var baseLoss: [Double]
     public var loss: [[Double]]
@@ -110,7 +120,8 @@ public struct ContinualResult: Codable, Sendable, Equatable {
         for (t, row) in loss.enumerated() {
             s += "| \(tasks[t]) | " + row.map(f).joined(separator: " | ") + " | \(f(row.reduce(0, +) / Double(max(row.count, 1)))) |\n"
         }
-        s += "\nMethod `\(method.rawValue)`, rank \(rankPerTask) per task, \(stepsPerTask) steps per task. "
+        s += "\nMethod `\(method.rawValue)`, rank \(rankPerTask) per task, \(stepsPerTask) steps per task"
+        s += topK.map { ", self-activated: the top \($0) ranks by |x·a_j| per token. " } ?? ". "
         s += "Forgetting (final loss − loss right after the task was trained): "
         s += zip(tasks, forgetting).map { "\($0) \(String(format: "%+.3f", $1))" }.joined(separator: ", ")
         s += "; mean \(String(format: "%+.3f", meanForgetting)). Final mean loss \(f(finalMeanLoss)).\n"
@@ -122,10 +133,19 @@ public enum ContinualTraining {
     /// Trains on `tasks` in order with `method`; `options.rank` is the rank per task (the adapter
     /// ends with rank tasks·rank either way), `options.steps` the steps per task. `progress` sees
     /// each task's index and every step's log row. Returns the final factors and the matrix.
+    /// `topK` (method `ranks` only) self-activates the ranks: see the top of this file.
     public static func run(model: LlamaModel, tasks: [ContinualTask], method: ContinualMethod, options o: TrainingOptions,
-                           progress: ((Int, StepLog) -> Void)? = nil) throws -> (LoRAParameters, ContinualResult) {
+                           topK: Int? = nil, progress: ((Int, StepLog) -> Void)? = nil) throws -> (LoRAParameters, ContinualResult) {
         guard tasks.count >= 2 else {
             throw TrainError.badOption(option: "tasks", reason: "the continual setting needs at least 2 tasks, got \(tasks.count)")
+        }
+        if let k = topK {
+            guard method == .ranks else {
+                throw TrainError.badOption(option: "top-k", reason: "self-activation chooses among the task blocks of --method ranks; --method lora has none")
+            }
+            guard k >= 1 && k < tasks.count * o.rank else {
+                throw TrainError.badOption(option: "top-k", reason: "ranks kept per token must be in 1…\(tasks.count * o.rank - 1) (of \(tasks.count) tasks × rank \(o.rank)), got \(k)")
+            }
         }
         if let t = tasks.first(where: { $0.test.isEmpty }) {
             throw TrainError.badData(file: t.name, reason: "no held-out examples to measure forgetting on")
@@ -141,19 +161,51 @@ public enum ContinualTraining {
         let none = LoRAParameters(modules: [], rank: 1, alpha: 1, rsLoRA: false, targets: [])
         let base = tasks.map { engine.meanLoss($0.test, lora: none) }
         var matrix: [[Double]] = []
+        var stage = full
         for (t, task) in tasks.enumerated() {
+            // Self-activated, only the blocks activated so far compete for a token's k ranks
+            // (a future block's random A would take slots while its B is still 0).
+            let active = topK == nil ? T * r : (t + 1) * r
             var opt = o
-            opt.rank = T * r
+            opt.rank = active
             opt.seed = o.seed &+ UInt64(t)       // another data order per task
             let slice = method == .ranks ? (t * r)..<((t + 1) * r) : 0..<(T * r)
-            let v = RankSliceVariant(start: full, trainable: slice)
+            let v = RankSliceVariant(start: full.leadingRanks(active), trainable: slice, topK: topK)
             let trainer = try LoRATrainer(model: model, train: task.train, options: opt, variant: v)
             try trainer.run { progress?(t, $0) }
-            full = v.factors()
-            matrix.append(tasks.map { engine.meanLoss($0.test, lora: full) })
+            stage = v.factors()
+            full.setLeadingRanks(from: stage)
+            matrix.append(tasks.map { engine.meanLoss($0.test, lora: stage) })
         }
-        let result = ContinualResult(method: method, tasks: tasks.map(\.name), rankPerTask: r, stepsPerTask: o.steps ?? 0,
+        var result = ContinualResult(method: method, tasks: tasks.map(\.name), rankPerTask: r, stepsPerTask: o.steps ?? 0,
                                      baseLoss: base, loss: matrix, seconds: Date().timeIntervalSince(start))
-        return (full, result)
+        result.topK = topK
+        return (stage, result)
+    }
+}
+
+extension LoRAParameters {
+    /// The first `k` ranks of every module: A's first k rows, B's first k columns.
+    func leadingRanks(_ k: Int) -> LoRAParameters {
+        guard k != rank else { return self }
+        var p = self
+        p.rank = k
+        for i in p.modules.indices {
+            let m = modules[i]
+            p.modules[i] = TrainableLoRAModule(layer: m.layer, target: m.target, rank: k, inFeatures: m.inFeatures,
+                                               outFeatures: m.outFeatures, scale: m.scale, A: Array(m.A[0..<(k * m.inFeatures)]),
+                                               B: (0..<m.outFeatures).flatMap { o in m.B[(o * m.rank)..<(o * m.rank + k)] })
+        }
+        return p
+    }
+
+    /// Copies `other`'s ranks (fewer or as many) into this one's leading ranks, gates left out.
+    mutating func setLeadingRanks(from other: LoRAParameters) {
+        for i in modules.indices {
+            let m = modules[i], o = other.modules[i], k = o.rank
+            precondition(o.layer == m.layer && o.target == m.target && k <= m.rank)
+            modules[i].A.replaceSubrange(0..<(k * m.inFeatures), with: o.A)
+            for r in 0..<m.outFeatures { modules[i].B.replaceSubrange((r * m.rank)..<(r * m.rank + k), with: o.B[(r * k)..<((r + 1) * k)]) }
+        }
     }
 }

@@ -64,6 +64,40 @@ final class ContinualTests: XCTestCase {
         XCTAssertTrue(r2.markdown.contains("| after \\ loss on | t0 | t1 | mean |"), r2.markdown)
     }
 
+    /// Self-activated ranks (`topK`): the final adapter is gated to k ranks per token over every
+    /// block; the first task trained with only its own block (so with k ≥ r no gate yet) equals
+    /// an ungated run's first block; earlier blocks stay frozen; the gated adapter's loss is what
+    /// the inference engine gives it; and the loss after each task was measured with the gate.
+    func testSelfActivatedRanksGateEveryBlockAndKeepEarlierOnesFrozen() throws {
+        let model = TrainFixtures.model()
+        let three = tasks()
+        let (gated, result) = try ContinualTraining.run(model: model, tasks: three, method: .ranks, options: options(), topK: 2)
+        XCTAssertEqual(gated.rank, 6)
+        XCTAssertEqual(result.topK, 2)
+        XCTAssertTrue(result.markdown.contains("self-activated: the top 2 ranks"), result.markdown)
+        for m in gated.modules { XCTAssertEqual(m.rankGate, RankGate(topK: 2, bias: [Float](repeating: 0, count: 6)), m.name) }
+        // Task 0 ran with its own 2 ranks only (k = 2 of 2: no gate), as without self-activation
+        // (there the later blocks ride along at B = 0: the same values up to the GEMMs' summation order).
+        let (plain, _) = try ContinualTraining.run(model: model, tasks: three, method: .ranks, options: options())
+        func close(_ a: ArraySlice<Float>, _ b: ArraySlice<Float>) -> Bool { zip(a, b).allSatisfy { abs($0 - $1) <= 1e-4 * max(1, abs($1)) } }
+        for (m, p) in zip(gated.modules, plain.modules) {
+            XCTAssertTrue(close(m.A[0..<(2 * m.inFeatures)], p.A[0..<(2 * p.inFeatures)]), m.name)
+            for o in 0..<m.outFeatures { XCTAssertTrue(close(m.B[(o * 6)..<(o * 6 + 2)], p.B[(o * 6)..<(o * 6 + 2)]), m.name) }
+        }
+        let engine = LlamaTrainingEngine(model: model)
+        let adapter = gated.adapter(name: "g")
+        for (j, t) in three.enumerated() {
+            XCTAssertEqual(result.loss[2][j], engine.meanLoss(t.test, lora: gated), accuracy: 1e-9)
+            XCTAssertEqual(result.loss[2][j], try TrainFixtures.inferenceLoss(model, adapter, t.test), accuracy: 1e-4)
+        }
+        XCTAssertThrowsError(try ContinualTraining.run(model: model, tasks: three, method: .lora, options: options(), topK: 2)) { e in
+            XCTAssertTrue("\(e)".contains("--method lora has none"), "\(e)")
+        }
+        XCTAssertThrowsError(try ContinualTraining.run(model: model, tasks: three, method: .ranks, options: options(), topK: 6)) { e in
+            XCTAssertTrue("\(e)".contains("1…5"), "\(e)")
+        }
+    }
+
     func testRefusesOneTaskAndEmptyHeldOut() {
         let model = TrainFixtures.model()
         XCTAssertThrowsError(try ContinualTraining.run(model: model, tasks: [tasks()[0]], method: .ranks, options: options())) { e in
