@@ -41,6 +41,8 @@ public enum EvalDataError: Error, CustomStringConvertible, Equatable {
     case unexpectedField(file: String, line: Int, field: String)
     /// Two task files give the same task name.
     case duplicateTask(name: String, files: [String])
+    /// Larger than the reader takes whole (`TaskData.maxFileBytes`).
+    case tooLarge(file: String, bytes: Int, limit: Int)
 
     /// The 1-based line the error is about, when it is about one line.
     public var line: Int? {
@@ -48,7 +50,7 @@ public enum EvalDataError: Error, CustomStringConvertible, Equatable {
         case let .notJSON(_, l, _), let .notObject(_, l, _), let .missingField(_, l, _), let .wrongType(_, l, _, _),
              let .unexpectedField(_, l, _):
             return l
-        case .cannotRead, .empty, .duplicateTask:
+        case .cannotRead, .empty, .duplicateTask, .tooLarge:
             return nil
         }
     }
@@ -57,6 +59,8 @@ public enum EvalDataError: Error, CustomStringConvertible, Equatable {
         switch self {
         case let .cannotRead(file, detail):
             return "\(file): cannot read: \(detail)"
+        case let .tooLarge(file, bytes, limit):
+            return "\(file): \(bytes / (1 << 20)) MiB, more than the \(limit / (1 << 20)) MiB a task file may hold (it is read whole, and every example is tokenized up front); split it, or sample the examples you need"
         case let .empty(file):
             return "\(file): no examples (expected one JSON object per line: {\"prompt\": \"...\", \"answer\": \"...\"})"
         case let .notJSON(file, line, detail):
@@ -82,9 +86,16 @@ public enum EvalDataError: Error, CustomStringConvertible, Equatable {
 /// the first dot.
 public enum TaskData {
     /// Reads one task file.
+    /// Task files are read whole and tokenized up front: beyond this the memory would be several
+    /// times the file's size, so a file this large is refused by name instead.
+    public static let maxFileBytes = 1 << 30
+
     public static func read(path: String) throws -> EvalTask {
         let data: Data
         try InputFile.refuseSpecialFile(path)
+        if let size = (try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? Int, size > maxFileBytes {
+            throw EvalDataError.tooLarge(file: path, bytes: size, limit: maxFileBytes)
+        }
         do {
             data = try Data(contentsOf: URL(fileURLWithPath: path))
         } catch {

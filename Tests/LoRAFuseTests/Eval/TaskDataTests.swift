@@ -90,6 +90,17 @@ final class TaskDataTests: XCTestCase {
             guard case let .cannotRead(file, _)? = $0 as? EvalDataError else { return XCTFail("\($0)") }
             XCTAssertEqual(file, missing)
         }
+        // A file past the limit is refused before it is read (a sparse file: no disk used).
+        let huge = dir.appendingPathComponent("huge.jsonl").path
+        XCTAssertTrue(FileManager.default.createFile(atPath: huge, contents: nil))
+        let h = try FileHandle(forWritingTo: URL(fileURLWithPath: huge))
+        try h.truncate(atOffset: UInt64(TaskData.maxFileBytes + 1))
+        try h.close()
+        defer { try? FileManager.default.removeItem(atPath: huge) }
+        XCTAssertThrowsError(try TaskData.read(path: huge)) {
+            XCTAssertEqual($0 as? EvalDataError, .tooLarge(file: huge, bytes: TaskData.maxFileBytes + 1, limit: TaskData.maxFileBytes))
+            XCTAssertTrue("\($0)".contains("1024 MiB") && "\($0)".contains("split it"), "\($0)")
+        }
     }
 
     func testDuplicateTaskNames() throws {
