@@ -104,6 +104,8 @@ struct Continual: ParsableCommand {
         FileHandle.standardError.write(Data("continual (\(method.rawValue)): \(list.count) tasks × \(steps) steps, rank \(rank) per task, the adapter ends at rank \(list.count * rank)\n".utf8))
         let bar = ProgressBar(total: list.count * steps, label: "continual", enabled: !compute.quiet)
         let (factors, result) = try ContinualTraining.run(model: lm, tasks: list, method: method, options: o, topK: topK) { t, row in
+            // The base model's losses come first; the rate is of the steps (and the evaluations after each task).
+            if t == 0 && row.step == 1 { bar.restartClock() }
             bar.update(t * steps + row.step, detail: String(format: "%@ loss %.4f", list[t].name, row.trainLoss))
         }
         let name = (output as NSString).lastPathComponent

@@ -5,7 +5,7 @@ import Foundation
 final class ProgressBar: @unchecked Sendable {
     private var total: Int
     private let label: String
-    private let start = Date()
+    private var start = Date()
     private let isTTY = isatty(2) != 0  // stderr
     private var lastDecile = -1
     private var lastDraw = Date.distantPast
@@ -16,6 +16,10 @@ final class ProgressBar: @unchecked Sendable {
         self.label = label
         self.enabled = enabled
     }
+
+    /// Measures elapsed time (and so the ETA) from now: for work whose counted units start after
+    /// a one-off setup that would otherwise weigh on every unit's rate.
+    func restartClock() { start = Date() }
 
     func update(_ done: Int, total newTotal: Int? = nil, detail: String = "") {
         guard enabled else { return }
