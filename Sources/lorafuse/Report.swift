@@ -41,7 +41,7 @@ struct Report: ParsableCommand {
     var val: [String] = []
 
     @Option(name: .long, parsing: .upToNextOption,
-            help: "Adapters trained on the union of the tasks (multi-task LoRA, FlyLoRA, SMoRA…): each a row of the \"Trained as multi-task\" section, named after its folder.")
+            help: "Adapters trained on the union of the tasks (multi-task LoRA, FlyLoRA, SMoRA…), or directories of them (as --adapters): each a row of the \"Trained as multi-task\" section, named after its folder.")
     var trained: [String] = []
     @Option(name: [.short, .customLong("output")], help: "Output directory (created; its cache/ is reused on reruns).")
     var output: String
@@ -195,7 +195,7 @@ struct Report: ParsableCommand {
             }
         }
         if out.isEmpty && trained.isEmpty { throw ValidationError("--methods is empty") }
-        for name in Self.trainedNames(trained) {
+        for name in Self.trainedNames(try ReportInputs.adapterPaths(trained)) {
             let m = ReportMethods.trained(name)
             if out.contains(where: { $0.id == m.id }) { throw ValidationError("--trained names '\(m.method)' twice (rows are named after the folders)") }
             out.append(m)
@@ -233,7 +233,8 @@ struct Report: ParsableCommand {
         // The report folder is reused (its cache), so it may exist; it must not be an input.
         try OutputGuard.check(output, kind: .directory, inputs: [modelPath] + adapters + test + shots + val + trained, force: true)
         let loaded = try adapterPaths.map { try AdapterIO.read(path: $0, hints: hints) }
-        let trainedAdapters = try zip(trained, Self.trainedNames(trained)).map { p, name -> LoRAAdapter in
+        let trainedPaths = try ReportInputs.adapterPaths(trained)
+        let trainedAdapters = try zip(trainedPaths, Self.trainedNames(trainedPaths)).map { p, name -> LoRAAdapter in
             var a = try AdapterIO.read(path: p, hints: hints)
             a.name = name
             return a

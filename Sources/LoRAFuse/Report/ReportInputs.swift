@@ -126,6 +126,7 @@ public struct ReportInputs: Sendable {
         if p.hasSuffix(".gguf") { return fm.fileExists(atPath: p) }
         return fm.fileExists(atPath: (p as NSString).appendingPathComponent("adapter_config.json"))
             || fm.fileExists(atPath: (p as NSString).appendingPathComponent("adapters.safetensors"))
+            || fm.fileExists(atPath: (p as NSString).appendingPathComponent("nola_config.json"))
     }
 }
 

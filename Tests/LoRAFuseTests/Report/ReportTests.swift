@@ -323,7 +323,11 @@ final class ReportTests: XCTestCase {
         }
         try FileManager.default.createDirectory(atPath: ads + "/checkpoints", withIntermediateDirectories: true)
         _ = FileManager.default.createFile(atPath: ads + "/manifest.json", contents: Data())
-        XCTAssertEqual(try ReportInputs.adapterPaths([ads]), [ads + "/x", ads + "/y"])
+        // A NOLA folder (nola_config.json, no PEFT config) is an adapter too.
+        try FileManager.default.createDirectory(atPath: ads + "/z", withIntermediateDirectories: true)
+        _ = FileManager.default.createFile(atPath: ads + "/z/nola_config.json", contents: Data("{}".utf8))
+        XCTAssertEqual(try ReportInputs.adapterPaths([ads]), [ads + "/x", ads + "/y", ads + "/z"])
+        XCTAssertEqual(try ReportInputs.adapterPaths([ads + "/z"]), [ads + "/z"])
         XCTAssertEqual(try ReportInputs.adapterPaths([ads + "/y"]), [ads + "/y"])
         XCTAssertThrowsError(try ReportInputs.adapterPaths([ads + "/checkpoints"]))
     }
