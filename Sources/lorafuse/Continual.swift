@@ -59,6 +59,14 @@ struct Continual: ParsableCommand {
         guard test.isEmpty || test.count == tasks.count else {
             throw ValidationError("--test takes one held-out file per task: \(tasks.count) tasks, \(test.count) --test files")
         }
+        // Each task is a column of the matrix, named after its file: a task given twice would make
+        // two columns of one name and count its second pass as another task.
+        var seen: [String: String] = [:]
+        for t in tasks {
+            let name = TaskData.taskName(forPath: t)
+            if let other = seen[name] { throw ValidationError("task '\(name)' is given twice (\(other) and \(t)); each task arrives once") }
+            seen[name] = t
+        }
         _ = try Projection.parseList(targets)
         if rank < 1 { throw ValidationError("--rank must be ≥ 1, got \(rank)") }
         if steps < 1 { throw ValidationError("--steps must be ≥ 1, got \(steps)") }

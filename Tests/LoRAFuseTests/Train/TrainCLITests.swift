@@ -253,6 +253,8 @@ final class TrainCLITests: XCTestCase {
         try FileManager.default.copyItem(atPath: data, toPath: tmp + "/add.test.jsonl")
         try #"{"prompt": "Uppercase: cat", "answer": "CAT"}"#.write(toFile: b, atomically: true, encoding: .utf8)
         let out = tmp + "/cont"
+        let twice = try run(["continual", a, a, "-o", out])
+        XCTAssertTrue(twice.code != 0 && twice.stderr.contains("given twice"), twice.stderr)
         let missing = try run(["continual", a, b, "-o", out])
         XCTAssertTrue(missing.code != 0 && missing.stderr.contains("caps.test.jsonl"), missing.stderr)
         try FileManager.default.copyItem(atPath: b, toPath: tmp + "/caps.test.jsonl")
