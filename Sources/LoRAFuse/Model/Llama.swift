@@ -223,6 +223,7 @@ public final class LlamaSession: InferenceSession {
     let x = FloatBuffer(1), h = FloatBuffer(1), q = FloatBuffer(1), att = FloatBuffer(1)
     let attnOut = FloatBuffer(1), gate = FloatBuffer(1), up = FloatBuffer(1), loraTmp = FloatBuffer(1)
     let mixTmp = FloatBuffer(1)        // MixLoRA's routing and per-expert rows (MixtureFFN.swift)
+    let mixIndex = ByteBuffer(), mixWeights = FloatBuffer(1)   // MixLoRA's top-k choices and rows by expert
     // Quantized weights: a dequantized tile (prompts), the quantized activations and a partial
     // result (decoding).
     let qTile = FloatBuffer(1), qPartial = FloatBuffer(1)

@@ -58,15 +58,40 @@ struct MixtureFFN: Sendable {
     /// Rows (in order) that kept each expert, and each such row's weight for it.
     static func assignments(chosen: UnsafePointer<Int>, weights: UnsafePointer<Float>, rows: Int, experts E: Int,
                             topK k: Int) -> [(rows: [Int], weights: [Float])] {
-        var out = [(rows: [Int], weights: [Float])](repeating: ([], []), count: E)
+        var offsets = [Int](repeating: 0, count: E + 1), order = [Int](repeating: 0, count: rows * k)
+        var w = [Float](repeating: 0, count: rows * k)
+        offsets.withUnsafeMutableBufferPointer { o in
+            order.withUnsafeMutableBufferPointer { r in
+                w.withUnsafeMutableBufferPointer {
+                    group(chosen: chosen, weights: weights, rows: rows, experts: E, topK: k,
+                          offsets: o.baseAddress!, order: r.baseAddress!, orderWeights: $0.baseAddress!)
+                }
+            }
+        }
+        return (0..<E).map { (Array(order[offsets[$0]..<offsets[$0 + 1]]), Array(w[offsets[$0]..<offsets[$0 + 1]])) }
+    }
+
+    /// `assignments` into caller-owned memory, for the decode path (which allocates nothing per
+    /// token): expert e's rows, in order, are order[offsets[e]..<offsets[e + 1]] with their weights
+    /// at the same places of `orderWeights`. offsets: E + 1 values; order, orderWeights: rows · k.
+    static func group(chosen: UnsafePointer<Int>, weights: UnsafePointer<Float>, rows: Int, experts E: Int, topK k: Int,
+                      offsets: UnsafeMutablePointer<Int>, order: UnsafeMutablePointer<Int>,
+                      orderWeights: UnsafeMutablePointer<Float>) {
+        // A counting sort by expert, stable in the row index.
+        offsets.initialize(repeating: 0, count: E + 1)
+        for i in 0..<(rows * k) { offsets[chosen[i] + 1] += 1 }
+        for e in 0..<E { offsets[e + 1] += offsets[e] }
         for t in 0..<rows {
             for i in 0..<k {
                 let e = chosen[t * k + i]
-                out[e].rows.append(t)
-                out[e].weights.append(weights[t * k + i])
+                order[offsets[e]] = t
+                orderWeights[offsets[e]] = weights[t * k + i]
+                offsets[e] += 1
             }
         }
-        return out
+        // Each offsets[e] now ends expert e's range: shift back to starts.
+        for e in stride(from: E, to: 0, by: -1) { offsets[e] = offsets[e - 1] }
+        offsets[0] = 0
     }
 }
 
@@ -103,15 +128,17 @@ extension LlamaSession {
             BLAS.gemm(transA: false, transB: true, m: T, n: E, k: C, alpha: 1, a: h, lda: C,
                       b: wr.baseAddress!, ldb: C, beta: 0, c: logits, ldc: E)                   // (T, E)
         }
-        var chosen = [Int](repeating: 0, count: T * k)
-        chosen.withUnsafeMutableBufferPointer { ch in
-            for t in 0..<T { MixtureFFN.route(logits + t * E, experts: E, topK: k, chosen: ch.baseAddress! + t * k, weights: w + t * k) }
-        }
-        let groups = chosen.withUnsafeBufferPointer { MixtureFFN.assignments(chosen: $0.baseAddress!, weights: w, rows: T, experts: E, topK: k) }
+        // Routing scratch, reused across steps: chosen (T·k), offsets (E + 1), order (T·k).
+        let ints = mixIndex.reserve((2 * T * k + E + 1) * MemoryLayout<Int>.stride).bindMemory(to: Int.self, capacity: 2 * T * k + E + 1)
+        let chosen = ints, offsets = ints + T * k, order = offsets + E + 1
+        let orderW = mixWeights.reserve(T * k)
+        for t in 0..<T { MixtureFFN.route(logits + t * E, experts: E, topK: k, chosen: chosen + t * k, weights: w + t * k) }
+        MixtureFFN.group(chosen: chosen, weights: w, rows: T, experts: E, topK: k, offsets: offsets, order: order, orderWeights: orderW)
         let bias = model.base.linears[downID].bias
-        for e in 0..<E where !groups[e].rows.isEmpty {
-            let rowsE = groups[e].rows, n = rowsE.count
-            for (i, t) in rowsE.enumerated() {
+        for e in 0..<E where offsets[e + 1] > offsets[e] {
+            let first = offsets[e], n = offsets[e + 1] - first
+            for i in 0..<n {
+                let t = order[first + i]
                 (hs + i * C).update(from: h + t * C, count: C)                                  // (n, C)
                 (g + i * F).update(from: gateBase + t * F, count: F)                            // (n, F)
                 (u + i * F).update(from: upBase + t * F, count: F)
@@ -122,8 +149,8 @@ extension LlamaSession {
             baseLinear(g, rows: n, id: downID, merged: nil, into: out, ld: C, accumulate: false)   // (n, C)
             if !downBias, let bias { for i in 0..<n { for j in 0..<C { out[i * C + j] -= bias[j] } } }
             mix.down?.addExpert(e, rank: r, g, rows: n, nIn: F, nOut: C, into: out, ld: C, tmp: tmp)
-            for (i, t) in rowsE.enumerated() {
-                let we = groups[e].weights[i], o = out + i * C, xr = x + t * C
+            for i in 0..<n {
+                let we = orderW[first + i], o = out + i * C, xr = x + order[first + i] * C
                 for j in 0..<C { xr[j] += we * o[j] }
             }
         }

@@ -27,6 +27,18 @@ final class MixLoRATests: XCTestCase {
         XCTAssertEqual(c1, [2]); XCTAssertEqual(w1[0], 1, accuracy: 1e-7)
     }
 
+    /// Rows grouped by expert (the decode path's counting sort): each expert's rows in row order
+    /// with their weights; an expert nobody chose gets an empty range.
+    func testRowsGroupedByExpert() {
+        // 3 rows, k = 2, 4 experts: row 0 → (2, 0), row 1 → (0, 3), row 2 → (2, 3); expert 1 unused.
+        let chosen = [2, 0, 0, 3, 2, 3], w: [Float] = [0.6, 0.4, 0.7, 0.3, 0.5, 0.5]
+        let groups = chosen.withUnsafeBufferPointer { c in
+            w.withUnsafeBufferPointer { MixtureFFN.assignments(chosen: c.baseAddress!, weights: $0.baseAddress!, rows: 3, experts: 4, topK: 2) }
+        }
+        XCTAssertEqual(groups.map(\.rows), [[0, 1], [], [0, 2], [1, 2]])
+        XCTAssertEqual(groups.map(\.weights), [[0.4, 0.7], [], [0.6, 0.5], [0.3, 0.5]])
+    }
+
     /// With every expert equal, the routing weights sum to 1 and the mixture is that one expert:
     /// the same logits as a plain LoRA with its factors on gate, up and down (the plain path).
     func testEqualExpertsEqualPlainLoRA() throws {
