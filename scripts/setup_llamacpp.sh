@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # llama.cpp as a peer (issue 13): llama-cpp-python 0.3.36 built FROM SOURCE with native kernels,
 # plus numpy and gguf, in a venv outside the repo. Only the llama.cpp fixture script
-# (scripts/make_llamacpp_fixtures.py) and the benchmark peer (scripts/bench_llamacpp.py) use it;
+# (scripts/make_llamacpp_fixtures.py, scripts/llamacpp_spread.py) and the benchmark peer (scripts/bench_llamacpp.py) use it;
 # lorafuse and its tests never do.
 #
 #   scripts/setup_llamacpp.sh            venv + build (~25 min on 2 cores), then the model files
