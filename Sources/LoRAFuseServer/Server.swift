@@ -118,17 +118,44 @@ public enum ServerRoutes {
 
     // MARK: Generation
 
+    /// A completion, cancelled in the engine when the client goes away: a streamed one at the
+    /// first chunk that cannot be written, a non-streamed one (which writes nothing until it is
+    /// done) when its connection's inbound side closes. Watching the inbound side consumes the
+    /// connection (Hummingbird's `consumeWithInboundCloseHandler`), so these responses say
+    /// `Connection: close`; a completion takes far longer than opening a connection.
     static func generate(_ request: Request, kind: GenerationRequest.Kind, engine: ServeEngine, metrics: ServeMetrics,
                          options: ServerOptions) async -> Response {
         let endpoint = kind == .chat ? "chat" : "completions"
+        let watch = DisconnectWatch(), declared = request.headers[.contentLength]
+        do {
+            var response = try await request.body.consumeWithInboundCloseHandler { body in
+                await generate(body: body, declaredLength: declared, kind: kind, engine: engine, metrics: metrics,
+                               options: options, watch: watch)
+            } onInboundClosed: {
+                watch.clientClosed()
+            }
+            response.headers[.connection] = "close"
+            return response
+        } catch {
+            return ServerRoutes.error(ServeError.wrap(error), metrics, endpoint)
+        }
+    }
+
+    static func generate(body requestBody: RequestBody, declaredLength: String?, kind: GenerationRequest.Kind, engine: ServeEngine,
+                         metrics: ServeMetrics, options: ServerOptions, watch: DisconnectWatch) async -> Response {
+        let endpoint = kind == .chat ? "chat" : "completions"
         let parsed: GenerationRequest, stream: ServeStream
         do {
-            let body = try await readBody(request, options)
+            let body = try await readBody(requestBody, declaredLength: declaredLength, options)
             parsed = try RequestParser.parse(Data(body.readableBytesView), kind: kind)
             // Tokenizing, and loading or fusing an adapter, are CPU work: off the event loops.
             stream = try await offload { try engine.submit(parsed) }
         } catch {
             return ServerRoutes.error(ServeError.wrap(error), metrics, endpoint)
+        }
+        if !parsed.stream {
+            let id = stream.id
+            watch.onClientClosed { engine.cancel(id) }
         }
         metrics.request(endpoint: endpoint, status: 200)
         let id = (kind == .chat ? "chatcmpl-" : "cmpl-") + String(stream.id) + "-" + String(UInt32.random(in: 0 ... .max), radix: 36)
@@ -207,11 +234,15 @@ public enum ServerRoutes {
     }
 
     static func readBody(_ request: Request, _ options: ServerOptions) async throws -> ByteBuffer {
-        if let len = request.headers[.contentLength].flatMap({ Int($0) }), len > options.maxBodyBytes {
+        try await readBody(request.body, declaredLength: request.headers[.contentLength], options)
+    }
+
+    static func readBody(_ body: RequestBody, declaredLength: String?, _ options: ServerOptions) async throws -> ByteBuffer {
+        if let len = declaredLength.flatMap({ Int($0) }), len > options.maxBodyBytes {
             throw ServeError.tooLarge("the request body is \(len) bytes; the limit is \(options.maxBodyBytes)")
         }
         do {
-            return try await request.body.collect(upTo: options.maxBodyBytes)
+            return try await body.collect(upTo: options.maxBodyBytes)
         } catch {
             throw ServeError.tooLarge("the request body is larger than the limit of \(options.maxBodyBytes) bytes")
         }
@@ -231,6 +262,35 @@ public enum ServerRoutes {
     static func error(_ e: ServeError, _ metrics: ServeMetrics, _ endpoint: String) -> Response {
         metrics.request(endpoint: endpoint, status: e.status)
         return json(e.json, status: HTTPResponse.Status(code: e.status))
+    }
+}
+
+/// Whether a request's client has closed its side of the connection, and what to do then: the
+/// close can come before the request is in the engine (the action then runs when it is set) or
+/// after (it runs at once).
+final class DisconnectWatch: @unchecked Sendable {
+    private let lock = NSLock()
+    private var closed = false
+    private var action: (@Sendable () -> Void)?
+
+    func clientClosed() {
+        lock.lock()
+        closed = true
+        let a = action
+        action = nil
+        lock.unlock()
+        a?()
+    }
+
+    func onClientClosed(_ a: @escaping @Sendable () -> Void) {
+        lock.lock()
+        if closed {
+            lock.unlock()
+            a()
+            return
+        }
+        action = a
+        lock.unlock()
     }
 }
 

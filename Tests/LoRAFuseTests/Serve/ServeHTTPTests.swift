@@ -17,12 +17,14 @@ final class ServeHTTPTests: XCTestCase {
 
     final class Harness: @unchecked Sendable {
         let server: RunningServer
+        let engine: ServeEngine
         let client = HTTPClient(eventLoopGroupProvider: .singleton)
         let dir: String
         var base: String { "http://127.0.0.1:\(server.port)" }
 
-        init(server: RunningServer, dir: String) {
+        init(server: RunningServer, engine: ServeEngine, dir: String) {
             self.server = server
+            self.engine = engine
             self.dir = dir
         }
 
@@ -69,7 +71,7 @@ final class ServeHTTPTests: XCTestCase {
         let engine = ServeEngine(registry: reg, limits: limits, decode: decode)
         let server = try await RunningServer.start(engine: engine, options: ServerOptions(host: "127.0.0.1", port: 0, apiKey: apiKey,
                                                                                           maxBodyBytes: maxBody, adaptersRoot: dir))
-        return Harness(server: server, dir: dir)
+        return Harness(server: server, engine: engine, dir: dir)
     }
 
     private func chat(_ model: String, _ text: String, max: Int = 10, extra: String = "") -> String {
@@ -292,6 +294,50 @@ final class ServeHTTPTests: XCTestCase {
         XCTAssertEqual(r.status, 200)
         XCTAssertEqual(((r.json["usage"] as? [String: Any])?["completion_tokens"]) as? Int, 40)
         try await h.client.shutdown()
+    }
+
+    /// A client that goes away frees its sequence: streamed (the next chunk cannot be written) or
+    /// not (its connection's inbound side closes while the server still computes). Decoding is
+    /// slowed to 20 ms a step, so 400 tokens would take 8 s; the engine must be empty well before.
+    func testClientThatGoesAwayIsCancelled() async throws {
+        let slow: DecodeStep = { inputs in Thread.sleep(forTimeInterval: 0.02); return try ServeEngine.sequentialDecode(inputs) }
+        let h = try await start(limits: ServeLimits(maxBatch: 8, contextLength: 512, maxTokensCap: 400, prefillChunk: 16), decode: slow)
+        for stream in [false, true] {
+            let body = #"{"model":"alpha","prompt":"p","max_tokens":400,"temperature":0,"stream":\#(stream)}"#
+            let client = HTTPClient(eventLoopGroupProvider: .singleton)
+            let gone = Task {
+                var req = HTTPClientRequest(url: h.base + "/v1/completions")
+                req.method = .POST
+                req.body = .bytes(ByteBuffer(string: body))
+                let resp = try await client.execute(req, timeout: .seconds(60))
+                for try await _ in resp.body {}
+            }
+            var admitted = false
+            for _ in 0..<200 where !admitted {
+                try await Task.sleep(nanoseconds: 10_000_000)
+                admitted = h.engine.runningCount > 0
+            }
+            XCTAssertTrue(admitted, "stream \(stream): the request never started")
+            gone.cancel()                                   // async-http-client closes the connection
+            _ = await gone.result
+            try await client.shutdown()
+            let start = Date()
+            while h.engine.runningCount + h.engine.queueDepth > 0 && Date().timeIntervalSince(start) < 8 {
+                try await Task.sleep(nanoseconds: 20_000_000)
+            }
+            let waited = Date().timeIntervalSince(start)
+            XCTAssertEqual(h.engine.runningCount + h.engine.queueDepth, 0, "stream \(stream)")
+            XCTAssertLessThan(waited, 3, "stream \(stream): the sequence ran on after its client left (\(waited) s)")
+        }
+        // The server still answers, and says it closes the connection after a completion.
+        var req = HTTPClientRequest(url: h.base + "/v1/completions")
+        req.method = .POST
+        req.body = .bytes(ByteBuffer(string: #"{"model":"alpha","prompt":"p","max_tokens":2,"temperature":0}"#))
+        let resp = try await h.client.execute(req, timeout: .seconds(60))
+        XCTAssertEqual(resp.status.code, 200)
+        XCTAssertEqual(resp.headers.first(name: "connection"), "close")
+        _ = try await resp.body.collect(upTo: 1 << 20)
+        try await h.stop()
     }
 
     /// A seeded fuzz of the JSON endpoints: valid chat/completion/adapter bodies with fields
