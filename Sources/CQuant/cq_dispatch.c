@@ -136,12 +136,14 @@ static int fallback(int kernel) {
     }
 }
 
-/* avx512 is not in the automatic order: on the one AVX-512 CPU measured (AMD EPYC, Zen 4, whose
- * 512-bit operations are double-pumped) its 32-value kernels took 1.3-1.7x avx2's time for one
- * activation row, the decode case, and the same within noise for 4-8 rows (2026-12-06, 1536x576
- * Q4_1 and Q8_0). It stays available by LORAFUSE_QUANT_KERNEL=avx512 and tested. */
+/* avx512 first where the CPU has VNNI. On the one AVX-512 CPU measured (AMD EPYC, Zen 4, whose
+ * 512-bit operations are double-pumped) an early version of these kernels took 1.3-1.7x avx2's
+ * time for one activation row (2026-12-06 morning), and avx2 led the order; with today's kernels,
+ * alternating runs of `lorafuse-bench model --skip-peer` (2026-12-07, 2-3 runs each) gave avx512
+ * decode 160-166 tok/s against avx2's 138-153 on Q8_0 and 8-row batches 274-309 against 257-264,
+ * and the same within noise on Q4_1 (decode 160-181 against 159-180) and for 32 rows. */
 static int best_available(void) {
-    static const int order[] = {CQ_KERNEL_AVX2, CQ_KERNEL_NEON};
+    static const int order[] = {CQ_KERNEL_AVX512, CQ_KERNEL_AVX2, CQ_KERNEL_NEON};
     for (size_t i = 0; i < sizeof order / sizeof order[0]; i++)
         if (cq_kernel_available(order[i])) return order[i];
     return CQ_KERNEL_REFERENCE;

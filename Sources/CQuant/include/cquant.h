@@ -16,9 +16,8 @@
  * A set without a kernel for a type uses the next one down (avx512 -> avx2 -> reference;
  * neon -> reference); cq_effective_kernel says which. The set is chosen once, at the first call,
  * from the CPU (__builtin_cpu_supports on x86: avx2 needs avx2, fma and f16c; avx512 needs
- * avx512f, avx512bw, avx512vl and avx512vnni; NEON is always there on arm64): avx2 on x86, NEON on
- * arm64, never avx512 by itself (measured slower than avx2 for one activation row on Zen 4; see
- * best_available in cq_dispatch.c). The environment
+ * avx512f, avx512bw, avx512vl and avx512vnni; NEON is always there on arm64): avx512 on x86 CPUs
+ * with VNNI, else avx2, NEON on arm64 (measurements in best_available, cq_dispatch.c). The environment
  * variable LORAFUSE_QUANT_KERNEL=reference|avx2|avx512|neon forces a set; a set the CPU lacks
  * falls back along avx512 -> avx2 -> reference (neon -> reference), an unknown value is ignored,
  * and cq_kernel_name(CQ_KERNEL_AUTO) tells what was chosen. Every entry point also
