@@ -121,12 +121,10 @@ public struct ReportInputs: Sendable {
         return out
     }
 
+    /// Whatever `AdapterIO` can open (PEFT, MLX, NOLA folders, GGUF LoRAs), by its own detection,
+    /// so a format added there is found here too.
     static func isAdapter(_ p: String) -> Bool {
-        let fm = FileManager.default
-        if p.hasSuffix(".gguf") { return fm.fileExists(atPath: p) }
-        return fm.fileExists(atPath: (p as NSString).appendingPathComponent("adapter_config.json"))
-            || fm.fileExists(atPath: (p as NSString).appendingPathComponent("adapters.safetensors"))
-            || fm.fileExists(atPath: (p as NSString).appendingPathComponent("nola_config.json"))
+        (try? AdapterIO.detect(path: p)) != nil
     }
 }
 
