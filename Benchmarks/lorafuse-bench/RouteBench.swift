@@ -71,7 +71,7 @@ struct RouteBench: ParsableCommand {
                 let ratio = merged.map { String(format: "%.2f×", c.decode_tokens_per_s / $0.decode_tokens_per_s) } ?? "—"
                 s += String(format: "| %@ | %.1f | %.2f | %@ | %.0f |\n", c.name, c.pp_tokens_per_s, c.decode_tokens_per_s, ratio, c.prepared_mb)
             }
-            s += String(format: "\nProcess peak RSS: %.0f MB. Routed: %d adapters, top-%d at every projection they touch; the gates are Arrow's (training-free; which experts a token keeps does not change the cost).\n",
+            s += String(format: "\nProcess peak RSS: %.0f MB. Routed: %d adapters, top-%d at every projection they touch; the gates are Arrow's (training-free; which experts a token keeps does not change the cost). X-LoRA: a base pass for the classifier, then the routed pass, per token.\n",
                         peak_rss_mb, adapters, top_k)
             return s
         }
@@ -131,6 +131,18 @@ struct RouteBench: ParsableCommand {
         configs.append(try measure("routed, \(shelf.count) adapters, top-\(topK)") {
             try lm.prepare(routed: try RouterBuilder.build(model: lm, adapters: shelf, shots: [], options: o))
         })
+        // X-LoRA at its default (dense over every adapter) and at top-k: a base pass and a routed
+        // pass per token. The classifier's values do not change the cost; a seeded random one.
+        let L = lm.config.numHiddenLayers, C = lm.config.hiddenSize
+        var rng = SeededRNG(seed: 1)
+        let table = (0..<(L * shelf.count * (C + 1))).map { _ in rng.nextNormal() * 0.01 }
+        for k in [shelf.count, topK] {
+            let cfg = RouterConfig(method: "xlora", gate: .xlora, topK: k, temperature: 1, placement: .all,
+                                   base: RouterBase(config: lm.config, name: nil),
+                                   adapters: shelf.map { RouterAdapterEntry(name: $0.name, path: $0.sourcePath ?? $0.name, sha256: "") }, training: [:])
+            let xl = RoutedModel(config: cfg, adapters: shelf, gates: [XLoRAClassifier.tensorName: Matrix(rows: L * shelf.count, cols: C + 1, data: table)])
+            configs.append(try measure("X-LoRA, \(shelf.count) adapters, \(k == shelf.count ? "dense (its default)" : "top-\(k)")") { try lm.prepare(routed: xl) })
+        }
         let rep = Report(date: ISO8601DateFormatter().string(from: Date()), machine: machineDescription(), threads: threads,
                          model: (model as NSString).lastPathComponent, compute: compute.rawValue, blas_core: BLAS.coreName,
                          openblas_coretype_env: ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] ?? "unset",

@@ -49,7 +49,7 @@ struct Inspect: ParsableCommand {
                 let r = try RoutedModel.load(directory: p, hints: hints)
                 routers.append(RouterSummary(path: p, method: r.config.method, top_k: r.config.topK, temperature: r.config.temperature,
                                              placement: r.config.placement.rawValue, gate: r.config.gate.rawValue,
-                                             adapters: r.adapters.map(\.name), routed_projections: r.config.gate == .sequence ? 0 : r.gates.count))
+                                             adapters: r.adapters.map(\.name), routed_projections: r.routedProjectionCount))
                 read += r.adapters
             } else {
                 read.append(try AdapterIO.read(path: p, hints: hints))
@@ -69,6 +69,8 @@ struct Inspect: ParsableCommand {
         for r in routers {
             let how = r.gate == GateKind.sequence.rawValue
                 ? "one choice per request (classifier on the prompt's mean hidden state), top-\(r.top_k)"
+                : r.gate == GateKind.xlora.rawValue
+                ? "per-layer scalings from a classifier on the base model's last hidden state, top-\(r.top_k) of \(r.adapters.count), T=\(r.temperature), placement \(r.placement), \(r.routed_projections) routed projections"
                 : "\(r.gate) gates, top-\(r.top_k), T=\(r.temperature), placement \(r.placement), \(r.routed_projections) routed projections"
             print("\(r.path): routed model, \(r.method) (\(how)) over \(r.adapters.count) adapters (digests match): \(r.adapters.joined(separator: ", "))")
         }

@@ -18,6 +18,10 @@ struct Route: ParsableCommand {
         (from the factors); score |cos(row, x)|. Needs no --shots.
           hidden   training-free (mergekit-moe's hidden gates): row i = the normalised mean input of the projection \
         over adapter i's shots through the base model, minus the mean over all adapters; score row · x.
+          xlora    X-LoRA: a linear classifier on the base model's last hidden state (a first pass without \
+        adapters, over the same tokens) gives each token a weight for every adapter in every layer (softmax with \
+        --temperature; dense over all adapters unless --top-k); trained by Adam on the routed model's LM \
+        cross-entropy of the shots' answers only. Generation runs two forwards per token.
           meteora  MeteoRA: a linear gate (N × in) per projection, trained by Adam through the routed forward on \
         --lm-weight × the LM cross-entropy of the shots' answers plus --gate-weight × the cross-entropy of each \
         token's gate against its shot's adapter (MeteoRA's supervised routing, λ = 50 in its code); --balance \
@@ -36,13 +40,13 @@ struct Route: ParsableCommand {
     @Argument(help: "Adapters to route between (PEFT directories, GGUF LoRA files or mlx-lm directories).")
     var adapters: [String]
 
-    @Option(name: .long, parsing: .upToNextOption, help: "Examples, one .jsonl per adapter in the same order (hidden, meteora, sequence).")
+    @Option(name: .long, parsing: .upToNextOption, help: "Examples, one .jsonl per adapter in the same order (hidden, meteora, xlora, sequence).")
     var shots: [String] = []
 
     @Option(name: .customLong("shots-per-task"), help: "Use the first N examples of each --shots file.")
     var shotsPerTask = 16
 
-    @Option(name: .customLong("top-k"), help: "Adapters kept per token at each projection (sequence: per request, merged linearly). Default 2, sequence 1.")
+    @Option(name: .customLong("top-k"), help: "Adapters kept per token at each projection (sequence: per request, merged linearly; xlora: per layer). Default 2, sequence 1, xlora all.")
     var topK: Int?
 
     @Option(name: .long, help: "Softmax temperature over the kept scores.")
@@ -51,10 +55,11 @@ struct Route: ParsableCommand {
     @Option(name: .long, help: "Projections that get gates: all, attention (q, k, v, o) or mlp (gate, up, down). Adapter modules elsewhere are not applied.")
     var placement = "all"
 
-    @Option(name: .long, help: "meteora: optimizer steps (each runs one shot of every adapter's task).") var steps = RouteOptions(method: .meteora).steps
-    @Option(name: .long, help: "meteora: Adam learning rate of the gates.") var lr: Float = RouteOptions(method: .meteora).learningRate
+    @Option(name: .long, help: "meteora, xlora: optimizer steps (each runs one shot of every adapter's task).") var steps = RouteOptions(method: .meteora).steps
+    @Option(name: .long, help: "meteora, xlora: Adam learning rate of the gates or the classifier (default: meteora \(RouteOptions(method: .meteora).learningRate), xlora \(RouteOptions.xloraLearningRate)).")
+    var lr: Float?
     @Option(name: .long, help: "meteora: weight of the Switch load-balance term (0: off).") var balance: Float = 0
-    @Option(name: .long, help: "Seed of the shot order (meteora).") var seed: UInt64 = 0
+    @Option(name: .long, help: "Seed of the shot order (meteora, xlora) and of the classifier's start (xlora).") var seed: UInt64 = 0
     @Option(name: .customLong("lm-weight"), help: "meteora: weight of the routed model's LM cross-entropy on the shots' answers (0: the supervised gate loss alone).")
     var lmWeight: Float = RouteOptions(method: .meteora).lmWeight
     @Option(name: .customLong("gate-weight"), help: "meteora: weight λ of the gate cross-entropy against each shot's adapter (MeteoRA: 50).")
@@ -92,7 +97,7 @@ struct Route: ParsableCommand {
         o.temperature = temperature
         o.placement = p
         o.steps = steps
-        o.learningRate = lr
+        o.learningRate = lr ?? o.learningRate
         o.balance = balance
         o.lmWeight = lmWeight
         o.gateWeight = gateWeight
@@ -146,9 +151,11 @@ struct Route: ParsableCommand {
             try routed.write(into: url.path, finalPath: target.path, sources: adapters, copyAdapters: copyAdapters)
         }
         // The summary: how often each adapter's own shots send their tokens to it (top-1, all routed projections).
-        let what = o.method == .sequence ? "one choice per request" : "\(routed.gates.count) routed projections"
+        let what = o.method == .sequence ? "one choice per request"
+            : o.method == .xlora ? "per-layer scalings on \(routed.routedProjectionCount) routed projections"
+            : "\(routed.gates.count) routed projections"
         var line = String(format: "%@: %d adapters, %@, top-%d, T=%g (%.1f s)", o.method.rawValue,
-                          read.count, what, o.topK, Double(o.temperature), Date().timeIntervalSince(start))
+                          read.count, what, routed.config.topK, Double(o.temperature), Date().timeIntervalSince(start))
         if !tasks.isEmpty {
             let set = try loaded.prepare(routed: routed)
             let own = try RoutingSummary.ownTopOne(model: loaded, set: set, tasks: tasks, shotsPerTask: o.shotsPerTask)

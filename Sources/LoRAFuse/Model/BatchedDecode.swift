@@ -12,7 +12,7 @@ import Foundation
 //   logits (B, V)
 //
 // Sequences whose adapters are merged into weights (LoRAMode.merged) have base products of their
-// own; they are stepped one by one after the batch.
+// own, and X-LoRA sequences a first pass of their own; they are stepped one by one after the batch.
 
 public enum BatchedDecodeError: Error, CustomStringConvertible, Equatable {
     case mismatchedCounts(sessions: Int, tokens: Int)
@@ -81,7 +81,9 @@ extension LlamaModel {
         // Batchable inputs grouped by adapter set; merged sets (and a lone batchable input) alone.
         var batch = inputs.indices.filter {
             let s = inputs[$0].session
+            // X-LoRA sessions run their own first pass (a shadow base session) before each feed.
             return !s.adapters.changesBaseWeights && s.activations == nil && s.routingTrace == nil && s.linearInputObserver == nil
+                && s.adapters.routed?.xlora == nil
         }
         if batch.count == 1 { batch = [] }
         let inBatch = Set(batch)

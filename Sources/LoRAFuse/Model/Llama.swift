@@ -232,6 +232,10 @@ public final class LlamaSession: InferenceSession {
     let qScratch = ByteBuffer()
     // Routed adapters: stacked down-projections, gate weights and per-expert products.
     let routeTmp = FloatBuffer(1)
+    // X-LoRA (Routing/XLoRA.swift): the base session its first pass runs in, and the scalings
+    // (T, L·N) of the rows being fed.
+    var xloraShadow: LlamaSession?
+    let xloraScalings = FloatBuffer(1)
 
     init(model: LlamaModel, maxTokens: Int, adapters: AdapterSet) throws {
         let c = model.config
@@ -289,6 +293,7 @@ public final class LlamaSession: InferenceSession {
         for t in tokens where t < 0 || t >= model.vocabSize {
             throw ModelError.tokenOutOfRange(token: t, vocabSize: model.vocabSize)
         }
+        if let xl = adapters.routed?.xlora { try prepareXLoRA(xl, tokens: tokens) }
         var out = Matrix(rows: T - first, cols: model.vocabSize)
         out.data.withUnsafeMutableBufferPointer { o in
             forward(tokens, logits: o.baseAddress!, first: first)
@@ -297,9 +302,18 @@ public final class LlamaSession: InferenceSession {
         return out
     }
 
+    /// Runs `tokens` (checked by the caller) and returns the last hidden states after the final
+    /// norm, (T, C), valid until the next feed; no logits are computed.
+    func finalHiddenStates(_ tokens: [Int]) -> UnsafePointer<Float> {
+        precondition(adapters.routed?.xlora == nil, "the hidden states of an X-LoRA session need its own first pass")
+        forward(tokens, logits: nil, first: 0)
+        position += tokens.count
+        return UnsafePointer(h.pointer)
+    }
+
     // MARK: Forward
 
-    private func forward(_ tokens: [Int], logits: UnsafeMutablePointer<Float>, first: Int) {
+    private func forward(_ tokens: [Int], logits: UnsafeMutablePointer<Float>?, first: Int) {
         let c = model.config
         let T = tokens.count, C = c.hiddenSize, L = c.numHiddenLayers
         let H = c.numAttentionHeads, Hkv = c.numKeyValueHeads, d = c.headDim, F = c.intermediateSize
@@ -340,6 +354,7 @@ public final class LlamaSession: InferenceSession {
         let n = T - first
         rmsNorm(x + first * C, weight: model.base.finalNorm, eps: c.rmsNormEps, rows: n, cols: C, into: h)  // (n, C)
         if let all = activations { all.save(L, "h_final", h, n * C) }
+        guard let logits else { return }
         linear(h, rows: n, id: LlamaWeights.lmHeadID(layers: L), into: logits, ld: c.vocabSize)   // (n, V)
     }
 

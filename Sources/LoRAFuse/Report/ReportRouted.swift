@@ -23,6 +23,7 @@ extension ReportMethods {
         "arrow": "per-token top-2 gates, Arrow prototypes (training-free)",
         "hidden": "per-token top-2 gates, mean hidden state per task (mergekit-moe, training-free)",
         "sequence": "one adapter per request, classifier on the prompt's mean hidden state",
+        "xlora": "per-token, per-layer scalings of every adapter from a classifier on the base model's last hidden state (X-LoRA), LM loss on the shots",
     ]
 }
 
@@ -33,6 +34,7 @@ extension ReportRunner {
         let n = inputs.adapters.count
         switch RouteMethod(rawValue: m.method) {
         case .meteora?: return examples * 2 + RouteOptions(method: .meteora).steps * n * 2
+        case .xlora?: return examples * 2 + n * settings.shotsPerTask + RouteOptions(method: .xlora).steps * n * 2
         case .hidden?: return examples * 2 + n * settings.shotsPerTask
         default: return examples * 2
         }
@@ -88,7 +90,7 @@ extension ReportRunner {
                 }
                 tick(t.examples.count, "\(m.id) · gate trace \(t.name)")
             }
-            entry.routing = ReportRouting(topK: options.topK, temperature: options.temperature, ownTopOne: top, ownWeightByLayer: byLayer)
+            entry.routing = ReportRouting(topK: routed.config.topK, temperature: options.temperature, ownTopOne: top, ownWeightByLayer: byLayer)
             try saveCache(m.id, entry)
         } else {
             tick(routedUnits(m), "\(m.id) (cached)")

@@ -9,6 +9,7 @@ import Foundation
 // that kept it. Scores s(x) come from a gate per projection:
 //   linear (MeteoRA, mergekit-moe "hidden"):  s_i = G_i · x                   G (N, in)
 //   arrow  (Arrow, arXiv 2405.11157):         s_i = |P_i · x| / ‖x‖          P (N, in), unit rows
+// or, for X-LoRA (XLoRA.swift), the weights are given per row and layer by its classifier.
 // Ties in top-k go to the lower expert index, so an all-zero linear gate with k = N is exactly
 // the uniform mixture Σ (1/N) s_i B_i A_i x (the tests rely on that).
 
@@ -18,6 +19,9 @@ public enum GateKind: String, Sendable, Codable, CaseIterable {
     case arrow
     /// One choice per request from the prompt (SequenceRouter.swift); no per-token gates.
     case sequence
+    /// Per-token, per-layer weights from a classifier on the base model's last hidden state
+    /// (XLoRA.swift); no per-projection gates.
+    case xlora
 }
 
 /// The top-k and temperature every routed projection of one model uses.
@@ -52,6 +56,8 @@ struct RoutedLayers: Sendable {
     let linears: [Int: RoutedLinear]
     let policy: RoutingPolicy
     let expertNames: [String]
+    /// X-LoRA: the classifier whose scalings weight every routed projection (nil: per-projection gates).
+    var xlora: XLoRAClassifier? = nil
 }
 
 /// Gate statistics gathered while a session runs a routed model (`LlamaSession.routingTrace`):
@@ -209,9 +215,12 @@ extension RoutedLinear {
 
     /// out (rows, out) += Σ_i g_i(x) s_i (x A_iᵀ) B_iᵀ over each row's kept experts, with the
     /// gate `gate` (N, in) — the stored one at inference, the one being trained by the training
-    /// engine. Leaves za (rows, ΣR) = x · stackedAᵀ and w (rows, N) = the gate weights at the
-    /// front of `scratch` (the training engine's backward reads them; the trace reads w).
-    func forward(_ x: UnsafePointer<Float>, rows: Int, gate: UnsafePointer<Float>, policy: RoutingPolicy,
+    /// engine — or, when `given` is set, the weights g of row t at given + t · givenStride (X-LoRA's
+    /// scalings of this layer; 0 = not kept). Leaves za (rows, ΣR) = x · stackedAᵀ and w (rows, N)
+    /// = the weights at the front of `scratch` (the training engine's backward reads them; the
+    /// trace reads w).
+    func forward(_ x: UnsafePointer<Float>, rows: Int, gate: UnsafePointer<Float>?, policy: RoutingPolicy,
+                 given: UnsafePointer<Float>? = nil, givenStride: Int = 0,
                  scratch: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>, ld: Int) {
         let N = experts, S = totalRank, nIn = inFeatures, nOut = outFeatures
         let maxR = (0..<N).map(rank).max() ?? 1
@@ -221,10 +230,14 @@ extension RoutedLinear {
             BLAS.gemm(transA: false, transB: true, m: rows, n: S, k: nIn, alpha: 1,
                       a: x, lda: nIn, b: a.baseAddress!, ldb: nIn, beta: 0, c: za, ldc: S)
         }
-        // (rows, N) = x · gateᵀ
-        BLAS.gemm(transA: false, transB: true, m: rows, n: N, k: nIn, alpha: 1,
-                  a: x, lda: nIn, b: gate, ldb: nIn, beta: 0, c: w, ldc: N)
-        gateWeights(x, rows: rows, scores: w, policy: policy)
+        if let given {
+            for t in 0..<rows { (w + t * N).update(from: given + t * givenStride, count: N) }
+        } else {
+            // (rows, N) = x · gateᵀ
+            BLAS.gemm(transA: false, transB: true, m: rows, n: N, k: nIn, alpha: 1,
+                      a: x, lda: nIn, b: gate!, ldb: nIn, beta: 0, c: w, ldc: N)
+            gateWeights(x, rows: rows, scores: w, policy: policy)
+        }
         var chosen = [Int]()
         chosen.reserveCapacity(rows)
         for i in 0..<N where present(i) {
@@ -264,8 +277,15 @@ extension LlamaSession {
     func applyRouted(_ r: RoutedLinear, id: Int, policy: RoutingPolicy, _ x: UnsafePointer<Float>, rows: Int,
                      into out: UnsafeMutablePointer<Float>, ld: Int, firstPosition: Int) -> UnsafeMutablePointer<Float> {
         let buf = routeTmp.reserve(r.scratchCount(rows: rows))
-        r.gate.withUnsafeBufferPointer { g in
-            r.forward(x, rows: rows, gate: g.baseAddress!, policy: policy, scratch: buf, into: out, ld: ld)
+        if r.kind == .xlora, let xl = adapters.routed?.xlora {
+            // This layer's scalings, prepared by `feed` for the rows being fed.
+            let layer = id / Projection.allCases.count
+            r.forward(x, rows: rows, gate: nil, policy: policy, given: xloraScalings.pointer + layer * xl.experts,
+                      givenStride: xl.width, scratch: buf, into: out, ld: ld)
+        } else {
+            r.gate.withUnsafeBufferPointer { g in
+                r.forward(x, rows: rows, gate: g.baseAddress!, policy: policy, scratch: buf, into: out, ld: ld)
+            }
         }
         routingTrace?.record(id: id, weights: buf + rows * r.totalRank, rows: rows, firstPosition: firstPosition)
         return buf + rows * r.totalRank

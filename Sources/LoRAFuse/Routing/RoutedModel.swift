@@ -78,6 +78,12 @@ public struct RouterAdapterEntry: Codable, Equatable, Sendable {
     public var name: String
     public var path: String
     public var sha256: String
+
+    public init(name: String, path: String, sha256: String) {
+        self.name = name
+        self.path = path
+        self.sha256 = sha256
+    }
 }
 
 public struct RouterConfig: Codable, Equatable, Sendable {
@@ -101,6 +107,18 @@ public struct RouterConfig: Codable, Equatable, Sendable {
         case format, version, method, gate, temperature, placement, adapters, training
         case topK = "top_k", base = "base_model"
     }
+
+    public init(method: String, gate: GateKind, topK: Int, temperature: Float, placement: RoutePlacement, base: RouterBase,
+                adapters: [RouterAdapterEntry], training: [String: String]) {
+        self.method = method
+        self.gate = gate
+        self.topK = topK
+        self.temperature = temperature
+        self.placement = placement
+        self.base = base
+        self.adapters = adapters
+        self.training = training
+    }
 }
 
 /// A routed model: its config, the adapters it routes over (in expert order) and one gate per
@@ -119,6 +137,24 @@ public struct RoutedModel: Sendable {
     }
 
     public var policy: RoutingPolicy { RoutingPolicy(topK: config.topK, temperature: config.temperature) }
+
+    /// Projections whose adapter terms the router weights: one per gate; for X-LoRA, every
+    /// projection of the placement that some adapter has a LoRA on; none for a per-request router.
+    public var routedProjectionCount: Int {
+        switch config.gate {
+        case .sequence: return 0
+        case .linear, .arrow: return gates.count
+        case .xlora:
+            var seen = Set<ModuleAddress>()
+            for a in adapters {
+                for m in a.moduleNames {
+                    let hf = m.hasPrefix(ModuleAddress.peftPrefix) ? String(m.dropFirst(ModuleAddress.peftPrefix.count)) : m
+                    if case let .projection(_, p)? = ModuleAddress(hf: hf), config.placement.includes(p) { seen.insert(ModuleAddress(hf: hf)!) }
+                }
+            }
+            return seen.count
+        }
+    }
 
     /// Whether `path` is a routed-model folder (has router_config.json).
     public static func isRoutedDirectory(_ path: String) -> Bool {
@@ -198,6 +234,15 @@ public struct RoutedModel: Sendable {
                     throw RoutedModelError.gateShape(path: gatesPath, tensor: t, expected: [adapters.count, config.base.hiddenSize + 1], actual: m.shape)
                 }
                 gates[SequenceRouter.tensorName] = m
+                continue
+            }
+            if config.gate == .xlora {
+                // One classifier (L·N, hidden + 1) and nothing else.
+                guard t == XLoRAClassifier.tensorName + ".gate" else { throw RoutedModelError.unknownGate(path: gatesPath, tensor: t) }
+                let m = try reader.finiteMatrix(t)
+                let want = [config.base.layers * adapters.count, config.base.hiddenSize + 1]
+                guard m.shape == want else { throw RoutedModelError.gateShape(path: gatesPath, tensor: t, expected: want, actual: m.shape) }
+                gates[XLoRAClassifier.tensorName] = m
                 continue
             }
             guard t.hasSuffix(".gate"), case .projection? = ModuleAddress(hf: String(t.dropLast(5))) else {
@@ -317,6 +362,30 @@ extension LlamaModel {
         }
         let perExpert = try expertFactors(routed.adapters)
         var linears: [Int: RoutedLinear] = [:]
+        if routed.config.gate == .xlora {
+            let where_ = routed.sourcePath ?? RouterConfig.gatesFileName
+            guard let g = routed.gates[XLoRAClassifier.tensorName], routed.gates.count == 1 else {
+                throw RoutedModelError.badConfig(path: where_, field: "gate",
+                                                 reason: "is 'xlora' but router.safetensors does not hold exactly '\(XLoRAClassifier.tensorName).gate'")
+            }
+            let want = [layerCount * N, config.hiddenSize + 1]
+            guard g.shape == want else {
+                throw RoutedModelError.gateShape(path: RouterConfig.gatesFileName, tensor: XLoRAClassifier.tensorName + ".gate", expected: want, actual: g.shape)
+            }
+            // The projections of the placement that some adapter touches; each layer's share
+            // the layer's scalings.
+            for id in RouterBuilder.routedIDs(layers: layerCount, placement: routed.config.placement, factors: perExpert) {
+                linears[id] = RoutedLinear.stacking(perExpert, id: id, linear: base.linears[id], gate: [], kind: .xlora)
+            }
+            let classifier = XLoRAClassifier(layers: layerCount, experts: N, hiddenSize: config.hiddenSize, table: g.data,
+                                             topK: routed.config.topK, temperature: routed.config.temperature)
+            let maxRank = perExpert.flatMap(\.values).map(\.rank).max() ?? 0
+            return AdapterSet(adapters: routed.adapters.map { AdapterWeight(name: $0.name, weight: 1) }, mode: .unmerged,
+                              modelID: ObjectIdentifier(self), linearFactors: [:], embedFactors: [], mergedLinear: [:],
+                              mergedEmbed: nil, maxRank: maxRank,
+                              routed: RoutedLayers(linears: linears, policy: routed.policy, expertNames: routed.adapters.map(\.name),
+                                                   xlora: classifier))
+        }
         for (module, g) in routed.gates {
             guard case let .linear(id)? = target(of: module), id != LlamaWeights.lmHeadID(layers: layerCount) else {
                 throw RoutedModelError.unknownGate(path: RouterConfig.gatesFileName, tensor: module + ".gate")

@@ -34,17 +34,18 @@ public final class TrainableRouting {
     /// Every adapter checked against the model; projections in `ids` that no adapter touches are
     /// left out. Gates start at zero (every score ties: the first top-k experts, equal weights)
     /// unless `initial` gives them.
+    /// With `kind` .xlora there are no gates: the weights come per row from the pass's scalings.
     public init(model: LlamaModel, adapters: [LoRAAdapter], ids: [Int], policy: RoutingPolicy,
-                initial: [Int: [Float]] = [:]) throws {
+                initial: [Int: [Float]] = [:], kind: GateKind = .linear) throws {
         let perExpert = try model.expertFactors(adapters)
         experts = adapters.count
         self.policy = policy
         var linears: [Int: RoutedLinear] = [:], gates: [Int: [Float]] = [:]
         for id in ids {
             let lw = model.base.linears[id]
-            let g = initial[id] ?? [Float](repeating: 0, count: adapters.count * lw.inFeatures)
-            precondition(g.count == adapters.count * lw.inFeatures, "gate \(id): \(g.count) values, expected N × in")
-            guard let r = RoutedLinear.stacking(perExpert, id: id, linear: lw, gate: [], kind: .linear) else { continue }
+            let g = kind == .xlora ? [] : initial[id] ?? [Float](repeating: 0, count: adapters.count * lw.inFeatures)
+            precondition(kind == .xlora || g.count == adapters.count * lw.inFeatures, "gate \(id): \(g.count) values, expected N × in")
+            guard let r = RoutedLinear.stacking(perExpert, id: id, linear: lw, gate: [], kind: kind) else { continue }
             linears[id] = r
             gates[id] = g
         }
@@ -73,14 +74,24 @@ final class RoutedTrainingPass {
     private(set) var entropySum = 0.0
 
     private var projections = 0                     // routed projections with labelled rows
+    /// X-LoRA: the weights of every packed row per layer (rows, L·N), given; and ∂L/∂ of them,
+    /// accumulated by the backward.
+    let scalings: [Float]?
+    private(set) var dScalings: [Float] = []
 
-    init(routing: TrainableRouting, rowLabel: [Int], gateWeight: Float, balance: Float = 0, entropy: Float = 0) {
+    init(routing: TrainableRouting, rowLabel: [Int], gateWeight: Float, balance: Float = 0, entropy: Float = 0,
+         scalings: [Float]? = nil) {
         self.routing = routing
         self.rowLabel = rowLabel
         self.gateWeight = gateWeight
         self.balance = balance
         self.entropy = entropy
+        self.scalings = scalings
+        if let scalings { dScalings = [Float](repeating: 0, count: scalings.count) }
     }
+
+    /// Scalings per row: L·N.
+    private var scalingWidth: Int { scalings.map { $0.count / max(rowLabel.count, 1) } ?? 0 }
 
     /// Mean routing entropy of the forward pass.
     var meanEntropy: Double { entropySum / Double(max(ceCount, 1)) }
@@ -93,6 +104,16 @@ final class RoutedTrainingPass {
         guard let r = routing.linears[id], let gate = routing.gates[id] else { return }
         let N = r.experts, nIn = r.inFeatures
         let buf = TrainBuffer(r.scratchCount(rows: rows))
+        if let scalings {
+            let layer = id / Projection.allCases.count, W = scalingWidth
+            precondition(rows * W == scalings.count, "X-LoRA scalings: \(scalings.count) values for \(rows) rows")
+            scalings.withUnsafeBufferPointer { s in
+                r.forward(x, rows: rows, gate: nil, policy: routing.policy, given: s.baseAddress! + layer * N, givenStride: W,
+                          scratch: buf.p, into: out, ld: r.outFeatures)
+            }
+            scratch[id] = buf
+            return
+        }
         gate.withUnsafeBufferPointer { g in
             r.forward(x, rows: rows, gate: g.baseAddress!, policy: routing.policy, scratch: buf.p, into: out, ld: r.outFeatures)
         }
@@ -169,6 +190,12 @@ final class RoutedTrainingPass {
                     }
                 }
             }
+        }
+        if scalings != nil {
+            // X-LoRA: the weights do not depend on x; hand ∂L/∂g to the classifier.
+            let layer = id / Projection.allCases.count, W = scalingWidth
+            for t in 0..<rows { for i in 0..<N where w[t * N + i] > 0 { dScalings[t * W + layer * N + i] += dg.p[t * N + i] } }
+            return
         }
         // Softmax over the kept scores, backward.
         for t in 0..<rows {

@@ -16,20 +16,34 @@ import Foundation
 //          shots' answers plus λ × the cross-entropy of softmax(G x) against the shot's task
 //          (MeteoRA's supervised routing; λ = 50 in its code); plus an optional Switch load-balance term
 //          α · N · Σ_i f_i P_i (f_i: share of tokens whose top-1 is i, P_i: mean gate probability).
+// xlora    X-LoRA (arXiv 2402.07148, XLoRA.swift): a linear classifier on the base model's last
+//          hidden state gives every token per-layer scalings of all adapters (dense softmax by
+//          default, as X-LoRA); trained by Adam through the routed forward on the LM cross-entropy
+//          of the shots' answers only. The base pass of each shot runs once (the base is frozen);
+//          the classifier is fitted on standardised features and the standardisation folded into
+//          the stored W and b, so it reads raw hidden states.
 
 public enum RouteMethod: String, CaseIterable, Sendable {
-    case meteora, arrow, hidden, sequence
+    case meteora, xlora, arrow, hidden, sequence
 
     public var needsShots: Bool { self != .arrow }
     public var gateKind: GateKind {
         switch self {
         case .arrow: return .arrow
         case .sequence: return .sequence
+        case .xlora: return .xlora
         case .meteora, .hidden: return .linear
         }
     }
-    /// Adapters kept per token (per request for `sequence`) unless --top-k says otherwise.
-    public var defaultTopK: Int { self == .sequence ? 1 : 2 }
+    /// Adapters kept per token (per request for `sequence`) unless --top-k says otherwise; 0 (xlora):
+    /// every adapter, X-LoRA's dense softmax.
+    public var defaultTopK: Int {
+        switch self {
+        case .sequence: return 1
+        case .xlora: return 0
+        default: return 2
+        }
+    }
 }
 
 public struct RouteOptions: Sendable, Equatable {
@@ -37,8 +51,9 @@ public struct RouteOptions: Sendable, Equatable {
     public var topK = 2
     public var temperature: Float = 1
     public var placement: RoutePlacement = .all
-    /// meteora: optimizer steps; each step runs one shot of every task.
+    /// meteora, xlora: optimizer steps; each step runs one shot of every task.
     public var steps = 64
+    /// meteora, xlora: Adam's learning rate (xlora: see `RouteOptions(method:)`).
     public var learningRate: Float = 5e-3
     public var seed: UInt64 = 0
     /// meteora: weight of the Switch load-balance term (0: off, as in MeteoRA's code).
@@ -57,7 +72,14 @@ public struct RouteOptions: Sendable, Equatable {
     public init(method: RouteMethod) {
         self.method = method
         topK = method.defaultTopK
+        if method == .xlora { learningRate = Self.xloraLearningRate }
     }
+
+    /// xlora's default learning rate (chosen on the validation split; README, "Routing").
+    public static let xloraLearningRate: Float = 1e-3
+
+    /// The top-k a router of `adapters` adapters uses: `topK`, or all of them for 0.
+    public func resolvedTopK(adapters: Int) -> Int { topK == 0 ? adapters : topK }
 }
 
 /// Which tokens of a shot teach the supervised gates its task.
@@ -96,7 +118,7 @@ public enum RouterBuilder {
     /// Checks options against the inputs before any work.
     public static func validate(_ o: RouteOptions, adapters: Int, shots: Int) throws {
         guard adapters >= 2 else { throw RouteError.tooFewAdapters }
-        guard o.topK >= 1 else { throw RouteError.badOption(option: "--top-k", reason: "must be at least 1") }
+        guard o.topK >= 1 || (o.method == .xlora && o.topK == 0) else { throw RouteError.badOption(option: "--top-k", reason: "must be at least 1") }
         guard o.topK <= adapters else { throw RouteError.topK(k: o.topK, adapters: adapters) }
         guard o.temperature.isFinite && o.temperature > 0 else { throw RouteError.badOption(option: "--temperature", reason: "must be > 0") }
         guard o.learningRate.isFinite && o.learningRate > 0 else { throw RouteError.badOption(option: "--lr", reason: "must be > 0") }
@@ -116,6 +138,18 @@ public enum RouterBuilder {
         if shots != 0 && shots != adapters { throw RouteError.shotsCount(adapters: adapters, files: shots) }
     }
 
+    /// The projections of `placement` that some expert has a LoRA on, ascending.
+    static func routedIDs(layers L: Int, placement: RoutePlacement, factors: [[Int: LoRAFactors]]) -> [Int] {
+        var ids: [Int] = []
+        for l in 0..<L {
+            for p in Projection.allCases where placement.includes(p) {
+                let id = LlamaWeights.linearID(layer: l, p)
+                if factors.contains(where: { $0[id] != nil }) { ids.append(id) }
+            }
+        }
+        return ids
+    }
+
     /// Fits the gates and returns the routed model (adapters in the given order).
     /// `progress(done, total)` is called as work completes.
     public static func build(model: LlamaModel, adapters: [LoRAAdapter], shots: [EvalTask], options o: RouteOptions,
@@ -124,14 +158,7 @@ public enum RouterBuilder {
         let N = adapters.count
         // Every adapter checked against the model, and the projections some adapter touches.
         let factors = try model.expertFactors(adapters)
-        let L = model.layerCount
-        var routedIDs: [Int] = []
-        for l in 0..<L {
-            for p in Projection.allCases where o.placement.includes(p) {
-                let id = LlamaWeights.linearID(layer: l, p)
-                if factors.contains(where: { $0[id] != nil }) { routedIDs.append(id) }
-            }
-        }
+        var routedIDs = routedIDs(layers: model.layerCount, placement: o.placement, factors: factors)
         guard !routedIDs.isEmpty || o.method == .sequence else { throw RouteError.nothingToRoute(placement: o.placement.rawValue) }
         var sequences: [[TrainingSequence]] = []
         for t in shots {
@@ -154,6 +181,14 @@ public enum RouterBuilder {
         case .hidden:
             gates = try hiddenGates(model: model, sequences: sequences, ids: routedIDs, progress: progress)
             training["shots_per_task"] = String(o.shotsPerTask)
+        case .xlora:
+            let c = try xloraClassifier(model: model, adapters: adapters, sequences: sequences, ids: routedIDs, options: o, progress: progress)
+            named[XLoRAClassifier.tensorName] = Matrix(rows: c.width, cols: c.hiddenSize + 1, data: c.table)
+            gates = [:]
+            routedIDs = []
+            training = ["steps": String(o.steps), "lr": String(o.learningRate), "seed": String(o.seed), "shots_per_task": String(o.shotsPerTask),
+                        "classifier": "X-LoRA depth 1: linear (layers × adapters, hidden) + bias on the base model's last hidden state, per-layer softmax",
+                        "loss": "LM cross-entropy of the routed model on the shots' answers"]
         case .meteora:
             gates = try meteoraGates(model: model, adapters: adapters, sequences: sequences, ids: routedIDs, options: o, progress: progress)
             training = ["steps": String(o.steps), "lr": String(o.learningRate), "seed": String(o.seed), "supervise": o.supervise.rawValue,
@@ -166,7 +201,7 @@ public enum RouterBuilder {
             let name = ModuleAddress.projection(layer: l, p).hf
             named[name] = Matrix(rows: N, cols: model.base.linears[id].inFeatures, data: gates[id]!)
         }
-        let config = RouterConfig(method: o.method.rawValue, gate: o.method.gateKind, topK: o.topK, temperature: o.temperature,
+        let config = RouterConfig(method: o.method.rawValue, gate: o.method.gateKind, topK: o.resolvedTopK(adapters: N), temperature: o.temperature,
                                   placement: o.placement, base: RouterBase(config: model.config, name: baseName),
                                   adapters: adapters.map { RouterAdapterEntry(name: $0.name, path: $0.sourcePath ?? $0.name, sha256: "") },
                                   training: training)
@@ -265,6 +300,88 @@ public enum RouterBuilder {
             gates[id] = g
         }
         return gates
+    }
+
+    // MARK: xlora
+
+    static func xloraClassifier(model: LlamaModel, adapters: [LoRAAdapter], sequences: [[TrainingSequence]], ids: [Int],
+                                options o: RouteOptions, progress: ((Int, Int) -> Void)?) throws -> XLoRAClassifier {
+        let N = adapters.count, L = model.layerCount, C = model.config.hiddenSize, W = L * N
+        let k = o.resolvedTopK(adapters: N)
+        let routing = try TrainableRouting(model: model, adapters: adapters, ids: ids,
+                                           policy: RoutingPolicy(topK: k, temperature: o.temperature), kind: .xlora)
+        // Pass 1 of every shot, once: (T, C) last hidden states of the base model.
+        let shots = sequences.reduce(0) { $0 + $1.count }, total = shots + o.steps
+        let session = try model.makeLlamaSession(maxTokens: sequences.flatMap { $0 }.map(\.tokens.count).max() ?? 1)
+        var features: [[[Float]]] = []
+        var done = 0
+        for seqs in sequences {
+            features.append(seqs.map { s in
+                session.reset()
+                let h = session.finalHiddenStates(s.tokens)
+                done += 1
+                progress?(done, total)
+                return Array(UnsafeBufferPointer(start: h, count: s.tokens.count * C))
+            })
+        }
+        // Standardised features: mean and deviation per coordinate over every shot's rows.
+        var mu = [Double](repeating: 0, count: C), sd = [Double](repeating: 0, count: C)
+        var rowsSeen = 0
+        for f in features.joined() {
+            for t in 0..<(f.count / C) { for j in 0..<C { mu[j] += Double(f[t * C + j]) } }
+            rowsSeen += f.count / C
+        }
+        mu = mu.map { $0 / Double(max(rowsSeen, 1)) }
+        for f in features.joined() {
+            for t in 0..<(f.count / C) { for j in 0..<C { let d = Double(f[t * C + j]) - mu[j]; sd[j] += d * d } }
+        }
+        sd = sd.map { max(($0 / Double(max(rowsSeen, 1))).squareRoot(), 1e-6) }
+        let z = features.map { task in
+            task.map { f in f.indices.map { Float((Double(f[$0]) - mu[$0 % C]) / sd[$0 % C]) } }
+        }
+        // Near zero: every token starts at the uniform mixture; the noise breaks top-k ties.
+        var rng = SeededRNG(seed: o.seed)
+        var table = [Float](repeating: 0, count: W * (C + 1))
+        for r in 0..<W { for j in 0..<C { table[r * (C + 1) + j] = rng.nextNormal() * 1e-3 } }
+        var m = [Float](repeating: 0, count: table.count), v = m
+        var orders = sequences.map { Array($0.indices) }
+        var cursor = [Int](repeating: 0, count: N)
+        let engine = LlamaTrainingEngine(model: model)
+        let b1: Float = 0.9, b2: Float = 0.999, eps: Float = 1e-8
+        for step in 1...o.steps {
+            var batch: [TrainingSequence] = [], h: [Float] = []
+            for i in 0..<N {
+                if cursor[i] % orders[i].count == 0 { orders[i].shuffle(using: &rng) }
+                let j = orders[i][cursor[i] % orders[i].count]
+                batch.append(sequences[i][j])
+                h += z[i][j]
+                cursor[i] += 1
+            }
+            let rows = h.count / C
+            let cls = XLoRAClassifier(layers: L, experts: N, hiddenSize: C, table: table, topK: k, temperature: o.temperature)
+            let s = cls.scalings(h, rows: rows)
+            let r = engine.routedLossAndGradients(batch, labels: [Int](repeating: -1, count: N), routing: routing, lmWeight: 1,
+                                                  gateWeight: 0, scalings: s)
+            let g = cls.tableGradient(h: h, scalings: s, dScalings: r.dScalings, rows: rows)
+            let c1 = 1 - powf(b1, Float(step)), c2 = 1 - powf(b2, Float(step))
+            for j in table.indices {
+                m[j] = b1 * m[j] + (1 - b1) * g[j]
+                v[j] = b2 * v[j] + (1 - b2) * g[j] * g[j]
+                table[j] -= o.learningRate * (m[j] / c1) / ((v[j] / c2).squareRoot() + eps)
+            }
+            progress?(shots + step, total)
+        }
+        // Fold the standardisation: W' = W / sd, b' = b − W' · mu.
+        for r in 0..<W {
+            var bias = Double(table[r * (C + 1) + C])
+            for j in 0..<C {
+                let w = Double(table[r * (C + 1) + j]) / sd[j]
+                table[r * (C + 1) + j] = Float(w)
+                bias -= w * mu[j]
+            }
+            table[r * (C + 1) + C] = Float(bias)
+        }
+        return XLoRAClassifier(layers: L, experts: N, hiddenSize: C, table: table, topK: k, temperature: o.temperature)
     }
 
     // MARK: meteora

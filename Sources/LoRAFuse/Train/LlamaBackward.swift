@@ -283,14 +283,19 @@ public final class LlamaTrainingEngine {
         public var entropy: Double
         /// Gradients of `lmWeight · lmLoss + gateWeight · gateLoss` by routed linear id (N, in).
         public var grads: [Int: [Float]]
+        /// X-LoRA: the gradient of the loss by the given scalings (rows, L·N); empty otherwise.
+        public var dScalings: [Float] = []
     }
 
     /// Forward (and, with `wantGrad`, backward) of the base model with `routing`'s experts gated
     /// per token at its projections. `labels[i]` is sequence i's task (the expert its rows should
     /// choose; −1: no gate loss on it); `supervise` picks which rows carry the gate loss.
+    /// X-LoRA: `scalings` (packed rows, L·N) weight the experts instead of gates (`routing` built
+    /// with kind .xlora), and the step returns their gradient.
     public func routedLossAndGradients(_ batch: [TrainingSequence], labels: [Int], routing: TrainableRouting,
                                        lmWeight: Float, gateWeight: Float, balance: Float = 0, entropy: Float = 0,
-                                       supervise: GateSupervision = .all, wantGrad: Bool = true) -> RoutedStep {
+                                       supervise: GateSupervision = .all, wantGrad: Bool = true,
+                                       scalings: [Float]? = nil) -> RoutedStep {
         precondition(labels.count == batch.count, "one label per sequence")
         var rowLabel: [Int] = []
         for (s, y) in zip(batch, labels) {
@@ -298,7 +303,7 @@ public final class LlamaTrainingEngine {
             for t in 0..<s.tokens.count { rowLabel.append(t >= first ? y : -1) }
         }
         let pass = RoutedTrainingPass(routing: routing, rowLabel: rowLabel, gateWeight: gateWeight,
-                                      balance: wantGrad ? balance : 0, entropy: entropy)
+                                      balance: wantGrad ? balance : 0, entropy: entropy, scalings: scalings)
         routedPass = pass
         defer { routedPass = nil }
         let none = LoRAParameters(modules: [], rank: 1, alpha: 1, rsLoRA: false, targets: [])
@@ -311,7 +316,7 @@ public final class LlamaTrainingEngine {
             backward(tape, dHSel: r.dH!, lora: none, grads: &unused)
         }
         return RoutedStep(lmLoss: r.nll / Double(max(n, 1)), lmTokens: n, gateLoss: pass.meanCrossEntropy,
-                          entropy: pass.meanEntropy, grads: pass.grads)
+                          entropy: pass.meanEntropy, grads: pass.grads, dScalings: pass.dScalings)
     }
 
     // MARK: Forward

@@ -37,6 +37,15 @@ final class RouteCLITests: XCTestCase {
         XCTAssertTrue(r.stdout.contains("add_2digit: own adapter top-1 on"), r.stdout)
         XCTAssertTrue(RoutedModel.isRoutedDirectory(out))
 
+        // X-LoRA: a classifier instead of gates, dense over both adapters by default.
+        let xl = try CLITests.run(["route", "--method", "xlora"] + ads + ["--shots"] + shots
+                                  + ["--shots-per-task", "2", "--steps", "2", "-o", dir + "/xlora", "--quiet"])
+        XCTAssertEqual(xl.code, 0, xl.stderr)
+        XCTAssertTrue(xl.stdout.contains("xlora: 2 adapters, per-layer scalings on 210 routed projections, top-2"), xl.stdout)
+        let xev = try CLITests.run(["inspect", dir + "/xlora"])
+        XCTAssertEqual(xev.code, 0, xev.stderr)
+        XCTAssertTrue(xev.stdout.contains("routed model, xlora (per-layer scalings from a classifier"), xev.stdout)
+
         // The same output again is refused; --force replaces it.
         let again = try CLITests.run(["route", "--method", "arrow"] + ads + ["-o", out, "--quiet"])
         XCTAssertNotEqual(again.code, 0)

@@ -64,7 +64,7 @@ final class RoutingTests: XCTestCase {
     func testRoutedProjectionMatchesNaiveFormula() throws {
         let m = QuantizedModelTests.twins().f32
         let ads = (0..<4).map { Self.adapter(m, "a\($0)", seed: UInt64(20 + $0), rank: 2 + $0) }
-        for kind in GateKind.allCases where kind != .sequence {   // per-token gates only
+        for kind in GateKind.allCases where kind != .sequence && kind != .xlora {   // per-projection gates (X-LoRA: XLoRATests)
             for (k, T) in [(1, Float(1)), (2, Float(0.5)), (4, Float(2))] {
                 var rng = SeededRNG(seed: 3)
                 let r = Self.routed(m, ads, topK: k, kind: kind, temperature: T) { n, nIn in .randomNormal(n, nIn, std: 0.5, rng: &rng) }

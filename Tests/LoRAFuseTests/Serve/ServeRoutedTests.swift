@@ -6,10 +6,27 @@ import XCTest
 /// adapters, giving the tokens `lorafuse generate --adapter ROUTED` gives.
 final class ServeRoutedTests: XCTestCase {
     func testRoutedFolderIsServedLikeGenerate() async throws {
+        try await servedLikeGenerate { model, ads in try RouterBuilder.build(model: model, adapters: ads, shots: [], options: RouteOptions(method: .arrow)) }
+    }
+
+    /// X-LoRA's two passes per token (its sessions step outside the batch) give generate's tokens too.
+    func testXLoRAFolderIsServedLikeGenerate() async throws {
+        try await servedLikeGenerate { model, ads in
+            let L = model.config.numHiddenLayers, C = model.config.hiddenSize
+            var rng = SeededRNG(seed: 4)
+            let table = (0..<(L * 2 * (C + 1))).map { _ in rng.nextNormal() }
+            let cfg = RouterConfig(method: "xlora", gate: .xlora, topK: 2, temperature: 1, placement: .all,
+                                   base: RouterBase(config: model.config, name: nil),
+                                   adapters: ads.map { RouterAdapterEntry(name: $0.name, path: $0.name, sha256: "") }, training: [:])
+            return RoutedModel(config: cfg, adapters: ads, gates: [XLoRAClassifier.tensorName: Matrix(rows: L * 2, cols: C + 1, data: table)])
+        }
+    }
+
+    private func servedLikeGenerate(_ make: (LlamaModel, [LoRAAdapter]) throws -> RoutedModel) async throws {
         let model = ServeFixtures.model()
         let dir = try ServeFixtures.adapterDirectory(model, names: ["alpha", "beta"])
         let ads = try ["alpha", "beta"].map { n -> LoRAAdapter in var a = try AdapterIO.read(path: dir + "/" + n); a.name = n; return a }
-        let routed = try RouterBuilder.build(model: model, adapters: ads, shots: [], options: RouteOptions(method: .arrow))
+        let routed = try make(model, ads)
         let out = dir + "/mix"
         try OutputGuard.buildDirectory(out, inputs: [], force: false) { tmp in
             try routed.write(into: tmp, finalPath: out, sources: [dir + "/alpha", dir + "/beta"], copyAdapters: false)
