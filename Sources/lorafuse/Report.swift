@@ -43,6 +43,9 @@ struct Report: ParsableCommand {
     @Option(name: .long, parsing: .upToNextOption,
             help: "Adapters trained on the union of the tasks (multi-task LoRA, FlyLoRA, SMoRA…), or directories of them (as --adapters): each a row of the \"Trained as multi-task\" section, named after its folder.")
     var trained: [String] = []
+    @Option(name: .long, parsing: .upToNextOption,
+            help: "Composite prompt files (lorafuse tasks composite: several tasks asked in one prompt): every row but the experts is also scored on them, with each adapter alone, in a \"Composite prompts\" section apart from the means.")
+    var composite: [String] = []
     @Option(name: [.short, .customLong("output")], help: "Output directory (created; its cache/ is reused on reruns).")
     var output: String
 
@@ -231,7 +234,7 @@ struct Report: ParsableCommand {
         let hints = (try? ModelHints.load(path: modelPath)) ?? ModelHints()
         let adapterPaths = try ReportInputs.adapterPaths(adapters)
         // The report folder is reused (its cache), so it may exist; it must not be an input.
-        try OutputGuard.check(output, kind: .directory, inputs: [modelPath] + adapters + test + shots + val + trained, force: true)
+        try OutputGuard.check(output, kind: .directory, inputs: [modelPath] + adapters + test + shots + val + trained + composite, force: true)
         let loaded = try adapterPaths.map { try AdapterIO.read(path: $0, hints: hints) }
         let trainedPaths = try ReportInputs.adapterPaths(trained)
         let trainedAdapters = try zip(trainedPaths, Self.trainedNames(trainedPaths)).map { p, name -> LoRAAdapter in
@@ -244,6 +247,7 @@ struct Report: ParsableCommand {
                                   shots: try TaskData.read(paths: try ReportInputs.taskFiles(shots, suffix: ".train.jsonl")),
                                   val: try TaskData.read(paths: try ReportInputs.taskFiles(val, suffix: ".val.jsonl")),
                                   trained: trainedAdapters)
+        inputs.composite = try TaskData.read(paths: composite)
         if let t = tasks {
             inputs = try inputs.restricted(to: t.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
         }

@@ -263,7 +263,7 @@ extension ReportRunner {
         key.learned = ["generator": genKey, "fusion": Self.json(options.fusion), "shots": learn.map { Digest.task($0.shots) }.joined(separator: ","),
                        "selection": selection.map(Digest.task).joined(separator: ",")]
         var entry = try loadCache(m.id, key: key)
-        let missing = test.filter { entry.tasks[$0.name]?.digest != Digest.task($0) }
+        let missing = scored.filter { entry.tasks[$0.name]?.digest != Digest.task($0) }
         let units = icmUnits(m)
         if !missing.isEmpty {
             let start = Date()
@@ -273,13 +273,13 @@ extension ReportRunner {
             entry.fuseSeconds = Date().timeIntervalSince(start)
             entry.icm = details
             entry.tasks = [:]
-            try evaluate(fused, on: test, entry: &entry, cacheID: m.id, label: m.id)
+            try evaluate(fused, on: scored, entry: &entry, cacheID: m.id, label: m.id)
         } else {
             tick(units, "\(m.id) (cached)")
         }
-        skipCached(except: missing.isEmpty ? [] : test, label: m.id)
+        skipCached(except: missing.isEmpty ? [] : scored, label: m.id)
         return ReportRow(method: m, tasks: entry.results(for: test), order: taskNames, shots: v == .fewShot ? settings.icm.fewShots : settings.shotsPerTask,
-                         fuseSeconds: entry.fuseSeconds, evalSeconds: entry.evalSeconds, icm: entry.icm)
+                         fuseSeconds: entry.fuseSeconds, evalSeconds: entry.evalSeconds, icm: entry.icm).with(composite: entry.results(for: composite))
     }
 
     static func counts(_ tasks: [EvalTask]) -> [String: Int] {

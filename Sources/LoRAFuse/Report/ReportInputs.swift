@@ -58,6 +58,9 @@ public struct ReportInputs: Sendable {
     public var val: [EvalTask]
     /// Adapters trained on the union of the tasks (`--trained`), each a row of its own.
     public var trained: [LoRAAdapter] = []
+    /// Composite prompts (`--composite`, made by `lorafuse tasks composite`): every row but the
+    /// experts is also scored on them, apart from the suite's means; each adapter alone too.
+    public var composite: [EvalTask] = []
 
     public init(adapters: [LoRAAdapter], test: [EvalTask], shots: [EvalTask] = [], val: [EvalTask] = [],
                 trained: [LoRAAdapter] = []) {
@@ -73,8 +76,10 @@ public struct ReportInputs: Sendable {
         let known = test.map(\.name)
         for n in names where !known.contains(n) { throw ReportError.unknownTask(n, known: known) }
         func pick(_ ts: [EvalTask]) -> [EvalTask] { names.compactMap { n in ts.first { $0.name == n } } }
-        return ReportInputs(adapters: names.compactMap { n in adapters.first { $0.name == n } },
-                            test: pick(test), shots: pick(shots), val: pick(val), trained: trained)
+        var r = ReportInputs(adapters: names.compactMap { n in adapters.first { $0.name == n } },
+                             test: pick(test), shots: pick(shots), val: pick(val), trained: trained)
+        r.composite = composite
+        return r
     }
 
     /// The first `k` examples of each task (all when it has fewer).

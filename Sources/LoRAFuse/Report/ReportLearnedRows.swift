@@ -82,7 +82,7 @@ extension ReportRunner {
                        "start": String(options.initialCoefficient), "catScale": String(options.catScale ?? 0),
                        "sigma": String(options.lorahubSigma)]
         var entry = try loadCache(id, key: key)
-        let missing = test.filter { entry.tasks[$0.name]?.digest != Digest.task($0) }
+        let missing = scored.filter { entry.tasks[$0.name]?.digest != Digest.task($0) }
         if !missing.isEmpty {
             // A partial entry cannot be finished without the fitted adapter, which is not cached
             // (a rank-Σr adapter per fit would dwarf the report): the fit is redone, seeded.
@@ -100,13 +100,13 @@ extension ReportRunner {
             entry.coefficients = ReportCoefficients(result.coefficients, layers: model.config.numHiddenLayers,
                                                     start: options.initialCoefficient)
             entry.tasks = [:]
-            try evaluate(result.adapter, on: test, entry: &entry, cacheID: id, label: "\(m.id) (\(k) shots)", accuracy: accuracy)
+            try evaluate(result.adapter, on: scored, entry: &entry, cacheID: id, label: "\(m.id) (\(k) shots)", accuracy: accuracy)
         } else {
             tick(fitUnits(m, shots: k), "\(m.id) (cached)")
         }
-        skipCached(except: missing.isEmpty ? [] : test, label: m.id)
+        skipCached(except: missing.isEmpty ? [] : scored, label: m.id)
         return ReportRow(method: m, tasks: entry.results(for: test), order: taskNames, shots: k, fuseSeconds: entry.fuseSeconds,
-                         evalSeconds: entry.evalSeconds, coefficients: entry.coefficients)
+                         evalSeconds: entry.evalSeconds, coefficients: entry.coefficients).with(composite: entry.results(for: composite))
     }
 
 

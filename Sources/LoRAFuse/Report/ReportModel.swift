@@ -249,6 +249,8 @@ public struct ReportRow: Codable, Sendable, Equatable {
     public var routing: ReportRouting?
     /// Rank-gated `--trained` rows (FlyLoRA, SMoRA): how each task's tokens spread over the ranks.
     public var rankUsage: ReportRankUsage?
+    /// Per composite task (`--composite`): the row's result there, outside `tasks` and the means.
+    public var composite: [String: TaskEvalResult]?
     public var warnings: [String]
 
     public init(method: ReportMethod, tasks: [String: TaskEvalResult], order: [String], shots: Int? = nil,
@@ -272,6 +274,13 @@ public struct ReportRow: Codable, Sendable, Equatable {
     public func meanLoss(over subset: [String]) -> Double? {
         let v = subset.compactMap { tasks[$0]?.loss }
         return v.isEmpty || v.count != subset.count ? nil : v.reduce(0, +) / Double(v.count)
+    }
+
+    /// The row with its composite-task results (none: nil).
+    func with(composite results: [String: TaskEvalResult]) -> ReportRow {
+        var r = self
+        r.composite = results.isEmpty ? nil : results
+        return r
     }
 }
 
@@ -350,6 +359,9 @@ public struct ReportResults: Codable, Sendable, Equatable {
     public var shotsCurves: [String: [ReportShotsPoint]]
     public var targets: [ReportTarget]
     public var warnings: [String]
+    /// Composite tasks (`--composite`), and each adapter alone on them (adapter → task → result).
+    public var composite: [String]?
+    public var compositeExperts: [String: [String: TaskEvalResult]]?
 
     public init(generated: String, settings: ReportSettings, tasks: [String], testExamples: [String: Int], adapters: [String],
                 rows: [ReportRow], analysis: ReportAnalysis?, expertMatrix: [[Double?]]?,

@@ -453,6 +453,10 @@ public enum ReportRenderer {
             s += "<h2 id=\"routing\">Routing</h2>\n" + htmlTable(rt) + "<p>\(escapeHTML(routingParagraph))</p>\n"
             for f in charts.keys.filter({ $0.hasPrefix("gates-") }).sorted() { s += figure(f) }
         }
+        if let ct = compositeTable(r) {
+            s += "<h2 id=\"composite\">Composite prompts</h2>\n" + htmlTable(ct)
+                + "<p>\(escapeHTML(compositeParagraph))</p>\n"
+        }
         if !r.warnings.isEmpty {
             s += "<h2 id=\"warnings\">Warnings</h2>\n<ul>\n" + r.warnings.map { "<li>\(escapeHTML($0))</li>\n" }.joined() + "</ul>\n"
         }
@@ -538,6 +542,9 @@ public enum ReportRenderer {
         if let rt = routingTable(r) {
             s += "\n## Routing\n\n" + markdownTable(rt) + "\n" + escapeMarkdown(routingParagraph) + "\n\n"
             s += charts.keys.filter { $0.hasPrefix("gates-") }.sorted().map(image).joined()
+        }
+        if let ct = compositeTable(r) {
+            s += "\n## Composite prompts\n\n" + markdownTable(ct) + "\n" + escapeMarkdown(compositeParagraph) + "\n\n"
         }
         if !r.warnings.isEmpty { s += "\n## Warnings\n\n" + r.warnings.map { "- \(escapeMarkdown($0))\n" }.joined() }
         s += "\nAll numbers: `results.json`.\n"

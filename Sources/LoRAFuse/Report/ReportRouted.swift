@@ -65,7 +65,7 @@ extension ReportRunner {
                        "lmWeight": String(options.lmWeight), "gateWeight": String(options.gateWeight), "balance": String(options.balance),
                        "entropy": String(options.entropy)]
         var entry = try loadCache(m.id, key: key)
-        let missing = test.filter { entry.tasks[$0.name]?.digest != Digest.task($0) }
+        let missing = scored.filter { entry.tasks[$0.name]?.digest != Digest.task($0) }
         if !missing.isEmpty || entry.routing == nil {
             let start = Date()
             var fitDone = 0
@@ -98,7 +98,7 @@ extension ReportRunner {
         var row = ReportRow(method: m, tasks: entry.results(for: test), order: taskNames, shots: method.needsShots ? options.shotsPerTask : nil,
                             fuseSeconds: entry.fuseSeconds, evalSeconds: entry.evalSeconds, warnings: entry.warnings)
         row.routing = entry.routing
-        return row
+        return row.with(composite: entry.results(for: composite))
     }
 }
 
@@ -147,6 +147,38 @@ extension ReportRenderer {
             let dR = row.meanLoss.flatMap { m in routed?.meanLoss.map { m - $0 } }
             t.rows.append([row.method.id, num(row.meanLoss, 4), num(row.meanAccuracy, 3), signed(dE), signed(dF), signed(dR)]
                           + r.tasks.map { num(row.tasks[$0]?.loss, 3) })
+        }
+        return t
+    }
+
+    static let compositeParagraph = "Composite prompts ask two or more of the suite's tasks in one prompt (\"1) … 2) …\", made by lorafuse tasks composite from held-out examples), the answers joined by newlines: a routed model has to switch adapters inside one answer, a fused adapter has to hold every skill at once. Loss is over the joined answer; accuracy needs every line right. The best single expert is the adapter with the lowest mean loss on them, chosen knowing the answers (the best one adapter per request can do). These tasks are not part of any mean above."
+
+    /// Every row scored on the composite tasks (`--composite`), with the best single adapter.
+    static func compositeTable(_ r: ReportResults) -> Table? {
+        guard let names = r.composite, !names.isEmpty else { return nil }
+        func mean(_ res: [String: TaskEvalResult]) -> Double? {
+            let v = names.compactMap { res[$0]?.loss }
+            return v.count == names.count ? v.reduce(0, +) / Double(v.count) : nil
+        }
+        var header = ["method", "family"]
+        for n in names { header += ["\(n) loss", "\(n) acc."] }
+        header += names.count > 1 ? ["mean loss", "Δ vs base"] : ["Δ vs base"]
+        var t = Table(header: header, rows: [])
+        t.numericFrom = 2
+        let base = r.rows.first { $0.method.family == .base }?.composite.flatMap(mean)
+        func line(_ id: String, _ family: String, _ res: [String: TaskEvalResult]) {
+            var cells = [id, family]
+            for n in names { cells += [num(res[n]?.loss, 3), num(res[n]?.accuracy, 2)] }
+            let m = mean(res)
+            if names.count > 1 { cells.append(num(m, 3)) }
+            cells.append(signed(m.flatMap { x in base.map { x - $0 } }))
+            t.rows.append(cells)
+        }
+        for row in r.rows { if let c = row.composite { line(row.method.id, row.method.family.rawValue, c) } }
+        let experts = (r.compositeExperts ?? [:]).compactMap { k, v in mean(v).map { (k, $0) } }
+        if let best = experts.min(by: { $0.1 < $1.1 || ($0.1 == $1.1 && $0.0 < $1.0) }) {
+            line("best single expert (\(best.0))", "expert", r.compositeExperts![best.0]!)
+            t.muted.insert(t.rows.count - 1)
         }
         return t
     }

@@ -12,6 +12,10 @@ public final class ReportRunner {
     public internal(set) var evaluationsRun = 0
 
     let test: [EvalTask]
+    /// `--composite` tasks, scored by every row but the experts.
+    let composite: [EvalTask]
+    /// What each fused, routed or trained row is evaluated on: the suite's tasks, then the composite ones.
+    var scored: [EvalTask] { test + composite }
     var adapterDigests: [String: String] = [:]
     /// Cache keys carry the model's content and the code that computed a row, so a number from
     /// another model file or an older build is never served.
@@ -33,6 +37,9 @@ public final class ReportRunner {
         for m in methods where !seen.insert(m.id).inserted { throw ReportError.duplicateMethod(m.id) }
         if let d = AdapterNames.duplicates(inputs.adapters.map(\.name)).first { throw ReportError.duplicateName(kind: "adapters", name: d) }
         if let d = AdapterNames.duplicates(inputs.test.map(\.name)).first { throw ReportError.duplicateName(kind: "test tasks", name: d) }
+        if let d = AdapterNames.duplicates((inputs.test + inputs.composite).map(\.name) + inputs.adapters.map(\.name).filter { n in !inputs.test.contains { $0.name == n } }).first {
+            throw ReportError.duplicateName(kind: "test and composite tasks (and adapters)", name: d)
+        }
         self.model = model
         self.inputs = inputs
         self.settings = settings
@@ -40,6 +47,7 @@ public final class ReportRunner {
         self.directory = directory
         self.force = force
         test = ReportInputs.firstExamples(inputs.test, settings.testPerTask)
+        composite = inputs.composite
         for a in inputs.adapters { adapterDigests[a.name] = Digest.adapter(a) }
         for a in inputs.trained { adapterDigests[Self.trainedKey(a.name)] = Digest.adapter(a) }
         if let d = AdapterNames.duplicates(inputs.trained.map(\.name)).first { throw ReportError.duplicateName(kind: "trained adapters", name: d) }
@@ -59,21 +67,23 @@ public final class ReportRunner {
     /// Work units of the whole plan (for the progress bar), before looking at the cache.
     public var plannedUnits: Int {
         let examples = test.reduce(0) { $0 + $1.examples.count }
+        let extra = composite.reduce(0) { $0 + $1.examples.count }
         var units = 0
         for m in methods {
             switch m.family {
-            case .base, .static: units += examples
+            case .base, .static: units += examples + extra
             case .expert: units += test.filter { t in inputs.adapters.contains { $0.name == t.name } }.reduce(0) { $0 + $1.examples.count }
             case .learned:
-                for k in shotCounts { units += examples + fitUnits(m, shots: k) }
+                for k in shotCounts { units += examples + extra + fitUnits(m, shots: k) }
             case .icm:
-                units += examples + icmUnits(m)
+                units += examples + extra + icmUnits(m)
             case .routed:
-                units += routedUnits(m)
+                units += routedUnits(m) + extra
             case .trained:
-                units += examples
+                units += examples + extra
             }
         }
+        units += extra * inputs.adapters.count
         if settings.expertMatrix { units += examples * max(0, inputs.adapters.count - 1) }
         return units
     }
@@ -117,10 +127,15 @@ public final class ReportRunner {
             matrix = try expertMatrix(experts: rows.first { $0.method.family == .expert })
         }
         let iso = ISO8601DateFormatter()
-        return ReportResults(generated: iso.string(from: Date()), settings: settings, tasks: taskNames,
-                             testExamples: Dictionary(uniqueKeysWithValues: test.map { ($0.name, $0.examples.count) }),
-                             adapters: inputs.adapters.map(\.name), rows: rows, analysis: analysis,
-                             expertMatrix: matrix, shotsCurves: curves, warnings: warnings)
+        var results = ReportResults(generated: iso.string(from: Date()), settings: settings, tasks: taskNames,
+                                    testExamples: Dictionary(uniqueKeysWithValues: scored.map { ($0.name, $0.examples.count) }),
+                                    adapters: inputs.adapters.map(\.name), rows: rows, analysis: analysis,
+                                    expertMatrix: matrix, shotsCurves: curves, warnings: warnings)
+        if !composite.isEmpty {
+            results.composite = composite.map(\.name)
+            results.compositeExperts = try compositeExperts()
+        }
+        return results
     }
 
     // MARK: Rows
@@ -128,7 +143,7 @@ public final class ReportRunner {
     func staticRow(_ m: ReportMethod) throws -> ReportRow {
         let key = cacheKey(m, adapters: inputs.adapters.map(\.name))
         var entry = try loadCache(m.id, key: key)
-        let missing = test.filter { entry.tasks[$0.name]?.digest != Digest.task($0) }
+        let missing = scored.filter { entry.tasks[$0.name]?.digest != Digest.task($0) }
         var fuseSeconds = entry.fuseSeconds
         var warnings = entry.warnings
         if !missing.isEmpty {
@@ -145,7 +160,7 @@ public final class ReportRunner {
         }
         skipCached(except: missing, label: m.id)
         return ReportRow(method: m, tasks: entry.results(for: test), order: taskNames, fuseSeconds: fuseSeconds,
-                         evalSeconds: entry.evalSeconds, warnings: warnings)
+                         evalSeconds: entry.evalSeconds, warnings: warnings).with(composite: entry.results(for: composite))
     }
 
     func expertRow(_ m: ReportMethod) throws -> ReportRow {
@@ -175,7 +190,7 @@ public final class ReportRunner {
     func trainedRow(_ m: ReportMethod) throws -> ReportRow {
         let a = inputs.trained.first { $0.name == m.method }!
         var entry = try loadCache(m.id, key: cacheKey(m, adapters: [Self.trainedKey(a.name)]))
-        let missing = test.filter { entry.tasks[$0.name]?.digest != Digest.task($0) }
+        let missing = scored.filter { entry.tasks[$0.name]?.digest != Digest.task($0) }
         if !missing.isEmpty { try evaluate(a, on: missing, entry: &entry, cacheID: m.id, label: m.id) }
         if a.isRankGated && (!missing.isEmpty || entry.rankUsage == nil) {
             entry.rankUsage = try ReportRankUsage.measure(model: model, adapter: a, tasks: test, perTask: Self.rankUsageExamples)
@@ -184,18 +199,36 @@ public final class ReportRunner {
         skipCached(except: missing, label: m.id)
         var row = ReportRow(method: m, tasks: entry.results(for: test), order: taskNames, evalSeconds: entry.evalSeconds)
         row.rankUsage = entry.rankUsage
-        return row
+        return row.with(composite: entry.results(for: composite))
     }
 
     func evaluateRow(_ m: ReportMethod, cacheID: String, adapter: LoRAAdapter?) throws -> ReportRow {
         let key = cacheKey(m, adapters: adapter.map { [$0.name] } ?? [])
         var entry = try loadCache(cacheID, key: key)
-        let missing = test.filter { entry.tasks[$0.name]?.digest != Digest.task($0) }
+        let missing = scored.filter { entry.tasks[$0.name]?.digest != Digest.task($0) }
         if !missing.isEmpty {
             try evaluate(adapter, on: missing, entry: &entry, cacheID: cacheID, label: m.id)
         }
         skipCached(except: missing, label: m.id)
         return ReportRow(method: m, tasks: entry.results(for: test), order: taskNames, evalSeconds: entry.evalSeconds)
+            .with(composite: entry.results(for: composite))
+    }
+
+    /// Each adapter alone on the composite tasks (the best single expert is the composite
+    /// table's reference: one adapter for the whole prompt, chosen knowing the answers).
+    func compositeExperts() throws -> [String: [String: TaskEvalResult]] {
+        let m = ReportMethod(id: "composite-expert", family: .expert, method: "composite-expert")
+        var out: [String: [String: TaskEvalResult]] = [:]
+        for a in inputs.adapters {
+            let id = "composite-" + a.name
+            var entry = try loadCache(id, key: cacheKey(m, adapters: [a.name]))
+            let missing = composite.filter { entry.tasks[$0.name]?.digest != Digest.task($0) }
+            if !missing.isEmpty { try evaluate(a, on: missing, entry: &entry, cacheID: id, label: "composite \(a.name)") }
+            let cached = composite.filter { t in !missing.contains { $0.name == t.name } }.reduce(0) { $0 + $1.examples.count }
+            if cached > 0 { tick(cached, "composite \(a.name) (cached)") }
+            out[a.name] = entry.results(for: composite)
+        }
+        return out
     }
 
     /// Every adapter on every task, loss only; the diagonal comes from the experts row when there
@@ -230,7 +263,7 @@ public final class ReportRunner {
 
     /// Counts the tasks that came from the cache as done.
     func skipCached(except missing: [EvalTask], label: String) {
-        let n = test.filter { t in !missing.contains { $0.name == t.name } }.reduce(0) { $0 + $1.examples.count }
+        let n = scored.filter { t in !missing.contains { $0.name == t.name } }.reduce(0) { $0 + $1.examples.count }
         if n > 0 { tick(n, "\(label) (cached)") }
     }
 

@@ -51,6 +51,55 @@ final class ReportRoutedTests: XCTestCase {
         XCTAssertEqual(again.evaluationsRun, 0, "routed rows come from the cache on a rerun")
     }
 
+    /// `--composite`: every row but the experts is scored on the composite prompts, apart from the
+    /// means (which equal a run without them), each adapter alone too; the X-LoRA row takes part;
+    /// a rerun is served from the cache; a composite task named like a suite task is refused.
+    func testCompositeTasksAreScoredApartFromTheMeans() throws {
+        let model = ReportFixtures.model()
+        var inputs = ReportFixtures.inputs(model)
+        let settings = ReportSettings(testPerTask: 2, accuracy: false, rank: 2, shotsPerTask: 2, shotsCurve: [])
+        let methods = [ReportMethods.base, ReportMethods.experts, ReportMethods.staticMethod("linear", rank: 2),
+                       ReportMethods.routed("route-arrow"), ReportMethods.routed("route-xlora")]
+        let plainDir = ReportFixtures.tempDir(), dir = ReportFixtures.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: plainDir); try? FileManager.default.removeItem(atPath: dir) }
+        let plain = try ReportRunner(model: model, inputs: inputs, settings: settings, methods: methods, directory: plainDir).run()
+        let composite = try CompositeTasks.make(from: inputs.test, parts: 2, count: 3, seed: 1)
+        inputs.composite = [composite]
+        let runner = try ReportRunner(model: model, inputs: inputs, settings: settings, methods: methods, directory: dir)
+        var last: ReportProgress?
+        let r = try runner.run { last = $0 }
+        XCTAssertEqual(last?.done, last?.total)
+        XCTAssertEqual(r.composite, [composite.name])
+        for (a, b) in zip(r.rows, plain.rows) {
+            XCTAssertEqual(a.meanLoss, b.meanLoss, "\(a.method.id): the composite prompts are not in the means")
+            XCTAssertEqual(a.tasks, b.tasks)
+            XCTAssertEqual(a.composite == nil, a.method.family == .expert, a.method.id)
+        }
+        XCTAssertNotNil(r.rows.first { $0.method.id == "route-xlora" }?.routing)
+        // The training-free router and one adapter alone, evaluated directly.
+        let arrow = try RouterBuilder.build(model: model, adapters: inputs.adapters, shots: [], options: RouteOptions(method: .arrow))
+        let direct = try Evaluator(model: model.with(try model.prepare(routed: arrow)), options: EvalOptions(computeAccuracy: false)).evaluate(composite)
+        XCTAssertEqual(r.rows.first { $0.method.id == "route-arrow" }!.composite![composite.name]!.loss, direct.loss, accuracy: 1e-9)
+        let a0 = inputs.adapters[0]
+        let alone = try Evaluator(model: model.with(try model.prepare([(a0, 1)], mode: .merged)), options: EvalOptions(computeAccuracy: false)).evaluate(composite)
+        XCTAssertEqual(r.compositeExperts?[a0.name]?[composite.name]?.loss ?? -1, alone.loss, accuracy: 1e-9)
+        XCTAssertEqual(Set(r.compositeExperts!.keys), Set(inputs.adapters.map(\.name)))
+        let md = ReportRenderer.markdown(r)
+        XCTAssertTrue(md.contains("## Composite prompts"), md)
+        XCTAssertTrue(md.contains("best single expert ("), md)
+        XCTAssertFalse(ReportRenderer.markdown(plain).contains("Composite prompts"))
+
+        let again = try ReportRunner(model: model, inputs: inputs, settings: settings, methods: methods, directory: dir)
+        XCTAssertEqual(try again.run().rows, r.rows)
+        XCTAssertEqual(again.evaluationsRun, 0)
+
+        var clash = inputs
+        clash.composite = [EvalTask(name: inputs.test[0].name, examples: composite.examples)]
+        XCTAssertThrowsError(try ReportRunner(model: model, inputs: clash, settings: settings, methods: methods, directory: dir)) {
+            XCTAssertTrue("\($0)".contains(inputs.test[0].name), "\($0)")
+        }
+    }
+
     func testRoutedRowsNeedShotsForEveryAdapter() throws {
         let model = ReportFixtures.model()
         var inputs = ReportFixtures.inputs(model)
