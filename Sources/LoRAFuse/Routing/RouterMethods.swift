@@ -76,7 +76,7 @@ public struct RouteOptions: Sendable, Equatable {
     }
 
     /// xlora's default learning rate (chosen on the validation split; README, "Routing").
-    public static let xloraLearningRate: Float = 1e-3
+    public static let xloraLearningRate: Float = 5e-3
 
     /// The top-k a router of `adapters` adapters uses: `topK`, or all of them for 0.
     public func resolvedTopK(adapters: Int) -> Int { topK == 0 ? adapters : topK }
