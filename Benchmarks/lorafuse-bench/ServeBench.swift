@@ -46,7 +46,7 @@ struct ServeBench: ParsableCommand {
     @Option(help: "Adapters the paging run's --memory-budget holds.")
     var resident = 32
     @Option(name: .customLong("max-batch"), help: "Sequences decoded together: lorafuse's --max-batch, llama-server's --parallel.")
-    var maxBatch = 32
+    var maxBatch = ServeLimits().maxBatch
     @Option(name: .customLong("prefill-chunk"), help: "lorafuse serve's --prefill-chunk (default: its own default).")
     var prefillChunk: Int?
     @Option(help: "lorafuse serve's weights: stored (the GGUF's quantized blocks, its default) or f32 (dequantized at load).")

@@ -17,11 +17,14 @@ public struct ServeLimits: Sendable {
     public var timeout: Double?
 
     /// Defaults measured with `lorafuse-bench serve` (64 concurrent chat requests over 16
-    /// adapters, SmolLM2 Q4_1, 2 cores, 2026-12-06): --max-batch 8/32/64 gave 222/237/211 tok/s
-    /// (prefill chunk 512); a prefill chunk of 512 against 128 gave 3–20% more throughput and a
-    /// 25–30% lower p99 time to first token (at --max-batch 32 and 64).
-    public init(maxBatch: Int = 32, maxQueue: Int = 64, contextLength: Int = 2048, maxTokensCap: Int = 1024,
-                prefillChunk: Int = 512, timeout: Double? = nil) {
+    /// adapters, SmolLM2 Q4_1, 2 cores): on 2026-12-06, with a prefill chunk of 512, --max-batch
+    /// 8/32/64 gave 222/237/211 tok/s and 512 against 128 3–20% more; on 2026-12-07, --max-batch
+    /// 64 with a chunk of 4096 (all 64 prompts, ~2,600 tokens, in one step) gave 269/212/240 tok/s
+    /// and p99 time to first token 3.5–4.0 s against 199/167 tok/s and 12.9/14.5 s for 32 and
+    /// 512 in alternating runs (64 with 2048: 234 tok/s, 4.0 s). The price: a step holding that
+    /// many prompt tokens takes seconds, and the sequences already decoding wait for it.
+    public init(maxBatch: Int = 64, maxQueue: Int = 64, contextLength: Int = 2048, maxTokensCap: Int = 1024,
+                prefillChunk: Int = 4096, timeout: Double? = nil) {
         self.maxBatch = maxBatch
         self.maxQueue = maxQueue
         self.contextLength = contextLength
