@@ -78,18 +78,23 @@ public struct XLoRAClassifier: Sendable, Equatable {
             for i in 0..<n { z[i] /= sum }
             return
         }
-        var order = Array(0..<n)
-        for a in 0..<k {
-            var best = a
-            for b in (a + 1)..<n where z[order[b]] > z[order[best]] || (z[order[b]] == z[order[best]] && order[b] < order[best]) { best = b }
-            order.swapAt(a, best)
+        // Runs per token and layer while decoding: scratch on the stack, not the heap.
+        withUnsafeTemporaryAllocation(of: Int.self, capacity: n) { order in
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: k) { kept in
+                for i in 0..<n { order[i] = i }
+                for a in 0..<k {
+                    var best = a
+                    for b in (a + 1)..<n where z[order[b]] > z[order[best]] || (z[order[b]] == z[order[best]] && order[b] < order[best]) { best = b }
+                    order.swapAt(a, best)
+                }
+                var m = -Float.infinity
+                for a in 0..<k { m = max(m, z[order[a]] * invT) }
+                var sum: Float = 0
+                for a in 0..<k { kept[a] = expf(z[order[a]] * invT - m); sum += kept[a] }
+                for i in 0..<n { z[i] = 0 }
+                for a in 0..<k { z[order[a]] = kept[a] / sum }
+            }
         }
-        var m = -Float.infinity
-        for a in 0..<k { m = max(m, z[order[a]] * invT) }
-        var kept = [Float](repeating: 0, count: k), sum: Float = 0
-        for a in 0..<k { kept[a] = expf(z[order[a]] * invT - m); sum += kept[a] }
-        for i in 0..<n { z[i] = 0 }
-        for a in 0..<k { z[order[a]] = kept[a] / sum }
     }
 
     /// Gradient of the table (L·N, C + 1) from ∂L/∂s (rows, L·N), given the scalings s the
