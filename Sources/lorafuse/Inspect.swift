@@ -49,7 +49,8 @@ struct Inspect: ParsableCommand {
                 let r = try RoutedModel.load(directory: p, hints: hints)
                 routers.append(RouterSummary(path: p, method: r.config.method, top_k: r.config.topK, temperature: r.config.temperature,
                                              placement: r.config.placement.rawValue, gate: r.config.gate.rawValue,
-                                             adapters: r.adapters.map(\.name), routed_projections: r.routedProjectionCount))
+                                             adapters: r.adapters.map(\.name), routed_projections: r.routedProjectionCount,
+                                             genknowsub: r.config.general.map { GenKnowSubSummary(composition: $0.composition.rawValue, general: $0.adapters.map(\.name)) }))
                 read += r.adapters
             } else {
                 read.append(try AdapterIO.read(path: p, hints: hints))
@@ -73,6 +74,9 @@ struct Inspect: ParsableCommand {
                 ? "per-layer scalings from a classifier on the base model's last hidden state, top-\(r.top_k) of \(r.adapters.count), T=\(r.temperature), placement \(r.placement), \(r.routed_projections) routed projections"
                 : "\(r.gate) gates, top-\(r.top_k), T=\(r.temperature), placement \(r.placement), \(r.routed_projections) routed projections"
             print("\(r.path): routed model, \(r.method) (\(how)) over \(r.adapters.count) adapters (digests match): \(r.adapters.joined(separator: ", "))")
+            if let g = r.genknowsub {
+                print("  GenKnowSub (\(g.composition)): the mean of \(g.general.joined(separator: ", ")) subtracted from each adapter (the rows below are the subtracted adapters)")
+            }
         }
         for a in loaded { print("\(a.name): dtype \(a.sourceDType.rawValue.lowercased()), \(a.sourcePath ?? "")") }
         // A NOLA folder reads as the LoRA it stands for; say how little of it is stored.
@@ -109,4 +113,10 @@ struct RouterSummary: Encodable {
     var gate: String
     var adapters: [String]
     var routed_projections: Int
+    var genknowsub: GenKnowSubSummary?
+}
+
+struct GenKnowSubSummary: Encodable {
+    var composition: String
+    var general: [String]
 }

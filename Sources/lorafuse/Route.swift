@@ -27,6 +27,8 @@ struct Route: ParsableCommand {
         token's gate against its shot's adapter (MeteoRA's supervised routing, λ = 50 in its code); --balance \
         adds a Switch load-balance term.
 
+        GenKnowSub (--general ADAPTER...): the mean of these general adapters (trained on plain text, not on a         task) is subtracted from every adapter first, and the router is fitted to and routes over what is left,         as the GenKnowSub paper does before Arrow. --gks-composition exact (default) subtracts the mean ΔW exactly         (each expert becomes a LoRA of rank r + Σ r_general); factors subtracts the mean A and the mean B factor         by factor as PEFT's arrow does (equal ranks needed; not the same ΔW). The general adapters are recorded         with their digests and the subtraction is redone on load; no altered adapter file is written.
+
         --shots gives one .jsonl per adapter, in the same order: its examples label that adapter's task. \
         Writes ROUTED_DIR with router_config.json, router.safetensors and, with --copy-adapters, the adapters; \
         otherwise the adapters are referenced by relative path and their sha256 digests are checked on load. \
@@ -69,7 +71,12 @@ struct Route: ParsableCommand {
     @Option(name: .long, help: "meteora: tokens that carry the gate loss: all (MeteoRA: every token) or answer (only the rows that predict the answer; measured worse on the suite, mean loss 1.33 vs 1.08).")
     var supervise = "all"
 
-    @Flag(name: .customLong("copy-adapters"), help: "Copy the adapters into ROUTED_DIR/adapters instead of referencing them.")
+    @Option(name: .long, parsing: .upToNextOption, help: "GenKnowSub: general adapters whose mean is subtracted from every adapter before routing (any method).")
+    var general: [String] = []
+    @Option(name: .customLong("gks-composition"), help: "GenKnowSub's subtraction: exact (the mean ΔW, by concatenated factors) or factors (PEFT's: mean A and mean B subtracted separately).")
+    var gksComposition = "exact"
+
+    @Flag(name: .customLong("copy-adapters"), help: "Copy the adapters (and --general ones) into ROUTED_DIR instead of referencing them.")
     var copyAdapters = false
 
     @Option(name: [.short, .customLong("output")], help: "Output routed-model directory.")
@@ -91,7 +98,11 @@ struct Route: ParsableCommand {
         guard let sup = GateSupervision(rawValue: supervise) else {
             throw ValidationError("unknown --supervise '\(supervise)'; choose answer or all")
         }
+        guard let gks = GenKnowSubComposition(rawValue: gksComposition) else {
+            throw ValidationError("unknown --gks-composition '\(gksComposition)'; choose exact or factors")
+        }
         var o = RouteOptions(method: m)
+        o.genKnowSub = gks
         o.supervise = sup
         o.topK = topK ?? m.defaultTopK
         o.temperature = temperature
@@ -117,6 +128,13 @@ struct Route: ParsableCommand {
             if let first = seen[key] { throw ValidationError("\(a) is given twice (also as \(first)); each adapter is one expert") }
             seen[key] = a
         }
+        for g in general {
+            let key = OutputGuard.resolve(g)
+            if let first = seen[key] {
+                throw ValidationError("\(g) is given both as an adapter (\(first)) and as --general; subtracting it from itself leaves nothing of it")
+            }
+            seen[key] = g
+        }
         do { try RouterBuilder.validate(o, adapters: adapters.count, shots: shots.count) } catch let e as RouteError {
             throw ValidationError(e.description)
         }
@@ -126,7 +144,7 @@ struct Route: ParsableCommand {
         compute.apply()
         let o = try options()
         let start = Date()
-        let inputs = adapters + shots + [model].compactMap { $0 }
+        let inputs = adapters + general + shots + [model].compactMap { $0 }
         let target = try OutputGuard.check(output, kind: .directory, inputs: inputs, force: overwrite.force)
         let loaded = try loadModel(modelPath: model, compute: weights.compute)
         let modelPath = model ?? ModelLocator.defaultModelPath()
@@ -141,14 +159,19 @@ struct Route: ParsableCommand {
             a.name = name
             read.append(a)
         }
+        let generalRead = try general.map { path -> LoRAAdapter in
+            var a = try AdapterIO.read(path: path, hints: hints)
+            a.sourcePath = path
+            return a
+        }
         let tasks = try TaskData.read(paths: shots)
         let bar = ProgressBar(total: 1, label: "route \(o.method.rawValue)", enabled: !compute.quiet)
-        let routed = try RouterBuilder.build(model: loaded, adapters: read, shots: tasks, options: o,
+        let routed = try RouterBuilder.build(model: loaded, adapters: read, shots: tasks, options: o, general: generalRead,
                                              baseName: (modelPath as NSString).lastPathComponent) { done, total in
             bar.update(done, total: total)
         }
         try OutputGuard.writeDirectory(target) { url in
-            try routed.write(into: url.path, finalPath: target.path, sources: adapters, copyAdapters: copyAdapters)
+            try routed.write(into: url.path, finalPath: target.path, sources: adapters, generalSources: general, copyAdapters: copyAdapters)
         }
         // The summary: how often each adapter's own shots send their tokens to it (top-1, all routed projections).
         let what = o.method == .sequence ? "one choice per request"
@@ -156,6 +179,9 @@ struct Route: ParsableCommand {
             : "\(routed.gates.count) routed projections"
         var line = String(format: "%@: %d adapters, %@, top-%d, T=%g (%.1f s)", o.method.rawValue,
                           read.count, what, routed.config.topK, Double(o.temperature), Date().timeIntervalSince(start))
+        if !general.isEmpty {
+            line += "\n  GenKnowSub (\(o.genKnowSub.rawValue)): the mean of \(general.count) general adapter\(general.count == 1 ? "" : "s") subtracted from each"
+        }
         if !tasks.isEmpty {
             let set = try loaded.prepare(routed: routed)
             let own = try RoutingSummary.ownTopOne(model: loaded, set: set, tasks: tasks, shotsPerTask: o.shotsPerTask)

@@ -8,6 +8,8 @@ import Foundation
 //   router.safetensors    one gate per routed projection, "<HF module name>.gate" (N, in), F32
 //   adapters/NAME/        the adapters, when copied in (`--copy-adapters`); otherwise the paths
 //                         point at the user's own folders and the digests are checked on load
+//   general/NAME/         GenKnowSub's general adapters, likewise ("genknowsub" in the config:
+//                         composition and entries as for the adapters; GenKnowSub.swift)
 //
 // An adapter's digest is the SHA-256 of, for a folder, each of the files its reader reads that
 // exists (adapter_config.json, adapter_model.safetensors, adapters.safetensors, nola_config.json,
@@ -98,6 +100,9 @@ public struct RouterConfig: Codable, Equatable, Sendable {
     public var adapters: [RouterAdapterEntry]
     /// How the gates were fitted (steps, lr, seed, shots…), for the record.
     public var training: [String: String]
+    /// GenKnowSub: general adapters whose mean is subtracted from every expert on load
+    /// (GenKnowSub.swift); nil for none.
+    public var general: GeneralKnowledge?
 
     public static let formatName = "lorafuse-router"
     public static let fileName = "router_config.json"
@@ -105,11 +110,12 @@ public struct RouterConfig: Codable, Equatable, Sendable {
 
     enum CodingKeys: String, CodingKey {
         case format, version, method, gate, temperature, placement, adapters, training
-        case topK = "top_k", base = "base_model"
+        case topK = "top_k", base = "base_model", general = "genknowsub"
     }
 
     public init(method: String, gate: GateKind, topK: Int, temperature: Float, placement: RoutePlacement, base: RouterBase,
-                adapters: [RouterAdapterEntry], training: [String: String]) {
+                adapters: [RouterAdapterEntry], training: [String: String], general: GeneralKnowledge? = nil) {
+        self.general = general
         self.method = method
         self.gate = gate
         self.topK = topK
@@ -207,8 +213,7 @@ public struct RoutedModel: Sendable {
         for (i, e) in config.adapters.enumerated() where !names.insert(e.name).inserted {
             throw bad("adapters[\(i)].name", "'\(e.name)' appears twice")
         }
-        var adapters: [LoRAAdapter] = []
-        for e in config.adapters {
+        func read(_ e: RouterAdapterEntry) throws -> LoRAAdapter {
             let p = (e.path as NSString).isAbsolutePath ? e.path : (dir as NSString).appendingPathComponent(e.path)
             guard FileManager.default.fileExists(atPath: p) else {
                 throw RoutedModelError.adapterMissing(dir: dir, adapter: e.name, path: p)
@@ -219,7 +224,13 @@ public struct RoutedModel: Sendable {
             }
             var a = try AdapterIO.read(path: p, hints: hints)
             a.name = e.name
-            adapters.append(a)
+            return a
+        }
+        var adapters = try config.adapters.map(read)
+        if let g = config.general {
+            guard !g.adapters.isEmpty else { throw bad("genknowsub.adapters", "is empty; GenKnowSub needs at least one general adapter") }
+            let general = try g.adapters.map(read)
+            adapters = try adapters.map { try GenKnowSub.subtract(general, from: $0, composition: g.composition) }
         }
         let gatesPath = (dir as NSString).appendingPathComponent(RouterConfig.gatesFileName)
         guard FileManager.default.fileExists(atPath: gatesPath) else { throw AdapterIOError.notFound(path: gatesPath) }
@@ -263,19 +274,23 @@ public struct RoutedModel: Sendable {
     /// Writes the folder into `dir` (a fresh folder from `OutputGuard.buildDirectory`).
     /// `sources[i]` is where adapter i was read from; copied in with `copyAdapters`, else
     /// referenced by a path relative to `finalPath` (where the folder will be installed).
-    public func write(into dir: String, finalPath: String, sources: [String], copyAdapters: Bool) throws {
+    /// `generalSources` are GenKnowSub's general adapters, recorded (and copied) the same way,
+    /// in the order and under the names of `config.general`.
+    public func write(into dir: String, finalPath: String, sources: [String], generalSources: [String] = [],
+                      copyAdapters: Bool) throws {
         precondition(sources.count == adapters.count)
+        precondition(generalSources.count == (config.general?.adapters.count ?? 0))
         var cfg = config
         cfg.adapters = []
         let fm = FileManager.default
-        for (a, src) in zip(adapters, sources) {
+        func store(name: String, src: String, under folder: String) throws -> RouterAdapterEntry {
             let digest = try Self.digest(adapterAt: src)
             var stored: String
             if copyAdapters {
                 var isDir: ObjCBool = false
                 _ = fm.fileExists(atPath: src, isDirectory: &isDir)
-                let safe = a.name.map { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" || $0 == "." ? $0 : "_" }
-                stored = "adapters/" + String(safe)
+                let safe = name.map { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" || $0 == "." ? $0 : "_" }
+                stored = folder + "/" + String(safe)
                 let dest = (dir as NSString).appendingPathComponent(stored)
                 if isDir.boolValue {
                     try fm.createDirectory(atPath: dest, withIntermediateDirectories: true)
@@ -284,13 +299,18 @@ public struct RoutedModel: Sendable {
                     }
                 } else {
                     stored += "." + (src as NSString).pathExtension
-                    try fm.createDirectory(atPath: (dir as NSString).appendingPathComponent("adapters"), withIntermediateDirectories: true)
+                    try fm.createDirectory(atPath: (dir as NSString).appendingPathComponent(folder), withIntermediateDirectories: true)
                     try fm.copyItem(atPath: src, toPath: (dir as NSString).appendingPathComponent(stored))
                 }
             } else {
                 stored = Self.relativePath(of: OutputGuard.resolve(src), from: OutputGuard.resolve(finalPath))
             }
-            cfg.adapters.append(RouterAdapterEntry(name: a.name, path: stored, sha256: digest))
+            return RouterAdapterEntry(name: name, path: stored, sha256: digest)
+        }
+        cfg.adapters = try zip(adapters, sources).map { try store(name: $0.name, src: $1, under: "adapters") }
+        if let g = config.general {
+            // Their own folder (general/NAME): a general adapter may share a name with an expert.
+            cfg.general?.adapters = try zip(g.adapters, generalSources).map { try store(name: $0.name, src: $1, under: "general") }
         }
         let enc = JSONEncoder()
         enc.outputFormatting = [.prettyPrinted, .sortedKeys]

@@ -68,6 +68,9 @@ public struct RouteOptions: Sendable, Equatable {
     public var gateWeight: Float = 50
     /// meteora: weight of the routing entropy (LoRA-Mixer's entropy shaping; 0: off).
     public var entropy: Float = 0
+    /// GenKnowSub (with general adapters given to `build`): how the mean of the general
+    /// adapters is subtracted from each expert (GenKnowSub.swift).
+    public var genKnowSub: GenKnowSubComposition = .exact
 
     public init(method: RouteMethod) {
         self.method = method
@@ -151,11 +154,26 @@ public enum RouterBuilder {
     }
 
     /// Fits the gates and returns the routed model (adapters in the given order).
+    /// With `general` adapters (GenKnowSub), their mean is subtracted from every expert first:
+    /// the gates are fitted to, and the model routes over, the subtracted experts.
     /// `progress(done, total)` is called as work completes.
-    public static func build(model: LlamaModel, adapters: [LoRAAdapter], shots: [EvalTask], options o: RouteOptions,
-                             baseName: String? = nil, progress: ((Int, Int) -> Void)? = nil) throws -> RoutedModel {
-        try validate(o, adapters: adapters.count, shots: shots.count)
-        let N = adapters.count
+    public static func build(model: LlamaModel, adapters given: [LoRAAdapter], shots: [EvalTask], options o: RouteOptions,
+                             general: [LoRAAdapter] = [], baseName: String? = nil,
+                             progress: ((Int, Int) -> Void)? = nil) throws -> RoutedModel {
+        try validate(o, adapters: given.count, shots: shots.count)
+        let N = given.count
+        var adapters = given
+        if !general.isEmpty {
+            for g in general {
+                if let same = given.first(where: { a in a.sourcePath.map { OutputGuard.resolve($0) } == g.sourcePath.map { OutputGuard.resolve($0) } && a.sourcePath != nil }) {
+                    throw GenKnowSubError.sameAdapter(name: same.sourcePath ?? same.name)
+                }
+            }
+            // Checked against the model before the subtraction, so a general adapter for another
+            // base is named as such.
+            _ = try model.expertFactors(general)
+            adapters = try given.map { try GenKnowSub.subtract(general, from: $0, composition: o.genKnowSub) }
+        }
         // Every adapter checked against the model, and the projections some adapter touches.
         let factors = try model.expertFactors(adapters)
         var routedIDs = routedIDs(layers: model.layerCount, placement: o.placement, factors: factors)
@@ -204,7 +222,10 @@ public enum RouterBuilder {
         let config = RouterConfig(method: o.method.rawValue, gate: o.method.gateKind, topK: o.resolvedTopK(adapters: N), temperature: o.temperature,
                                   placement: o.placement, base: RouterBase(config: model.config, name: baseName),
                                   adapters: adapters.map { RouterAdapterEntry(name: $0.name, path: $0.sourcePath ?? $0.name, sha256: "") },
-                                  training: training)
+                                  training: training,
+                                  general: general.isEmpty ? nil : GeneralKnowledge(
+                                    composition: o.genKnowSub,
+                                    adapters: general.map { RouterAdapterEntry(name: $0.name, path: $0.sourcePath ?? $0.name, sha256: "") }))
         return RoutedModel(config: config, adapters: adapters, gates: named)
     }
 

@@ -61,6 +61,24 @@ final class RouteCLITests: XCTestCase {
         XCTAssertEqual(ins.code, 0, ins.stderr)
         XCTAssertTrue(ins.stdout.contains("routed model, arrow (arrow gates, top-2"), ins.stdout)
 
+        // GenKnowSub: a third adapter's ΔW subtracted from both, recorded and redone on load.
+        let general = Self.repo.appendingPathComponent("adapters/sentiment").path
+        let g = try CLITests.run(["route", "--method", "arrow"] + ads + ["--general", general, "-o", dir + "/gks", "--quiet"])
+        XCTAssertEqual(g.code, 0, g.stderr)
+        XCTAssertTrue(g.stdout.contains("GenKnowSub (exact): the mean of 1 general adapter subtracted from each"), g.stdout)
+        let gi = try CLITests.run(["inspect", dir + "/gks"])
+        XCTAssertEqual(gi.code, 0, gi.stderr)
+        XCTAssertTrue(gi.stdout.contains("GenKnowSub (exact): the mean of sentiment subtracted"), gi.stdout)
+        let ge = try CLITests.run(["eval", "--adapter", dir + "/gks", "--data", data, "--no-accuracy", "--json", "--quiet"])
+        XCTAssertEqual(ge.code, 0, ge.stderr)
+        let self_ = try CLITests.run(["route", "--method", "arrow"] + ads + ["--general", ads[1] + "/", "-o", dir + "/g2"])
+        XCTAssertNotEqual(self_.code, 0)
+        XCTAssertTrue(self_.stderr.contains("both as an adapter"), self_.stderr)
+        let comp = try CLITests.run(["route", "--method", "arrow"] + ads + ["--general", general, "--gks-composition", "sum", "-o", dir + "/g3"])
+        XCTAssertNotEqual(comp.code, 0)
+        XCTAssertTrue(comp.stderr.contains("unknown --gks-composition 'sum'"), comp.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/g2") || FileManager.default.fileExists(atPath: dir + "/g3"))
+
         // Careless uses.
         let k = try CLITests.run(["route", "--method", "arrow"] + ads + ["--top-k", "3", "-o", dir + "/k"])
         XCTAssertNotEqual(k.code, 0)
