@@ -39,22 +39,17 @@ final class RankSliceVariant: TrainingVariant {
         self.trainable = trainable
         self.topK = topK
         for m in start.modules {
-            parameters.add("\(m.name).lora_A", shape: [trainable.count, m.inFeatures],
-                           values: Array(m.A[(trainable.lowerBound * m.inFeatures)..<(trainable.upperBound * m.inFeatures)]))  // (k, in)
-            parameters.add("\(m.name).lora_B", shape: [m.outFeatures, trainable.count],
-                           values: (0..<m.outFeatures).flatMap { o in m.B[(o * m.rank + trainable.lowerBound)..<(o * m.rank + trainable.upperBound)] })  // (out, k)
+            let (a, b) = RankSlice.read(A: m.A, B: m.B, rank: m.rank, ranks: trainable)
+            parameters.add("\(m.name).lora_A", shape: [trainable.count, m.inFeatures], values: a)   // (k, in)
+            parameters.add("\(m.name).lora_B", shape: [m.outFeatures, trainable.count], values: b)  // (out, k)
         }
     }
 
     func factors() -> LoRAParameters {
         var p = start
-        let k = trainable.count, lo = trainable.lowerBound
         for i in p.modules.indices {
-            let m = p.modules[i], a = parameters["\(m.name).lora_A"], b = parameters["\(m.name).lora_B"]
-            p.modules[i].A.replaceSubrange((lo * m.inFeatures)..<((lo + k) * m.inFeatures), with: a)
-            for o in 0..<m.outFeatures {
-                p.modules[i].B.replaceSubrange((o * m.rank + lo)..<(o * m.rank + lo + k), with: b[(o * k)..<((o + 1) * k)])
-            }
+            let m = p.modules[i]
+            RankSlice.write(&p.modules[i], ranks: trainable, from: parameters["\(m.name).lora_A"], parameters["\(m.name).lora_B"])
             if let k = topK, k < m.rank { p.modules[i].rankGate = RankGate(topK: k, bias: [Float](repeating: 0, count: m.rank)) }
         }
         return p
@@ -62,10 +57,8 @@ final class RankSliceVariant: TrainingVariant {
 
     func parameterGradients(_ g: LoRAGradients) -> ParamSet {
         var out = parameters.zeros()
-        let k = trainable.count, lo = trainable.lowerBound
         for (i, m) in start.modules.enumerated() {
-            out["\(m.name).lora_A"] = Array(g.dA[i][(lo * m.inFeatures)..<((lo + k) * m.inFeatures)])
-            out["\(m.name).lora_B"] = (0..<m.outFeatures).flatMap { o in g.dB[i][(o * m.rank + lo)..<(o * m.rank + lo + k)] }
+            (out["\(m.name).lora_A"], out["\(m.name).lora_B"]) = RankSlice.read(A: g.dA[i], B: g.dB[i], rank: m.rank, ranks: trainable)
         }
         return out
     }
@@ -192,9 +185,9 @@ extension LoRAParameters {
         p.rank = k
         for i in p.modules.indices {
             let m = modules[i]
+            let (a, b) = RankSlice.read(A: m.A, B: m.B, rank: m.rank, ranks: 0..<k)
             p.modules[i] = TrainableLoRAModule(layer: m.layer, target: m.target, rank: k, inFeatures: m.inFeatures,
-                                               outFeatures: m.outFeatures, scale: m.scale, A: Array(m.A[0..<(k * m.inFeatures)]),
-                                               B: (0..<m.outFeatures).flatMap { o in m.B[(o * m.rank)..<(o * m.rank + k)] })
+                                               outFeatures: m.outFeatures, scale: m.scale, A: a, B: b)
         }
         return p
     }
@@ -202,10 +195,28 @@ extension LoRAParameters {
     /// Copies `other`'s ranks (fewer or as many) into this one's leading ranks, gates left out.
     mutating func setLeadingRanks(from other: LoRAParameters) {
         for i in modules.indices {
-            let m = modules[i], o = other.modules[i], k = o.rank
-            precondition(o.layer == m.layer && o.target == m.target && k <= m.rank)
-            modules[i].A.replaceSubrange(0..<(k * m.inFeatures), with: o.A)
-            for r in 0..<m.outFeatures { modules[i].B.replaceSubrange((r * m.rank)..<(r * m.rank + k), with: o.B[(r * k)..<((r + 1) * k)]) }
+            let m = modules[i], o = other.modules[i]
+            precondition(o.layer == m.layer && o.target == m.target && o.rank <= m.rank)
+            RankSlice.write(&modules[i], ranks: 0..<o.rank, from: o.A, o.B)
         }
+    }
+}
+
+/// A range of ranks of one module's factors: rows of A (r, in), columns of B (out, r). The one
+/// place the continual trainer cuts ranks out of a LoRA or puts them back.
+enum RankSlice {
+    /// (A[ranks, :], B[:, ranks]) as (k, in) and (out, k).
+    static func read(A: [Float], B: [Float], rank r: Int, ranks: Range<Int>) -> ([Float], [Float]) {
+        let nIn = A.count / r, out = B.count / r
+        return (Array(A[(ranks.lowerBound * nIn)..<(ranks.upperBound * nIn)]),
+                (0..<out).flatMap { o in B[(o * r + ranks.lowerBound)..<(o * r + ranks.upperBound)] })
+    }
+
+    /// Writes (k, in) `a` and (out, k) `b` into those ranks of the module's A and B.
+    static func write(_ m: inout TrainableLoRAModule, ranks: Range<Int>, from a: [Float], _ b: [Float]) {
+        let r = m.rank, nIn = m.inFeatures, out = m.outFeatures, k = ranks.count
+        precondition(a.count == k * nIn && b.count == out * k, "rank slice of \(k) ranks: A \(a.count) / B \(b.count) values")
+        m.A.replaceSubrange((ranks.lowerBound * nIn)..<(ranks.upperBound * nIn), with: a)
+        for o in 0..<out { m.B.replaceSubrange((o * r + ranks.lowerBound)..<(o * r + ranks.upperBound), with: b[(o * k)..<((o + 1) * k)]) }
     }
 }

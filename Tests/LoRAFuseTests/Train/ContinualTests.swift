@@ -32,6 +32,24 @@ final class ContinualTests: XCTestCase {
             XCTAssertEqual(pg["\(m.name).lora_A"], Array(g.dA[i][m.inFeatures..<(2 * m.inFeatures)]))
             XCTAssertEqual(pg["\(m.name).lora_B"], (0..<m.outFeatures).map { g.dB[i][$0 * m.rank + 1] })
         }
+        // The leading ranks out, changed, and back in: only they change.
+        var lead = full.leadingRanks(1)
+        for i in lead.modules.indices {
+            let m = full.modules[i]
+            XCTAssertEqual(lead.modules[i].A, Array(m.A[0..<m.inFeatures]))
+            XCTAssertEqual(lead.modules[i].B, (0..<m.outFeatures).map { m.B[$0 * m.rank] })
+            lead.modules[i].A = lead.modules[i].A.map { $0 + 1 }
+            lead.modules[i].B = lead.modules[i].B.map { $0 - 1 }
+        }
+        var back = full
+        back.setLeadingRanks(from: lead)
+        for (i, m) in full.modules.enumerated() {
+            let b = back.modules[i]
+            for r in 0..<m.rank {
+                for j in 0..<m.inFeatures { XCTAssertEqual(b.A[r * m.inFeatures + j], m.A[r * m.inFeatures + j] + (r == 0 ? 1 : 0)) }
+                for o in 0..<m.outFeatures { XCTAssertEqual(b.B[o * m.rank + r], m.B[o * m.rank + r] - (r == 0 ? 1 : 0)) }
+            }
+        }
     }
 
     /// `ranks`: each task trains only its block; earlier blocks come out bit-identical, later ones
