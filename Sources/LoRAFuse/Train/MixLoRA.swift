@@ -319,7 +319,11 @@ extension LlamaTrainingEngine {
         let groups = chosen.withUnsafeBufferPointer { MixtureFFN.assignments(chosen: $0.baseAddress!, weights: w.p, rows: N, experts: E, topK: k) }
         for e in 0..<E where !groups[e].rows.isEmpty {
             let rowsE = groups[e].rows, n = rowsE.count
-            expertForward(mix, e, rows: rowsE, layer: l, lt: lt, lora: lora, s: s)                 // recomputed, not kept
+            // Recomputed, not kept (activation checkpointing per expert): keeping g, u, act and out
+            // of every routed row would hold N·k·(3F + 2C) floats per layer, 1.1 GB over SmolLM2's 30
+            // layers for a batch of 8 × 100-token sequences at top-2, against one more expert
+            // forward per layer in the backward.
+            expertForward(mix, e, rows: rowsE, layer: l, lt: lt, lora: lora, s: s)
             for (i, t) in rowsE.enumerated() {
                 let slot = (0..<k).first { chosen[t * k + $0] == e }!
                 var dot: Float = 0
