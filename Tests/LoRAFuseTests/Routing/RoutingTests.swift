@@ -40,6 +40,14 @@ final class RoutingTests: XCTestCase {
 
     private func maxDiff(_ a: Matrix, _ b: Matrix) -> Float { a.maxAbsDifference(b) }
 
+    /// Flips one bit of a PEFT adapter's weights file: its digest no longer matches.
+    static func corrupt(adapterAt dir: String) throws {
+        let weights = dir + "/adapter_model.safetensors"
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: weights))
+        bytes[bytes.count - 1] ^= 0x40
+        try bytes.write(to: URL(fileURLWithPath: weights))
+    }
+
     // MARK: Engine
 
     func testZeroGatesGiveTheUniformMixtureOrTheFirstAdapter() throws {
@@ -244,10 +252,7 @@ final class RoutingTests: XCTestCase {
             XCTAssertThrowsError(try AdapterIO.read(path: out)) { XCTAssertTrue("\($0)".contains("routed model"), "\($0)") }
         }
         // A changed adapter, then a missing one: errors that name it.
-        let weights = paths[1] + "/adapter_model.safetensors"
-        var bytes = try Data(contentsOf: URL(fileURLWithPath: weights))
-        bytes[bytes.count - 1] ^= 0x40
-        try bytes.write(to: URL(fileURLWithPath: weights))
+        try Self.corrupt(adapterAt: paths[1])
         XCTAssertThrowsError(try RoutedModel.load(directory: dir + "/routed-false")) { e in
             guard case let .adapterChanged(_, name, _, _, _)? = e as? RoutedModelError else { return XCTFail("\(e)") }
             XCTAssertEqual(name, "task1")
