@@ -50,7 +50,8 @@ struct Inspect: ParsableCommand {
                 routers.append(RouterSummary(path: p, method: r.config.method, top_k: r.config.topK, temperature: r.config.temperature,
                                              placement: r.config.placement.rawValue, gate: r.config.gate.rawValue,
                                              adapters: r.adapters.map(\.name), routed_projections: r.routedProjectionCount,
-                                             genknowsub: r.config.general.map { GenKnowSubSummary(composition: $0.composition.rawValue, general: $0.adapters.map(\.name)) }))
+                                             genknowsub: r.config.general.map { GenKnowSubSummary(composition: $0.composition.rawValue, general: $0.adapters.map(\.name),
+                                                                                   appliedOnce: r.fixed != nil) }))
                 read += r.adapters
             } else {
                 read.append(try AdapterIO.read(path: p, hints: hints))
@@ -75,7 +76,8 @@ struct Inspect: ParsableCommand {
                 : "\(r.gate) gates, top-\(r.top_k), T=\(r.temperature), placement \(r.placement), \(r.routed_projections) routed projections"
             print("\(r.path): routed model, \(r.method) (\(how)) over \(r.adapters.count) adapters (digests match): \(r.adapters.joined(separator: ", "))")
             if let g = r.genknowsub {
-                print("  GenKnowSub (\(g.composition)): the mean of \(g.general.joined(separator: ", ")) subtracted from each adapter (the rows below are the subtracted adapters)")
+                print("  GenKnowSub (\(g.composition)): the mean of \(g.general.joined(separator: ", ")) subtracted from each adapter"
+                      + (g.appliedOnce ? " (applied once per routed projection; the rows below are the adapters as stored)" : " (the rows below are the subtracted adapters)"))
             }
         }
         for a in loaded { print("\(a.name): dtype \(a.sourceDType.rawValue.lowercased()), \(a.sourcePath ?? "")") }
@@ -119,4 +121,5 @@ struct RouterSummary: Encodable {
 struct GenKnowSubSummary: Encodable {
     var composition: String
     var general: [String]
+    var appliedOnce: Bool
 }

@@ -19,6 +19,14 @@ import Foundation
 // The routed folder records the general adapters (path and digest, checked on load like the
 // experts) and the composition; loading re-does the subtraction, so no altered copy of a user's
 // adapter is ever written.
+//
+// Applying `exact` cheaply: every gate's weights over the experts sum to 1 (a softmax over the
+// kept scores, per projection or, for X-LoRA, per layer), so Σ_i g_i (ΔW_i − Ḡ) = Σ_i g_i ΔW_i − Ḡ.
+// A loaded folder therefore routes over the experts as they are and applies −Ḡ once, unrouted, at
+// every routed projection (`RoutedModel.fixed`), instead of carrying Ḡ's ranks in each of the N
+// experts; the gates (fitted on the subtracted experts) are what tell the two ways apart, not the
+// forward. The per-request router merges its picks with weights that also sum to 1, but resolves
+// to plain adapter sets, so it keeps the subtracted experts; so does `factors`, which is not linear.
 
 public enum GenKnowSubComposition: String, CaseIterable, Sendable, Codable {
     case exact, factors
@@ -56,6 +64,17 @@ public enum GenKnowSubError: Error, CustomStringConvertible, Equatable {
 }
 
 public enum GenKnowSub {
+    /// −(1/G) Σ_g ΔW_g as one LoRA (the general adapters concatenated, rank Σ r_g).
+    public static func negatedMean(_ general: [LoRAAdapter]) throws -> LoRAAdapter {
+        precondition(!general.isEmpty)
+        for g in general { try g.requireDense("GenKnowSub") }
+        let method = try FusionMethods.make(name: "cat", parameters: FusionParameters())
+        let G = Float(general.count)
+        var (out, _) = try Fuser.fuse(general, weights: general.map { _ in -1 / G }, method: method, name: "genknowsub-mean")
+        out.sourcePath = nil
+        return out
+    }
+
     /// `task` with the mean of `general` subtracted (see the top of this file); same name.
     public static func subtract(_ general: [LoRAAdapter], from task: LoRAAdapter,
                                 composition: GenKnowSubComposition) throws -> LoRAAdapter {

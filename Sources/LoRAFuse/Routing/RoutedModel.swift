@@ -135,6 +135,9 @@ public struct RoutedModel: Sendable {
     public var gates: [String: Matrix]
     /// The folder it was read from (for messages).
     public var sourcePath: String?
+    /// A LoRA applied to every token at each routed projection, outside the gates: GenKnowSub's
+    /// −mean of the general adapters when the experts are kept as they are (GenKnowSub.swift).
+    public var fixed: LoRAAdapter?
 
     public init(config: RouterConfig, adapters: [LoRAAdapter], gates: [String: Matrix]) {
         self.config = config
@@ -227,10 +230,15 @@ public struct RoutedModel: Sendable {
             return a
         }
         var adapters = try config.adapters.map(read)
+        var fixed: LoRAAdapter?
         if let g = config.general {
             guard !g.adapters.isEmpty else { throw bad("genknowsub.adapters", "is empty; GenKnowSub needs at least one general adapter") }
             let general = try g.adapters.map(read)
-            adapters = try adapters.map { try GenKnowSub.subtract(general, from: $0, composition: g.composition) }
+            if g.composition == .exact && config.gate != .sequence {
+                fixed = try GenKnowSub.negatedMean(general)
+            } else {
+                adapters = try adapters.map { try GenKnowSub.subtract(general, from: $0, composition: g.composition) }
+            }
         }
         let gatesPath = (dir as NSString).appendingPathComponent(RouterConfig.gatesFileName)
         guard FileManager.default.fileExists(atPath: gatesPath) else { throw AdapterIOError.notFound(path: gatesPath) }
@@ -268,6 +276,7 @@ public struct RoutedModel: Sendable {
         guard !gates.isEmpty else { throw bad("router.safetensors", "holds no gates") }
         var routed = RoutedModel(config: config, adapters: adapters, gates: gates)
         routed.sourcePath = dir
+        routed.fixed = fixed
         return routed
     }
 
@@ -399,9 +408,10 @@ extension LlamaModel {
             }
             let classifier = XLoRAClassifier(layers: layerCount, experts: N, hiddenSize: config.hiddenSize, table: g.data,
                                              topK: routed.config.topK, temperature: routed.config.temperature)
-            let maxRank = perExpert.flatMap(\.values).map(\.rank).max() ?? 0
+            let fixed = try fixedFactors(routed, at: linears.keys)
+            let maxRank = (perExpert.flatMap(\.values) + fixed.values.flatMap { $0 }).map(\.rank).max() ?? 0
             return AdapterSet(adapters: routed.adapters.map { AdapterWeight(name: $0.name, weight: 1) }, mode: .unmerged,
-                              modelID: ObjectIdentifier(self), linearFactors: [:], embedFactors: [], mergedLinear: [:],
+                              modelID: ObjectIdentifier(self), linearFactors: fixed, embedFactors: [], mergedLinear: [:],
                               mergedEmbed: nil, maxRank: maxRank,
                               routed: RoutedLayers(linears: linears, policy: routed.policy, expertNames: routed.adapters.map(\.name),
                                                    xlora: classifier))
@@ -420,11 +430,19 @@ extension LlamaModel {
             }
             linears[id] = r
         }
-        let maxRank = perExpert.flatMap(\.values).map(\.rank).max() ?? 0
+        let fixed = try fixedFactors(routed, at: linears.keys)
+        let maxRank = (perExpert.flatMap(\.values) + fixed.values.flatMap { $0 }).map(\.rank).max() ?? 0
         return AdapterSet(adapters: routed.adapters.map { AdapterWeight(name: $0.name, weight: 1) }, mode: .unmerged,
-                          modelID: ObjectIdentifier(self), linearFactors: [:], embedFactors: [], mergedLinear: [:],
+                          modelID: ObjectIdentifier(self), linearFactors: fixed, embedFactors: [], mergedLinear: [:],
                           mergedEmbed: nil, maxRank: maxRank,
                           routed: RoutedLayers(linears: linears, policy: routed.policy, expertNames: routed.adapters.map(\.name)))
+    }
+
+    /// `routed.fixed`'s factors at the routed projections `ids` (none elsewhere: like the experts,
+    /// it is not applied outside the router's placement).
+    private func fixedFactors(_ routed: RoutedModel, at ids: Dictionary<Int, RoutedLinear>.Keys) throws -> [Int: [LoRAFactors]] {
+        guard let f = routed.fixed else { return [:] }
+        return try prepare([(f, 1)], mode: .unmerged).linearFactors.filter { ids.contains($0.key) }
     }
 
     /// Each adapter checked as `prepare(_:mode:)` checks it, as its factors per linear id; an

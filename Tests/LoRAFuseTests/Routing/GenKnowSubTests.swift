@@ -107,6 +107,10 @@ final class GenKnowSubTests: XCTestCase {
             let back = try RoutedModel.load(directory: out)
             XCTAssertEqual(back.config.general?.adapters.map(\.path), [copy ? "general/task0" : "../general/task0"])
             XCTAssertEqual(back.config.general?.adapters.first?.sha256, try RoutedModel.digest(adapterAt: general.sourcePath!))
+            // Loaded, the experts stay as stored and −mean(general) is applied once: the same logits
+            // as routing over the subtracted experts, since the gate weights sum to 1.
+            XCTAssertEqual(back.adapters[0].modules.values.first!.rank, 3)
+            XCTAssertEqual(back.fixed?.modules.values.first?.rank, 2)
             XCTAssertLessThan(try m.logits(tokens: tokens, adapters: try m.prepare(routed: back)).maxAbsDifference(want), 1e-5)
         }
         // The user's adapters were not changed by the subtraction.

@@ -121,8 +121,12 @@ final class RoutingTests: XCTestCase {
             let set = try m.prepare(routed: Self.routed(m, ads, topK: 2) { n, nIn in .randomNormal(n, nIn, std: 0.5, rng: &rng) })
             let arrow = try m.prepare(routed: Self.routed(m, ads, topK: 1, kind: .arrow) { n, nIn in .randomNormal(n, nIn, std: 0.5, rng: &rng) })
             let plain = try m.prepare([(ads[1], 1)])
-            let seqs = [[4, 8, 15, 16, 23], [42, 1, 2], [9, 9, 3, 1]]
-            let sets = [set, arrow, plain]
+            // A routed set with a LoRA applied to every token beside the gates (GenKnowSub's −mean).
+            var withFixed = Self.routed(m, ads, topK: 2) { n, nIn in .randomNormal(n, nIn, std: 0.5, rng: &rng) }
+            withFixed.fixed = Self.adapter(m, "fixed", seed: 39, rank: 2)
+            let fixedSet = try m.prepare(routed: withFixed)
+            let seqs = [[4, 8, 15, 16, 23], [42, 1, 2], [9, 9, 3, 1], [7, 6, 5]]
+            let sets = [set, arrow, plain, fixedSet]
             let want = try zip(seqs, sets).map { try m.logits(tokens: $0, adapters: $1) }
             // Through the KV cache one token at a time.
             let s = try m.makeLlamaSession(maxTokens: 8, adapters: set)
