@@ -164,22 +164,34 @@ extension RoutedLinear {
             // Experts with no LoRA at this projection are never chosen.
             var avail = 0
             for i in 0..<N where present(i) { order[avail] = i; avail += 1 }
-            // Partial selection sort of the k best; ties keep the lower index first.
-            let kk = min(k, avail)
-            for a in 0..<kk {
-                var best = a
-                for b in (a + 1)..<max(avail, a + 1) where s[order[b]] > s[order[best]] || (s[order[b]] == s[order[best]] && order[b] < order[best]) {
-                    best = b
+            order.withUnsafeMutableBufferPointer { o in
+                kept.withUnsafeMutableBufferPointer { kp in
+                    Self.keepTopK(s, n: N, candidates: o.baseAddress!, count: avail, k: k, invT: invT, kept: kp.baseAddress!)
                 }
-                order.swapAt(a, best)
             }
-            var m = -Float.infinity
-            for a in 0..<kk { m = max(m, s[order[a]] * invT) }
-            var z: Float = 0
-            for a in 0..<kk { kept[a] = expf(s[order[a]] * invT - m); z += kept[a] }
-            for i in 0..<N { s[i] = 0 }
-            for a in 0..<kk { s[order[a]] = kept[a] / z }
         }
+    }
+
+    /// s (n) ← softmax(s · invT) over the k largest of the candidates `order[0..<count]` (a partial
+    /// selection sort; ties keep the lower index first), 0 everywhere else. `order` is permuted;
+    /// `kept` holds at least min(k, count) values. Shared by the per-projection gates and X-LoRA's
+    /// per-layer scalings.
+    static func keepTopK(_ s: UnsafeMutablePointer<Float>, n: Int, candidates order: UnsafeMutablePointer<Int>, count: Int,
+                         k: Int, invT: Float, kept: UnsafeMutablePointer<Float>) {
+        let kk = min(k, count)
+        for a in 0..<kk {
+            var best = a
+            for b in (a + 1)..<count where s[order[b]] > s[order[best]] || (s[order[b]] == s[order[best]] && order[b] < order[best]) {
+                best = b
+            }
+            (order[a], order[best]) = (order[best], order[a])
+        }
+        var m = -Float.infinity
+        for a in 0..<kk { m = max(m, s[order[a]] * invT) }
+        var z: Float = 0
+        for a in 0..<kk { kept[a] = expf(s[order[a]] * invT - m); z += kept[a] }
+        for i in 0..<n { s[i] = 0 }
+        for a in 0..<kk { s[order[a]] = kept[a] / z }
     }
 }
 

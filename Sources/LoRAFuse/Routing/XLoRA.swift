@@ -82,17 +82,7 @@ public struct XLoRAClassifier: Sendable, Equatable {
         withUnsafeTemporaryAllocation(of: Int.self, capacity: n) { order in
             withUnsafeTemporaryAllocation(of: Float.self, capacity: k) { kept in
                 for i in 0..<n { order[i] = i }
-                for a in 0..<k {
-                    var best = a
-                    for b in (a + 1)..<n where z[order[b]] > z[order[best]] || (z[order[b]] == z[order[best]] && order[b] < order[best]) { best = b }
-                    order.swapAt(a, best)
-                }
-                var m = -Float.infinity
-                for a in 0..<k { m = max(m, z[order[a]] * invT) }
-                var sum: Float = 0
-                for a in 0..<k { kept[a] = expf(z[order[a]] * invT - m); sum += kept[a] }
-                for i in 0..<n { z[i] = 0 }
-                for a in 0..<k { z[order[a]] = kept[a] / sum }
+                RoutedLinear.keepTopK(z, n: n, candidates: order.baseAddress!, count: n, k: k, invT: invT, kept: kept.baseAddress!)
             }
         }
     }
