@@ -159,9 +159,14 @@ struct Route: ParsableCommand {
             a.name = name
             read.append(a)
         }
+        // Named apart like the experts: with --copy-adapters each goes to general/NAME.
+        var generalNames = Set<String>()
         let generalRead = try general.map { path -> LoRAAdapter in
             var a = try AdapterIO.read(path: path, hints: hints)
             a.sourcePath = path
+            var name = a.name, n = 2
+            while !generalNames.insert(name).inserted { name = "\(a.name)-\(n)"; n += 1 }
+            a.name = name
             return a
         }
         let tasks = try TaskData.read(paths: shots)
