@@ -78,42 +78,54 @@ public enum GenKnowSub {
     /// `task` with the mean of `general` subtracted (see the top of this file); same name.
     public static func subtract(_ general: [LoRAAdapter], from task: LoRAAdapter,
                                 composition: GenKnowSubComposition) throws -> LoRAAdapter {
+        try subtract(general, from: [task], composition: composition)[0]
+    }
+
+    /// Each of `tasks` with the mean of `general` subtracted; the mean is built once for all.
+    public static func subtract(_ general: [LoRAAdapter], from tasks: [LoRAAdapter],
+                                composition: GenKnowSubComposition) throws -> [LoRAAdapter] {
         precondition(!general.isEmpty)
-        try task.requireDense("GenKnowSub")
-        for g in general { try g.requireDense("GenKnowSub") }
+        for a in tasks + general { try a.requireDense("GenKnowSub") }
         switch composition {
         case .exact:
-            let method = try FusionMethods.make(name: "cat", parameters: FusionParameters())
-            let G = Float(general.count)
-            var (out, _) = try Fuser.fuse([task] + general, weights: [1] + general.map { _ in -1 / G }, method: method, name: task.name)
-            out.name = task.name
-            out.sourcePath = task.sourcePath
-            return out
-        case .factors:
-            var out = task
-            for (name, m) in task.modules {
-                var sumA = [Float](repeating: 0, count: m.A.count), sumB = [Float](repeating: 0, count: m.B.count)
-                for g in general {
-                    guard let gm = g.modules[name] else {
-                        throw GenKnowSubError.missingModule(task: task.name, general: g.name, module: name)
-                    }
-                    guard gm.deltaShape == m.deltaShape else {
-                        throw GenKnowSubError.shapeMismatch(task: task.name, general: g.name, module: name,
-                                                            taskShape: m.deltaShape, generalShape: gm.deltaShape)
-                    }
-                    guard gm.rank == m.rank else {
-                        throw GenKnowSubError.rankMismatch(task: task.name, general: g.name, module: name, taskRank: m.rank, generalRank: gm.rank)
-                    }
-                    for j in 0..<sumA.count { sumA[j] += gm.A.data[j] }
-                    for j in 0..<sumB.count { sumB[j] += gm.B.data[j] }
-                }
-                let G = Float(general.count)
-                var A = m.A, B = m.B
-                for j in 0..<A.data.count { A.data[j] -= sumA[j] / G }
-                for j in 0..<B.data.count { B.data[j] -= sumB[j] / G }
-                out.modules[name] = LoRAModule(A: A, B: B, scale: m.scale, kind: m.kind)
+            let mean = try negatedMean(general)
+            let cat = try FusionMethods.make(name: "cat", parameters: FusionParameters())
+            return try tasks.map { task in
+                var (out, _) = try Fuser.fuse([task, mean], weights: [1, 1], method: cat, name: task.name)
+                out.name = task.name
+                out.sourcePath = task.sourcePath
+                return out
             }
-            return out
+        case .factors:
+            return try tasks.map { try subtractFactors(general, from: $0) }
         }
+    }
+
+    /// PEFT's arithmetic on one task adapter (see the top of this file).
+    private static func subtractFactors(_ general: [LoRAAdapter], from task: LoRAAdapter) throws -> LoRAAdapter {
+        var out = task
+        for (name, m) in task.modules {
+            var sumA = [Float](repeating: 0, count: m.A.count), sumB = [Float](repeating: 0, count: m.B.count)
+            for g in general {
+                guard let gm = g.modules[name] else {
+                    throw GenKnowSubError.missingModule(task: task.name, general: g.name, module: name)
+                }
+                guard gm.deltaShape == m.deltaShape else {
+                    throw GenKnowSubError.shapeMismatch(task: task.name, general: g.name, module: name,
+                                                        taskShape: m.deltaShape, generalShape: gm.deltaShape)
+                }
+                guard gm.rank == m.rank else {
+                    throw GenKnowSubError.rankMismatch(task: task.name, general: g.name, module: name, taskRank: m.rank, generalRank: gm.rank)
+                }
+                for j in 0..<sumA.count { sumA[j] += gm.A.data[j] }
+                for j in 0..<sumB.count { sumB[j] += gm.B.data[j] }
+            }
+            let G = Float(general.count)
+            var A = m.A, B = m.B
+            for j in 0..<A.data.count { A.data[j] -= sumA[j] / G }
+            for j in 0..<B.data.count { B.data[j] -= sumB[j] / G }
+            out.modules[name] = LoRAModule(A: A, B: B, scale: m.scale, kind: m.kind)
+        }
+        return out
     }
 }

@@ -237,7 +237,7 @@ public struct RoutedModel: Sendable {
             if g.composition == .exact && config.gate != .sequence {
                 fixed = try GenKnowSub.negatedMean(general)
             } else {
-                adapters = try adapters.map { try GenKnowSub.subtract(general, from: $0, composition: g.composition) }
+                adapters = try GenKnowSub.subtract(general, from: adapters, composition: g.composition)
             }
         }
         let gatesPath = (dir as NSString).appendingPathComponent(RouterConfig.gatesFileName)

@@ -172,7 +172,7 @@ public enum RouterBuilder {
             // Checked against the model before the subtraction, so a general adapter for another
             // base is named as such.
             _ = try model.expertFactors(general)
-            adapters = try given.map { try GenKnowSub.subtract(general, from: $0, composition: o.genKnowSub) }
+            adapters = try GenKnowSub.subtract(general, from: given, composition: o.genKnowSub)
         }
         // Every adapter checked against the model, and the projections some adapter touches.
         let factors = try model.expertFactors(adapters)
