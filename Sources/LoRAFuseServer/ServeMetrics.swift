@@ -4,13 +4,14 @@ import Prometheus
 
 /// The server's Prometheus metrics: requests and errors, tokens in and out, time to first token
 /// and per-token latency, queue depth, batch size, requests per model (base, adapter, fusion) and
-/// adapter residency, loads, evictions and fusions built. Its own registry (no global bootstrap), emitted by `GET /metrics`.
+/// adapter residency, loads, evictions and fusions built, key/value blocks held and sequences preempted for memory. Its own registry (no global bootstrap), emitted by `GET /metrics`.
 public final class ServeMetrics: ServeObserver, @unchecked Sendable {
     public let registry = PrometheusCollectorRegistry()
     private let promptTokens, completionTokens: Counter
     private let ttft, interToken, batchSize: ValueHistogram
     private let queueDepth, running, adaptersResident, adapterBytes, adaptersRegistered: Gauge
-    private let adapterLoads, adapterEvictions, fusionsBuilt: Counter
+    private let kvBlocks, kvBytes, kvBlocksPeak: Gauge
+    private let adapterLoads, adapterEvictions, fusionsBuilt, preemptions: Counter
     /// The registry's counters when last rendered (the Prometheus counters advance by the difference).
     private var seen = (loads: 0, fusions: 0, evictions: 0)
     private let lock = NSLock()
@@ -29,6 +30,10 @@ public final class ServeMetrics: ServeObserver, @unchecked Sendable {
         adapterLoads = registry.makeCounter(descriptor: d("lorafuse_adapter_loads_total", "Adapter sets read from disk (again after an eviction)."))
         adapterEvictions = registry.makeCounter(descriptor: d("lorafuse_adapter_evictions_total", "Adapter sets evicted to fit the memory budget."))
         fusionsBuilt = registry.makeCounter(descriptor: d("lorafuse_fusions_built_total", "Per-request fusions built (cache misses)."))
+        kvBlocks = registry.makeGauge(descriptor: d("lorafuse_kv_blocks", "Key/value cache blocks held by sequences."))
+        kvBlocksPeak = registry.makeGauge(descriptor: d("lorafuse_kv_blocks_peak", "Most key/value cache blocks held at once."))
+        kvBytes = registry.makeGauge(descriptor: d("lorafuse_kv_bytes", "Bytes of the key/value cache blocks held (counted in --memory-budget with the adapters)."))
+        preemptions = registry.makeCounter(descriptor: d("lorafuse_preemptions_total", "Running sequences that gave their key/value blocks back for memory and were queued again."))
     }
 
     public func request(endpoint: String, status: Int) {
@@ -43,6 +48,7 @@ public final class ServeMetrics: ServeObserver, @unchecked Sendable {
     public func firstToken(model: String, seconds: Double) { ttft.record(seconds) }
     public func nextToken(seconds: Double) { interToken.record(seconds) }
     public func finished(model: String, completionTokens n: Int, reason: String) { completionTokens.increment(by: Int64(n)) }
+    public func preempted(model: String) { preemptions.increment() }
 
     public func step(batch: Int, running r: Int, waiting: Int) {
         batchSize.record(Double(batch))
@@ -58,6 +64,10 @@ public final class ServeMetrics: ServeObserver, @unchecked Sendable {
         adapterBytes.set(Double(infos.reduce(0) { $0 + ($1.resident ? $1.bytes : 0) }))
         queueDepth.set(Double(engine.queueDepth))
         running.set(Double(engine.runningCount))
+        let kv = engine.kvPool.counters
+        kvBlocks.set(Double(kv.inUse))
+        kvBlocksPeak.set(Double(kv.peak))
+        kvBytes.set(Double(kv.inUse * engine.kvPool.blockBytes))
         let c = engine.registry.counters
         lock.lock()
         adapterLoads.increment(by: Int64(max(0, c.loads - seen.loads)))

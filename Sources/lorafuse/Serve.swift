@@ -45,8 +45,11 @@ struct Serve: ParsableCommand {
     @Option(name: .customLong("max-queue"), help: "Requests waiting beyond --max-batch before new ones get 429.")
     var maxQueue = 64
 
-    @Option(name: .customLong("memory-budget"), help: "MB of adapter weights kept in memory (least recently used evicted; 0: no limit).")
+    @Option(name: .customLong("memory-budget"), help: "MB shared by resident adapter weights and the sequences' key/value cache blocks (unused adapters evicted least recently used first, then the newest sequences preempted and queued again; 0: no limit).")
     var memoryBudget = 0
+
+    @Option(name: .customLong("kv-block"), help: "Positions per key/value cache block (a sequence takes one block at a time as it grows).")
+    var kvBlock = KVBlockPool.defaultBlockTokens
 
     @Option(name: .customLong("api-key"), help: "Require Authorization: Bearer KEY on /v1/* (default: $LORAFUSE_API_KEY, else none).")
     var apiKey: String?
@@ -72,6 +75,7 @@ struct Serve: ParsableCommand {
         if prefillChunk < 1 { throw ValidationError("--prefill-chunk must be at least 1, got \(prefillChunk)") }
         if maxQueue < 0 { throw ValidationError("--max-queue must be at least 0, got \(maxQueue)") }
         if memoryBudget < 0 { throw ValidationError("--memory-budget must be at least 0, got \(memoryBudget)") }
+        if kvBlock < 1 { throw ValidationError("--kv-block must be at least 1, got \(kvBlock)") }
         if !(0...65535).contains(port) { throw ValidationError("--port must be in 0...65535, got \(port)") }
         if let context, context < 2 { throw ValidationError("--context must be at least 2, got \(context)") }
         if maxTokens < 1 { throw ValidationError("--max-tokens must be at least 1, got \(maxTokens)") }
@@ -101,9 +105,17 @@ struct Serve: ParsableCommand {
                 try registry.register(name: name, path: a, validate: true)
             }
         }
-        let limits = ServeLimits(maxBatch: maxBatch, maxQueue: maxQueue, contextLength: context ?? min(2048, lm.contextLength),
+        var limits = ServeLimits(maxBatch: maxBatch, maxQueue: maxQueue, contextLength: context ?? min(2048, lm.contextLength),
                                  maxTokensCap: maxTokens, prefillChunk: prefillChunk, timeout: timeout)
+        limits.kvBlockTokens = kvBlock
         let engine = ServeEngine(registry: registry, limits: limits)
+        let blockMB = Double(engine.kvPool.blockBytes) / Double(1 << 20)
+        if memoryBudget > 0 && engine.kvPool.blockBytes > memoryBudget << 20 {
+            throw ValidationError("--memory-budget \(memoryBudget) MB cannot hold one key/value block of \(kvBlock) positions "
+                                  + "(\(String(format: "%.2f", blockMB)) MB for this model); raise it or lower --kv-block")
+        }
+        FileHandle.standardError.write(Data(("key/value cache: blocks of \(kvBlock) positions, \(String(format: "%.2f", blockMB)) MB each, "
+            + (memoryBudget > 0 ? "in the \(memoryBudget) MB budget with the adapters\n" : "no memory budget\n")).utf8))
         let key = apiKey ?? ProcessInfo.processInfo.environment["LORAFUSE_API_KEY"].flatMap { $0.isEmpty ? nil : $0 }
         let options = ServerOptions(host: host, port: port, apiKey: key, maxBodyBytes: maxBody, adaptersRoot: root)
 

@@ -74,6 +74,9 @@ extension LlamaModel {
             }
             for t in input.tokens where t < 0 || t >= V { throw ModelError.tokenOutOfRange(token: t, vocabSize: V) }
         }
+        // Blocks for every input before anything runs (blocks taken before a refusal stay with
+        // their sessions, which will need them).
+        for input in inputs { try input.session.reserveCapacity(input.session.position + input.tokens.count) }
         let wanting = inputs.indices.filter { inputs[$0].wantsLogits }
         var out = Matrix(rows: wanting.count, cols: V)
         if inputs.isEmpty { return out }
@@ -205,8 +208,7 @@ extension LlamaSession {
                 let p = positions[m], r0 = offsets[m], n = offsets[m + 1] - r0
                 VectorKernels.rope(q + r0 * H * d, rows: n, heads: H, headDim: d, start: p, cos: s.rope.cos, sin: s.rope.sin)
                 VectorKernels.rope(kNew + r0 * kv, rows: n, heads: Hkv, headDim: d, start: p, cos: s.rope.cos, sin: s.rope.sin)
-                (s.kCache[l].pointer + p * kv).update(from: kNew + r0 * kv, count: n * kv)
-                (s.vCache[l].pointer + p * kv).update(from: vNew + r0 * kv, count: n * kv)
+                s.cache.write(l, from: p, rows: n, k: kNew + r0 * kv, v: vNew + r0 * kv)
             }
             // One query per decoding member, spread over the pool; a prompt chunk with its own causal attention.
             if !single.isEmpty {
@@ -268,14 +270,15 @@ extension LlamaSession {
         let work = positions.reduce(0) { $0 + $1 + 1 } * H * d
         let workers = work >= 1 << 16 ? Parallel.computeThreads : 1
         let scratch = UnsafeSendableBuffer(base: att.reserve(min(workers, B * H) * maxS))
-        let caches = members.map { (k: UnsafeSendableBuffer(base: $0.kCache[l].pointer), v: UnsafeSendableBuffer(base: $0.vCache[l].pointer)) }
+        // Each member's blocks of this layer (one for a private cache), in position order.
+        let caches = members.indices.map { members[$0].cache.segments(l, count: positions[$0] + 1) }
         Parallel.forEach(count: B * H, workers: workers) { item, worker in
                 let b = item / H, hh = item % H, kvh = hh / group, S = positions[b] + 1
                 let probs = scratch.base + worker * maxS
                 let r = rows[b]
-                Self.oneQueryProbabilities(q + r * H * d + hh * d, keys: caches[b].k.base + kvh * d, ld: kvw, S: S, d: d,
+                Self.oneQueryProbabilities(q + r * H * d + hh * d, segments: caches[b], offset: kvh * d, ld: kvw, S: S, d: d,
                                            scale: scale, into: probs)
-                Self.oneQueryOutput(probs, values: caches[b].v.base + kvh * d, ld: kvw, S: S, d: d, into: out + r * H * d + hh * d)
+                Self.oneQueryOutput(probs, segments: caches[b], offset: kvh * d, ld: kvw, S: S, d: d, into: out + r * H * d + hh * d)
         }
     }
 }

@@ -163,6 +163,12 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
         try LlamaSession(model: self, maxTokens: maxTokens, adapters: adapters)
     }
 
+    /// A session whose keys and values live in blocks taken from `pool` as it grows (a server's
+    /// sequences), instead of one private cache for `maxTokens` positions.
+    public func makeLlamaSession(maxTokens: Int, adapters: AdapterSet, pool: KVBlockPool) throws -> LlamaSession {
+        try LlamaSession(model: self, maxTokens: maxTokens, adapters: adapters, pool: pool)
+    }
+
     /// Logits (T, V) of `tokens` from a fresh base-model session.
     public func logits(tokens: [Int]) throws -> Matrix {
         try logits(tokens: tokens, adapters: .none)
@@ -198,8 +204,10 @@ final class FloatBuffer {
     deinit { pointer.deallocate() }
 }
 
-/// One sequence: a KV cache for `maxTokens` positions plus scratch buffers sized for the largest
-/// batch seen, so decoding a token allocates nothing but the returned logits.
+/// One sequence: a KV cache for up to `maxTokens` positions (one private block, or blocks from a
+/// pool as it grows: KVCache.swift) plus scratch buffers sized for the largest batch seen, so
+/// decoding a token allocates nothing but the returned logits (and, paged, a block every
+/// `blockTokens` positions).
 public final class LlamaSession: InferenceSession {
     public let model: LlamaModel
     public let maxTokens: Int
@@ -217,8 +225,7 @@ public final class LlamaSession: InferenceSession {
     /// The adapters this sequence runs with (`AdapterSet.none`: the base model).
     public private(set) var adapters: AdapterSet
 
-    let kCache: [FloatBuffer]   // per layer (maxTokens, Hkv·d)
-    let vCache: [FloatBuffer]
+    let cache: KVCache          // per layer (positions, Hkv·d) keys and values
     let rope: RopeTable         // (maxTokens, d/2)
     let x = FloatBuffer(1), h = FloatBuffer(1), q = FloatBuffer(1), att = FloatBuffer(1)
     let attnOut = FloatBuffer(1), gate = FloatBuffer(1), up = FloatBuffer(1), loraTmp = FloatBuffer(1)
@@ -229,6 +236,8 @@ public final class LlamaSession: InferenceSession {
     let qTile = FloatBuffer(1), qPartial = FloatBuffer(1)
     // Batched decoding (BatchedDecode.swift): the step's new k and v rows.
     let kvRows = FloatBuffer(1)
+    // A paged cache's keys and values of one layer, contiguous, for a prompt chunk's attention GEMMs.
+    let gathered = FloatBuffer(1)
     let qScratch = ByteBuffer()
     // Routed adapters: stacked down-projections, gate weights and per-expert products.
     let routeTmp = FloatBuffer(1)
@@ -237,7 +246,7 @@ public final class LlamaSession: InferenceSession {
     var xloraShadow: LlamaSession?
     let xloraScalings = FloatBuffer(1)
 
-    init(model: LlamaModel, maxTokens: Int, adapters: AdapterSet) throws {
+    init(model: LlamaModel, maxTokens: Int, adapters: AdapterSet, pool: KVBlockPool? = nil) throws {
         let c = model.config
         guard maxTokens > 0 else { throw ModelError.contextFull(maxTokens: maxTokens, requested: 0) }
         guard adapters.sequence == nil else { throw LoRARuntimeError.unresolvedSequenceRouter }
@@ -246,9 +255,13 @@ public final class LlamaSession: InferenceSession {
         self.model = model
         self.maxTokens = maxTokens
         self.adapters = adapters
-        let kvWidth = c.numKeyValueHeads * c.headDim
-        kCache = (0..<c.numHiddenLayers).map { _ in FloatBuffer(maxTokens * kvWidth) }
-        vCache = (0..<c.numHiddenLayers).map { _ in FloatBuffer(maxTokens * kvWidth) }
+        if let pool {
+            precondition(pool.layers == c.numHiddenLayers && pool.kvWidth == c.numKeyValueHeads * c.headDim,
+                         "a key/value pool is made for one model's shape")
+            cache = KVCache(pool: pool)
+        } else {
+            cache = KVCache(config: c, maxTokens: maxTokens)
+        }
         rope = RopeTable(config: c, positions: maxTokens)
     }
 
@@ -263,6 +276,24 @@ public final class LlamaSession: InferenceSession {
     }
 
     public func reset() { position = 0 }
+
+    /// Whether the keys and values live in blocks of a pool (a server's session).
+    public var isPaged: Bool { cache.isPaged }
+    /// Blocks this session holds (1 for a private cache).
+    public var kvBlocks: Int { cache.blocks.count }
+
+    /// Makes sure the cache can hold `positions` positions (and an X-LoRA session's first-pass
+    /// cache with it), taking blocks from the pool; throws `KVCacheError.outOfMemory`, keeping the
+    /// blocks it got, when the pool's memory refuses one. A feed does this itself; a scheduler
+    /// calls it first to know who fits before a batched step.
+    public func reserveCapacity(_ positions: Int) throws {
+        let n = min(positions, maxTokens)
+        try cache.reserve(n)
+        if cache.isPaged, adapters.routed?.xlora != nil { try xloraShadowSession().cache.reserve(n) }
+    }
+
+    /// Gives back the blocks past `position` (after a `truncate`).
+    public func releaseUnusedBlocks() { cache.shrink(to: position) }
 
     /// Moves the position back; the cache rows past it are simply overwritten by later feeds
     /// (attention only ever reads rows below the current position).
@@ -293,6 +324,7 @@ public final class LlamaSession: InferenceSession {
         for t in tokens where t < 0 || t >= model.vocabSize {
             throw ModelError.tokenOutOfRange(token: t, vocabSize: model.vocabSize)
         }
+        try reserveCapacity(position + T)
         if let xl = adapters.routed?.xlora { try prepareXLoRA(xl, tokens: tokens) }
         var out = Matrix(rows: T - first, cols: model.vocabSize)
         out.data.withUnsafeMutableBufferPointer { o in
@@ -329,12 +361,16 @@ public final class LlamaSession: InferenceSession {
             if let rec { rec.save(l, "x", x, T * C) }
             rmsNorm(x, weight: model.base.attnNorms[l], eps: c.rmsNormEps, rows: T, cols: C, into: h)  // (T, C)
             let kv = Hkv * d
-            let kRows = kCache[l].pointer + p0 * kv, vRows = vCache[l].pointer + p0 * kv
+            // Straight into the cache when the rows lie in one block; else via scratch, written after RoPE.
+            let direct = cache.rowsIfContiguous(l, from: p0, rows: T)
+            let scratch = direct == nil ? kvRows.reserve(2 * T * kv) : nil
+            let kRows = direct?.k ?? scratch!, vRows = direct?.v ?? scratch! + T * kv
             linearGroup(h, rows: T, [LinearTarget(id: LlamaWeights.linearID(layer: l, .q), out: q, ld: H * d),   // (T, H·d)
                                      LinearTarget(id: LlamaWeights.linearID(layer: l, .k), out: kRows, ld: kv),  // (T, Hkv·d) → cache
                                      LinearTarget(id: LlamaWeights.linearID(layer: l, .v), out: vRows, ld: kv)]) // (T, Hkv·d) → cache
             applyRope(q, rows: T, heads: H, start: p0)
             applyRope(kRows, rows: T, heads: Hkv, start: p0)
+            if direct == nil { cache.write(l, from: p0, rows: T, k: kRows, v: vRows) }
             if let rec { rec.save(l, "h_attn", h, T * C); rec.save(l, "q", q, T * H * d) }
             attention(q: q, layer: l, rows: T, start: p0, into: attnOut)                        // (T, H·d)
             if let rec { rec.save(l, "attn_out", attnOut, T * H * d) }
@@ -559,7 +595,16 @@ public final class LlamaSession: InferenceSession {
         let H = c.numAttentionHeads, Hkv = c.numKeyValueHeads, d = c.headDim
         let group = H / Hkv, kvw = Hkv * d
         let scale = 1 / Float(d).squareRoot()
-        let K = kCache[layer].pointer, Vc = vCache[layer].pointer
+        let K: UnsafeMutablePointer<Float>, Vc: UnsafeMutablePointer<Float>
+        if cache.isPaged {
+            // The GEMMs below want each head's keys as one strided matrix; a copy of S rows costs
+            // far less than the products over them.
+            let S = p0 + T, g = gathered.reserve(2 * S * kvw)
+            cache.gather(layer, count: S, k: g, v: g + S * kvw)
+            K = g; Vc = g + S * kvw
+        } else {
+            K = cache.keys(layer, block: 0); Vc = cache.values(layer, block: 0)
+        }
         let rec = activations?.finalOnly == true ? nil : activations
         let block = rec == nil ? 128 : T      // one block when recording, so probs are one (T, S) matrix
         let nBlocks = (T + block - 1) / block
@@ -624,6 +669,48 @@ public final class LlamaSession: InferenceSession {
         for j in j0..<d {
             var acc: Float = 0
             for s in 0..<S { acc += probs[s] * values[s * ld + j] }
+            out[j] = acc
+        }
+    }
+
+    /// `oneQueryProbabilities` over keys in blocks (a paged cache): the same dot products and
+    /// softmax, block after block.
+    static func oneQueryProbabilities(_ q: UnsafePointer<Float>, segments: KVSegments, offset: Int, ld: Int, S: Int, d: Int,
+                                      scale: Float, into probs: UnsafeMutablePointer<Float>) {
+        var s0 = 0, b = 0
+        while s0 < S {
+            let n = min(S - s0, segments.blockTokens), keys = segments.keys[b] + offset
+            for s in 0..<n { probs[s0 + s] = scale * VectorKernels.dot(keys + s * ld, q, count: d) }
+            s0 += n
+            b += 1
+        }
+        VectorKernels.softmaxRow(probs, valid: S, count: S)
+    }
+
+    /// `oneQueryOutput` over values in blocks: the same sums in the same order, so a paged
+    /// session's values equal a contiguous one's to the bit.
+    static func oneQueryOutput(_ probs: UnsafePointer<Float>, segments: KVSegments, offset: Int, ld: Int, S: Int, d: Int,
+                               into out: UnsafeMutablePointer<Float>) {
+        let bt = segments.blockTokens
+        var j0 = 0
+        while j0 + 16 <= d {
+            var acc = SIMD16<Float>(repeating: 0)
+            var s0 = 0, b = 0
+            while s0 < S {
+                let n = min(S - s0, bt), values = segments.values[b] + offset
+                for s in 0..<n {
+                    let v = UnsafeRawPointer(values + s * ld + j0).loadUnaligned(as: SIMD16<Float>.self)
+                    acc += probs[s0 + s] * v
+                }
+                s0 += n
+                b += 1
+            }
+            UnsafeMutableRawPointer(out + j0).storeBytes(of: acc, as: SIMD16<Float>.self)
+            j0 += 16
+        }
+        for j in j0..<d {
+            var acc: Float = 0
+            for s in 0..<S { acc += probs[s] * (segments.values[s / bt] + offset)[(s % bt) * ld + j] }
             out[j] = acc
         }
     }

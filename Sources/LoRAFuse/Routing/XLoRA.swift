@@ -122,17 +122,21 @@ public struct XLoRAClassifier: Sendable, Equatable {
 }
 
 extension LlamaSession {
+    /// The base session of X-LoRA's first pass, made on first use; a paged session's shadow takes
+    /// its blocks from the same pool (and so the same memory budget).
+    func xloraShadowSession() throws -> LlamaSession {
+        if let s = xloraShadow, s.maxTokens >= maxTokens { return s }
+        let shadow = try LlamaSession(model: model, maxTokens: maxTokens, adapters: .none, pool: cache.pool)
+        xloraShadow = shadow
+        return shadow
+    }
+
     /// X-LoRA's first pass for `tokens` (about to be fed at `position`): the shadow base session,
     /// kept at this session's position, runs them and the classifier turns its last hidden states
     /// into `xloraScalings` (T, L·N). The shadow is created on first use.
     func prepareXLoRA(_ classifier: XLoRAClassifier, tokens: [Int]) throws {
-        let shadow: LlamaSession
-        if let s = xloraShadow, s.maxTokens >= maxTokens {
-            shadow = s
-        } else {
-            shadow = try LlamaSession(model: model, maxTokens: maxTokens, adapters: .none)
-            xloraShadow = shadow
-        }
+        let shadow = try xloraShadowSession()
+        try shadow.cache.reserve(position + tokens.count)
         // Both caches hold the same tokens below `position`; a reset or truncate of this session
         // moves the shadow back with it here.
         shadow.position = position

@@ -10,14 +10,16 @@ import Foundation
 ///   fusion entry named by a digest of names, weights, method and parameters: fused once through
 ///   the fusion registry (`FusionMethods`, `Fuser`), cached, listed, and usable by that name later.
 ///   Fusion entries beyond `maxFusions` are forgotten least recently used first (when not in use).
-/// - Resident sets count their factors' bytes against `budgetBytes` (0: no limit); loading one
-///   past the budget first evicts the least recently used sets that no sequence holds and that are
-///   not pinned. An evicted adapter stays registered and is loaded again on its next use.
+/// - Resident sets count their factors' bytes against `budgetBytes` (0: no limit), together with
+///   the key/value blocks the server's sequences hold (`KVMemory`: S-LoRA's unified paging of
+///   adapter weights and KV cache in one budget); loading a set, or a sequence taking a block,
+///   past the budget first evicts the least recently used sets that no sequence holds and that
+///   are not pinned. An evicted adapter stays registered and is loaded again on its next use.
 /// - `unregister` refuses an adapter that a running or waiting sequence holds.
 ///
 /// Thread-safe: requests acquire from any thread; reading and fusing happen outside the lock, so a
 /// slow load delays only the requests that wait for that adapter.
-public final class AdapterRegistry: @unchecked Sendable {
+public final class AdapterRegistry: KVMemory, @unchecked Sendable {
     /// adapter: one adapter file or folder; fusion: a recipe over registered adapters; routed: a
     /// routed-model folder (`lorafuse route`), its adapters chosen per token by its gates.
     public enum Kind: String, Sendable { case adapter, fusion, routed }
@@ -86,6 +88,8 @@ public final class AdapterRegistry: @unchecked Sendable {
     /// Bytes of the last set loaded: the size guess for one never loaded.
     private var lastLoadedBytes = 0
     private var stats = (loads: 0, fusions: 0, evictions: 0)
+    /// Bytes of key/value blocks held by sequences (`reserveKV`).
+    private var kvBytes = 0
 
     public init(model: LlamaModel, baseName: String, hints: ModelHints = ModelHints(), budgetBytes: Int = 0, maxFusions: Int = 32) {
         self.model = model
@@ -235,7 +239,7 @@ public final class AdapterRegistry: @unchecked Sendable {
         }
         if deferIfFull && budgetBytes > 0 && entry.set == nil && !entry.loading {
             let estimate = entry.lastBytes > 0 ? entry.lastBytes : lastLoadedBytes
-            let held = entries.values.reduce(0) { $0 + ($1.set != nil && ($1.inUse > 0 || $1.pinned) ? $1.bytes : 0) }
+            let held = kvBytes + entries.values.reduce(0) { $0 + ($1.set != nil && ($1.inUse > 0 || $1.pinned) ? $1.bytes : 0) }
             if estimate > 0 && held + estimate > budgetBytes {
                 lock.unlock()
                 throw Self.budgetFull(budgetBytes)
@@ -272,7 +276,7 @@ public final class AdapterRegistry: @unchecked Sendable {
             entry.lastBytes = bytes
             lastLoadedBytes = bytes
             evict(toFit: entry)
-            if budgetBytes > 0 && residentBytesLocked > budgetBytes {
+            if budgetBytes > 0 && residentBytesLocked + kvBytes > budgetBytes {
                 entry.set = nil
                 entry.bytes = 0
                 entry.inUse -= 1
@@ -315,6 +319,34 @@ public final class AdapterRegistry: @unchecked Sendable {
         return residentBytesLocked
     }
 
+    /// Bytes of the budget held by key/value blocks now.
+    public var kvReservedBytes: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return kvBytes
+    }
+
+    // MARK: KVMemory
+
+    /// Takes `bytes` for key/value blocks, evicting least-recently-used sets nobody holds to make
+    /// room; false when the sets in use, the pinned ones and the blocks already held leave none.
+    public func reserveKV(bytes: Int) -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        if budgetBytes > 0 {
+            if residentBytesLocked + kvBytes + bytes > budgetBytes { evict(extra: bytes) }
+            guard residentBytesLocked + kvBytes + bytes <= budgetBytes else { return false }
+        }
+        kvBytes += bytes
+        return true
+    }
+
+    public func releaseKV(bytes: Int) {
+        lock.lock()
+        kvBytes = max(0, kvBytes - bytes)
+        lock.unlock()
+    }
+
     /// Adapter files read, fusions built and sets evicted so far.
     public var counters: (loads: Int, fusions: Int, evictions: Int) {
         lock.lock()
@@ -330,7 +362,8 @@ public final class AdapterRegistry: @unchecked Sendable {
     public static let budgetFullCode = "adapter_memory_full"
 
     static func budgetFull(_ budget: Int) -> ServeError {
-        ServeError.busy("the adapter memory budget (\(budget) bytes) is held by adapters in use; retry later", code: budgetFullCode)
+        ServeError.busy("the memory budget (\(budget) bytes) is held by adapters and key/value caches in use; retry later",
+                       code: budgetFullCode)
     }
 
     static func fusionName(key: String) -> String { "fusion-" + String(format: "%016llx", Digest.fnv(Array(key.utf8))) }
@@ -370,12 +403,13 @@ public final class AdapterRegistry: @unchecked Sendable {
             + adapters.map { "\($0.name.utf8.count):\($0.name)=\($0.weight.bitPattern)" }.joined(separator: ",")
     }
 
-    /// Evicts least-recently-used, unpinned sets nobody holds until `entry` fits the budget.
-    private func evict(toFit entry: Entry) {
+    /// Evicts least-recently-used, unpinned sets nobody holds until `entry` (resident already),
+    /// or `extra` more bytes, fit the budget beside the key/value blocks held.
+    private func evict(toFit entry: Entry? = nil, extra: Int = 0) {
         guard budgetBytes > 0 else { return }
         var candidates = entries.values.filter { $0 !== entry && $0.set != nil && $0.inUse == 0 && !$0.pinned && !$0.loading }
         candidates.sort { $0.lastUse < $1.lastUse }
-        var total = residentBytesLocked
+        var total = residentBytesLocked + kvBytes + extra
         for c in candidates where total > budgetBytes {
             total -= c.bytes
             c.set = nil

@@ -15,6 +15,8 @@ public struct ServeLimits: Sendable {
     public var prefillChunk: Int
     /// A sequence running longer than this (seconds from submission) is ended with 'length'; nil: none.
     public var timeout: Double?
+    /// Positions per key/value block (`KVBlockPool`).
+    public var kvBlockTokens: Int = KVBlockPool.defaultBlockTokens
 
     /// Defaults measured with `lorafuse-bench serve` (64 concurrent chat requests over 16
     /// adapters, SmolLM2 Q4_1, 2 cores): on 2026-12-06, with a prefill chunk of 512, --max-batch
@@ -75,6 +77,12 @@ public protocol ServeObserver: AnyObject, Sendable {
     func nextToken(seconds: Double)
     func finished(model: String, completionTokens: Int, reason: String)
     func step(batch: Int, running: Int, waiting: Int)
+    /// A running sequence gave its key/value blocks back to make room and went back to the queue.
+    func preempted(model: String)
+}
+
+extension ServeObserver {
+    public func preempted(model: String) {}
 }
 
 /// One forward step for several sequences: feeds each input's tokens (a decoding sequence's next
@@ -97,6 +105,15 @@ public typealias DecodeStep = @Sendable (_ inputs: [StepInput]) throws -> Matrix
 /// admitted past it meanwhile. Only when nothing of this engine holds an adapter and it still
 /// does not fit (pinned sets fill the budget) does it end with the 429.
 ///
+/// Key/value caches are blocks of `kvPool`, taken as sequences grow and counted in the registry's
+/// memory budget beside the resident adapters (S-LoRA's unified paging). Before each step every
+/// sequence in it gets the blocks that step needs; when the budget has no room even after
+/// evicting unused adapters, the leases of waiting requests are dropped (re-acquired when they
+/// are admitted), then the newest running sequences are preempted (vLLM's recompute preemption):
+/// their blocks are freed and they go back to the front of the queue, to read their prompt and
+/// the tokens generated so far again when memory frees. A sequence that is the only one holding
+/// memory and still does not fit ends with a 429. Until then nothing fails for lack of memory.
+///
 /// Every sequence's tokens depend only on its own prompt, adapters and sampler, so a request
 /// gives the same tokens alone or among others as long as `decode` computes each row as that
 /// sequence alone would: on Float32 weights it does (tested); on quantized weights a step of more
@@ -106,6 +123,8 @@ public typealias DecodeStep = @Sendable (_ inputs: [StepInput]) throws -> Matrix
 public final class ServeEngine: @unchecked Sendable {
     public let registry: AdapterRegistry
     public let limits: ServeLimits
+    /// The key/value blocks of every sequence, counted in `registry`'s budget.
+    public let kvPool: KVBlockPool
     public var model: LlamaModel { registry.model }
     private let decode: DecodeStep
     private let autoStart: Bool
@@ -124,6 +143,7 @@ public final class ServeEngine: @unchecked Sendable {
     private var releases = 0
     /// An adapter is being acquired off the scheduler thread for a waiting sequence.
     private var acquiring = false
+    private var preemptedCount = 0
 
     private enum State { case idle, running, draining, stopped }
 
@@ -140,7 +160,9 @@ public final class ServeEngine: @unchecked Sendable {
         l.maxBatch = max(1, l.maxBatch)
         l.maxQueue = max(0, l.maxQueue)
         l.prefillChunk = max(1, l.prefillChunk)
+        l.kvBlockTokens = max(1, l.kvBlockTokens)
         self.limits = l
+        kvPool = KVBlockPool(config: registry.model.config, blockTokens: l.kvBlockTokens, memory: registry)
         self.observer = observer
         let model = registry.model
         self.decode = decode ?? { inputs in try model.step(inputs) }
@@ -206,6 +228,8 @@ public final class ServeEngine: @unchecked Sendable {
     }
 
     public var queueDepth: Int { lock.lock(); defer { lock.unlock() }; return waiting.count }
+    /// Sequences preempted for memory so far.
+    public var preemptions: Int { lock.lock(); defer { lock.unlock() }; return preemptedCount }
     public var runningCount: Int { lock.lock(); defer { lock.unlock() }; return running.count }
 
     // MARK: Submission
@@ -250,6 +274,15 @@ public final class ServeEngine: @unchecked Sendable {
             maxNew = m
         } else {
             maxNew = min(limits.maxTokensCap, ctx - ids.count)
+        }
+        if registry.budgetBytes > 0 {
+            let positions = min(ids.count + maxNew, ctx)
+            let bytes = kvPool.blocks(for: positions) * kvPool.blockBytes
+            if bytes > registry.budgetBytes {
+                throw ServeError.invalid("the key/value cache of \(positions) positions (prompt + max_tokens) takes \(bytes) bytes, more "
+                                         + "than this server's whole memory budget of \(registry.budgetBytes) bytes; ask for fewer max_tokens",
+                                         param: "max_tokens", code: "context_length_exceeded")
+            }
         }
         let seed = p.seed ?? UInt64.random(in: .min ... .max)
         let sampler: RequestSampler
@@ -325,13 +358,18 @@ public final class ServeEngine: @unchecked Sendable {
         var lease: AdapterLease?
         /// `releases` when the adapter last did not fit.
         var triedAt = -1
+        /// `releases` when its key/value blocks last did not fit (it waits for the next release).
+        var memoryTriedAt = -1
+        /// What is fed before the next token is sampled: the prompt, or after a preemption the
+        /// prompt and the tokens generated so far but the last (still `pending`).
+        var context: [Int]
         var sampler: RequestSampler
         let stopIds: Set<Int>
         let stopStrings: [String]
         var decoder: StreamingDecoder
         let continuation: AsyncThrowingStream<ServeEvent, any Error>.Continuation
         var session: LlamaSession?
-        var fed = 0                    // prompt tokens fed
+        var fed = 0                    // context tokens fed
         var pending: Int?              // sampled, to be fed next step
         var generated: [Int] = []
         var text: [Unicode.Scalar] = [] // all text decoded so far (scalars: a combining mark must not
@@ -350,6 +388,7 @@ public final class ServeEngine: @unchecked Sendable {
              continuation: AsyncThrowingStream<ServeEvent, any Error>.Continuation) {
             self.id = id
             self.prompt = prompt
+            self.context = prompt
             self.maxNew = maxNew
             self.choice = choice
             self.name = name
@@ -388,8 +427,10 @@ public final class ServeEngine: @unchecked Sendable {
                 } else {
                     // Requests waiting for adapter memory that none of ours holds: something else
                     // does (a lease taken outside the engine), so retry on a timer.
+                    // Likewise for memory: nothing of ours runs, so nothing of ours will release any.
                     _ = lock.wait(until: Date().addingTimeInterval(0.05))
                     for s in waiting where s.lease == nil { s.triedAt = -1 }
+                    for s in waiting { s.memoryTriedAt = -1 }
                 }
                 lock.unlock()
                 continue
@@ -399,12 +440,20 @@ public final class ServeEngine: @unchecked Sendable {
             let obs = observer
             lock.unlock()
 
-            iterate(batch, observer: obs, waiting: waitingCount)
+            let requeued = iterate(batch, observer: obs, waiting: waitingCount)
 
             lock.lock()
             let before = running.count
             running.removeAll { $0.done }
             if running.count < before { releases += 1 }
+            if !requeued.isEmpty {
+                // Back to the queue in arrival order, ahead of newer requests.
+                running.removeAll { s in requeued.contains { $0 === s } }
+                for s in requeued where !s.done {
+                    let at = waiting.firstIndex { $0.id > s.id } ?? waiting.count
+                    waiting.insert(s, at: at)
+                }
+            }
             lock.unlock()
         }
     }
@@ -414,7 +463,11 @@ public final class ServeEngine: @unchecked Sendable {
     private func admitLocked() {
         var i = 0
         while running.count < limits.maxBatch && i < waiting.count {
-            if waiting[i].lease != nil { running.append(waiting.remove(at: i)) } else { i += 1 }
+            let s = waiting[i]
+            if s.lease == nil { i += 1; continue }
+            // Waiting for memory: a release may make room; later requests wait behind it.
+            if s.memoryTriedAt == releases { break }
+            running.append(waiting.remove(at: i))
         }
         guard !acquiring, running.count < limits.maxBatch,
               let s = waiting.first(where: { $0.lease == nil && $0.triedAt != releases }) else { return }
@@ -450,41 +503,61 @@ public final class ServeEngine: @unchecked Sendable {
     /// One iteration over the running sequences: one batched step holding every decoding
     /// sequence's next token and up to `prefillChunk` prompt tokens of the sequences still reading
     /// their prompts (oldest first), so prompts share the base products with the decoding rows
-    /// and with each other instead of each running its own forward.
-    private func iterate(_ batch: [Sequence], observer obs: (any ServeObserver)?, waiting: Int) {
-        var inputs: [StepInput] = [], owners: [(seq: Sequence, prefill: Int)] = []
-        for s in batch where s.pending != nil && !s.done {
-            inputs.append(StepInput(session: s.session!, tokens: [s.pending!]))
-            owners.append((s, 0))
-        }
-        let decodingCount = inputs.count
+    /// and with each other instead of each running its own forward. Returns the sequences that
+    /// went back to the queue for lack of memory.
+    private func iterate(_ batch: [Sequence], observer obs: (any ServeObserver)?, waiting: Int) -> [Sequence] {
+        // What each sequence feeds this step: its next token, or a chunk of its context.
+        var plan: [(seq: Sequence, count: Int)] = []
+        for s in batch where !s.done && s.pending != nil && s.fed == s.context.count { plan.append((s, 1)) }
         var budget = limits.prefillChunk
-        for s in batch where s.pending == nil && !s.done && budget > 0 {
+        for s in batch where !s.done && s.fed < s.context.count && budget > 0 {
             do {
-                if s.session == nil {
-                    var set = s.lease!.set
-                    // A per-request router chooses from the prompt: one base pass over it here.
-                    if let seq = set.perRequestRouter {
-                        let r = try seq.resolve(model: model, prompt: s.prompt)
-                        if s.routeFixed != nil { s.routeFixed = r.choice.map { set.adapters[$0.index].name }.joined(separator: "+") }
-                        set = r.set
-                    }
-                    s.session = try model.makeLlamaSession(maxTokens: min(s.prompt.count + s.maxNew, limits.contextLength),
-                                                           adapters: set)
-                    if s.routeFixed != nil, let routed = set.routed {
-                        s.session!.tokenRouting = TokenRouting(experts: routed.expertNames.count)
-                        s.routeNames = routed.expertNames
-                    }
-                }
+                if s.session == nil { try makeSession(s) }
             } catch {
                 fail(s, error)
                 continue
             }
-            let n = min(budget, s.prompt.count - s.fed)
-            inputs.append(StepInput(session: s.session!, tokens: Array(s.prompt[s.fed..<(s.fed + n)]),
-                                    wantsLogits: s.fed + n == s.prompt.count))
-            owners.append((s, n))
+            let n = min(budget, s.context.count - s.fed)
+            plan.append((s, n))
             budget -= n
+        }
+        // Memory for all of it before anything runs (oldest sequences first).
+        var requeued: [Sequence] = []
+        plan.sort { $0.seq.id < $1.seq.id }
+        var i = 0
+        while i < plan.count {
+            let (s, n) = plan[i]
+            guard let session = s.session else { i += 1; continue }
+            do {
+                try session.reserveCapacity(session.position + n)
+                i += 1
+            } catch {
+                switch makeRoom(for: s, plan: &plan, batch: batch, requeued: &requeued, observer: obs) {
+                case .retry: continue
+                case .requeued: plan.remove(at: i)
+                case .failed(let e):
+                    fail(s, e)
+                    plan.remove(at: i)
+                }
+            }
+        }
+        // Decoding rows first, then prompt chunks (the order the step's rows were always in).
+        plan.sort { ($0.seq.pending != nil && $0.seq.fed == $0.seq.context.count ? 0 : 1, $0.seq.id)
+                    < ($1.seq.pending != nil && $1.seq.fed == $1.seq.context.count ? 0 : 1, $1.seq.id) }
+        var inputs: [StepInput] = [], owners: [(seq: Sequence, prefill: Int)] = []
+        var decodingCount = 0
+        for (s, n) in plan {
+            if s.fed == s.context.count {
+                inputs.append(StepInput(session: s.session!, tokens: [s.pending!]))
+                owners.append((s, 0))
+                decodingCount += 1
+            } else {
+                // The last chunk of a context wants logits, unless the next token is already
+                // known (a preempted sequence reading its own tokens again).
+                inputs.append(StepInput(session: s.session!, tokens: Array(s.context[s.fed..<(s.fed + n)]),
+                                        wantsLogits: s.fed + n == s.context.count && s.pending == nil))
+                owners.append((s, n))
+            }
         }
         if !inputs.isEmpty {
             if decodingCount > 0 { obs?.step(batch: decodingCount, running: batch.count, waiting: waiting) }
@@ -515,6 +588,79 @@ public final class ServeEngine: @unchecked Sendable {
             let now = Date()
             for s in batch where !s.done && now.timeIntervalSince(s.submitted) > timeout { finish(s, .length, observer: obs) }
         }
+        return requeued
+    }
+
+    /// The session of a sequence about to read its context: blocks from the pool, adapters from
+    /// its lease (a per-request router chooses them from the prompt here, with one base pass).
+    private func makeSession(_ s: Sequence) throws {
+        var set = s.lease!.set
+        if let seq = set.perRequestRouter {
+            let r = try seq.resolve(model: model, prompt: s.prompt)
+            if s.routeFixed != nil { s.routeFixed = r.choice.map { set.adapters[$0.index].name }.joined(separator: "+") }
+            set = r.set
+        }
+        s.session = try model.makeLlamaSession(maxTokens: min(s.prompt.count + s.maxNew, limits.contextLength),
+                                               adapters: set, pool: kvPool)
+        s.fed = 0
+        if s.routeFixed != nil, let routed = set.routed {
+            s.session!.tokenRouting = TokenRouting(experts: routed.expertNames.count)
+            s.routeNames = routed.expertNames
+        }
+    }
+
+    private enum Room { case retry, requeued, failed(ServeError) }
+
+    /// `s` could not get a block. Frees memory in order of least harm: the adapter leases of
+    /// waiting requests, then the newest running sequences (preempted: blocks freed, back to the
+    /// queue); when only older sequences hold memory, `s` itself goes back to wait for them; when
+    /// nothing else holds any, it never fits and fails.
+    private func makeRoom(for s: Sequence, plan: inout [(seq: Sequence, count: Int)], batch: [Sequence],
+                          requeued: inout [Sequence], observer obs: (any ServeObserver)?) -> Room {
+        lock.lock()
+        let leased = waiting.filter { $0.lease != nil && $0 !== s }
+        for w in leased.reversed() {
+            w.lease?.release()
+            w.lease = nil
+            w.triedAt = -1
+        }
+        lock.unlock()
+        if !leased.isEmpty { return .retry }
+        let gone = Set(requeued.map { ObjectIdentifier($0) })
+        let holders = batch.filter { $0 !== s && !$0.done && $0.session != nil && !gone.contains(ObjectIdentifier($0)) }
+        if let victim = holders.filter({ $0.id > s.id }).max(by: { $0.id < $1.id }) {
+            preempt(victim, observer: obs)
+            plan.removeAll { $0.seq === victim }
+            requeued.append(victim)
+            return .retry
+        }
+        if !holders.isEmpty {
+            preempt(s, observer: obs)
+            requeued.append(s)
+            return .requeued
+        }
+        let positions = s.session.map { min($0.position + (s.context.count - s.fed) + 1, $0.maxTokens) } ?? s.context.count
+        return .failed(ServeError.busy("the memory budget (\(registry.budgetBytes) bytes) has no room for this request's key/value "
+                                       + "cache (\(positions) positions) beside the pinned adapters and its own adapter",
+                                       code: AdapterRegistry.budgetFullCode))
+    }
+
+    /// Frees `s`'s blocks and its adapter lease (the set stays resident until something needs the
+    /// room); it takes both again, and reads its prompt and the tokens it generated (but the one
+    /// still to feed) again, when it is admitted next.
+    private func preempt(_ s: Sequence, observer obs: (any ServeObserver)?) {
+        let hadRead = s.fed > 0 || !s.generated.isEmpty
+        s.session = nil
+        s.fed = 0
+        s.context = s.prompt + (s.pending != nil ? Array(s.generated.dropLast()) : s.generated)
+        lock.lock()
+        s.lease?.release()
+        s.lease = nil
+        s.triedAt = -1
+        s.memoryTriedAt = releases
+        if hadRead { preemptedCount += 1 }
+        lock.unlock()
+        if hadRead { obs?.preempted(model: s.name) }
     }
 
     /// Handles a sampled token: end on a stop token, a stop string, max_tokens or the context;

@@ -184,7 +184,12 @@ final class ServeEngineTests: XCTestCase {
     /// adapters loaded as others finish) instead of getting 429, and give their tokens alone.
     func testRequestsBeyondTheAdapterBudgetWaitForRoom() async throws {
         let model = ServeFixtures.model()
-        let (_, reg, engine, _) = try setup(budget: ServeFixtures.adapterBytes(model), autoStart: false)
+        // One adapter and one sequence's key/value blocks (the budget holds both: the KV pool shares it).
+        var limits = ServeLimits(maxBatch: 8, contextLength: 256, maxTokensCap: 200, prefillChunk: 5)
+        limits.kvBlockTokens = 4
+        let budget = ServeFixtures.adapterBytes(model) + 4 * ServeFixtures.kvBlockBytes(model, blockTokens: 4)
+        XCTAssertLessThan(budget, 2 * ServeFixtures.adapterBytes(model))
+        let (_, reg, engine, _) = try setup(budget: budget, limits: limits, autoStart: false)
         let reqs = names.enumerated().map { i, n in completion("prompt \(i)", .named(n), max: 6) }
         let streams = try reqs.map { try engine.submit($0) }          // one loads; two wait without a 429
         XCTAssertEqual(streams.map(\.model), names)
@@ -212,11 +217,16 @@ final class ServeEngineTests: XCTestCase {
         let model = ServeFixtures.model()
         let one = ServeFixtures.adapterBytes(model)
         let dir = try ServeFixtures.adapterDirectory(model, names: ["p", "a"])
-        let reg = AdapterRegistry(model: model, baseName: "tiny", budgetBytes: one)
+        // The pinned adapter and two 4-position key/value blocks: room for the base's sequence, never for "a".
+        let block = ServeFixtures.kvBlockBytes(model, blockTokens: 4)
+        XCTAssertGreaterThan(one, 2 * block)
+        let reg = AdapterRegistry(model: model, baseName: "tiny", budgetBytes: one + 2 * block)
         try reg.register(name: "p", path: dir + "/p", pinned: true)
         try reg.register(name: "a", path: dir + "/a")
         reg.release(try reg.acquire(.named("p")))
-        let engine = ServeEngine(registry: reg, limits: ServeLimits(maxBatch: 4, contextLength: 64, maxTokensCap: 8))
+        var limits = ServeLimits(maxBatch: 4, contextLength: 64, maxTokensCap: 8)
+        limits.kvBlockTokens = 4
+        let engine = ServeEngine(registry: reg, limits: limits)
         let stream = try engine.submit(completion("x", .named("a"), max: 4))
         do {
             _ = try await stream.collect()
@@ -228,6 +238,57 @@ final class ServeEngineTests: XCTestCase {
         // The base still runs.
         let base = try await engine.submit(completion("x", .named("tiny"), max: 3)).collect()
         XCTAssertEqual(base.tokens.count, 3)
+        await engine.drain()
+    }
+
+    /// Unified paging: key/value blocks come from the budget as sequences grow. More sequences
+    /// than it holds run anyway: the newest are preempted (blocks freed, back to the queue) and
+    /// read their prompt and tokens again later; every request ends with the tokens it gets alone.
+    func testSequencesBeyondTheKVBudgetArePreemptedAndFinishAsAlone() async throws {
+        let model = ServeFixtures.model()
+        var limits = ServeLimits(maxBatch: 8, contextLength: 64, maxTokensCap: 24, prefillChunk: 64)
+        limits.kvBlockTokens = 4
+        let block = ServeFixtures.kvBlockBytes(model, blockTokens: 4)
+        let reg = AdapterRegistry(model: model, baseName: "tiny", budgetBytes: 8 * block)
+        let engine = ServeEngine(registry: reg, limits: limits, autoStart: false)
+        // 6 sequences of up to 5 + 20 positions (7 blocks each): one fits whole, the budget holds 8 blocks.
+        let reqs = (0..<6).map { i in completion("seq \(i)", .named("tiny"), max: 20, temperature: i % 2 == 0 ? 0 : 0.8, seed: UInt64(i)) }
+        let streams = try reqs.map { try engine.submit($0) }
+        engine.start()
+        var got: [[Int]] = Array(repeating: [], count: reqs.count)
+        try await withThrowingTaskGroup(of: (Int, [Int]).self) { g in
+            for (i, s) in streams.enumerated() { g.addTask { (i, try await s.collect().tokens) } }
+            for try await (i, t) in g { got[i] = t }
+        }
+        XCTAssertGreaterThan(engine.preemptions, 0, "the budget holds fewer blocks than the sequences need at once")
+        XCTAssertLessThanOrEqual(engine.kvPool.counters.peak, 8)
+        XCTAssertGreaterThan(engine.kvPool.counters.refused, 0)
+        XCTAssertEqual(engine.kvPool.counters.inUse, 0, "finished sequences give their blocks back")
+        XCTAssertEqual(reg.kvReservedBytes, 0)
+        let solo = ServeEngine(registry: AdapterRegistry(model: model, baseName: "tiny"), limits: limits)
+        for (i, r) in reqs.enumerated() {
+            let alone = try await solo.submit(r).collect()
+            XCTAssertEqual(got[i], alone.tokens, "request \(i)")
+            XCTAssertEqual(got[i].count, 20)
+        }
+        await engine.drain()
+        await solo.drain()
+    }
+
+    /// A request whose prompt + max_tokens cannot fit the whole budget is refused at once (400),
+    /// and one that fits runs.
+    func testRequestLargerThanTheWholeBudgetIsRefused() async throws {
+        let model = ServeFixtures.model()
+        var limits = ServeLimits(maxBatch: 2, contextLength: 64, maxTokensCap: 40)
+        limits.kvBlockTokens = 4
+        let reg = AdapterRegistry(model: model, baseName: "tiny", budgetBytes: 3 * ServeFixtures.kvBlockBytes(model, blockTokens: 4))
+        let engine = ServeEngine(registry: reg, limits: limits)
+        XCTAssertThrowsError(try engine.submit(completion("x", .named("tiny"), max: 30))) {
+            XCTAssertEqual(($0 as? ServeError)?.status, 400)
+            XCTAssertEqual(($0 as? ServeError)?.param, "max_tokens")
+        }
+        let ok = try await engine.submit(completion("x", .named("tiny"), max: 8)).collect()
+        XCTAssertEqual(ok.tokens.count, 8)
         await engine.drain()
     }
 

@@ -74,6 +74,11 @@ enum ServeFixtures {
     static func adapterBytes(_ model: LlamaModel) -> Int {
         adapter(model, name: "x", seed: 1).parameterCount * 4
     }
+
+    /// Bytes of one key/value block of `blockTokens` positions of `model`.
+    static func kvBlockBytes(_ model: LlamaModel, blockTokens: Int = KVBlockPool.defaultBlockTokens) -> Int {
+        KVBlockPool(config: model.config, blockTokens: blockTokens).blockBytes
+    }
 }
 
 /// Records what the engine reports, for tests of batching.
