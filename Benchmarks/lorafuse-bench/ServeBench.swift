@@ -43,6 +43,9 @@ struct ServeBench: ParsableCommand {
     var distinct = "1,4,16,64"
     @Option(help: "Adapters registered for the paging run (0: skip it).")
     var registered = 1000
+    @Option(name: .customLong("paging-kv"), help: "Key/value positions per sequence, for --max-batch sequences, that the paging run's --memory-budget holds beside the adapters (fewer: sequences are preempted for memory).")
+    var pagingKV = 128
+
     @Option(help: "Adapters the paging run's --memory-budget holds.")
     var resident = 32
     @Option(name: .customLong("max-batch"), help: "Sequences decoded together: lorafuse's --max-batch, llama-server's --parallel.")
@@ -206,8 +209,12 @@ struct ServeBench: ParsableCommand {
         var paging: PagingRun?
         if registered > 0 {
             let one = try AdapterIO.read(path: dir + "/" + names[0] + ".gguf").parameterCount * MemoryLayout<Float>.size
-            let budgetMB = Int((Double(resident * one) / 1_048_576).rounded(.up))
-            let held = (budgetMB << 20) / one
+            // The budget is shared with the sequences' key/value blocks (unified paging): room for
+            // `resident` adapters plus --paging-kv positions of each of --max-batch sequences.
+            let pool = KVBlockPool(config: try LlamaModel.load(path: model).config)
+            let kvBytes = maxBatch * pool.blocks(for: pagingKV) * pool.blockBytes
+            let budgetMB = Int((Double(resident * one + kvBytes) / 1_048_576).rounded(.up))
+            let held = ((budgetMB << 20) - kvBytes) / one
             var rng = SeededRNG(seed: seed &+ 7)
             let picks = Array((0..<registered).shuffled(using: &rng).prefix(requests))
             let srv = try ServerProcess.start(name: "lorafuse-paging", exe: lorafuseBin,
@@ -226,7 +233,10 @@ struct ServeBench: ParsableCommand {
             paging = PagingRun(registered: registered, budget_mb: budgetMB, adapters_held: held, adapter_bytes: one,
                                distinct_requested: Set(picks).count, run: r,
                                evictions: Self.metric(metrics, "lorafuse_adapter_evictions_total"),
-                               loads: Self.metric(metrics, "lorafuse_adapter_loads_total"))
+                               loads: Self.metric(metrics, "lorafuse_adapter_loads_total"),
+                               kv_positions: pagingKV, kv_block_bytes: pool.blockBytes,
+                               kv_blocks_peak: Self.metric(metrics, "lorafuse_kv_blocks_peak"),
+                               preemptions: Self.metric(metrics, "lorafuse_preemptions_total"))
         }
 
         let rep = ServeBenchReport(
@@ -527,6 +537,10 @@ struct PagingRun: Codable {
     var run: ServeRun
     var evictions: Double?
     var loads: Double?
+    var kv_positions: Int?
+    var kv_block_bytes: Int?
+    var kv_blocks_peak: Double?
+    var preemptions: Double?
 }
 
 struct ServeBenchReport: BenchReport {
@@ -566,9 +580,15 @@ struct ServeBenchReport: BenchReport {
             s += "\(f(o?.latency_p99_s, "%.1f")) / \(f(p?.latency_p99_s, "%.1f")) | \((o?.errors ?? 0) + (p?.errors ?? 0) + (q?.errors ?? 0)) |\n"
         }
         if let g = paging {
-            s += "\n**Paging**: \(g.registered) adapters registered, --memory-budget \(g.budget_mb) MB (holds \(g.adapters_held) of \(g.adapter_bytes / 1024) KiB each in Float32), "
+            s += "\n**Paging**: \(g.registered) adapters registered, --memory-budget \(g.budget_mb) MB (holds \(g.adapters_held) of \(g.adapter_bytes / 1024) KiB each in Float32"
+            if let kv = g.kv_positions, let bb = g.kv_block_bytes {
+                s += " beside the key/value blocks of \(kv) positions for each of \(max_batch) sequences, \(f(Double(bb) / 1_048_576, "%.2f")) MB per block"
+            }
+            s += "), "
             s += "\(g.run.requests) requests on \(g.distinct_requested) distinct adapters: \(f(g.run.tokens_per_s)) tok/s, TTFT p50/p99 \(f(g.run.ttft_p50_s, "%.2f"))/\(f(g.run.ttft_p99_s, "%.2f")) s, "
-            s += "latency p99 \(f(g.run.latency_p99_s)) s, \(f(g.evictions, "%.0f")) evictions, \(f(g.loads, "%.0f")) loads, \(g.run.errors) errors, server peak RSS \(f(g.run.server_peak_rss_mb, "%.0f")) MB\n"
+            s += "latency p99 \(f(g.run.latency_p99_s)) s, \(f(g.evictions, "%.0f")) evictions, \(f(g.loads, "%.0f")) loads, "
+            if g.kv_positions != nil { s += "\(f(g.kv_blocks_peak, "%.0f")) key/value blocks at most, \(f(g.preemptions, "%.0f")) preemptions, " }
+            s += "\(g.run.errors) errors, server peak RSS \(f(g.run.server_peak_rss_mb, "%.0f")) MB\n"
         }
         let rss = runs.filter { $0.server == "lorafuse" || $0.server == "llama-server" }
         if !rss.isEmpty {

@@ -270,15 +270,28 @@ extension LlamaSession {
         let work = positions.reduce(0) { $0 + $1 + 1 } * H * d
         let workers = work >= 1 << 16 ? Parallel.computeThreads : 1
         let scratch = UnsafeSendableBuffer(base: att.reserve(min(workers, B * H) * maxS))
-        // Each member's blocks of this layer (one for a private cache), in position order.
-        let caches = members.indices.map { members[$0].cache.segments(l, count: positions[$0] + 1) }
-        Parallel.forEach(count: B * H, workers: workers) { item, worker in
-                let b = item / H, hh = item % H, kvh = hh / group, S = positions[b] + 1
-                let probs = scratch.base + worker * maxS
-                let r = rows[b]
-                Self.oneQueryProbabilities(q + r * H * d + hh * d, segments: caches[b], offset: kvh * d, ld: kvw, S: S, d: d,
-                                           scale: scale, into: probs)
-                Self.oneQueryOutput(probs, segments: caches[b], offset: kvh * d, ld: kvw, S: S, d: d, into: out + r * H * d + hh * d)
+        // Every member's blocks of this layer (one for a private cache), in position order, in one table.
+        var kTable: [UnsafeMutablePointer<Float>] = [], vTable: [UnsafeMutablePointer<Float>] = []
+        var first = [Int](), blockTokens = [Int]()
+        for (b, m) in members.enumerated() {
+            first.append(kTable.count)
+            blockTokens.append(m.cache.blockTokens)
+            m.cache.appendBlocks(l, count: positions[b] + 1, keys: &kTable, values: &vTable)
+        }
+        kTable.withUnsafeBufferPointer { kt in
+            vTable.withUnsafeBufferPointer { vt in
+                let keys = UnsafeSendableBuffer(base: UnsafeMutablePointer(mutating: kt.baseAddress!))
+                let values = UnsafeSendableBuffer(base: UnsafeMutablePointer(mutating: vt.baseAddress!))
+                Parallel.forEach(count: B * H, workers: workers) { item, worker in
+                    let b = item / H, hh = item % H, kvh = hh / group, S = positions[b] + 1
+                    let probs = scratch.base + worker * maxS
+                    let r = rows[b], bt = blockTokens[b]
+                    Self.oneQueryProbabilities(q + r * H * d + hh * d, blocks: keys.base + first[b], blockTokens: bt, offset: kvh * d,
+                                               ld: kvw, S: S, d: d, scale: scale, into: probs)
+                    Self.oneQueryOutput(probs, blocks: values.base + first[b], blockTokens: bt, offset: kvh * d, ld: kvw, S: S, d: d,
+                                        into: out + r * H * d + hh * d)
+                }
+            }
         }
     }
 }

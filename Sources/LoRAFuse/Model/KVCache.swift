@@ -190,32 +190,12 @@ final class KVCache {
         }
     }
 
-    /// Layer `layer`'s key and value blocks covering `count` positions, for one-query attention.
-    func segments(_ layer: Int, count: Int) -> KVSegments {
-        var k: [UnsafeMutablePointer<Float>] = [], v: [UnsafeMutablePointer<Float>] = []
+    /// Appends layer `layer`'s key and value block pointers covering `count` positions to a block
+    /// table (one-query attention over many sequences reads them through one flat table: no
+    /// per-sequence arrays, so no reference counting on the compute threads).
+    func appendBlocks(_ layer: Int, count: Int, keys k: inout [UnsafeMutablePointer<Float>], values v: inout [UnsafeMutablePointer<Float>]) {
         let n = (count + blockTokens - 1) / blockTokens
-        k.reserveCapacity(n); v.reserveCapacity(n)
         for b in 0..<n { k.append(keys(layer, block: b)); v.append(values(layer, block: b)) }
-        return KVSegments(keys: k, values: v, blockTokens: blockTokens)
     }
 }
 
-/// A layer's key and value blocks in position order (block j holds positions j·blockTokens ..<).
-struct KVSegments: @unchecked Sendable {
-    let keys: [UnsafeMutablePointer<Float>]
-    let values: [UnsafeMutablePointer<Float>]
-    let blockTokens: Int
-
-    /// Contiguous rows: one block.
-    init(keys: UnsafeMutablePointer<Float>, values: UnsafeMutablePointer<Float>, count: Int) {
-        self.keys = [keys]
-        self.values = [values]
-        blockTokens = max(count, 1)
-    }
-
-    init(keys: [UnsafeMutablePointer<Float>], values: [UnsafeMutablePointer<Float>], blockTokens: Int) {
-        self.keys = keys
-        self.values = values
-        self.blockTokens = blockTokens
-    }
-}

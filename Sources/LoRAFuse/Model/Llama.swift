@@ -673,13 +673,13 @@ public final class LlamaSession: InferenceSession {
         }
     }
 
-    /// `oneQueryProbabilities` over keys in blocks (a paged cache): the same dot products and
-    /// softmax, block after block.
-    static func oneQueryProbabilities(_ q: UnsafePointer<Float>, segments: KVSegments, offset: Int, ld: Int, S: Int, d: Int,
-                                      scale: Float, into probs: UnsafeMutablePointer<Float>) {
+    /// `oneQueryProbabilities` over keys in blocks (a paged cache; `blocks[j] + offset` holds
+    /// positions j·blockTokens ..< (j+1)·blockTokens): the same dot products and softmax.
+    static func oneQueryProbabilities(_ q: UnsafePointer<Float>, blocks: UnsafePointer<UnsafeMutablePointer<Float>>, blockTokens: Int,
+                                      offset: Int, ld: Int, S: Int, d: Int, scale: Float, into probs: UnsafeMutablePointer<Float>) {
         var s0 = 0, b = 0
         while s0 < S {
-            let n = min(S - s0, segments.blockTokens), keys = segments.keys[b] + offset
+            let n = min(S - s0, blockTokens), keys = blocks[b] + offset
             for s in 0..<n { probs[s0 + s] = scale * VectorKernels.dot(keys + s * ld, q, count: d) }
             s0 += n
             b += 1
@@ -689,15 +689,14 @@ public final class LlamaSession: InferenceSession {
 
     /// `oneQueryOutput` over values in blocks: the same sums in the same order, so a paged
     /// session's values equal a contiguous one's to the bit.
-    static func oneQueryOutput(_ probs: UnsafePointer<Float>, segments: KVSegments, offset: Int, ld: Int, S: Int, d: Int,
-                               into out: UnsafeMutablePointer<Float>) {
-        let bt = segments.blockTokens
+    static func oneQueryOutput(_ probs: UnsafePointer<Float>, blocks: UnsafePointer<UnsafeMutablePointer<Float>>, blockTokens: Int,
+                               offset: Int, ld: Int, S: Int, d: Int, into out: UnsafeMutablePointer<Float>) {
         var j0 = 0
         while j0 + 16 <= d {
             var acc = SIMD16<Float>(repeating: 0)
             var s0 = 0, b = 0
             while s0 < S {
-                let n = min(S - s0, bt), values = segments.values[b] + offset
+                let n = min(S - s0, blockTokens), values = blocks[b] + offset
                 for s in 0..<n {
                     let v = UnsafeRawPointer(values + s * ld + j0).loadUnaligned(as: SIMD16<Float>.self)
                     acc += probs[s0 + s] * v
@@ -710,7 +709,7 @@ public final class LlamaSession: InferenceSession {
         }
         for j in j0..<d {
             var acc: Float = 0
-            for s in 0..<S { acc += probs[s] * (segments.values[s / bt] + offset)[(s % bt) * ld + j] }
+            for s in 0..<S { acc += probs[s] * (blocks[s / blockTokens] + offset)[(s % blockTokens) * ld + j] }
             out[j] = acc
         }
     }
