@@ -15,7 +15,7 @@ struct Report: ParsableCommand {
         the ICM-Fusion rows (\(ReportMethods.icmNames.joined(separator: ", "))): ICM-Fusion, its \
         ablations, a few-shot (--icm-few-shots) and a long-tailed setting, and a control, with its \
         generator's reconstruction error and storage (--no-icm skips them; --trajectories adds \
-        training checkpoints to its VAE's samples). Routed rows keep every adapter and choose per token         (\(ReportMethods.routedNames.joined(separator: ", ")); route-arrow needs no shots; --no-routing         skips them): their loss and accuracy, the share of each task's answer rows routed to its own         adapter, and a heatmap of that adapter's gate weight per layer.
+        training checkpoints to its VAE's samples). Routed rows keep every adapter and choose per token         (\(ReportMethods.routedNames.joined(separator: ", ")); route-arrow and route-arrow-gks (Arrow after subtracting the routed adapters' mean, GenKnowSub) need no shots; --no-routing         skips them): their loss and accuracy, the share of each task's answer rows routed to its own         adapter, and a heatmap of that adapter's gate weight per layer.
         Static defaults: w = 1/n for methods that sum their inputs, w = 1 for TIES-style methods
         (\(ReportMethods.selfAveraging.sorted().joined(separator: ", "))), which take a disjoint mean
         themselves; rank --rank for truncating methods; densities from the registry (TIES, magnitude
@@ -176,7 +176,7 @@ struct Report: ParsableCommand {
         let names = methods.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } }
             ?? (["base", "experts"] + ReportMethods.defaultStatic + (shots.isEmpty ? [] : ReportMethods.learnedNames)
                 + (shots.isEmpty || noICM ? [] : ReportMethods.icmNames)
-                + (noRouting ? [] : ReportMethods.routedNames.filter { !shots.isEmpty || $0 == "route-arrow" }))
+                + (noRouting ? [] : ReportMethods.routedNames.filter { !shots.isEmpty || !ReportMethods.routedNeedsShots($0) }))
         var out: [ReportMethod] = []
         for n in names {
             if out.contains(where: { $0.id == n }) { throw ValidationError("--methods lists '\(n)' twice") }
@@ -188,7 +188,7 @@ struct Report: ParsableCommand {
                 if shots.isEmpty { throw ValidationError("learned method '\(n)' needs --shots (the examples its coefficients are fitted on)") }
                 out.append(ReportMethods.learned(n))
             case _ where ReportMethods.routedNames.contains(n):
-                if shots.isEmpty && n != "route-arrow" { throw ValidationError("'\(n)' needs --shots (the examples its gates are fitted on)") }
+                if shots.isEmpty && ReportMethods.routedNeedsShots(n) { throw ValidationError("'\(n)' needs --shots (the examples its gates are fitted on)") }
                 out.append(ReportMethods.routed(n))
             case _ where ReportMethods.icmNames.contains(n):
                 if shots.isEmpty { throw ValidationError("'\(n)' needs --shots (the examples its fusion is learned on)") }

@@ -12,7 +12,15 @@ public struct ReportRouting: Codable, Sendable, Equatable {
 }
 
 extension ReportMethods {
-    public static var routedNames: [String] { RouteMethod.allCases.map { "route-" + $0.rawValue } }
+    public static var routedNames: [String] { RouteMethod.allCases.map { "route-" + $0.rawValue } + ["route-" + arrowGKS] }
+
+    /// Arrow after GenKnowSub with the routed adapters' own mean as the general knowledge: the
+    /// report has no general adapter, and this is the variant measured best on the suite (README,
+    /// "Routing"). Training-free like route-arrow.
+    public static let arrowGKS = "arrow-gks"
+
+    /// Routed rows that fit nothing on the shots.
+    public static func routedNeedsShots(_ id: String) -> Bool { id != "route-arrow" && id != "route-" + arrowGKS }
 
     public static func routed(_ id: String) -> ReportMethod {
         ReportMethod(id: id, family: .routed, method: String(id.dropFirst("route-".count)))
@@ -21,6 +29,7 @@ extension ReportMethods {
     static let routedSummary: [String: String] = [
         "meteora": "per-token top-2 gates, MeteoRA: LM loss through the routed model + 50 × supervised gate loss, on the shots",
         "arrow": "per-token top-2 gates, Arrow prototypes (training-free)",
+        "arrow-gks": "per-token top-2 gates, Arrow prototypes after GenKnowSub: the mean of the routed adapters subtracted from each, once per routed projection (training-free)",
         "hidden": "per-token top-2 gates, mean hidden state per task (mergekit-moe, training-free)",
         "sequence": "one adapter per request, classifier on the prompt's mean hidden state",
         "xlora": "per-token, per-layer scalings of every adapter from a classifier on the base model's last hidden state (X-LoRA), LM loss on the shots",
@@ -53,7 +62,8 @@ extension ReportRunner {
     }
 
     func routedRow(_ m: ReportMethod) throws -> ReportRow {
-        guard let method = RouteMethod(rawValue: m.method) else { throw ReportError.unknownLearnedMethod(m.method) }
+        let gks = m.method == ReportMethods.arrowGKS
+        guard let method = gks ? .arrow : RouteMethod(rawValue: m.method) else { throw ReportError.unknownLearnedMethod(m.method) }
         var options = RouteOptions(method: method)
         options.seed = settings.seed
         options.shotsPerTask = settings.shotsPerTask
@@ -64,16 +74,27 @@ extension ReportRunner {
                        "temperature": String(options.temperature), "supervise": options.supervise.rawValue,
                        "lmWeight": String(options.lmWeight), "gateWeight": String(options.gateWeight), "balance": String(options.balance),
                        "entropy": String(options.entropy)]
+        if gks { key.learned?["general"] = "mean of the routed adapters, " + options.genKnowSub.rawValue }
         var entry = try loadCache(m.id, key: key)
         let missing = scored.filter { entry.tasks[$0.name]?.digest != Digest.task($0) }
         if !missing.isEmpty || entry.routing == nil {
             let start = Date()
             var fitDone = 0
-            let routed = try RouterBuilder.build(model: model, adapters: inputs.adapters, shots: shots, options: options) { done, total in
+            // GenKnowSub's general adapters are the routed ones themselves (copies: the builder
+            // refuses an adapter given as both, by path).
+            let general = gks ? inputs.adapters.map { a -> LoRAAdapter in var g = a; g.sourcePath = nil; return g } : []
+            var routed = try RouterBuilder.build(model: model, adapters: inputs.adapters, shots: shots, options: options,
+                                                 general: general) { done, total in
                 let units = self.routedUnits(m) - self.test.reduce(0) { $0 + $1.examples.count } * 2
                 let now = total > 0 ? units * done / total : 0
                 self.tick(now - fitDone, "\(m.id) · fitting gates \(done)/\(total)")
                 fitDone = now
+            }
+            if gks {
+                // Routed as a saved folder is loaded: the experts as they are and −mean once per
+                // routed projection (the gate weights sum to 1), not the mean's ranks in every expert.
+                routed.adapters = inputs.adapters
+                routed.fixed = try GenKnowSub.negatedMean(general)
             }
             entry.fuseSeconds = Date().timeIntervalSince(start)
             let set = try model.prepare(routed: routed)

@@ -51,6 +51,37 @@ final class ReportRoutedTests: XCTestCase {
         XCTAssertEqual(again.evaluationsRun, 0, "routed rows come from the cache on a rerun")
     }
 
+    /// route-arrow-gks: Arrow after subtracting the routed adapters' own mean (GenKnowSub), run
+    /// as a loaded folder runs (−mean once per projection): equal to the router built with the
+    /// mean materialised in every expert, different from plain Arrow, needing no shots, cached.
+    func testArrowAfterGenKnowSubRowEqualsTheMaterialisedRouter() throws {
+        let model = ReportFixtures.model()
+        let inputs = ReportFixtures.inputs(model)
+        let dir = ReportFixtures.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let settings = ReportSettings(testPerTask: 2, accuracy: false, rank: 2, shotsPerTask: 2, shotsCurve: [])
+        XCTAssertFalse(ReportMethods.routedNeedsShots("route-arrow-gks"))
+        XCTAssertTrue(ReportMethods.routedNames.contains("route-arrow-gks"))
+        let methods = [ReportMethods.routed("route-arrow"), ReportMethods.routed("route-arrow-gks")]
+        let r = try ReportRunner(model: model, inputs: inputs, settings: settings, methods: methods, directory: dir).run()
+        let gks = try XCTUnwrap(r.rows.first { $0.method.id == "route-arrow-gks" })
+        let arrow = try XCTUnwrap(r.rows.first { $0.method.id == "route-arrow" })
+        let general = inputs.adapters.map { a -> LoRAAdapter in var g = a; g.sourcePath = nil; return g }
+        let materialised = try RouterBuilder.build(model: model, adapters: inputs.adapters, shots: [], options: RouteOptions(method: .arrow),
+                                                   general: general)
+        let ev = Evaluator(model: model.with(try model.prepare(routed: materialised)), options: EvalOptions(computeAccuracy: false))
+        var differs = false
+        for t in ReportInputs.firstExamples(inputs.test, 2) {
+            XCTAssertEqual(gks.tasks[t.name]!.loss, try ev.evaluate(t).loss, accuracy: 1e-4, t.name)
+            if abs(gks.tasks[t.name]!.loss - arrow.tasks[t.name]!.loss) > 1e-4 { differs = true }
+        }
+        XCTAssertTrue(differs, "subtracting the mean changes the routed model")
+        XCTAssertNotNil(gks.routing)
+        let again = try ReportRunner(model: model, inputs: inputs, settings: settings, methods: methods, directory: dir)
+        XCTAssertEqual(try again.run().rows, r.rows)
+        XCTAssertEqual(again.evaluationsRun, 0)
+    }
+
     /// `--composite`: every row but the experts is scored on the composite prompts, apart from the
     /// means (which equal a run without them), each adapter alone too; the X-LoRA row takes part;
     /// a rerun is served from the cache; a composite task named like a suite task is refused.
