@@ -11,7 +11,8 @@ public final class ServeMetrics: ServeObserver, @unchecked Sendable {
     private let ttft, interToken, batchSize: ValueHistogram
     private let queueDepth, running, adaptersResident, adapterBytes, adaptersRegistered: Gauge
     private let kvBlocks, kvBytes, kvBlocksPeak: Gauge
-    private let adapterLoads, adapterEvictions, fusionsBuilt, preemptions: Counter
+    private let adapterLoads, adapterEvictions, fusionsBuilt, preemptions, prefixReused: Counter
+    private var seenReused = 0
     /// The registry's counters when last rendered (the Prometheus counters advance by the difference).
     private var seen = (loads: 0, fusions: 0, evictions: 0)
     private let lock = NSLock()
@@ -33,6 +34,7 @@ public final class ServeMetrics: ServeObserver, @unchecked Sendable {
         kvBlocks = registry.makeGauge(descriptor: d("lorafuse_kv_blocks", "Key/value cache blocks held by sequences."))
         kvBlocksPeak = registry.makeGauge(descriptor: d("lorafuse_kv_blocks_peak", "Most key/value cache blocks held at once."))
         kvBytes = registry.makeGauge(descriptor: d("lorafuse_kv_bytes", "Bytes of the key/value cache blocks held (counted in --memory-budget with the adapters)."))
+        prefixReused = registry.makeCounter(descriptor: d("lorafuse_prefix_tokens_reused_total", "Prompt positions whose keys and values were copied from a running sequence on the same adapters instead of computed."))
         preemptions = registry.makeCounter(descriptor: d("lorafuse_preemptions_total", "Running sequences that gave their key/value blocks back for memory and were queued again."))
     }
 
@@ -74,6 +76,9 @@ public final class ServeMetrics: ServeObserver, @unchecked Sendable {
         adapterEvictions.increment(by: Int64(max(0, c.evictions - seen.evictions)))
         fusionsBuilt.increment(by: Int64(max(0, c.fusions - seen.fusions)))
         seen = c
+        let reused = engine.prefixTokensReused
+        prefixReused.increment(by: Int64(max(0, reused - seenReused)))
+        seenReused = reused
         lock.unlock()
         return registry.emitToString()
     }

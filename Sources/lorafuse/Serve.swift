@@ -48,6 +48,9 @@ struct Serve: ParsableCommand {
     @Option(name: .customLong("memory-budget"), help: "MB shared by resident adapter weights and the sequences' key/value cache blocks (unused adapters evicted least recently used first, then the newest sequences preempted and queued again; 0: no limit).")
     var memoryBudget = 0
 
+    @Option(name: .customLong("prefix-reuse"), help: "Shortest prompt prefix, in tokens, that a request copies from a running one on the same adapters instead of reading it (a chat template's system prompt, a shared preamble); 0: off.")
+    var prefixReuse = ServeLimits().prefixReuseMin
+
     @Option(name: .customLong("kv-block"), help: "Positions per key/value cache block (a sequence takes one block at a time as it grows).")
     var kvBlock = KVBlockPool.defaultBlockTokens
 
@@ -76,6 +79,7 @@ struct Serve: ParsableCommand {
         if maxQueue < 0 { throw ValidationError("--max-queue must be at least 0, got \(maxQueue)") }
         if memoryBudget < 0 { throw ValidationError("--memory-budget must be at least 0, got \(memoryBudget)") }
         if kvBlock < 1 { throw ValidationError("--kv-block must be at least 1, got \(kvBlock)") }
+        if prefixReuse < 0 { throw ValidationError("--prefix-reuse must be at least 0, got \(prefixReuse)") }
         if !(0...65535).contains(port) { throw ValidationError("--port must be in 0...65535, got \(port)") }
         if let context, context < 2 { throw ValidationError("--context must be at least 2, got \(context)") }
         if maxTokens < 1 { throw ValidationError("--max-tokens must be at least 1, got \(maxTokens)") }
@@ -108,6 +112,7 @@ struct Serve: ParsableCommand {
         var limits = ServeLimits(maxBatch: maxBatch, maxQueue: maxQueue, contextLength: context ?? min(2048, lm.contextLength),
                                  maxTokensCap: maxTokens, prefillChunk: prefillChunk, timeout: timeout)
         limits.kvBlockTokens = kvBlock
+        limits.prefixReuseMin = prefixReuse
         let engine = ServeEngine(registry: registry, limits: limits)
         let blockMB = Double(engine.kvPool.blockBytes) / Double(1 << 20)
         if memoryBudget > 0 && engine.kvPool.blockBytes > memoryBudget << 20 {

@@ -190,6 +190,16 @@ final class KVCache {
         }
     }
 
+    /// Copies the keys and values of positions 0..<count, every layer, from `other` (which holds
+    /// at least that many), through `scratch` (2·count·Hkv·d floats).
+    func copyPrefix(from other: KVCache, count: Int, scratch: UnsafeMutablePointer<Float>) {
+        precondition(other.kvWidth == kvWidth && other.layers == layers && other.capacity >= count && capacity >= count)
+        for l in 0..<layers {
+            other.gather(l, count: count, k: scratch, v: scratch + count * kvWidth)
+            write(l, from: 0, rows: count, k: scratch, v: scratch + count * kvWidth)
+        }
+    }
+
     /// Appends layer `layer`'s key and value block pointers covering `count` positions to a block
     /// table (one-query attention over many sequences reads them through one flat table: no
     /// per-sequence arrays, so no reference counting on the compute threads).

@@ -295,6 +295,19 @@ public final class LlamaSession: InferenceSession {
     /// Gives back the blocks past `position` (after a `truncate`).
     public func releaseUnusedBlocks() { cache.shrink(to: position) }
 
+    /// Starts this fresh session at position `count` with the keys and values of `other`'s first
+    /// `count` positions: a prompt prefix both sessions share, with the same adapters, read once.
+    /// The caller vouches for the tokens; X-LoRA sessions (a second cache) are refused.
+    public func adoptPrefix(of other: LlamaSession, count: Int) throws {
+        precondition(position == 0 && other !== self && other.model === model, "adoptPrefix needs a fresh session of the same model")
+        precondition(adapters.identity === other.adapters.identity, "adoptPrefix needs the same adapter set")
+        precondition(adapters.routed?.xlora == nil, "an X-LoRA session has a second cache")
+        precondition(count > 0 && count <= other.position && count <= maxTokens)
+        try cache.reserve(count)
+        cache.copyPrefix(from: other.cache, count: count, scratch: gathered.reserve(2 * count * cache.kvWidth))
+        position = count
+    }
+
     /// Moves the position back; the cache rows past it are simply overwritten by later feeds
     /// (attention only ever reads rows below the current position).
     public func truncate(to newPosition: Int) {

@@ -17,6 +17,11 @@ public struct ServeLimits: Sendable {
     public var timeout: Double?
     /// Positions per key/value block (`KVBlockPool`).
     public var kvBlockTokens: Int = KVBlockPool.defaultBlockTokens
+    /// Prompt prefixes shared with another sequence on the same adapters (a chat template's
+    /// system prompt, a few-shot preamble) are read once and their keys and values copied; a new
+    /// sequence that shares at least `prefixReuseMin` tokens with one reading its prompt in the
+    /// same step waits one step to copy them. 0: off.
+    public var prefixReuseMin: Int = 8
 
     /// Defaults measured with `lorafuse-bench serve` (64 concurrent chat requests over 16
     /// adapters, SmolLM2 Q4_1, 2 cores): on 2026-12-06, with a prefill chunk of 512, --max-batch
@@ -144,6 +149,7 @@ public final class ServeEngine: @unchecked Sendable {
     /// An adapter is being acquired off the scheduler thread for a waiting sequence.
     private var acquiring = false
     private var preemptedCount = 0
+    private var reusedCount = 0
 
     private enum State { case idle, running, draining, stopped }
 
@@ -230,6 +236,8 @@ public final class ServeEngine: @unchecked Sendable {
     public var queueDepth: Int { lock.lock(); defer { lock.unlock() }; return waiting.count }
     /// Sequences preempted for memory so far.
     public var preemptions: Int { lock.lock(); defer { lock.unlock() }; return preemptedCount }
+    /// Prompt positions whose keys and values were copied from another sequence instead of computed.
+    public var prefixTokensReused: Int { lock.lock(); defer { lock.unlock() }; return reusedCount }
     public var runningCount: Int { lock.lock(); defer { lock.unlock() }; return running.count }
 
     // MARK: Submission
@@ -510,6 +518,7 @@ public final class ServeEngine: @unchecked Sendable {
         var plan: [(seq: Sequence, count: Int)] = []
         for s in batch where !s.done && s.pending != nil && s.fed == s.context.count { plan.append((s, 1)) }
         var budget = limits.prefillChunk
+        var leaders: [(seq: Sequence, upTo: Int)] = []   // sequences reading their context from 0 this step
         for s in batch where !s.done && s.fed < s.context.count && budget > 0 {
             do {
                 if s.session == nil { try makeSession(s) }
@@ -517,7 +526,22 @@ public final class ServeEngine: @unchecked Sendable {
                 fail(s, error)
                 continue
             }
+            if s.fed == 0 && limits.prefixReuseMin > 0, let session = s.session, session.adapters.routed?.xlora == nil {
+                if let (donor, L) = prefixDonor(for: s, in: batch) {
+                    // Without room for the copy it reads the prefix itself (the memory phase below decides).
+                    if (try? session.adoptPrefix(of: donor, count: L)) != nil {
+                        s.fed = L
+                        lock.lock(); reusedCount += L; lock.unlock()
+                    }
+                } else if leaders.contains(where: { l in
+                    l.seq.session?.adapters.identity === session.adapters.identity
+                        && min(Self.commonPrefix(l.seq.context, s.context), s.context.count - 1, l.upTo) >= limits.prefixReuseMin
+                }) {
+                    continue    // copies the prefix next step, once the leader has read it
+                }
+            }
             let n = min(budget, s.context.count - s.fed)
+            if s.fed == 0 { leaders.append((s, n)) }
             plan.append((s, n))
             budget -= n
         }
@@ -589,6 +613,26 @@ public final class ServeEngine: @unchecked Sendable {
             for s in batch where !s.done && now.timeIntervalSince(s.submitted) > timeout { finish(s, .length, observer: obs) }
         }
         return requeued
+    }
+
+    /// A running session on the same adapters whose cache holds the longest prefix of `s`'s
+    /// context (at least `prefixReuseMin` positions, and not all of it: the last token is fed for
+    /// its logits), and that length.
+    private func prefixDonor(for s: Sequence, in batch: [Sequence]) -> (LlamaSession, Int)? {
+        guard let mine = s.session else { return nil }
+        var best: (LlamaSession, Int)?
+        for d in batch where d !== s && !d.done && d.fed > 0 {
+            guard let ds = d.session, ds.adapters.identity === mine.adapters.identity else { continue }
+            let L = min(Self.commonPrefix(d.context[..<min(d.fed, d.context.count)], s.context), s.context.count - 1, ds.position)
+            if L >= limits.prefixReuseMin && L > (best?.1 ?? 0) { best = (ds, L) }
+        }
+        return best
+    }
+
+    static func commonPrefix<A: Collection<Int>, B: Collection<Int>>(_ a: A, _ b: B) -> Int {
+        var n = 0
+        for (x, y) in zip(a, b) { guard x == y else { break }; n += 1 }
+        return n
     }
 
     /// The session of a sequence about to read its context: blocks from the pool, adapters from

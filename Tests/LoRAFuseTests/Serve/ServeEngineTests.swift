@@ -275,6 +275,42 @@ final class ServeEngineTests: XCTestCase {
         await solo.drain()
     }
 
+    /// A prompt prefix shared by requests on the same adapters is read once: arriving together,
+    /// the second waits one step and copies the first's keys and values (once its holder has
+    /// finished, nothing is kept to copy). The tokens are those of each request alone; other
+    /// adapters share nothing.
+    func testSharedPromptPrefixIsReadOnceOnTheSameAdapters() async throws {
+        let (_, _, engine, _) = try setup(limits: ServeLimits(maxBatch: 8, contextLength: 256, maxTokensCap: 200, prefillChunk: 4096),
+                                          autoStart: false)
+        let preamble = "You are a careful assistant. Answer briefly.\n"      // 45 byte tokens
+        let reqs = [completion(preamble + "Q: one", .named("alpha"), max: 8),
+                    completion(preamble + "Q: two", .named("alpha"), max: 8, temperature: 0.9, seed: 4),
+                    completion(preamble + "Q: one", .named("beta"), max: 8)]
+        let streams = try reqs.map { try engine.submit($0) }
+        engine.start()
+        var got: [[Int]] = Array(repeating: [], count: reqs.count)
+        try await withThrowingTaskGroup(of: (Int, [Int]).self) { g in
+            for (i, s) in streams.enumerated() { g.addTask { (i, try await s.collect().tokens) } }
+            for try await (i, t) in g { got[i] = t }
+        }
+        let preambleTokens = preamble.utf8.count + "Q: ".utf8.count
+        XCTAssertEqual(engine.prefixTokensReused, preambleTokens, "alpha's second request copies the shared part; beta shares nothing")
+        let late = try await engine.submit(completion(preamble + "Q: three", .named("alpha"), max: 4)).collect()
+        XCTAssertEqual(engine.prefixTokensReused, preambleTokens, "nothing running holds the prefix any more")
+        var limits = engine.limits
+        limits.prefixReuseMin = 0
+        let (_, _, solo, _) = try setup(limits: limits)
+        for (i, r) in reqs.enumerated() {
+            let alone = try await solo.submit(r).collect()
+            XCTAssertEqual(got[i], alone.tokens, "request \(i)")
+        }
+        let lateAlone = try await solo.submit(completion(preamble + "Q: three", .named("alpha"), max: 4)).collect()
+        XCTAssertEqual(late.tokens, lateAlone.tokens)
+        XCTAssertEqual(solo.prefixTokensReused, 0)
+        await engine.drain()
+        await solo.drain()
+    }
+
     /// A request whose prompt + max_tokens cannot fit the whole budget is refused at once (400),
     /// and one that fits runs.
     func testRequestLargerThanTheWholeBudgetIsRefused() async throws {

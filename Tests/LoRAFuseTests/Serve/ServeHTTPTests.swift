@@ -97,7 +97,8 @@ final class ServeHTTPTests: XCTestCase {
                      "lorafuse_time_per_output_token_seconds_count", "lorafuse_decode_batch_size_bucket",
                      "lorafuse_model_requests_total{model=\"alpha\"} 1", "lorafuse_queue_depth", "lorafuse_adapters_resident 1",
                      "lorafuse_adapter_loads_total 1", "lorafuse_adapter_evictions_total 0", "lorafuse_fusions_built_total 0",
-                     "lorafuse_kv_blocks 0", "lorafuse_kv_blocks_peak 1", "lorafuse_kv_bytes 0", "lorafuse_preemptions_total 0"] {
+                     "lorafuse_kv_blocks 0", "lorafuse_kv_blocks_peak 1", "lorafuse_kv_bytes 0", "lorafuse_preemptions_total 0",
+                     "lorafuse_prefix_tokens_reused_total 0"] {
             XCTAssertTrue(metrics.body.contains(name), "metrics lack \(name)")
         }
         try await h.stop()
