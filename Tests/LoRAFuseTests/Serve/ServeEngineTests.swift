@@ -22,6 +22,16 @@ final class ServeEngineTests: XCTestCase {
                           sampling: SamplingParameters(maxTokens: max, temperature: temperature, topP: topP, seed: seed, stop: stop))
     }
 
+    /// Every stream's tokens, collected concurrently, in stream order.
+    static func tokens(of streams: [ServeStream]) async throws -> [[Int]] {
+        var out: [[Int]] = Array(repeating: [], count: streams.count)
+        try await withThrowingTaskGroup(of: (Int, [Int]).self) { g in
+            for (i, s) in streams.enumerated() { g.addTask { (i, try await s.collect().tokens) } }
+            for try await (i, t) in g { out[i] = t }
+        }
+        return out
+    }
+
     /// The mixed workload: base, each adapter, a side-by-side pair and a ties fusion; greedy and
     /// seeded sampling; prompts shorter and longer than the prefill chunk.
     private func workload() -> [GenerationRequest] {
@@ -44,11 +54,7 @@ final class ServeEngineTests: XCTestCase {
         let reqs = workload()
         let streams = try reqs.map { try engine.submit($0) }
         engine.start()
-        var together: [[Int]] = Array(repeating: [], count: reqs.count)
-        try await withThrowingTaskGroup(of: (Int, [Int]).self) { g in
-            for (i, s) in streams.enumerated() { g.addTask { (i, try await s.collect().tokens) } }
-            for try await (i, t) in g { together[i] = t }
-        }
+        let together = try await Self.tokens(of: streams)
         XCTAssertGreaterThan(obs.maxBatch, 4, "the requests were decoded together")
         // Each alone, on a fresh engine (same chunking), must give the same tokens.
         let (_, _, solo, _) = try setup()
@@ -195,11 +201,7 @@ final class ServeEngineTests: XCTestCase {
         XCTAssertEqual(streams.map(\.model), names)
         XCTAssertEqual(reg.counters.loads, 1, "the waiting ones are not read only to be dropped")
         engine.start()
-        var got: [[Int]] = Array(repeating: [], count: reqs.count)
-        try await withThrowingTaskGroup(of: (Int, [Int]).self) { g in
-            for (i, s) in streams.enumerated() { g.addTask { (i, try await s.collect().tokens) } }
-            for try await (i, t) in g { got[i] = t }
-        }
+        let got = try await Self.tokens(of: streams)
         XCTAssertGreaterThanOrEqual(reg.counters.evictions, 2, "each waiting adapter replaced a finished one")
         XCTAssertEqual(reg.counters.loads, 3, "each adapter read once")
         XCTAssertLessThanOrEqual(reg.residentBytes, ServeFixtures.adapterBytes(model))
@@ -255,11 +257,7 @@ final class ServeEngineTests: XCTestCase {
         let reqs = (0..<6).map { i in completion("seq \(i)", .named("tiny"), max: 20, temperature: i % 2 == 0 ? 0 : 0.8, seed: UInt64(i)) }
         let streams = try reqs.map { try engine.submit($0) }
         engine.start()
-        var got: [[Int]] = Array(repeating: [], count: reqs.count)
-        try await withThrowingTaskGroup(of: (Int, [Int]).self) { g in
-            for (i, s) in streams.enumerated() { g.addTask { (i, try await s.collect().tokens) } }
-            for try await (i, t) in g { got[i] = t }
-        }
+        let got = try await Self.tokens(of: streams)
         XCTAssertGreaterThan(engine.preemptions, 0, "the budget holds fewer blocks than the sequences need at once")
         XCTAssertLessThanOrEqual(engine.kvPool.counters.peak, 8)
         XCTAssertGreaterThan(engine.kvPool.counters.refused, 0)
@@ -288,11 +286,7 @@ final class ServeEngineTests: XCTestCase {
                     completion(preamble + "Q: one", .named("beta"), max: 8)]
         let streams = try reqs.map { try engine.submit($0) }
         engine.start()
-        var got: [[Int]] = Array(repeating: [], count: reqs.count)
-        try await withThrowingTaskGroup(of: (Int, [Int]).self) { g in
-            for (i, s) in streams.enumerated() { g.addTask { (i, try await s.collect().tokens) } }
-            for try await (i, t) in g { got[i] = t }
-        }
+        let got = try await Self.tokens(of: streams)
         let preambleTokens = preamble.utf8.count + "Q: ".utf8.count
         XCTAssertEqual(engine.prefixTokensReused, preambleTokens, "alpha's second request copies the shared part; beta shares nothing")
         let late = try await engine.submit(completion(preamble + "Q: three", .named("alpha"), max: 4)).collect()
