@@ -657,37 +657,26 @@ public final class LlamaSession: InferenceSession {
     // another thread's running BLAS call would see change under it.
 
     /// p (S) = softmax(K_h (S, d) · q_h (d) / √d) over the S cached keys (`ld` apart; the query is
-    /// the newest position, so none is masked).
+    /// the newest position, so none is masked): the block kernel below over one block.
     static func oneQueryProbabilities(_ q: UnsafePointer<Float>, keys: UnsafePointer<Float>, ld: Int, S: Int, d: Int,
                                       scale: Float, into probs: UnsafeMutablePointer<Float>) {
-        for s in 0..<S { probs[s] = scale * VectorKernels.dot(keys + s * ld, q, count: d) }
-        VectorKernels.softmaxRow(probs, valid: S, count: S)
+        var block = UnsafeMutablePointer(mutating: keys)
+        withUnsafePointer(to: &block) {
+            oneQueryProbabilities(q, blocks: $0, blockTokens: max(S, 1), offset: 0, ld: ld, S: S, d: d, scale: scale, into: probs)
+        }
     }
 
-    /// out_h (d) = V_hᵀ (d, S) · p (S).
+    /// out_h (d) = V_hᵀ (d, S) · p (S): the block kernel below over one block.
     static func oneQueryOutput(_ probs: UnsafePointer<Float>, values: UnsafePointer<Float>, ld: Int, S: Int, d: Int,
                                into out: UnsafeMutablePointer<Float>) {
-        // 16 columns at a time in registers (head dims are multiples of 16 in practice): a plain
-        // `out[j] += …` loop is not vectorised, the compiler cannot rule out out aliasing values.
-        var j0 = 0
-        while j0 + 16 <= d {
-            var acc = SIMD16<Float>(repeating: 0)
-            for s in 0..<S {
-                let v = UnsafeRawPointer(values + s * ld + j0).loadUnaligned(as: SIMD16<Float>.self)
-                acc += probs[s] * v
-            }
-            UnsafeMutableRawPointer(out + j0).storeBytes(of: acc, as: SIMD16<Float>.self)
-            j0 += 16
-        }
-        for j in j0..<d {
-            var acc: Float = 0
-            for s in 0..<S { acc += probs[s] * values[s * ld + j] }
-            out[j] = acc
+        var block = UnsafeMutablePointer(mutating: values)
+        withUnsafePointer(to: &block) {
+            oneQueryOutput(probs, blocks: $0, blockTokens: max(S, 1), offset: 0, ld: ld, S: S, d: d, into: out)
         }
     }
 
     /// `oneQueryProbabilities` over keys in blocks (a paged cache; `blocks[j] + offset` holds
-    /// positions j·blockTokens ..< (j+1)·blockTokens): the same dot products and softmax.
+    /// positions j·blockTokens ..< (j+1)·blockTokens).
     static func oneQueryProbabilities(_ q: UnsafePointer<Float>, blocks: UnsafePointer<UnsafeMutablePointer<Float>>, blockTokens: Int,
                                       offset: Int, ld: Int, S: Int, d: Int, scale: Float, into probs: UnsafeMutablePointer<Float>) {
         var s0 = 0, b = 0
@@ -700,8 +689,10 @@ public final class LlamaSession: InferenceSession {
         VectorKernels.softmaxRow(probs, valid: S, count: S)
     }
 
-    /// `oneQueryOutput` over values in blocks: the same sums in the same order, so a paged
-    /// session's values equal a contiguous one's to the bit.
+    /// out_h (d) = V_hᵀ · p over values in blocks, summed in position order (so a paged session's
+    /// values equal a contiguous one's to the bit). 16 columns at a time in registers (head dims
+    /// are multiples of 16 in practice): a plain `out[j] += …` loop is not vectorised, the compiler
+    /// cannot rule out out aliasing values.
     static func oneQueryOutput(_ probs: UnsafePointer<Float>, blocks: UnsafePointer<UnsafeMutablePointer<Float>>, blockTokens: Int,
                                offset: Int, ld: Int, S: Int, d: Int, into out: UnsafeMutablePointer<Float>) {
         var j0 = 0

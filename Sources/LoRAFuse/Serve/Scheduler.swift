@@ -383,6 +383,8 @@ public final class ServeEngine: @unchecked Sendable {
         var text: [Unicode.Scalar] = [] // all text decoded so far (scalars: a combining mark must not
                                         // merge into a character already sent)
         var emitted = 0                 // scalars of `text` already sent
+        /// Its context is in the cache and a sampled token waits to be fed: one row per step.
+        var isDecoding: Bool { pending != nil && fed == context.count }
         var done = false
         /// `lorafuse.routing`: the names the gates choose among (routed set), or the one name every
         /// token reports (plain adapter, per-request choice); and the next token's adapter.
@@ -516,7 +518,7 @@ public final class ServeEngine: @unchecked Sendable {
     private func iterate(_ batch: [Sequence], observer obs: (any ServeObserver)?, waiting: Int) -> [Sequence] {
         // What each sequence feeds this step: its next token, or a chunk of its context.
         var plan: [(seq: Sequence, count: Int)] = []
-        for s in batch where !s.done && s.pending != nil && s.fed == s.context.count { plan.append((s, 1)) }
+        for s in batch where !s.done && s.isDecoding { plan.append((s, 1)) }
         var budget = limits.prefillChunk
         var leaders: [(seq: Sequence, upTo: Int)] = []   // sequences reading their context from 0 this step
         for s in batch where !s.done && s.fed < s.context.count && budget > 0 {
@@ -566,12 +568,11 @@ public final class ServeEngine: @unchecked Sendable {
             }
         }
         // Decoding rows first, then prompt chunks (the order the step's rows were always in).
-        plan.sort { ($0.seq.pending != nil && $0.seq.fed == $0.seq.context.count ? 0 : 1, $0.seq.id)
-                    < ($1.seq.pending != nil && $1.seq.fed == $1.seq.context.count ? 0 : 1, $1.seq.id) }
+        plan.sort { ($0.seq.isDecoding ? 0 : 1, $0.seq.id) < ($1.seq.isDecoding ? 0 : 1, $1.seq.id) }
         var inputs: [StepInput] = [], owners: [(seq: Sequence, prefill: Int)] = []
         var decodingCount = 0
         for (s, n) in plan {
-            if s.fed == s.context.count {
+            if s.isDecoding {
                 inputs.append(StepInput(session: s.session!, tokens: [s.pending!]))
                 owners.append((s, 0))
                 decodingCount += 1
