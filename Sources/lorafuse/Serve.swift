@@ -51,7 +51,7 @@ struct Serve: ParsableCommand {
     @Option(name: .customLong("prefix-reuse"), help: "Shortest prompt prefix, in tokens, that a request copies from a running one on the same adapters instead of reading it (a chat template's system prompt, a shared preamble); 0: off.")
     var prefixReuse = ServeLimits().prefixReuseMin
 
-    @Option(name: .customLong("kv-block"), help: "Positions per key/value cache block (a sequence takes one block at a time as it grows).")
+    @Option(name: .customLong("kv-block"), help: "Positions per key/value cache block (a sequence takes one block at a time as it grows; at most --context).")
     var kvBlock = KVBlockPool.defaultBlockTokens
 
     @Option(name: .customLong("api-key"), help: "Require Authorization: Bearer KEY on /v1/* (default: $LORAFUSE_API_KEY, else none).")
@@ -116,10 +116,10 @@ struct Serve: ParsableCommand {
         let engine = ServeEngine(registry: registry, limits: limits)
         let blockMB = Double(engine.kvPool.blockBytes) / Double(1 << 20)
         if memoryBudget > 0 && engine.kvPool.blockBytes > memoryBudget << 20 {
-            throw ValidationError("--memory-budget \(memoryBudget) MB cannot hold one key/value block of \(kvBlock) positions "
+            throw ValidationError("--memory-budget \(memoryBudget) MB cannot hold one key/value block of \(engine.kvPool.blockTokens) positions "
                                   + "(\(String(format: "%.2f", blockMB)) MB for this model); raise it or lower --kv-block")
         }
-        FileHandle.standardError.write(Data(("key/value cache: blocks of \(kvBlock) positions, \(String(format: "%.2f", blockMB)) MB each, "
+        FileHandle.standardError.write(Data(("key/value cache: blocks of \(engine.kvPool.blockTokens) positions, \(String(format: "%.2f", blockMB)) MB each, "
             + (memoryBudget > 0 ? "in the \(memoryBudget) MB budget with the adapters\n" : "no memory budget\n")).utf8))
         let key = apiKey ?? ProcessInfo.processInfo.environment["LORAFUSE_API_KEY"].flatMap { $0.isEmpty ? nil : $0 }
         let options = ServerOptions(host: host, port: port, apiKey: key, maxBodyBytes: maxBody, adaptersRoot: root)

@@ -166,7 +166,8 @@ public final class ServeEngine: @unchecked Sendable {
         l.maxBatch = max(1, l.maxBatch)
         l.maxQueue = max(0, l.maxQueue)
         l.prefillChunk = max(1, l.prefillChunk)
-        l.kvBlockTokens = max(1, l.kvBlockTokens)
+        // A block past the context would only reserve positions no sequence can use.
+        l.kvBlockTokens = min(max(1, l.kvBlockTokens), l.contextLength)
         self.limits = l
         kvPool = KVBlockPool(config: registry.model.config, blockTokens: l.kvBlockTokens, memory: registry)
         self.observer = observer

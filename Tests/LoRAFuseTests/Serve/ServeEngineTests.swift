@@ -320,6 +320,9 @@ final class ServeEngineTests: XCTestCase {
         let ok = try await engine.submit(completion("x", .named("tiny"), max: 8)).collect()
         XCTAssertEqual(ok.tokens.count, 8)
         await engine.drain()
+        // A block longer than the context is cut to it (a careless --kv-block reserves nothing unusable).
+        limits.kvBlockTokens = 100_000
+        XCTAssertEqual(ServeEngine(registry: reg, limits: limits).kvPool.blockTokens, 64)
     }
 
     func testMergeCacheBuildsOnceByDigest() throws {
