@@ -165,6 +165,78 @@ AVX512_INLINE void k32_tile(int n, const uint8_t *w, const uint8_t *a, size_t as
     }
 }
 
+/* Two weight rows against the same activation rows: each activation block is loaded, and its
+ * scale expanded, once for both rows. Every (weight row, activation row) result takes exactly the
+ * float operations of k32_tile (same products, same two accumulators, same order), so it equals
+ * k32_tile's bit for bit: a sequence's numbers do not depend on which rows share its pass.
+ * Q8_0: signed weights against unsigned activations instead of k32_tile's sign trick:
+ * dpbusd(-128 sum(w), y + 128, w) = sum(y w), the same integer; -128 sum(w) is per weight block,
+ * so the per-pair work drops to one dpbusd. */
+AVX512_INLINE void k32_tile2(int n, const uint8_t *w, size_t rowBytes, const uint8_t *a, size_t astride,
+                             const int NA, float *out, size_t ostride, const int T) {
+    const int U = 2;
+    const int nb = n / 32;
+    const size_t bb = blk_bytes(T);
+    const int hasS = T != CQ_TYPE_Q8_0;
+    const int Q8 = T == CQ_TYPE_Q8_0;
+    const __m512i expand = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    const __m512i bias = _mm512_set1_epi8((char)0x80);
+    __m512 acc[2][2][CQ_TILE];
+    __m128 accs[2][2][CQ_TILE];
+    const int8_t *y[CQ_TILE];
+    const float *ad[CQ_TILE], *as[CQ_TILE];
+    for (int k = 0; k < NA; k++) {
+        const uint8_t *ar = a + (size_t)k * astride;
+        y[k] = (const int8_t *)ar;
+        ad[k] = (const float *)(ar + cq_q8_d_off(n));
+        as[k] = (const float *)(ar + cq_q8_s_off(n));
+        for (int u = 0; u < 2; u++)
+            for (int r = 0; r < 2; r++) acc[u][r][k] = _mm512_setzero_ps(), accs[u][r][k] = _mm_setzero_ps();
+    }
+    for (int ib = 0; ib < nb; ib += 2 * U) {
+        for (int u = 0; u < U; u++) {
+            int b = ib + 2 * u;
+            if (b >= nb) break;
+            int two = b + 1 < nb;
+            __mmask64 ym = two ? ~(__mmask64)0 : (__mmask64)0xFFFFFFFFu;
+            __mmask8 pm = two ? 3 : 1;
+            __m512i q[2], p0[2];
+            __m512 dw[2];
+            __m128 cv[2];
+            for (int r = 0; r < 2; r++) {
+                float d[2], c[2];
+                const uint8_t *blk = w + (size_t)r * rowBytes + bb * (size_t)b;
+                q[r] = unpack2(blk, blk + bb, two, T, d, c);
+                p0[r] = Q8 ? _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, q[r]))
+                           : _mm512_setzero_si512();
+                dw[r] = _mm512_permutexvar_ps(expand, _mm512_castps128_ps512(_mm_setr_ps(d[0], d[1], 0.0f, 0.0f)));
+                cv[r] = _mm_setr_ps(c[0], c[1], 0.0f, 0.0f);
+            }
+            for (int k = 0; k < NA; k++) {
+                __m512i yv = _mm512_maskz_loadu_epi8(ym, y[k] + 32 * b);
+                if (Q8) yv = _mm512_xor_si512(yv, bias);
+                __m512 da = _mm512_permutexvar_ps(expand, _mm512_castps128_ps512(_mm_maskz_loadu_ps(pm, ad[k] + b)));
+                __m128 sa = hasS ? _mm_maskz_loadu_ps(pm, as[k] + b) : _mm_setzero_ps();
+                for (int r = 0; r < 2; r++) {
+                    __m512i pi = Q8 ? _mm512_dpbusd_epi32(p0[r], yv, q[r]) : _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[r], yv);
+                    acc[u][r][k] = _mm512_fmadd_ps(_mm512_mul_ps(dw[r], da), _mm512_cvtepi32_ps(pi), acc[u][r][k]);
+                    if (hasS) accs[u][r][k] = _mm_fmadd_ps(cv[r], sa, accs[u][r][k]);
+                }
+            }
+        }
+    }
+    for (int r = 0; r < 2; r++)
+        for (int k = 0; k < NA; k++) {
+            __m512 t = _mm512_add_ps(acc[0][r][k], acc[1][r][k]);
+            float res = _mm512_reduce_add_ps(t);
+            if (hasS) {
+                __m128 s = _mm_add_ps(accs[0][r][k], accs[1][r][k]);
+                res += _mm_cvtss_f32(s) + _mm_cvtss_f32(_mm_movehdup_ps(s));
+            }
+            out[(size_t)k * ostride + (size_t)r] = res;
+        }
+}
+
 #define TILED(name, call)                                                                       \
     AVX512 static void name(int n, const uint8_t *w, const uint8_t *a, size_t astride, int na,  \
                             float *out, size_t ostride) {                                      \
@@ -184,6 +256,23 @@ AVX512_INLINE void k32_tile(int n, const uint8_t *w, const uint8_t *a, size_t as
 #define Q5_0_(NA_) k32_tile(n, w, a, astride, NA_, out, ostride, CQ_TYPE_Q5_0)
 #define Q5_1_(NA_) k32_tile(n, w, a, astride, NA_, out, ostride, CQ_TYPE_Q5_1)
 #define Q8_0_(NA_) k32_tile(n, w, a, astride, NA_, out, ostride, CQ_TYPE_Q8_0)
+
+#define TILED2(name, T_)                                                                        \
+    AVX512 static void name(int n, const uint8_t *w, size_t rowBytes, const uint8_t *a, size_t astride, \
+                            int na, float *out, size_t ostride) {                              \
+        switch (na) {                                                                          \
+        case 1: k32_tile2(n, w, rowBytes, a, astride, 1, out, ostride, T_); break;             \
+        case 2: k32_tile2(n, w, rowBytes, a, astride, 2, out, ostride, T_); break;             \
+        case 3: k32_tile2(n, w, rowBytes, a, astride, 3, out, ostride, T_); break;             \
+        default: k32_tile2(n, w, rowBytes, a, astride, 4, out, ostride, T_); break;            \
+        }                                                                                      \
+    }
+
+TILED2(avx512_dot2_q4_0, CQ_TYPE_Q4_0)
+TILED2(avx512_dot2_q4_1, CQ_TYPE_Q4_1)
+TILED2(avx512_dot2_q5_0, CQ_TYPE_Q5_0)
+TILED2(avx512_dot2_q5_1, CQ_TYPE_Q5_1)
+TILED2(avx512_dot2_q8_0, CQ_TYPE_Q8_0)
 
 TILED(avx512_dot_f32, F32_)
 TILED(avx512_dot_f16, F16_)
@@ -205,6 +294,14 @@ const cq_kernel_table cq_table_avx512 = {
             [CQ_TYPE_Q5_0] = avx512_dot_q5_0,
             [CQ_TYPE_Q5_1] = avx512_dot_q5_1,
             [CQ_TYPE_Q8_0] = avx512_dot_q8_0,
+        },
+    .dot2 =
+        {
+            [CQ_TYPE_Q4_0] = avx512_dot2_q4_0,
+            [CQ_TYPE_Q4_1] = avx512_dot2_q4_1,
+            [CQ_TYPE_Q5_0] = avx512_dot2_q5_0,
+            [CQ_TYPE_Q5_1] = avx512_dot2_q5_1,
+            [CQ_TYPE_Q8_0] = avx512_dot2_q8_0,
         },
 };
 

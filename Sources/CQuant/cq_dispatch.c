@@ -195,11 +195,6 @@ int cq_effective_kernel(int kernel, int type) {
     return -1;
 }
 
-static cq_dot_fn dot_fn(int kernel, int type) {
-    int k = cq_effective_kernel(kernel, type);
-    return k < 0 ? NULL : table_of(k)->dot[type];
-}
-
 static cq_quant_fn quant_fn(int kernel, int form) {
     int k = resolve(kernel);
     while (k >= 0) {
@@ -255,8 +250,11 @@ int cq_matmul_ex(int kernel, int type, const void *W, size_t rowBytes, int nOut,
     size_t need = (size_t)(nIn / ti.values) * ti.bytes;
     if (rowBytes < need || rowBegin < 0 || rowEnd > nOut || rowBegin > rowEnd) return CQ_ERR_ARGS;
     if (ldOut < nOut && B > 1) return CQ_ERR_ARGS;
-    cq_dot_fn f = dot_fn(kernel, type);
-    if (f == NULL) return CQ_ERR_ARGS;
+    int k = cq_effective_kernel(kernel, type);
+    if (k < 0) return CQ_ERR_ARGS;
+    cq_dot_fn f = table_of(k)->dot[type];
+    /* Pairs of weight rows share each activation load once a tile has more than one row. */
+    cq_dot2_fn f2 = B > 1 ? table_of(k)->dot2[type] : NULL;
     size_t ab = form_row_bytes(ti.form, nIn);
     const uint8_t *w = (const uint8_t *)W;
     const uint8_t *a = (const uint8_t *)Aq;
@@ -266,7 +264,12 @@ int cq_matmul_ex(int kernel, int type, const void *W, size_t rowBytes, int nOut,
         int r1 = r0 + chunk < rowEnd ? r0 + chunk : rowEnd;
         for (int b0 = 0; b0 < B; b0 += CQ_TILE) {
             int na = B - b0 < CQ_TILE ? B - b0 : CQ_TILE;
-            for (int r = r0; r < r1; r++) {
+            int r = r0;
+            if (f2 != NULL && na > 1)
+                for (; r + 2 <= r1; r += 2)
+                    f2(nIn, w + (size_t)r * rowBytes, rowBytes, a + (size_t)b0 * ab, ab, na,
+                       out + (size_t)b0 * (size_t)ldOut + (size_t)r, (size_t)ldOut);
+            for (; r < r1; r++) {
                 f(nIn, w + (size_t)r * rowBytes, a + (size_t)b0 * ab, ab, na,
                   out + (size_t)b0 * (size_t)ldOut + (size_t)r, (size_t)ldOut);
             }

@@ -24,6 +24,10 @@
 /* out[k * ostride] = w . a_k for k < na (1 <= na <= CQ_TILE), a_k at a + k * astride. */
 typedef void (*cq_dot_fn)(int n, const uint8_t *w, const uint8_t *a, size_t astride, int na,
                           float *out, size_t ostride);
+/* The same for two weight rows, w and w + rowBytes: out[k * ostride + r] = w_r . a_k, each equal
+ * bit for bit to what the set's cq_dot_fn gives that pair. Optional (NULL: dot row by row). */
+typedef void (*cq_dot2_fn)(int n, const uint8_t *w, size_t rowBytes, const uint8_t *a, size_t astride,
+                           int na, float *out, size_t ostride);
 /* One activation row of n values into one form. */
 typedef void (*cq_quant_fn)(const float *x, int n, uint8_t *out);
 
@@ -31,6 +35,7 @@ typedef void (*cq_quant_fn)(const float *x, int n, uint8_t *out);
 #define CQ_MAX_TYPE 31
 typedef struct {
     cq_dot_fn dot[CQ_MAX_TYPE];
+    cq_dot2_fn dot2[CQ_MAX_TYPE];
     cq_quant_fn quant[4]; /* by CQ_ACT_* form */
 } cq_kernel_table;
 

@@ -54,7 +54,9 @@
  * reduce each 256-value super-block to one exact integer and then sum in the same order as the
  * reference, so avx2 and reference agree bit for bit there. Within one set, a result does not
  * depend on B, on the row range, or on which other activation rows share its pass: batched
- * decode gives each sequence bit for bit what it would get alone.
+ * decode gives each sequence bit for bit what it would get alone. (With more than one activation
+ * row the avx512 set passes over two weight rows at once for the 32-value types; each result
+ * takes the same float operations as the one-row kernel's.)
  *
  * Threading: no global state besides the kernel choice (set once); every function may be called
  * from many threads at once on disjoint outputs.

@@ -541,6 +541,9 @@ final class QuantKernelTests: XCTestCase {
                 for k in [QuantKernels.Kernel.reference] + fastKernels {
                     let got = Double(matmul(type, w, outRows: 1, cols: n, a, batch: 1, k)[0])
                     XCTAssertEqual(got, want, accuracy: abs(want) * 1e-6, "\(type) \(k) sign \(sign)")
+                    // Two weight rows × two activation rows: the sets' two-row kernels.
+                    let pair = matmul(type, w + w, outRows: 2, cols: n, a + a, batch: 2, k)
+                    for v in pair { XCTAssertEqual(Double(v), want, accuracy: abs(want) * 1e-6, "\(type) \(k) sign \(sign) pair") }
                 }
             }
         }
