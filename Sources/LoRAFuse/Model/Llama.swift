@@ -145,6 +145,9 @@ public final class LlamaModel: CausalLM, @unchecked Sendable {
 
     public var vocabSize: Int { config.vocabSize }
     public var contextLength: Int { config.maxPositionEmbeddings }
+    /// How quantized (and F16/BF16) weights multiply more than `QuantizedLinear.kernelRowLimit`
+    /// rows; set before the model is shared between threads.
+    public var promptPath: QuantizedPromptPath = .automatic
 
     public init(config: LlamaConfig, weights: LlamaWeights, tokenizer: BPETokenizer, sourcePath: String = "<memory>") {
         self.config = config
@@ -478,7 +481,7 @@ public final class LlamaSession: InferenceSession {
     /// linear. False (nothing written) otherwise.
     func groupedBaseProducts(_ x: UnsafePointer<Float>, rows: Int, _ targets: [LinearTarget], merged: [Int: [Float]]) -> Bool {
         let lws = targets.map { model.base.linears[$0.id] }
-        guard rows <= QuantizedLinear.kernelRowLimit, targets.count > 1, let first = lws[0].quantized,
+        guard rows <= kernelRowLimit, targets.count > 1, let first = lws[0].quantized,
               QuantizedLinear.hasKernel(first.type),
               targets.allSatisfy({ merged[$0.id] == nil }),
               lws.allSatisfy({ $0.quantized?.type == first.type && $0.inFeatures == first.cols }) else { return false }
@@ -552,6 +555,13 @@ public final class LlamaSession: InferenceSession {
         }
     }
 
+    /// Rows up to which the quantized kernels run: every row count on the `kernels` prompt path,
+    /// except while every layer's activations are recorded for a backward pass (which
+    /// differentiates the dequantized model that `sgemm` computes).
+    var kernelRowLimit: Int {
+        model.promptPath == .kernels && activations?.finalOnly != false ? .max : QuantizedLinear.kernelRowLimit
+    }
+
     /// out (rows, nOut) = x · Wᵀ + beta · out for a W kept in its quantized type. Few rows
     /// (decoding, batched decoding): the quantized kernels read each stored block once for all
     /// rows. Many rows (prompts): tiles of W are dequantized into a reused Float32 buffer and
@@ -559,7 +569,7 @@ public final class LlamaSession: InferenceSession {
     func quantizedLinear(_ x: UnsafePointer<Float>, rows: Int, _ w: QuantizedMatrix,
                                  into out: UnsafeMutablePointer<Float>, ld: Int, beta: Float) {
         let nOut = w.rows, nIn = w.cols
-        if rows <= QuantizedLinear.kernelRowLimit && QuantizedLinear.hasKernel(w.type) {
+        if rows <= kernelRowLimit && QuantizedLinear.hasKernel(w.type) {
             QuantizedLinear.matmul(w, x: x, rows: rows, into: out, ld: ld, beta: beta,
                                    activations: qScratch, partial: qPartial)
             return

@@ -7,7 +7,8 @@ import Foundation
 /// what makes batched decoding of many sequences cheap.
 enum QuantizedLinear {
     /// Up to this many activation rows go through the quantized kernels; more (prompts) through
-    /// dequantized tiles and sgemm, whose dequantization is then shared by enough rows.
+    /// dequantized tiles and sgemm, whose dequantization is then shared by enough rows — unless
+    /// the model's `promptPath` is `.kernels`.
     static let kernelRowLimit = 32
 
     static func hasKernel(_ type: GGMLType) -> Bool { QuantKernels.supports(type) }
@@ -71,6 +72,41 @@ enum QuantizedLinear {
                 }
             }
         }
+    }
+}
+
+/// How a model on quantized (or F16/BF16) weights multiplies many rows at once (prompts, eval).
+///
+/// `sgemm`: tiles of the weights dequantized to Float32 and multiplied with the BLAS — the exact
+/// dequantized model, and the faster path where the BLAS has a kernel for the CPU's vector units.
+/// `kernels`: the decode kernels for every row count (activations rounded to 8 bits per block for
+/// the block types, as llama.cpp does for prompts too; F16/BF16 exact in Float32). OpenBLAS
+/// falls back to its generic SSE3 kernel ("Prescott") on CPUs it does not recognise (virtual
+/// machines that hide the CPU model): measured on such a 2-core Xeon with AVX-512 VNNI,
+/// 2026-12-07, a 512-token prompt took 1.9× (Q8_0), 1.4× (Q4_1) and 1.8× (F16) longer through
+/// sgemm than through the kernels (Benchmarks/results/model-llamacpp*.md).
+///
+/// Training and anything else that records activations for a backward pass always use `sgemm`
+/// (the backward differentiates the dequantized model), so the choice never changes gradients.
+public enum QuantizedPromptPath: String, Sendable, CaseIterable {
+    case kernels, sgemm
+
+    /// The choice for this process: `LORAFUSE_QUANT_PROMPT=kernels|sgemm` if set (anything else is
+    /// ignored), else `choose(blasCore:kernelSet:)` for this machine.
+    public static let automatic: QuantizedPromptPath = {
+        if let v = ProcessInfo.processInfo.environment["LORAFUSE_QUANT_PROMPT"], let p = QuantizedPromptPath(rawValue: v) { return p }
+        return choose(blasCore: BLAS.coreName, kernelSet: QuantKernels.kernelName)
+    }()
+
+    /// `kernels` when the quantized kernels are the AVX-512 VNNI set and OpenBLAS runs a core
+    /// without an AVX2/AVX-512 sgemm (measured above); `sgemm` otherwise: Accelerate, or OpenBLAS
+    /// on a core it has fast kernels for, where sgemm was the measured default (642 tokens/s for a
+    /// Q4_1 prompt on an AMD EPYC with the Cooperlake kernels, 2.4× llama.cpp; the kernels path
+    /// was not timed there), and the AVX2 and NEON kernel sets, not timed against sgemm.
+    public static func choose(blasCore: String, kernelSet: String) -> QuantizedPromptPath {
+        guard kernelSet == "avx512" else { return .sgemm }
+        let fast = ["haswell", "skylakex", "cooperlake", "sapphirerapids", "zen", "accelerate"]
+        return fast.contains(blasCore.lowercased()) ? .sgemm : .kernels
     }
 }
 

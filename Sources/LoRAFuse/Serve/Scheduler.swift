@@ -121,10 +121,11 @@ public typealias DecodeStep = @Sendable (_ inputs: [StepInput]) throws -> Matrix
 ///
 /// Every sequence's tokens depend only on its own prompt, adapters and sampler, so a request
 /// gives the same tokens alone or among others as long as `decode` computes each row as that
-/// sequence alone would: on Float32 weights it does (tested); on quantized weights a step of more
-/// than `QuantizedLinear.kernelRowLimit` rows runs on dequantized tiles and sgemm instead of the
-/// 8-bit kernels, so a greedy completion can differ from the one alone where two tokens were
-/// nearly tied.
+/// sequence alone would: on Float32 weights it does (tested); on quantized weights too when the
+/// model's `promptPath` is `.kernels` (every row through the 8-bit kernels, whose rows do not
+/// depend on each other); on the `.sgemm` path a step of more than
+/// `QuantizedLinear.kernelRowLimit` rows runs on dequantized tiles and sgemm instead, so a greedy
+/// completion can differ from the one alone where two tokens were nearly tied.
 public final class ServeEngine: @unchecked Sendable {
     public let registry: AdapterRegistry
     public let limits: ServeLimits

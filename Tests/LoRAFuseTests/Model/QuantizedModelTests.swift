@@ -49,12 +49,44 @@ final class QuantizedModelTests: XCTestCase {
     func testPromptPathEqualsTheFloat32Twin() throws {
         for tied in [false, true] {
             let (q, f) = Self.twins(tied: tied)
+            q.promptPath = .sgemm
             XCTAssertLessThan(q.base.weightBytes * 3, f.base.weightBytes, "Q8_0 keeps about a quarter of the bytes")
             // More rows than the kernels take: dequantized tiles + sgemm, the same numbers as f32.
             let long = tokens(QuantizedLinear.kernelRowLimit + 15)
             let d = relDiff(try q.logits(tokens: long), try f.logits(tokens: long))
             XCTAssertLessThan(d, 1e-5, "tied=\(tied)")
         }
+    }
+
+    /// The `kernels` prompt path runs long prompts through the decode kernels (8-bit activations:
+    /// close to the Float32 twin, not equal), except while a backward pass records activations;
+    /// the automatic choice follows the BLAS core and the kernel set.
+    func testKernelsPromptPath() throws {
+        let (q, f) = Self.twins()
+        let long = tokens(QuantizedLinear.kernelRowLimit + 15, seed: 5)
+        q.promptPath = .sgemm
+        let viaSGEMM = try q.logits(tokens: long)
+        q.promptPath = .kernels
+        let viaKernels = try q.logits(tokens: long)
+        let want = try f.logits(tokens: long)
+        XCTAssertLessThan(relDiff(viaSGEMM, want), 1e-5)
+        XCTAssertLessThan(relDiff(viaKernels, want), 5e-2)
+        XCTAssertGreaterThan(viaKernels.maxAbsDifference(viaSGEMM), 0, "the kernels path rounds activations")
+        // A backward pass differentiates the dequantized model, so recording every layer for one
+        // keeps sgemm; recording only the final hidden state (conditions, classifiers) does not.
+        let s = try q.makeLlamaSession(maxTokens: long.count)
+        s.activations = ForwardActivations()
+        let recorded = try s.feed(long)
+        XCTAssertEqual(recorded.data.map(\.bitPattern), viaSGEMM.data.map(\.bitPattern), "recording for a backward pass keeps sgemm")
+        let f2 = try q.makeLlamaSession(maxTokens: long.count)
+        f2.activations = ForwardActivations(finalOnly: true)
+        XCTAssertEqual(try f2.feed(long).data.map(\.bitPattern), viaKernels.data.map(\.bitPattern), "the final hidden state alone does not")
+
+        XCTAssertEqual(QuantizedPromptPath.choose(blasCore: "Prescott", kernelSet: "avx512"), .kernels)
+        XCTAssertEqual(QuantizedPromptPath.choose(blasCore: "SkylakeX", kernelSet: "avx512"), .sgemm)
+        XCTAssertEqual(QuantizedPromptPath.choose(blasCore: "Cooperlake", kernelSet: "avx512"), .sgemm)
+        XCTAssertEqual(QuantizedPromptPath.choose(blasCore: "Prescott", kernelSet: "avx2"), .sgemm)
+        XCTAssertEqual(QuantizedPromptPath.choose(blasCore: "Accelerate", kernelSet: "neon"), .sgemm)
     }
 
     func testDecodeAndBatchedRowsStayCloseToFloat32() throws {
@@ -83,6 +115,7 @@ final class QuantizedModelTests: XCTestCase {
             }
         }
         let a = LoRAAdapter(name: "a", modules: modules)
+        q.promptPath = .sgemm
         let long = tokens(QuantizedLinear.kernelRowLimit + 3, seed: 4)
         for mode in LoRAMode.allCases {
             let got = try q.with([(a, 0.8)], mode: mode).logits(tokens: long)
