@@ -4,7 +4,8 @@
 # (scripts/make_llamacpp_fixtures.py, scripts/llamacpp_spread.py) and the benchmark peer (scripts/bench_llamacpp.py) use it;
 # lorafuse and its tests never do.
 #
-#   scripts/setup_llamacpp.sh            venv + build (~25 min on 2 cores), then the model files
+#   scripts/setup_llamacpp.sh            venv + build (~25 min on 2 cores; seconds when
+#                                        scripts/setup_llama_server.sh has built llama.cpp), then the model files
 #   scripts/setup_llamacpp.sh --no-models  venv + build only
 #
 # Idempotent: a venv whose llama_cpp already reports 0.3.36 is left alone, and model files that
@@ -31,8 +32,24 @@ installed_version() {
   "$VENV/bin/python" -c 'import llama_cpp, numpy, gguf; print(llama_cpp.__version__)' 2>/dev/null
 }
 
+# llama.cpp libraries that scripts/setup_llama_server.sh built from the same sdist (same vendored
+# llama.cpp, Release, GGML_NATIVE=ON, CURL/OpenSSL off): the Python package can load them instead
+# of compiling llama.cpp a second time (llama-cpp-python reads LLAMA_CPP_LIB_PATH).
+SERVER_SRC="$CACHE/build/llama_cpp_python-$VERSION"
+SERVER_LIBS="$SERVER_SRC/vendor/llama.cpp/build/bin"
+
 if [ "$(installed_version || true)" = "$VERSION" ]; then
   log "llama-cpp-python $VERSION already installed in $VENV; skipping the build"
+elif [ -f "$SERVER_LIBS/libllama.so" ] && [ -f "$SERVER_SRC/llama_cpp/__init__.py" ]; then
+  log "reusing llama.cpp $VERSION as built by setup_llama_server.sh: $SERVER_LIBS"
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+  # llama-cpp-python's own runtime dependencies (its pyproject), then its Python sources by path.
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check numpy gguf typing_extensions diskcache jinja2
+  site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  printf '%s\n' "$SERVER_SRC" >"$site/llama_cpp_sources.pth"
+  printf "import os; os.environ.setdefault('LLAMA_CPP_LIB_PATH', '%s')\n" "$SERVER_LIBS" >"$site/llama_cpp_libs.pth"
+  got="$(installed_version || true)"
+  [ "$got" = "$VERSION" ] || { log "linked, but llama_cpp reports '$got', not $VERSION"; exit 1; }
 else
   mkdir -p "$CACHE/venvs" "$SDISTS"
   if [ ! -x "$VENV/bin/python" ]; then

@@ -203,7 +203,7 @@ struct ModelBench: ParsableCommand {
             date: ISO8601DateFormatter().string(from: Date()), machine: machineDescription(), threads: threads,
             model: (peerOptions.model as NSString).lastPathComponent, compute: peerOptions.compute.rawValue, blas_core: BLAS.coreName,
             openblas_coretype_env: ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] ?? "unset",
-            quant_kernel: QuantKernels.kernelName, load_average_before: loadBefore, load_average_after: loadAverage(),
+            quant_kernel: QuantKernels.kernelName, prompt_path: QuantizedPromptPath.automatic.rawValue, load_average_before: loadBefore, load_average_after: loadAverage(),
             pp_tokens: ppTokens, decode_prompt: decodePrompt, decode_tokens: decodeTokens, task: task,
             eval_examples: evalIds.count, peer: peerVersions, peer_name: self.peer == .torch ? "transformers" : "llama.cpp",
             lorafuse: ours, transformers: peer, lorafuse_eval_with_accuracy: accuracyRun)
@@ -288,6 +288,8 @@ struct ModelBenchReport: Codable, BenchReport {
     /// set; nil in results older than them.
     var openblas_coretype_env: String?
     var quant_kernel: String?
+    /// How lorafuse multiplied prompts on stored weights (QuantizedPromptPath); nil in older results.
+    var prompt_path: String?
     var load_average_before: String
     var load_average_after: String
     var pp_tokens: Int
@@ -307,7 +309,8 @@ struct ModelBenchReport: Codable, BenchReport {
         let pn = peer_name ?? "transformers"
         var s = "\(model), lorafuse weights \(compute ?? "f32") (\(pn == "transformers" ? "transformers float32" : pn + " on the same file")) · \(date) · \(machine) · \(threads) threads · \(peer.isEmpty ? "no peer run" : peer)"
         s += (blas_core.map { " · OpenBLAS kernels: \($0)" } ?? "") + (openblas_coretype_env.map { " (OPENBLAS_CORETYPE=\($0))" } ?? "")
-        s += (quant_kernel.map { " · quantized kernels: \($0)" } ?? "") + "\n"
+        s += (quant_kernel.map { " · quantized kernels: \($0)" } ?? "")
+        s += (prompt_path.map { ", prompts through \($0 == "kernels" ? "the kernels" : "dequantized tiles + sgemm")" } ?? "") + "\n"
         s += "load average before / after: \(load_average_before) / \(load_average_after)\n\n"
         let o = lorafuse, p = transformers
         var t = RatioTable(peer: pn)
