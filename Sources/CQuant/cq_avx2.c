@@ -215,13 +215,10 @@ AVX2_INLINE void k32_tile(int n, const uint8_t *w, const uint8_t *a, size_t astr
     const int hasS = T != CQ_TYPE_Q8_0;
     __m256 acc0[CQ_TILE], acc1[CQ_TILE];
     __m128 accs[CQ_TILE];
-    const int8_t *y[CQ_TILE];
-    const float *ad[CQ_TILE], *as[CQ_TILE];
+    const cq_q8_rows rows = cq_q8_rows_at(a, astride, NA, n);
+    const int8_t *const *y = rows.y;
+    const float *const *ad = rows.d, *const *as = rows.s;
     for (int k = 0; k < NA; k++) {
-        const uint8_t *ar = a + (size_t)k * astride;
-        y[k] = (const int8_t *)ar;
-        ad[k] = (const float *)(ar + cq_q8_d_off(n));
-        as[k] = (const float *)(ar + cq_q8_s_off(n));
         acc0[k] = acc1[k] = _mm256_setzero_ps();
         accs[k] = _mm_setzero_ps();
     }

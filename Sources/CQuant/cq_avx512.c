@@ -120,15 +120,11 @@ AVX512_INLINE void k32_tile(int n, const uint8_t *w, const uint8_t *a, size_t as
     const __m512i expand = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
     __m512 acc[2][CQ_TILE];
     __m128 accs[2][CQ_TILE];
-    const int8_t *y[CQ_TILE];
-    const float *ad[CQ_TILE], *as[CQ_TILE];
-    for (int k = 0; k < NA; k++) {
-        const uint8_t *ar = a + (size_t)k * astride;
-        y[k] = (const int8_t *)ar;
-        ad[k] = (const float *)(ar + cq_q8_d_off(n));
-        as[k] = (const float *)(ar + cq_q8_s_off(n));
+    const cq_q8_rows rows = cq_q8_rows_at(a, astride, NA, n);
+    const int8_t *const *y = rows.y;
+    const float *const *ad = rows.d, *const *as = rows.s;
+    for (int k = 0; k < NA; k++)
         for (int u = 0; u < 2; u++) acc[u][k] = _mm512_setzero_ps(), accs[u][k] = _mm_setzero_ps();
-    }
     for (int ib = 0; ib < nb; ib += 2 * U) {
         for (int u = 0; u < U; u++) {
             int b = ib + 2 * u;
@@ -183,16 +179,12 @@ AVX512_INLINE void k32_tile2(int n, const uint8_t *w, size_t rowBytes, const uin
     const __m512i bias = _mm512_set1_epi8((char)0x80);
     __m512 acc[2][2][CQ_TILE];
     __m128 accs[2][2][CQ_TILE];
-    const int8_t *y[CQ_TILE];
-    const float *ad[CQ_TILE], *as[CQ_TILE];
-    for (int k = 0; k < NA; k++) {
-        const uint8_t *ar = a + (size_t)k * astride;
-        y[k] = (const int8_t *)ar;
-        ad[k] = (const float *)(ar + cq_q8_d_off(n));
-        as[k] = (const float *)(ar + cq_q8_s_off(n));
+    const cq_q8_rows rows = cq_q8_rows_at(a, astride, NA, n);
+    const int8_t *const *y = rows.y;
+    const float *const *ad = rows.d, *const *as = rows.s;
+    for (int k = 0; k < NA; k++)
         for (int u = 0; u < 2; u++)
             for (int r = 0; r < 2; r++) acc[u][r][k] = _mm512_setzero_ps(), accs[u][r][k] = _mm_setzero_ps();
-    }
     for (int ib = 0; ib < nb; ib += 2 * U) {
         for (int u = 0; u < U; u++) {
             int b = ib + 2 * u;

@@ -55,6 +55,23 @@ static inline size_t cq_q8_d_off(int n) { return cq_a64((size_t)n); }
 static inline size_t cq_q8_s_off(int n) { return cq_a64((size_t)n) + cq_a64((size_t)(n / 32) * 4); }
 static inline size_t cq_q8k_bsum_off(int n) { return cq_a64((size_t)n) + cq_a64((size_t)(n / 256) * 4); }
 
+/* The quantized values, block scales and block sums of na Q8_0/Q8_1 activation rows. */
+typedef struct {
+    const int8_t *y[CQ_TILE];
+    const float *d[CQ_TILE], *s[CQ_TILE];
+} cq_q8_rows;
+
+static inline cq_q8_rows cq_q8_rows_at(const uint8_t *a, size_t astride, int na, int n) {
+    cq_q8_rows r;
+    for (int k = 0; k < na; k++) {
+        const uint8_t *ar = a + (size_t)k * astride;
+        r.y[k] = (const int8_t *)ar;
+        r.d[k] = (const float *)(ar + cq_q8_d_off(n));
+        r.s[k] = (const float *)(ar + cq_q8_s_off(n));
+    }
+    return r;
+}
+
 static inline uint16_t cq_u16(const uint8_t *p) {
     uint16_t v;
     memcpy(&v, p, 2);
