@@ -51,6 +51,12 @@ elif [ -f "$SERVER_LIBS/libllama.so" ] && [ -f "$SERVER_SRC/llama_cpp/__init__.p
   got="$(installed_version || true)"
   [ "$got" = "$VERSION" ] || { log "linked, but llama_cpp reports '$got', not $VERSION"; exit 1; }
 else
+  # A venv that loaded a server build which is gone: its path files would point the package
+  # built below at missing libraries.
+  if [ -x "$VENV/bin/python" ]; then
+    site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+    rm -f "$site/llama_cpp_sources.pth" "$site/llama_cpp_libs.pth"
+  fi
   mkdir -p "$CACHE/venvs" "$SDISTS"
   if [ ! -x "$VENV/bin/python" ]; then
     log "creating venv $VENV"

@@ -43,6 +43,9 @@ struct ModelBench: ParsableCommand {
     var batchCounts: [Int] { batchSizes.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) } }
 
     func validate() throws {
+        for (name, v) in [("--pp-tokens", ppTokens), ("--decode-prompt", decodePrompt), ("--decode-tokens", decodeTokens), ("--repeats", repeats)] where v < 1 {
+            throw ValidationError("\(name) must be at least 1, got \(v)")
+        }
         if batchSizes.split(separator: ",").contains(where: { Int($0.trimmingCharacters(in: .whitespaces)).map { $0 < 1 } ?? true }) {
             throw ValidationError("--batch-sizes takes positive counts separated by commas, got '\(batchSizes)'")
         }
@@ -121,7 +124,7 @@ struct ModelBench: ParsableCommand {
             return (Date().timeIntervalSince(t), got)
         }
         FileHandle.standardError.write(Data("lorafuse: decode…\n".utf8))
-        _ = try decode(8)
+        _ = try decode(min(8, decodeTokens))   // warm-up, within the session's length
         let runs = try (0..<repeats).map { _ in try decode(decodeTokens) }
         ours.decode_seconds = runs.map(\.0).min()!
         ours.decode_tokens_per_s = Double(decodeTokens) / ours.decode_seconds
@@ -203,7 +206,7 @@ struct ModelBench: ParsableCommand {
             date: ISO8601DateFormatter().string(from: Date()), machine: machineDescription(), threads: threads,
             model: (peerOptions.model as NSString).lastPathComponent, compute: peerOptions.compute.rawValue, blas_core: BLAS.coreName,
             openblas_coretype_env: ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] ?? "unset",
-            quant_kernel: QuantKernels.kernelName, prompt_path: QuantizedPromptPath.automatic.rawValue, load_average_before: loadBefore, load_average_after: loadAverage(),
+            quant_kernel: QuantKernels.kernelName, prompt_path: lm.base.holdsQuantizedWeights ? lm.promptPath.rawValue : nil, load_average_before: loadBefore, load_average_after: loadAverage(),
             pp_tokens: ppTokens, decode_prompt: decodePrompt, decode_tokens: decodeTokens, task: task,
             eval_examples: evalIds.count, peer: peerVersions, peer_name: self.peer == .torch ? "transformers" : "llama.cpp",
             lorafuse: ours, transformers: peer, lorafuse_eval_with_accuracy: accuracyRun)
