@@ -79,31 +79,38 @@ AVX512_INLINE __m512i nibbles2(const uint8_t *qs0, const uint8_t *qs1, int two) 
     return _mm512_and_si512(_mm512_srlv_epi16(z, sh), _mm512_set1_epi8(0x0F));
 }
 
-/* Unsigned values (Q8_0: signed) of blocks b and b + 1, their scales and c coefficients. */
-AVX512_INLINE __m512i unpack2(const uint8_t *b0, const uint8_t *b1, int two, const int T, float *d, float *c) {
+/* Scales d and c coefficients (the value is d q + c) of blocks b and b + 1 (the second 0 when
+ * !two). One definition for the tiles' block loops and tile4's separate c loop, so both see the
+ * same floats. */
+AVX512_INLINE void scales2(const uint8_t *b0, const uint8_t *b1, int two, const int T, float *d, float *c) {
     d[0] = half_f16c(b0);
     d[1] = two ? half_f16c(b1) : 0.0f;
     switch (T) {
-    case CQ_TYPE_Q4_0:
-        c[0] = -8.0f * d[0], c[1] = -8.0f * d[1];
-        return nibbles2(b0 + 2, b1 + 2, two);
+    case CQ_TYPE_Q4_0: c[0] = -8.0f * d[0], c[1] = -8.0f * d[1]; break;
+    case CQ_TYPE_Q5_0: c[0] = -16.0f * d[0], c[1] = -16.0f * d[1]; break;
     case CQ_TYPE_Q4_1:
-        c[0] = half_f16c(b0 + 2), c[1] = two ? half_f16c(b1 + 2) : 0.0f;
-        return nibbles2(b0 + 4, b1 + 4, two);
+    case CQ_TYPE_Q5_1: c[0] = half_f16c(b0 + 2), c[1] = two ? half_f16c(b1 + 2) : 0.0f; break;
+    default: c[0] = c[1] = 0.0f; break;
+    }
+}
+
+/* Unsigned values (Q8_0: signed) of blocks b and b + 1, their scales and c coefficients. */
+AVX512_INLINE __m512i unpack2(const uint8_t *b0, const uint8_t *b1, int two, const int T, float *d, float *c) {
+    scales2(b0, b1, two, T, d, c);
+    switch (T) {
+    case CQ_TYPE_Q4_0: return nibbles2(b0 + 2, b1 + 2, two);
+    case CQ_TYPE_Q4_1: return nibbles2(b0 + 4, b1 + 4, two);
     case CQ_TYPE_Q5_0: {
-        c[0] = -16.0f * d[0], c[1] = -16.0f * d[1];
         uint64_t qh = cq_u32(b0 + 2) | (two ? (uint64_t)cq_u32(b1 + 2) << 32 : 0);
         __m512i q = nibbles2(b0 + 6, b1 + 6, two);
         return _mm512_mask_add_epi8(q, (__mmask64)qh, q, _mm512_set1_epi8(0x10));
     }
     case CQ_TYPE_Q5_1: {
-        c[0] = half_f16c(b0 + 2), c[1] = two ? half_f16c(b1 + 2) : 0.0f;
         uint64_t qh = cq_u32(b0 + 4) | (two ? (uint64_t)cq_u32(b1 + 4) << 32 : 0);
         __m512i q = nibbles2(b0 + 8, b1 + 8, two);
         return _mm512_mask_add_epi8(q, (__mmask64)qh, q, _mm512_set1_epi8(0x10));
     }
     default: {
-        c[0] = c[1] = 0.0f;
         __m256i w0 = _mm256_loadu_si256((const __m256i *)(b0 + 2));
         __m256i w1 = two ? _mm256_loadu_si256((const __m256i *)(b1 + 2)) : _mm256_setzero_si256();
         return _mm512_inserti64x4(_mm512_castsi256_si512(w0), w1, 1);
@@ -229,6 +236,142 @@ AVX512_INLINE void k32_tile2(int n, const uint8_t *w, size_t rowBytes, const uin
         }
 }
 
+/* ---- Unpacked weight rows for wide batches ------------------------------------------------
+ * A prompt passes every group of four activation rows over the same weight rows; unpacking a
+ * block pair (nibbles to bytes, Q8_0's signs to a mask, the two f16 scales to an expanded
+ * vector) costs about as much as multiplying it with four activation rows, so for wide batches
+ * the driver unpacks a chunk of rows once into per-thread scratch (k32_prep) and k32_tile4 reads
+ * that for every activation group. Per weight row and block pair p, at row + 128 p: the 64
+ * value bytes as unpack2 returns them (Q8_0: |w|), then the 16 floats of the expanded scales;
+ * at row + 128 np + 8 p the Q8_0 sign mask; at row + 136 np + 8 p the two c coefficients. The
+ * values are exactly those the other kernels compute in their loops, so results stay bit for
+ * bit those of k32_tile. */
+static size_t prep_row_bytes(int n) {
+    size_t np = (size_t)(n / 32 + 1) / 2;
+    return cq_a64(np * 144);
+}
+
+AVX512_INLINE void k32_prep(int n, const uint8_t *w, size_t rowBytes, int rows, uint8_t *dst, const int T) {
+    const int nb = n / 32, np = (nb + 1) / 2;
+    const size_t bb = blk_bytes(T), pr = prep_row_bytes(n);
+    const __m512i expand = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    for (int r = 0; r < rows; r++) {
+        uint8_t *row = dst + (size_t)r * pr;
+        const uint8_t *wr = w + (size_t)r * rowBytes;
+        for (int p = 0; p < np; p++) {
+            int b = 2 * p, two = b + 1 < nb;
+            float d[2], c[2];
+            const uint8_t *blk = wr + bb * (size_t)b;
+            __m512i q = unpack2(blk, blk + bb, two, T, d, c);
+            uint64_t neg = 0;
+            if (T == CQ_TYPE_Q8_0) neg = (uint64_t)_mm512_movepi8_mask(q), q = _mm512_abs_epi8(q);
+            _mm512_store_si512((void *)(row + 128 * (size_t)p), q);
+            _mm512_store_ps((void *)(row + 128 * (size_t)p + 64),
+                            _mm512_permutexvar_ps(expand, _mm512_castps128_ps512(_mm_setr_ps(d[0], d[1], 0.0f, 0.0f))));
+            memcpy(row + 128 * (size_t)np + 8 * (size_t)p, &neg, 8);
+            memcpy(row + 136 * (size_t)np + 8 * (size_t)p, c, 8);
+        }
+    }
+}
+
+/* Four weight rows against up to four activation rows, for prompts and wide batches: sixteen
+ * (weight row, activation row) accumulators stay in registers (k32_tile2 with 2 x 2 x 4 of them
+ * plus the c sums spills to the stack on every block). Rows come from the stored blocks (PREP 0:
+ * row r at src + r * stride) or from k32_prep's unpacked chunk (PREP 1: stride prep_row_bytes).
+ * Bit for bit k32_tile's results, by doing its float operations per pair in the same order:
+ * k32_tile's two accumulators take alternate block pairs (u = 0: blocks 0-1, 4-5, ...; u = 1:
+ * blocks 2-3, 6-7, ...) and each is an independent chain, so one pass per u with one register
+ * per pair gives the same values; the c sums (minimum or offset term) likewise run in their own
+ * loop with k32_tile's two-lane FMAs. Q8_0 uses k32_tile's sign trick (|w| with the activation
+ * negated where w < 0) with the signs in mask registers, leaving the zmm registers to the
+ * accumulators. */
+AVX512_INLINE void k32_tile4(int n, const uint8_t *src, size_t stride, const uint8_t *a, size_t astride,
+                             const int NA, float *out, size_t ostride, const int T, const int PREP) {
+    enum { RM = 4 };
+    const int nb = n / 32, np = (nb + 1) / 2;
+    const size_t bb = blk_bytes(T);
+    const int hasS = T != CQ_TYPE_Q8_0;
+    const int Q8 = T == CQ_TYPE_Q8_0;
+    const __m512i expand = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    const cq_q8_rows rows = cq_q8_rows_at(a, astride, NA, n);
+    const int8_t *const *y = rows.y;
+    const float *const *ad = rows.d, *const *as = rows.s;
+    float res[RM][CQ_TILE];
+    __m512 keep[RM][CQ_TILE];
+    for (int u = 0; u < 2; u++) {
+        __m512 acc[RM][CQ_TILE];
+        for (int r = 0; r < RM; r++)
+            for (int k = 0; k < NA; k++) acc[r][k] = _mm512_setzero_ps();
+        for (int b = 2 * u; b < nb; b += 4) {
+            int two = b + 1 < nb, p = b / 2;
+            __mmask64 ym = two ? ~(__mmask64)0 : (__mmask64)0xFFFFFFFFu;
+            __mmask8 pm = two ? 3 : 1;
+            __m512i q[RM];
+            __mmask64 neg[RM];
+            __m512 dw[RM];
+            for (int r = 0; r < RM; r++) {
+                const uint8_t *row = src + (size_t)r * stride;
+                neg[r] = 0;
+                if (PREP) {
+                    q[r] = _mm512_load_si512((const void *)(row + 128 * (size_t)p));
+                    dw[r] = _mm512_load_ps((const void *)(row + 128 * (size_t)p + 64));
+                    if (Q8) {
+                        uint64_t m;
+                        memcpy(&m, row + 128 * (size_t)np + 8 * (size_t)p, 8);
+                        neg[r] = (__mmask64)m;
+                    }
+                } else {
+                    float d[2], c[2];
+                    const uint8_t *blk = row + bb * (size_t)b;
+                    q[r] = unpack2(blk, blk + bb, two, T, d, c);
+                    if (Q8) neg[r] = _mm512_movepi8_mask(q[r]), q[r] = _mm512_abs_epi8(q[r]);
+                    dw[r] = _mm512_permutexvar_ps(expand, _mm512_castps128_ps512(_mm_setr_ps(d[0], d[1], 0.0f, 0.0f)));
+                }
+            }
+            for (int k = 0; k < NA; k++) {
+                __m512i yv = _mm512_maskz_loadu_epi8(ym, y[k] + 32 * b);
+                __m512 da = _mm512_permutexvar_ps(expand, _mm512_castps128_ps512(_mm_maskz_loadu_ps(pm, ad[k] + b)));
+                for (int r = 0; r < RM; r++) {
+                    __m512i ys = Q8 ? _mm512_mask_sub_epi8(yv, neg[r], _mm512_setzero_si512(), yv) : yv;
+                    __m512 pf = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), q[r], ys));
+                    acc[r][k] = _mm512_fmadd_ps(_mm512_mul_ps(dw[r], da), pf, acc[r][k]);
+                }
+            }
+        }
+        for (int r = 0; r < RM; r++)
+            for (int k = 0; k < NA; k++) {
+                if (u == 0) keep[r][k] = acc[r][k];
+                else res[r][k] = _mm512_reduce_add_ps(_mm512_add_ps(keep[r][k], acc[r][k]));
+            }
+    }
+    if (hasS) {
+        for (int r = 0; r < RM; r++) {
+            __m128 accs[CQ_TILE][2];
+            for (int k = 0; k < NA; k++) accs[k][0] = accs[k][1] = _mm_setzero_ps();
+            const uint8_t *row = src + (size_t)r * stride;
+            for (int b = 0; b < nb; b += 2) {
+                int two = b + 1 < nb, u = (b >> 1) & 1;
+                __mmask8 pm = two ? 3 : 1;
+                __m128 cv;
+                if (PREP) {
+                    cv = _mm_maskz_loadu_ps(3, (const float *)(row + 136 * (size_t)np) + b);
+                } else {
+                    float d[2], c[2];
+                    scales2(row + bb * (size_t)b, row + bb * (size_t)(b + 1), two, T, d, c);
+                    cv = _mm_setr_ps(c[0], c[1], 0.0f, 0.0f);
+                }
+                for (int k = 0; k < NA; k++) accs[k][u] = _mm_fmadd_ps(cv, _mm_maskz_loadu_ps(pm, as[k] + b), accs[k][u]);
+            }
+            for (int k = 0; k < NA; k++) {
+                __m128 s = _mm_add_ps(accs[k][0], accs[k][1]);
+                res[r][k] += _mm_cvtss_f32(s) + _mm_cvtss_f32(_mm_movehdup_ps(s));
+            }
+        }
+    }
+    for (int r = 0; r < RM; r++)
+        for (int k = 0; k < NA; k++) out[(size_t)k * ostride + (size_t)r] = res[r][k];
+}
+
 #define TILED(name, call)                                                                       \
     AVX512 static void name(int n, const uint8_t *w, const uint8_t *a, size_t astride, int na,  \
                             float *out, size_t ostride) {                                      \
@@ -259,6 +402,43 @@ AVX512_INLINE void k32_tile2(int n, const uint8_t *w, size_t rowBytes, const uin
         default: k32_tile2(n, w, rowBytes, a, astride, 4, out, ostride, T_); break;            \
         }                                                                                      \
     }
+
+#define TILED4(name, T_)                                                                        \
+    AVX512 static void name(int n, const uint8_t *w, size_t rowBytes, const uint8_t *a, size_t astride, \
+                            int na, float *out, size_t ostride) {                              \
+        switch (na) {                                                                          \
+        case 1: k32_tile4(n, w, rowBytes, a, astride, 1, out, ostride, T_, 0); break;          \
+        case 2: k32_tile4(n, w, rowBytes, a, astride, 2, out, ostride, T_, 0); break;          \
+        case 3: k32_tile4(n, w, rowBytes, a, astride, 3, out, ostride, T_, 0); break;          \
+        default: k32_tile4(n, w, rowBytes, a, astride, 4, out, ostride, T_, 0); break;         \
+        }                                                                                      \
+    }
+
+TILED4(avx512_dot4_q4_0, CQ_TYPE_Q4_0)
+TILED4(avx512_dot4_q4_1, CQ_TYPE_Q4_1)
+TILED4(avx512_dot4_q5_0, CQ_TYPE_Q5_0)
+TILED4(avx512_dot4_q5_1, CQ_TYPE_Q5_1)
+TILED4(avx512_dot4_q8_0, CQ_TYPE_Q8_0)
+
+#define PREPPED(T_, prepName, dotName)                                                          \
+    AVX512 static void prepName(int n, const uint8_t *w, size_t rowBytes, int rows, uint8_t *dst) { \
+        k32_prep(n, w, rowBytes, rows, dst, T_);                                               \
+    }                                                                                          \
+    AVX512 static void dotName(int n, const uint8_t *prep, const uint8_t *a, size_t astride, int na, \
+                               float *out, size_t ostride) {                                   \
+        switch (na) {                                                                          \
+        case 1: k32_tile4(n, prep, prep_row_bytes(n), a, astride, 1, out, ostride, T_, 1); break; \
+        case 2: k32_tile4(n, prep, prep_row_bytes(n), a, astride, 2, out, ostride, T_, 1); break; \
+        case 3: k32_tile4(n, prep, prep_row_bytes(n), a, astride, 3, out, ostride, T_, 1); break; \
+        default: k32_tile4(n, prep, prep_row_bytes(n), a, astride, 4, out, ostride, T_, 1); break; \
+        }                                                                                      \
+    }
+
+PREPPED(CQ_TYPE_Q4_0, avx512_prep_q4_0, avx512_dot4p_q4_0)
+PREPPED(CQ_TYPE_Q4_1, avx512_prep_q4_1, avx512_dot4p_q4_1)
+PREPPED(CQ_TYPE_Q5_0, avx512_prep_q5_0, avx512_dot4p_q5_0)
+PREPPED(CQ_TYPE_Q5_1, avx512_prep_q5_1, avx512_dot4p_q5_1)
+PREPPED(CQ_TYPE_Q8_0, avx512_prep_q8_0, avx512_dot4p_q8_0)
 
 TILED2(avx512_dot2_q4_0, CQ_TYPE_Q4_0)
 TILED2(avx512_dot2_q4_1, CQ_TYPE_Q4_1)
@@ -295,6 +475,23 @@ const cq_kernel_table cq_table_avx512 = {
             [CQ_TYPE_Q5_1] = avx512_dot2_q5_1,
             [CQ_TYPE_Q8_0] = avx512_dot2_q8_0,
         },
+    .dot4 =
+        {
+            [CQ_TYPE_Q4_0] = avx512_dot4_q4_0,
+            [CQ_TYPE_Q4_1] = avx512_dot4_q4_1,
+            [CQ_TYPE_Q5_0] = avx512_dot4_q5_0,
+            [CQ_TYPE_Q5_1] = avx512_dot4_q5_1,
+            [CQ_TYPE_Q8_0] = avx512_dot4_q8_0,
+        },
+    .prep =
+        {
+            [CQ_TYPE_Q4_0] = {avx512_prep_q4_0, avx512_dot4p_q4_0},
+            [CQ_TYPE_Q4_1] = {avx512_prep_q4_1, avx512_dot4p_q4_1},
+            [CQ_TYPE_Q5_0] = {avx512_prep_q5_0, avx512_dot4p_q5_0},
+            [CQ_TYPE_Q5_1] = {avx512_prep_q5_1, avx512_dot4p_q5_1},
+            [CQ_TYPE_Q8_0] = {avx512_prep_q8_0, avx512_dot4p_q8_0},
+        },
+    .prepRowBytes = prep_row_bytes,
 };
 
 #endif /* CQ_X86 */

@@ -242,6 +242,15 @@ int cq_quantize_activations(int type, const float *x, int B, int nIn, void *Aq) 
  * activation rows passes over it. */
 #define CQ_CHUNK_BYTES 16384
 
+/* Batches at least this wide unpack each chunk of weight rows once (the set's prep) and reuse it
+ * for every group of activation rows; narrower ones read the stored blocks directly. Alternating
+ * runs of batched decode (2026-12-07, Xeon with VNNI): unpacking from 8 rows is +5% on Q8_0 and
+ * even on Q4_1; at 4 rows it is -12% on Q4_1. */
+#define CQ_PREP_MIN_ROWS 8
+/* Per-thread scratch for the unpacked chunk: small enough to stay in L1 beside a tile's rows. */
+#define CQ_PREP_BYTES 32768
+static _Thread_local uint8_t prep_scratch[CQ_PREP_BYTES] __attribute__((aligned(64)));
+
 int cq_matmul_ex(int kernel, int type, const void *W, size_t rowBytes, int nOut, int nIn,
                  const void *Aq, int B, float *out, int ldOut, int rowBegin, int rowEnd) {
     cq_type_info ti;
@@ -252,27 +261,38 @@ int cq_matmul_ex(int kernel, int type, const void *W, size_t rowBytes, int nOut,
     if (ldOut < nOut && B > 1) return CQ_ERR_ARGS;
     int k = cq_effective_kernel(kernel, type);
     if (k < 0) return CQ_ERR_ARGS;
-    cq_dot_fn f = table_of(k)->dot[type];
-    /* Pairs of weight rows share each activation load once a tile has more than one row. */
-    cq_dot2_fn f2 = B > 1 ? table_of(k)->dot2[type] : NULL;
+    const cq_kernel_table *t = table_of(k);
+    cq_dot_fn f = t->dot[type];
+    /* Groups of four (then two) weight rows share each activation load once a tile has more
+     * than one row; every width gives the one-row kernel's numbers. */
+    cq_dot2_fn f2 = B > 1 ? t->dot2[type] : NULL;
+    cq_dot4_fn f4 = B > 1 ? t->dot4[type] : NULL;
     size_t ab = form_row_bytes(ti.form, nIn);
     const uint8_t *w = (const uint8_t *)W;
     const uint8_t *a = (const uint8_t *)Aq;
     int chunk = (int)(CQ_CHUNK_BYTES / rowBytes);
+    cq_prep_fns pf = t->prep[type];
+    size_t pr = pf.prep != NULL ? t->prepRowBytes(nIn) : 0;
+    int prepped = B >= CQ_PREP_MIN_ROWS && pf.prep != NULL && pr * 4 <= CQ_PREP_BYTES;
+    if (prepped) chunk = (int)(CQ_PREP_BYTES / pr);
+    if (chunk >= 8) chunk &= ~3; /* whole groups of four */
     if (chunk < 1) chunk = 1;
     for (int r0 = rowBegin; r0 < rowEnd; r0 += chunk) {
         int r1 = r0 + chunk < rowEnd ? r0 + chunk : rowEnd;
+        int r4 = r0 + (r1 - r0) / 4 * 4; /* end of the groups of four */
+        if (prepped && r4 > r0) pf.prep(nIn, w + (size_t)r0 * rowBytes, rowBytes, r4 - r0, prep_scratch);
         for (int b0 = 0; b0 < B; b0 += CQ_TILE) {
             int na = B - b0 < CQ_TILE ? B - b0 : CQ_TILE;
+            const uint8_t *ak = a + (size_t)b0 * ab;
+            float *ok = out + (size_t)b0 * (size_t)ldOut;
             int r = r0;
+            if (prepped)
+                for (; r < r4; r += 4) pf.dot4(nIn, prep_scratch + (size_t)(r - r0) * pr, ak, ab, na, ok + r, (size_t)ldOut);
+            if (f4 != NULL && na > 1)
+                for (; r + 4 <= r1; r += 4) f4(nIn, w + (size_t)r * rowBytes, rowBytes, ak, ab, na, ok + r, (size_t)ldOut);
             if (f2 != NULL && na > 1)
-                for (; r + 2 <= r1; r += 2)
-                    f2(nIn, w + (size_t)r * rowBytes, rowBytes, a + (size_t)b0 * ab, ab, na,
-                       out + (size_t)b0 * (size_t)ldOut + (size_t)r, (size_t)ldOut);
-            for (; r < r1; r++) {
-                f(nIn, w + (size_t)r * rowBytes, a + (size_t)b0 * ab, ab, na,
-                  out + (size_t)b0 * (size_t)ldOut + (size_t)r, (size_t)ldOut);
-            }
+                for (; r + 2 <= r1; r += 2) f2(nIn, w + (size_t)r * rowBytes, rowBytes, ak, ab, na, ok + r, (size_t)ldOut);
+            for (; r < r1; r++) f(nIn, w + (size_t)r * rowBytes, ak, ab, na, ok + r, (size_t)ldOut);
         }
     }
     return CQ_OK;

@@ -28,6 +28,16 @@ typedef void (*cq_dot_fn)(int n, const uint8_t *w, const uint8_t *a, size_t astr
  * bit for bit to what the set's cq_dot_fn gives that pair. Optional (NULL: dot row by row). */
 typedef void (*cq_dot2_fn)(int n, const uint8_t *w, size_t rowBytes, const uint8_t *a, size_t astride,
                            int na, float *out, size_t ostride);
+/* The same for four weight rows (w + r * rowBytes, r < 4): out[k * ostride + r]. Optional. */
+typedef cq_dot2_fn cq_dot4_fn;
+/* Wide batches: rows weight rows unpacked into dst (rowsBytes each, see the set's prepRowBytes),
+ * then four prepared rows (at prep, prepRowBytes apart) against up to CQ_TILE activation rows as
+ * cq_dot4_fn; bit for bit the set's cq_dot_fn results. */
+typedef struct {
+    void (*prep)(int n, const uint8_t *w, size_t rowBytes, int rows, uint8_t *dst);
+    void (*dot4)(int n, const uint8_t *prep, const uint8_t *a, size_t astride, int na, float *out,
+                 size_t ostride);
+} cq_prep_fns;
 /* One activation row of n values into one form. */
 typedef void (*cq_quant_fn)(const float *x, int n, uint8_t *out);
 
@@ -36,6 +46,9 @@ typedef void (*cq_quant_fn)(const float *x, int n, uint8_t *out);
 typedef struct {
     cq_dot_fn dot[CQ_MAX_TYPE];
     cq_dot2_fn dot2[CQ_MAX_TYPE];
+    cq_dot4_fn dot4[CQ_MAX_TYPE];
+    cq_prep_fns prep[CQ_MAX_TYPE];
+    size_t (*prepRowBytes)(int n);
     cq_quant_fn quant[4]; /* by CQ_ACT_* form */
 } cq_kernel_table;
 

@@ -4,7 +4,9 @@
  * The scheme is ggml's CPU mat-vec: the activation row is quantized per block to 8 bits, each
  * weight block is dotted with the matching activation block in integers, and the two scales are
  * applied per block in float. Weights are the GGUF block bytes exactly as in the file (any
- * alignment); nothing is repacked.
+ * alignment); nothing is repacked in memory (for batches of 16 rows or more the avx512 set
+ * unpacks a chunk of rows at a time into per-thread scratch, 32 KB, and reuses it for every
+ * group of activation rows).
  *
  * Kernel sets. Every type has a plain scalar reference kernel; fast kernels exist per set:
  *   type      reference  avx2  avx512 (VNNI)  neon
@@ -55,8 +57,9 @@
  * reference, so avx2 and reference agree bit for bit there. Within one set, a result does not
  * depend on B, on the row range, or on which other activation rows share its pass: batched
  * decode gives each sequence bit for bit what it would get alone. (With more than one activation
- * row the avx512 set passes over two weight rows at once for the 32-value types; each result
- * takes the same float operations as the one-row kernel's.)
+ * row the avx512 set passes over four, then two, weight rows at once for the 32-value types,
+ * from unpacked rows for 16 activation rows or more; each result takes the same float operations
+ * as the one-row kernel's.)
  *
  * Threading: no global state besides the kernel choice (set once); every function may be called
  * from many threads at once on disjoint outputs.

@@ -465,12 +465,14 @@ final class QuantKernelTests: XCTestCase {
     }
 
     /// (c) A batch of B activation rows gives, bit for bit, what B single-row calls give (every
-    /// set keeps one accumulation structure whatever the tile width), and row ranges write only
-    /// their rows.
+    /// set keeps one accumulation structure whatever the tile width: one, two or four weight
+    /// rows, read from the blocks or, from 16 rows on, unpacked once per chunk), and row ranges
+    /// write only their rows. The 32-value types run an odd block count with one and with
+    /// several passes of each accumulator.
     func testBatchesAndRowRangesEqualSingleRows() {
         var rng = SeededRNG(seed: 41)
         for type in QuantKernels.types {
-            let n = kQuants.contains(type) ? 512 : floatTypes.contains(type) ? 200 : 96
+          for n in kQuants.contains(type) ? [512] : floatTypes.contains(type) ? [200] : [96, 352] {
             let nOut = 37
             let w: [UInt8] = (0..<nOut).flatMap { _ in Blocks.quantize(type, randomX(n, &rng)) }
             for k in [QuantKernels.Kernel.reference] + fastKernels {
@@ -497,6 +499,7 @@ final class QuantKernelTests: XCTestCase {
                     XCTAssertTrue(empty.allSatisfy(\.isNaN))
                 }
             }
+          }
         }
     }
 
@@ -541,9 +544,13 @@ final class QuantKernelTests: XCTestCase {
                 for k in [QuantKernels.Kernel.reference] + fastKernels {
                     let got = Double(matmul(type, w, outRows: 1, cols: n, a, batch: 1, k)[0])
                     XCTAssertEqual(got, want, accuracy: abs(want) * 1e-6, "\(type) \(k) sign \(sign)")
-                    // Two weight rows × two activation rows: the sets' two-row kernels.
-                    let pair = matmul(type, w + w, outRows: 2, cols: n, a + a, batch: 2, k)
-                    for v in pair { XCTAssertEqual(Double(v), want, accuracy: abs(want) * 1e-6, "\(type) \(k) sign \(sign) pair") }
+                    // Two weight rows × two activation rows (the sets' two-row kernels), four ×
+                    // four, and four × sixteen (weight rows unpacked once for the batch).
+                    for (rows, batch) in [(2, 2), (4, 4), (4, 16)] {
+                        let many = matmul(type, Array([[UInt8]](repeating: w, count: rows).joined()), outRows: rows, cols: n,
+                                          Array([[UInt8]](repeating: a, count: batch).joined()), batch: batch, k)
+                        for v in many { XCTAssertEqual(Double(v), want, accuracy: abs(want) * 1e-6, "\(type) \(k) sign \(sign) \(rows)x\(batch)") }
+                    }
                 }
             }
         }
