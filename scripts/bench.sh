@@ -21,6 +21,9 @@ for type in Q4_1 Q8_0-from-Q4_1 F16-from-Q4_1; do
     Q8_0*) results=Benchmarks/results/model-llamacpp-q8_0.json ;;
     F16*) results=Benchmarks/results/model-llamacpp-f16.json ;;
   esac
+  # A run started right after the previous one's llama.cpp process measured lorafuse's F16 prompt
+  # at 344 tok/s against 447 after a pause (2026-12-08, 2-core VM): let the machine settle.
+  sleep 30
   .build/release/lorafuse-bench model --peer llamacpp --python "$CACHE/venvs/llamacpp/bin/python" \
     --model "$CACHE/models/SmolLM2-135M-Instruct.$type.gguf" --results "$results"
 done
