@@ -74,7 +74,7 @@ struct LoRAFuseCommand: ParsableCommand {
 
 /// Options shared by commands that do numeric work.
 struct ComputeOptions: ParsableArguments {
-    @Option(name: .long, help: "BLAS threads (default: all cores).")
+    @Option(name: .long, help: "BLAS threads (default: all cores; serve: 1).")
     var threads: Int?
 
     @Flag(name: .long, help: "Print no progress bar.")
