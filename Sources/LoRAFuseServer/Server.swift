@@ -148,8 +148,13 @@ public enum ServerRoutes {
         do {
             let body = try await readBody(requestBody, declaredLength: declaredLength, options)
             parsed = try RequestParser.parse(Data(body.readableBytesView), kind: kind)
-            // Tokenizing, and loading or fusing an adapter, are CPU work: off the event loops.
-            stream = try await offload { try engine.submit(parsed) }
+            // Tokenizing, and loading or fusing an adapter, are CPU work: off the event loops,
+            // and bounded by the server's timeout (a fusion that finishes later stays cached; its
+            // request, which nobody waits for any more, is dropped).
+            let limit = engine.limits.timeout
+            stream = try await offload(within: limit, abandon: { engine.cancel($0.id) },
+                                       late: ServeError(status: 503, message: String(format: "reading or fusing the request's adapters took longer than this server's timeout of %g s; retry later (a fusion is cached once built)", limit ?? 0),
+                                                        type: "server_error", code: "timeout")) { try engine.submit(parsed) }
         } catch {
             return ServerRoutes.error(ServeError.wrap(error), metrics, endpoint)
         }
@@ -316,6 +321,35 @@ struct APIKeyMiddleware: RouterMiddleware {
 func offload<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
     try await withCheckedThrowingContinuation { c in
         DispatchQueue.global().async { c.resume(with: Result { try work() }) }
+    }
+}
+
+/// `offload`, given up after `seconds` (nil: not bounded): the caller then gets `late`, and a
+/// result that still comes goes to `abandon` (work on another thread cannot be stopped midway).
+func offload<T: Sendable>(within seconds: Double?, abandon: @escaping @Sendable (T) -> Void, late: any Error & Sendable,
+                          _ work: @escaping @Sendable () throws -> T) async throws -> T {
+    guard let seconds else { return try await offload(work) }
+    let once = FirstOnly()
+    return try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, any Error>) in
+        DispatchQueue.global().async {
+            let r = Result { try work() }
+            if once.claim() { c.resume(with: r) } else if case .success(let v) = r { abandon(v) }
+        }
+        DispatchQueue.global().asyncAfter(deadline: .now() + seconds) {
+            if once.claim() { c.resume(throwing: late) }
+        }
+    }
+}
+
+/// True for the first caller of `claim` only.
+final class FirstOnly: @unchecked Sendable {
+    private let lock = NSLock()
+    private var taken = false
+    func claim() -> Bool {
+        lock.lock(); defer { lock.unlock() }
+        if taken { return false }
+        taken = true
+        return true
     }
 }
 

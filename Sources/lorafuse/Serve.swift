@@ -69,7 +69,7 @@ struct Serve: ParsableCommand {
     @Option(name: .customLong("max-body"), help: "Largest request body in bytes (413 beyond).")
     var maxBody = 4 << 20
 
-    @Option(name: .long, help: "Seconds a request may run before it ends with finish_reason length (default: no limit).")
+    @Option(name: .long, help: "Seconds from submission: a running request then ends with finish_reason length, one still waiting (queue, memory, an adapter loading or fusing) gets a 503 (default: no limit).")
     var timeout: Double?
 
     @OptionGroup var weights: WeightComputeOptions

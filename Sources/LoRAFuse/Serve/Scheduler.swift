@@ -13,7 +13,8 @@ public struct ServeLimits: Sendable {
     /// Prompt tokens fed per scheduler iteration (over all sequences still reading their prompt),
     /// so a long prompt is read in chunks between decode steps instead of stalling them.
     public var prefillChunk: Int
-    /// A sequence running longer than this (seconds from submission) is ended with 'length'; nil: none.
+    /// A sequence running longer than this (seconds from submission) is ended with 'length'; one
+    /// still waiting to start by then fails with a 503; nil: none.
     public var timeout: Double?
     /// Positions per key/value block (`KVBlockPool`).
     public var kvBlockTokens: Int = KVBlockPool.defaultBlockTokens
@@ -423,6 +424,7 @@ public final class ServeEngine: @unchecked Sendable {
                 running.removeAll { cancelled.contains($0.id) }
                 cancelled.removeAll()
             }
+            expireWaitingLocked()
             admitLocked()
             if running.isEmpty {
                 // Waiting sequences without their adapter yet: the acquisition wakes us.
@@ -435,7 +437,8 @@ public final class ServeEngine: @unchecked Sendable {
                     return
                 }
                 if waiting.isEmpty || acquiring {
-                    lock.wait()
+                    // An adapter load or fusion can take longer than the timeout: wake for it.
+                    if let deadline = waitingDeadlineLocked() { _ = lock.wait(until: deadline) } else { lock.wait() }
                 } else {
                     // Requests waiting for adapter memory that none of ours holds: something else
                     // does (a lease taken outside the engine), so retry on a timer.
@@ -778,6 +781,34 @@ public final class ServeEngine: @unchecked Sendable {
             }
         }
         return hold
+    }
+
+    /// The server's timeout counts from submission, queue included: a waiting sequence past it
+    /// (behind a full batch, memory, or an adapter being read or fused) gets a 503 if it has
+    /// produced nothing, or ends with 'length' like a running one if it was preempted after
+    /// producing tokens (lock held).
+    private func expireWaitingLocked() {
+        guard let timeout = limits.timeout, !waiting.isEmpty else { return }
+        let now = Date()
+        let late = waiting.filter { now.timeIntervalSince($0.submitted) > timeout }
+        guard !late.isEmpty else { return }
+        for s in late {
+            if s.generated.isEmpty {
+                fail(s, ServeError(status: 503, message: String(format: "the request waited %.1f s without starting, past this server's timeout of %g s (a full batch, memory, or an adapter still loading); retry later",
+                                                                now.timeIntervalSince(s.submitted), timeout),
+                                   type: "server_error", code: "timeout"))
+            } else {
+                finish(s, .length, observer: observer)
+            }
+        }
+        waiting.removeAll { s in late.contains { $0 === s } }
+        releases += 1
+    }
+
+    /// When the first waiting sequence passes the timeout, if there is one (lock held).
+    private func waitingDeadlineLocked() -> Date? {
+        guard let timeout = limits.timeout else { return nil }
+        return waiting.map { $0.submitted.addingTimeInterval(timeout + 0.001) }.min()
     }
 
     private func finish(_ s: Sequence, _ reason: FinishReason, observer obs: (any ServeObserver)?, flush: Bool = true) {

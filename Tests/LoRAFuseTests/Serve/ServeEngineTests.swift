@@ -150,6 +150,34 @@ final class ServeEngineTests: XCTestCase {
         XCTAssertEqual(status(completion("x", .named("tiny"))).0, 503, "refused while shut down")
     }
 
+    /// The timeout counts from submission: a running sequence past it ends with 'length' (what it
+    /// produced kept); one still waiting behind it fails with a 503 'timeout' instead of starting
+    /// late, and the engine keeps serving.
+    func testTimeoutEndsTheRunningAndExpiresTheWaiting() async throws {
+        let slow: DecodeStep = { inputs in Thread.sleep(forTimeInterval: 0.02); return try ServeEngine.sequentialDecode(inputs) }
+        let limits = ServeLimits(maxBatch: 1, contextLength: 256, maxTokensCap: 200, prefillChunk: 5, timeout: 0.3)
+        let (_, _, engine, _) = try setup(limits: limits, decode: slow, autoStart: false)
+        let a = try engine.submit(completion("one", .named("alpha"), max: 200))
+        let b = try engine.submit(completion("two", .named("beta"), max: 5))
+        engine.start()
+        let ra = try await a.collect()
+        XCTAssertEqual(ra.reason, .length)
+        XCTAssertGreaterThan(ra.tokens.count, 0)
+        XCTAssertLessThan(ra.tokens.count, 200, "ended by the timeout, not max_tokens")
+        do {
+            _ = try await b.collect()
+            XCTFail("the waiting request should have timed out")
+        } catch let e as ServeError {
+            XCTAssertEqual(e.status, 503)
+            XCTAssertEqual(e.code, "timeout")
+            XCTAssertTrue(e.message.contains("timeout of 0.3 s"), e.message)
+        }
+        // Still serving: a new request gets its tokens (ended by the timeout or max_tokens).
+        let c = try await engine.submit(completion("three", .named("tiny"), max: 3)).collect()
+        XCTAssertEqual(c.tokens.count, 3)
+        await engine.drain()
+    }
+
     func testLRUEvictionUnderBudgetWithPinning() throws {
         let model = ServeFixtures.model()
         let one = ServeFixtures.adapterBytes(model)
