@@ -466,7 +466,8 @@ final class QuantKernelTests: XCTestCase {
 
     /// (c) A batch of B activation rows gives, bit for bit, what B single-row calls give (every
     /// set keeps one accumulation structure whatever the tile width: one, two or four weight
-    /// rows, read from the blocks or, from 16 rows on, unpacked once per chunk), and row ranges
+    /// rows, read from the blocks or, from 8 rows on, unpacked once per chunk; float activations
+    /// in blocks of 256 KB), and row ranges
     /// write only their rows. The 32-value types run an odd block count with one and with
     /// several passes of each accumulator.
     func testBatchesAndRowRangesEqualSingleRows() {
@@ -476,7 +477,8 @@ final class QuantKernelTests: XCTestCase {
             let nOut = 37
             let w: [UInt8] = (0..<nOut).flatMap { _ in Blocks.quantize(type, randomX(n, &rng)) }
             for k in [QuantKernels.Kernel.reference] + fastKernels {
-                for B in [1, 3, 8, 33] {
+                // 330 float rows of 200 (832 bytes each) span two of the driver's activation blocks.
+                for B in floatTypes.contains(type) ? [1, 3, 8, 33, 330] : [1, 3, 8, 33] {
                     let a = quantizeActivations(type, randomX(n * B, &rng), rows: B, k)
                     let ab = QuantKernels.activationRowBytes(type: type, cols: n)
                     let all = matmul(type, w, outRows: nOut, cols: n, a, batch: B, k)
