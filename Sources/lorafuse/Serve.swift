@@ -17,8 +17,10 @@ struct Serve: ParsableCommand {
         under a digest name that /v1/models then lists. Requests for different adapters are \
         decoded together (continuous batching).
 
-        --adapters DIR registers every adapter under DIR by its folder or file name, loaded on \
-        first use; DIR is also the only place POST /v1/adapters may load from. --adapters PATH \
+        --adapters DIR registers every adapter and routed model under DIR by its folder or file \
+        name, loaded on first use, and every fusion plan (a merge --config YAML over adapters of \
+        DIR) by its file name, built on first use; DIR is also the only place POST /v1/adapters \
+        may load from. --adapters PATH \
         (an adapter itself) registers that adapter. SIGTERM or SIGINT stops taking requests and \
         lets the running ones finish.
 
@@ -137,7 +139,10 @@ struct Serve: ParsableCommand {
         Task {
             do {
                 let server = try await RunningServer.start(engine: engine, options: options, signals: [.sigterm, .sigint])
-                FileHandle.standardError.write(Data("lorafuse serve: \(baseName) on http://\(host):\(server.port) (\(registry.list().count) adapters)\n".utf8))
+                let kinds = Dictionary(grouping: registry.list(), by: \.kind).mapValues(\.count)
+                let what = [(AdapterRegistry.Kind.adapter, "adapter"), (.routed, "routed model"), (.fusion, "fusion plan")]
+                    .compactMap { k, word in kinds[k].map { "\($0) \(word)\($0 == 1 ? "" : "s")" } }
+                FileHandle.standardError.write(Data("lorafuse serve: \(baseName) on http://\(host):\(server.port) (\(what.isEmpty ? "no adapters" : what.joined(separator: ", ")))\n".utf8))
                 try await server.wait()
             } catch {
                 outcome.error = error

@@ -61,6 +61,8 @@ public final class AdapterRegistry: KVMemory, @unchecked Sendable {
         var loading = false
         var lastUse: UInt64 = 0
         var requests = 0
+        /// A fusion plan registered by the operator: never forgotten like a request's cached fusion.
+        var fromPlan = false
         let isRouted: Bool
         init(name: String, source: Source, pinned: Bool) {
             self.name = name
@@ -150,21 +152,69 @@ public final class AdapterRegistry: KVMemory, @unchecked Sendable {
         if case .fusion(let r) = e.source { fusionNames[r.key] = nil }
     }
 
-    /// Registers every adapter directly under `directory` (PEFT and mlx-lm folders, GGUF files),
-    /// each named by its folder or file name (without `.gguf`); returns the names.
+    /// Registers everything directly under `directory`: adapters (PEFT and mlx-lm folders, GGUF
+    /// files) and routed models, each named by its folder or file name (without `.gguf`), then
+    /// fusion plans (`lorafuse merge --config` YAML files, named without `.yaml`/`.yml`) over
+    /// those adapters; returns the names. A plan that cannot be read or that uses an adapter not
+    /// registered from this folder is an error naming the file.
     @discardableResult
     public func registerDirectory(_ directory: String) throws -> [String] {
         let items = try FileManager.default.contentsOfDirectory(atPath: directory).sorted()
         var names: [String] = []
+        var plans: [(name: String, path: String)] = []
         for item in items where !item.hasPrefix(".") {
             let path = (directory as NSString).appendingPathComponent(item)
+            if item.hasSuffix(".yaml") || item.hasSuffix(".yml") {
+                plans.append(((item as NSString).deletingPathExtension, path))
+                continue
+            }
             guard RoutedModel.isRoutedDirectory(path) || (try? AdapterIO.detect(path: path)) != nil else { continue }
             let name = item.hasSuffix(".gguf") ? String(item.dropLast(5)) : item
             guard (try? AdapterRegistry.checkName(name)) != nil else { continue }
             try register(name: name, path: path)
             names.append(name)
         }
+        for (name, path) in plans {
+            try registerPlan(name: name, path: path)
+            names.append(name)
+        }
         return names
+    }
+
+    /// Registers the fusion plan at `path` as `name`: its adapters must be registered already (by
+    /// their files); the fusion is built at its first request and kept like a request's fusion,
+    /// but never forgotten to make room for newer ones.
+    public func registerPlan(name: String, path: String) throws {
+        try AdapterRegistry.checkName(name)
+        let plan: FusionPlan
+        do { plan = try FusionPlan.load(path: path) } catch {
+            throw ServeError.invalid("fusion plan \(path): \(error)", param: "path", code: "invalid_plan")
+        }
+        do { _ = try FusionMethods.make(name: plan.method, parameters: plan.parameters) } catch {
+            throw ServeError.invalid("fusion plan \(path): \(error)", param: "path", code: "invalid_plan")
+        }
+        func canonical(_ p: String) -> String { URL(fileURLWithPath: p).standardizedFileURL.resolvingSymlinksInPath().path }
+        lock.lock()
+        defer { lock.unlock() }
+        var byPath: [String: String] = [:]
+        for e in entries.values where e.kind == .adapter {
+            if case .file(let p) = e.source { byPath[canonical(p)] = e.name }
+        }
+        var choices: [AdapterChoice] = []
+        for input in plan.adapters {
+            guard let n = byPath[canonical(input.path)] else {
+                throw ServeError.invalid("fusion plan \(path) uses \(input.path), which is not an adapter registered with the server "
+                                         + "(plans may only combine adapters from the same folder)", param: "path", code: "invalid_plan")
+            }
+            choices.append(AdapterChoice(name: n, weight: input.weight))
+        }
+        if name == baseName || entries[name] != nil { throw ServeError.conflict("'\(name)' is already registered", param: "name") }
+        let merge = MergeSpec(method: plan.method, parameters: plan.parameters, canonical: "plan=" + name)
+        let key = Self.recipeKey(choices, merge)
+        let e = Entry(name: name, source: .fusion(Recipe(adapters: choices, merge: merge, key: key)), pinned: false)
+        e.fromPlan = true
+        entries[name] = e
+        fusionNames[key] = name
     }
 
     /// `path` (relative paths from `root`) resolved, symlinks and `..` included, if it lies inside
@@ -420,7 +470,7 @@ public final class AdapterRegistry: KVMemory, @unchecked Sendable {
 
     /// Forgets the least recently used fusion entries beyond `maxFusions` (never one in use).
     private func forgetOldFusions(keeping keep: Entry) {
-        var fusions = entries.values.filter { $0.kind == .fusion && $0 !== keep }
+        var fusions = entries.values.filter { $0.kind == .fusion && $0 !== keep && !$0.fromPlan }
         guard fusions.count + 1 > maxFusions else { return }
         fusions.sort { $0.lastUse < $1.lastUse }
         var excess = fusions.count + 1 - maxFusions

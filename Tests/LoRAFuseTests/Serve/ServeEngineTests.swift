@@ -379,6 +379,48 @@ final class ServeEngineTests: XCTestCase {
         }
     }
 
+    /// A fusion plan (the YAML of `lorafuse merge --config`) under the adapters folder is served
+    /// by its file name: the same tokens as the request that spells out its recipe, listed as a
+    /// fusion, never forgotten for newer fusions; a plan over anything but the folder's adapters
+    /// is an error naming the file.
+    func testFusionPlansInTheAdaptersFolderAreServedByName() async throws {
+        let model = ServeFixtures.model()
+        let dir = try ServeFixtures.adapterDirectory(model, names: names)
+        try """
+        method: ties
+        adapters:
+          - path: alpha
+            weight: 1.0
+          - path: gamma
+            weight: 0.5
+        parameters:
+          density: 0.5
+        """.write(toFile: dir + "/mix.yaml", atomically: true, encoding: .utf8)
+        let reg = AdapterRegistry(model: model, baseName: "tiny", maxFusions: 1)
+        XCTAssertEqual(try reg.registerDirectory(dir), names + ["mix"])
+        XCTAssertEqual(reg.info("mix")?.kind, .fusion)
+        XCTAssertEqual(reg.info("mix")?.recipe?.hasPrefix("ties(alpha:1.0,gamma:0.5)"), true, reg.info("mix")?.recipe ?? "")
+        let engine = ServeEngine(registry: reg, limits: ServeLimits(maxBatch: 8, contextLength: 256, maxTokensCap: 200, prefillChunk: 5))
+        let ties = MergeSpec(method: "ties", parameters: FusionParameters(density: 0.5), canonical: "density=0.5")
+        let byName = try await engine.submit(completion("abc", .named("mix"), max: 10)).collect()
+        let spelled = try await engine.submit(completion("abc", .combination([AdapterChoice(name: "alpha"), AdapterChoice(name: "gamma", weight: 0.5)],
+                                                                             merge: ties), max: 10)).collect()
+        XCTAssertEqual(byName.tokens, spelled.tokens)
+        XCTAssertNotNil(reg.info("mix"), "the plan outlives a newer fusion beyond maxFusions (1)")
+        await engine.drain()
+
+        for (file, body) in [("bad.yaml", "method: ties\nadapters:\n  - path: ../elsewhere\n"),
+                             ("bad.yaml", "method: nope\nadapters:\n  - path: alpha\n")] {
+            let d2 = try ServeFixtures.adapterDirectory(model, names: ["alpha"])
+            try body.write(toFile: d2 + "/" + file, atomically: true, encoding: .utf8)
+            let r2 = AdapterRegistry(model: model, baseName: "tiny")
+            XCTAssertThrowsError(try r2.registerDirectory(d2)) { e in
+                XCTAssertEqual((e as? ServeError)?.code, "invalid_plan")
+                XCTAssertTrue("\(e)".contains(file), "\(e)")
+            }
+        }
+    }
+
     func testAdapterForAnotherBaseIsRefused() throws {
         let model = ServeFixtures.model()
         let dir = ServeFixtures.tempDir()
