@@ -243,7 +243,10 @@ struct ServeBench: ParsableCommand {
             date: ISO8601DateFormatter().string(from: Date()), machine: machineDescription(), threads: threads,
             model: (model as NSString).lastPathComponent, blas_core: BLAS.coreName,
             openblas_coretype_env: ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] ?? "unset",
-            quant_kernel: QuantKernels.kernelName, load_average_before: loadBefore, load_average_after: loadAverage(),
+            quant_kernel: QuantKernels.kernelName,
+            // The server decides by the same rule in the same environment (f32 weights: none).
+            prompt_path: compute == .stored ? QuantizedPromptPath.automatic.rawValue : nil,
+            load_average_before: loadBefore, load_average_after: loadAverage(),
             requests: requests, max_tokens: maxTokens, max_batch: maxBatch, prefill_chunk: prefillChunk ?? ServeLimits().prefillChunk, compute: compute.rawValue, rank: rank,
             peer: skipPeer ? "" : peerVersion.trimmingCharacters(in: .whitespacesAndNewlines),
             runs: runs, paging: paging)
@@ -551,6 +554,9 @@ struct ServeBenchReport: BenchReport {
     var blas_core: String
     var openblas_coretype_env: String
     var quant_kernel: String
+    /// How the server's quantized weights multiply prompt chunks (nil: f32 weights; absent in
+    /// results written before 2026-12-08).
+    var prompt_path: String?
     var load_average_before: String
     var load_average_after: String
     var requests: Int
@@ -567,7 +573,7 @@ struct ServeBenchReport: BenchReport {
 
     var markdown: String {
         func f(_ x: Double?, _ fmt: String = "%.1f") -> String { x.map { $0.isFinite ? String(format: fmt, $0) : "—" } ?? "—" }
-        var s = "\(model) · \(date) · \(machine) · \(threads) threads per server · OpenBLAS kernels: \(blas_core) (OPENBLAS_CORETYPE=\(openblas_coretype_env)) · quant kernels \(quant_kernel)\n"
+        var s = "\(model) · \(date) · \(machine) · \(threads) threads per server · OpenBLAS kernels: \(blas_core) (OPENBLAS_CORETYPE=\(openblas_coretype_env)) · quant kernels \(quant_kernel)" + (prompt_path.map { ", prompts through \($0 == "kernels" ? "the kernels" : "dequantized tiles + sgemm")" } ?? "") + "\n"
         s += "load average before \(load_average_before), after \(load_average_after) · \(requests) concurrent streaming chat requests, \(max_tokens) tokens each (greedy), rank-\(rank) adapters on q_proj/v_proj · batch width \(max_batch) (lorafuse --max-batch, llama-server --parallel) · lorafuse --prefill-chunk \(prefill_chunk), --compute \(compute)"
         s += peer.isEmpty ? "\n\n" : " · peer: \(peer)\n\n"
         s += "| distinct adapters | lorafuse tok/s | llama-server tok/s | ratio | lorafuse one at a time tok/s | TTFT p50 / p99 s (lorafuse) | TTFT p50 / p99 s (llama-server) | latency p99 s (lorafuse / llama-server) | errors |\n"

@@ -247,6 +247,7 @@ public final class ServeEngine: @unchecked Sendable {
 
     /// Checks, tokenizes and queues `request`, or throws the ServeError a client should get.
     public func submit(_ request: GenerationRequest) throws -> ServeStream {
+        let arrived = Date()
         let tok = model.tokenizer
         let ctx = limits.contextLength
         let p = request.sampling
@@ -328,7 +329,7 @@ public final class ServeEngine: @unchecked Sendable {
         nextID += 1
         let seq = Sequence(id: id, prompt: ids, maxNew: maxNew, choice: request.choice, name: modelName, lease: lease, sampler: sampler,
                            stopIds: tok.stopIds, stopStrings: p.stop, decoder: tok.makeStreamingDecoder(skipSpecial: true),
-                           continuation: continuation)
+                           continuation: continuation, submitted: arrived)
         if request.returnRouting { seq.routeFixed = modelName }
         if waiting.count + running.count >= limits.maxQueue + limits.maxBatch {
             lock.unlock()
@@ -393,12 +394,15 @@ public final class ServeEngine: @unchecked Sendable {
         /// token reports (plain adapter, per-request choice); and the next token's adapter.
         var routeNames: [String]?
         var routeFixed: String?
-        let submitted = Date()
+        /// When `submit` was called: the timeout and time to first token count from here, adapter
+        /// reading and fusing at submission included.
+        let submitted: Date
         var lastToken: Date?
 
         init(id: Int, prompt: [Int], maxNew: Int, choice: ModelChoice, name: String, lease: AdapterLease?, sampler: RequestSampler,
              stopIds: Set<Int>, stopStrings: [String], decoder: StreamingDecoder,
-             continuation: AsyncThrowingStream<ServeEvent, any Error>.Continuation) {
+             continuation: AsyncThrowingStream<ServeEvent, any Error>.Continuation, submitted: Date) {
+            self.submitted = submitted
             self.id = id
             self.prompt = prompt
             self.context = prompt
