@@ -275,8 +275,8 @@ AVX512_INLINE void k32_prep(int n, const uint8_t *w, size_t rowBytes, int rows, 
 }
 
 /* Four weight rows against up to four activation rows, for prompts and wide batches: sixteen
- * (weight row, activation row) accumulators stay in registers (k32_tile2 with 2 x 2 x 4 of them
- * plus the c sums spills to the stack on every block). Rows come from the stored blocks (PREP 0:
+ * (weight row, activation row) accumulators stay in registers (k32_tile2 keeps 2 x 2 x 4 of them
+ * plus the c sums, which spill to the stack on every block). Rows come from the stored blocks (PREP 0:
  * row r at src + r * stride) or from k32_prep's unpacked chunk (PREP 1: stride prep_row_bytes).
  * Bit for bit k32_tile's results, by doing its float operations per pair in the same order:
  * k32_tile's two accumulators take alternate block pairs (u = 0: blocks 0-1, 4-5, ...; u = 1:

@@ -194,12 +194,17 @@ public final class AdapterRegistry: KVMemory, @unchecked Sendable {
             throw ServeError.invalid("fusion plan \(path): \(error)", param: "path", code: "invalid_plan")
         }
         func canonical(_ p: String) -> String { URL(fileURLWithPath: p).standardizedFileURL.resolvingSymlinksInPath().path }
+        // Paths resolved outside the lock (file system calls); an adapter registered meanwhile is
+        // simply not seen by this plan.
+        lock.lock()
+        let files = entries.values.compactMap { e -> (String, String)? in
+            if e.kind == .adapter, case .file(let p) = e.source { return (p, e.name) }
+            return nil
+        }
+        lock.unlock()
+        let byPath = Dictionary(files.map { (canonical($0.0), $0.1) }, uniquingKeysWith: { a, _ in a })
         lock.lock()
         defer { lock.unlock() }
-        var byPath: [String: String] = [:]
-        for e in entries.values where e.kind == .adapter {
-            if case .file(let p) = e.source { byPath[canonical(p)] = e.name }
-        }
         var choices: [AdapterChoice] = []
         for input in plan.adapters {
             guard let n = byPath[canonical(input.path)] else {
@@ -208,7 +213,9 @@ public final class AdapterRegistry: KVMemory, @unchecked Sendable {
             }
             choices.append(AdapterChoice(name: n, weight: input.weight))
         }
-        if name == baseName || entries[name] != nil { throw ServeError.conflict("'\(name)' is already registered", param: "name") }
+        if name == baseName || entries[name] != nil {
+            throw ServeError.conflict("fusion plan \(path): '\(name)' is already registered (an adapter or the base of that name)", param: "name")
+        }
         let merge = MergeSpec(method: plan.method, parameters: plan.parameters, canonical: "plan=" + name)
         let key = Self.recipeKey(choices, merge)
         let e = Entry(name: name, source: .fusion(Recipe(adapters: choices, merge: merge, key: key)), pinned: false)
