@@ -30,7 +30,7 @@ typedef void (*cq_dot2_fn)(int n, const uint8_t *w, size_t rowBytes, const uint8
                            int na, float *out, size_t ostride);
 /* The same for four weight rows (w + r * rowBytes, r < 4): out[k * ostride + r]. Optional. */
 typedef cq_dot2_fn cq_dot4_fn;
-/* Wide batches: rows weight rows unpacked into dst (rowsBytes each, see the set's prepRowBytes),
+/* Wide batches: `rows` weight rows unpacked into dst (prepRowBytes(n) bytes each),
  * then four prepared rows (at prep, prepRowBytes apart) against up to CQ_TILE activation rows as
  * cq_dot4_fn; bit for bit the set's cq_dot_fn results. */
 typedef struct {

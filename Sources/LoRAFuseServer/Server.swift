@@ -153,8 +153,7 @@ public enum ServerRoutes {
             // request, which nobody waits for any more, is dropped).
             let limit = engine.limits.timeout
             stream = try await offload(within: limit, abandon: { engine.cancel($0.id) },
-                                       late: ServeError(status: 503, message: String(format: "reading or fusing the request's adapters took longer than this server's timeout of %g s; retry later (a fusion is cached once built)", limit ?? 0),
-                                                        type: "server_error", code: "timeout")) { try engine.submit(parsed) }
+                                       late: ServeError.timedOut(String(format: "reading or fusing the request's adapters took longer than this server's timeout of %g s; retry later (a fusion is cached once built)", limit ?? 0))) { try engine.submit(parsed) }
         } catch {
             return ServerRoutes.error(ServeError.wrap(error), metrics, endpoint)
         }

@@ -798,9 +798,8 @@ public final class ServeEngine: @unchecked Sendable {
         guard !late.isEmpty else { return }
         for s in late {
             if s.generated.isEmpty {
-                fail(s, ServeError(status: 503, message: String(format: "the request waited %.1f s without starting, past this server's timeout of %g s (a full batch, memory, or an adapter still loading); retry later",
-                                                                now.timeIntervalSince(s.submitted), timeout),
-                                   type: "server_error", code: "timeout"))
+                fail(s, ServeError.timedOut(String(format: "the request waited %.1f s without starting, past this server's timeout of %g s (a full batch, memory, or an adapter still loading); retry later",
+                                                   now.timeIntervalSince(s.submitted), timeout)))
             } else {
                 finish(s, .length, observer: observer)
             }

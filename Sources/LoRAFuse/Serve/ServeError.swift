@@ -46,6 +46,11 @@ public struct ServeError: Error, CustomStringConvertible, Equatable, Sendable {
         ServeError(status: 401, message: message, type: "authentication_error", param: nil, code: "invalid_api_key")
     }
 
+    /// 503: a request past the server's `--timeout` before it could start.
+    public static func timedOut(_ message: String) -> ServeError {
+        ServeError(status: 503, message: message, type: "server_error", param: nil, code: "timeout")
+    }
+
     public static func server(_ message: String) -> ServeError {
         ServeError(status: 500, message: message, type: "server_error", param: nil, code: nil)
     }
